@@ -1,0 +1,61 @@
+"""Names shared between clients, workers and workflows: the one place they are defined."""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+DEFAULT_TASK_QUEUE = "antifragile"
+
+# Workflow ids are meaningful so the UI and the CLI can find a workflow by service.
+RECOVERY_WORKFLOW_ID_PREFIX = "recovery-"
+ORCHESTRATOR_WORKFLOW_ID = "recovery-orchestrator"
+CHAOS_WORKFLOW_ID_PREFIX = "chaos-"
+
+
+def recovery_workflow_id(service: str) -> str:
+    """The workflow id of a service's recovery: ``recovery-{service}``."""
+    return f"{RECOVERY_WORKFLOW_ID_PREFIX}{service}"
+
+
+def chaos_workflow_id(name: str, short_id: str) -> str:
+    """The workflow id of a chaos experiment: ``chaos-{name}-{short id}``."""
+    return f"{CHAOS_WORKFLOW_ID_PREFIX}{name}-{short_id}"
+
+
+# Custom search attributes, registered by the dev stack, the tests and the compose stack.
+SA_KIND = SearchAttributeKey.for_keyword("AfKind")
+SA_SERVICE = SearchAttributeKey.for_keyword("AfService")
+SA_STATE = SearchAttributeKey.for_keyword("AfState")
+SA_STRATEGY = SearchAttributeKey.for_keyword("AfStrategy")
+SA_CHAOS_TYPE = SearchAttributeKey.for_keyword("AfChaosType")
+SA_PRIORITY = SearchAttributeKey.for_int("AfPriority")
+
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    "AfKind": "Keyword",
+    "AfService": "Keyword",
+    "AfState": "Keyword",
+    "AfStrategy": "Keyword",
+    "AfChaosType": "Keyword",
+    "AfPriority": "Int",
+}
+"""Name → Temporal type of every custom search attribute (the CLI's ``--search-attribute``)."""
+
+KIND_RECOVERY = "recovery"
+KIND_CHAOS = "chaos"
+KIND_ORCHESTRATOR = "orchestrator"
+
+# Redis keys of the fault plane, health snapshots and metering.
+REDIS_FAULT_KEY_PREFIX = "af:fault:"
+REDIS_FAULT_CHANNEL = "af:faults"
+REDIS_HALT_KEY = "af:halt"
+REDIS_HEALTH_KEY_PREFIX = "af:health:"
+REDIS_METERING_STREAM = "af:metering"
+
+# Signal, query and update names: the CLI and `temporal workflow signal` use these strings.
+SIGNAL_APPROVE = "approve"
+SIGNAL_REJECT = "reject"
+SIGNAL_HEALTH_CHANGED = "health_changed"
+SIGNAL_JOIN = "join"
+SIGNAL_EMERGENCY_STOP = "emergency_stop"
+QUERY_STATUS = "status"
+QUERY_QUEUE = "queue"

@@ -1,0 +1,100 @@
+"""The worker policy: what the operator allows, never what a request asks for.
+
+Loaded from the YAML file named by ``ANTIFRAGILE_POLICY_FILE``; without one the
+defaults below apply. A request can only choose among what the policy permits
+(e.g. ``command:NAME`` must name a command listed here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from antifragile.errors import ConfigError, describe_validation_error
+
+
+class RecoveryPolicyConfig(BaseModel):
+    """The ``recovery`` section of the worker policy.
+
+    Attributes:
+        approvers: Names allowed to approve or reject a manual recovery. Empty (default):
+            any named approver.
+        max_concurrent: Recoveries the orchestrator runs at once. Default 5.
+        max_admissions_per_minute: New admissions per minute across the fleet. Default 60.
+        retry_budget: Share of failed attempts in the window above which admissions
+            pause. Default 0.1.
+        commands: ``NAME: [argv, ...]`` — the only commands a ``command:NAME`` action
+            may run. Default none.
+        webhook_url: Default URL for a ``webhook`` action without its own URL. Default none.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    approvers: list[str] = Field(default_factory=list)
+    max_concurrent: int = Field(default=5, ge=1, le=10_000)
+    max_admissions_per_minute: int = Field(default=60, ge=1)
+    retry_budget: float = Field(default=0.1, gt=0.0, le=1.0)
+    commands: dict[str, list[str]] = Field(default_factory=dict)
+    webhook_url: str | None = None
+
+    @field_validator("commands")
+    @classmethod
+    def _commands_not_empty(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, argv in value.items():
+            if not argv:
+                raise ValueError(f"command {name!r} has an empty argv")
+        return value
+
+
+class ChaosPolicyConfig(BaseModel):
+    """The ``chaos`` section of the worker policy.
+
+    Attributes:
+        allowed_targets: Guarded targets an experiment may touch. Empty (default): any.
+        max_duration_s: Hard cap on an experiment's length, seconds. Default 300.
+        lease_ttl_s: TTL of a fault lease in Redis, seconds. Default 15.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_targets: list[str] = Field(default_factory=list)
+    max_duration_s: float = Field(default=300.0, gt=0.0, le=300.0)
+    lease_ttl_s: float = Field(default=15.0, gt=0.0, le=3600.0)
+
+
+class WorkerPolicy(BaseModel):
+    """The whole worker policy file.
+
+    Attributes:
+        recovery: Recovery limits, approvers and allowed commands.
+        chaos: Chaos limits and allowed targets.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    recovery: RecoveryPolicyConfig = Field(default_factory=RecoveryPolicyConfig)
+    chaos: ChaosPolicyConfig = Field(default_factory=ChaosPolicyConfig)
+
+    @classmethod
+    def load(cls, path: Path | None) -> WorkerPolicy:
+        """Load a policy file, or the defaults when ``path`` is None.
+
+        Raises:
+            ConfigError: the file is missing, not YAML, or has an invalid field.
+        """
+        if path is None:
+            return cls()
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"policy file {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"policy file {path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"policy file {path}: expected a mapping at the top level")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"policy file {path}: {describe_validation_error(exc)}") from None

@@ -1,0 +1,81 @@
+"""Process settings, read from ``ANTIFRAGILE_*`` environment variables.
+
+Every command and process (CLI, worker, in-process runtime, dev stack) reads the same
+settings, so one set of variables points everything at the same Temporal and Redis.
+Secrets (API key, TLS key) live here and never enter workflow inputs or history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CONSTITUTIONAL_HASH = "cdd01ef066bc6cf2"
+"""The constitutional hash every request carries unless configured otherwise."""
+
+
+class Settings(BaseSettings):
+    """Connection and identity settings shared by every antifragile process.
+
+    Attributes:
+        temporal_address: Temporal frontend ``host:port``. Default ``127.0.0.1:7233``.
+        temporal_namespace: Temporal namespace. Default ``default``.
+        task_queue: Task queue the worker polls and clients start workflows on.
+            Default ``antifragile``.
+        temporal_api_key: API key for Temporal Cloud or a secured cluster. Default none.
+        temporal_tls: Use TLS to Temporal (implied by an API key or client cert).
+            Default false.
+        temporal_tls_ca: PEM file with the server CA. Default none (system roots).
+        temporal_tls_cert: PEM client certificate for mTLS. Default none.
+        temporal_tls_key: PEM client key for mTLS. Default none.
+        redis_url: Redis holding the fault plane, health snapshots and metering.
+            Default ``redis://127.0.0.1:6379/0``.
+        constitutional_hash: Hash every recovery request and chaos scenario must carry.
+            Default ``cdd01ef066bc6cf2``.
+        policy_file: YAML worker policy (see ``antifragile.policy``). Default none:
+            the policy defaults apply.
+        metrics_port: Port for the Prometheus endpoint of a worker or runtime; 0 = off.
+            Default 0.
+        instance_id: Name of this process in fleet health snapshots. Default: the
+            hostname and pid.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ANTIFRAGILE_", extra="ignore")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "antifragile"
+    temporal_api_key: SecretStr | None = None
+    temporal_tls: bool = False
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    constitutional_hash: str = DEFAULT_CONSTITUTIONAL_HASH
+    policy_file: Path | None = None
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    instance_id: str | None = None
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _address_has_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"temporal_address must be host:port, got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+    @field_validator("constitutional_hash")
+    @classmethod
+    def _hash_is_hex(cls, value: str) -> str:
+        if not value or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError("constitutional_hash must be a non-empty hex string")
+        return value.lower()
