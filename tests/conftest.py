@@ -1,0 +1,115 @@
+"""Shared fixtures: real servers started by the tests on free ports, and workers on fresh queues.
+
+- ``time_skipping_env``: the time-skipping test server (timer-heavy workflow tests).
+- ``dev_server`` / ``temporal_client``: a real ``temporal server start-dev`` (integration).
+- ``redis_server`` / ``redis_url``: a real redis-server on a free port.
+- ``start_worker``: a worker for every workflow and activity on a fresh task queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from antifragile import binaries
+from antifragile.constants import SEARCH_ATTRIBUTES
+from antifragile.policy import WorkerPolicy
+from antifragile.processes import ServerProcess, start_redis, start_temporal_dev_server
+from antifragile.settings import Settings
+from workers.main import build_worker
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server, with our custom search attributes registered."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    # The test server does not know custom search attributes: upserting an unknown one
+    # fails every workflow task, so register them before any workflow runs.
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real Temporal dev server (headless, SQLite file) on a free port."""
+    data = tmp_path_factory.mktemp("temporal")
+    server = start_temporal_dev_server(db_file=data / "temporal.db", log_path=data / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def temporal_client(dev_server: ServerProcess) -> Client:
+    """A client of the session's dev server, with the pydantic data converter."""
+    return await Client.connect(
+        f"127.0.0.1:{dev_server.port}", data_converter=pydantic_data_converter
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real redis-server on a free port, shared by the session."""
+    server = start_redis(log_path=tmp_path_factory.mktemp("redis") / "redis.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: ServerProcess) -> str:
+    """URL of the session's Redis."""
+    return f"redis://127.0.0.1:{redis_server.port}/0"
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """A fresh task queue name, so workers of different tests never share tasks."""
+    return f"tq-{uuid.uuid4().hex[:10]}"
+
+
+WorkerFactory = Callable[..., AbstractAsyncContextManager[Worker]]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> WorkerFactory:
+    """Start the real antifragile worker (all workflows and activities) for a test.
+
+    Usage: ``async with start_worker(client, task_queue, policy=..., settings=...):``.
+    """
+
+    @asynccontextmanager
+    async def _start(
+        client: Client,
+        task_queue: str,
+        *,
+        policy: WorkerPolicy | None = None,
+        settings: Settings | None = None,
+    ) -> AsyncIterator[Worker]:
+        settings = (settings or Settings()).model_copy(update={"task_queue": task_queue})
+        worker = build_worker(client, settings, policy or WorkerPolicy())
+        async with worker:
+            yield worker
+
+    return _start
