@@ -30,6 +30,23 @@ from antifragile.settings import Settings
 from workers.main import build_worker
 
 
+async def register_search_attributes(client: Client) -> None:
+    """Register our custom search attributes on a server that does not know them.
+
+    The time-skipping server knows none: upserting an unknown one fails every workflow
+    task, so this must run before any workflow does.
+    """
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """The time-skipping test server, with our custom search attributes registered."""
@@ -37,17 +54,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         test_server_existing_path=binaries.temporal_test_server(),
         data_converter=pydantic_data_converter,
     )
-    # The test server does not know custom search attributes: upserting an unknown one
-    # fails every workflow task, so register them before any workflow runs.
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={
-                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
-                for name, kind in SEARCH_ATTRIBUTES.items()
-            },
-        )
-    )
+    await register_search_attributes(env.client)
     yield env
     await env.shutdown()
 
