@@ -34,8 +34,12 @@ async def _probe_tcp(url: str, timeout: float) -> str | None:
         return "tcp probe needs a port"
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError) as exc:
-        return f"connect {host}:{port} failed: {exc.__class__.__name__} {exc}".strip()
+    except TimeoutError:
+        return f"connect {host}:{port}: timed out after {timeout:g}s"
+    except ConnectionRefusedError:
+        return f"connect {host}:{port}: connection refused"
+    except OSError as exc:
+        return f"connect {host}:{port}: {exc.strerror or exc}"
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()

@@ -59,3 +59,42 @@ async def connect(settings: Settings | None = None, *, runtime: Runtime | None =
             f"cannot reach Temporal at {settings.temporal_address} "
             f"(namespace {settings.temporal_namespace}): {why}"
         ) from None
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register any of our custom search attributes the namespace lacks; return those added.
+
+    Idempotent: safe to run at every start (compose init service, ``antifragile setup``).
+    """
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import (
+        AddSearchAttributesRequest,
+        ListSearchAttributesRequest,
+    )
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from antifragile.constants import SEARCH_ATTRIBUTES
+
+    try:
+        existing = set(
+            (
+                await client.operator_service.list_search_attributes(
+                    ListSearchAttributesRequest(namespace=client.namespace)
+                )
+            ).custom_attributes
+        )
+    except RPCError as exc:
+        # The time-skipping test server cannot list them; it accepts adding them.
+        if exc.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+        existing = set()
+    missing = {
+        name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+        for name, kind in SEARCH_ATTRIBUTES.items()
+        if name not in existing
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )
+    return sorted(missing)

@@ -15,36 +15,17 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from antifragile import binaries
-from antifragile.constants import SEARCH_ATTRIBUTES
 from antifragile.policy import WorkerPolicy
 from antifragile.processes import ServerProcess, start_redis, start_temporal_dev_server
 from antifragile.settings import Settings
+from antifragile.temporal_client import ensure_search_attributes
 from workers.main import build_worker
-
-
-async def register_search_attributes(client: Client) -> None:
-    """Register our custom search attributes on a server that does not know them.
-
-    The time-skipping server knows none: upserting an unknown one fails every workflow
-    task, so this must run before any workflow does.
-    """
-    await client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=client.namespace,
-            search_attributes={
-                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
-                for name, kind in SEARCH_ATTRIBUTES.items()
-            },
-        )
-    )
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -54,7 +35,9 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         test_server_existing_path=binaries.temporal_test_server(),
         data_converter=pydantic_data_converter,
     )
-    await register_search_attributes(env.client)
+    # The test server knows no custom search attributes: upserting an unknown one fails
+    # every workflow task, so register them before any workflow runs.
+    await ensure_search_attributes(env.client)
     yield env
     await env.shutdown()
 

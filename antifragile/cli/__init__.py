@@ -47,6 +47,24 @@ def worker() -> None:
     run(run_worker(settings, policy))
 
 
+@app.command("setup")
+def setup() -> None:
+    """Register antifragile's search attributes in the configured namespace (idempotent)."""
+    from antifragile.temporal_client import connect, ensure_search_attributes
+
+    settings = load_settings()
+
+    async def _go() -> list[str]:
+        return await ensure_search_attributes(await connect(settings))
+
+    added = run(_go())
+    where = f"{settings.temporal_address} namespace {settings.temporal_namespace}"
+    if added:
+        console.print(f"registered {', '.join(added)} on {where}")
+    else:
+        console.print(f"search attributes already registered on {where}")
+
+
 @app.command("dev")
 def dev(
     port: Annotated[int, typer.Option(help="Temporal gRPC port.")] = 7233,

@@ -17,7 +17,8 @@ from antifragile.settings import Settings
 
 T = TypeVar("T")
 
-console = Console()
+# Piped output is not cut to 80 columns: tables stay readable in logs and CI.
+console = Console(width=None if sys.stdout.isatty() else 160)
 # soft_wrap: an error is one line even on a narrow terminal.
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -77,7 +77,7 @@ def render_status(status: RecoveryStatus, settings: Settings) -> None:
         "attempts", f"{status.attempt} (round: {status.attempts_in_round} of {status.max_attempts})"
     )
     head.add_row("next attempt", _when(status.next_attempt_at))
-    head.add_row("waiting for", status.waiting_for or "-")
+    head.add_row("outcome" if status.state.terminal else "waiting for", status.waiting_for or "-")
     head.add_row("last error", status.last_error or "-")
     head.add_row("probe", status.probe)
     head.add_row("ui", settings.workflow_url(recovery_workflow_id(status.service)))

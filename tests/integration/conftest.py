@@ -18,16 +18,19 @@ from antifragile.processes import ServerProcess
 REPO = Path(__file__).resolve().parents[2]
 
 
-def stack_env(dev_server: ServerProcess, redis_url: str, task_queue: str,
-              **extra: str) -> dict[str, str]:
+def stack_env(
+    dev_server: ServerProcess, redis_url: str, task_queue: str, **extra: str
+) -> dict[str, str]:
     """Environment pointing a subprocess at the test's servers and task queue."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
-    env.update({
-        "ANTIFRAGILE_TEMPORAL_ADDRESS": f"127.0.0.1:{dev_server.port}",
-        "ANTIFRAGILE_REDIS_URL": redis_url,
-        "ANTIFRAGILE_TASK_QUEUE": task_queue,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "ANTIFRAGILE_TEMPORAL_ADDRESS": f"127.0.0.1:{dev_server.port}",
+            "ANTIFRAGILE_REDIS_URL": redis_url,
+            "ANTIFRAGILE_TASK_QUEUE": task_queue,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -64,8 +67,13 @@ def worker_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Worker
         log = tmp_path / f"worker-{len(started)}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "workers"], cwd=REPO, env=env, stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", "workers"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         worker = WorkerProcess(proc, log)
         started.append(worker)
@@ -88,8 +96,14 @@ class CliResult:
 async def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> CliResult:
     """Run ``antifragile ARGS`` as a subprocess, without blocking the event loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from antifragile.cli import main; main()", *args,
-        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        "from antifragile.cli import main; main()",
+        *args,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)

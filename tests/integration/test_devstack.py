@@ -39,7 +39,11 @@ def _wait_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60) ->
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from antifragile.cli import main; main()", *args],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=90,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
 
 
@@ -48,10 +52,25 @@ def test_dev_stack_runs_on_chosen_ports_and_stops_everything_on_ctrl_c(tmp_path:
     data = tmp_path / "stack"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from antifragile.cli import main; main()", "dev",
-         "--port", str(port), "--ui-port", str(ui_port), "--redis-port", str(redis_port),
-         "--data-dir", str(data)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from antifragile.cli import main; main()",
+            "dev",
+            "--port",
+            str(port),
+            "--ui-port",
+            str(ui_port),
+            "--redis-port",
+            str(redis_port),
+            "--data-dir",
+            str(data),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -62,25 +81,57 @@ def test_dev_stack_runs_on_chosen_ports_and_stops_everything_on_ctrl_c(tmp_path:
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as resp:
             assert resp.status == 200
         listed = subprocess.run(
-            [binaries.temporal_cli(), "operator", "search-attribute", "list",
-             "--address", f"127.0.0.1:{port}", "--output", "json"],
-            capture_output=True, text=True, timeout=30, check=True,
+            [
+                binaries.temporal_cli(),
+                "operator",
+                "search-attribute",
+                "list",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--output",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         assert {"AfKind", "AfService", "AfState", "AfPriority"} <= set(
             json.loads(listed.stdout)["customAttributes"]
         )
 
         # The stack is usable: recover a "service" whose probe is the stack's own Redis.
-        user_env = dict(env, ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
-                        ANTIFRAGILE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
-        started = _run(user_env, "recovery", "start", "cache", "--probe",
-                       f"redis://127.0.0.1:{redis_port}/0", "--wait", "--json")
+        user_env = dict(
+            env,
+            ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
+            ANTIFRAGILE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        )
+        started = _run(
+            user_env,
+            "recovery",
+            "start",
+            "cache",
+            "--probe",
+            f"redis://127.0.0.1:{redis_port}/0",
+            "--wait",
+            "--json",
+        )
         assert started.returncode == 0, started.stderr
         assert json.loads(started.stdout)["state"] == "SUCCEEDED"
 
         # A second stack on the default ports is untouched by ours and vice versa:
-        clash = _run(env, "dev", "--port", str(port), "--ui-port", str(free_port()),
-                     "--redis-port", str(free_port()), "--data-dir", str(tmp_path / "b"))
+        clash = _run(
+            env,
+            "dev",
+            "--port",
+            str(port),
+            "--ui-port",
+            str(free_port()),
+            "--redis-port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "b"),
+        )
         assert clash.returncode == 2
         assert f"port {port}" in clash.stderr and "already in use" in clash.stderr
     finally:

@@ -66,7 +66,8 @@ async def test_recovery_succeeds_once_the_probed_service_comes_back_after_two_fa
     listener = Listener()
     service = f"db-{task_queue}"
     request = RecoveryRequest(
-        service=service, probe=f"tcp://127.0.0.1:{listener.port}",
+        service=service,
+        probe=f"tcp://127.0.0.1:{listener.port}",
         policy=RecoveryPolicy(initial_delay_ms=500, max_delay_ms=1000),
     )
     async with start_worker(temporal_client, task_queue):
@@ -87,21 +88,39 @@ async def test_recovery_succeeds_once_the_probed_service_comes_back_after_two_fa
 
 
 async def test_a_worker_killed_during_backoff_resumes_the_same_recovery_without_repeating_attempts(
-    temporal_client: Client, dev_server: ServerProcess, redis_url: str, task_queue: str,
-    worker_process, tmp_path: Path,
+    temporal_client: Client,
+    dev_server: ServerProcess,
+    redis_url: str,
+    task_queue: str,
+    worker_process,
+    tmp_path: Path,
 ) -> None:
     listener = Listener()
     ledger = tmp_path / "actions.log"
     policy = tmp_path / "policy.yaml"
     # The action appends one line per run: the ledger proves no attempt ran twice.
-    policy.write_text(json.dumps({"recovery": {"commands": {"note": [
-        sys.executable, "-c",
-        f"import os; open({str(ledger)!r}, 'a').write(os.environ['AF_ATTEMPT'] + '\\n')",
-    ]}}}))
+    policy.write_text(
+        json.dumps(
+            {
+                "recovery": {
+                    "commands": {
+                        "note": [
+                            sys.executable,
+                            "-c",
+                            f"import os; open({str(ledger)!r}, 'a')"
+                            ".write(os.environ['AF_ATTEMPT'] + '\\n')",
+                        ]
+                    }
+                }
+            }
+        )
+    )
     env = stack_env(dev_server, redis_url, task_queue, ANTIFRAGILE_POLICY_FILE=str(policy))
     service = f"cache-{task_queue}"
     request = RecoveryRequest(
-        service=service, probe=f"tcp://127.0.0.1:{listener.port}", action="command:note",
+        service=service,
+        probe=f"tcp://127.0.0.1:{listener.port}",
+        action="command:note",
         policy=RecoveryPolicy(initial_delay_ms=4000, max_delay_ms=4000),
     )
     worker = worker_process(env)
@@ -125,7 +144,10 @@ async def test_a_worker_killed_during_backoff_resumes_the_same_recovery_without_
 
 
 async def test_a_manual_recovery_approved_through_the_cli_succeeds_and_is_searchable(
-    temporal_client: Client, dev_server: ServerProcess, redis_url: str, task_queue: str,
+    temporal_client: Client,
+    dev_server: ServerProcess,
+    redis_url: str,
+    task_queue: str,
     start_worker,
 ) -> None:
     listener = Listener()
@@ -134,8 +156,15 @@ async def test_a_manual_recovery_approved_through_the_cli_succeeds_and_is_search
     service = f"payments-{task_queue}"
     async with start_worker(temporal_client, task_queue):
         started = await run_cli(
-            env, "recovery", "start", service, "--probe", f"tcp://127.0.0.1:{listener.port}",
-            "--strategy", "manual", "--json",
+            env,
+            "recovery",
+            "start",
+            service,
+            "--probe",
+            f"tcp://127.0.0.1:{listener.port}",
+            "--strategy",
+            "manual",
+            "--json",
         )
         assert started.code == 0, started.stderr
 
@@ -144,8 +173,9 @@ async def test_a_manual_recovery_approved_through_the_cli_succeeds_and_is_search
             return s.state is RecoveryState.AWAITING_APPROVAL
 
         await wait_for(awaiting)
-        approved = await run_cli(env, "recovery", "approve", service, "--by", "alice",
-                                 "--note", "checked the dashboards")
+        approved = await run_cli(
+            env, "recovery", "approve", service, "--by", "alice", "--note", "checked the dashboards"
+        )
         assert approved.code == 0, approved.stderr
         assert "approved by alice" in approved.stdout
         handle = temporal_client.get_workflow_handle(
@@ -158,9 +188,17 @@ async def test_a_manual_recovery_approved_through_the_cli_succeeds_and_is_search
     assert result.status.decisions[0].note == "checked the dashboards"
 
     proc = await asyncio.create_subprocess_exec(
-        binaries.temporal_cli(), "workflow", "list", "--address",
-        f"127.0.0.1:{dev_server.port}", "--query", f'AfService="{service}"', "--output", "json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        binaries.temporal_cli(),
+        "workflow",
+        "list",
+        "--address",
+        f"127.0.0.1:{dev_server.port}",
+        "--query",
+        f'AfService="{service}"',
+        "--output",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -169,14 +207,18 @@ async def test_a_manual_recovery_approved_through_the_cli_succeeds_and_is_search
 
 
 async def test_cli_exits_2_with_one_line_for_bad_input_and_nothing_to_act_on(
-    temporal_client: Client, dev_server: ServerProcess, redis_url: str, task_queue: str,
+    temporal_client: Client,
+    dev_server: ServerProcess,
+    redis_url: str,
+    task_queue: str,
     start_worker,
 ) -> None:
     env = stack_env(dev_server, redis_url, task_queue)
     bad_probe = await run_cli(env, "recovery", "start", "x", "--probe", "ftp://nowhere")
     unknown = await run_cli(env, "recovery", "status", "no-such-service")
-    bad_delay = await run_cli(env, "recovery", "start", "x", "--probe", "tcp://h:1",
-                              "--initial-delay", "soon")
+    bad_delay = await run_cli(
+        env, "recovery", "start", "x", "--probe", "tcp://h:1", "--initial-delay", "soon"
+    )
     for result in (bad_probe, unknown, bad_delay):
         assert result.code == 2
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -188,9 +230,18 @@ async def test_cli_exits_2_with_one_line_for_bad_input_and_nothing_to_act_on(
     listener = Listener()
     service = f"queue-{task_queue}"
     async with start_worker(temporal_client, task_queue):
-        await run_cli(env, "recovery", "start", service, "--probe",
-                      f"tcp://127.0.0.1:{listener.port}", "--initial-delay", "1h",
-                      "--max-delay", "1h")
+        await run_cli(
+            env,
+            "recovery",
+            "start",
+            service,
+            "--probe",
+            f"tcp://127.0.0.1:{listener.port}",
+            "--initial-delay",
+            "1h",
+            "--max-delay",
+            "1h",
+        )
 
         async def backing_off() -> bool:
             s = await status_of(temporal_client, service)

@@ -12,6 +12,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.common import CommonActivities
 from antifragile.models.common import ApprovalSignal, HealthChangedSignal
 from antifragile.models.recovery import (
     RecoveryPolicy,
@@ -23,7 +24,6 @@ from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery_client import start_recovery
 from antifragile.settings import Settings
 from tests.workflows.test_recovery import ScriptedService
-from activities.common import CommonActivities
 from workflows.recovery import RecoveryWorkflow
 
 HERE = Path(__file__).parent
@@ -31,8 +31,11 @@ WORKFLOW_ID = "recovery-replay-fixture"
 
 
 async def _wait(handle, state: RecoveryState) -> None:  # type: ignore[no-untyped-def]
-    while (await handle.query("status", result_type=RecoveryStatus)).state is not state:
+    for _ in range(400):
+        if (await handle.query("status", result_type=RecoveryStatus)).state is state:
+            return
         await asyncio.sleep(0.05)
+    raise TimeoutError(f"never reached {state}")
 
 
 async def record(client: Client) -> str:
@@ -41,19 +44,28 @@ async def record(client: Client) -> str:
         Settings(), WorkerPolicy(recovery=RecoveryPolicyConfig(approvers=["alice"]))
     )
     async with Worker(
-        client, task_queue="replay", workflows=[RecoveryWorkflow],
-        activities=[common.validate_constitutional_hash, common.authorize_approver,
-                    service.probe_service, service.run_recovery_action],
+        client,
+        task_queue="replay",
+        workflows=[RecoveryWorkflow],
+        activities=[
+            common.validate_constitutional_hash,
+            common.authorize_approver,
+            service.probe_service,
+            service.run_recovery_action,
+        ],
     ):
         request = RecoveryRequest(
-            service="replay-fixture", probe="tcp://127.0.0.1:9",
-            policy=RecoveryPolicy(max_retry_attempts=2, initial_delay_ms=3_600_000,
-                                  max_delay_ms=3_600_000),
+            service="replay-fixture",
+            probe="tcp://127.0.0.1:9",
+            policy=RecoveryPolicy(
+                max_retry_attempts=2, initial_delay_ms=3_600_000, max_delay_ms=3_600_000
+            ),
         )
         handle = await start_recovery(client, request, task_queue="replay")
         await _wait(handle, RecoveryState.WAITING_BACKOFF)
-        await handle.signal("health_changed", HealthChangedSignal(service="replay-fixture",
-                                                                  healthy=True))
+        await handle.signal(
+            "health_changed", HealthChangedSignal(service="replay-fixture", healthy=True)
+        )
         await _wait(handle, RecoveryState.AWAITING_APPROVAL)
         await handle.signal("approve", ApprovalSignal(approver="mallory"))
         await handle.signal("approve", ApprovalSignal(approver="alice", note="go"))
@@ -73,9 +85,9 @@ async def main() -> None:
         data_converter=pydantic_data_converter,
     )
     try:
-        from tests.conftest import register_search_attributes
+        from antifragile.temporal_client import ensure_search_attributes
 
-        await register_search_attributes(env.client)
+        await ensure_search_attributes(env.client)
         (HERE / "recovery_history.json").write_text(await record(env.client))
     finally:
         await env.shutdown()

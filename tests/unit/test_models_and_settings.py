@@ -40,8 +40,14 @@ def test_request_defaults_match_the_documented_policy() -> None:
         ({"service": "a", "probe": "tcp://h:1", "strategy": "yolo"}, "strategy"),
         ({"service": "a", "probe": "tcp://h:1", "priority": -1}, "priority"),
         ({"service": "a", "probe": "tcp://h:1", "surprise": 1}, "unknown field 'surprise'"),
-        ({"service": "a", "probe": "tcp://h:1",
-          "policy": {"initial_delay_ms": 5000, "max_delay_ms": 10}}, "max_delay_ms"),
+        (
+            {
+                "service": "a",
+                "probe": "tcp://h:1",
+                "policy": {"initial_delay_ms": 5000, "max_delay_ms": 10},
+            },
+            "max_delay_ms",
+        ),
     ],
 )
 def test_invalid_requests_are_described_by_field_and_value(
@@ -110,7 +116,9 @@ def test_settings_read_antifragile_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ANTIFRAGILE_TASK_QUEUE", "q")
     settings = Settings()
     assert (settings.temporal_address, settings.redis_url, settings.task_queue) == (
-        "temporal:7233", "redis://cache:6379/2", "q",
+        "temporal:7233",
+        "redis://cache:6379/2",
+        "q",
     )
     assert settings.constitutional_hash == "cdd01ef066bc6cf2"
 

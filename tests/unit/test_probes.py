@@ -9,14 +9,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from antifragile.processes import ServerProcess, free_port
 from antifragile.probes import probe, run_command
+from antifragile.processes import ServerProcess, free_port
 
 
 @pytest.fixture
 def http_server() -> Iterator[int]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        def do_GET(self) -> None:
             self.send_response(200 if self.path == "/ok" else 503)
             self.end_headers()
 

@@ -36,7 +36,10 @@ def test_each_strategy_yields_its_documented_delays_capped_at_max(
 def test_linear_backoff_is_capped_at_max_delay() -> None:
     policy = RecoveryPolicy(initial_delay_ms=1000, max_delay_ms=2500)
     assert [backoff_delay_ms(S.LINEAR_BACKOFF, policy, n) for n in (1, 2, 3, 50)] == [
-        1000, 2000, 2500, 2500,
+        1000,
+        2000,
+        2500,
+        2500,
     ]
 
 
@@ -46,8 +49,9 @@ def test_huge_attempt_numbers_do_not_overflow() -> None:
 
 
 def test_jitter_is_deterministic_and_only_shortens_within_the_ratio() -> None:
-    policy = RecoveryPolicy(jitter=True, jitter_ratio=0.5, initial_delay_ms=10_000,
-                            max_delay_ms=10_000)
+    policy = RecoveryPolicy(
+        jitter=True, jitter_ratio=0.5, initial_delay_ms=10_000, max_delay_ms=10_000
+    )
     first = [backoff_delay_ms(S.LINEAR_BACKOFF, policy, n, jitter_key="svc") for n in range(1, 50)]
     again = [backoff_delay_ms(S.LINEAR_BACKOFF, policy, n, jitter_key="svc") for n in range(1, 50)]
     other = [backoff_delay_ms(S.LINEAR_BACKOFF, policy, n, jitter_key="x") for n in range(1, 50)]
