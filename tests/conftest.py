@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -25,6 +27,7 @@ from antifragile.policy import WorkerPolicy
 from antifragile.processes import ServerProcess, start_redis, start_temporal_dev_server
 from antifragile.settings import Settings
 from antifragile.temporal_client import ensure_search_attributes
+from tests.helpers import REPO, WorkerProcess
 from workers.main import build_worker
 
 
@@ -103,3 +106,29 @@ def start_worker(tmp_path: Path) -> WorkerFactory:
             yield worker
 
     return _start
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess]]:
+    """Start workers as subprocesses; all are stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def _start(env: dict[str, str]) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workers"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        worker = WorkerProcess(proc, log)
+        started.append(worker)
+        return worker
+
+    yield _start
+    for worker in started:
+        worker.stop()

@@ -15,7 +15,7 @@ import pytest
 
 from antifragile import binaries
 from antifragile.processes import free_port, port_open
-from tests.integration.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -22,42 +22,14 @@ from antifragile.models.recovery import (
 )
 from antifragile.processes import ServerProcess, free_port
 from antifragile.recovery_client import start_recovery
-from tests.integration.conftest import run_cli, stack_env
+from tests.helpers import Listener, run_cli, stack_env, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            await asyncio.sleep(interval)
 
 
 async def status_of(client: Client, service: str) -> RecoveryStatus:
     handle = client.get_workflow_handle(recovery_workflow_id(service))
     return await handle.query("status", result_type=RecoveryStatus)
-
-
-class Listener:
-    """A TCP service that comes back when the test says so."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-
-    async def open(self) -> None:
-        async def _accept(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            w.close()
-
-        self.server = await asyncio.start_server(_accept, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self.server:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 async def test_recovery_succeeds_once_the_probed_service_comes_back_after_two_failures(

@@ -1,4 +1,4 @@
-"""Integration helpers: the worker and the CLI as real subprocesses against real servers."""
+"""Test helpers: the worker and the CLI as real subprocesses, a TCP service, polling."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from antifragile.processes import ServerProcess
+from antifragile.processes import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,32 +56,6 @@ class WorkerProcess:
                 self.kill()
 
 
-@pytest.fixture
-def worker_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess]]:
-    """Start workers as subprocesses; all are stopped at the end of the test."""
-    started: list[WorkerProcess] = []
-
-    def _start(env: dict[str, str]) -> WorkerProcess:
-        log = tmp_path / f"worker-{len(started)}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "workers"],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(proc, log)
-        started.append(worker)
-        return worker
-
-    yield _start
-    for worker in started:
-        worker.stop()
-
-
 @dataclass
 class CliResult:
     """What a CLI invocation printed and returned."""
@@ -109,3 +81,37 @@ async def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> CliRe
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[object]], timeout: float = 30.0, interval: float = 0.1
+) -> object:
+    """Poll ``predicate`` until it returns something truthy (a test helper, not a clock)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await asyncio.sleep(interval)
+
+
+class Listener:
+    """A TCP service on a free port that is down until the test opens it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        """Start accepting connections (the service "comes back")."""
+
+        async def _accept(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.close()
+
+        self.server = await asyncio.start_server(_accept, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        """Stop accepting connections."""
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
