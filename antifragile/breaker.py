@@ -516,7 +516,7 @@ class CircuitBreaker:
             self._on_error(exc)
             raise
         self._on_done(started)
-        return result  # type: ignore[return-value]
+        return result
 
     def call_sync(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run a sync ``fn`` through the breaker without an event loop."""
