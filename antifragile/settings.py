@@ -70,9 +70,7 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"redis_url must start with redis://, rediss:// or unix://, got {value!r}"
-            )
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
         return value
 
     @field_validator("constitutional_hash")
