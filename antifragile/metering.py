@@ -428,7 +428,7 @@ async def read_usage(
     if group is None:
         start = "-"
         while True:
-            chunk = await client.xrange(stream, min=start, max="+", count=batch_size)
+            chunk: Any = await client.xrange(stream, min=start, max="+", count=batch_size)
             if not chunk:
                 break
             entries.extend(fields for _, fields in chunk)
