@@ -440,7 +440,7 @@ async def read_usage(
     with contextlib.suppress(RedisError):  # BUSYGROUP: it exists already
         await client.xgroup_create(stream, group, id="0", mkstream=True)
     while True:
-        resp: list[Any] = await client.xreadgroup(group, consumer, {stream: ">"}, count=batch_size)
+        resp: Any = await client.xreadgroup(group, consumer, {stream: ">"}, count=batch_size)
         if not resp:
             break
         ids: list[Any] = []
