@@ -467,8 +467,13 @@ class CircuitBreaker:
         """Record a call that raised: a failure, or (ignored types) a release."""
         if self._is_failure(exc):
             self._record(True)
-        elif self._state is _HALF_OPEN and self._half_open_inflight > 0:
-            # Cancelled or ignored trial call: free its slot, decide nothing.
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        """A call admitted but ended without a verdict (cancelled, ignored, refused later)."""
+        if self._state is _HALF_OPEN and self._half_open_inflight > 0:
+            # Free the trial slot and decide nothing.
             self._half_open_inflight -= 1
 
     def _on_done(self, started: float) -> None:
