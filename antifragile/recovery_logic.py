@@ -15,8 +15,9 @@ S = RecoveryState
 
 LEGAL_TRANSITIONS: dict[RecoveryState, frozenset[RecoveryState]] = {
     S.SCHEDULED: frozenset({S.IN_PROGRESS, S.AWAITING_APPROVAL, S.FAILED, S.CANCELLED}),
-    S.IN_PROGRESS: frozenset({S.SUCCEEDED, S.WAITING_BACKOFF, S.AWAITING_APPROVAL, S.FAILED,
-                              S.CANCELLED}),
+    S.IN_PROGRESS: frozenset(
+        {S.SUCCEEDED, S.WAITING_BACKOFF, S.AWAITING_APPROVAL, S.FAILED, S.CANCELLED}
+    ),
     S.WAITING_BACKOFF: frozenset({S.IN_PROGRESS, S.FAILED, S.CANCELLED}),
     S.AWAITING_APPROVAL: frozenset({S.IN_PROGRESS, S.FAILED, S.CANCELLED}),
     S.SUCCEEDED: frozenset(),

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
             Default 0.
         instance_id: Name of this process in fleet health snapshots. Default: the
             hostname and pid.
+        ui_url: Base URL of the Temporal UI, for the links the CLI prints.
+            Default ``http://127.0.0.1:8233``.
     """
 
     model_config = SettingsConfigDict(env_prefix="ANTIFRAGILE_", extra="ignore")
@@ -57,6 +59,12 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     metrics_port: int = Field(default=0, ge=0, le=65535)
     instance_id: str | None = None
+    ui_url: str = "http://127.0.0.1:8233"
+
+    def workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
+        """Link to a workflow in the Temporal UI."""
+        base = f"{self.ui_url.rstrip('/')}/namespaces/{self.temporal_namespace}/workflows/"
+        return base + workflow_id + (f"/{run_id}/history" if run_id else "")
 
     @field_validator("temporal_address")
     @classmethod
@@ -70,7 +78,9 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
+            raise ValueError(
+                f"redis_url must start with redis://, rediss:// or unix://, got {value!r}"
+            )
         return value
 
     @field_validator("constitutional_hash")

@@ -49,7 +49,13 @@ async def connect(settings: Settings | None = None, *, runtime: Runtime | None =
             runtime=runtime,
         )
     except RuntimeError as exc:
+        text = str(exc)
+        why = (
+            "connection refused"
+            if "onnection refused" in text or "ConnectionRefused" in text
+            else text.splitlines()[0][:160]
+        )
         raise TemporalUnavailableError(
             f"cannot reach Temporal at {settings.temporal_address} "
-            f"(namespace {settings.temporal_namespace}): {str(exc).splitlines()[0][:200]}"
+            f"(namespace {settings.temporal_namespace}): {why}"
         ) from None

@@ -1,0 +1,143 @@
+"""The ``antifragile`` command line.
+
+Exit codes: 0 success; 1 the operation ran and failed; 2 bad input or nothing to act on.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from temporalio.service import RPCError
+from typer.exceptions import TyperException
+
+from antifragile.cli import recovery
+from antifragile.cli._common import CommandFailed, console, err_console, load_settings, run
+from antifragile.errors import AntifragileError, describe_validation_error
+
+app = typer.Typer(
+    name="antifragile",
+    help="Durable recovery and chaos engine for Python services, built on Temporal.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(recovery.app, name="recovery")
+
+
+@app.command("worker")
+def worker() -> None:
+    """Run a worker for every workflow and activity until SIGTERM/SIGINT."""
+    from antifragile.policy import WorkerPolicy
+    from workers.main import run_worker  # the CLI is where workers are reached
+
+    settings = load_settings()
+    policy = WorkerPolicy.load(settings.policy_file)
+    _configure_logging()
+    err_console.print(
+        f"worker: task queue {settings.task_queue} on {settings.temporal_address} "
+        f"(namespace {settings.temporal_namespace})"
+    )
+    run(run_worker(settings, policy))
+
+
+@app.command("dev")
+def dev(
+    port: Annotated[int, typer.Option(help="Temporal gRPC port.")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal UI port.")] = 8233,
+    redis_port: Annotated[
+        int, typer.Option(help="Redis port (unless ANTIFRAGILE_REDIS_URL).")
+    ] = 6379,
+    data_dir: Annotated[Path, typer.Option(help="Where Temporal and Redis persist.")] = Path(
+        ".antifragile"
+    ),
+) -> None:
+    """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
+    from antifragile.devstack import DevStack, redis_url_from_env
+
+    load_settings()
+    _configure_logging()
+    stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
+
+    def ready(s: DevStack) -> None:
+        env = (
+            f"ANTIFRAGILE_TEMPORAL_ADDRESS={s.temporal_address} "
+            f"ANTIFRAGILE_REDIS_URL={s.effective_redis_url}"
+        )
+        default = s.port == 7233 and s.redis_url is None and s.redis_port == 6379
+        prefix = "" if default else env + " "
+        console.print(
+            f"[bold green]antifragile dev stack is up[/bold green]\n"
+            f"  Temporal UI   {s.ui_url}\n"
+            f"  Temporal gRPC {s.temporal_address}\n"
+            f"  Redis         {s.effective_redis_url}\n"
+            f"  Data          {s.data_dir.resolve()}\n"
+            f"  Worker        task queue {s.settings().task_queue}\n\n"
+            f"Try, in another terminal:\n"
+            f"  {prefix}.venv/bin/antifragile recovery start payments "
+            f"--probe tcp://127.0.0.1:{s.redis_port if s.redis_url is None else 6379} --wait\n"
+            f"  {prefix}.venv/bin/antifragile recovery list\n\n"
+            f"Ctrl-C stops everything started here."
+        )
+
+    run(stack.run(on_ready=ready))
+    err_console.print("dev stack stopped")
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("ANTIFRAGILE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit skips interpreter finalization, where the Temporal core runtime can crash
+    # at exit (sdk-python #300); everything worth flushing is flushed above.
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``antifragile`` console script."""
+    code = 0
+    try:
+        result = app(args=argv, prog_name="antifragile", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except TyperException as exc:
+        # Usage errors (bad flag, bad choice): one line, not a box, exit 2.
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if str(message).strip():
+            err_console.print(f"error: {' '.join(str(message).split())}")
+        code = int(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        err_console.print("aborted")
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except CommandFailed as exc:
+        err_console.print(f"error: {exc}")
+        code = 1
+    except AntifragileError as exc:
+        err_console.print(f"error: {exc}")
+        code = 2
+    except ValidationError as exc:
+        err_console.print(f"error: {describe_validation_error(exc)}")
+        code = 2
+    except RPCError as exc:
+        err_console.print(f"error: Temporal refused the request: {exc.message}")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    _exit(code)
+
+
+__all__ = ["app", "main"]

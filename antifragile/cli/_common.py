@@ -1,0 +1,79 @@
+"""Helpers every CLI command shares: settings, async running, output, errors, durations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+
+from antifragile.errors import AntifragileError, ConfigError, describe_validation_error
+from antifragile.settings import Settings
+
+T = TypeVar("T")
+
+console = Console()
+# soft_wrap: an error is one line even on a narrow terminal.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class CommandFailed(AntifragileError):
+    """The operation ran and failed: exit code 1."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Stop the command with one line on stderr; 2 = bad input, 1 = the operation failed."""
+    raise (ConfigError(message) if code == 2 else CommandFailed(message))
+
+
+def load_settings() -> Settings:
+    """Settings from ``ANTIFRAGILE_*``; a bad variable is one clear line, exit 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc)}")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine to completion."""
+    return asyncio.run(coro)
+
+
+def print_json(data: Any) -> None:
+    """Write one JSON document to stdout (models and lists of models included)."""
+    sys.stdout.write(json.dumps(_plain(data), indent=2, default=str) + "\n")
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if isinstance(data, list | tuple):
+        return [_plain(d) for d in data]
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    return data
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration_s(text: str, flag: str) -> float:
+    """Parse ``500ms``, ``1s``, ``2m``, ``1h`` or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        fail(f"{flag}: expected a duration like 500ms, 30s, 5m or 1h, got {text!r}")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_model(model: type[T], data: dict[str, Any], what: str) -> T:
+    """Validate CLI input into a model; a bad field is one line naming it, exit 2."""
+    try:
+        return model.model_validate(data)  # type: ignore[attr-defined,no-any-return]
+    except ValidationError as exc:
+        fail(f"invalid {what}: {describe_validation_error(exc)}")

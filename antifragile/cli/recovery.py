@@ -1,0 +1,314 @@
+"""``antifragile recovery …``: start, follow, approve and cancel recoveries."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError, RPCStatusCode
+
+from antifragile.cli._common import (
+    console,
+    err_console,
+    fail,
+    load_settings,
+    parse_duration_s,
+    parse_model,
+    print_json,
+    run,
+)
+from antifragile.constants import QUERY_STATUS, SIGNAL_APPROVE, SIGNAL_REJECT, recovery_workflow_id
+from antifragile.models.common import ApprovalSignal, Decision
+from antifragile.models.recovery import (
+    RecoveryRequest,
+    RecoveryState,
+    RecoveryStatus,
+    RecoveryStrategy,
+)
+from antifragile.recovery_client import start_recovery
+from antifragile.settings import Settings
+from antifragile.temporal_client import connect
+
+app = typer.Typer(
+    help="Start, follow, approve and cancel durable recoveries.", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+
+async def _handle(client: Client, service: str) -> WorkflowHandle[Any, Any]:
+    """The latest recovery of ``service``; exit 2 when there is none."""
+    handle = client.get_workflow_handle(recovery_workflow_id(service))
+    try:
+        await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            fail(f"no recovery found for service {service!r}")
+        raise
+    return handle
+
+
+async def _status(handle: WorkflowHandle[Any, Any]) -> RecoveryStatus:
+    status: RecoveryStatus = await handle.query(QUERY_STATUS, result_type=RecoveryStatus)
+    return status
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    delta = (value - datetime.now(UTC)).total_seconds()
+    rel = f"in {delta:.0f}s" if delta >= 0 else f"{-delta:.0f}s ago"
+    return f"{value:%H:%M:%S} UTC ({rel})"
+
+
+def render_status(status: RecoveryStatus, settings: Settings) -> None:
+    """Print a recovery's status as rich tables."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row("service", status.service)
+    head.add_row("state", f"[bold]{status.state.value}[/bold]")
+    head.add_row("strategy", status.strategy.value)
+    head.add_row("priority", str(status.priority))
+    head.add_row(
+        "attempts", f"{status.attempt} (round: {status.attempts_in_round} of {status.max_attempts})"
+    )
+    head.add_row("next attempt", _when(status.next_attempt_at))
+    head.add_row("waiting for", status.waiting_for or "-")
+    head.add_row("last error", status.last_error or "-")
+    head.add_row("probe", status.probe)
+    head.add_row("ui", settings.workflow_url(recovery_workflow_id(status.service)))
+    console.print(head)
+    if status.attempts:
+        table = Table(title="attempts", title_justify="left")
+        for col in ("#", "started", "duration", "outcome", "detail"):
+            table.add_column(col)
+        for a in status.attempts:
+            table.add_row(
+                str(a.number),
+                f"{a.started_at:%H:%M:%S}",
+                f"{a.duration_ms} ms",
+                a.outcome,
+                a.detail,
+            )
+        console.print(table)
+    if status.decisions:
+        table = Table(title="decisions", title_justify="left")
+        for col in ("at", "by", "decision", "note", "why"):
+            table.add_column(col)
+        for d in status.decisions:
+            table.add_row(f"{d.at:%H:%M:%S}", d.approver, d.decision.value, d.note, d.reason)
+        console.print(table)
+
+
+@app.command("start")
+def start(
+    service: Annotated[str, typer.Argument(help="Service to recover.")],
+    probe: Annotated[str, typer.Option(help="tcp://h:p, http(s)://… or redis://h:p/db")],
+    strategy: Annotated[RecoveryStrategy, typer.Option(case_sensitive=False)] = (
+        RecoveryStrategy.EXPONENTIAL_BACKOFF
+    ),
+    priority: Annotated[int, typer.Option(help="Lower is more urgent.")] = 1,
+    max_attempts: Annotated[int, typer.Option(help="Attempts per round.")] = 5,
+    initial_delay: Annotated[str, typer.Option(help="Delay after the first failure.")] = "1s",
+    max_delay: Annotated[str, typer.Option(help="Largest delay.")] = "60s",
+    multiplier: Annotated[float, typer.Option(help="Exponential growth factor.")] = 2.0,
+    action: Annotated[str, typer.Option(help="none | webhook:URL | command:NAME")] = "none",
+    reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "",
+    requested_by: Annotated[str, typer.Option("--by", help="Who asks.")] = "cli",
+    wait: Annotated[bool, typer.Option(help="Wait for the recovery to end.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Start (or join) the recovery of SERVICE."""
+    settings = load_settings()
+    request = parse_model(
+        RecoveryRequest,
+        {
+            "service": service,
+            "strategy": strategy,
+            "priority": priority,
+            "probe": probe,
+            "action": action,
+            "reason": reason,
+            "requested_by": requested_by,
+            "constitutional_hash": settings.constitutional_hash,
+            "policy": {
+                "max_retry_attempts": max_attempts,
+                "initial_delay_ms": int(parse_duration_s(initial_delay, "--initial-delay") * 1000),
+                "max_delay_ms": int(parse_duration_s(max_delay, "--max-delay") * 1000),
+                "backoff_multiplier": multiplier,
+            },
+        },
+        "recovery request",
+    )
+    run(_start(settings, request, wait, json_out))
+
+
+async def _start(settings: Settings, request: RecoveryRequest, wait: bool, json_out: bool) -> None:
+    client = await connect(settings)
+    handle = await start_recovery(client, request, task_queue=settings.task_queue)
+    url = settings.workflow_url(handle.id, handle.result_run_id)
+    if not wait:
+        if json_out:
+            print_json({"workflow_id": handle.id, "run_id": handle.result_run_id, "url": url})
+        else:
+            console.print(f"recovery [bold]{handle.id}[/bold] started (or joined)\n  {url}")
+        return
+    if not json_out:
+        err_console.print(f"waiting for {handle.id} … {url}")
+    try:
+        await handle.result()
+    except WorkflowFailureError as exc:
+        status = await _status(handle)
+        _print_status(status, settings, json_out)
+        cause = exc.cause
+        reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
+        if isinstance(cause, CancelledError):
+            reason = "cancelled"
+        fail(f"recovery of {request.service} ended {status.state.value}: {reason}", code=1)
+    _print_status(await _status(handle), settings, json_out)
+
+
+def _print_status(status: RecoveryStatus, settings: Settings, json_out: bool) -> None:
+    if json_out:
+        print_json(status)
+    else:
+        render_status(status, settings)
+
+
+@app.command("status")
+def status(service: str, json_out: JsonFlag = False) -> None:
+    """Show SERVICE's recovery: state, attempts, next attempt, decisions."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        _print_status(await _status(await _handle(client, service)), settings, json_out)
+
+    run(_go())
+
+
+@app.command("list")
+def list_(
+    state: Annotated[RecoveryState | None, typer.Option(case_sensitive=False)] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List recoveries, newest first (optionally only those in STATE)."""
+    settings = load_settings()
+    query = 'AfKind="recovery"'
+    if state:
+        query += f' AND AfState="{state.value}"'
+
+    async def _go() -> None:
+        client = await connect(settings)
+        rows: list[dict[str, Any]] = []
+        async for wf in client.list_workflows(query, limit=500):
+            sa = wf.search_attributes
+            rows.append(
+                {
+                    "service": _first(sa.get("AfService")),
+                    "state": _first(sa.get("AfState")),
+                    "strategy": _first(sa.get("AfStrategy")),
+                    "priority": _first(sa.get("AfPriority")),
+                    "workflow_status": wf.status.name if wf.status else None,
+                    "started": wf.start_time.isoformat(),
+                    "workflow_id": wf.id,
+                    "run_id": wf.run_id,
+                }
+            )
+        if json_out:
+            print_json(rows)
+            return
+        table = Table()
+        for col in ("service", "state", "strategy", "priority", "started", "workflow"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                str(r["service"]),
+                str(r["state"]),
+                str(r["strategy"]),
+                str(r["priority"]),
+                r["started"][:19],
+                str(r["workflow_status"]),
+            )
+        console.print(table)
+
+    run(_go())
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and value else value
+
+
+def _decide(service: str, by: str, note: str, decision: Decision) -> None:
+    settings = load_settings()
+    signal = parse_model(ApprovalSignal, {"approver": by, "note": note}, "decision")
+
+    async def _go() -> None:
+        client = await connect(settings)
+        handle = await _handle(client, service)
+        before = await _status(handle)
+        if before.state is not RecoveryState.AWAITING_APPROVAL:
+            fail(f"nothing awaits approval for {service} (state {before.state.value})")
+        name = SIGNAL_APPROVE if decision is Decision.APPROVED else SIGNAL_REJECT
+        await handle.signal(name, signal)
+        # The workflow checks the approver against the worker policy: wait for its verdict.
+        for _ in range(100):
+            after = await _status(handle)
+            if len(after.decisions) > len(before.decisions):
+                record = after.decisions[-1]
+                if record.decision is Decision.REFUSED:
+                    fail(f"{by} was refused: {record.reason}")
+                console.print(
+                    f"{record.decision.value} by {record.approver}: recovery of "
+                    f"{service} is now {after.state.value}"
+                )
+                return
+            await asyncio.sleep(0.1)
+        console.print(f"signal sent; {service} has not recorded the decision yet")
+
+    run(_go())
+
+
+@app.command("approve")
+def approve(
+    service: str,
+    by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],
+    note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
+) -> None:
+    """Approve a round of attempts for SERVICE (AWAITING_APPROVAL only)."""
+    _decide(service, by, note, Decision.APPROVED)
+
+
+@app.command("reject")
+def reject(
+    service: str,
+    by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],
+    note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
+) -> None:
+    """Reject SERVICE's recovery: it ends FAILED."""
+    _decide(service, by, note, Decision.REJECTED)
+
+
+@app.command("cancel")
+def cancel(service: str) -> None:
+    """Cancel SERVICE's running recovery: it ends CANCELLED."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        handle = await _handle(client, service)
+        desc = await handle.describe()
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            fail(
+                f"the recovery of {service} is not running ({desc.status.name.lower()})"
+                if desc.status
+                else f"the recovery of {service} is not running"
+            )
+        await handle.cancel()
+        console.print(f"cancellation requested for {handle.id}")
+
+    run(_go())

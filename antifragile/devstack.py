@@ -1,0 +1,137 @@
+"""The embedded stack behind ``antifragile dev``: Temporal dev server + UI, Redis, a worker.
+
+Everything it starts it also stops, in reverse order, on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from antifragile.errors import ConfigError
+from antifragile.processes import ServerProcess, port_open, start_redis, start_temporal_dev_server
+from antifragile.settings import Settings
+
+log = logging.getLogger("antifragile.dev")
+
+
+@dataclass
+class DevStack:
+    """Ports and data directory of one embedded stack (two can run side by side)."""
+
+    port: int = 7233
+    ui_port: int = 8233
+    redis_port: int = 6379
+    data_dir: Path = Path(".antifragile")
+    redis_url: str | None = None
+    """An existing Redis to use instead of starting one (from ``ANTIFRAGILE_REDIS_URL``)."""
+    started: list[ServerProcess] = field(default_factory=list)
+
+    @property
+    def temporal_address(self) -> str:
+        """gRPC address of this stack's Temporal."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        """URL of this stack's Temporal UI."""
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The Redis the stack's processes use."""
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def settings(self, base: Settings | None = None) -> Settings:
+        """Settings pointing at this stack."""
+        return (base or Settings()).model_copy(
+            update={
+                "temporal_address": self.temporal_address,
+                "redis_url": self.effective_redis_url,
+                "ui_url": self.ui_url,
+            }
+        )
+
+    def start_servers(self) -> None:
+        """Start Temporal (file-persisted, search attributes registered) and Redis."""
+        for port, what, flag in (
+            (self.port, "Temporal gRPC", "--port"),
+            (self.ui_port, "Temporal UI", "--ui-port"),
+        ):
+            if port_open("127.0.0.1", port):
+                raise ConfigError(
+                    f"port {port} ({what}) is already in use: is another stack running? "
+                    f"Stop it or pass {flag}"
+                )
+        if self.redis_url is None and port_open("127.0.0.1", self.redis_port):
+            raise ConfigError(
+                f"port {self.redis_port} (Redis) is already in use: pass --redis-port, or set "
+                f"ANTIFRAGILE_REDIS_URL to use that Redis"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.started.append(
+                start_temporal_dev_server(
+                    self.port,
+                    ui_port=self.ui_port,
+                    db_file=self.data_dir / "temporal.db",
+                    log_path=self.data_dir / "temporal.log",
+                )
+            )
+            if self.redis_url is None:
+                self.started.append(
+                    start_redis(
+                        self.redis_port,
+                        data_dir=self.data_dir / "redis",
+                        log_path=self.data_dir / "redis.log",
+                    )
+                )
+        except Exception:
+            self.stop_servers()
+            raise
+
+    def stop_servers(self) -> None:
+        """Stop what this stack started, newest first; idempotent."""
+        while self.started:
+            self.started.pop().stop()
+
+    async def run(
+        self, on_ready: Callable[[DevStack], None] | None = None, stop: asyncio.Event | None = None
+    ) -> None:
+        """Start everything, run the worker until stopped, then stop everything."""
+        # Imported here: the core package only reaches workers from the CLI and dev stack.
+        from workers.main import run_worker
+
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await asyncio.to_thread(self.start_servers)
+        try:
+            worker = asyncio.create_task(
+                run_worker(
+                    self.settings(),
+                    stop=stop,
+                    install_signal_handlers=False,
+                    on_ready=(lambda: on_ready(self)) if on_ready else None,
+                )
+            )
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            await worker  # re-raises a worker failure after it has shut down
+            stopper.cancel()
+        finally:
+            await asyncio.to_thread(self.stop_servers)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def redis_url_from_env() -> str | None:
+    """``ANTIFRAGILE_REDIS_URL`` when the user set it explicitly, else None."""
+    return os.environ.get("ANTIFRAGILE_REDIS_URL") or None
