@@ -10,11 +10,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from antifragile.breaker import CircuitBreakerConfig, CircuitState
-from antifragile.constants import recovery_workflow_id
+from antifragile.constants import KIND_CHAOS, SA_KIND, SA_SERVICE, recovery_workflow_id
+from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryStatus
 from antifragile.processes import free_port
 from antifragile.runtime import Runtime
@@ -181,3 +185,81 @@ async def test_unreachable_temporal_is_retried_with_backoff_keeping_the_latest_s
         finally:
             await runtime.stop()
             await handle.terminate("test done")
+
+
+@workflow.defn(name="FakeChaosExperiment")
+class FakeChaosExperiment:
+    """Stands in for the chaos workflow: records the health signals it receives."""
+
+    def __init__(self) -> None:
+        self.signals: list[HealthChangedSignal] = []
+        self.done = False
+
+    @workflow.run
+    async def run(self) -> int:
+        await workflow.wait_condition(lambda: self.done)
+        return len(self.signals)
+
+    @workflow.signal(name="health_changed")
+    def health_changed(self, signal: HealthChangedSignal) -> None:
+        self.signals.append(signal)
+
+    @workflow.signal
+    def finish(self) -> None:
+        self.done = True
+
+    @workflow.query
+    def received(self) -> list[HealthChangedSignal]:
+        return self.signals
+
+
+async def test_health_changes_are_signalled_to_running_chaos_experiments(
+    temporal_client: Client, task_queue: str, redis_url: str
+) -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    runtime = runtime_for(
+        temporal_client, redis_url, task_queue, "it-3", bridge_options={"chaos_cache_s": 0}
+    )
+    guard = runtime.guard(
+        service, breaker_config=CircuitBreakerConfig(failure_threshold=1), recovery=False
+    )
+    async with Worker(
+        temporal_client,
+        task_queue=task_queue,
+        workflows=[FakeChaosExperiment],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        handle = await temporal_client.start_workflow(
+            FakeChaosExperiment.run,
+            id=f"chaos-{service}-{uuid.uuid4().hex[:6]}",
+            task_queue=task_queue,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(SA_KIND, KIND_CHAOS), SearchAttributePair(SA_SERVICE, service)]
+            ),
+        )
+        query = f'AfKind="chaos" AND AfService="{service}" AND ExecutionStatus="Running"'
+
+        async def listed() -> bool:
+            return bool([w async for w in temporal_client.list_workflows(query)])
+
+        await eventually(listed)  # visibility is eventually consistent
+        await runtime.start()
+        try:
+            with pytest.raises(Boom):
+                await guard.call(fail)  # OPEN: unhealthy
+            got = await eventually(lambda: handle.query(FakeChaosExperiment.received))
+            assert got[0].service == service
+            assert got[0].healthy is False
+            assert got[0].source == "it-3"
+            assert got[0].status == "CRITICAL"
+            guard.breaker.reset()  # CLOSED: healthy again
+
+            async def healthy_seen() -> bool:
+                signals = await handle.query(FakeChaosExperiment.received)
+                return signals[-1].healthy is True
+
+            await eventually(healthy_seen)
+            await handle.signal(FakeChaosExperiment.finish)
+            assert await handle.result() >= 2
+        finally:
+            await runtime.stop()
