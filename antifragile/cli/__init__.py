@@ -19,6 +19,7 @@ from typer.exceptions import TyperException
 
 from antifragile.cli import recovery
 from antifragile.cli._common import CommandFailed, console, err_console, load_settings, run
+from antifragile.cli.health import health_command
 from antifragile.errors import AntifragileError, describe_validation_error
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(recovery.app, name="recovery")
+app.command("health")(health_command)
 
 
 @app.command("worker")
