@@ -174,6 +174,31 @@ def temporal_dev_server_args(
     return argv + list(extra or [])
 
 
+def _wait_frontend_healthy(
+    proc: subprocess.Popen[bytes], port: int, timeout: float, log: Path | None
+) -> None:
+    """An open port is not a ready server: wait until the frontend reports SERVING."""
+    deadline = time.monotonic() + timeout
+    argv = [
+        binaries.temporal_cli(),
+        "operator",
+        "cluster",
+        "health",
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        check = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        if check.returncode == 0 and "SERVING" in check.stdout:
+            return
+        time.sleep(0.05)
+    _wait_port(proc, "127.0.0.1", port, "temporal dev server", 0.1, log)
+    proc.kill()
+    raise ProcessStartError(f"temporal dev server on port {port} never became healthy")
+
+
 def start_temporal_dev_server(
     port: int | None = None,
     *,
@@ -188,6 +213,7 @@ def start_temporal_dev_server(
     argv = temporal_dev_server_args(port, ui_port, db_file, extra_args)
     proc = _spawn(argv, log_path)
     _wait_port(proc, "127.0.0.1", port, "temporal dev server", timeout, log_path)
+    _wait_frontend_healthy(proc, port, timeout, log_path)
     server = ServerProcess("temporal", proc, "127.0.0.1", port, log_path)
     if ui_port:
         server.extra["ui_port"] = ui_port
