@@ -240,3 +240,35 @@ async def test_cli_names_the_address_when_temporal_is_unreachable(
     assert result.code == 2
     assert env["ANTIFRAGILE_TEMPORAL_ADDRESS"] in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_wait_on_a_recovery_that_ends_failed_exits_1_with_the_reason(
+    temporal_client: Client,
+    dev_server: ServerProcess,
+    redis_url: str,
+    task_queue: str,
+    start_worker,
+) -> None:
+    # The CLI carries a hash the worker does not accept: the recovery fails before acting.
+    env = stack_env(
+        dev_server, redis_url, task_queue, ANTIFRAGILE_CONSTITUTIONAL_HASH="0123456789abcdef"
+    )
+    async with start_worker(temporal_client, task_queue):
+        result = await run_cli(
+            env, "recovery", "start", f"bad-{task_queue}", "--probe", "tcp://127.0.0.1:9", "--wait"
+        )
+    assert result.code == 1
+    assert "ended FAILED" in result.stderr
+    assert "constitutional hash mismatch: got 01234567…" in result.stderr
+    assert "0123456789abcdef" not in result.stderr + result.stdout
+
+
+async def test_the_worker_process_shuts_down_cleanly_on_sigterm(
+    dev_server: ServerProcess, redis_url: str, task_queue: str, worker_process
+) -> None:
+    worker = worker_process(stack_env(dev_server, redis_url, task_queue))
+    await asyncio.sleep(3)  # let it connect and start polling
+    assert worker.proc.poll() is None, worker.log.read_text()
+    worker.stop()
+    assert worker.proc.returncode == 0, worker.log.read_text()
+    assert "worker stopping" in worker.log.read_text()
