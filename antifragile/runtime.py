@@ -20,11 +20,15 @@ import logging
 import os
 import socket
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from temporalio.client import Client
+
+if TYPE_CHECKING:
+    from antifragile.metrics import MetricsServer
 
 from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from antifragile.bridge import Bridge, ClientFactory
@@ -121,6 +125,7 @@ class Runtime:
             )
             self.health.on_health_change(self.bridge.health_changed)
         self._started = False
+        self._metrics_server: MetricsServer | None = None
 
     # ------------------------------------------------------------------ guards
 
@@ -219,12 +224,21 @@ class Runtime:
         await self.health.start()
         if self.bridge is not None:
             await self.bridge.start()
+        if self.settings.metrics_port and self._metrics_server is None:
+            from antifragile.metrics import RuntimeCollector, serve
+
+            registry = CollectorRegistry()
+            registry.register(RuntimeCollector(self))
+            self._metrics_server = serve(registry, self.settings.metrics_port)
 
     async def stop(self) -> None:
         """Flush metering, stop the bridge (removing this instance's snapshot), close."""
         if not self._started:
             return
         self._started = False
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
         if self.bridge is not None:
             await self.bridge.stop()
         if self.metering is not None:

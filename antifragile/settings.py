@@ -36,8 +36,10 @@ class Settings(BaseSettings):
             Default ``cdd01ef066bc6cf2``.
         policy_file: YAML worker policy (see ``antifragile.policy``). Default none:
             the policy defaults apply.
-        metrics_port: Port for the Prometheus endpoint of a worker or runtime; 0 = off.
-            Default 0.
+        metrics_port: Port of the Prometheus endpoint of a worker or runtime (our
+            metrics); 0 = off. Default 0.
+        temporal_metrics_port: Port of the Temporal SDK's own Prometheus endpoint in a
+            worker; 0 = off. Default 0.
         instance_id: Name of this process in fleet health snapshots. Default: the
             hostname and pid.
         ui_url: Base URL of the Temporal UI, for the links the CLI prints.
@@ -58,6 +60,7 @@ class Settings(BaseSettings):
     constitutional_hash: str = DEFAULT_CONSTITUTIONAL_HASH
     policy_file: Path | None = None
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    temporal_metrics_port: int = Field(default=0, ge=0, le=65535)
     instance_id: str | None = None
     ui_url: str = "http://127.0.0.1:8233"
 

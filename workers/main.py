@@ -9,12 +9,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
+from antifragile.constants import KIND_RECOVERY
+from antifragile.metrics import WorkflowCountCollector, serve, temporal_runtime_with_metrics
+from antifragile.models.recovery import RecoveryState
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
@@ -29,6 +33,11 @@ _GRACE = timedelta(seconds=5)
 def all_workflows() -> list[type]:
     """Every workflow class the worker runs."""
     return [RecoveryWorkflow]
+
+
+def workflow_states() -> dict[str, list[str]]:
+    """AfState values per AfKind, for the ``antifragile_workflows`` gauge."""
+    return {KIND_RECOVERY: [state.value for state in RecoveryState]}
 
 
 def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..., Any]]:
@@ -85,7 +94,19 @@ async def run_worker(
     """Connect and run a worker until ``stop`` is set or SIGTERM/SIGINT arrives."""
     settings = settings or Settings()
     policy = policy or WorkerPolicy.load(settings.policy_file)
-    client = await connect(settings)
+    temporal_runtime = (
+        temporal_runtime_with_metrics(settings.temporal_metrics_port)
+        if settings.temporal_metrics_port
+        else None
+    )
+    client = await connect(settings, runtime=temporal_runtime)
+    background: list[asyncio.Task[None]] = []
+    if settings.metrics_port:
+        registry = CollectorRegistry()
+        counts = WorkflowCountCollector(client, workflow_states())
+        registry.register(counts)
+        server = serve(registry, settings.metrics_port)
+        background.append(asyncio.create_task(counts.run()))
     stop = stop or asyncio.Event()
     if install_signal_handlers:
         loop = asyncio.get_running_loop()
@@ -98,3 +119,7 @@ async def run_worker(
             on_ready()
         await stop.wait()
         log.info("worker stopping")
+    for task in background:
+        task.cancel()
+    if settings.metrics_port:
+        server.close()

@@ -1,0 +1,164 @@
+"""Prometheus metrics of the in-process runtime and of the worker.
+
+Everything is computed at scrape time by collectors that read the live objects, so the
+hot path pays nothing for metrics. Temporal SDK metrics come from the SDK's own
+Prometheus exporter (see :func:`temporal_runtime_with_metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from antifragile.breaker import CircuitState
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from antifragile.runtime import Runtime as AntifragileRuntime
+
+log = logging.getLogger(__name__)
+
+_STATE_VALUE = {
+    CircuitState.CLOSED: 0.0,
+    CircuitState.HALF_OPEN: 1.0,
+    CircuitState.OPEN: 2.0,
+    CircuitState.FORCED_OPEN: 3.0,
+}
+
+
+class RuntimeCollector(Collector):
+    """Breakers, health, metering and faults of one in-process :class:`Runtime`."""
+
+    def __init__(self, runtime: AntifragileRuntime) -> None:
+        self._runtime = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Read the runtime's live state (called by the Prometheus client on scrape)."""
+        rt = self._runtime
+        instance = rt.instance_id
+        state = GaugeMetricFamily(
+            "antifragile_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open, 3 forced open.",
+            labels=["instance", "dependency"],
+        )
+        for name, breaker in rt.breakers.items():
+            state.add_metric([instance, name], _STATE_VALUE[breaker.state])
+        yield state
+        report = rt.health.get_system_health()
+        score = GaugeMetricFamily(
+            "antifragile_health_score", "Health score 0.0-1.0.", labels=["instance"]
+        )
+        score.add_metric([instance], report.health_score)
+        yield score
+        status = GaugeMetricFamily(
+            "antifragile_health_status",
+            "1 for the reported status, 0 for the others.",
+            labels=["instance", "status"],
+        )
+        for value in ("HEALTHY", "DEGRADED", "CRITICAL", "UNKNOWN"):
+            status.add_metric([instance, value], 1.0 if report.status.value == value else 0.0)
+        yield status
+        faults = GaugeMetricFamily(
+            "antifragile_faults_active",
+            "Chaos faults applied in this process.",
+            labels=["instance"],
+        )
+        faults.add_metric([instance], float(len(rt.faults)))
+        yield faults
+        if rt.metering is not None:
+            stats = rt.metering.stats()
+            for field in ("recorded", "written", "dropped"):
+                counter = CounterMetricFamily(
+                    f"antifragile_metering_{field}",
+                    f"Usage events {field}.",
+                    labels=["instance"],
+                )
+                counter.add_metric([instance], float(getattr(stats, field)))
+                yield counter
+            buffered = GaugeMetricFamily(
+                "antifragile_metering_buffered",
+                "Usage events waiting to be written.",
+                labels=["instance"],
+            )
+            buffered.add_metric([instance], float(stats.buffered))
+            yield buffered
+
+
+class WorkflowCountCollector(Collector):
+    """Recoveries and experiments by state, from Temporal visibility (refreshed in background).
+
+    Counting is a network call, so it never happens during a scrape: :meth:`refresh`
+    runs every ``interval_s`` in the worker's loop and the collector serves the last
+    counts.
+    """
+
+    def __init__(
+        self, client: Client, states: Mapping[str, Iterable[str]], interval_s: float = 10.0
+    ) -> None:
+        self._client = client
+        self._states = {kind: list(values) for kind, values in states.items()}
+        self._interval_s = interval_s
+        self._counts: dict[tuple[str, str], int] = {}
+
+    async def refresh(self) -> None:
+        """Count running-or-recent workflows per (kind, AfState)."""
+        counts = {}
+        for kind, states in self._states.items():
+            for state in states:
+                query = f'AfKind="{kind}" AND AfState="{state}"'
+                counts[(kind, state)] = (await self._client.count_workflows(query)).count
+        self._counts = counts
+
+    async def run(self) -> None:
+        """Refresh forever; failures are logged and retried at the next interval."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.warning("workflow count refresh failed: %s", exc)
+            await asyncio.sleep(self._interval_s)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Serve the last counts."""
+        gauge = GaugeMetricFamily(
+            "antifragile_workflows",
+            "Recoveries and chaos experiments by state.",
+            labels=["kind", "state"],
+        )
+        for (kind, state), count in sorted(self._counts.items()):
+            gauge.add_metric([kind, state], float(count))
+        yield gauge
+
+
+class MetricsServer:
+    """``/metrics`` for one registry, served from a daemon thread until :meth:`close`."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port = int(self._httpd.server_port)
+        log.info("prometheus metrics on %s:%d/metrics", host, self.port)
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> MetricsServer:
+    """Serve ``registry`` at ``http://host:port/metrics`` (port 0: any free port)."""
+    return MetricsServer(registry, port, host)
+
+
+def temporal_runtime_with_metrics(port: int, host: str = "0.0.0.0") -> Runtime:
+    """A Temporal core runtime exporting the SDK's own metrics in Prometheus format."""
+    return Runtime(
+        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{port}"))
+    )
