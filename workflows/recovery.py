@@ -92,6 +92,7 @@ class RecoveryWorkflow:
         self._waiting_for = ""
         self._last_error = ""
         self._joins = 0
+        self._published: tuple[str, int] | None = None
 
     # --- run -------------------------------------------------------------------------
 
@@ -319,15 +320,24 @@ class RecoveryWorkflow:
     def _publish(self) -> None:
         """Keep the UI's search attributes and current details in step with the state."""
         req = self._request
-        workflow.upsert_search_attributes(
-            [
-                SA_KIND.value_set(KIND_RECOVERY),
-                SA_SERVICE.value_set(req.service),
-                SA_STATE.value_set(self._state.value),
-                SA_STRATEGY.value_set(req.strategy.value),
-                SA_PRIORITY.value_set(self._priority),
-            ]
-        )
+        # Upsert only what changed: every upsert is a history event, and histories
+        # must stay small (the details below cost no event).
+        current = (self._state.value, self._priority)
+        if self._published is None:
+            workflow.upsert_search_attributes(
+                [
+                    SA_KIND.value_set(KIND_RECOVERY),
+                    SA_SERVICE.value_set(req.service),
+                    SA_STATE.value_set(self._state.value),
+                    SA_STRATEGY.value_set(req.strategy.value),
+                    SA_PRIORITY.value_set(self._priority),
+                ]
+            )
+        elif current != self._published:
+            workflow.upsert_search_attributes(
+                [SA_STATE.value_set(self._state.value), SA_PRIORITY.value_set(self._priority)]
+            )
+        self._published = current
         lines = [
             f"**{self._state.value}** — {req.service} ({req.strategy.value}, priority "
             f"{self._priority})",
