@@ -6,7 +6,6 @@ Errors are one line on stderr, never a traceback.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -111,11 +110,9 @@ def dev(
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("ANTIFRAGILE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from antifragile.logs import configure_logging
+
+    configure_logging()
 
 
 def _exit(code: int) -> None:
