@@ -1,0 +1,1 @@
+"""Demo services embedding the in-process module (used by ``antifragile demo`` and benches)."""

@@ -1,0 +1,285 @@
+"""A small "agent bus": messages delivered to agents, persisted to Redis through a Guard.
+
+The message path is what a real service's hot path looks like: ``publish`` is a
+synchronous append; the dispatcher delivers each message to its agent through the
+``agents`` guard and persists delivered messages to a Redis Stream in pipelined batches
+through the ``redis`` guard. When Redis fails (or chaos says it does) the breaker opens,
+delivery goes on, and persistence waits in a bounded outbox until Redis is back — the
+service degrades instead of stopping. With ``runtime=None`` the same path runs with no
+guard at all: the baseline the benchmark compares against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from antifragile.breaker import CircuitBreakerConfig, CircuitOpenError, CircuitState
+from antifragile.guard import ConcurrencyLimitError, Guard
+from antifragile.runtime import Runtime
+
+PERSIST_ERRORS = (
+    CircuitOpenError,
+    ConcurrencyLimitError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    RuntimeError,
+    aioredis.RedisError,
+)
+"""What a failed persistence looks like; the batch stays in the outbox."""
+
+
+_REFUSING = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
+
+
+@dataclass(slots=True)
+class Message:
+    """One message on the bus."""
+
+    seq: int
+    topic: str
+    body: bytes
+    published_ns: int
+
+
+@dataclass
+class BusStats:
+    """Counters of an :class:`AgentBus`; ``published == delivered + queued`` always."""
+
+    published: int = 0
+    delivered: int = 0
+    persisted: int = 0
+    persist_failures: int = 0
+    outbox_dropped: int = 0
+    by_topic: Counter[str] = field(default_factory=Counter)
+
+
+class AgentBus:
+    """Delivers messages to agents and persists them to Redis, guarded by the runtime.
+
+    Args:
+        redis_client: Where delivered messages are persisted (a Redis Stream).
+        runtime: The embedded runtime; None runs the same path unguarded (baseline).
+        redis_probe: Probe URL of the Redis dependency (for automatic recovery).
+        stream: Stream key. Default ``af:demo:bus``.
+        batch_size: Messages per dispatch round. Default 256.
+        persist_batch: Most messages in one persisted stream entry. Default 512.
+        outbox_limit: Delivered messages kept while Redis is failing. Default 200,000.
+        latency_samples: Most recent per-message latencies kept. Default 200,000.
+    """
+
+    def __init__(
+        self,
+        redis_client: aioredis.Redis,
+        runtime: Runtime | None,
+        *,
+        redis_probe: str | None = None,
+        stream: str = "af:demo:bus",
+        batch_size: int = 256,
+        persist_batch: int = 512,
+        outbox_limit: int = 200_000,
+        latency_samples: int = 200_000,
+        breaker_config: CircuitBreakerConfig | None = None,
+    ) -> None:
+        self._redis = redis_client
+        self.stream = stream
+        self.batch_size = batch_size
+        self.outbox_limit = outbox_limit
+        self.stats = BusStats()
+        self.latencies_ns: deque[int] = deque(maxlen=latency_samples)
+        self._queue: deque[Message] = deque()
+        self._outbox: deque[Message] = deque()
+        self._wake = asyncio.Event()
+        self._outbox_ready = asyncio.Event()
+        self.persist_batch = persist_batch
+        self._seq = 0
+        self._agents: Guard | None = None
+        self._redis_guard: Guard | None = None
+        if runtime is not None:
+            self._agents = runtime.guard("agents", recovery=False)
+            self._redis_guard = runtime.guard(
+                "redis",
+                probe=redis_probe,
+                breaker_config=breaker_config
+                or CircuitBreakerConfig(failure_threshold=5, open_duration_s=2.0),
+                timeout_s=1.0,
+            )
+
+    # -------------------------------------------------------------- hot path
+
+    def publish(self, topic: str, body: bytes) -> None:
+        """Enqueue a message (synchronous, never blocks)."""
+        self._seq += 1
+        self._queue.append(Message(self._seq, topic, body, time.perf_counter_ns()))
+        self.stats.published += 1
+        self._wake.set()
+
+    async def _deliver(self, message: Message) -> None:
+        # The agent's work: route by topic. Local and cheap, as most agent hops are.
+        self.stats.by_topic[message.topic] += 1
+
+    # -------------------------------------------------------------- dispatcher
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver and persist until ``stop`` is set and the queue is drained."""
+        persister = asyncio.create_task(self._persist_loop(stop))
+        try:
+            await self._dispatch_loop(stop)
+        finally:
+            await persister
+        await self.flush()
+
+    async def _dispatch_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            if not self._queue:
+                if stop.is_set():
+                    break
+                self._wake.clear()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                continue
+            await self._dispatch_round()
+
+    async def _dispatch_round(self) -> None:
+        queue, agents, deliver = self._queue, self._agents, self._deliver
+        lat = self.latencies_ns
+        n = min(len(queue), self.batch_size)
+        batch = [queue.popleft() for _ in range(n)]
+        if agents is None:
+            for m in batch:
+                await deliver(m)
+        else:
+            call = agents.call
+            for m in batch:
+                await call(deliver, m)
+        now = time.perf_counter_ns()
+        lat.extend(now - m.published_ns for m in batch)
+        self.stats.delivered += n
+        self._outbox.extend(batch)
+        overflow = len(self._outbox) - self.outbox_limit
+        if overflow > 0:
+            for _ in range(overflow):
+                self._outbox.popleft()
+            self.stats.outbox_dropped += overflow
+        self._outbox_ready.set()
+        # Let publishers, the persister and background tasks (bridge, fault plane,
+        # metering) run.
+        await asyncio.sleep(0)
+
+    async def _persist_loop(self, stop: asyncio.Event) -> None:
+        """Persist the outbox in the background, so Redis latency never delays delivery."""
+        while not (stop.is_set() and not self._queue):
+            if not self._outbox:
+                self._outbox_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._outbox_ready.wait(), 0.05)
+                continue
+            before = len(self._outbox)
+            await self._persist_some()
+            if len(self._outbox) >= before:
+                await asyncio.sleep(0.01)  # failing or refused: do not spin
+
+    async def _persist_some(self) -> None:
+        if not self._outbox:
+            return
+        guard = self._redis_guard
+        if guard is not None and guard.breaker.state in _REFUSING:
+            # Breaker open: keep the outbox and do not even try. The breaker's own timer
+            # moves it to HALF_OPEN, and the next round's call is the trial.
+            return
+        chunk = [self._outbox[i] for i in range(min(len(self._outbox), self.persist_batch))]
+        try:
+            if guard is None:
+                await self._write(chunk)
+            else:
+                await guard.call(self._write, chunk)
+        except PERSIST_ERRORS:
+            self.stats.persist_failures += 1
+            return
+        for _ in range(len(chunk)):
+            self._outbox.popleft()
+        self.stats.persisted += len(chunk)
+
+    async def _write(self, chunk: list[Message]) -> None:
+        # One stream entry per batch: "first seq, count" plus the messages as
+        # "seq\ttopic\tbody" lines. Per-message XADDs cost ~10 µs each in the client;
+        # a packed batch costs well under 1 µs a message. See :func:`decode_batch`.
+        packed = b"\n".join(b"%d\t%s\t%s" % (m.seq, m.topic.encode(), m.body) for m in chunk)
+        await self._redis.xadd(
+            self.stream,
+            {"first": chunk[0].seq, "n": len(chunk), "msgs": packed},
+            maxlen=10_000,
+            approximate=True,
+        )
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Try to persist the whole outbox (e.g. at shutdown), for at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self._outbox and time.monotonic() < deadline:
+            before = len(self._outbox)
+            await self._persist_some()
+            if len(self._outbox) == before:
+                await asyncio.sleep(0.05)
+
+    @property
+    def queued(self) -> int:
+        """Messages published and not yet delivered."""
+        return len(self._queue)
+
+    @property
+    def outbox(self) -> int:
+        """Messages delivered and not yet persisted."""
+        return len(self._outbox)
+
+
+def decode_batch(fields: dict[bytes, bytes]) -> list[tuple[int, str, bytes]]:
+    """The messages of one persisted stream entry: (seq, topic, body) each."""
+    out = []
+    for line in fields[b"msgs"].split(b"\n"):
+        seq, topic, body = line.split(b"\t", 2)
+        out.append((int(seq), topic.decode(), body))
+    return out
+
+
+async def drive(
+    bus: AgentBus,
+    seconds: float,
+    *,
+    burst: int = 64,
+    topics: tuple[str, ...] = ("plan", "act", "observe", "reflect"),
+    on_tick: Callable[[], Awaitable[Any]] | None = None,
+) -> float:
+    """Publish as fast as the bus delivers, for ``seconds``; return the wall time used.
+
+    The publisher keeps at most ``4 × burst`` messages queued, so the measured latency
+    is the bus's own, not a backlog the publisher built up.
+    """
+    stop = asyncio.Event()
+    runner = asyncio.create_task(bus.run(stop))
+    body = b"x" * 64
+    start = time.perf_counter()
+    deadline = start + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        if bus.queued < 4 * burst:
+            for _ in range(burst):
+                bus.publish(topics[i & 3], body)
+                i += 1
+        await asyncio.sleep(0)
+        if on_tick is not None and (i & 0xFFFF) == 0:
+            await on_tick()
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await runner
+    return elapsed
