@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
+from typing import Any
 
-from antifragile.constants import SIGNAL_JOIN, recovery_workflow_id
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from antifragile.constants import (
+    KIND_ORCHESTRATOR,
+    ORCHESTRATOR_WORKFLOW_ID,
+    ORCHESTRATOR_WORKFLOW_TYPE,
+    QUERY_QUEUE,
+    SA_KIND,
+    SIGNAL_JOIN,
+    UPDATE_ENQUEUE,
+    recovery_workflow_id,
+)
+from antifragile.models.orchestrator import (
+    EnqueueRecovery,
+    EnqueueResult,
+    OrchestratorInput,
+    QueueView,
+    RequestState,
+)
 from antifragile.models.recovery import JoinSignal, RecoveryRequest, RecoveryResult
 
 
@@ -58,3 +86,79 @@ async def start_recovery(
         static_summary=recovery_summary(request),
         static_details=recovery_details(request),
     )
+
+
+ORCHESTRATOR_SUMMARY = "Recovery orchestrator: fleet-wide priority queue of recoveries"
+ORCHESTRATOR_DETAILS = (
+    "Admits recoveries by priority (lower first, then first come first served) within "
+    "the worker policy's `max_concurrent` slots, `max_admissions_per_minute` and "
+    "`retry_budget`. Query `queue` for running and waiting recoveries."
+)
+
+
+async def running_recovery(
+    client: Client, service: str
+) -> WorkflowHandle[object, RecoveryResult] | None:
+    """The handle of ``recovery-{service}`` when its latest run is running, else None."""
+    handle = client.get_workflow_handle(recovery_workflow_id(service), result_type=RecoveryResult)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return handle if desc.status == WorkflowExecutionStatus.RUNNING else None
+
+
+async def request_recovery(
+    client: Client, request: RecoveryRequest, *, task_queue: str
+) -> EnqueueResult:
+    """Ask for a recovery through the orchestrator (starting the orchestrator if needed).
+
+    A request for a service whose recovery is already running joins it (``join`` with
+    the request's priority, as :func:`start_recovery` does) instead of queueing; one for
+    a service already waiting is merged by the orchestrator, keeping the more urgent
+    priority. Never a duplicate.
+
+    Returns:
+        Where the request stands: queued (with its position), merged, running or joined.
+
+    Raises:
+        temporalio.client.WorkflowUpdateFailedError: the orchestrator refused it (full).
+    """
+    running = await running_recovery(client, request.service)
+    if running is not None:
+        await running.signal(
+            SIGNAL_JOIN,
+            JoinSignal(
+                priority=request.priority, reason=request.reason, requested_by=request.requested_by
+            ),
+        )
+        return EnqueueResult(
+            service=request.service, state=RequestState.JOINED, priority=request.priority
+        )
+    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+        ORCHESTRATOR_WORKFLOW_TYPE,
+        OrchestratorInput(),
+        id=ORCHESTRATOR_WORKFLOW_ID,
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=ORCHESTRATOR_SUMMARY,
+        static_details=ORCHESTRATOR_DETAILS,
+        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_KIND, KIND_ORCHESTRATOR)]),
+    )
+    result: EnqueueResult = await client.execute_update_with_start_workflow(
+        UPDATE_ENQUEUE,
+        EnqueueRecovery(request=request),
+        start_workflow_operation=start,
+        result_type=EnqueueResult,
+    )
+    return result
+
+
+async def orchestrator_queue(client: Client) -> QueueView:
+    """The orchestrator's ``queue`` query: running and waiting recoveries, pause reason."""
+    view: QueueView = await client.get_workflow_handle(ORCHESTRATOR_WORKFLOW_ID).query(
+        QUERY_QUEUE, result_type=QueueView
+    )
+    return view

@@ -13,11 +13,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.common import CommonActivities
+from activities.orchestrator import OrchestratorActivities
 from activities.recovery import RecoveryActivities
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 from workflows.recovery import RecoveryWorkflow
+from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
 
 log = logging.getLogger("antifragile.worker")
 
@@ -27,18 +29,21 @@ _GRACE = timedelta(seconds=5)
 
 def all_workflows() -> list[type]:
     """Every workflow class the worker runs."""
-    return [RecoveryWorkflow]
+    return [RecoveryWorkflow, RecoveryOrchestratorWorkflow]
 
 
 def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..., Any]]:
     """Every activity, bound to the worker's settings and policy."""
     common = CommonActivities(settings, policy)
     recovery = RecoveryActivities(settings, policy)
+    orchestrator = OrchestratorActivities(settings, policy)
     return [
         common.validate_constitutional_hash,
         common.authorize_approver,
         common.probe_service,
         recovery.run_recovery_action,
+        orchestrator.load_orchestrator_limits,
+        orchestrator.await_recovery_end,
     ]
 
 
