@@ -320,10 +320,16 @@ class OrchestratorCore:
         if running is not None:
             running.run_id = run_id
 
-    def finish(self, service: str, outcome: RecoveryOutcome, now: datetime) -> bool:
-        """Return ``service``'s slot; False when it held none (a duplicate report)."""
-        if self.running.pop(service, None) is None:
+    def finish(self, service: str, outcome: RecoveryOutcome, now: datetime, index: int = 0) -> bool:
+        """Return ``service``'s slot; False when the report is stale or a duplicate.
+
+        ``index`` names the admission the report is about (0: the current holder): a
+        late report about an earlier holder must not free the slot of a newer one.
+        """
+        holder = self.running.get(service)
+        if holder is None or (index and holder.index != index):
             return False
+        del self.running[service]
         self.finished[outcome.value] = self.finished.get(outcome.value, 0) + 1
         if outcome.counts_for_budget:
             sample = BudgetSample(at_ms=to_ms(now), failed=outcome.counts_as_failure)
@@ -363,16 +369,17 @@ class OrchestratorCore:
         return decided
 
     def _admit(self, entry: WaitingRecovery, now: datetime, now_ms: int) -> AdmissionRecord:
+        self.admission_times_ms.append(now_ms)
+        self.admitted_total += 1
         self.running[entry.service] = RunningRecovery(
             service=entry.service,
             workflow_id=recovery_workflow_id(entry.service),
+            index=self.admitted_total,
             priority=entry.priority,
             seq=entry.seq,
             enqueued_at=entry.enqueued_at,
             admitted_at=now,
         )
-        self.admission_times_ms.append(now_ms)
-        self.admitted_total += 1
         record = AdmissionRecord(
             index=self.admitted_total,
             service=entry.service,

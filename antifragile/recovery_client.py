@@ -111,7 +111,11 @@ async def running_recovery(
 
 
 async def request_recovery(
-    client: Client, request: RecoveryRequest, *, task_queue: str
+    client: Client,
+    request: RecoveryRequest,
+    *,
+    task_queue: str,
+    orchestrator_id: str = ORCHESTRATOR_WORKFLOW_ID,
 ) -> EnqueueResult:
     """Ask for a recovery through the orchestrator (starting the orchestrator if needed).
 
@@ -119,6 +123,9 @@ async def request_recovery(
     the request's priority, as :func:`start_recovery` does) instead of queueing; one for
     a service already waiting is merged by the orchestrator, keeping the more urgent
     priority. Never a duplicate.
+
+    ``orchestrator_id`` exists for tests and separate fleets; everyone else uses the
+    singleton ``recovery-orchestrator``.
 
     Returns:
         Where the request stands: queued (with its position), merged, running or joined.
@@ -140,7 +147,7 @@ async def request_recovery(
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         ORCHESTRATOR_WORKFLOW_TYPE,
         OrchestratorInput(),
-        id=ORCHESTRATOR_WORKFLOW_ID,
+        id=orchestrator_id,
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=ORCHESTRATOR_SUMMARY,
@@ -156,9 +163,11 @@ async def request_recovery(
     return result
 
 
-async def orchestrator_queue(client: Client) -> QueueView:
+async def orchestrator_queue(
+    client: Client, *, orchestrator_id: str = ORCHESTRATOR_WORKFLOW_ID
+) -> QueueView:
     """The orchestrator's ``queue`` query: running and waiting recoveries, pause reason."""
-    view: QueueView = await client.get_workflow_handle(ORCHESTRATOR_WORKFLOW_ID).query(
+    view: QueueView = await client.get_workflow_handle(orchestrator_id).query(
         QUERY_QUEUE, result_type=QueueView
     )
     return view

@@ -43,7 +43,7 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
         common.probe_service,
         recovery.run_recovery_action,
         orchestrator.load_orchestrator_limits,
-        orchestrator.await_recovery_end,
+        orchestrator.watch_recoveries,
     ]
 
 

@@ -50,7 +50,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from antifragile.models.orchestrator import (
         AdmissionRecord,
-        AwaitRecoveryInput,
         EnqueueRecovery,
         EnqueueResult,
         LoadLimitsInput,
@@ -67,6 +66,9 @@ with workflow.unsafe.imports_passed_through():
         RunningView,
         WaitingRecovery,
         WaitingView,
+        WatchedRecovery,
+        WatchRecoveriesInput,
+        WatchRecoveriesResult,
     )
     from antifragile.models.recovery import JoinSignal, RecoveryRequest
     from antifragile.orchestrator_logic import (
@@ -105,7 +107,8 @@ class RecoveryOrchestratorWorkflow:
         # previous run's limits (or the defaults) order the queue; nothing is admitted.
         self._core = OrchestratorCore.restore(unpack_input(data), data.limits)
         self._dirty = True
-        self._starting = 0
+        self._starting_services: set[str] = set()
+        self._carried: dict[str, WatchedRecovery] = {}
         self._forwarding = 0
         self._published_state = ""
         self._last = Admissions()
@@ -126,13 +129,14 @@ class RecoveryOrchestratorWorkflow:
         )
         self._core.set_limits(limits)
         for running in list(self._core.running.values()):
-            self._watch(running)
+            self._carry_watch(running)
+        self._spawn(self._reconcile())
         while True:
             self._dirty = False
             now = workflow.now()
             decided = self._core.next_admissions(now)
             for entry, record in zip(decided.admit, decided.records, strict=True):
-                self._starting += 1
+                self._starting_services.add(entry.service)
                 self._spawn(self._run_child(entry, record))
             self._last = decided
             self._publish()
@@ -168,39 +172,90 @@ class RecoveryOrchestratorWorkflow:
         except WorkflowAlreadyStartedError:
             # Started outside the queue (e.g. directly): it holds this slot until it
             # ends, and learns of the request's priority like any duplicate would.
-            self._starting -= 1
+            self._starting_services.discard(service)
             self._forward_join(request)
-            self._watch(self._core.running[service])
+            self._carry_watch(self._core.running[service])
             return
         self._core.started(service, handle.first_execution_run_id)
-        self._starting -= 1
+        self._starting_services.discard(service)
         try:
             await handle
             outcome, detail = RecoveryOutcome.SUCCEEDED, ""
         except ChildWorkflowError as err:
             outcome, detail = outcome_of_failure(err.cause)
-        self._finish(RecoveryFinished(service=service, outcome=outcome, detail=detail))
-
-    def _watch(self, running: RunningRecovery) -> None:
-        self._spawn(self._watch_until_closed(running))
-
-    async def _watch_until_closed(self, running: RunningRecovery) -> None:
-        finished = await workflow.execute_activity(
-            "await_recovery_end",
-            AwaitRecoveryInput(
-                service=running.service, workflow_id=running.workflow_id, run_id=running.run_id
-            ),
-            result_type=RecoveryFinished,
-            # A recovery may wait days for approval; the heartbeat notices a lost worker.
-            start_to_close_timeout=timedelta(days=7),
-            heartbeat_timeout=WATCH_HEARTBEAT_TIMEOUT,
-            retry_policy=WATCH_RETRY,
-            summary=f"watch {running.workflow_id} until it closes",
+        self._finish(
+            RecoveryFinished(service=service, outcome=outcome, detail=detail, index=record.index)
         )
-        self._finish(finished)
+
+    async def _watch_carried(self) -> None:
+        """Hold the slots of recoveries this run did not start until they close.
+
+        They were carried across continue-as-new (or adopted): this run cannot await
+        them as children, so one activity long-polls them all and reports closes.
+        """
+        while True:
+            watched = [w for w in self._carried.values() if w.service in self._core.running]
+            self._carried = {w.service: w for w in watched}
+            if not watched:
+                return
+            result = await workflow.execute_activity(
+                "watch_recoveries",
+                WatchRecoveriesInput(recoveries=watched, wait=True),
+                result_type=WatchRecoveriesResult,
+                # A recovery may wait days for approval; the heartbeat notices a lost worker.
+                start_to_close_timeout=timedelta(days=7),
+                heartbeat_timeout=WATCH_HEARTBEAT_TIMEOUT,
+                retry_policy=WATCH_RETRY,
+                summary=f"watch {len(watched)} carried recoveries until they close",
+            )
+            for finished in result.finished:
+                self._carried.pop(finished.service, None)
+                self._finish(finished)
+
+    def _carry_watch(self, running: RunningRecovery) -> None:
+        start = not self._carried
+        self._carried[running.service] = WatchedRecovery(
+            service=running.service,
+            workflow_id=running.workflow_id,
+            run_id=running.run_id,
+            index=running.index,
+        )
+        if start:
+            self._spawn(self._watch_carried())
+
+    async def _reconcile(self) -> None:
+        """Safety net: every ``reconcile_interval_s`` ask the server which have closed.
+
+        Child close reports are the fast path; this catches any that never arrive (the
+        time-skipping test server, for one, does not report a terminated child).
+        """
+        while True:
+            await workflow.sleep(
+                timedelta(seconds=self._core.limits.reconcile_interval_s),
+                summary="reconcile running recoveries",
+            )
+            watched = [
+                WatchedRecovery(
+                    service=r.service, workflow_id=r.workflow_id, run_id=r.run_id, index=r.index
+                )
+                for r in self._core.running.values()
+                if r.service not in self._starting_services
+            ]
+            if not watched:
+                continue
+            result = await workflow.execute_activity(
+                "watch_recoveries",
+                WatchRecoveriesInput(recoveries=watched, wait=False),
+                result_type=WatchRecoveriesResult,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=WATCH_RETRY,
+                summary=f"reconcile {len(watched)} running recoveries",
+            )
+            for finished in result.finished:
+                self._finish(finished)
 
     def _finish(self, finished: RecoveryFinished) -> None:
-        if self._core.finish(finished.service, finished.outcome, workflow.now()):
+        if self._core.finish(finished.service, finished.outcome, workflow.now(), finished.index):
             workflow.logger.info(
                 "recovery of %s ended %s %s",
                 finished.service,
@@ -246,7 +301,9 @@ class RecoveryOrchestratorWorkflow:
         # being sent must not be lost, before the state is handed over.
         await workflow.wait_condition(
             lambda: (
-                self._starting == 0 and self._forwarding == 0 and workflow.all_handlers_finished()
+                not self._starting_services
+                and self._forwarding == 0
+                and workflow.all_handlers_finished()
             )
         )
         carry = self._core.carry()

@@ -34,6 +34,9 @@ class OrchestratorLimits(StrictModel):
             Default 60.
         aging_interval_s: Waiting this long is worth one priority level (0: no aging).
             Default 600.
+        reconcile_interval_s: How often the orchestrator asks the server which of its
+            running recoveries have closed, as a safety net behind the close reports it
+            gets for its children. Default 60.
         max_history_events: Continue-as-new once the run's history reaches this many
             events (or when the server suggests it, whichever comes first). Default 10,000.
         max_waiting: Requests the queue holds; more are refused. Default 50,000.
@@ -46,6 +49,7 @@ class OrchestratorLimits(StrictModel):
     budget_min_samples: int = Field(default=10, ge=1)
     budget_cooldown_s: float = Field(default=60.0, gt=0.0)
     aging_interval_s: float = Field(default=600.0, ge=0.0)
+    reconcile_interval_s: float = Field(default=60.0, gt=0.0)
     max_history_events: int = Field(default=10_000, ge=50)
     max_waiting: int = Field(default=50_000, ge=1)
 
@@ -81,6 +85,7 @@ class RunningRecovery(StrictModel):
         workflow_id: ``recovery-{service}``.
         run_id: First run id of the recovery (None until its start is confirmed, or when
             the orchestrator adopted a recovery someone else started).
+        index: Admission number (identifies this holder of the service's slot).
         priority: Priority at admission.
         seq: Arrival number of its request.
         enqueued_at: When its request arrived.
@@ -90,6 +95,7 @@ class RunningRecovery(StrictModel):
     service: str
     workflow_id: str
     run_id: str | None = None
+    index: int = 0
     priority: int
     seq: int
     enqueued_at: datetime
@@ -365,29 +371,53 @@ class LoadLimitsInput(StrictModel):
     """Input of ``load_orchestrator_limits`` (nothing: the worker's policy decides)."""
 
 
-class AwaitRecoveryInput(StrictModel):
-    """Input of ``await_recovery_end``: watch one recovery until it closes.
+class WatchedRecovery(StrictModel):
+    """One recovery holding a slot, as a watcher activity sees it.
 
     Attributes:
         service: The service.
         workflow_id: ``recovery-{service}``.
         run_id: First run id to follow (None: the latest run).
+        index: Admission number of the slot holder; a report about an older holder of
+            the same service's slot is ignored.
     """
 
     service: str
     workflow_id: str
     run_id: str | None = None
+    index: int = 0
+
+
+class WatchRecoveriesInput(StrictModel):
+    """Input of ``watch_recoveries``.
+
+    Attributes:
+        recoveries: The recoveries to watch.
+        wait: True: return once at least one has closed (long poll, heartbeating).
+            False: report those already closed and return at once (reconcile).
+    """
+
+    recoveries: list[WatchedRecovery]
+    wait: bool = True
 
 
 class RecoveryFinished(StrictModel):
-    """How a recovery that held a slot ended (result of ``await_recovery_end``).
+    """How a recovery that held a slot ended.
 
     Attributes:
         service: The service.
         outcome: Succeeded, failed, cancelled, terminated, timed out, ...
         detail: A short message (the failure's, if any).
+        index: Admission number of the slot holder it is about (0: whoever holds it).
     """
 
     service: str
     outcome: RecoveryOutcome
     detail: str = ""
+    index: int = 0
+
+
+class WatchRecoveriesResult(StrictModel):
+    """Result of ``watch_recoveries``: the watched recoveries found closed."""
+
+    finished: list[RecoveryFinished] = Field(default_factory=list)
