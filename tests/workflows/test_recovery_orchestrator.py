@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -199,8 +200,16 @@ def orchestra(env: WorkflowEnvironment) -> OrchestraFactory:
 def worker_for(orch: Orchestra, policy: WorkerPolicy, tuning: OrchestratorLimits) -> Worker:
     common = CommonActivities(Settings(), policy)
     mine = OrchestratorActivities(Settings(), policy, tuning)
+    # The environment's client unlocks time skipping while it awaits a workflow result;
+    # the watcher activity awaits results (and cancels those waits), which would leave
+    # the test server skipping time on its own. The worker gets a plain client instead.
+    plain = Client(
+        orch.client.service_client,
+        namespace=orch.client.namespace,
+        data_converter=pydantic_data_converter,
+    )
     return Worker(
-        orch.client,
+        plain,
         task_queue=orch.queue,
         workflows=[RecoveryWorkflow, RecoveryOrchestratorWorkflow],
         activities=[
