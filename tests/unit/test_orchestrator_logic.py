@@ -260,7 +260,7 @@ def test_audit_finds_an_admission_that_skipped_a_better_waiting_request() -> Non
     for name, priority in [("a", 1), ("b", 3), ("c", 2)]:
         c.enqueue(req(name, priority), T0)
     c.next_admissions(T0)
-    for name in ("c", "b"):
+    for _ in range(2):
         c.finish(c.recent_admissions[-1].service, RecoveryOutcome.SUCCEEDED, T0)
         c.next_admissions(T0)
     records = list(c.recent_admissions)

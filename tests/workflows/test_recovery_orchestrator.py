@@ -439,28 +439,3 @@ async def test_continue_as_new_keeps_the_queue_and_the_running_set(
     assert sorted(admitted) == sorted(["run0", "run1", *shorts])
     assert max(a.running for a in view.recent_admissions) <= 2
     assert admission_order_violations(view.recent_admissions) == 0
-
-
-async def test_the_queue_survives_a_worker_restart(env: WorkflowEnvironment) -> None:
-    tuning = OrchestratorLimits(max_concurrent=1)
-    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
-    o2 = Orchestra(
-        env=env,
-        queue=f"tq-{uuid.uuid4().hex[:8]}",
-        orchestrator_id=f"recovery-orchestrator-{uuid.uuid4().hex[:6]}",
-        fleet=Fleet(),
-    )
-    async with worker_for(o2, policy, tuning):
-        await o2.request("a")
-        await o2.request("b", 2)
-        await o2.request("c", 1)
-        await o2.wait(lambda v: v.waiting_total == 2)
-    async with worker_for(o2, policy, tuning):
-        # A new request makes the new worker rebuild the orchestrator from its history.
-        assert (await o2.request("d", 3)).position == 3
-        view = await o2.wait(lambda v: v.waiting_total == 3)
-        assert o2.waiting(view) == ["c", "b", "d"] and o2.running(view) == ["a"]
-        await o2.heal("a", "b", "c", "d")
-        view = await o2.wait(lambda v: v.finished.get("succeeded") == 4)
-        await o2.clean_up()
-    assert o2.admitted(view) == ["a", "c", "b", "d"]
