@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
@@ -24,6 +25,7 @@ from antifragile.constants import (
     QUERY_QUEUE,
     SA_KIND,
     SIGNAL_JOIN,
+    SIGNAL_REQUEST_RECOVERY,
     UPDATE_ENQUEUE,
     recovery_workflow_id,
 )
@@ -116,6 +118,7 @@ async def request_recovery(
     *,
     task_queue: str,
     orchestrator_id: str = ORCHESTRATOR_WORKFLOW_ID,
+    want_position: bool = True,
 ) -> EnqueueResult:
     """Ask for a recovery through the orchestrator (starting the orchestrator if needed).
 
@@ -124,11 +127,19 @@ async def request_recovery(
     a service already waiting is merged by the orchestrator, keeping the more urgent
     priority. Never a duplicate.
 
+    ``want_position`` True (the CLI) enqueues with update-with-start, which answers with
+    the position. False (storms, the runtime bridge) sends signal-with-start: durable once
+    this returns, one history event, no per-workflow update limit, no position.
+
     ``orchestrator_id`` exists for tests and separate fleets; everyone else uses the
     singleton ``recovery-orchestrator``.
 
+    In a storm the server refuses more than a few concurrent updates per workflow; the
+    request then goes as a signal-with-start (state ``accepted``, position unknown).
+
     Returns:
-        Where the request stands: queued (with its position), merged, running or joined.
+        Where the request stands: queued (with its position), merged, running, joined
+        or accepted.
 
     Raises:
         temporalio.client.WorkflowUpdateFailedError: the orchestrator refused it (full).
@@ -144,23 +155,72 @@ async def request_recovery(
         return EnqueueResult(
             service=request.service, state=RequestState.JOINED, priority=request.priority
         )
+    if not want_position:
+        return await _signal_request(client, request, orchestrator_id, task_queue)
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         ORCHESTRATOR_WORKFLOW_TYPE,
         OrchestratorInput(),
-        id=orchestrator_id,
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=ORCHESTRATOR_SUMMARY,
-        static_details=ORCHESTRATOR_DETAILS,
-        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_KIND, KIND_ORCHESTRATOR)]),
+        **_orchestrator_start(orchestrator_id, task_queue),
     )
-    result: EnqueueResult = await client.execute_update_with_start_workflow(
-        UPDATE_ENQUEUE,
-        EnqueueRecovery(request=request),
-        start_workflow_operation=start,
-        result_type=EnqueueResult,
+    try:
+        result: EnqueueResult = await client.execute_update_with_start_workflow(
+            UPDATE_ENQUEUE,
+            EnqueueRecovery(request=request),
+            start_workflow_operation=start,
+            result_type=EnqueueResult,
+            # Fail fast rather than retry for long: a signal does the job just as well.
+            rpc_timeout=timedelta(seconds=10),
+        )
+        return result
+    except RPCError as exc:
+        # The server admits only a few in-flight updates per workflow (10 by default) and
+        # aborts those caught by a continue-as-new: in a storm, hand the request over as
+        # a signal instead. It is just as durable, only the position is unknown, and if
+        # the update did land after all the signal merges into it.
+        if exc.status in _NEVER_RETRY:
+            raise
+    return await _signal_request(client, request, orchestrator_id, task_queue)
+
+
+async def _signal_request(
+    client: Client, request: RecoveryRequest, orchestrator_id: str, task_queue: str
+) -> EnqueueResult:
+    await client.start_workflow(
+        ORCHESTRATOR_WORKFLOW_TYPE,
+        OrchestratorInput(),
+        start_signal=SIGNAL_REQUEST_RECOVERY,
+        start_signal_args=[EnqueueRecovery(request=request)],
+        **_orchestrator_start(orchestrator_id, task_queue),
     )
-    return result
+    return EnqueueResult(
+        service=request.service, state=RequestState.ACCEPTED, priority=request.priority
+    )
+
+
+_NEVER_RETRY = frozenset(
+    {
+        RPCStatusCode.INVALID_ARGUMENT,
+        RPCStatusCode.PERMISSION_DENIED,
+        RPCStatusCode.UNAUTHENTICATED,
+        RPCStatusCode.UNIMPLEMENTED,
+    }
+)
+"""Errors that a signal would meet too; anything else (update limits, an update aborted
+by continue-as-new, a busy server) falls back to signal-with-start."""
+
+
+def _orchestrator_start(orchestrator_id: str, task_queue: str) -> dict[str, Any]:
+    """Options of every (signal- or update-) with-start of the orchestrator."""
+    return {
+        "id": orchestrator_id,
+        "task_queue": task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "static_summary": ORCHESTRATOR_SUMMARY,
+        "static_details": ORCHESTRATOR_DETAILS,
+        "search_attributes": TypedSearchAttributes(
+            [SearchAttributePair(SA_KIND, KIND_ORCHESTRATOR)]
+        ),
+    }
 
 
 async def orchestrator_queue(

@@ -226,6 +226,8 @@ def _describe_request(result: EnqueueResult) -> str:
         return f"{service} is already recovering: joined it (priority {result.priority})"
     if result.state is RequestState.RUNNING:
         return f"{service} already holds a recovery slot (priority {result.priority})"
+    if result.state is RequestState.ACCEPTED:
+        return f"{service} handed to the busy orchestrator (priority {result.priority})"
     verb = "queued" if result.state is RequestState.QUEUED else "merged into its waiting request"
     line = (
         f"{service} {verb}: position {result.position} of {result.waiting}, priority "

@@ -239,6 +239,8 @@ class RequestState(StrEnum):
     """The service's recovery already holds a slot; the request joined it."""
     JOINED = "joined"
     """A recovery of the service was already running outside the queue; it was joined."""
+    ACCEPTED = "accepted"
+    """Handed to the orchestrator as a signal (storms, the bridge); position not known."""
 
 
 class EnqueueResult(StrictModel):
