@@ -42,6 +42,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 
 from antifragile.constants import ORCHESTRATOR_WORKFLOW_ID
 from antifragile.models.orchestrator import AdmissionRecord
@@ -202,7 +203,13 @@ async def run_storm(
     orchestrator = client.get_workflow_handle(ORCHESTRATOR_WORKFLOW_ID)
     base_finished = None
     while True:
-        view = await orchestrator_queue(client)
+        try:
+            view = await orchestrator_queue(client)
+        except RPCError as exc:
+            # A worker saturated by the storm can answer a query late: ask again.
+            print(f"  (query: {exc}; retrying)", file=sys.stderr)
+            await asyncio.sleep(1)
+            continue
         if base_finished is None:
             base_finished = view.finished.get("succeeded", 0) - sum(
                 1 for s in names if s in target.healthy_at

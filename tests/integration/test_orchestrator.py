@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +239,66 @@ async def test_the_queue_survives_a_worker_restart(
                 recovery_workflow_id(f"{prefix}-{short}")
             ).terminate("test over")
         await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+
+
+async def _cli(port: int, task_queue: str, *args: str) -> tuple[int, str, str]:
+    env = {
+        **os.environ,
+        "ANTIFRAGILE_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "ANTIFRAGILE_TASK_QUEUE": task_queue,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "antifragile"),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_queues_through_the_orchestrator_and_shows_the_queue(
+    dev_server: Any, temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        try:
+            for short, priority in (("a", 5), ("b", 7), ("c", 2)):
+                code, out, err = await _cli(
+                    dev_server.port,
+                    task_queue,
+                    "recovery",
+                    "start",
+                    f"{prefix}-{short}",
+                    "--probe",
+                    f"tcp://127.0.0.1:{free_port()}",
+                    "--priority",
+                    str(priority),
+                    "--initial-delay",
+                    "10m",
+                    "--max-delay",
+                    "10m",
+                )
+                assert code == 0, err
+                assert f"{prefix}-{short}" in out and "position" in out
+            view = await wait_view(
+                temporal_client, "recovery-orchestrator", lambda v: v.waiting_total == 2
+            )
+            code, out, err = await _cli(dev_server.port, task_queue, "recovery", "queue", "--json")
+            assert code == 0, err
+            shown = json.loads(out)
+            assert [w["service"] for w in shown["waiting"]] == [f"{prefix}-c", f"{prefix}-b"]
+            assert [r["service"] for r in shown["running"]] == [f"{prefix}-a"]
+            assert shown["waiting"][0]["position"] == 1 and view.max_concurrent == 1
+            code, out, err = await _cli(dev_server.port, task_queue, "recovery", "queue")
+            assert code == 0, err
+            assert "waiting" in out and f"{prefix}-c" in out
+        finally:
+            for short in ("a", "b", "c"):
+                with contextlib.suppress(RPCError):
+                    await temporal_client.get_workflow_handle(
+                        recovery_workflow_id(f"{prefix}-{short}")
+                    ).terminate("test over")
+            await temporal_client.get_workflow_handle("recovery-orchestrator").terminate("over")
