@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -179,6 +181,9 @@ async def request_recovery(
         # the update did land after all the signal merges into it.
         if exc.status in _NEVER_RETRY:
             raise
+        # Collect the start operation's own copy of the error (else asyncio logs it).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(start.workflow_handle(), timeout=1)
     return await _signal_request(client, request, orchestrator_id, task_queue)
 
 
