@@ -302,3 +302,40 @@ async def test_the_cli_queues_through_the_orchestrator_and_shows_the_queue(
                         recovery_workflow_id(f"{prefix}-{short}")
                     ).terminate("test over")
             await temporal_client.get_workflow_handle("recovery-orchestrator").terminate("over")
+
+
+async def test_a_burst_of_requests_beyond_the_update_limit_is_all_queued_once(
+    temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    # The server allows 10 in-flight updates per workflow; the rest go as signals.
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    orchestrator_id = f"recovery-orchestrator-{prefix}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    slow = RecoveryPolicy(initial_delay_ms=600_000, max_delay_ms=600_000)
+    names = [f"{prefix}-{i:02d}" for i in range(40)] * 2  # every service asked twice
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        results = await asyncio.gather(
+            *(
+                request_recovery(
+                    temporal_client,
+                    RecoveryRequest(service=name, probe="tcp://127.0.0.1:9", policy=slow),
+                    task_queue=task_queue,
+                    orchestrator_id=orchestrator_id,
+                )
+                for name in names
+            )
+        )
+        view = await wait_view(
+            temporal_client,
+            orchestrator_id,
+            lambda v: v.waiting_total + len(v.running) == 40,
+            timeout=30,
+        )
+        await asyncio.sleep(1)
+        view = await orchestrator_queue(temporal_client, orchestrator_id=orchestrator_id)
+        running = [r.service for r in view.running]
+        for service in running:
+            await temporal_client.get_workflow_handle(recovery_workflow_id(service)).terminate()
+        await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+    assert {r.state.value for r in results} <= {"queued", "merged", "accepted", "running"}
+    assert view.waiting_total + len(view.running) == 40 and view.admitted_total == 1

@@ -20,7 +20,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from temporalio import activity
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -29,8 +32,10 @@ from temporalio.worker import Worker
 
 from activities.common import CommonActivities
 from activities.orchestrator import OrchestratorActivities
+from antifragile import binaries
 from antifragile.constants import (
     SA_STATE,
+    SEARCH_ATTRIBUTES,
     SIGNAL_HEALTH_CHANGED,
     UPDATE_REMOVE,
     UPDATE_REPRIORITISE,
@@ -162,9 +167,29 @@ class Orchestra:
         return await handle.execute_update(name, arg, result_type=result_type)
 
 
-@pytest.fixture
-def env(time_skipping_env: WorkflowEnvironment) -> WorkflowEnvironment:
-    return time_skipping_env
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own.
+
+    Skipped time stalls while any workflow on the server waits for an activity no worker
+    serves; other modules can leave such workflows behind on the shared server, and these
+    tests skip minutes (rate window, cool-down, aging).
+    """
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+    yield environment
+    await environment.shutdown()
 
 
 OrchestraFactory = Callable[..., Any]
