@@ -38,9 +38,10 @@ class OrchestratorLimits(StrictModel):
             running recoveries have closed, as a safety net behind the close reports it
             gets for its children. Default 60.
         max_history_events: Continue-as-new once the run's history reaches this many
-            events (or when the server suggests it, whichever comes first). A storm's signals make events large, and a worker that lost its cache must
-            replay the whole run within the workflow task timeout (a 4,600-event, 2 MB
-            run took 5.8 s to replay on 2 cores). Default 2,000.
+            events (or when the server suggests it, whichever comes first). A storm's
+            signals make events large, and a worker that lost its cache must replay the
+            whole run within the workflow task timeout (a 4,600-event, 2 MB run took
+            5.8 s on 2 cores). Default 2,000.
         max_waiting: Requests the queue holds; more are refused. Default 50,000.
     """
 
