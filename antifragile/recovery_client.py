@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Any
 
-from antifragile.constants import SIGNAL_JOIN, recovery_workflow_id
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from antifragile.constants import (
+    KIND_ORCHESTRATOR,
+    ORCHESTRATOR_WORKFLOW_ID,
+    ORCHESTRATOR_WORKFLOW_TYPE,
+    QUERY_QUEUE,
+    SA_KIND,
+    SIGNAL_JOIN,
+    SIGNAL_REQUEST_RECOVERY,
+    UPDATE_ENQUEUE,
+    recovery_workflow_id,
+)
+from antifragile.models.orchestrator import (
+    EnqueueRecovery,
+    EnqueueResult,
+    OrchestratorInput,
+    QueueView,
+    RequestState,
+)
 from antifragile.models.recovery import JoinSignal, RecoveryRequest, RecoveryResult
 
 
@@ -58,3 +90,149 @@ async def start_recovery(
         static_summary=recovery_summary(request),
         static_details=recovery_details(request),
     )
+
+
+ORCHESTRATOR_SUMMARY = "Recovery orchestrator: fleet-wide priority queue of recoveries"
+ORCHESTRATOR_DETAILS = (
+    "Admits recoveries by priority (lower first, then first come first served) within "
+    "the worker policy's `max_concurrent` slots, `max_admissions_per_minute` and "
+    "`retry_budget`. Query `queue` for running and waiting recoveries."
+)
+
+
+async def running_recovery(
+    client: Client, service: str
+) -> WorkflowHandle[object, RecoveryResult] | None:
+    """The handle of ``recovery-{service}`` when its latest run is running, else None."""
+    handle = client.get_workflow_handle(recovery_workflow_id(service), result_type=RecoveryResult)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return handle if desc.status == WorkflowExecutionStatus.RUNNING else None
+
+
+async def request_recovery(
+    client: Client,
+    request: RecoveryRequest,
+    *,
+    task_queue: str,
+    orchestrator_id: str = ORCHESTRATOR_WORKFLOW_ID,
+    want_position: bool = True,
+) -> EnqueueResult:
+    """Ask for a recovery through the orchestrator (starting the orchestrator if needed).
+
+    A request for a service whose recovery is already running joins it (``join`` with
+    the request's priority, as :func:`start_recovery` does) instead of queueing; one for
+    a service already waiting is merged by the orchestrator, keeping the more urgent
+    priority. Never a duplicate.
+
+    ``want_position`` True (the CLI) enqueues with update-with-start, which answers with
+    the position. False (storms, the runtime bridge) sends signal-with-start: durable once
+    this returns, one history event, no per-workflow update limit, no position.
+
+    ``orchestrator_id`` exists for tests and separate fleets; everyone else uses the
+    singleton ``recovery-orchestrator``.
+
+    In a storm the server refuses more than a few concurrent updates per workflow; the
+    request then goes as a signal-with-start (state ``accepted``, position unknown).
+
+    Returns:
+        Where the request stands: queued (with its position), merged, running, joined
+        or accepted.
+
+    Raises:
+        temporalio.client.WorkflowUpdateFailedError: the orchestrator refused it (full).
+    """
+    running = await running_recovery(client, request.service)
+    if running is not None:
+        await running.signal(
+            SIGNAL_JOIN,
+            JoinSignal(
+                priority=request.priority, reason=request.reason, requested_by=request.requested_by
+            ),
+        )
+        return EnqueueResult(
+            service=request.service, state=RequestState.JOINED, priority=request.priority
+        )
+    if not want_position:
+        return await _signal_request(client, request, orchestrator_id, task_queue)
+    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+        ORCHESTRATOR_WORKFLOW_TYPE,
+        OrchestratorInput(),
+        **_orchestrator_start(orchestrator_id, task_queue),
+    )
+    try:
+        result: EnqueueResult = await client.execute_update_with_start_workflow(
+            UPDATE_ENQUEUE,
+            EnqueueRecovery(request=request),
+            start_workflow_operation=start,
+            result_type=EnqueueResult,
+            # Fail fast rather than retry for long: a signal does the job just as well.
+            rpc_timeout=timedelta(seconds=10),
+        )
+        return result
+    except RPCError as exc:
+        # The server admits only a few in-flight updates per workflow (10 by default) and
+        # aborts those caught by a continue-as-new: in a storm, hand the request over as
+        # a signal instead. It is just as durable, only the position is unknown, and if
+        # the update did land after all the signal merges into it.
+        if exc.status in _NEVER_RETRY:
+            raise
+        # Collect the start operation's own copy of the error (else asyncio logs it).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(start.workflow_handle(), timeout=1)
+    return await _signal_request(client, request, orchestrator_id, task_queue)
+
+
+async def _signal_request(
+    client: Client, request: RecoveryRequest, orchestrator_id: str, task_queue: str
+) -> EnqueueResult:
+    await client.start_workflow(
+        ORCHESTRATOR_WORKFLOW_TYPE,
+        OrchestratorInput(),
+        start_signal=SIGNAL_REQUEST_RECOVERY,
+        start_signal_args=[EnqueueRecovery(request=request)],
+        **_orchestrator_start(orchestrator_id, task_queue),
+    )
+    return EnqueueResult(
+        service=request.service, state=RequestState.ACCEPTED, priority=request.priority
+    )
+
+
+_NEVER_RETRY = frozenset(
+    {
+        RPCStatusCode.INVALID_ARGUMENT,
+        RPCStatusCode.PERMISSION_DENIED,
+        RPCStatusCode.UNAUTHENTICATED,
+        RPCStatusCode.UNIMPLEMENTED,
+    }
+)
+"""Errors that a signal would meet too; anything else (update limits, an update aborted
+by continue-as-new, a busy server) falls back to signal-with-start."""
+
+
+def _orchestrator_start(orchestrator_id: str, task_queue: str) -> dict[str, Any]:
+    """Options of every (signal- or update-) with-start of the orchestrator."""
+    return {
+        "id": orchestrator_id,
+        "task_queue": task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "static_summary": ORCHESTRATOR_SUMMARY,
+        "static_details": ORCHESTRATOR_DETAILS,
+        "search_attributes": TypedSearchAttributes(
+            [SearchAttributePair(SA_KIND, KIND_ORCHESTRATOR)]
+        ),
+    }
+
+
+async def orchestrator_queue(
+    client: Client, *, orchestrator_id: str = ORCHESTRATOR_WORKFLOW_ID
+) -> QueueView:
+    """The orchestrator's ``queue`` query: running and waiting recoveries, pause reason."""
+    view: QueueView = await client.get_workflow_handle(orchestrator_id).query(
+        QUERY_QUEUE, result_type=QueueView
+    )
+    return view

@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.common import CommonActivities
+from activities.orchestrator import OrchestratorActivities
 from activities.recovery import RecoveryActivities
 from antifragile.constants import KIND_RECOVERY
 from antifragile.metrics import WorkflowCountCollector, serve, temporal_runtime_with_metrics
@@ -23,6 +24,7 @@ from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 from workflows.recovery import RecoveryWorkflow
+from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
 
 log = logging.getLogger("antifragile.worker")
 
@@ -32,7 +34,7 @@ _GRACE = timedelta(seconds=5)
 
 def all_workflows() -> list[type]:
     """Every workflow class the worker runs."""
-    return [RecoveryWorkflow]
+    return [RecoveryWorkflow, RecoveryOrchestratorWorkflow]
 
 
 def workflow_states() -> dict[str, list[str]]:
@@ -44,11 +46,14 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
     """Every activity, bound to the worker's settings and policy."""
     common = CommonActivities(settings, policy)
     recovery = RecoveryActivities(settings, policy)
+    orchestrator = OrchestratorActivities(settings, policy)
     return [
         common.validate_constitutional_hash,
         common.authorize_approver,
         common.probe_service,
         recovery.run_recovery_action,
+        orchestrator.load_orchestrator_limits,
+        orchestrator.watch_recoveries,
     ]
 
 

@@ -22,15 +22,22 @@ from antifragile.cli._common import (
     print_json,
     run,
 )
-from antifragile.constants import QUERY_STATUS, SIGNAL_APPROVE, SIGNAL_REJECT, recovery_workflow_id
+from antifragile.constants import (
+    ORCHESTRATOR_WORKFLOW_ID,
+    QUERY_STATUS,
+    SIGNAL_APPROVE,
+    SIGNAL_REJECT,
+    recovery_workflow_id,
+)
 from antifragile.models.common import ApprovalSignal, Decision
+from antifragile.models.orchestrator import EnqueueResult, QueueView, RequestState
 from antifragile.models.recovery import (
     RecoveryRequest,
     RecoveryState,
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery_client import orchestrator_queue, request_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 
@@ -119,10 +126,16 @@ def start(
     action: Annotated[str, typer.Option(help="none | webhook:URL | command:NAME")] = "none",
     reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "",
     requested_by: Annotated[str, typer.Option("--by", help="Who asks.")] = "cli",
-    wait: Annotated[bool, typer.Option(help="Wait for the recovery to end.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the recovery to be admitted, start and end.")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Start (or join) the recovery of SERVICE."""
+    """Request the recovery of SERVICE through the fleet-wide orchestrator queue.
+
+    The request waits for a slot in priority order (lower --priority first); a request
+    for a service already waiting is merged, one for a running recovery joins it.
+    """
     settings = load_settings()
     request = parse_model(
         RecoveryRequest,
@@ -149,16 +162,36 @@ def start(
 
 async def _start(settings: Settings, request: RecoveryRequest, wait: bool, json_out: bool) -> None:
     client = await connect(settings)
-    handle = await start_recovery(client, request, task_queue=settings.task_queue)
-    url = settings.workflow_url(handle.id, handle.result_run_id)
+    workflow_id = recovery_workflow_id(request.service)
+    before = await _run_id(client, workflow_id)
+    result = await request_recovery(client, request, task_queue=settings.task_queue)
     if not wait:
         if json_out:
-            print_json({"workflow_id": handle.id, "run_id": handle.result_run_id, "url": url})
+            print_json(
+                {
+                    **result.model_dump(mode="json"),
+                    "workflow_id": workflow_id,
+                    "url": _url(settings),
+                }
+            )
         else:
-            console.print(f"recovery [bold]{handle.id}[/bold] started (or joined)\n  {url}")
+            console.print(_describe_request(result))
         return
     if not json_out:
-        err_console.print(f"waiting for {handle.id} … {url}")
+        err_console.print(_describe_request(result))
+    run_id = before if result.state is RequestState.JOINED else None
+    while run_id is None:
+        # Admission starts a new run of recovery-{service}: wait for it to appear.
+        current = await _run_id(client, workflow_id)
+        if current is not None and current != before:
+            run_id = current
+            break
+        await asyncio.sleep(1.0)
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    if not json_out:
+        err_console.print(
+            f"admitted; waiting for {workflow_id} … {settings.workflow_url(workflow_id, run_id)}"
+        )
     try:
         await handle.result()
     except WorkflowFailureError as exc:
@@ -170,6 +203,39 @@ async def _start(settings: Settings, request: RecoveryRequest, wait: bool, json_
             reason = "cancelled"
         fail(f"recovery of {request.service} ended {status.state.value}: {reason}", code=1)
     _print_status(await _status(handle), settings, json_out)
+
+
+async def _run_id(client: Client, workflow_id: str) -> str | None:
+    """Run id of the latest run of ``workflow_id`` (None when it never ran)."""
+    try:
+        desc = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return desc.run_id
+
+
+def _url(settings: Settings) -> str:
+    return settings.workflow_url(ORCHESTRATOR_WORKFLOW_ID)
+
+
+def _describe_request(result: EnqueueResult) -> str:
+    service = f"[bold]{result.service}[/bold]"
+    if result.state is RequestState.JOINED:
+        return f"{service} is already recovering: joined it (priority {result.priority})"
+    if result.state is RequestState.RUNNING:
+        return f"{service} already holds a recovery slot (priority {result.priority})"
+    if result.state is RequestState.ACCEPTED:
+        return f"{service} handed to the busy orchestrator (priority {result.priority})"
+    verb = "queued" if result.state is RequestState.QUEUED else "merged into its waiting request"
+    line = (
+        f"{service} {verb}: position {result.position} of {result.waiting}, priority "
+        f"{result.priority}; running {result.running}/{result.max_concurrent}"
+    )
+    if result.paused_reason:
+        line += f"\n  admissions wait: {result.paused_reason}"
+    return line
 
 
 def _print_status(status: RecoveryStatus, settings: Settings, json_out: bool) -> None:
@@ -312,3 +378,75 @@ def cancel(service: str) -> None:
         console.print(f"cancellation requested for {handle.id}")
 
     run(_go())
+
+
+@app.command("queue")
+def queue(json_out: JsonFlag = False) -> None:
+    """Show the orchestrator's queue: running and waiting recoveries, and any pause."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        try:
+            view = await orchestrator_queue(client)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                fail("no recovery orchestrator yet: `antifragile recovery start` creates it")
+            raise
+        if json_out:
+            print_json(view)
+        else:
+            render_queue(view)
+
+    run(_go())
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render_queue(view: QueueView) -> None:
+    """Print the orchestrator's queue as rich tables."""
+    head = Table.grid(padding=(0, 2))
+    state = "PAUSED" if view.paused else ("THROTTLED" if view.pause_reason else "ACTIVE")
+    head.add_row("state", f"[bold]{state}[/bold]")
+    head.add_row("running", f"{len(view.running)} of {view.max_concurrent} slots")
+    head.add_row("waiting", str(view.waiting_total))
+    head.add_row("why waiting", view.pause_reason or "-")
+    head.add_row(
+        "limits",
+        f"{view.limits.max_admissions_per_minute}/min admissions, retry budget "
+        f"{view.limits.retry_budget:.0%}, aging 1 level per {_ago(view.limits.aging_interval_s)}",
+    )
+    finished = ", ".join(f"{k} {v}" for k, v in sorted(view.finished.items())) or "none"
+    head.add_row("admitted", f"{view.admitted_total} (finished: {finished})")
+    console.print(head)
+    table = Table(title="running", title_justify="left")
+    for col in ("service", "priority", "running for", "waited", "workflow"):
+        table.add_column(col)
+    for r in view.running:
+        table.add_row(
+            r.service, str(r.priority), _ago(r.running_s), _ago(r.waited_s), r.workflow_id
+        )
+    console.print(table)
+    table = Table(title="waiting", title_justify="left")
+    for col in ("#", "service", "priority", "effective", "waiting for", "by", "reason"):
+        table.add_column(col)
+    for w in view.waiting:
+        table.add_row(
+            str(w.position),
+            w.service,
+            str(w.priority),
+            f"{w.effective_priority:g}",
+            _ago(w.waited_s),
+            w.requested_by or "-",
+            w.reason or "-",
+        )
+    console.print(table)
+    if view.waiting_total > len(view.waiting):
+        console.print(f"… and {view.waiting_total - len(view.waiting)} more waiting")

@@ -1,0 +1,348 @@
+"""The recovery orchestrator on a real dev server, with the real worker and real TCP probes.
+
+Each service's probe targets a port the test owns. Nothing listens there at first, so the
+first attempt fails for real; once the recovery reports that attempt and sleeps, the test
+opens a listener on the port, and the second attempt succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from antifragile.constants import QUERY_STATUS, recovery_workflow_id
+from antifragile.models.orchestrator import QueueView
+from antifragile.models.recovery import (
+    RecoveryPolicy,
+    RecoveryRequest,
+    RecoveryState,
+    RecoveryStatus,
+)
+from antifragile.orchestrator_logic import admission_order_violations
+from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
+from antifragile.processes import free_port
+from antifragile.recovery_client import orchestrator_queue, request_recovery
+
+pytestmark = pytest.mark.integration
+
+BACKOFF = RecoveryPolicy(initial_delay_ms=300, max_delay_ms=300, max_retry_attempts=20)
+
+
+class Services:
+    """One TCP port per service; a listener opens after the service's first failed attempt."""
+
+    def __init__(self, client: Client, orchestrator_id: str, names: list[str]) -> None:
+        self.client = client
+        self.orchestrator_id = orchestrator_id
+        self.ports = {name: free_port() for name in names}
+        self.servers: dict[str, asyncio.Server] = {}
+        self.peak_running = 0
+
+    def probe(self, name: str) -> str:
+        return f"tcp://127.0.0.1:{self.ports[name]}"
+
+    async def _open(self, name: str) -> None:
+        async def _accept(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        self.servers[name] = await asyncio.start_server(_accept, "127.0.0.1", self.ports[name])
+
+    async def run(self) -> None:
+        """Watch the running set; bring a service back after its first failed attempt."""
+        while True:
+            view = await orchestrator_queue(self.client, orchestrator_id=self.orchestrator_id)
+            self.peak_running = max(self.peak_running, len(view.running))
+            for running in view.running:
+                if running.service in self.servers:
+                    continue
+                handle = self.client.get_workflow_handle(running.workflow_id)
+                with contextlib.suppress(RPCError):
+                    status = await handle.query(QUERY_STATUS, result_type=RecoveryStatus)
+                    if status.attempt >= 1 and status.state is RecoveryState.WAITING_BACKOFF:
+                        await self._open(running.service)
+            await asyncio.sleep(0.03)
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+            await server.wait_closed()
+
+
+async def wait_view(
+    client: Client, orchestrator_id: str, check: Any, timeout: float = 120
+) -> QueueView:
+    deadline = asyncio.get_running_loop().time() + timeout
+    view: QueueView | None = None
+    while True:
+        try:
+            view = await orchestrator_queue(client, orchestrator_id=orchestrator_id)
+        except RPCError:
+            # Right after a worker restart a query can time out on the old worker's
+            # sticky queue before the server hands it to the new worker.
+            view = None
+        if view is not None and check(view):
+            return view
+        if asyncio.get_running_loop().time() > deadline:
+            shown = view.model_dump_json()[:2000] if view else "no answer"
+            raise AssertionError(f"condition not met: {shown}")
+        await asyncio.sleep(0.2)
+
+
+async def test_fifty_recoveries_with_a_cap_of_three_run_three_at_most_in_priority_order(
+    temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    rng = random.Random(50)
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}-{i:02d}" for i in range(50)]
+    priorities = {name: rng.randint(0, 9) for name in names}
+    orchestrator_id = f"recovery-orchestrator-{prefix}"
+    services = Services(temporal_client, orchestrator_id, names)
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=3))
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        for name in names:
+            await request_recovery(
+                temporal_client,
+                RecoveryRequest(
+                    service=name,
+                    priority=priorities[name],
+                    probe=services.probe(name),
+                    policy=BACKOFF,
+                ),
+                task_queue=task_queue,
+                orchestrator_id=orchestrator_id,
+            )
+        opener = asyncio.create_task(services.run())
+        try:
+            view = await wait_view(
+                temporal_client, orchestrator_id, lambda v: v.finished.get("succeeded") == 50
+            )
+            # The server's own record of each recovery (queried while the worker runs).
+            intervals = []
+            attempts = {}
+            for name in names:
+                handle = temporal_client.get_workflow_handle(recovery_workflow_id(name))
+                desc = await handle.describe()
+                assert desc.status == WorkflowExecutionStatus.COMPLETED
+                assert desc.close_time is not None
+                intervals.append((desc.start_time, desc.close_time))
+                status = await handle.query(QUERY_STATUS, result_type=RecoveryStatus)
+                attempts[name] = status.attempt
+        finally:
+            opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opener
+            await services.close()
+            await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+
+    records = view.recent_admissions
+    assert len(records) == 50 and view.admitted_total == 50
+    assert max(r.running for r in records) <= 3
+    assert services.peak_running <= 3
+    assert admission_order_violations(records) == 0
+    # Once every request had arrived, admissions go strictly by priority.
+    after_all = [r.priority for r in records if r.seen_seq == 50]
+    assert after_all == sorted(after_all) and len(after_all) >= 40
+    # Every recovery needed more than one attempt: its first probe met a closed port.
+    assert min(attempts.values()) >= 2
+    # Never more than 3 recoveries open at any instant, by the server's start/close times.
+    edges = sorted([(s, 1) for s, _ in intervals] + [(c, -1) for _, c in intervals])
+    open_now = peak = 0
+    for _, delta in edges:
+        open_now += delta
+        peak = max(peak, open_now)
+    assert peak <= 3
+
+
+async def test_a_terminated_recovery_returns_its_slot_at_once(
+    temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    orchestrator_id = f"recovery-orchestrator-{prefix}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    slow = RecoveryPolicy(initial_delay_ms=600_000, max_delay_ms=600_000)
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        for short in ("a", "b"):
+            await request_recovery(
+                temporal_client,
+                RecoveryRequest(
+                    service=f"{prefix}-{short}", probe=f"tcp://127.0.0.1:{free_port()}", policy=slow
+                ),
+                task_queue=task_queue,
+                orchestrator_id=orchestrator_id,
+            )
+        await wait_view(temporal_client, orchestrator_id, lambda v: len(v.running) == 1)
+        started = asyncio.get_running_loop().time()
+        await temporal_client.get_workflow_handle(recovery_workflow_id(f"{prefix}-a")).terminate(
+            "operator"
+        )
+        view = await wait_view(
+            temporal_client,
+            orchestrator_id,
+            lambda v: [r.service for r in v.running] == [f"{prefix}-b"],
+            timeout=20,
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+        for short in ("b",):
+            await temporal_client.get_workflow_handle(
+                recovery_workflow_id(f"{prefix}-{short}")
+            ).terminate("test over")
+        await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+    assert view.finished.get("terminated") == 1
+    # Well before the 60 s reconcile: the server reported the child's termination.
+    assert elapsed < 10
+
+
+async def test_the_queue_survives_a_worker_restart(
+    temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    orchestrator_id = f"recovery-orchestrator-{prefix}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    slow = RecoveryPolicy(initial_delay_ms=600_000, max_delay_ms=600_000)
+
+    async def request(short: str, priority: int) -> None:
+        await request_recovery(
+            temporal_client,
+            RecoveryRequest(
+                service=f"{prefix}-{short}",
+                priority=priority,
+                probe=f"tcp://127.0.0.1:{free_port()}",
+                policy=slow,
+            ),
+            task_queue=task_queue,
+            orchestrator_id=orchestrator_id,
+        )
+
+    def waiting(view: QueueView) -> list[str]:
+        return [w.service.removeprefix(f"{prefix}-") for w in view.waiting]
+
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        await request("a", 1)
+        await request("b", 2)
+        await request("c", 1)
+        await wait_view(temporal_client, orchestrator_id, lambda v: waiting(v) == ["c", "b"])
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        # A fresh worker rebuilds the orchestrator from its history.
+        view = await wait_view(temporal_client, orchestrator_id, lambda v: True, timeout=30)
+        assert waiting(view) == ["c", "b"] and [r.service for r in view.running] == [f"{prefix}-a"]
+        await temporal_client.get_workflow_handle(recovery_workflow_id(f"{prefix}-a")).terminate()
+        view = await wait_view(
+            temporal_client, orchestrator_id, lambda v: waiting(v) == ["b"], timeout=20
+        )
+        assert [r.service for r in view.running] == [f"{prefix}-c"]
+        for short in ("c",):
+            await temporal_client.get_workflow_handle(
+                recovery_workflow_id(f"{prefix}-{short}")
+            ).terminate("test over")
+        await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+
+
+async def _cli(port: int, task_queue: str, *args: str) -> tuple[int, str, str]:
+    env = {
+        **os.environ,
+        "ANTIFRAGILE_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "ANTIFRAGILE_TASK_QUEUE": task_queue,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "antifragile"),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_queues_through_the_orchestrator_and_shows_the_queue(
+    dev_server: Any, temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        try:
+            for short, priority in (("a", 5), ("b", 7), ("c", 2)):
+                code, out, err = await _cli(
+                    dev_server.port,
+                    task_queue,
+                    "recovery",
+                    "start",
+                    f"{prefix}-{short}",
+                    "--probe",
+                    f"tcp://127.0.0.1:{free_port()}",
+                    "--priority",
+                    str(priority),
+                    "--initial-delay",
+                    "10m",
+                    "--max-delay",
+                    "10m",
+                )
+                assert code == 0, err
+                assert f"{prefix}-{short}" in out and "position" in out
+            view = await wait_view(
+                temporal_client, "recovery-orchestrator", lambda v: v.waiting_total == 2
+            )
+            code, out, err = await _cli(dev_server.port, task_queue, "recovery", "queue", "--json")
+            assert code == 0, err
+            shown = json.loads(out)
+            assert [w["service"] for w in shown["waiting"]] == [f"{prefix}-c", f"{prefix}-b"]
+            assert [r["service"] for r in shown["running"]] == [f"{prefix}-a"]
+            assert shown["waiting"][0]["position"] == 1 and view.max_concurrent == 1
+            code, out, err = await _cli(dev_server.port, task_queue, "recovery", "queue")
+            assert code == 0, err
+            assert "waiting" in out and f"{prefix}-c" in out
+        finally:
+            for short in ("a", "b", "c"):
+                with contextlib.suppress(RPCError):
+                    await temporal_client.get_workflow_handle(
+                        recovery_workflow_id(f"{prefix}-{short}")
+                    ).terminate("test over")
+            await temporal_client.get_workflow_handle("recovery-orchestrator").terminate("over")
+
+
+async def test_a_burst_of_requests_beyond_the_update_limit_is_all_queued_once(
+    temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    # The server allows 10 in-flight updates per workflow; the rest go as signals.
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    orchestrator_id = f"recovery-orchestrator-{prefix}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    slow = RecoveryPolicy(initial_delay_ms=600_000, max_delay_ms=600_000)
+    names = [f"{prefix}-{i:02d}" for i in range(40)] * 2  # every service asked twice
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        results = await asyncio.gather(
+            *(
+                request_recovery(
+                    temporal_client,
+                    RecoveryRequest(service=name, probe="tcp://127.0.0.1:9", policy=slow),
+                    task_queue=task_queue,
+                    orchestrator_id=orchestrator_id,
+                )
+                for name in names
+            )
+        )
+        view = await wait_view(
+            temporal_client,
+            orchestrator_id,
+            lambda v: v.waiting_total + len(v.running) == 40,
+            timeout=30,
+        )
+        await asyncio.sleep(1)
+        view = await orchestrator_queue(temporal_client, orchestrator_id=orchestrator_id)
+        running = [r.service for r in view.running]
+        for service in running:
+            await temporal_client.get_workflow_handle(recovery_workflow_id(service)).terminate()
+        await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+    assert {r.state.value for r in results} <= {"queued", "merged", "accepted", "running"}
+    assert view.waiting_total + len(view.running) == 40 and view.admitted_total == 1

@@ -1,0 +1,291 @@
+"""Pure orchestrator decisions: queue order, merge, aging, rate limit, retry budget, carry."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from antifragile.models.orchestrator import (
+    OrchestratorLimits,
+    RecoveryOutcome,
+    RequestState,
+)
+from antifragile.models.recovery import RecoveryRequest
+from antifragile.orchestrator_logic import (
+    PACK_THRESHOLD,
+    OrchestratorCore,
+    QueueError,
+    admission_order_violations,
+    effective_priority,
+    pack_input,
+    queue_rank,
+    to_ms,
+    unpack_input,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def req(service: str, priority: int = 1) -> RecoveryRequest:
+    return RecoveryRequest(service=service, priority=priority, probe="tcp://127.0.0.1:9")
+
+
+def core(**limits: object) -> OrchestratorCore:
+    base: dict[str, object] = {"aging_interval_s": 0, "max_admissions_per_minute": 10_000}
+    base.update(limits)
+    return OrchestratorCore(limits=OrchestratorLimits.model_validate(base))
+
+
+def admitted(c: OrchestratorCore, now: datetime) -> list[str]:
+    return [e.service for e in c.next_admissions(now).admit]
+
+
+def test_lower_priority_number_goes_first_then_first_come_first_served() -> None:
+    c = core(max_concurrent=10)
+    for name, priority in [("a", 5), ("b", 1), ("c", 3), ("d", 1), ("e", 5)]:
+        c.enqueue(req(name, priority), T0)
+    assert admitted(c, T0) == ["b", "d", "c", "a", "e"]
+
+
+def test_enqueue_reports_the_position_in_admission_order() -> None:
+    c = core()
+    assert c.enqueue(req("a", 5), T0).position == 1
+    assert c.enqueue(req("b", 1), T0).position == 1
+    assert c.enqueue(req("c", 3), T0).position == 2
+    assert c.queue.position("a") == 3
+
+
+def test_a_duplicate_is_merged_keeping_the_more_urgent_priority_and_its_arrival() -> None:
+    c = core()
+    c.enqueue(req("a", 5), T0)
+    c.enqueue(req("b", 2), T0)
+    merged = c.enqueue(req("a", 2), at(1))
+    assert (merged.state, merged.priority, merged.position) == (RequestState.MERGED, 2, 1)
+    assert c.enqueue(req("a", 9), at(2)).priority == 2
+    assert len(c.queue) == 2 and c.queue.get("a").merges == 2  # type: ignore[union-attr]
+
+
+def test_a_request_for_a_running_service_is_not_queued_again() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("a"), T0)
+    assert admitted(c, T0) == ["a"]
+    result = c.enqueue(req("a", 0), at(1))
+    assert result.state is RequestState.RUNNING and len(c.queue) == 0
+
+
+def test_never_more_admitted_than_the_free_slots() -> None:
+    c = core(max_concurrent=2)
+    for name in "abcd":
+        c.enqueue(req(name), T0)
+    assert admitted(c, T0) == ["a", "b"]
+    assert admitted(c, at(1)) == []
+    assert c.finish("a", RecoveryOutcome.SUCCEEDED, at(2))
+    assert admitted(c, at(2)) == ["c"]
+
+
+def test_a_slot_is_returned_for_every_kind_of_end_but_only_once() -> None:
+    c = core(max_concurrent=1)
+    for outcome in RecoveryOutcome:
+        c.enqueue(req(outcome.value.replace("_", "-")), T0)
+    for i, outcome in enumerate(RecoveryOutcome):
+        [entry] = c.next_admissions(at(i)).admit
+        assert c.finish(entry.service, outcome, at(i))
+        assert not c.finish(entry.service, outcome, at(i)), "a duplicate report frees nothing"
+    assert len(c.running) == 0
+
+
+def test_a_stale_report_about_an_earlier_holder_keeps_the_new_holders_slot() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("a"), T0)
+    c.next_admissions(T0)
+    first = c.running["a"].index
+    c.finish("a", RecoveryOutcome.SUCCEEDED, at(1), first)
+    c.enqueue(req("a"), at(2))
+    c.next_admissions(at(2))
+    assert not c.finish("a", RecoveryOutcome.TERMINATED, at(3), first)
+    assert "a" in c.running
+
+
+def test_reprioritise_moves_a_request_and_remove_drops_it() -> None:
+    c = core()
+    for name in "abc":
+        c.enqueue(req(name, 5), T0)
+    assert c.reprioritise("c", 1).position == 1
+    assert c.remove("a").waiting == 2
+    assert [e.service for e in c.queue.ordered()] == ["c", "b"]
+    with pytest.raises(QueueError, match="not in the recovery queue"):
+        c.remove("zzz")
+
+
+def test_a_running_recovery_cannot_be_reprioritised_or_removed_from_the_queue() -> None:
+    c = core()
+    c.enqueue(req("a"), T0)
+    c.next_admissions(T0)
+    with pytest.raises(QueueError, match="already running"):
+        c.reprioritise("a", 0)
+
+
+def test_a_full_queue_refuses_new_services_but_still_merges() -> None:
+    c = core(max_waiting=2)
+    c.enqueue(req("a"), T0)
+    c.enqueue(req("b"), T0)
+    with pytest.raises(QueueError, match="full"):
+        c.enqueue(req("c"), T0)
+    assert c.enqueue(req("a", 0), T0).state is RequestState.MERGED
+
+
+def test_aging_makes_a_long_wait_worth_priority_levels() -> None:
+    c = core(max_concurrent=10, aging_interval_s=60)
+    c.enqueue(req("old", 5), T0)
+    c.enqueue(req("new", 1), at(4 * 60 + 1))  # old has waited just over 4 levels
+    assert admitted(c, at(4 * 60 + 1)) == ["old", "new"]
+
+
+def test_requests_arriving_within_one_aging_interval_keep_strict_priority() -> None:
+    c = core(max_concurrent=10, aging_interval_s=600)
+    c.enqueue(req("low", 2), T0)
+    c.enqueue(req("high", 1), at(599))
+    assert admitted(c, at(600)) == ["high", "low"]
+
+
+def test_effective_priority_falls_by_one_per_aging_interval() -> None:
+    assert effective_priority(5, to_ms(T0), to_ms(at(120)), 60) == pytest.approx(3.0)
+    assert effective_priority(5, to_ms(T0), to_ms(at(120)), 0) == 5.0
+    assert queue_rank(3, 1000, 0) == 3
+
+
+def test_the_rate_limit_admits_at_most_n_per_sliding_minute() -> None:
+    c = core(max_concurrent=100, max_admissions_per_minute=3)
+    for i in range(7):
+        c.enqueue(req(f"s{i}"), T0)
+    first = c.next_admissions(T0)
+    assert len(first.admit) == 3
+    assert "admission rate limit" in first.reason
+    assert first.wake_at_ms == to_ms(at(60))
+    assert admitted(c, at(59)) == []
+    assert admitted(c, at(60)) == ["s3", "s4", "s5"]
+    assert admitted(c, at(120)) == ["s6"]
+
+
+def test_the_retry_budget_pauses_admissions_and_resumes_after_the_cooldown() -> None:
+    c = core(
+        max_concurrent=100,
+        retry_budget=0.25,
+        budget_min_samples=4,
+        budget_window_s=300,
+        budget_cooldown_s=60,
+    )
+    for i in range(4):
+        c.enqueue(req(f"f{i}"), T0)
+    c.next_admissions(T0)
+    c.finish("f0", RecoveryOutcome.SUCCEEDED, at(1))
+    c.finish("f1", RecoveryOutcome.SUCCEEDED, at(1))
+    c.finish("f2", RecoveryOutcome.FAILED, at(2))
+    c.finish("f3", RecoveryOutcome.FAILED, at(3))
+    c.enqueue(req("next"), at(4))
+    decision = c.next_admissions(at(4))
+    assert decision.paused and decision.admit == []
+    assert "retry budget exceeded: 2 of 4" in decision.reason
+    assert decision.wake_at_ms == to_ms(at(64))
+    assert admitted(c, at(63)) == []
+    # After the cool-down the old failures no longer count.
+    assert admitted(c, at(64)) == ["next"]
+    assert not c.paused
+
+
+def test_too_few_samples_never_pause() -> None:
+    c = core(max_concurrent=10, budget_min_samples=10)
+    c.enqueue(req("f"), T0)
+    c.next_admissions(T0)
+    c.finish("f", RecoveryOutcome.FAILED, at(1))
+    c.enqueue(req("g"), at(2))
+    assert admitted(c, at(2)) == ["g"]
+
+
+def test_failures_older_than_the_window_do_not_count() -> None:
+    c = core(max_concurrent=10, budget_min_samples=2, retry_budget=0.5, budget_window_s=60)
+    for name in "ab":
+        c.enqueue(req(name), T0)
+    c.next_admissions(T0)
+    c.finish("a", RecoveryOutcome.FAILED, at(1))
+    c.finish("b", RecoveryOutcome.FAILED, at(1))
+    c.enqueue(req("c"), at(100))
+    assert admitted(c, at(100)) == ["c"]
+
+
+def test_cancel_and_terminate_are_not_retry_budget_samples() -> None:
+    c = core(max_concurrent=10, budget_min_samples=1, retry_budget=0.1)
+    for name in "ab":
+        c.enqueue(req(name), T0)
+    c.next_admissions(T0)
+    c.finish("a", RecoveryOutcome.CANCELLED, at(1))
+    c.finish("b", RecoveryOutcome.TERMINATED, at(1))
+    c.enqueue(req("c"), at(2))
+    assert admitted(c, at(2)) == ["c"]
+
+
+def test_the_carry_round_trips_queue_running_and_windows() -> None:
+    c = core(max_concurrent=2, max_admissions_per_minute=5)
+    for i in range(5):
+        c.enqueue(req(f"s{i}", 5 - i), at(i))
+    c.next_admissions(at(10))
+    c.finish("s4", RecoveryOutcome.FAILED, at(11))
+    restored = OrchestratorCore.restore(unpack_input(pack_input(c.carry(), c.limits)), c.limits)
+    assert [e.service for e in restored.queue.ordered()] == [e.service for e in c.queue.ordered()]
+    assert restored.running.keys() == c.running.keys()
+    assert list(restored.admission_times_ms) == list(c.admission_times_ms)
+    assert restored.budget_failed == 1 and restored.next_seq == c.next_seq
+
+
+def test_a_long_queue_is_carried_compressed_and_restored_intact() -> None:
+    c = core()
+    for i in range(PACK_THRESHOLD * 5):
+        c.enqueue(req(f"svc-{i:05d}", i % 7), T0)
+    packed = pack_input(c.carry(), c.limits)
+    assert packed.carry is None and packed.packed_carry
+    assert len(packed.packed_carry) < len(c.carry().model_dump_json()) / 5
+    restored = OrchestratorCore.restore(unpack_input(packed), c.limits)
+    assert [e.service for e in restored.queue.ordered()] == [e.service for e in c.queue.ordered()]
+
+
+def test_audit_finds_an_admission_that_skipped_a_better_waiting_request() -> None:
+    c = core(max_concurrent=1)
+    for name, priority in [("a", 1), ("b", 3), ("c", 2)]:
+        c.enqueue(req(name, priority), T0)
+    c.next_admissions(T0)
+    for _ in range(2):
+        c.finish(c.recent_admissions[-1].service, RecoveryOutcome.SUCCEEDED, T0)
+        c.next_admissions(T0)
+    records = list(c.recent_admissions)
+    assert [r.service for r in records] == ["a", "c", "b"]
+    assert admission_order_violations(records) == 0
+    assert admission_order_violations([records[0], records[2], records[1]]) == 1
+
+
+def test_ten_thousand_queued_stay_fast_and_ordered() -> None:
+    rng = random.Random(7)
+    c = core(max_concurrent=50, aging_interval_s=600)
+    started = time.perf_counter()
+    for i in range(10_000):
+        c.enqueue(req(f"svc-{i:05d}", rng.randint(0, 9)), at(i / 100))
+    for i in range(0, 10_000, 7):  # merges and reprioritisations on the way
+        c.enqueue(req(f"svc-{i:05d}", 0), at(100))
+    admitted_total = 0
+    now = at(100)
+    while len(c.queue) or c.running:
+        for entry in c.next_admissions(now).admit:
+            admitted_total += 1
+            c.finish(entry.service, RecoveryOutcome.SUCCEEDED, now)
+        now += timedelta(milliseconds=10)
+    elapsed = time.perf_counter() - started
+    assert admitted_total == 10_000
+    assert admission_order_violations(list(c.recent_admissions)) == 0
+    # Generous bound: this is O(n log n) work; quadratic would take minutes.
+    assert elapsed < 20, f"{elapsed:.1f}s for 10,000 requests"

@@ -1,0 +1,478 @@
+"""RecoveryOrchestratorWorkflow on the time-skipping server.
+
+Probe and action are scripted activities registered under the real names (the test
+decides when each service is healthy again); hash validation and the orchestrator's own
+activities are the real ones. Each test runs its own orchestrator id and task queue.
+Scripted recoveries back off for 10 minutes between attempts, and a test "heals" a
+service by marking it healthy and sending ``health_changed``, so skipped time never
+turns into thousands of attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio import activity
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.common import CommonActivities
+from activities.orchestrator import OrchestratorActivities
+from antifragile import binaries
+from antifragile.constants import (
+    QUERY_QUEUE,
+    SA_STATE,
+    SEARCH_ATTRIBUTES,
+    SIGNAL_HEALTH_CHANGED,
+    UPDATE_REMOVE,
+    UPDATE_REPRIORITISE,
+    recovery_workflow_id,
+)
+from antifragile.models.common import HealthChangedSignal
+from antifragile.models.orchestrator import (
+    OrchestratorLimits,
+    QueueChangeResult,
+    QueueView,
+    RemoveRecovery,
+    Reprioritise,
+    RequestState,
+)
+from antifragile.models.recovery import (
+    ProbeInput,
+    ProbeResult,
+    RecoveryActionInput,
+    RecoveryActionResult,
+    RecoveryPolicy,
+    RecoveryRequest,
+    RecoveryState,
+    RecoveryStatus,
+)
+from antifragile.orchestrator_logic import admission_order_violations
+from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
+from antifragile.recovery_client import request_recovery
+from antifragile.settings import Settings
+from workflows.recovery import RecoveryWorkflow
+from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
+
+SLOW = RecoveryPolicy(initial_delay_ms=600_000, max_delay_ms=600_000, max_retry_attempts=100)
+
+
+class Fleet:
+    """Scripted probe and action: a service is healthy once the test heals it."""
+
+    def __init__(self) -> None:
+        self.healthy: set[str] = set()
+
+    @activity.defn(name="probe_service")
+    async def probe_service(self, data: ProbeInput) -> ProbeResult:
+        healthy = data.service in self.healthy
+        return ProbeResult(healthy=healthy, detail="ok" if healthy else "connection refused")
+
+    @activity.defn(name="run_recovery_action")
+    async def run_recovery_action(self, data: RecoveryActionInput) -> RecoveryActionResult:
+        return RecoveryActionResult(ok=True, detail="ok")
+
+
+@dataclass
+class Orchestra:
+    """One test's orchestrator: its id, queue, fleet and helpers."""
+
+    env: WorkflowEnvironment
+    queue: str
+    orchestrator_id: str
+    fleet: Fleet
+    prefix: str = field(default_factory=lambda: f"s{uuid.uuid4().hex[:6]}")
+    requested: set[str] = field(default_factory=set)
+
+    @property
+    def client(self) -> Client:
+        return self.env.client
+
+    def name(self, short: str) -> str:
+        return f"{self.prefix}-{short}"
+
+    async def request(self, short: str, priority: int = 1, **kw: Any) -> Any:
+        self.requested.add(self.name(short))
+        req = RecoveryRequest(
+            service=self.name(short),
+            priority=priority,
+            probe="tcp://127.0.0.1:9",
+            policy=SLOW,
+            **kw,
+        )
+        return await request_recovery(
+            self.client, req, task_queue=self.queue, orchestrator_id=self.orchestrator_id
+        )
+
+    async def view(self) -> QueueView:
+        handle = self.client.get_workflow_handle(self.orchestrator_id)
+        result: QueueView = await handle.query(
+            QUERY_QUEUE, result_type=QueueView, rpc_timeout=timedelta(seconds=5)
+        )
+        return result
+
+    async def wait(self, check: Callable[[QueueView], bool], timeout: float = 20) -> QueueView:
+        deadline = asyncio.get_running_loop().time() + timeout
+        view: QueueView | None = None
+        while True:
+            try:
+                view = await self.view()
+            except RPCError:
+                # The time-skipping server now and then lets a query time out right
+                # after a continue-as-new; the next one is answered.
+                view = None
+            if view is not None and check(view):
+                return view
+            if asyncio.get_running_loop().time() > deadline:
+                shown = view.model_dump_json() if view else "no answer"
+                raise AssertionError(f"condition not met; last view: {shown}")
+            await asyncio.sleep(0.05)
+
+    async def heal(self, *shorts: str) -> None:
+        """Make services healthy and wake their recoveries to probe at once."""
+        for short in shorts:
+            service = self.name(short)
+            self.fleet.healthy.add(service)
+            handle = self.client.get_workflow_handle(recovery_workflow_id(service))
+            # Still waiting in the queue: it will find the service healthy when admitted.
+            with contextlib.suppress(RPCError):
+                await handle.signal(
+                    SIGNAL_HEALTH_CHANGED, HealthChangedSignal(service=service, healthy=True)
+                )
+
+    def short(self, service: str) -> str:
+        return service.removeprefix(f"{self.prefix}-")
+
+    def admitted(self, view: QueueView) -> list[str]:
+        return [self.short(a.service) for a in view.recent_admissions]
+
+    def running(self, view: QueueView) -> list[str]:
+        return sorted(self.short(r.service) for r in view.running)
+
+    def waiting(self, view: QueueView) -> list[str]:
+        return [self.short(w.service) for w in view.waiting]
+
+    async def clean_up(self) -> None:
+        """Terminate this test's orchestrator and recoveries, so no timer of theirs
+        fires inside a later test's skipped time with no worker to serve it."""
+        ids = [self.orchestrator_id, *(recovery_workflow_id(s) for s in self.requested)]
+        for workflow_id in ids:
+            with contextlib.suppress(RPCError):
+                await self.client.get_workflow_handle(workflow_id).terminate("test over")
+
+    async def update(self, name: str, arg: Any, result_type: type) -> Any:
+        handle = self.client.get_workflow_handle(self.orchestrator_id)
+        return await handle.execute_update(name, arg, result_type=result_type)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own.
+
+    Skipped time stalls while any workflow on the server waits for an activity no worker
+    serves; other modules can leave such workflows behind on the shared server, and these
+    tests skip minutes (rate window, cool-down, aging).
+    """
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+    yield environment
+    await environment.shutdown()
+
+
+OrchestraFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def orchestra(env: WorkflowEnvironment) -> OrchestraFactory:
+    @asynccontextmanager
+    async def _run(**limits: Any) -> AsyncIterator[Orchestra]:
+        tuning = OrchestratorLimits(**limits)
+        policy = WorkerPolicy(
+            recovery=RecoveryPolicyConfig(
+                max_concurrent=tuning.max_concurrent,
+                max_admissions_per_minute=tuning.max_admissions_per_minute,
+                retry_budget=tuning.retry_budget,
+            )
+        )
+        orch = Orchestra(
+            env=env,
+            queue=f"tq-{uuid.uuid4().hex[:8]}",
+            orchestrator_id=f"recovery-orchestrator-{uuid.uuid4().hex[:6]}",
+            fleet=Fleet(),
+        )
+        async with worker_for(orch, policy, tuning):
+            try:
+                yield orch
+            finally:
+                await orch.clean_up()
+
+    return _run
+
+
+def worker_for(orch: Orchestra, policy: WorkerPolicy, tuning: OrchestratorLimits) -> Worker:
+    common = CommonActivities(Settings(), policy)
+    mine = OrchestratorActivities(Settings(), policy, tuning)
+    # The environment's client unlocks time skipping while it awaits a workflow result;
+    # the watcher activity awaits results (and cancels those waits), which would leave
+    # the test server skipping time on its own. The worker gets a plain client instead.
+    plain = Client(
+        orch.client.service_client,
+        namespace=orch.client.namespace,
+        data_converter=pydantic_data_converter,
+    )
+    return Worker(
+        plain,
+        task_queue=orch.queue,
+        workflows=[RecoveryWorkflow, RecoveryOrchestratorWorkflow],
+        activities=[
+            common.validate_constitutional_hash,
+            common.authorize_approver,
+            orch.fleet.probe_service,
+            orch.fleet.run_recovery_action,
+            mine.load_orchestrator_limits,
+            mine.watch_recoveries,
+        ],
+    )
+
+
+async def test_admissions_follow_priority_then_arrival(orchestra: OrchestraFactory) -> None:
+    async with orchestra(max_concurrent=1, aging_interval_s=0) as o:
+        await o.request("blocker", priority=0)
+        await o.wait(lambda v: o.running(v) == ["blocker"])
+        for short, priority in [("a", 5), ("b", 1), ("c", 3), ("d", 1)]:
+            result = await o.request(short, priority)
+            assert result.state is RequestState.QUEUED
+        view = await o.wait(lambda v: v.waiting_total == 4)
+        assert o.waiting(view) == ["b", "d", "c", "a"]
+        assert [w.position for w in view.waiting] == [1, 2, 3, 4]
+        await o.heal("blocker", "a", "b", "c", "d")
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 5)
+    assert o.admitted(view) == ["blocker", "b", "d", "c", "a"]
+    assert admission_order_violations(view.recent_admissions) == 0
+
+
+async def test_a_duplicate_request_is_merged_keeping_the_more_urgent_priority(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(max_concurrent=1) as o:
+        await o.request("blocker", priority=0)
+        await o.wait(lambda v: o.running(v) == ["blocker"])
+        assert (await o.request("x", 5)).position == 1
+        assert (await o.request("y", 4)).position == 1
+        merged = await o.request("x", 1)
+        assert (merged.state, merged.priority, merged.position) == (RequestState.MERGED, 1, 1)
+        less_urgent = await o.request("x", 9)
+        assert (less_urgent.state, less_urgent.priority) == (RequestState.MERGED, 1)
+        joined = await o.request("blocker", 3)
+        assert joined.state is RequestState.JOINED
+        view = await o.view()
+        assert o.waiting(view) == ["x", "y"] and view.waiting_total == 2
+        assert view.waiting[0].merges == 2
+        assert o.running(view) == ["blocker"]
+
+
+async def test_never_more_recoveries_run_than_the_cap(orchestra: OrchestraFactory) -> None:
+    async with orchestra(max_concurrent=2) as o:
+        for i in range(5):
+            await o.request(f"r{i}")
+        view = await o.wait(lambda v: len(v.running) == 2 and v.waiting_total == 3)
+        assert o.running(view) == ["r0", "r1"]
+        await o.heal("r0")
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 1 and len(v.running) == 2)
+        assert o.running(view) == ["r1", "r2"] and view.waiting_total == 2
+        await o.heal("r1", "r2", "r3", "r4")
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 5)
+    assert max(a.running for a in view.recent_admissions) == 2
+
+
+async def test_admission_rate_limit_spreads_admissions_over_minutes(
+    env: WorkflowEnvironment, orchestra: OrchestraFactory
+) -> None:
+    async with orchestra(max_concurrent=10, max_admissions_per_minute=2) as o:
+        o.fleet.healthy.update(o.name(f"r{i}") for i in range(5))
+        for i in range(5):
+            await o.request(f"r{i}")
+        view = await o.wait(lambda v: v.admitted_total == 2 and v.waiting_total == 3)
+        assert "admission rate limit" in view.pause_reason
+        assert not view.paused
+        desc = await env.client.get_workflow_handle(o.orchestrator_id).describe()
+        assert desc.typed_search_attributes.get(SA_STATE) == "THROTTLED"
+        await env.sleep(timedelta(seconds=61))
+        view = await o.wait(lambda v: v.admitted_total == 4)
+        await env.sleep(timedelta(seconds=61))
+        view = await o.wait(lambda v: v.admitted_total == 5 and v.finished.get("succeeded") == 5)
+    times = [a.admitted_at for a in view.recent_admissions]
+    assert (times[2] - times[0]).total_seconds() >= 60
+    assert (times[4] - times[2]).total_seconds() >= 60
+
+
+async def test_retry_budget_pauses_admissions_then_resumes_after_the_cooldown(
+    env: WorkflowEnvironment, orchestra: OrchestraFactory
+) -> None:
+    async with orchestra(
+        max_concurrent=10,
+        retry_budget=0.5,
+        budget_min_samples=3,
+        budget_window_s=600,
+        budget_cooldown_s=300,
+    ) as o:
+        # A wrong constitutional hash fails a recovery at once: three failures of three.
+        for i in range(3):
+            await o.request(f"bad{i}", constitutional_hash="0" * 16)
+        view = await o.wait(lambda v: v.finished.get("failed") == 3 and v.paused)
+        assert "retry budget exceeded: 3 of 3" in view.pause_reason
+        o.fleet.healthy.add(o.name("good"))
+        await o.request("good")
+        await asyncio.sleep(0.5)
+        view = await o.view()
+        assert o.waiting(view) == ["good"] and view.running == []
+        desc = await env.client.get_workflow_handle(o.orchestrator_id).describe()
+        assert desc.typed_search_attributes.get(SA_STATE) == "PAUSED"
+        await env.sleep(timedelta(seconds=301))
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 1)
+        assert not view.paused and view.pause_reason == ""
+
+
+async def test_one_failure_below_the_minimum_sample_does_not_pause(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(max_concurrent=10, budget_min_samples=5) as o:
+        await o.request("bad", constitutional_hash="0" * 16)
+        await o.wait(lambda v: v.finished.get("failed") == 1)
+        o.fleet.healthy.add(o.name("good"))
+        await o.request("good")
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 1)
+        assert not view.paused
+
+
+async def test_aging_lets_a_long_waiting_low_priority_request_go_first(
+    env: WorkflowEnvironment, orchestra: OrchestraFactory
+) -> None:
+    async with orchestra(max_concurrent=1, aging_interval_s=60) as o:
+        await o.request("blocker", priority=0)
+        await o.wait(lambda v: o.running(v) == ["blocker"])
+        await o.request("old", priority=5)
+        await env.sleep(timedelta(minutes=10))
+        await o.request("new", priority=1)
+        view = await o.wait(lambda v: v.waiting_total == 2)
+        assert o.waiting(view) == ["old", "new"]
+        assert view.waiting[0].effective_priority < view.waiting[1].effective_priority
+        await o.heal("blocker", "old", "new")
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 3)
+    assert o.admitted(view) == ["blocker", "old", "new"]
+
+
+async def test_reprioritise_and_remove_change_the_queue_and_refuse_unknown_services(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(max_concurrent=1) as o:
+        await o.request("blocker", priority=0)
+        await o.wait(lambda v: o.running(v) == ["blocker"])
+        for short in ("a", "b", "c"):
+            await o.request(short, 5)
+        moved = await o.update(
+            UPDATE_REPRIORITISE, Reprioritise(service=o.name("c"), priority=1), QueueChangeResult
+        )
+        assert moved.position == 1
+        removed = await o.update(
+            UPDATE_REMOVE, RemoveRecovery(service=o.name("a")), QueueChangeResult
+        )
+        assert removed.waiting == 2
+        assert o.waiting(await o.view()) == ["c", "b"]
+        with pytest.raises(WorkflowUpdateFailedError) as unknown:
+            await o.update(UPDATE_REMOVE, RemoveRecovery(service=o.name("zzz")), QueueChangeResult)
+        assert "not in the recovery queue" in str(unknown.value.cause)
+        with pytest.raises(WorkflowUpdateFailedError) as running:
+            await o.update(
+                UPDATE_REPRIORITISE,
+                Reprioritise(service=o.name("blocker"), priority=3),
+                QueueChangeResult,
+            )
+        assert "already running" in str(running.value.cause)
+
+
+async def wait_backoff(handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait until a recovery sleeps between attempts (not inside an activity)."""
+    for _ in range(200):
+        status = await handle.query("status", result_type=RecoveryStatus)
+        if status.state is RecoveryState.WAITING_BACKOFF:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the recovery never reached WAITING_BACKOFF")
+
+
+@pytest.mark.parametrize("how", ["terminate", "cancel"])
+async def test_a_slot_comes_back_when_a_recovery_is_terminated_or_cancelled(
+    env: WorkflowEnvironment, orchestra: OrchestraFactory, how: str
+) -> None:
+    # The time-skipping server never reports a terminated child to its parent (the real
+    # server does: see the integration test), so here the reconcile finds it. Its time
+    # cannot skip past such a child either, so the reconcile runs every real second.
+    async with orchestra(max_concurrent=1, reconcile_interval_s=1) as o:
+        await o.request("a")
+        await o.wait(lambda v: o.running(v) == ["a"])
+        await o.request("b")
+        handle = o.client.get_workflow_handle(recovery_workflow_id(o.name("a")))
+        await wait_backoff(handle)
+        if how == "terminate":
+            await handle.terminate("operator")
+        else:
+            await handle.cancel()
+        view = await o.wait(lambda v: o.running(v) == ["b"])
+        assert view.finished == {"terminated" if how == "terminate" else "cancelled": 1}
+        await o.heal("b")
+
+
+async def test_continue_as_new_keeps_the_queue_and_the_running_set(
+    env: WorkflowEnvironment, orchestra: OrchestraFactory
+) -> None:
+    async with orchestra(max_concurrent=2, max_history_events=60) as o:
+        handle = env.client.get_workflow_handle(o.orchestrator_id)
+        await o.request("run0", priority=0)
+        await o.request("run1", priority=0)
+        first_run = (await handle.describe()).run_id
+        shorts = [f"w{i:02d}" for i in range(20)]
+        for i, short in enumerate(shorts):
+            await o.request(short, priority=i % 4 + 1)
+        view = await o.wait(lambda v: v.runs >= 2 and v.waiting_total == 20)
+        assert (await handle.describe()).run_id != first_run
+        assert o.running(view) == ["run0", "run1"]
+        # The carried recoveries are now watched by an activity; terminating one must
+        # still return its slot in the new run.
+        await o.client.get_workflow_handle(recovery_workflow_id(o.name("run0"))).terminate("x")
+        await o.wait(lambda v: v.finished.get("terminated") == 1 and v.waiting_total == 19)
+        await o.heal("run1", *shorts)
+        # Healed services waiting in the queue succeed on their first attempt.
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 21, timeout=60)
+        assert view.admitted_total == 22 and view.waiting_total == 0 and view.running == []
+        assert view.runs >= 3
+        assert view.history_length < 200
+    admitted = [o.short(a.service) for a in view.recent_admissions]
+    assert sorted(admitted) == sorted(["run0", "run1", *shorts])
+    assert max(a.running for a in view.recent_admissions) <= 2
+    assert admission_order_violations(view.recent_admissions) == 0
