@@ -4,9 +4,10 @@ Nothing here runs on the call path. A breaker transition calls :meth:`Bridge.not
 which only updates a small dict holding the latest intent per service (bounded by the
 number of guarded services) and wakes a background task. That task:
 
-* on OPEN starts or joins the service's recovery workflow (``recovery-{service}``,
-  signal-with-start of ``RecoveryWorkflow`` with ``join``), using the guard's
-  configured :class:`~antifragile.models.recovery.RecoveryRequest`;
+* on OPEN asks for the service's recovery through the recovery orchestrator
+  (:func:`~antifragile.recovery_client.request_recovery`: joins a running
+  ``recovery-{service}``, else queues it), using the guard's configured
+  :class:`~antifragile.models.recovery.RecoveryRequest`;
 * on CLOSED signals ``health_changed`` (healthy) to ``recovery-{service}`` so a waiting
   recovery probes at once (a missing or finished workflow is fine);
 * on every change signals ``health_changed`` to running chaos experiments targeting the
@@ -47,7 +48,7 @@ from antifragile.constants import (
 from antifragile.health import HealthAggregator
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryRequest
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery_client import request_recovery
 from antifragile.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,10 @@ class Bridge:
             if request is None:
                 log.info("bridge: breaker %r opened; no recovery configured (no probe)", name)
             else:
-                await start_recovery(client, request, task_queue=self.settings.task_queue)
+                # Through the fleet-wide queue, so a shared outage is no recovery storm.
+                await request_recovery(
+                    client, request, task_queue=self.settings.task_queue, want_position=False
+                )
                 self.recoveries_started += 1
             intent.recover = False  # delivered: a retry of the rest must not repeat it
         signal = HealthChangedSignal(

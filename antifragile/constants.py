@@ -12,6 +12,18 @@ ORCHESTRATOR_WORKFLOW_ID = "recovery-orchestrator"
 CHAOS_WORKFLOW_ID_PREFIX = "chaos-"
 
 
+def orchestrator_workflow_id(task_queue: str = DEFAULT_TASK_QUEUE) -> str:
+    """The recovery orchestrator of a task queue's fleet.
+
+    ``recovery-orchestrator`` for the default queue; a fleet on another task queue (a
+    separate deployment, or a test) has its own, ``recovery-orchestrator-{queue}``, so
+    its queue is never served by another fleet's workers.
+    """
+    if task_queue == DEFAULT_TASK_QUEUE:
+        return ORCHESTRATOR_WORKFLOW_ID
+    return f"{ORCHESTRATOR_WORKFLOW_ID}-{task_queue}"
+
+
 def recovery_workflow_id(service: str) -> str:
     """The workflow id of a service's recovery: ``recovery-{service}``."""
     return f"{RECOVERY_WORKFLOW_ID_PREFIX}{service}"

@@ -21,14 +21,15 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.constants import (
+    DEFAULT_TASK_QUEUE,
     KIND_ORCHESTRATOR,
-    ORCHESTRATOR_WORKFLOW_ID,
     ORCHESTRATOR_WORKFLOW_TYPE,
     QUERY_QUEUE,
     SA_KIND,
     SIGNAL_JOIN,
     SIGNAL_REQUEST_RECOVERY,
     UPDATE_ENQUEUE,
+    orchestrator_workflow_id,
     recovery_workflow_id,
 )
 from antifragile.models.orchestrator import (
@@ -119,7 +120,7 @@ async def request_recovery(
     request: RecoveryRequest,
     *,
     task_queue: str,
-    orchestrator_id: str = ORCHESTRATOR_WORKFLOW_ID,
+    orchestrator_id: str | None = None,
     want_position: bool = True,
 ) -> EnqueueResult:
     """Ask for a recovery through the orchestrator (starting the orchestrator if needed).
@@ -133,8 +134,9 @@ async def request_recovery(
     the position. False (storms, the runtime bridge) sends signal-with-start: durable once
     this returns, one history event, no per-workflow update limit, no position.
 
-    ``orchestrator_id`` exists for tests and separate fleets; everyone else uses the
-    singleton ``recovery-orchestrator``.
+    ``orchestrator_id`` defaults to the task queue's orchestrator
+    (:func:`~antifragile.constants.orchestrator_workflow_id`: ``recovery-orchestrator``
+    for the default queue).
 
     In a storm the server refuses more than a few concurrent updates per workflow; the
     request then goes as a signal-with-start (state ``accepted``, position unknown).
@@ -146,6 +148,7 @@ async def request_recovery(
     Raises:
         temporalio.client.WorkflowUpdateFailedError: the orchestrator refused it (full).
     """
+    orchestrator_id = orchestrator_id or orchestrator_workflow_id(task_queue)
     running = await running_recovery(client, request.service)
     if running is not None:
         await running.signal(
@@ -229,9 +232,10 @@ def _orchestrator_start(orchestrator_id: str, task_queue: str) -> dict[str, Any]
 
 
 async def orchestrator_queue(
-    client: Client, *, orchestrator_id: str = ORCHESTRATOR_WORKFLOW_ID
+    client: Client, *, task_queue: str = DEFAULT_TASK_QUEUE, orchestrator_id: str | None = None
 ) -> QueueView:
     """The orchestrator's ``queue`` query: running and waiting recoveries, pause reason."""
+    orchestrator_id = orchestrator_id or orchestrator_workflow_id(task_queue)
     view: QueueView = await client.get_workflow_handle(orchestrator_id).query(
         QUERY_QUEUE, result_type=QueueView
     )

@@ -44,7 +44,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from antifragile.constants import ORCHESTRATOR_WORKFLOW_ID
+from antifragile.constants import orchestrator_workflow_id
 from antifragile.models.orchestrator import AdmissionRecord
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
 from antifragile.orchestrator_logic import admission_order_violations
@@ -200,11 +200,11 @@ async def run_storm(
     enqueued = time.perf_counter()
     result.enqueue_s = enqueued - started
     result.last_report_to_enqueued_s = enqueued - last_sent
-    orchestrator = client.get_workflow_handle(ORCHESTRATOR_WORKFLOW_ID)
+    orchestrator = client.get_workflow_handle(orchestrator_workflow_id(TASK_QUEUE))
     base_finished = None
     while True:
         try:
-            view = await orchestrator_queue(client)
+            view = await orchestrator_queue(client, task_queue=TASK_QUEUE)
         except RPCError as exc:
             # A worker saturated by the storm can answer a query late: ask again.
             print(f"  (query: {exc}; retrying)", file=sys.stderr)
@@ -300,7 +300,9 @@ async def bench(sizes: list[int], cap: int) -> list[Result]:
                     r.baseline_cpu_per_recovery_ms = baseline_cpu
                     report(r)
                     results.append(r)
-                await client.get_workflow_handle(ORCHESTRATOR_WORKFLOW_ID).terminate("bench over")
+                await client.get_workflow_handle(orchestrator_workflow_id(TASK_QUEUE)).terminate(
+                    "bench over"
+                )
         finally:
             server.stop()
             probe_server.shutdown()

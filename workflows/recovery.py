@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
@@ -146,6 +146,7 @@ class RecoveryWorkflow:
                 summary="validate constitutional hash",
             )
         except ActivityError as err:
+            _reraise_cancellation(err)
             raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
 
     async def _attempt(self) -> bool:
@@ -175,6 +176,7 @@ class RecoveryWorkflow:
                 summary=f"attempt {number}: {self._request.action}",
             )
         except ActivityError as err:
+            _reraise_cancellation(err)
             raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
         if not action.ok:
             outcome, detail = "action_failed", action.detail
@@ -194,6 +196,7 @@ class RecoveryWorkflow:
                 )
                 outcome, detail = ("healthy" if probe.healthy else "unhealthy"), probe.detail
             except ActivityError as err:
+                _reraise_cancellation(err)
                 # A probe that cannot even run proves nothing: count it as unhealthy.
                 outcome, detail = "unhealthy", _cause_message(err)
         duration = int((workflow.now() - started).total_seconds() * 1000)
@@ -406,6 +409,12 @@ class RecoveryWorkflow:
             reason=req.reason,
             requested_by=req.requested_by,
         )
+
+
+def _reraise_cancellation(err: ActivityError) -> None:
+    """An activity cancelled because the workflow was cancelled is the workflow's cancel."""
+    if isinstance(err.cause, CancelledError):
+        raise asyncio.CancelledError() from err
 
 
 def _cause_message(err: ActivityError) -> str:

@@ -23,10 +23,10 @@ from antifragile.cli._common import (
     run,
 )
 from antifragile.constants import (
-    ORCHESTRATOR_WORKFLOW_ID,
     QUERY_STATUS,
     SIGNAL_APPROVE,
     SIGNAL_REJECT,
+    orchestrator_workflow_id,
     recovery_workflow_id,
 )
 from antifragile.models.common import ApprovalSignal, Decision
@@ -217,7 +217,7 @@ async def _run_id(client: Client, workflow_id: str) -> str | None:
 
 
 def _url(settings: Settings) -> str:
-    return settings.workflow_url(ORCHESTRATOR_WORKFLOW_ID)
+    return settings.workflow_url(orchestrator_workflow_id(settings.task_queue))
 
 
 def _describe_request(result: EnqueueResult) -> str:
@@ -388,7 +388,7 @@ def queue(json_out: JsonFlag = False) -> None:
     async def _go() -> None:
         client = await connect(settings)
         try:
-            view = await orchestrator_queue(client)
+            view = await orchestrator_queue(client, task_queue=settings.task_queue)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 fail("no recovery orchestrator yet: `antifragile recovery start` creates it")

@@ -21,7 +21,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from antifragile.constants import QUERY_STATUS, recovery_workflow_id
+from antifragile.constants import QUERY_STATUS, orchestrator_workflow_id, recovery_workflow_id
 from antifragile.models.orchestrator import QueueView
 from antifragile.models.recovery import (
     RecoveryPolicy,
@@ -291,7 +291,9 @@ async def test_the_cli_queues_through_the_orchestrator_and_shows_the_queue(
                 assert code == 0, err
                 assert f"{prefix}-{short}" in out and "position" in out
             view = await wait_view(
-                temporal_client, "recovery-orchestrator", lambda v: v.waiting_total == 2
+                temporal_client,
+                orchestrator_workflow_id(task_queue),
+                lambda v: v.waiting_total == 2,
             )
             code, out, err = await _cli(dev_server.port, task_queue, "recovery", "queue", "--json")
             assert code == 0, err
@@ -308,7 +310,9 @@ async def test_the_cli_queues_through_the_orchestrator_and_shows_the_queue(
                     await temporal_client.get_workflow_handle(
                         recovery_workflow_id(f"{prefix}-{short}")
                     ).terminate("test over")
-            await temporal_client.get_workflow_handle("recovery-orchestrator").terminate("over")
+            await temporal_client.get_workflow_handle(
+                orchestrator_workflow_id(task_queue)
+            ).terminate("over")
 
 
 async def test_a_burst_of_requests_beyond_the_update_limit_is_all_queued_once(

@@ -333,3 +333,34 @@ async def test_an_action_the_policy_does_not_define_fails_the_recovery(
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()
     assert "not defined in the worker policy" in str(info.value.cause)
+
+
+class SlowProbe(ScriptedService):
+    """A probe that runs until it is cancelled, so a test can cancel mid-probe."""
+
+    def __init__(self) -> None:
+        super().__init__(healthy_on_attempt=None)
+        self.started = asyncio.Event()
+
+    @activity.defn(name="probe_service")
+    async def probe_service(self, data: ProbeInput) -> ProbeResult:
+        self.started.set()
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(0.05)
+
+
+async def test_cancelling_during_a_probe_ends_the_recovery_cancelled_not_failed(
+    env: WorkflowEnvironment, running
+) -> None:
+    service = SlowProbe()
+    async with running(service) as queue:
+        handle = await start_recovery(env.client, request(), task_queue=queue)
+        await asyncio.wait_for(service.started.wait(), 10)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result()
+        status = await handle.query("status", result_type=RecoveryStatus)
+    assert isinstance(info.value.cause, CancelledError)
+    assert status.state is RecoveryState.CANCELLED
+    assert status.attempts == [], "a cancelled probe is not an unhealthy attempt"
