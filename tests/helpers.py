@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from temporalio.service import RPCError, RPCStatusCode
+
 from antifragile.processes import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,10 +88,19 @@ async def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> CliRe
 async def wait_for(
     predicate: Callable[[], Awaitable[object]], timeout: float = 30.0, interval: float = 0.1
 ) -> object:
-    """Poll ``predicate`` until it returns something truthy (a test helper, not a clock)."""
+    """Poll ``predicate`` until it returns something truthy (a test helper, not a clock).
+
+    A workflow that does not exist yet (NOT_FOUND) counts as "not yet": requests that go
+    through the orchestrator start their recovery a moment later.
+    """
     async with asyncio.timeout(timeout):
         while True:
-            value = await predicate()
+            try:
+                value = await predicate()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                value = None
             if value:
                 return value
             await asyncio.sleep(interval)
