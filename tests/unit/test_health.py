@@ -1,0 +1,294 @@
+"""HealthAggregator: score, thresholds, weights, anti-flapping, callbacks and history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig
+from antifragile.errors import ConfigError
+from antifragile.health import (
+    HealthAggregator,
+    HealthAggregatorConfig,
+    SystemHealthReport,
+    SystemHealthStatus,
+    health_score,
+    status_for_score,
+)
+from tests.unit.conftest import FakeClock
+
+H, D, C = SystemHealthStatus.HEALTHY, SystemHealthStatus.DEGRADED, SystemHealthStatus.CRITICAL
+
+
+def breakers(n: int, clock: FakeClock) -> list[CircuitBreaker]:
+    cfg = CircuitBreakerConfig(open_duration_s=10)
+    return [CircuitBreaker(f"b{i}", cfg, clock=clock) for i in range(n)]
+
+
+def agg(clock: FakeClock, window: float = 2.0) -> HealthAggregator:
+    return HealthAggregator(HealthAggregatorConfig(stabilization_window_s=window), clock=clock)
+
+
+def test_no_breakers_scores_one_and_is_healthy(clock: FakeClock) -> None:
+    report = agg(clock).get_system_health()
+    assert report.health_score == 1.0
+    assert report.status is H
+    assert report.total_breakers == 0
+
+
+def test_score_counts_closed_one_half_open_half_open_zero(clock: FakeClock) -> None:
+    h = agg(clock, window=0)
+    bs = breakers(4, clock)
+    for b in bs:
+        h.register_circuit_breaker(b.name, b)
+    bs[0].force_open()
+    bs[1]._transition(bs[1]._state.OPEN, "t")
+    bs[1]._transition(bs[1]._state.HALF_OPEN, "t")
+    report = h.get_system_health()
+    assert report.health_score == pytest.approx((2 + 0.5) / 4)
+    assert (report.closed_breakers, report.half_open_breakers) == (2, 1)
+    assert (report.open_breakers, report.forced_open_breakers) == (0, 1)
+    assert report.circuit_details["b0"].state == "FORCED_OPEN"
+
+
+def test_weights_change_the_score(clock: FakeClock) -> None:
+    h = agg(clock, window=0)
+    a, b = breakers(2, clock)
+    h.register_circuit_breaker("a", a, weight=3.0)
+    h.register_circuit_breaker("b", b, weight=1.0)
+    b.force_open()
+    assert h.health_score == pytest.approx(0.75)
+    a.force_open()
+    b.reset()
+    assert h.health_score == pytest.approx(0.25)
+
+
+def test_unregister_removes_contribution(clock: FakeClock) -> None:
+    h = agg(clock, window=0)
+    a, b = breakers(2, clock)
+    h.register_circuit_breaker("a", a)
+    h.register_circuit_breaker("b", b)
+    a.force_open()
+    h.unregister_circuit_breaker("a")
+    a.reset()  # no longer tracked: no effect
+    assert h.health_score == 1.0
+    assert h.get_system_health().total_breakers == 1
+
+
+@pytest.mark.parametrize(
+    ("score", "status"), [(1.0, H), (0.7, H), (0.69, D), (0.5, D), (0.49, C), (0.0, C)]
+)
+def test_status_thresholds(score: float, status: SystemHealthStatus) -> None:
+    assert status_for_score(score) is status
+
+
+def test_custom_thresholds_and_pure_score() -> None:
+    assert status_for_score(0.85, 0.9, 0.8) is D
+    assert health_score(0, 0, 0) == 1.0
+    assert health_score(1, 2, 4) == 0.5
+
+
+def test_state_changes_are_applied_without_rescanning(clock: FakeClock) -> None:
+    h = agg(clock, window=0)
+    bs = breakers(3, clock)
+    for b in bs:
+        h.register_circuit_breaker(b.name, b)
+    # Swap in a registry that counts scans: an update that rescanned would show here.
+    scans = 0
+
+    class CountingDict(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def]
+            nonlocal scans
+            scans += 1
+            return super().items()
+
+        def values(self):  # type: ignore[no-untyped-def]
+            nonlocal scans
+            scans += 1
+            return super().values()
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            nonlocal scans
+            scans += 1
+            return super().__iter__()
+
+    h._entries = CountingDict(h._entries)
+    bs[0].force_open()
+    assert scans == 0
+    assert h.health_score == pytest.approx(2 / 3)
+
+
+def test_first_report_is_the_computed_status(clock: FakeClock) -> None:
+    h = agg(clock)
+    bs = breakers(2, clock)
+    bs[0].force_open()
+    bs[1].force_open()
+    h.register_circuit_breaker("a", bs[0])
+    h2 = agg(clock)
+    h2.register_circuit_breaker("a", bs[0])
+    assert h2.get_system_health().status is C
+
+
+def test_move_to_critical_is_reported_at_once(clock: FakeClock) -> None:
+    h = agg(clock)
+    (b,) = breakers(1, clock)
+    h.register_circuit_breaker("b", b)
+    b.force_open()
+    assert h.get_system_health().status is C
+
+
+def test_recovery_is_reported_only_after_the_window(clock: FakeClock) -> None:
+    h = agg(clock, window=2.0)
+    (b,) = breakers(1, clock)
+    h.register_circuit_breaker("b", b)
+    b.force_open()
+    b.reset()
+    report = h.get_system_health()
+    assert report.status is C
+    assert report.computed_status is H
+    assert report.pending_status is H
+    assert report.health_score == 1.0  # score is always current
+    clock.advance(1.99)
+    assert h.get_system_health().status is C
+    clock.advance(0.01)
+    assert h.get_system_health().status is H
+
+
+def test_degradation_waits_for_the_window_too(clock: FakeClock) -> None:
+    h = agg(clock, window=2.0)
+    bs = breakers(4, clock)
+    for b in bs:
+        h.register_circuit_breaker(b.name, b)
+    bs[0].force_open()
+    bs[1].force_open()  # 0.5 -> DEGRADED
+    assert h.get_system_health().status is H
+    clock.advance(2)
+    assert h.get_system_health().status is D
+
+
+def test_flapping_restarts_the_window_and_return_cancels_it(clock: FakeClock) -> None:
+    h = agg(clock, window=2.0)
+    bs = breakers(4, clock)
+    for b in bs:
+        h.register_circuit_breaker(b.name, b)
+    for _ in range(5):  # DEGRADED <-> HEALTHY every second: never reported
+        bs[0].force_open()
+        bs[1].force_open()
+        clock.advance(1)
+        assert h.get_system_health().status is H
+        bs[0].reset()
+        bs[1].reset()
+        clock.advance(1)
+        report = h.get_system_health()
+        assert report.status is H
+        assert report.pending_status is None
+
+
+async def test_pending_status_is_reported_by_timer_without_further_changes() -> None:
+    h = HealthAggregator(HealthAggregatorConfig(stabilization_window_s=0.03))
+    (b,) = [CircuitBreaker("b")]
+    h.register_circuit_breaker("b", b)
+    seen: list[SystemHealthStatus] = []
+    h.on_health_change(lambda r: seen.append(r.status))
+    b.force_open()
+    b.reset()
+    await asyncio.sleep(0.08)
+    assert seen[-1] is H
+    assert C in seen
+
+
+async def test_callbacks_coalesce_a_burst_to_the_latest(clock: FakeClock) -> None:
+    h = agg(clock, window=0)
+    bs = breakers(10, clock)
+    for b in bs:
+        h.register_circuit_breaker(b.name, b)
+    reports: list[SystemHealthReport] = []
+
+    async def cb(report: SystemHealthReport) -> None:
+        reports.append(report)
+
+    h.on_health_change(cb)
+    for b in bs:
+        b.force_open()
+    await asyncio.sleep(0.01)
+    assert len(reports) == 1
+    assert reports[0].health_score == 0.0
+    assert reports[0].status is C
+
+
+async def test_raising_callback_is_logged_and_others_still_run(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = agg(clock, window=0)
+    (b,) = breakers(1, clock)
+    h.register_circuit_breaker("b", b)
+    got: list[float] = []
+
+    def bad(report: SystemHealthReport) -> None:
+        raise RuntimeError("callback bug")
+
+    h.on_health_change(bad)
+    h.on_health_change(lambda r: got.append(r.health_score))
+    with caplog.at_level(logging.ERROR):
+        b.force_open()
+        assert h._notify_task is not None  # referenced until done
+        await h._notify_task
+    assert got == [0.0]
+    assert "callback bug" in caplog.text
+
+
+def test_sync_callbacks_run_inline_without_a_loop(clock: FakeClock) -> None:
+    h = agg(clock, window=0)
+    (b,) = breakers(1, clock)
+    h.register_circuit_breaker("b", b)
+    got: list[SystemHealthStatus] = []
+    h.on_health_change(lambda r: got.append(r.status))
+    b.force_open()
+    assert got == [C]
+
+
+def test_history_is_bounded_and_queryable_by_window(clock: FakeClock) -> None:
+    h = HealthAggregator(HealthAggregatorConfig(history_size=5), clock=clock)
+    (b,) = breakers(1, clock)
+    h.register_circuit_breaker("b", b)
+    for i in range(8):
+        if i == 6:
+            b.force_open()
+        h.record_snapshot()
+        clock.advance(1)
+    hist = h.get_history()
+    assert len(hist) == 5
+    assert [s.health_score for s in hist] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert len(h.get_history(window_s=2.5)) == 2
+
+
+async def test_sampler_records_snapshots_while_started() -> None:
+    h = HealthAggregator(HealthAggregatorConfig(history_interval_s=0.01))
+    await h.start()
+    await asyncio.sleep(0.05)
+    await h.stop()
+    n = len(h.get_history())
+    assert n >= 2
+    await asyncio.sleep(0.03)
+    assert len(h.get_history()) == n
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"critical_threshold": 1.5}, "critical_threshold"),
+        ({"degraded_threshold": 0.4}, "degraded_threshold"),
+        ({"stabilization_window_s": -1}, "stabilization_window_s"),
+        ({"history_size": 0}, "history_size"),
+    ],
+)
+def test_config_errors_name_field(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        HealthAggregatorConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_non_positive_weight_is_refused(clock: FakeClock) -> None:
+    with pytest.raises(ConfigError, match="weight"):
+        agg(clock).register_circuit_breaker("b", breakers(1, clock)[0], weight=0)
