@@ -12,11 +12,13 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
+from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.recovery import RecoveryWorkflow
 
 log = logging.getLogger("antifragile.worker")
@@ -27,18 +29,26 @@ _GRACE = timedelta(seconds=5)
 
 def all_workflows() -> list[type]:
     """Every workflow class the worker runs."""
-    return [RecoveryWorkflow]
+    return [RecoveryWorkflow, ChaosExperimentWorkflow]
 
 
 def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..., Any]]:
     """Every activity, bound to the worker's settings and policy."""
     common = CommonActivities(settings, policy)
     recovery = RecoveryActivities(settings, policy)
+    chaos = ChaosActivities(settings, policy)
     return [
         common.validate_constitutional_hash,
         common.authorize_approver,
         common.probe_service,
         recovery.run_recovery_action,
+        chaos.validate_chaos_scenario,
+        chaos.check_halt_switch,
+        chaos.inject_fault,
+        chaos.renew_fault_lease,
+        chaos.remove_fault,
+        chaos.measure_health,
+        chaos.collect_experiment_impact,
     ]
 
 
