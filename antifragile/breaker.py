@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import CoroutineType as _CoroutineType
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -467,8 +468,13 @@ class CircuitBreaker:
         """Record a call that raised: a failure, or (ignored types) a release."""
         if self._is_failure(exc):
             self._record(True)
-        elif self._state is _HALF_OPEN and self._half_open_inflight > 0:
-            # Cancelled or ignored trial call: free its slot, decide nothing.
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        """A call admitted but ended without a verdict (cancelled, ignored, refused later)."""
+        if self._state is _HALF_OPEN and self._half_open_inflight > 0:
+            # Free the trial slot and decide nothing.
             self._half_open_inflight -= 1
 
     def _on_done(self, started: float) -> None:
@@ -507,7 +513,20 @@ class CircuitBreaker:
         """
         if self._state is not _CLOSED:
             self._admit()
-        started = self._clock() if self._slow_s is not None else 0.0
+        if self._slow_s is None:
+            # Common case first: no clock read, and a plain coroutine is recognised by
+            # its exact type before the (slower) general awaitable check.
+            try:
+                result = fn(*args, **kwargs)
+                if type(result) is _CoroutineType or inspect.isawaitable(result):
+                    result = await result
+            except BaseException as exc:
+                self._on_error(exc)
+                raise
+            if not self._steady:
+                self._record(False)
+            return result
+        started = self._clock()
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):

@@ -1,0 +1,359 @@
+"""Bridge: breaker and health changes of this process into Temporal and Redis.
+
+Nothing here runs on the call path. A breaker transition calls :meth:`Bridge.notify`,
+which only updates a small dict holding the latest intent per service (bounded by the
+number of guarded services) and wakes a background task. That task:
+
+* on OPEN starts or joins the service's recovery workflow (``recovery-{service}``,
+  signal-with-start of ``RecoveryWorkflow`` with ``join``), using the guard's
+  configured :class:`~antifragile.models.recovery.RecoveryRequest`;
+* on CLOSED signals ``health_changed`` (healthy) to ``recovery-{service}`` so a waiting
+  recovery probes at once (a missing or finished workflow is fine);
+* on every change signals ``health_changed`` to running chaos experiments targeting the
+  service (``AfKind="chaos" AND AfService=... AND ExecutionStatus="Running"``, listed
+  at most every ``chaos_cache_s``).
+
+Temporal unreachable: the intent stays in the dict (a newer one for the same service
+replaces it), the task retries with exponential backoff, and the service keeps working.
+
+A second task publishes this process's health report to Redis under
+``af:health:{instance}`` with a TTL, every ``publish_interval_s`` and soon after every
+health change, so ``antifragile health`` shows the whole fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from antifragile.breaker import CircuitState, StateChange
+from antifragile.constants import (
+    KIND_CHAOS,
+    REDIS_HEALTH_KEY_PREFIX,
+    SIGNAL_HEALTH_CHANGED,
+    recovery_workflow_id,
+)
+from antifragile.health import HealthAggregator
+from antifragile.models.common import HealthChangedSignal
+from antifragile.models.recovery import RecoveryRequest
+from antifragile.recovery_client import start_recovery
+from antifragile.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ClientFactory = Callable[[], Awaitable[Client]]
+RecoveryLookup = Callable[[str], RecoveryRequest | None]
+
+# Errors that retrying cannot fix: drop the intent (logged) instead of looping.
+_PERMANENT = {
+    RPCStatusCode.INVALID_ARGUMENT,
+    RPCStatusCode.PERMISSION_DENIED,
+    RPCStatusCode.UNAUTHENTICATED,
+    RPCStatusCode.UNIMPLEMENTED,
+}
+
+
+@dataclass(slots=True)
+class _Intent:
+    """What still has to be told to Temporal about one service (latest wins)."""
+
+    recover: bool = False
+    closed: bool = False
+    healthy: bool = True
+    state: CircuitState = CircuitState.CLOSED
+
+    def merge_older(self, older: _Intent) -> None:
+        """Keep an older, unsent recover/closed request unless this newer one overrides it."""
+        if not (self.recover or self.closed):
+            self.recover, self.closed = older.recover, older.closed
+
+
+def health_key(instance_id: str) -> str:
+    """Redis key of an instance's health snapshot: ``af:health:{instance}``."""
+    return f"{REDIS_HEALTH_KEY_PREFIX}{instance_id}"
+
+
+class Bridge:
+    """Background link from in-process health to recovery/chaos workflows and Redis.
+
+    Args:
+        settings: Task queue and connection settings.
+        instance_id: Name of this process (``source`` of signals, health key suffix).
+        health: The process's aggregator (score/status travel with every signal).
+        recovery_for: Returns the recovery request of a service, or None.
+        client: A connected Temporal client; else ``client_factory`` (default: connect
+            with ``settings``) is called lazily, with backoff, in the background.
+        redis_client: Where health snapshots go; None disables publishing.
+        publish_interval_s: Seconds between health snapshots. Default 3.
+        health_ttl_s: TTL of a snapshot. Default 15.
+        chaos_cache_s: How long a list of running chaos experiments is reused. Default 2.
+        initial_backoff_s / max_backoff_s: Retry spacing while Temporal fails.
+            Defaults 0.2 and 10.
+        recover_on_forced_open: Start recovery for FORCED_OPEN too (normally a forced
+            open is deliberate: chaos or an operator). Default False.
+        sleep: Injectable sleep for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        instance_id: str,
+        health: HealthAggregator,
+        recovery_for: RecoveryLookup,
+        *,
+        client: Client | None = None,
+        client_factory: ClientFactory | None = None,
+        redis_client: aioredis.Redis | None = None,
+        publish_interval_s: float = 3.0,
+        health_ttl_s: float = 15.0,
+        chaos_cache_s: float = 2.0,
+        initial_backoff_s: float = 0.2,
+        max_backoff_s: float = 10.0,
+        recover_on_forced_open: bool = False,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.instance_id = instance_id
+        self.health = health
+        self._recovery_for = recovery_for
+        self._client = client
+        self._client_factory = client_factory
+        self._redis = redis_client
+        self.publish_interval_s = publish_interval_s
+        self.health_ttl_s = health_ttl_s
+        self.chaos_cache_s = chaos_cache_s
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.recover_on_forced_open = recover_on_forced_open
+        self._sleep = sleep
+        self._intents: dict[str, _Intent] = {}
+        self._wake: asyncio.Event | None = None
+        self._publish_wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._chaos_cache: dict[str, tuple[float, list[str]]] = {}
+        self._chaos_listing_broken = False
+        self.failures = 0
+        """Temporal operations that failed and were retried (for tests and metrics)."""
+        self.recoveries_started = 0
+        """Recovery start-or-join calls that succeeded."""
+        self.last_error = ""
+
+    # ------------------------------------------------------------------ inputs (sync, O(1))
+
+    def notify(self, change: StateChange) -> None:
+        """Breaker listener: record the latest intent for the service and wake the task."""
+        intent = self._intents.get(change.name)
+        if intent is None:
+            intent = self._intents[change.name] = _Intent()
+        new = change.new
+        if new is CircuitState.OPEN or (
+            new is CircuitState.FORCED_OPEN and self.recover_on_forced_open
+        ):
+            intent.recover, intent.closed = True, False
+        elif new is CircuitState.CLOSED:
+            intent.recover, intent.closed = False, True
+        intent.state = new
+        intent.healthy = new is CircuitState.CLOSED
+        if self._wake is not None:
+            self._wake.set()
+        self.health_changed()
+
+    def health_changed(self, *_: object) -> None:
+        """Ask the publisher to write a fresh snapshot soon."""
+        if self._publish_wake is not None:
+            self._publish_wake.set()
+
+    @property
+    def pending(self) -> dict[str, CircuitState]:
+        """Services with an intent not yet delivered, and their latest state."""
+        return {name: i.state for name, i in self._intents.items()}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the Temporal and Redis background tasks."""
+        if self._tasks:
+            return
+        self._wake = asyncio.Event()
+        self._publish_wake = asyncio.Event()
+        if self._intents:
+            self._wake.set()
+        self._tasks.append(asyncio.create_task(self._temporal_loop(), name="af-bridge-temporal"))
+        if self._redis is not None:
+            self._tasks.append(asyncio.create_task(self._publish_loop(), name="af-bridge-health"))
+
+    async def stop(self, *, remove_snapshot: bool = True) -> None:
+        """Stop the tasks; deliver what is pending if Temporal answers within 2 s."""
+        if self._intents and self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drain_once(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self._wake = self._publish_wake = None
+        if remove_snapshot and self._redis is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._redis.delete(health_key(self.instance_id)), 1.0)
+
+    # ------------------------------------------------------------------ Temporal
+
+    async def _get_client(self) -> Client:
+        if self._client is None:
+            if self._client_factory is not None:
+                self._client = await self._client_factory()
+            else:
+                from antifragile.temporal_client import connect
+
+                self._client = await connect(self.settings)
+        return self._client
+
+    async def _temporal_loop(self) -> None:
+        assert self._wake is not None
+        backoff = self.initial_backoff_s
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if await self._drain_once():
+                backoff = self.initial_backoff_s
+            else:
+                await self._sleep(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+                self._wake.set()
+
+    async def _drain_once(self) -> bool:
+        """Deliver every pending intent once; False if any failed and was kept."""
+        all_ok = True
+        for name in list(self._intents):
+            intent = self._intents.pop(name, None)
+            if intent is None:
+                continue
+            try:
+                await self._deliver(name, intent)
+            except RPCError as exc:
+                if exc.status in _PERMANENT:
+                    log.error("bridge: %s for %r dropped: %s", exc.status.name, name, exc)
+                    continue
+                self._keep(name, intent, exc)
+                all_ok = False
+            except Exception as exc:  # unreachable server, timeouts, connect errors
+                self._keep(name, intent, exc)
+                all_ok = False
+        return all_ok
+
+    def _keep(self, name: str, intent: _Intent, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if self.failures == 1 or self.failures % 50 == 0:
+            log.warning(
+                "bridge: Temporal call for %r failed (%s); will retry", name, self.last_error
+            )
+        newer = self._intents.get(name)
+        if newer is None:
+            self._intents[name] = intent
+        else:
+            newer.merge_older(intent)
+
+    async def _deliver(self, name: str, intent: _Intent) -> None:
+        client = await self._get_client()
+        report = self.health.get_system_health()
+        if intent.recover:
+            request = self._recovery_for(name)
+            if request is None:
+                log.info("bridge: breaker %r opened; no recovery configured (no probe)", name)
+            else:
+                await start_recovery(client, request, task_queue=self.settings.task_queue)
+                self.recoveries_started += 1
+            intent.recover = False  # delivered: a retry of the rest must not repeat it
+        signal = HealthChangedSignal(
+            service=name,
+            healthy=intent.healthy,
+            score=round(report.health_score, 6),
+            status=report.status.value,
+            source=self.instance_id,
+        )
+        if intent.closed:
+            handle = client.get_workflow_handle(recovery_workflow_id(name))
+            try:
+                await handle.signal(SIGNAL_HEALTH_CHANGED, signal)
+            except RPCError as exc:
+                if exc.status is not RPCStatusCode.NOT_FOUND:
+                    raise
+            intent.closed = False
+        for workflow_id in await self._running_chaos(client, name):
+            try:
+                await client.get_workflow_handle(workflow_id).signal(SIGNAL_HEALTH_CHANGED, signal)
+            except RPCError as exc:
+                if exc.status is not RPCStatusCode.NOT_FOUND:
+                    raise
+
+    async def _running_chaos(self, client: Client, name: str) -> list[str]:
+        if self._chaos_listing_broken:
+            return []
+        now = time.monotonic()
+        cached = self._chaos_cache.get(name)
+        if cached is not None and now - cached[0] < self.chaos_cache_s:
+            return cached[1]
+        query = f'AfKind="{KIND_CHAOS}" AND AfService="{name}" AND ExecutionStatus="Running"'
+        try:
+            ids = [wf.id async for wf in client.list_workflows(query, limit=100)]
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.INVALID_ARGUMENT:
+                # Search attributes not registered on this server: no chaos to notify.
+                log.warning("bridge: cannot list chaos experiments (%s); skipping", exc)
+                self._chaos_listing_broken = True
+                return []
+            raise
+        self._chaos_cache[name] = (now, ids)
+        return ids
+
+    # ------------------------------------------------------------------ Redis snapshots
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON document published under ``af:health:{instance}``."""
+        report = self.health.get_system_health()
+        doc = report.model_dump(mode="json")
+        doc["instance"] = self.instance_id
+        doc["pid"] = os.getpid()
+        doc["published_at"] = time.time()
+        doc["ttl_s"] = self.health_ttl_s
+        return doc
+
+    async def publish_once(self) -> None:
+        """Write the snapshot with its TTL (raises if Redis fails)."""
+        assert self._redis is not None
+        await self._redis.set(
+            health_key(self.instance_id),
+            json.dumps(self.snapshot()),
+            px=int(self.health_ttl_s * 1000),
+        )
+
+    async def _publish_loop(self) -> None:
+        assert self._publish_wake is not None
+        failed = 0
+        while True:
+            try:
+                await self.publish_once()
+                failed = 0
+            except Exception as exc:
+                failed += 1
+                if failed == 1:
+                    log.warning("bridge: health snapshot to Redis failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publish_wake.wait(), self.publish_interval_s)
+            self._publish_wake.clear()
+            # Coalesce a burst of changes into one write.
+            await asyncio.sleep(0.05)

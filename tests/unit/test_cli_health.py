@@ -1,0 +1,71 @@
+"""``antifragile health``: tables and JSON from af:health:* snapshots; Redis down exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+import typer
+from typer.testing import CliRunner
+
+from antifragile.breaker import CircuitBreaker
+from antifragile.bridge import health_key
+from antifragile.cli.health import health_command
+from antifragile.health import HealthAggregator, HealthAggregatorConfig
+from antifragile.processes import free_port
+from tests.unit.conftest import RestartableRedis
+
+app = typer.Typer()
+app.command("health")(health_command)
+app.command("noop")(lambda: None)  # two commands: typer keeps "health" as a subcommand
+
+
+def publish(url: str, instance: str, open_breaker: bool) -> None:
+    agg = HealthAggregator(HealthAggregatorConfig(stabilization_window_s=0))
+    ok, bad = CircuitBreaker("db"), CircuitBreaker("cache")
+    agg.register_circuit_breaker("db", ok)
+    agg.register_circuit_breaker("cache", bad)
+    if open_breaker:
+        bad.force_open()
+    doc = agg.get_system_health().model_dump(mode="json")
+    doc.update(instance=instance, published_at=0)
+    redis.Redis.from_url(url).set(health_key(instance), json.dumps(doc), ex=15)
+
+
+def test_json_lists_every_instance_and_the_worst_status(
+    own_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTIFRAGILE_REDIS_URL", own_redis.url)
+    publish(own_redis.url, "a-1", False)
+    publish(own_redis.url, "b-2", True)
+    result = CliRunner().invoke(app, ["health", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [i["instance"] for i in doc["instances"]] == ["a-1", "b-2"]
+    assert doc["instances"][1]["circuit_details"]["cache"]["state"] == "FORCED_OPEN"
+    assert doc["fleet"] == {"instances": 2, "status": "DEGRADED"}
+
+
+def test_table_shows_instances_and_breakers(
+    own_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTIFRAGILE_REDIS_URL", own_redis.url)
+    monkeypatch.setenv("COLUMNS", "200")
+    publish(own_redis.url, "a-1", True)
+    result = CliRunner().invoke(app, ["health"])
+    assert result.exit_code == 0, result.output
+    for text in ("a-1", "DEGRADED", "0.50", "cache", "FORCED_OPEN", "db", "CLOSED"):
+        assert text in result.stdout
+
+
+def test_unreachable_redis_is_one_line_naming_the_url_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    monkeypatch.setenv("ANTIFRAGILE_REDIS_URL", url)
+    result = CliRunner().invoke(app, ["health"])
+    assert result.exit_code == 2
+    assert url in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

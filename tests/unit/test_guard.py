@@ -1,0 +1,161 @@
+"""Guard: breaker + fault + metering + timeout + concurrency limit, both call styles."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
+from antifragile.errors import ConfigError
+from antifragile.guard import ConcurrencyLimitError, Guard
+from antifragile.metering import MeteringIntegration
+from tests.unit.conftest import FakeClock
+
+
+class Boom(Exception):
+    pass
+
+
+async def ok(x: int = 1) -> int:
+    return x
+
+
+async def fail() -> None:
+    raise Boom
+
+
+def make(clock: FakeClock | None = None, **kw: object) -> Guard:
+    cfg = CircuitBreakerConfig(**kw)  # type: ignore[arg-type]
+    return Guard("svc", CircuitBreaker("svc", cfg, clock=clock), tenant_id="t1")
+
+
+async def test_plain_guard_passes_calls_and_counts_them() -> None:
+    g = make()
+    assert g._plain
+    assert await g.call(ok, 5) == 5
+    async with g:
+        pass
+    assert g.calls == 2
+
+
+async def test_failures_through_either_style_open_the_breaker_and_refuse_calls() -> None:
+    g = make(failure_threshold=2)
+    with pytest.raises(Boom):
+        await g.call(fail)
+    with pytest.raises(Boom):
+        async with g:
+            raise Boom
+    assert g.breaker.state is CircuitState.OPEN
+    assert not g._plain
+    with pytest.raises(CircuitOpenError):
+        await g.call(ok)
+    with pytest.raises(CircuitOpenError):
+        async with g:
+            pass
+
+
+async def test_guard_follows_breaker_back_to_closed(clock: FakeClock) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=5)
+    with pytest.raises(Boom):
+        await g.call(fail)
+    clock.advance(5)
+    assert await g.call(ok) == 1
+    assert g.breaker.state is CircuitState.CLOSED
+    assert g._plain
+
+
+async def test_steady_window_takes_the_cheapest_success_path() -> None:
+    g = make(window_size=20, minimum_calls=20)
+    for _ in range(20):
+        await g.call(ok)
+    assert g.breaker._steady
+    with pytest.raises(Boom):
+        await g.call(fail)
+    assert not g.breaker._steady
+
+
+async def test_timeout_counts_as_failure_in_both_styles() -> None:
+    g = make(failure_threshold=2)
+    g.timeout_s = 0.01
+    assert not g._plain
+    with pytest.raises(TimeoutError):
+        await g.call(asyncio.sleep, 1)
+    with pytest.raises(TimeoutError):
+        async with g:
+            await asyncio.sleep(1)
+    assert g.breaker.state is CircuitState.OPEN
+
+
+async def test_timeout_does_not_fire_for_fast_calls_via_async_with() -> None:
+    g = make()
+    g.timeout_s = 1.0
+    async with g:
+        await asyncio.sleep(0)
+    assert g.breaker.consecutive_failures == 0
+    assert not g._scopes
+
+
+async def test_concurrency_limit_refuses_extra_calls_without_counting_failures() -> None:
+    g = make(failure_threshold=1)
+    g.max_concurrency = 1
+    gate = asyncio.Event()
+    first = asyncio.create_task(g.call(gate.wait))
+    await asyncio.sleep(0)
+    assert g.in_flight == 1
+    with pytest.raises(ConcurrencyLimitError):
+        await g.call(ok)
+    with pytest.raises(ConcurrencyLimitError):
+        async with g:
+            pass
+    gate.set()
+    await first
+    assert g.in_flight == 0
+    assert g.breaker.state is CircuitState.CLOSED
+    async with g:
+        assert g.in_flight == 1
+    assert g.in_flight == 0
+
+
+async def test_zero_concurrency_refuses_everything() -> None:
+    g = make()
+    g.max_concurrency = 0
+    with pytest.raises(ConcurrencyLimitError):
+        await g.call(ok)
+    g.max_concurrency = None
+    assert g._plain
+
+
+async def test_slow_calls_via_guard_count_as_failures(clock: FakeClock) -> None:
+    g = make(clock, failure_threshold=2, slow_call_duration_s=0.1)
+    assert not g._plain
+
+    async def slow() -> None:
+        clock.advance(0.2)
+
+    await g.call(slow)
+    async with g:
+        clock.advance(0.2)
+    assert g.breaker.state is CircuitState.OPEN
+
+
+async def test_metering_harvests_guard_calls_as_usage() -> None:
+    g = make()
+    m = MeteringIntegration()
+    m.add_source(g)
+    for _ in range(10):
+        await g.call(ok)
+    s = m.stats()
+    assert (s.recorded, s.buffered) == (10, 10)
+    m._drain()
+    assert m._pending == {("t1", "guarded_call:svc"): [10, 10]}
+    assert m.stats().recorded == 10
+    assert g.calls == 10
+
+
+def test_bad_settings_name_the_field() -> None:
+    g = make()
+    with pytest.raises(ConfigError, match="timeout_s"):
+        g.timeout_s = 0
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        g.max_concurrency = -1
