@@ -306,18 +306,24 @@ _STATE_SCORE = {"CLOSED": 1.0, "HALF_OPEN": 0.5, "OPEN": 0.0, "FORCED_OPEN": 0.0
 
 
 def snapshot_score(data: dict[str, Any], targets: list[str]) -> float | None:
-    """Health score of one process's snapshot for ``targets`` (None: not reported)."""
-    breakers = data.get("breakers")
-    if isinstance(breakers, dict):
+    """Health score of one process's snapshot for ``targets`` (None: not reported).
+
+    With per-breaker states (``circuit_details`` as the runtime publishes them, or
+    ``breakers``), only the targets' breakers count; a process guarding none of them
+    says nothing. Without them, the overall ``health_score`` (or ``score``) counts.
+    """
+    for field in ("circuit_details", "breakers"):
+        breakers = data.get(field)
+        if not isinstance(breakers, dict):
+            continue
         states = []
         for t in targets:
             entry = breakers.get(t)
             state = entry.get("state") if isinstance(entry, dict) else entry
             if isinstance(state, str) and state.upper() in _STATE_SCORE:
                 states.append(_STATE_SCORE[state.upper()])
-        if states:
-            return sum(states) / len(states)
-    score = data.get("score")
+        return sum(states) / len(states) if states else None
+    score = data.get("health_score", data.get("score"))
     try:
         return None if score is None else max(0.0, min(1.0, float(score)))
     except (TypeError, ValueError):
