@@ -28,8 +28,8 @@ from temporalio.client import Client
 
 from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from antifragile.bridge import Bridge, ClientFactory
-from antifragile.errors import ConfigError, describe_validation_error
 from antifragile.chaos.plane import FaultSubscriber
+from antifragile.errors import ConfigError, describe_validation_error
 from antifragile.fault_table import FaultTable
 from antifragile.guard import Guard
 from antifragile.health import HealthAggregator, HealthAggregatorConfig
