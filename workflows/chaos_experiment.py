@@ -117,6 +117,8 @@ class ChaosExperimentWorkflow:
 
     @workflow.init
     def __init__(self, data: ChaosExperimentInput) -> None:
+        if not data.experiment_id:  # scheduled runs: the schedule names the workflow
+            data = data.model_copy(update={"experiment_id": workflow.info().workflow_id})
         self._in = data
         self._s = data.scenario
         self._phase = ChaosPhase.VALIDATING
@@ -665,6 +667,7 @@ class ChaosExperimentWorkflow:
             events=list(self._events),
         )
 
+    @workflow.query(name="report")
     def report(self) -> ChaosReport:
         """The experiment's report so far (the result once it has ended)."""
         s = self._s
@@ -674,7 +677,7 @@ class ChaosExperimentWorkflow:
             chaos_type=s.chaos_type,
             target=s.target,
             blast_radius=list(s.blast_radius),
-            outcome=self._outcome or ChaosOutcome.STOPPED,
+            outcome=self._outcome,
             reason=self._reason,
             dry_run=s.dry_run,
             requested_duration_s=s.duration_s,

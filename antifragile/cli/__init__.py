@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from temporalio.service import RPCError
 from typer.exceptions import TyperException
 
-from antifragile.cli import recovery
+from antifragile.cli import chaos, recovery
 from antifragile.cli._common import CommandFailed, console, err_console, load_settings, run
 from antifragile.errors import AntifragileError, describe_validation_error
 
@@ -29,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(recovery.app, name="recovery")
+app.add_typer(chaos.app, name="chaos")
 
 
 @app.command("worker")

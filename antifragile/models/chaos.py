@@ -98,11 +98,13 @@ class ChaosExperimentInput(StrictModel):
 
     Attributes:
         scenario: What to inject, where, for how long, with which guards.
-        experiment_id: The workflow id (``chaos-{name}-{short id}``), fixed by the starter.
+        experiment_id: The workflow id (``chaos-{name}-{short id}``), fixed by the starter;
+            empty for runs started by a Temporal Schedule (the run's workflow id is used).
     """
 
     scenario: ChaosScenario
-    experiment_id: str
+    experiment_id: str = ""
+    """Empty (scheduled runs): the workflow id the run got."""
 
 
 class ChaosOutcome(StrEnum):
@@ -228,7 +230,8 @@ class ChaosReport(StrictModel):
     chaos_type: ChaosType
     target: str
     blast_radius: list[str]
-    outcome: ChaosOutcome
+    outcome: ChaosOutcome | None = None
+    """None only in a ``report`` query of a run still in progress."""
     reason: str = ""
     dry_run: bool = False
     requested_duration_s: float
