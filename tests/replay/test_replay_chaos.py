@@ -1,0 +1,23 @@
+"""Replay a recorded ChaosExperimentWorkflow history: any non-deterministic change to the
+workflow code fails here before it can break experiments running in production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from tests.replay.record_chaos_history import HISTORY, WORKFLOW_ID
+from workflows.chaos_experiment import ChaosExperimentWorkflow
+
+
+async def test_recorded_chaos_history_replays() -> None:
+    history = WorkflowHistory.from_json(WORKFLOW_ID, Path(HISTORY).read_text())
+    event_types = {e.event_type for e in history.events}
+    assert len(history.events) > 50 and len(event_types) > 8  # a rich run, not a stub
+    replayer = Replayer(
+        workflows=[ChaosExperimentWorkflow], data_converter=pydantic_data_converter
+    )
+    await replayer.replay_workflow(history)
