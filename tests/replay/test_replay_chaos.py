@@ -12,12 +12,12 @@ from temporalio.worker import Replayer
 from tests.replay.record_chaos_history import HISTORY, WORKFLOW_ID
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 
+TEXT = Path(HISTORY).read_text()
+
 
 async def test_recorded_chaos_history_replays() -> None:
-    history = WorkflowHistory.from_json(WORKFLOW_ID, Path(HISTORY).read_text())
+    history = WorkflowHistory.from_json(WORKFLOW_ID, TEXT)
     event_types = {e.event_type for e in history.events}
     assert len(history.events) > 50 and len(event_types) > 8  # a rich run, not a stub
-    replayer = Replayer(
-        workflows=[ChaosExperimentWorkflow], data_converter=pydantic_data_converter
-    )
+    replayer = Replayer(workflows=[ChaosExperimentWorkflow], data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
