@@ -4,6 +4,7 @@ Controller side (:class:`FaultPlane`, used by activities and the CLI):
 
 - ``af:fault:{experiment_id}`` holds the :class:`~antifragile.models.chaos.FaultSpec` as
   JSON, written with ``SET … PX ttl``; the workflow renews it every third of the TTL.
+  ``af:faults:index`` lists the experiment ids, so readers never SCAN the keyspace.
   Each write, renewal and removal is also published on ``af:faults``.
 - ``af:halt`` is the fleet-wide halt switch: while it exists no fault applies anywhere
   and nothing may inject.
@@ -49,6 +50,11 @@ from antifragile.errors import AntifragileError
 from antifragile.models.chaos import FaultSpec, HaltStatus
 
 log = logging.getLogger(__name__)
+
+INDEX_KEY = "af:faults:index"
+"""Set of experiment ids that wrote a lease: lets readers find leases without SCAN.
+
+Members whose lease expired are pruned lazily by the readers that find them gone."""
 
 INSTANCES_KEY = "af:chaos:instances"
 """Sorted set: instance id → last time (epoch s) its subscriber was seen."""
@@ -170,25 +176,32 @@ class FaultPlane:
 
     async def active_leases(self) -> dict[str, tuple[FaultSpec, int]]:
         """Every live lease: experiment id → (spec, remaining TTL in ms)."""
-        keys = [k async for k in self._r.scan_iter(match=f"{REDIS_FAULT_KEY_PREFIX}*", count=500)]
-        if not keys:
+        # An index set instead of SCAN: each process resyncs every second, and SCAN
+        # would walk the whole keyspace of a shared Redis each time.
+        ids = sorted(str(_decode(m)) for m in await self._r.smembers(INDEX_KEY))
+        if not ids:
             return {}
+        keys = [fault_key(i) for i in ids]
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.get(key)
             pipe.pttl(key)
         values = await pipe.execute()
         leases: dict[str, tuple[FaultSpec, int]] = {}
+        gone: list[str] = []
         for i, key in enumerate(keys):
             raw, pttl = _decode(values[2 * i]), values[2 * i + 1]
             if raw is None or pttl is None or pttl < 0:
-                continue  # gone meanwhile (-2) or a key without TTL, which we never write
+                gone.append(ids[i])  # expired (-2); a key without TTL is never written
+                continue
             try:
                 spec = FaultSpec.model_validate_json(raw)
             except ValidationError:
                 log.warning("ignoring malformed fault lease %s", _decode(key))
                 continue
             leases[spec.experiment_id] = (spec, int(pttl))
+        if gone:
+            await self._r.srem(INDEX_KEY, *gone)
         return leases
 
     async def inject(self, spec: FaultSpec) -> bool:
@@ -210,7 +223,10 @@ class FaultPlane:
                     f"experiment {other} already injects a fault on {overlap}; "
                     "one fault per target at a time"
                 )
-        await self._r.set(fault_key(spec.experiment_id), spec.model_dump_json(), px=spec.ttl_ms)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(fault_key(spec.experiment_id), spec.model_dump_json(), px=spec.ttl_ms)
+        pipe.sadd(INDEX_KEY, spec.experiment_id)
+        await pipe.execute()
         await self._publish({"op": "install", "spec": spec.model_dump(mode="json")})
         return True
 
@@ -228,7 +244,10 @@ class FaultPlane:
 
     async def remove(self, experiment_id: str) -> bool:
         """Delete the lease and tell every process; idempotent. True when it existed."""
-        existed = bool(await self._r.delete(fault_key(experiment_id)))
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(fault_key(experiment_id))
+        pipe.srem(INDEX_KEY, experiment_id)
+        existed = bool((await pipe.execute())[0])
         await self._publish({"op": "remove", "experiment_id": experiment_id})
         return existed
 
@@ -420,7 +439,11 @@ class FaultSubscriber:
         plane = FaultPlane(self._redis)
         halt = await plane.halt_status()
         leases = await plane.active_leases()
-        await self._redis.zadd(INSTANCES_KEY, {self.instance_id: time.time()})
+        now = time.time()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(INSTANCES_KEY, {self.instance_id: now})
+        pipe.zremrangebyscore(INSTANCES_KEY, 0, now - 24 * 3600)  # forget long-gone processes
+        await pipe.execute()
         self.connected = True
         self._set_halted(halt.halted)
         for experiment_id in list(self.faults):
