@@ -608,6 +608,8 @@ def schedule(
                     spec=ScheduleSpec(cron_expressions=[cron]),
                     policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
                 ),
+                # The server keeps the cron only as calendars: remember it as written.
+                memo={"cron": cron, "scenario": scenario.name},
             )
         except Exception as exc:
             text = str(exc)
@@ -641,7 +643,7 @@ def schedules(json_out: JsonFlag = False) -> None:
                 {
                     "name": sid.removeprefix(SCHEDULE_PREFIX),
                     "schedule_id": sid,
-                    "cron": ", ".join(desc.schedule.spec.cron_expressions),
+                    "cron": str((await desc.memo()).get("cron", "")),
                     "paused": desc.schedule.state.paused,
                     "note": desc.schedule.state.note or "",
                     "next_run": nxt[0].isoformat() if nxt else None,

@@ -6,6 +6,7 @@ ends everything and restores forced-open breakers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -309,3 +310,35 @@ async def test_run_file_with_an_unknown_field_exits_2(ready: Stack) -> None:
     bad.write_text(f"name: x\nchaos_type: LATENCY\ntarget: {DB}\nlatncy_ms: 5\n")
     code, _, err = await cli(ready.env, "chaos", "run", str(bad))
     assert code == 2 and "unknown field 'latncy_ms'" in err, err
+
+
+async def test_schedules_are_created_listed_paused_by_the_halt_switch_and_deleted(
+    ready: Stack,
+) -> None:
+    name = f"gameday-{uuid.uuid4().hex[:6]}"
+    file = ready.workdir / f"{name}.yaml"
+    file.write_text(f"name: {name}\nchaos_type: LATENCY\ntarget: {DB}\nduration_s: 5\n")
+    code, out, err = await cli(ready.env, "chaos", "schedule", str(file), "--cron", "0 3 * * 1")
+    assert code == 0 and f"chaos-schedule-{name}" in out, err
+
+    async def listed() -> dict[str, Any]:
+        code, out, err = await cli(ready.env, "chaos", "schedules", "--json")
+        assert code == 0, err
+        rows = {r["name"]: r for r in json.loads(out)}
+        return dict(rows[name])
+
+    row = await listed()
+    assert row["cron"] == "0 3 * * 1" and row["paused"] is False and row["next_run"]
+    code, out, err = await cli(ready.env, "chaos", "stop", "--all", "--reason", "freeze")
+    assert code == 0 and "schedule(s) paused" in out, err
+    row = await listed()
+    assert row["paused"] is True and "halt switch" in row["note"]
+    code, out, err = await cli(ready.env, "chaos", "resume")
+    assert code == 0 and "schedule(s) resumed" in out, err
+    assert (await listed())["paused"] is False
+    code, out, err = await cli(ready.env, "chaos", "unschedule", name)
+    assert code == 0, err
+    code, _, err = await cli(ready.env, "chaos", "unschedule", name)
+    assert code == 2 and "no chaos schedule" in err
+    code, _, err = await cli(ready.env, "chaos", "schedule", str(file), "--cron", "whenever")
+    assert code == 2 and "--cron" in err
