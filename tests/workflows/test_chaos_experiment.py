@@ -366,3 +366,66 @@ async def test_dry_run_walks_every_phase_without_a_lease(
     assert report.outcome is ChaosOutcome.COMPLETED
     assert report.cleanup.method == "nothing_injected"
     assert phases(report) == [*FULL_PATH[:5], P.COMPLETED]
+
+
+async def test_unhealthy_steady_state_probe_aborts_before_injection(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(steady_state_probe="tcp://127.0.0.1:9")  # nothing listens on port 9
+    async with running() as queue:
+        handle = await start_experiment(env.client, sc, task_queue=queue)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.ABORTED
+    assert report.reason.startswith("steady state not met before injection")
+    assert phases(report) == [P.VALIDATING, P.STEADY_STATE_BEFORE, P.ABORTED]
+    assert report.injected_at is None
+
+
+async def test_healthy_steady_state_probe_lets_the_experiment_run(
+    env: WorkflowEnvironment, running, redis_url: str
+) -> None:
+    sc = scenario(steady_state_probe=redis_url, duration_s=10)
+    async with running() as queue:
+        report = await (await start_experiment(env.client, sc, task_queue=queue)).result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.recovered is True and (report.time_to_recover_s or 0) < 1
+    assert all(h.healthy for h in report.health_timeline)
+
+
+async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
+    env: WorkflowEnvironment, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """The worker's hash changes mid-run (a redeployment): renewal is refused, the
+    experiment ends FAILED, and cleanup (which needs no hash) removes the lease."""
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=6))
+    settings = Settings(redis_url=redis_url)
+    common, chaos = CommonActivities(settings, policy), ChaosActivities(settings, policy)
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ChaosExperimentWorkflow],
+        activities=[
+            common.validate_constitutional_hash,
+            common.authorize_approver,
+            chaos.validate_chaos_scenario,
+            chaos.check_halt_switch,
+            chaos.inject_fault,
+            chaos.renew_fault_lease,
+            chaos.remove_fault,
+            chaos.measure_health,
+            chaos.collect_experiment_impact,
+        ],
+    ):
+        handle = await start_experiment(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        assert await redis_client.exists(fault_key(handle.id)) == 1
+        chaos._settings = settings.model_copy(update={"constitutional_hash": "0123456789abcdef"})
+        report = await handle.result()
+    await chaos.plane.close()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "constitutional hash mismatch" in report.reason
+    assert phases(report)[-3:] == [P.CLEANING_UP, P.VERIFYING_RECOVERY, P.FAILED]
+    assert report.cleanup.method == "removed"
+    assert await redis_client.exists(fault_key(handle.id)) == 0
