@@ -130,3 +130,10 @@ def test_descriptions_are_human() -> None:
     )
     assert s.parameters_description() == "+200 ± 50 ms, 50% of calls"
     assert s.instances_description == "25% of instances"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "examples" / "chaos").glob("*.*")), ids=str
+)
+def test_shipped_examples_are_valid(path: Path) -> None:
+    assert load_scenario(path).name
