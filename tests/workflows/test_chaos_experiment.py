@@ -429,3 +429,18 @@ async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
     assert phases(report)[-3:] == [P.CLEANING_UP, P.VERIFYING_RECOVERY, P.FAILED]
     assert report.cleanup.method == "removed"
     assert await redis_client.exists(fault_key(handle.id)) == 0
+
+
+async def test_termination_runs_no_code_but_the_lease_ttl_removes_the_fault(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    """Terminate runs no workflow code: the lease's TTL is the last line of defence."""
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=1))
+    async with running(policy) as queue:
+        handle = await start_experiment(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        await handle.terminate(reason="operator pulled the plug")
+        assert 0 < await redis_client.pttl(fault_key(handle.id)) <= 1000
+        await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
+        assert await redis_client.exists(fault_key(handle.id)) == 0
