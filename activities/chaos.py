@@ -12,7 +12,9 @@ import logging
 from datetime import UTC
 
 from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.common import HASH_MISMATCH_ERROR
 from antifragile.chaos.logic import (
@@ -26,9 +28,11 @@ from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import KIND_RECOVERY
 from antifragile.hashing import hash_matches, redact_hash
 from antifragile.models.chaos import (
+    CheckExperimentInput,
     CheckHaltInput,
     CollectImpactInput,
     ExperimentImpact,
+    ExperimentRunState,
     FaultPlacement,
     FaultSpec,
     HaltStatus,
@@ -199,6 +203,21 @@ class ChaosActivities:
         """Lowest health of the targets over the fleet's Redis snapshots."""
         score, count, detail = await self.plane.fleet_health(data.targets)
         return HealthMeasurement(score=score, instances=count, detail=detail)
+
+    @activity.defn(name="check_experiment_running")
+    async def check_experiment_running(self, data: CheckExperimentInput) -> ExperimentRunState:
+        """Whether the experiment's workflow still runs (the guardian's question)."""
+        handle = activity.client().get_workflow_handle(data.experiment_id)
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return ExperimentRunState(running=False, status="NOT_FOUND")
+            raise
+        status = desc.status or WorkflowExecutionStatus.RUNNING
+        return ExperimentRunState(
+            running=status == WorkflowExecutionStatus.RUNNING, status=status.name
+        )
 
     @activity.defn(name="collect_experiment_impact")
     async def collect_experiment_impact(self, data: CollectImpactInput) -> ExperimentImpact:

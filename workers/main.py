@@ -19,6 +19,7 @@ from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 from workflows.chaos_experiment import ChaosExperimentWorkflow
+from workflows.chaos_guardian import ChaosGuardianWorkflow
 from workflows.recovery import RecoveryWorkflow
 
 log = logging.getLogger("antifragile.worker")
@@ -29,7 +30,7 @@ _GRACE = timedelta(seconds=5)
 
 def all_workflows() -> list[type]:
     """Every workflow class the worker runs."""
-    return [RecoveryWorkflow, ChaosExperimentWorkflow]
+    return [RecoveryWorkflow, ChaosExperimentWorkflow, ChaosGuardianWorkflow]
 
 
 def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..., Any]]:
@@ -49,6 +50,7 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
         chaos.remove_fault,
         chaos.measure_health,
         chaos.collect_experiment_impact,
+        chaos.check_experiment_running,
     ]
 
 

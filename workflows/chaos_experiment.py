@@ -9,7 +9,9 @@ Cleanup is not an afterthought of the happy path: ``run`` catches every way the
 experiment can end early (an ``_End``, a cancellation from the CLI or UI, a failed
 activity), then always runs ``_cleanup`` — an idempotent ``remove_fault`` that, if Redis
 stays unreachable, waits out the lease TTL so "cleaned up" is true either way. A
-terminated workflow runs no code at all: then the lease TTL removes the fault from every
+terminated workflow runs no code at all: then ChaosGuardianWorkflow, a child started
+before injection with ParentClosePolicy.ABANDON, sees the experiment gone and removes
+the lease; and if the workers are gone too, the lease TTL removes the fault from every
 process by itself. The report is built from the journal kept all along, so it is
 complete for every outcome.
 """
@@ -23,7 +25,7 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
-from temporalio.workflow import ActivityCancellationType
+from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.chaos.logic import (
@@ -43,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_EMERGENCY_STOP,
         SIGNAL_HEALTH_CHANGED,
         SIGNAL_REJECT,
+        SIGNAL_STAND_DOWN,
     )
     from antifragile.models.chaos import (
         ChaosEvent,
@@ -57,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
         EmergencyStopSignal,
         ExperimentImpact,
         FaultPlacement,
+        GuardianInput,
+        GuardianResult,
         HaltStatus,
         HealthMeasurement,
         HealthSample,
@@ -143,6 +148,7 @@ class ChaosExperimentWorkflow:
         self._removed_at: datetime | None = None
         self._lease_until: datetime | None = None
         self._lease_maybe_written = False
+        self._guardian_started = False
         self._placement: FaultPlacement | None = None
         self._cleanup_record = CleanupRecord()
         self._impact = ExperimentImpact()
@@ -177,6 +183,7 @@ class ChaosExperimentWorkflow:
             self._note(reason)
         # Every path reaches this point: nothing above returns or re-raises.
         await self._cleanup()
+        await self._dismiss_guardian()
         if self._lease_maybe_written:
             try:
                 await self._verify_recovery(outcome)
@@ -276,6 +283,8 @@ class ChaosExperimentWorkflow:
         s = self._s
         # From here the lease may exist even if the activity fails: cleanup must run.
         self._lease_maybe_written = not s.dry_run
+        if self._lease_maybe_written:
+            await self._start_guardian()
         try:
             result = await workflow.execute_activity(
                 "inject_fault",
@@ -305,6 +314,35 @@ class ChaosExperimentWorkflow:
             self._note(f"fault injected on {', '.join(s.blast_radius)} ({result.detail})")
         else:
             self._note(result.detail or "nothing injected")
+
+    async def _start_guardian(self) -> None:
+        """A child that survives termination of this workflow and then removes the lease."""
+        eid = self._in.experiment_id
+        ttl = self._ttl_s
+        await workflow.start_child_workflow(
+            "ChaosGuardianWorkflow",
+            GuardianInput(
+                experiment_id=eid,
+                check_every_s=max(1.0, ttl / 2),
+                # Longest legitimate life: run + verification + cleanup retries + slack.
+                give_up_after_s=self._duration_s + self._s.recovery_timeout_s + 4 * ttl + 60,
+            ),
+            id=f"{eid}-guardian",
+            result_type=GuardianResult,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            static_summary=f"Guardian of {eid}: removes its fault lease if it dies",
+        )
+        self._guardian_started = True
+
+    async def _dismiss_guardian(self) -> None:
+        if not self._guardian_started:
+            return
+        try:
+            await workflow.get_external_workflow_handle(
+                f"{self._in.experiment_id}-guardian"
+            ).signal(SIGNAL_STAND_DOWN)
+        except Exception as exc:  # gone already: it then removed the lease (idempotent)
+            self._note(f"guardian not reached: {exc}")
 
     async def _running(self) -> None:
         self._move(ChaosPhase.RUNNING)

@@ -398,3 +398,41 @@ class ExperimentImpact(StrictModel):
     breakers_opened: list[str] = Field(default_factory=list)
     recovery_workflows: list[RecoveryRecord] = Field(default_factory=list)
     detail: str = ""
+
+
+# --- guardian ------------------------------------------------------------------------
+
+
+class GuardianInput(StrictModel):
+    """Input of ChaosGuardianWorkflow, the child that outlives a terminated experiment.
+
+    Attributes:
+        experiment_id: The experiment (parent workflow id) whose lease it guards.
+        check_every_s: How often it checks that the experiment still runs.
+        give_up_after_s: After this long it removes the lease whatever it sees (the
+            experiment cannot legitimately hold a fault that long).
+    """
+
+    experiment_id: str
+    check_every_s: float = Field(gt=0.0)
+    give_up_after_s: float = Field(gt=0.0)
+
+
+class GuardianResult(StrictModel):
+    """What the guardian did when it ended."""
+
+    removed: bool
+    reason: str
+
+
+class CheckExperimentInput(StrictModel):
+    """Input of ``check_experiment_running``."""
+
+    experiment_id: str
+
+
+class ExperimentRunState(StrictModel):
+    """Whether an experiment's workflow still runs, and its Temporal status."""
+
+    running: bool
+    status: str

@@ -30,7 +30,9 @@ from workers.main import all_activities
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 
 HISTORY = Path(__file__).with_name("chaos_history.json")
+GUARDIAN_HISTORY = Path(__file__).with_name("chaos_guardian_history.json")
 WORKFLOW_ID = "chaos-replay-0a1b2c3d"
+GUARDIAN_ID = f"{WORKFLOW_ID}-guardian"
 
 
 async def record() -> None:
@@ -86,6 +88,9 @@ async def record() -> None:
             report = await handle.result()
             print(report.outcome, [p.phase.value for p in report.phases])
             HISTORY.write_text((await handle.fetch_history()).to_json())
+            guardian = env.client.get_workflow_handle(GUARDIAN_ID)
+            print("guardian:", await guardian.result())
+            GUARDIAN_HISTORY.write_text((await guardian.fetch_history()).to_json())
             print(f"wrote {HISTORY} ({handle.id})")
     finally:
         await env.shutdown()

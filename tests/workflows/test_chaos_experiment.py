@@ -34,6 +34,7 @@ from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSig
 from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from workflows.chaos_experiment import ChaosExperimentWorkflow
+from workflows.chaos_guardian import ChaosGuardianWorkflow
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,7 +75,7 @@ def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
         async with Worker(
             env.client,
             task_queue=queue,
-            workflows=[ChaosExperimentWorkflow],
+            workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
             activities=[
                 common.validate_constitutional_hash,
                 common.authorize_approver,
@@ -86,6 +87,7 @@ def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
                 chaos.remove_fault,
                 chaos.measure_health,
                 chaos.collect_experiment_impact,
+                chaos.check_experiment_running,
             ],
         ):
             yield queue
@@ -405,7 +407,7 @@ async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
     async with Worker(
         env.client,
         task_queue=queue,
-        workflows=[ChaosExperimentWorkflow],
+        workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
         activities=[
             common.validate_constitutional_hash,
             common.authorize_approver,
@@ -416,6 +418,7 @@ async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
             chaos.remove_fault,
             chaos.measure_health,
             chaos.collect_experiment_impact,
+            chaos.check_experiment_running,
         ],
     ):
         handle = await start_experiment(env.client, sc, task_queue=queue)
@@ -431,16 +434,35 @@ async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
     assert await redis_client.exists(fault_key(handle.id)) == 0
 
 
-async def test_termination_runs_no_code_but_the_lease_ttl_removes_the_fault(
+async def test_termination_runs_no_code_but_the_guardian_removes_the_lease(
     env: WorkflowEnvironment, running, redis_client: aioredis.Redis
 ) -> None:
-    """Terminate runs no workflow code: the lease's TTL is the last line of defence."""
+    """Terminate runs no workflow code: the guardian child (ABANDON) removes the lease."""
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=6))
+    async with running(policy) as queue:
+        handle = await start_experiment(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        started = asyncio.get_running_loop().time()
+        await handle.terminate(reason="operator pulled the plug")
+        guardian = env.client.get_workflow_handle(f"{handle.id}-guardian")
+        result = await guardian.result()
+        real_s = asyncio.get_running_loop().time() - started
+    assert result["removed"] is True and result["reason"] == "experiment terminated"
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+    assert real_s < 5  # before the 6 s TTL could have expired it
+
+
+async def test_without_workers_the_lease_ttl_is_the_last_line(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    """Terminated and no worker left to run the guardian: Redis expires the lease."""
     sc = scenario(duration_s=120)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=1))
     async with running(policy) as queue:
         handle = await start_experiment(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
-        await handle.terminate(reason="operator pulled the plug")
-        assert 0 < await redis_client.pttl(fault_key(handle.id)) <= 1000
-        await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
-        assert await redis_client.exists(fault_key(handle.id)) == 0
+    await handle.terminate(reason="operator pulled the plug")
+    assert 0 < await redis_client.pttl(fault_key(handle.id)) <= 1000
+    await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
+    assert await redis_client.exists(fault_key(handle.id)) == 0
