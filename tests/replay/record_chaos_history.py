@@ -28,6 +28,7 @@ from antifragile.processes import start_redis
 from antifragile.settings import Settings
 from workers.main import all_activities
 from workflows.chaos_experiment import ChaosExperimentWorkflow
+from workflows.chaos_guardian import ChaosGuardianWorkflow
 
 HISTORY = Path(__file__).with_name("chaos_history.json")
 GUARDIAN_HISTORY = Path(__file__).with_name("chaos_guardian_history.json")
@@ -60,7 +61,7 @@ async def record() -> None:
         async with Worker(
             env.client,
             task_queue=queue,
-            workflows=[ChaosExperimentWorkflow],
+            workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
             activities=all_activities(settings, policy),
         ):
             scenario = ChaosScenario(
@@ -89,7 +90,10 @@ async def record() -> None:
             print(report.outcome, [p.phase.value for p in report.phases])
             HISTORY.write_text((await handle.fetch_history()).to_json())
             guardian = env.client.get_workflow_handle(GUARDIAN_ID)
-            print("guardian:", await guardian.result())
+            for _ in range(200):  # result() long-polls badly on the test server: poll
+                if (await guardian.describe()).close_time is not None:
+                    break
+                await asyncio.sleep(0.05)
             GUARDIAN_HISTORY.write_text((await guardian.fetch_history()).to_json())
             print(f"wrote {HISTORY} ({handle.id})")
     finally:

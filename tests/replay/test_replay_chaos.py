@@ -37,5 +37,6 @@ GUARDIAN_TEXT = Path(GUARDIAN_HISTORY).read_text()
 
 async def test_recorded_guardian_history_replays() -> None:
     history = WorkflowHistory.from_json(GUARDIAN_ID, GUARDIAN_TEXT)
+    assert len(history.events) > 20  # checks, a stand_down signal, completion
     replayer = Replayer(workflows=[ChaosGuardianWorkflow], data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
