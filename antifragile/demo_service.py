@@ -1,6 +1,7 @@
 """A small guarded service for demos and integration tests.
 
-``python -m antifragile.demo_service --targets db,cache --status-file /tmp/demo.json``
+``python -m antifragile.demo_service --targets db,cache`` (a summary line a second; or
+``--status-file /tmp/demo.json`` for a JSON file rewritten every ``--report-interval``)
 embeds a :class:`~antifragile.runtime.Runtime` (fault plane, health snapshots, bridge),
 makes guarded calls to each target in a loop and rewrites a JSON status file a few times
 a second, so another process can watch every chaos type arrive at the call site and
@@ -134,6 +135,21 @@ class DemoService:
         }
 
 
+def summary_line(doc: dict[str, Any], last: dict[str, Any] | None) -> str:
+    """One human line: per target, outcomes since the previous line, latency, breaker, fault."""
+    parts = [time.strftime("%H:%M:%S")]
+    for name, t in doc["targets"].items():
+        before = last["targets"][name]["counts"] if last else {}
+        grew = {k: v - before.get(k, 0) for k, v in t["counts"].items() if v > before.get(k, 0)}
+        outcomes = " ".join(f"{k}={v}" for k, v in sorted(grew.items())) or "idle"
+        recent = sorted(t["recent_ms"])
+        p50 = f"{recent[len(recent) // 2]:.0f}ms" if recent else "-"
+        fault = t["fault_type"] or "-"
+        parts.append(f"{name}[{outcomes} p50={p50} breaker={t['breaker']} fault={fault}]")
+    parts.append(f"rss={doc['rss_mb']:.0f}MB cpu={doc['cpu_percent']:.0f}%")
+    return "  ".join(parts)
+
+
 def _outcome_name(exc: BaseException) -> str:
     # Injected errors are subclasses named Injected<Type>: report the plain type.
     for cls in type(exc).__mro__:
@@ -174,6 +190,7 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     status_file = Path(args.status_file) if args.status_file else None
+    last: dict[str, Any] | None = None
     async with runtime:
         tasks = [
             asyncio.create_task(demo.caller(t)) for t in demo.guards for _ in range(demo.workers)
@@ -183,8 +200,11 @@ async def serve(args: argparse.Namespace) -> None:
                 doc = demo.status()
                 if status_file is not None:
                     write_atomically(status_file, doc)
-                else:
+                elif args.json:
                     print(json.dumps(doc), flush=True)
+                else:
+                    print(summary_line(doc, last), flush=True)
+                    last = doc
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.report_interval)
         finally:
@@ -199,12 +219,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", default="demo-db", help="comma-separated dependency names")
     parser.add_argument("--instance-id", default=None, help="name in the fleet")
     parser.add_argument("--status-file", default=None, help="JSON status file (else stdout)")
+    parser.add_argument("--json", action="store_true", help="JSON lines on stdout, not a summary")
     parser.add_argument("--workers", type=int, default=4, help="callers per target")
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between calls")
     parser.add_argument("--timeout", type=float, default=0.5, help="guard timeout, seconds")
     parser.add_argument("--max-concurrency", type=int, default=10, help="guard limit")
     parser.add_argument("--open-duration", type=float, default=1.0, help="breaker open, s")
-    parser.add_argument("--report-interval", type=float, default=0.1, help="status every s")
+    parser.add_argument("--report-interval", type=float, default=1.0, help="status every s")
     parser.add_argument("--publish-interval", type=float, default=0.5, help="health every s")
     parser.add_argument("--no-bridge", action="store_true", help="no Temporal, no snapshots")
     asyncio.run(serve(parser.parse_args(argv)))

@@ -82,6 +82,8 @@ class Demo(ChildProcess):
                 "0.5",
                 "--publish-interval",
                 "0.3",
+                "--report-interval",
+                "0.1",
             ],
             env,
             workdir / f"{instance}.log",

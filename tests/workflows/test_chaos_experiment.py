@@ -12,17 +12,23 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
-from temporalio.client import WorkflowHandle
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
+from antifragile import binaries
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import FaultPlane, fault_key
 from antifragile.chaos.scenario import ChaosScenario
-from antifragile.constants import REDIS_HALT_KEY, REDIS_HEALTH_KEY_PREFIX
+from antifragile.constants import REDIS_HALT_KEY, REDIS_HEALTH_KEY_PREFIX, SEARCH_ATTRIBUTES
 from antifragile.models.chaos import (
     ChaosOutcome,
     ChaosPhase,
@@ -49,9 +55,49 @@ FULL_PATH = [
 ]
 
 
-@pytest.fixture
-def env(time_skipping_env: WorkflowEnvironment) -> WorkflowEnvironment:
-    return time_skipping_env
+_STARTED: list[str] = []
+
+
+async def start(
+    client: Any, sc: ChaosScenario, task_queue: str
+) -> WorkflowHandle[Any, ChaosReport]:
+    """start_experiment, remembering the id so the guardian can be ended after the test."""
+    handle = await start_experiment(client, sc, task_queue=task_queue)
+    _STARTED.append(handle.id)
+    return handle
+
+
+async def end_guardians(client: Any) -> None:
+    """End guardians still running: with their worker gone, their pending tasks would keep
+    the shared time-skipping server from skipping time for every later test."""
+    while _STARTED:
+        guardian = client.get_workflow_handle(f"{_STARTED.pop()}-guardian")
+        try:
+            if (await guardian.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await guardian.terminate("test over")
+        except RPCError:
+            pass  # never started (no injection)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own: experiments leave guardian children
+    behind, and their timers must never slow the time skipping of other modules' tests."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+    yield environment
+    await environment.shutdown()
 
 
 @pytest.fixture
@@ -90,7 +136,10 @@ def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
                 chaos.check_experiment_running,
             ],
         ):
-            yield queue
+            try:
+                yield queue
+            finally:
+                await end_guardians(env.client)
         await chaos.plane.close()
 
     return _run
@@ -131,7 +180,7 @@ async def test_completed_path_injects_renews_and_removes_the_lease(
     sc = scenario(duration_s=40)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=6))
     async with running(policy) as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         status = await wait_phase(handle, P.RUNNING)
         assert status.faults_active and status.faults_active[0].targets == [sc.target]
         assert status.time_left_s is not None and 0 < status.time_left_s <= 40
@@ -169,7 +218,7 @@ async def test_health_signal_below_threshold_aborts_and_cleans_up(
 ) -> None:
     sc = scenario(chaos_type="ERROR", error_rate=0.5, abort_below_health=0.6)
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         await handle.signal(
             "health_changed",
@@ -196,7 +245,7 @@ async def test_fleet_health_in_redis_trips_the_guard_and_recovery_is_timed(
     await redis_client.set(key, json.dumps({"breakers": {sc.target: "CLOSED"}}))
     try:
         async with running() as queue:
-            handle = await start_experiment(env.client, sc, task_queue=queue)
+            handle = await start(env.client, sc, task_queue=queue)
             await wait_phase(handle, P.RUNNING)
             await redis_client.set(key, json.dumps({"breakers": {sc.target: "OPEN"}}))
             await wait_phase(handle, P.VERIFYING_RECOVERY, timeout=30)
@@ -215,7 +264,7 @@ async def test_emergency_stop_removes_the_fault_and_ends_stopped(
 ) -> None:
     sc = scenario(chaos_type="CIRCUIT_BREAKER", duration_s=120)
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         assert await redis_client.exists(fault_key(handle.id)) == 1
         await handle.signal("emergency_stop", EmergencyStopSignal(reason="pager", by="oncall"))
@@ -233,7 +282,7 @@ async def test_cancellation_still_cleans_up_and_reports(
 ) -> None:
     sc = scenario(chaos_type="NETWORK_PARTITION", duration_s=120)
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         await handle.cancel()
         report = await handle.result()
@@ -249,7 +298,7 @@ async def test_hash_mismatch_fails_in_validation_and_injects_nothing(
 ) -> None:
     sc = scenario(constitutional_hash="deadbeefdeadbeef")
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         report = await handle.result()
     assert report.outcome is ChaosOutcome.FAILED
     assert "constitutional hash mismatch" in report.reason
@@ -265,7 +314,7 @@ async def test_target_outside_the_policy_fails_validation(
     sc = scenario(blast_radius=["payments"])
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(allowed_targets=[sc.target]))
     async with running(policy) as queue:
-        report = await (await start_experiment(env.client, sc, task_queue=queue)).result()
+        report = await (await start(env.client, sc, task_queue=queue)).result()
     assert report.outcome is ChaosOutcome.FAILED
     assert "payments" in report.reason and "allowed_targets" in report.reason
 
@@ -276,7 +325,7 @@ async def test_approval_gate_refuses_strangers_then_runs_when_approved(
     sc = scenario(require_approval=True, duration_s=10)
     policy = WorkerPolicy(recovery=RecoveryPolicyConfig(approvers=["alice"]))
     async with running(policy) as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         status = await wait_phase(handle, P.AWAITING_APPROVAL)
         assert status.faults_active == []
         assert await redis_client.exists(fault_key(handle.id)) == 0
@@ -299,7 +348,7 @@ async def test_approval_gate_refuses_strangers_then_runs_when_approved(
 async def test_rejection_ends_failed_without_injecting(env: WorkflowEnvironment, running) -> None:
     sc = scenario(require_approval=True)
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.AWAITING_APPROVAL)
         await handle.signal("reject", ApprovalSignal(approver="lead", note="not today"))
         report = await handle.result()
@@ -313,7 +362,7 @@ async def test_duration_is_capped_with_a_warning(env: WorkflowEnvironment, runni
     sc = scenario(duration_s=500)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(max_duration_s=60))
     async with running(policy) as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         report = await handle.result()
     assert report.outcome is ChaosOutcome.COMPLETED
     assert report.requested_duration_s == 500 and report.effective_duration_s == 60
@@ -331,7 +380,7 @@ async def test_halt_switch_stops_before_injection(
     await plane.set_halt("freeze", by="test")
     try:
         async with running() as queue:
-            handle = await start_experiment(env.client, scenario(), task_queue=queue)
+            handle = await start(env.client, scenario(), task_queue=queue)
             report = await handle.result()
     finally:
         await plane.clear_halt()
@@ -346,7 +395,7 @@ async def test_lease_removed_from_outside_stops_the_experiment(
 ) -> None:
     sc = scenario(duration_s=120)
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         await redis_client.delete(fault_key(handle.id))
         report = await handle.result()
@@ -360,7 +409,7 @@ async def test_dry_run_walks_every_phase_without_a_lease(
 ) -> None:
     sc = scenario(dry_run=True, duration_s=10)
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         status = await wait_phase(handle, P.RUNNING)
         assert status.faults_active == []
         assert await redis_client.exists(fault_key(handle.id)) == 0
@@ -375,7 +424,7 @@ async def test_unhealthy_steady_state_probe_aborts_before_injection(
 ) -> None:
     sc = scenario(steady_state_probe="tcp://127.0.0.1:9")  # nothing listens on port 9
     async with running() as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         report = await handle.result()
     assert report.outcome is ChaosOutcome.ABORTED
     assert report.reason.startswith("steady state not met before injection")
@@ -388,7 +437,7 @@ async def test_healthy_steady_state_probe_lets_the_experiment_run(
 ) -> None:
     sc = scenario(steady_state_probe=redis_url, duration_s=10)
     async with running() as queue:
-        report = await (await start_experiment(env.client, sc, task_queue=queue)).result()
+        report = await (await start(env.client, sc, task_queue=queue)).result()
     assert report.outcome is ChaosOutcome.COMPLETED
     assert report.recovered is True and (report.time_to_recover_s or 0) < 1
     assert all(h.healthy for h in report.health_timeline)
@@ -421,11 +470,12 @@ async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
             chaos.check_experiment_running,
         ],
     ):
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         assert await redis_client.exists(fault_key(handle.id)) == 1
         chaos._settings = settings.model_copy(update={"constitutional_hash": "0123456789abcdef"})
         report = await handle.result()
+        await end_guardians(env.client)
     await chaos.plane.close()
     assert report.outcome is ChaosOutcome.FAILED
     assert "constitutional hash mismatch" in report.reason
@@ -441,7 +491,7 @@ async def test_termination_runs_no_code_but_the_guardian_removes_the_lease(
     sc = scenario(duration_s=120)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=6))
     async with running(policy) as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         started = asyncio.get_running_loop().time()
         await handle.terminate(reason="operator pulled the plug")
@@ -460,9 +510,10 @@ async def test_without_workers_the_lease_ttl_is_the_last_line(
     sc = scenario(duration_s=120)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=1))
     async with running(policy) as queue:
-        handle = await start_experiment(env.client, sc, task_queue=queue)
+        handle = await start(env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
     await handle.terminate(reason="operator pulled the plug")
     assert 0 < await redis_client.pttl(fault_key(handle.id)) <= 1000
     await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
     assert await redis_client.exists(fault_key(handle.id)) == 0
+    await end_guardians(env.client)
