@@ -69,6 +69,7 @@ SIGNAL_REJECT = "reject"
 SIGNAL_HEALTH_CHANGED = "health_changed"
 SIGNAL_JOIN = "join"
 SIGNAL_EMERGENCY_STOP = "emergency_stop"
+SIGNAL_STAND_DOWN = "stand_down"
 QUERY_STATUS = "status"
 QUERY_QUEUE = "queue"
 

@@ -160,6 +160,23 @@ class Guard:
         self._fault = fault
         self._refresh()
 
+    def _hold_slots(self, count: int) -> Callable[[], None]:
+        """Occupy ``count`` concurrency slots until the returned function is called.
+
+        Hook for the chaos engine's RESOURCE_EXHAUSTION/CONNECTIONS fault: held slots
+        count against ``max_concurrency`` like calls in flight. Releasing twice is a no-op.
+        """
+        self._inflight += count
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._inflight -= count
+
+        return release
+
     def _on_breaker_change(self, breaker: CircuitBreaker) -> None:
         self._refresh()
 

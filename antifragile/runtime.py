@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from antifragile.bridge import Bridge, ClientFactory
+from antifragile.chaos.plane import FaultSubscriber
 from antifragile.errors import ConfigError, describe_validation_error
 from antifragile.fault_table import FaultTable
 from antifragile.guard import Guard
@@ -70,6 +71,8 @@ class Runtime:
         health_ttl_s: TTL of health snapshots. Default 15.
         clock: Monotonic clock for breakers and the aggregator (tests).
         bridge_options: Extra keyword arguments for :class:`Bridge` (e.g. backoff).
+        fault_plane: Follow the chaos fault plane (Redis leases on ``af:faults``) so
+            chaos experiments reach this process's guards. Default True.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Runtime:
         health_ttl_s: float = 15.0,
         clock: Clock | None = None,
         bridge_options: dict[str, Any] | None = None,
+        fault_plane: bool = True,
     ) -> None:
         self.settings = settings or Settings()
         self.instance_id = instance_id or self.settings.instance_id or default_instance_id()
@@ -124,6 +128,12 @@ class Runtime:
                 **(bridge_options or {}),
             )
             self.health.on_health_change(self.bridge.health_changed)
+        # Hook of the chaos engine: follows the Redis fault plane into self.faults.
+        self.fault_subscriber: FaultSubscriber | None = None
+        if fault_plane:
+            self.fault_subscriber = FaultSubscriber(
+                self.faults, self.settings.redis_url, instance_id=self.instance_id
+            )
         self._started = False
         self._metrics_server: MetricsServer | None = None
 
@@ -230,12 +240,16 @@ class Runtime:
             registry = CollectorRegistry()
             registry.register(RuntimeCollector(self))
             self._metrics_server = serve(registry, self.settings.metrics_port)
+        if self.fault_subscriber is not None:
+            await self.fault_subscriber.start()
 
     async def stop(self) -> None:
         """Flush metering, stop the bridge (removing this instance's snapshot), close."""
         if not self._started:
             return
         self._started = False
+        if self.fault_subscriber is not None:
+            await self.fault_subscriber.stop()  # drops every fault this process enforces
         if self._metrics_server is not None:
             self._metrics_server.close()
             self._metrics_server = None

@@ -14,15 +14,19 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
 from activities.orchestrator import OrchestratorActivities
 from activities.recovery import RecoveryActivities
-from antifragile.constants import KIND_RECOVERY
+from antifragile.constants import KIND_CHAOS, KIND_RECOVERY
 from antifragile.metrics import WorkflowCountCollector, serve, temporal_runtime_with_metrics
+from antifragile.models.chaos import ChaosPhase
 from antifragile.models.recovery import RecoveryState
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
+from workflows.chaos_experiment import ChaosExperimentWorkflow
+from workflows.chaos_guardian import ChaosGuardianWorkflow
 from workflows.recovery import RecoveryWorkflow
 from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
 
@@ -34,12 +38,20 @@ _GRACE = timedelta(seconds=5)
 
 def all_workflows() -> list[type]:
     """Every workflow class the worker runs."""
-    return [RecoveryWorkflow, RecoveryOrchestratorWorkflow]
+    return [
+        RecoveryWorkflow,
+        RecoveryOrchestratorWorkflow,
+        ChaosExperimentWorkflow,
+        ChaosGuardianWorkflow,
+    ]
 
 
 def workflow_states() -> dict[str, list[str]]:
     """AfState values per AfKind, for the ``antifragile_workflows`` gauge."""
-    return {KIND_RECOVERY: [state.value for state in RecoveryState]}
+    return {
+        KIND_RECOVERY: [state.value for state in RecoveryState],
+        KIND_CHAOS: [phase.value for phase in ChaosPhase],
+    }
 
 
 def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..., Any]]:
@@ -47,6 +59,7 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
     common = CommonActivities(settings, policy)
     recovery = RecoveryActivities(settings, policy)
     orchestrator = OrchestratorActivities(settings, policy)
+    chaos = ChaosActivities(settings, policy)
     return [
         common.validate_constitutional_hash,
         common.authorize_approver,
@@ -54,6 +67,14 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
         recovery.run_recovery_action,
         orchestrator.load_orchestrator_limits,
         orchestrator.watch_recoveries,
+        chaos.validate_chaos_scenario,
+        chaos.check_halt_switch,
+        chaos.inject_fault,
+        chaos.renew_fault_lease,
+        chaos.remove_fault,
+        chaos.measure_health,
+        chaos.collect_experiment_impact,
+        chaos.check_experiment_running,
     ]
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from temporalio.service import RPCError
 from typer.exceptions import TyperException
 
-from antifragile.cli import recovery
+from antifragile.cli import chaos, recovery
 from antifragile.cli._common import CommandFailed, console, err_console, load_settings, run
 from antifragile.cli.health import health_command
 from antifragile.errors import AntifragileError, describe_validation_error
@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(recovery.app, name="recovery")
 app.command("health")(health_command)
+app.add_typer(chaos.app, name="chaos")
 
 
 @app.command("worker")

@@ -1,0 +1,393 @@
+"""Fault kinds enforced at the call site by a guard (one class per :class:`ChaosType`).
+
+A fault object is built from the :class:`~antifragile.models.chaos.FaultSpec` of a Redis
+lease and installed in the process's :class:`~antifragile.fault_table.FaultTable` for
+every target of the blast radius (the same object for all of them, so resources held
+per process are held once). The guard calls :meth:`ChaosFault.apply` before each
+guarded call while the fault is installed; no guard outside the blast radius ever sees
+it, and a guard with no fault pays nothing.
+
+Every fault carries its lease's local expiry: a call after it passes finds the fault
+gone (the plane also removes it on a timer), so a fault outlives a dead controller or
+an unreachable Redis by at most the lease TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from antifragile.chaos.scenario import MEMORY_CAP_MB, ChaosType, ErrorKind, ResourceType
+from antifragile.models.chaos import FaultSpec
+
+log = logging.getLogger(__name__)
+
+ERROR_CLASSES: dict[ErrorKind, type[Exception]] = {
+    ErrorKind.RUNTIME: RuntimeError,
+    ErrorKind.CONNECTION: ConnectionError,
+    ErrorKind.TIMEOUT: TimeoutError,
+    ErrorKind.OS: OSError,
+    ErrorKind.VALUE: ValueError,
+}
+"""Exception raised by an ERROR fault for each :class:`ErrorKind`."""
+
+CPU_SLICE_S = 0.01
+"""CPU burn works in slices: busy ``level`` of a slice, asleep for the rest."""
+
+
+class GuardLike(Protocol):
+    """What a fault needs from a guard: its name (the rest is read if present).
+
+    Optional attributes used when the guard has them: ``breaker`` (a
+    :class:`~antifragile.breaker.CircuitBreaker`), ``timeout_s`` (float or None) and,
+    for CONNECTIONS exhaustion, ``max_concurrency`` plus ``_hold_slots(n)`` returning a
+    release callable.
+    """
+
+    @property
+    def name(self) -> str:
+        """The guarded dependency's name."""
+        ...
+
+
+class InjectedFault(Exception):
+    """Mixed into every exception a fault raises, so tests and logs can tell them apart."""
+
+
+@dataclass
+class ImpactStats:
+    """Calls seen and affected by one experiment in this process (flushed to Redis).
+
+    Plain integer attributes: incremented on the call path, read and reset by the
+    plane's background flush, never locked (one event loop).
+    """
+
+    seen: int = 0
+    affected: int = 0
+    breakers: set[str] = field(default_factory=set)
+    flushed_seen: int = 0
+    flushed_affected: int = 0
+    flushed_breakers: set[str] = field(default_factory=set)
+
+
+_ERROR_TYPES: dict[type[Exception], type[Exception]] = {}
+
+
+def injected_error(kind: type[Exception], message: str) -> Exception:
+    """An exception of type ``kind`` that is also an :class:`InjectedFault`."""
+    cls = _ERROR_TYPES.get(kind)
+    if cls is None:
+        cls = type(f"Injected{kind.__name__}", (kind, InjectedFault), {})
+        _ERROR_TYPES[kind] = cls
+    return cls(message)
+
+
+class ChaosFault:
+    """Base of every fault kind: expiry, injection rate, counting, blast radius.
+
+    Args:
+        spec: The lease this fault enforces.
+        expires_at: Monotonic time when the lease runs out unless renewed.
+        on_expired: Called (once) when a call finds the lease expired; the plane
+            removes the fault from the table.
+        stats: Where calls seen/affected are counted.
+        rng: Random source of the injection rate (seed it in tests).
+        clock: Monotonic clock.
+    """
+
+    def __init__(
+        self,
+        spec: FaultSpec,
+        *,
+        expires_at: float = float("inf"),
+        on_expired: Callable[[ChaosFault], None] | None = None,
+        stats: ImpactStats | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.expires_at = expires_at
+        self.stats = stats or ImpactStats()
+        self._on_expired = on_expired
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._targets = frozenset(spec.blast_radius)
+        self._rate = spec.injection_rate
+        self._guards: dict[str, GuardLike] = {}
+        self._listeners: dict[str, Callable[[Any], None]] = {}
+        self.expired = False
+
+    # --- the Fault protocol -----------------------------------------------------------
+
+    async def apply(self, guard: GuardLike) -> None:
+        """Called before each guarded call: decide whether this call is affected."""
+        if guard.name not in self._targets:
+            return  # never touch a guard outside the blast radius
+        if self._clock() >= self.expires_at:
+            self._expire()
+            return
+        stats = self.stats
+        stats.seen += 1
+        if self._rate < 1.0 and self._rng.random() >= self._rate:
+            return
+        await self._affect(guard)
+
+    def on_install(self, guard: GuardLike) -> None:
+        """The fault reached ``guard``: watch its breaker, then the kind's own setup."""
+        if guard.name not in self._targets:
+            return
+        self._guards[guard.name] = guard
+        breaker = getattr(guard, "breaker", None)
+        if breaker is not None and hasattr(breaker, "on_state_change"):
+            stats = self.stats
+            name = guard.name
+
+            def watch(change: Any) -> None:
+                state = getattr(change.new, "value", str(change.new))
+                if state in ("OPEN", "FORCED_OPEN"):
+                    stats.breakers.add(f"{name}: {state}")
+
+            breaker.on_state_change(watch)
+            self._listeners[guard.name] = watch
+        self._install(guard)
+
+    def on_remove(self, guard: GuardLike) -> None:
+        """The fault left ``guard``: undo the kind's setup, stop watching the breaker."""
+        if self._guards.pop(guard.name, None) is None:
+            return
+        try:
+            self._uninstall(guard)
+        finally:
+            watch = self._listeners.pop(guard.name, None)
+            breaker = getattr(guard, "breaker", None)
+            if watch is not None and breaker is not None:
+                breaker.remove_listener(watch)
+
+    # --- kinds override these ---------------------------------------------------------
+
+    async def _affect(self, guard: GuardLike) -> None:
+        """What an affected call suffers (default: nothing, counted)."""
+        self.stats.affected += 1
+
+    def _install(self, guard: GuardLike) -> None:
+        """Per-guard setup when installed (default: none)."""
+
+    def _uninstall(self, guard: GuardLike) -> None:
+        """Undo :meth:`_install` (default: none)."""
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _expire(self) -> None:
+        if not self.expired:
+            self.expired = True
+            log.warning(
+                "chaos %s: lease expired unrenewed, fault dropped locally", self.spec.experiment_id
+            )
+            if self._on_expired is not None:
+                self._on_expired(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec.experiment_id} on {sorted(self._targets)}>"
+
+
+class LatencyFault(ChaosFault):
+    """LATENCY: each affected call waits ``latency_ms`` ± ``jitter_ms`` first."""
+
+    async def _affect(self, guard: GuardLike) -> None:
+        spec = self.spec
+        delay_ms = float(spec.latency_ms)
+        if spec.jitter_ms:
+            delay_ms += self._rng.uniform(-spec.jitter_ms, spec.jitter_ms)
+        self.stats.affected += 1
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000.0)
+
+
+class ErrorFault(ChaosFault):
+    """ERROR: an affected call raises the configured exception with ``error_rate``."""
+
+    def __init__(self, spec: FaultSpec, **kw: Any) -> None:
+        super().__init__(spec, **kw)
+        self._kind = ERROR_CLASSES[spec.error_kind]
+        self._error_rate = spec.error_rate
+
+    async def _affect(self, guard: GuardLike) -> None:
+        if self._error_rate < 1.0 and self._rng.random() >= self._error_rate:
+            return
+        self.stats.affected += 1
+        raise injected_error(
+            self._kind, f"chaos {self.spec.experiment_id}: injected error calling {guard.name}"
+        )
+
+
+class TimeoutFault(ChaosFault):
+    """TIMEOUT: an affected call hangs until the guard's timeout, then ``TimeoutError``.
+
+    A guard with its own ``timeout_s`` cancels the hang itself; without one the fault
+    hangs ``timeout_ms`` and raises.
+    """
+
+    async def _affect(self, guard: GuardLike) -> None:
+        self.stats.affected += 1
+        timeout_s = getattr(guard, "timeout_s", None)
+        hang_s = float(timeout_s) if timeout_s else self.spec.timeout_ms / 1000.0
+        await asyncio.sleep(hang_s)
+        raise injected_error(
+            TimeoutError,
+            f"chaos {self.spec.experiment_id}: {guard.name} timed out after {hang_s:g}s",
+        )
+
+
+class PartitionFault(ChaosFault):
+    """NETWORK_PARTITION: an affected call fails at once with ``ConnectionError``."""
+
+    async def _affect(self, guard: GuardLike) -> None:
+        self.stats.affected += 1
+        raise injected_error(
+            ConnectionError,
+            f"chaos {self.spec.experiment_id}: network partition, {guard.name} unreachable",
+        )
+
+
+class BreakerFault(ChaosFault):
+    """CIRCUIT_BREAKER: the guard's breaker is FORCED_OPEN while installed.
+
+    On removal (cleanup, emergency stop, halt switch or lease expiry) the breaker is
+    reset to CLOSED, unless someone else forced it open before the experiment.
+    """
+
+    def __init__(self, spec: FaultSpec, **kw: Any) -> None:
+        super().__init__(spec, **kw)
+        self._forced: set[str] = set()
+
+    def _install(self, guard: GuardLike) -> None:
+        breaker = getattr(guard, "breaker", None)
+        if breaker is None:
+            log.warning("chaos %s: guard %s has no breaker", self.spec.experiment_id, guard.name)
+            return
+        if getattr(breaker.state, "value", "") != "FORCED_OPEN":
+            breaker.force_open(f"chaos {self.spec.experiment_id}")
+            self._forced.add(guard.name)
+
+    def _uninstall(self, guard: GuardLike) -> None:
+        breaker = getattr(guard, "breaker", None)
+        if guard.name in self._forced and breaker is not None:
+            self._forced.discard(guard.name)
+            if getattr(breaker.state, "value", "") == "FORCED_OPEN":
+                breaker.reset(f"chaos {self.spec.experiment_id} removed")
+
+    async def _affect(self, guard: GuardLike) -> None:
+        # Reached only if the guard lets calls through its forced-open breaker.
+        self.stats.affected += 1
+
+
+class ResourceFault(ChaosFault):
+    """RESOURCE_EXHAUSTION: hold concurrency slots, memory or CPU while installed.
+
+    Memory and CPU are per process: held once, from the first guard installed until
+    the last is removed. Connection slots are per guard.
+    """
+
+    def __init__(self, spec: FaultSpec, **kw: Any) -> None:
+        super().__init__(spec, **kw)
+        self._level = spec.resource_level
+        self._kind = spec.resource_type or ResourceType.CPU
+        self._installed = 0
+        self._memory: bytearray | None = None
+        self._cpu_stop: threading.Event | None = None
+        self._cpu_thread: threading.Thread | None = None
+        self._slot_releases: dict[str, Callable[[], None]] = {}
+
+    @property
+    def memory_held_bytes(self) -> int:
+        """Bytes of memory this fault holds right now."""
+        return len(self._memory) if self._memory is not None else 0
+
+    @property
+    def cpu_burning(self) -> bool:
+        """True while the CPU burner thread runs."""
+        return self._cpu_thread is not None and self._cpu_thread.is_alive()
+
+    def _install(self, guard: GuardLike) -> None:
+        self._installed += 1
+        if self._kind is ResourceType.CONNECTIONS:
+            self._hold_slots(guard)
+        elif self._installed == 1 and self._kind is ResourceType.MEMORY:
+            size = int(self._level * MEMORY_CAP_MB * 1024 * 1024)
+            # Filled, not just allocated: the pages really are resident.
+            self._memory = bytearray(b"\xa5") * size
+        elif self._installed == 1 and self._kind is ResourceType.CPU:
+            self._cpu_stop = threading.Event()
+            self._cpu_thread = threading.Thread(
+                target=burn_cpu,
+                args=(self._level, self._cpu_stop),
+                name=f"chaos-cpu-{self.spec.experiment_id}",
+                daemon=True,
+            )
+            self._cpu_thread.start()
+
+    def _uninstall(self, guard: GuardLike) -> None:
+        self._installed -= 1
+        release = self._slot_releases.pop(guard.name, None)
+        if release is not None:
+            release()
+        if self._installed <= 0:
+            self._installed = 0
+            self._memory = None
+            if self._cpu_stop is not None:
+                self._cpu_stop.set()
+            if self._cpu_thread is not None:
+                self._cpu_thread.join(timeout=1.0)
+            self._cpu_stop = None
+            self._cpu_thread = None
+
+    def _hold_slots(self, guard: GuardLike) -> None:
+        limit = getattr(guard, "max_concurrency", None)
+        hold = getattr(guard, "_hold_slots", None)
+        if not limit or hold is None:
+            log.warning(
+                "chaos %s: guard %s has no concurrency limit; CONNECTIONS holds nothing",
+                self.spec.experiment_id,
+                guard.name,
+            )
+            return
+        count = max(1, round(limit * self._level)) if self._level > 0 else 0
+        self._slot_releases[guard.name] = hold(count)
+
+    async def _affect(self, guard: GuardLike) -> None:
+        # The call competes for what is held; it counts as affected.
+        self.stats.affected += 1
+
+
+def burn_cpu(level: float, stop: threading.Event, slice_s: float = CPU_SLICE_S) -> None:
+    """Keep one CPU ``level`` busy until ``stop`` is set (busy, then asleep, per slice)."""
+    busy = slice_s * level
+    idle = slice_s - busy
+    while not stop.is_set():
+        end = time.perf_counter() + busy
+        while time.perf_counter() < end:
+            pass
+        if idle > 0:
+            stop.wait(idle)
+
+
+FAULT_CLASSES: dict[ChaosType, type[ChaosFault]] = {
+    ChaosType.LATENCY: LatencyFault,
+    ChaosType.ERROR: ErrorFault,
+    ChaosType.TIMEOUT: TimeoutFault,
+    ChaosType.NETWORK_PARTITION: PartitionFault,
+    ChaosType.CIRCUIT_BREAKER: BreakerFault,
+    ChaosType.RESOURCE_EXHAUSTION: ResourceFault,
+}
+"""The fault class enforcing each chaos type."""
+
+
+def build_fault(spec: FaultSpec, **kw: Any) -> ChaosFault:
+    """The fault object enforcing ``spec`` (keyword arguments as for :class:`ChaosFault`)."""
+    return FAULT_CLASSES[spec.chaos_type](spec, **kw)

@@ -1,0 +1,179 @@
+"""Pure decisions of a chaos experiment: phases, caps, health guard, instance choice.
+
+ChaosExperimentWorkflow, the activities and the fault plane call these; nothing here
+touches Temporal, Redis or the clock, so every rule is unit tested alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from antifragile.chaos.scenario import HARD_MAX_DURATION_S, ChaosScenario
+from antifragile.models.chaos import ChaosOutcome, ChaosPhase
+
+P = ChaosPhase
+
+_ENDINGS = frozenset({P.ABORTED, P.STOPPED, P.FAILED})
+"""A run can end early from any live phase (health guard, emergency stop, failure)."""
+
+LEGAL_TRANSITIONS: dict[ChaosPhase, frozenset[ChaosPhase]] = {
+    P.VALIDATING: frozenset({P.AWAITING_APPROVAL, P.STEADY_STATE_BEFORE}) | _ENDINGS,
+    P.AWAITING_APPROVAL: frozenset({P.STEADY_STATE_BEFORE}) | _ENDINGS,
+    P.STEADY_STATE_BEFORE: frozenset({P.INJECTING}) | _ENDINGS,
+    # INJECTING may go straight to cleanup: the lease may exist even if the activity failed.
+    P.INJECTING: frozenset({P.RUNNING, P.CLEANING_UP}) | _ENDINGS,
+    P.RUNNING: frozenset({P.CLEANING_UP}),
+    # Straight to COMPLETED only when nothing was injected (a dry run): nothing to verify.
+    P.CLEANING_UP: frozenset({P.VERIFYING_RECOVERY, P.COMPLETED}) | _ENDINGS,
+    P.VERIFYING_RECOVERY: frozenset({P.COMPLETED}) | _ENDINGS,
+    P.COMPLETED: frozenset(),
+    P.ABORTED: frozenset(),
+    P.STOPPED: frozenset(),
+    P.FAILED: frozenset(),
+}
+"""Every legal phase move. RUNNING can only leave through CLEANING_UP: no path skips it."""
+
+
+class IllegalPhaseError(RuntimeError):
+    """A phase change the table above does not allow."""
+
+
+def check_phase_transition(current: ChaosPhase, new: ChaosPhase) -> ChaosPhase:
+    """Return ``new`` if moving there from ``current`` is legal, else raise."""
+    if new not in LEGAL_TRANSITIONS[current]:
+        raise IllegalPhaseError(f"chaos experiment cannot move from {current} to {new}")
+    return new
+
+
+def outcome_phase(outcome: ChaosOutcome) -> ChaosPhase:
+    """The terminal phase of an outcome."""
+    return ChaosPhase(outcome.value)
+
+
+@dataclass(frozen=True, slots=True)
+class DurationCap:
+    """The duration an experiment will run, and a warning when it was capped."""
+
+    effective_s: float
+    warning: str | None
+
+
+def cap_duration(requested_s: float, scenario_max_s: float, policy_max_s: float) -> DurationCap:
+    """Cap ``requested_s`` at the scenario's, the policy's and the hard 300 s limit.
+
+    A capped duration is not an error: the experiment runs for the cap and the warning
+    is shown to the user and kept in the report.
+    """
+    limit = min(scenario_max_s, policy_max_s, HARD_MAX_DURATION_S)
+    if requested_s <= limit:
+        return DurationCap(requested_s, None)
+    names = []
+    if limit == scenario_max_s:
+        names.append("the scenario's max_duration_s")
+    if limit == policy_max_s:
+        names.append("the worker policy's chaos.max_duration_s")
+    if limit == HARD_MAX_DURATION_S:
+        names.append("the hard limit")
+    return DurationCap(
+        limit,
+        f"duration_s {requested_s:g}s capped to {limit:g}s by {' and '.join(names)}",
+    )
+
+
+def targets_refused(blast_radius: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    """Blast-radius targets the policy does not allow (empty allowed list: all allowed)."""
+    allowed_set = set(allowed)
+    if not allowed_set:
+        return []
+    return [t for t in blast_radius if t not in allowed_set]
+
+
+def policy_refusal(scenario: ChaosScenario, allowed_targets: Iterable[str]) -> str | None:
+    """Why the worker policy refuses ``scenario``, or None when it may run."""
+    allowed = list(allowed_targets)
+    refused = targets_refused(scenario.blast_radius, allowed)
+    if refused:
+        return (
+            f"blast_radius: {', '.join(refused)} not in the worker policy's "
+            f"chaos.allowed_targets ({', '.join(allowed)})"
+        )
+    return None
+
+
+def lease_renewal_interval_s(ttl_s: float) -> float:
+    """Renew a lease every third of its TTL: two renewals may fail before it expires."""
+    return ttl_s / 3.0
+
+
+def health_check_interval_s(duration_s: float) -> float:
+    """How often RUNNING polls fleet health: a few times per run, 1-5 s apart."""
+    return max(1.0, min(5.0, duration_s / 4.0))
+
+
+def health_trips_guard(score: float | None, healthy: bool, threshold: float) -> bool:
+    """The health guard: True when this observation must abort the experiment.
+
+    A score below ``threshold`` trips it. Without a score, an explicit unhealthy verdict
+    trips it only when the threshold is above zero (a threshold of 0 disables the guard).
+    """
+    if threshold <= 0.0:
+        return False
+    if score is not None:
+        return score < threshold
+    return not healthy
+
+
+def health_is_back(score: float | None, healthy: bool, threshold: float) -> bool:
+    """VERIFYING_RECOVERY: health counts as back when the guard would not trip."""
+    return not health_trips_guard(score, healthy, threshold)
+
+
+def stable_fraction(*parts: str) -> float:
+    """A stable number in [0, 1) derived from ``parts`` (same on every process)."""
+    digest = hashlib.sha256(":".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def instance_selected(
+    instance_id: str,
+    experiment_id: str,
+    instances: Iterable[str] | None,
+    fraction: float | None,
+) -> bool:
+    """Whether ``instance_id`` enforces an experiment's fault.
+
+    An explicit instance list wins; else a fraction picks instances by a stable hash of
+    experiment and instance (each process decides alone, and always the same way); with
+    neither, every instance is selected.
+    """
+    if instances is not None:
+        return instance_id in set(instances)
+    if fraction is not None:
+        return stable_fraction(experiment_id, instance_id) < fraction
+    return True
+
+
+def select_instances(known: Iterable[str], count: int, experiment_id: str) -> list[str]:
+    """Choose ``count`` of the ``known`` instances, stably for the experiment.
+
+    The order is a hash of experiment and instance, so a retried activity picks the same
+    instances and different experiments spread over different ones.
+    """
+    ranked = sorted(set(known), key=lambda i: (stable_fraction(experiment_id, i), i))
+    return sorted(ranked[:count])
+
+
+def placement_words(instances: list[str] | None, fraction: float | None) -> str:
+    """Human words for where a fault is enforced."""
+    if instances is not None:
+        return ", ".join(instances) if instances else "no instance"
+    if fraction is not None:
+        return f"{fraction:.0%} of instances"
+    return "all instances"
+
+
+def short_id(seed: str) -> str:
+    """An 8-hex-digit id from ``seed`` (the workflow id suffix)."""
+    return hashlib.sha256(seed.encode()).hexdigest()[:8]

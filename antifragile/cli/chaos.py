@@ -1,0 +1,692 @@
+"""``antifragile chaos …``: run, follow, stop and schedule chaos experiments.
+
+Exit codes: 0 the experiment COMPLETED (or the command did what it says); 1 it ended
+ABORTED, STOPPED or FAILED; 2 bad input, a target outside the worker policy, or the
+halt switch set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from antifragile.chaos.client import (
+    RUNNING_QUERY,
+    WORKFLOW_TYPE,
+    experiment_details,
+    experiment_summary,
+    start_experiment,
+)
+from antifragile.chaos.logic import cap_duration, policy_refusal
+from antifragile.chaos.plane import FaultPlane
+from antifragile.chaos.scenario import ChaosScenario, ChaosType, ResourceType, load_scenario
+from antifragile.cli._common import (
+    console,
+    err_console,
+    fail,
+    load_settings,
+    parse_duration_s,
+    print_json,
+    run,
+)
+from antifragile.constants import KIND_CHAOS, SIGNAL_EMERGENCY_STOP
+from antifragile.models.chaos import (
+    ChaosExperimentInput,
+    ChaosOutcome,
+    ChaosPhase,
+    ChaosReport,
+    ChaosStatus,
+    EmergencyStopSignal,
+)
+from antifragile.policy import WorkerPolicy
+from antifragile.settings import Settings
+from antifragile.temporal_client import connect
+
+app = typer.Typer(
+    help="Chaos experiments as durable workflows: run, follow, stop, schedule.",
+    no_args_is_help=True,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+SCHEDULE_PREFIX = "chaos-schedule-"
+HALT_NOTE = "paused by the chaos halt switch"
+CLEANED = frozenset(
+    {
+        ChaosPhase.VERIFYING_RECOVERY,
+        ChaosPhase.COMPLETED,
+        ChaosPhase.ABORTED,
+        ChaosPhase.STOPPED,
+        ChaosPhase.FAILED,
+    }
+)
+"""Phases in which an experiment's fault is gone."""
+
+
+# --- preparing a scenario ------------------------------------------------------------
+
+
+def _prepare(settings: Settings, data: dict[str, Any], source: str) -> ChaosScenario:
+    """Validate a scenario against the model and the local copy of the worker policy."""
+    from antifragile.chaos.scenario import parse_scenario
+
+    data.setdefault("constitutional_hash", settings.constitutional_hash)
+    scenario = parse_scenario(data, source)
+    policy = WorkerPolicy.load(settings.policy_file)
+    refusal = policy_refusal(scenario, policy.chaos.allowed_targets)
+    if refusal:
+        fail(f"{source}: {refusal}")
+    cap = cap_duration(scenario.duration_s, scenario.max_duration_s, policy.chaos.max_duration_s)
+    if cap.warning:
+        err_console.print(f"[yellow]warning:[/yellow] {cap.warning}")
+    return scenario
+
+
+def _file_data(path: Path) -> dict[str, Any]:
+    # Load once for validation (one clear line on error), then keep the raw fields so the
+    # settings' hash fills in only when the file does not name one.
+    import json
+
+    import yaml
+
+    load_scenario(path)  # raises ConfigError naming the field
+    text = path.read_text()
+    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    return dict(raw)
+
+
+async def _refuse_if_halted(settings: Settings) -> None:
+    plane = FaultPlane.from_url(settings.redis_url, timeout_s=3.0)
+    try:
+        halt = await plane.halt_status()
+    except Exception as exc:
+        fail(f"cannot read the halt switch at {settings.redis_url}: {exc}", code=1)
+    finally:
+        await plane.close()
+    if halt.halted:
+        fail(
+            f"the chaos halt switch is set ({halt.reason or 'no reason'}"
+            f"{', by ' + halt.by if halt.by else ''}); run `antifragile chaos resume` first"
+        )
+
+
+# --- run / start ---------------------------------------------------------------------
+
+
+@app.command("run")
+def run_file(
+    file: Annotated[Path, typer.Argument(help="Scenario file (.yaml, .yml or .json).")],
+    wait: Annotated[bool, typer.Option(help="Follow it live and print the report.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Start the experiment described in FILE."""
+    settings = load_settings()
+    scenario = _prepare(settings, _file_data(file), f"scenario file {file}")
+    run(_launch(settings, scenario, wait, json_out))
+
+
+@app.command("start")
+def start(
+    chaos_type: Annotated[
+        ChaosType, typer.Option("--type", case_sensitive=False, help="The fault kind.")
+    ],
+    target: Annotated[str, typer.Option(help="Guarded dependency (guard name).")],
+    name: Annotated[str | None, typer.Option(help="Experiment name.")] = None,
+    blast_radius: Annotated[
+        str, typer.Option(help="Comma-separated targets the fault may touch.")
+    ] = "",
+    duration: Annotated[str, typer.Option(help="How long, e.g. 30s or 2m.")] = "30s",
+    latency_ms: Annotated[int | None, typer.Option(help="LATENCY delay.")] = None,
+    jitter_ms: Annotated[int | None, typer.Option(help="LATENCY ± spread.")] = None,
+    error_rate: Annotated[float | None, typer.Option(help="ERROR share 0..1.")] = None,
+    timeout_ms: Annotated[
+        int | None, typer.Option(help="TIMEOUT hang without a guard timeout.")
+    ] = None,
+    resource_type: Annotated[
+        ResourceType | None, typer.Option(case_sensitive=False, help="CONNECTIONS|MEMORY|CPU")
+    ] = None,
+    resource_level: Annotated[float | None, typer.Option(help="Share held, 0..1.")] = None,
+    injection_rate: Annotated[float | None, typer.Option(help="Share of calls affected.")] = None,
+    instance_fraction: Annotated[float | None, typer.Option(help="Share of instances.")] = None,
+    abort_below: Annotated[float | None, typer.Option(help="Health guard threshold.")] = None,
+    require_approval: Annotated[bool, typer.Option(help="Wait for approve.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Every phase, no fault.")] = False,
+    by: Annotated[str, typer.Option("--by", help="Who asks.")] = "cli",
+    wait: Annotated[bool, typer.Option(help="Follow it live and print the report.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Start an experiment from flags."""
+    settings = load_settings()
+    data: dict[str, Any] = {
+        "name": name or f"{chaos_type.value.lower().replace('_', '-')}-{target}",
+        "chaos_type": chaos_type.value,
+        "target": target,
+        "duration_s": parse_duration_s(duration, "--duration"),
+        "require_approval": require_approval,
+        "dry_run": dry_run,
+        "requested_by": by,
+    }
+    if blast_radius:
+        data["blast_radius"] = [t.strip() for t in blast_radius.split(",") if t.strip()]
+    optional = {
+        "latency_ms": latency_ms,
+        "jitter_ms": jitter_ms,
+        "error_rate": error_rate,
+        "timeout_ms": timeout_ms,
+        "resource_type": resource_type.value if resource_type else None,
+        "resource_level": resource_level,
+        "injection_rate": injection_rate,
+        "instance_fraction": instance_fraction,
+        "abort_below_health": abort_below,
+    }
+    data.update({k: v for k, v in optional.items() if v is not None})
+    scenario = _prepare(settings, data, "chaos start")
+    run(_launch(settings, scenario, wait, json_out))
+
+
+async def _launch(settings: Settings, scenario: ChaosScenario, wait: bool, json_out: bool) -> None:
+    await _refuse_if_halted(settings)
+    client = await connect(settings)
+    handle = await start_experiment(client, scenario, task_queue=settings.task_queue)
+    url = settings.workflow_url(handle.id, handle.result_run_id)
+    if not wait:
+        if json_out:
+            print_json({"experiment_id": handle.id, "run_id": handle.result_run_id, "url": url})
+        else:
+            console.print(f"chaos experiment [bold]{handle.id}[/bold] started\n  {url}")
+        return
+    if not json_out:
+        err_console.print(f"following {handle.id} … {url}")
+    report = await _follow(handle, quiet=json_out)
+    _finish(report, json_out)
+
+
+async def _follow(handle: WorkflowHandle[Any, Any], *, quiet: bool) -> ChaosReport:
+    """Print phase, time left and health as they change; return the final report."""
+    result = asyncio.ensure_future(handle.result())
+    last = ""
+    while not result.done():
+        try:
+            status: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+        except RPCError:
+            status = None  # type: ignore[assignment]
+        if status is not None and not quiet:
+            left = f"{status.time_left_s:4.0f}s left" if status.time_left_s is not None else ""
+            health = f"health {status.last_health:.2f}" if status.last_health is not None else ""
+            low = f"(lowest {status.lowest_health:.2f})" if status.lowest_health is not None else ""
+            line = "  ".join(x for x in (f"{status.phase.value:<20}", left, health, low) if x)
+            if line != last:
+                stamp = datetime.now(UTC).strftime("%H:%M:%S")
+                err_console.print(f"{stamp}  {line}")
+                last = line
+        await asyncio.wait({result}, timeout=1.0)
+    report = result.result()
+    if not isinstance(report, ChaosReport):
+        report = ChaosReport.model_validate(report)
+    return report
+
+
+def _finish(report: ChaosReport, json_out: bool) -> None:
+    if json_out:
+        print_json(report)
+    else:
+        render_report(report)
+    if report.outcome is not ChaosOutcome.COMPLETED:
+        outcome = report.outcome.value if report.outcome else "UNFINISHED"
+        fail(f"{report.experiment_id} ended {outcome}: {report.reason}", code=1)
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+def _t(value: datetime | None) -> str:
+    return f"{value:%H:%M:%S}" if value else "-"
+
+
+def render_status(status: ChaosStatus, settings: Settings) -> None:
+    """Print an experiment's status."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row("experiment", status.experiment_id)
+    head.add_row("phase", f"[bold]{status.phase.value}[/bold]")
+    head.add_row("fault", f"{status.chaos_type.value}: {status.parameters}")
+    head.add_row("blast radius", ", ".join(status.blast_radius))
+    active = "; ".join(f"{', '.join(f.targets)} on {f.instances}" for f in status.faults_active)
+    head.add_row("active", active or "none")
+    head.add_row(
+        "time left", f"{status.time_left_s:.0f}s" if status.time_left_s is not None else "-"
+    )
+    low = status.lowest_health
+    head.add_row("lowest health", f"{low:.2f}" if low is not None else "-")
+    if status.stop_reason:
+        head.add_row("ended", status.stop_reason)
+    for w in status.warnings:
+        head.add_row("warning", w)
+    head.add_row("ui", settings.workflow_url(status.experiment_id))
+    console.print(head)
+    _events(status.events[-15:])
+
+
+def _events(events: list[Any]) -> None:
+    if not events:
+        return
+    table = Table(title="journal", title_justify="left")
+    for col in ("at", "phase", "event"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(_t(e.at), e.phase.value, e.message)
+    console.print(table)
+
+
+def render_report(report: ChaosReport) -> None:
+    """Print a chaos report."""
+    head = Table.grid(padding=(0, 2))
+    outcome = report.outcome.value if report.outcome else "IN PROGRESS"
+    colour = "green" if report.outcome is ChaosOutcome.COMPLETED else "red"
+    head.add_row("experiment", report.experiment_id)
+    head.add_row("outcome", f"[bold {colour}]{outcome}[/bold {colour}] — {report.reason}")
+    head.add_row("fault", f"{report.chaos_type.value} on {', '.join(report.blast_radius)}")
+    head.add_row(
+        "duration",
+        f"{report.effective_duration_s:g}s (requested {report.requested_duration_s:g}s)",
+    )
+    head.add_row("injected / removed", f"{_t(report.injected_at)} / {_t(report.removed_at)}")
+    head.add_row(
+        "cleanup",
+        report.cleanup.method + (f" ({report.cleanup.detail})" if report.cleanup.detail else ""),
+    )
+    low = report.health_lowest
+    head.add_row("lowest health", f"{low:.2f}" if low is not None else "-")
+    ttr = report.time_to_recover_s
+    head.add_row("time to recover", f"{ttr:g}s" if ttr is not None else "-")
+    affected = ", ".join(f"{k}: {v}" for k, v in sorted(report.calls_affected.items()))
+    head.add_row("calls affected", affected or "-")
+    head.add_row("breakers opened", ", ".join(report.breakers_opened) or "-")
+    recs = ", ".join(f"{r.workflow_id} {r.status} {r.state}" for r in report.recovery_workflows)
+    head.add_row("recoveries", recs or "-")
+    for w in report.warnings:
+        head.add_row("warning", f"[yellow]{w}[/yellow]")
+    console.print(head)
+    phases = Table(title="phases", title_justify="left")
+    for col in ("phase", "entered", "left"):
+        phases.add_column(col)
+    for p in report.phases:
+        phases.add_row(p.phase.value, _t(p.entered_at), _t(p.left_at))
+    console.print(phases)
+    _events(report.events[-20:])
+
+
+# --- inspecting ----------------------------------------------------------------------
+
+
+async def _handle(client: Client, experiment_id: str) -> WorkflowHandle[Any, Any]:
+    handle = client.get_workflow_handle(experiment_id, result_type=ChaosReport)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            fail(f"no chaos experiment {experiment_id!r}")
+        raise
+    kind = desc.search_attributes.get("AfKind")
+    if kind and KIND_CHAOS not in kind:
+        fail(f"{experiment_id!r} is not a chaos experiment")
+    return handle
+
+
+@app.command("list")
+def list_(
+    running: Annotated[bool, typer.Option("--running", help="Only running ones.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """List chaos experiments, newest first."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        query = RUNNING_QUERY if running else f'AfKind="{KIND_CHAOS}"'
+        rows: list[dict[str, Any]] = []
+        async for wf in client.list_workflows(query, limit=200):
+            sa = wf.search_attributes
+            rows.append(
+                {
+                    "experiment_id": wf.id,
+                    "target": _first(sa.get("AfService")),
+                    "chaos_type": _first(sa.get("AfChaosType")),
+                    "phase": _first(sa.get("AfState")),
+                    "workflow_status": wf.status.name if wf.status else None,
+                    "started": wf.start_time.isoformat(),
+                }
+            )
+        if json_out:
+            print_json(rows)
+            return
+        table = Table()
+        for col in ("experiment", "target", "type", "phase", "started", "workflow"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["experiment_id"],
+                str(r["target"]),
+                str(r["chaos_type"]),
+                str(r["phase"]),
+                r["started"][:19],
+                str(r["workflow_status"]),
+            )
+        console.print(table)
+
+    run(_go())
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and value else value
+
+
+@app.command("status")
+def status(experiment_id: str, json_out: JsonFlag = False) -> None:
+    """Phase, time left, where the fault is active, lowest health, journal."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        handle = await _handle(client, experiment_id)
+        st: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+        if json_out:
+            print_json(st)
+        else:
+            render_status(st, settings)
+
+    run(_go())
+
+
+@app.command("report")
+def report(experiment_id: str, json_out: JsonFlag = False) -> None:
+    """The experiment's report (so far, if it still runs). Exit 1 unless COMPLETED."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        handle = await _handle(client, experiment_id)
+        desc = await handle.describe()
+        if desc.status == WorkflowExecutionStatus.COMPLETED:
+            rep: ChaosReport = await handle.result()
+        else:
+            rep = await handle.query("report", result_type=ChaosReport)
+        _finish(rep, json_out)
+
+    run(_go())
+
+
+# --- stopping ------------------------------------------------------------------------
+
+
+async def _wait_cleaned(handles: list[WorkflowHandle[Any, Any]], timeout_s: float) -> list[str]:
+    """Wait until every experiment's fault is gone; returns those still not cleaned."""
+    pending = {h.id: h for h in handles}
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while pending and asyncio.get_running_loop().time() < deadline:
+        for wid, h in list(pending.items()):
+            try:
+                desc = await h.describe()
+                if desc.status != WorkflowExecutionStatus.RUNNING:
+                    del pending[wid]
+                    continue
+                st: ChaosStatus = await h.query("status", result_type=ChaosStatus)
+                if st.phase in CLEANED:
+                    del pending[wid]
+            except RPCError:
+                continue
+        if pending:
+            await asyncio.sleep(0.2)
+    return sorted(pending)
+
+
+@app.command("stop")
+def stop(
+    experiment_id: Annotated[str | None, typer.Argument(help="Experiment to stop.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (kept in the report).")] = "",
+    all_: Annotated[
+        bool, typer.Option("--all", help="Halt switch + stop every running experiment.")
+    ] = False,
+    by: Annotated[str, typer.Option("--by", help="Who stops it.")] = "cli",
+    timeout: Annotated[str, typer.Option(help="How long to wait for cleanup.")] = "60s",
+) -> None:
+    """Emergency stop: remove the fault now; returns once cleanup is done."""
+    if not reason.strip():
+        fail("--reason: say why the experiment is stopped")
+    if all_ == (experiment_id is not None):
+        fail("give either an experiment id or --all")
+    settings = load_settings()
+    wait_s = parse_duration_s(timeout, "--timeout")
+    signal = EmergencyStopSignal(reason=reason, by=by)
+
+    async def _go() -> None:
+        client = await connect(settings)
+        if all_:
+            plane = FaultPlane.from_url(settings.redis_url)
+            try:
+                # First the halt switch: every process drops every fault at once, before
+                # any workflow has even seen its signal.
+                await plane.set_halt(reason, by=by)
+            finally:
+                await plane.close()
+            paused = await _pause_schedules(client, reason)
+            handles = []
+            async for wf in client.list_workflows(RUNNING_QUERY, limit=1000):
+                h = client.get_workflow_handle(wf.id, run_id=wf.run_id)
+                try:
+                    await h.signal(SIGNAL_EMERGENCY_STOP, signal)
+                    handles.append(h)
+                except RPCError as exc:
+                    if exc.status != RPCStatusCode.NOT_FOUND:
+                        raise
+            left = await _wait_cleaned(handles, wait_s)
+            console.print(
+                f"halt switch set; {len(handles)} experiment(s) signalled, "
+                f"{len(handles) - len(left)} cleaned up; {paused} schedule(s) paused"
+            )
+            if left:
+                fail(f"not cleaned up within {timeout}: {', '.join(left)}", code=1)
+            return
+        assert experiment_id is not None
+        h = await _handle(client, experiment_id)
+        desc = await h.describe()
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            state = desc.status.name.lower() if desc.status else "unknown"
+            fail(f"{experiment_id} is not running ({state})")
+        await h.signal(SIGNAL_EMERGENCY_STOP, signal)
+        left = await _wait_cleaned([h], wait_s)
+        if left:
+            fail(f"{experiment_id} has not cleaned up within {timeout}", code=1)
+        console.print(f"{experiment_id} stopped; fault removed")
+
+    run(_go())
+
+
+@app.command("resume")
+def resume() -> None:
+    """Clear the halt switch and resume schedules it paused."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        plane = FaultPlane.from_url(settings.redis_url)
+        try:
+            was = await plane.clear_halt()
+        finally:
+            await plane.close()
+        resumed = 0
+        try:
+            client = await connect(settings)
+            resumed = await _unpause_schedules(client)
+        except Exception as exc:  # the halt switch is what matters; schedules are a bonus
+            err_console.print(f"warning: schedules not resumed: {exc}")
+        state = "cleared" if was else "was not set"
+        console.print(f"halt switch {state}; {resumed} schedule(s) resumed")
+
+    run(_go())
+
+
+# --- schedules -----------------------------------------------------------------------
+
+
+async def _chaos_schedules(client: Client) -> list[str]:
+    ids = []
+    async for s in await client.list_schedules():
+        if s.id.startswith(SCHEDULE_PREFIX):
+            ids.append(s.id)
+    return ids
+
+
+async def _pause_schedules(client: Client, reason: str) -> int:
+    count = 0
+    for sid in await _chaos_schedules(client):
+        handle = client.get_schedule_handle(sid)
+        desc = await handle.describe()
+        if not desc.schedule.state.paused:
+            await handle.pause(note=f"{HALT_NOTE}: {reason}")
+            count += 1
+    return count
+
+
+async def _unpause_schedules(client: Client) -> int:
+    count = 0
+    for sid in await _chaos_schedules(client):
+        handle = client.get_schedule_handle(sid)
+        desc = await handle.describe()
+        if desc.schedule.state.paused and (desc.schedule.state.note or "").startswith(HALT_NOTE):
+            await handle.unpause(note="chaos halt switch cleared")
+            count += 1
+    return count
+
+
+@app.command("schedule")
+def schedule(
+    file: Annotated[Path, typer.Argument(help="Scenario file (.yaml, .yml or .json).")],
+    cron: Annotated[str, typer.Option(help='Cron expression, e.g. "0 10 * * 2".')],
+) -> None:
+    """Run FILE as a recurring game day (a Temporal Schedule)."""
+    settings = load_settings()
+    scenario = _prepare(settings, _file_data(file), f"scenario file {file}")
+    if len(cron.split()) not in (5, 6, 7):
+        fail(f'--cron: expected a cron expression like "0 10 * * 2", got {cron!r}')
+
+    async def _go() -> None:
+        client = await connect(settings)
+        sid = f"{SCHEDULE_PREFIX}{scenario.name}"
+        halted = False
+        plane = FaultPlane.from_url(settings.redis_url)
+        try:
+            halted = (await plane.halt_status()).halted
+        finally:
+            await plane.close()
+        action = ScheduleActionStartWorkflow(
+            WORKFLOW_TYPE,
+            ChaosExperimentInput(scenario=scenario),
+            id=f"chaos-{scenario.name}-scheduled",
+            task_queue=settings.task_queue,
+            static_summary=experiment_summary(scenario),
+            static_details=experiment_details(scenario),
+        )
+        try:
+            await client.create_schedule(
+                sid,
+                Schedule(
+                    action=action,
+                    spec=ScheduleSpec(cron_expressions=[cron]),
+                    policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+                ),
+                # The server keeps the cron only as calendars: remember it as written.
+                memo={"cron": cron, "scenario": scenario.name},
+            )
+        except Exception as exc:
+            text = str(exc)
+            if "already" in text.lower():
+                fail(f"a schedule named {scenario.name!r} exists; unschedule it first")
+            if "cron" in text.lower() or "invalid" in text.lower():
+                fail(f"--cron: {text}")
+            raise
+        if halted:
+            await client.get_schedule_handle(sid).pause(note=f"{HALT_NOTE}: set at creation")
+        console.print(
+            f"schedule [bold]{sid}[/bold] created ({cron})"
+            + (" — paused: the halt switch is set" if halted else "")
+        )
+
+    run(_go())
+
+
+@app.command("schedules")
+def schedules(json_out: JsonFlag = False) -> None:
+    """List chaos schedules."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        rows: list[dict[str, Any]] = []
+        for sid in await _chaos_schedules(client):
+            desc = await client.get_schedule_handle(sid).describe()
+            nxt = desc.info.next_action_times[:1]
+            rows.append(
+                {
+                    "name": sid.removeprefix(SCHEDULE_PREFIX),
+                    "schedule_id": sid,
+                    "cron": str((await desc.memo()).get("cron", "")),
+                    "paused": desc.schedule.state.paused,
+                    "note": desc.schedule.state.note or "",
+                    "next_run": nxt[0].isoformat() if nxt else None,
+                    "runs": desc.info.num_actions,
+                }
+            )
+        if json_out:
+            print_json(rows)
+            return
+        table = Table()
+        for col in ("name", "cron", "paused", "next run", "runs", "note"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["name"],
+                r["cron"],
+                str(r["paused"]),
+                str(r["next_run"] or "-")[:19],
+                str(r["runs"]),
+                r["note"],
+            )
+        console.print(table)
+
+    run(_go())
+
+
+@app.command("unschedule")
+def unschedule(name: str) -> None:
+    """Delete the chaos schedule NAME."""
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        handle = client.get_schedule_handle(f"{SCHEDULE_PREFIX}{name}")
+        try:
+            await handle.delete()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                fail(f"no chaos schedule named {name!r}")
+            raise
+        console.print(f"schedule {name} deleted")
+
+    run(_go())
+
+
+__all__ = ["app", "render_report", "render_status"]

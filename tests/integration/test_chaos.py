@@ -1,0 +1,344 @@
+"""Chaos on real servers: a dev server, a Redis, a worker and a guarded demo service, each a
+separate process. Every chaos type is seen at the demo's call site and gone after cleanup;
+a SIGKILLed worker leaves no fault behind once the lease TTL passes; ``chaos stop --all``
+ends everything and restores forced-open breakers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from temporalio.client import Client
+
+from antifragile.chaos.client import start_experiment
+from antifragile.chaos.plane import fault_key
+from antifragile.chaos.scenario import ChaosScenario
+from antifragile.constants import REDIS_HALT_KEY
+from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
+from antifragile.processes import ServerProcess
+from tests.integration.chaos_support import ChildProcess, Demo, cli, delta, eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+DB, CACHE, OTHER = "demo-db", "demo-cache", "demo-other"
+LEASE_TTL_S = 2.0
+INSTANCE = "demo-1"
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    queue: str
+    worker: ChildProcess
+    demo: Demo
+    redis_url: str
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def stack(
+    dev_server: ServerProcess, redis_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("chaos-it")
+    policy = workdir / "policy.yaml"
+    policy.write_text(
+        "chaos:\n"
+        f"  allowed_targets: [{DB}, {CACHE}, {OTHER}]\n"
+        "  max_duration_s: 60\n"
+        f"  lease_ttl_s: {LEASE_TTL_S}\n"
+    )
+    queue = f"chaos-it-{uuid.uuid4().hex[:8]}"
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
+    env = dict(
+        os.environ,
+        ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{dev_server.port}",
+        ANTIFRAGILE_REDIS_URL=redis_url,
+        ANTIFRAGILE_TASK_QUEUE=queue,
+        ANTIFRAGILE_POLICY_FILE=str(policy),
+        ANTIFRAGILE_LOG_LEVEL="WARNING",
+    )
+    worker = ChildProcess(["-m", "workers"], env, workdir / "worker.log")
+    demo = Demo(env, workdir, [DB, CACHE, OTHER], INSTANCE)
+    worker.start()
+    demo.start()
+    try:
+        yield Stack(env, queue, worker, demo, redis_url, workdir)
+    finally:
+        demo.stop()
+        worker.stop()
+
+
+@pytest.fixture
+async def ready(stack: Stack) -> Stack:
+    """The demo is calling and follows the fault plane; no halt switch is set."""
+    client = aioredis.from_url(stack.redis_url)
+    await client.delete(REDIS_HALT_KEY)
+    await client.aclose()
+    await eventually(
+        lambda: stack.demo.status()["plane_connected"] and not stack.demo.status()["halted"],
+        timeout=20,
+        what="demo service up",
+    )
+    return stack
+
+
+def scenario(**kw: Any) -> ChaosScenario:
+    base: dict[str, Any] = {
+        "name": f"it-{uuid.uuid4().hex[:6]}",
+        "target": DB,
+        "duration_s": 3,
+        "abort_below_health": 0.0,  # these tests watch the fault, not the health guard
+        "recovery_timeout_s": 5,
+    }
+    base.update(kw)
+    return ChaosScenario.model_validate(base)
+
+
+def no_fault_left(demo: Demo, target: str = DB) -> bool:
+    t = demo.target(target)
+    return t["fault"] is None and t["breaker"] == "CLOSED"
+
+
+async def calls_are_clean(demo: Demo, target: str = DB) -> None:
+    """Over half a second, every call to ``target`` succeeds quickly."""
+    before = demo.counts(target)
+    await asyncio.sleep(0.5)
+    grew = delta(before, demo.counts(target))
+    assert set(grew) == {"ok"}, grew
+    assert max(demo.target(target)["recent_ms"]) < 60
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "latency": {"chaos_type": "LATENCY", "latency_ms": 150},
+    "error": {"chaos_type": "ERROR", "error_rate": 0.5},
+    "timeout": {"chaos_type": "TIMEOUT"},
+    "network_partition": {"chaos_type": "NETWORK_PARTITION"},
+    "circuit_breaker": {"chaos_type": "CIRCUIT_BREAKER"},
+    "connections": {
+        "chaos_type": "RESOURCE_EXHAUSTION",
+        "resource_type": "CONNECTIONS",
+        "resource_level": 0.8,
+    },
+    "memory": {
+        "chaos_type": "RESOURCE_EXHAUSTION",
+        "resource_type": "MEMORY",
+        "resource_level": 0.4,
+    },
+    "cpu": {"chaos_type": "RESOURCE_EXHAUSTION", "resource_type": "CPU", "resource_level": 0.7},
+}
+
+
+def seen_at_call_site(case: str, demo: Demo, before: dict[str, Any]) -> bool:
+    """The fault's effect as the demo's callers experience it."""
+    t = demo.target(DB)
+    grew = delta(before["counts"], t["counts"])
+    if case == "latency":
+        return len(t["recent_ms"]) > 5 and min(t["recent_ms"][-5:]) >= 140
+    if case == "error":
+        return grew.get("RuntimeError", 0) > 0
+    if case == "timeout":
+        return grew.get("TimeoutError", 0) > 0
+    if case == "network_partition":
+        return grew.get("ConnectionError", 0) > 0
+    if case == "circuit_breaker":
+        return t["breaker"] == "FORCED_OPEN" and grew.get("CircuitOpenError", 0) > 0
+    if case == "connections":
+        return t["in_flight"] >= 8 and grew.get("ConcurrencyLimitError", 0) > 0
+    if case == "memory":
+        return demo.status()["rss_mb"] >= before["rss_mb"] + 80
+    if case == "cpu":
+        return demo.status()["cpu_percent"] >= 45
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_each_chaos_type_is_seen_at_the_call_site_and_gone_after_cleanup(
+    ready: Stack, temporal_client: Client, case: str
+) -> None:
+    demo = ready.demo
+    await eventually(lambda: no_fault_left(demo), what="clean start")
+    before = {"counts": demo.counts(DB), "rss_mb": demo.status()["rss_mb"]}
+    other_before = demo.counts(OTHER)
+    handle = await start_experiment(
+        temporal_client, scenario(**CASES[case]), task_queue=ready.queue
+    )
+    await eventually(
+        lambda: seen_at_call_site(case, demo, before), timeout=8, what=f"{case} at the call site"
+    )
+    assert demo.target(DB)["fault"] == handle.id
+    report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED, report.reason
+    assert report.cleanup.method == "removed"
+    # Gone after cleanup: no fault, breaker closed, calls clean, resources released.
+    await eventually(lambda: no_fault_left(demo), timeout=5, what="fault gone")
+    await calls_are_clean(demo)
+    if case == "memory":
+        await eventually(
+            lambda: demo.status()["rss_mb"] < before["rss_mb"] + 40, what="memory released"
+        )
+    if case == "cpu":
+        await eventually(lambda: demo.status()["cpu_percent"] < 30, what="cpu released")
+    if case == "connections":
+        assert demo.target(DB)["in_flight"] <= 4
+    # Outside the blast radius nothing ever happened.
+    assert set(delta(other_before, demo.counts(OTHER))) == {"ok"}
+    # The report counts what the call site saw.
+    if case == "circuit_breaker":
+        assert f"{INSTANCE}/{DB}: FORCED_OPEN" in report.breakers_opened
+    else:
+        assert report.calls_affected.get(INSTANCE, 0) > 0, report.calls_affected
+        assert report.calls_seen.get(INSTANCE, 0) >= report.calls_affected[INSTANCE]
+
+
+async def test_sigkilled_worker_leaves_no_fault_after_the_ttl_and_the_restart_finishes(
+    ready: Stack, temporal_client: Client
+) -> None:
+    demo = ready.demo
+    await eventually(lambda: no_fault_left(demo), what="clean start")
+    sc = scenario(chaos_type="NETWORK_PARTITION", duration_s=12)
+    handle = await start_experiment(temporal_client, sc, task_queue=ready.queue)
+    await eventually(lambda: demo.target(DB)["fault"] == handle.id, what="fault at the call site")
+    ready.worker.kill()
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    # Nobody renews the lease now: every process drops the fault by itself.
+    await eventually(lambda: demo.target(DB)["fault"] is None, timeout=LEASE_TTL_S + 3)
+    gone_after = loop.time() - killed_at
+    assert gone_after <= LEASE_TTL_S + 1.5, gone_after
+    redis = aioredis.from_url(ready.redis_url)
+    assert await redis.exists(fault_key(handle.id)) == 0
+    await redis.aclose()
+    await eventually(lambda: demo.target(DB)["breaker"] == "CLOSED", timeout=5)
+    await calls_are_clean(demo)
+    # The experiment is still running in Temporal; a new worker finishes it.
+    ready.worker.start()
+    report: ChaosReport = await asyncio.wait_for(handle.result(), 60)
+    assert report.outcome in (ChaosOutcome.STOPPED, ChaosOutcome.COMPLETED), report.reason
+    phases = [p.phase for p in report.phases]
+    assert phases[:5] == [
+        ChaosPhase.VALIDATING,
+        ChaosPhase.STEADY_STATE_BEFORE,
+        ChaosPhase.INJECTING,
+        ChaosPhase.RUNNING,
+        ChaosPhase.CLEANING_UP,
+    ]
+    assert phases[-1].terminal
+    assert report.cleanup.attempted and report.cleanup.method == "already_gone"
+    assert report.calls_affected.get(INSTANCE, 0) > 0
+    assert report.injected_at is not None and report.removed_at is not None
+
+
+async def test_stop_all_ends_every_experiment_and_restores_forced_open_breakers(
+    ready: Stack, temporal_client: Client
+) -> None:
+    demo = ready.demo
+    await eventually(lambda: no_fault_left(demo) and no_fault_left(demo, CACHE))
+    cb = await start_experiment(
+        temporal_client,
+        scenario(chaos_type="CIRCUIT_BREAKER", duration_s=60),
+        task_queue=ready.queue,
+    )
+    lat = await start_experiment(
+        temporal_client,
+        scenario(chaos_type="LATENCY", target=CACHE, latency_ms=100, duration_s=60),
+        task_queue=ready.queue,
+    )
+    await eventually(lambda: demo.target(DB)["breaker"] == "FORCED_OPEN", what="forced open")
+    await eventually(lambda: demo.target(CACHE)["fault"] == lat.id, what="latency on cache")
+    code, out, err = await cli(ready.env, "chaos", "stop", "--all", "--reason", "game over")
+    assert code == 0, err
+    assert "2 experiment(s) signalled, 2 cleaned up" in out
+    # Returned only after cleanup: the forced-open breaker is closed again already.
+    await eventually(lambda: no_fault_left(demo) and no_fault_left(demo, CACHE), timeout=3)
+    for handle in (cb, lat):
+        report = await handle.result()
+        assert report.outcome is ChaosOutcome.STOPPED
+        assert report.reason in ("emergency stop by cli: game over", "halt switch set")
+    # While halted nothing may inject: exit 2 with one line.
+    code, _, err = await cli(ready.env, "chaos", "start", "--type", "latency", "--target", DB)
+    assert code == 2 and "halt switch is set" in err and len(err.strip().splitlines()) == 1
+    code, out, err = await cli(ready.env, "chaos", "resume")
+    assert code == 0 and "halt switch cleared" in out, err
+    await eventually(lambda: not demo.status()["halted"], what="halt cleared at the demo")
+
+
+async def test_cli_start_wait_follows_and_prints_the_report(ready: Stack) -> None:
+    code, out, err = await cli(
+        ready.env,
+        "chaos", "start", "--type", "latency", "--target", DB, "--latency-ms", "50",
+        "--duration", "2s", "--abort-below", "0", "--wait", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = ChaosReport.model_validate_json(out)
+    assert report.outcome is ChaosOutcome.COMPLETED
+    code, out, err = await cli(ready.env, "chaos", "status", report.experiment_id, "--json")
+    assert code == 0, err
+    assert ChaosStatus.model_validate_json(out).phase is ChaosPhase.COMPLETED
+    code, out, _ = await cli(ready.env, "chaos", "list", "--json")
+    assert report.experiment_id in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["chaos", "start", "--type", "flood", "--target", DB], "flood"),
+        (["chaos", "start", "--type", "latency", "--target", "payments"], "allowed_targets"),
+        (
+            ["chaos", "start", "--type", "error", "--target", DB, "--error-rate", "2"],
+            "error_rate",
+        ),
+        (["chaos", "start", "--type", "latency", "--target", DB, "--duration", "-5s"], "duration"),
+        (["chaos", "stop", "--all", "--reason", ""], "--reason"),
+    ],
+)
+async def test_bad_input_exits_2_with_one_line(ready: Stack, args: list[str], message: str) -> None:
+    code, _, err = await cli(ready.env, *args)
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+async def test_run_file_with_an_unknown_field_exits_2(ready: Stack) -> None:
+    bad = ready.workdir / "bad.yaml"
+    bad.write_text(f"name: x\nchaos_type: LATENCY\ntarget: {DB}\nlatncy_ms: 5\n")
+    code, _, err = await cli(ready.env, "chaos", "run", str(bad))
+    assert code == 2 and "unknown field 'latncy_ms'" in err, err
+
+
+async def test_schedules_are_created_listed_paused_by_the_halt_switch_and_deleted(
+    ready: Stack,
+) -> None:
+    name = f"gameday-{uuid.uuid4().hex[:6]}"
+    file = ready.workdir / f"{name}.yaml"
+    file.write_text(f"name: {name}\nchaos_type: LATENCY\ntarget: {DB}\nduration_s: 5\n")
+    code, out, err = await cli(ready.env, "chaos", "schedule", str(file), "--cron", "0 3 * * 1")
+    assert code == 0 and f"chaos-schedule-{name}" in out, err
+
+    async def listed() -> dict[str, Any]:
+        code, out, err = await cli(ready.env, "chaos", "schedules", "--json")
+        assert code == 0, err
+        rows = {r["name"]: r for r in json.loads(out)}
+        return dict(rows[name])
+
+    row = await listed()
+    assert row["cron"] == "0 3 * * 1" and row["paused"] is False and row["next_run"]
+    code, out, err = await cli(ready.env, "chaos", "stop", "--all", "--reason", "freeze")
+    assert code == 0 and "schedule(s) paused" in out, err
+    row = await listed()
+    assert row["paused"] is True and "halt switch" in row["note"]
+    code, out, err = await cli(ready.env, "chaos", "resume")
+    assert code == 0 and "schedule(s) resumed" in out, err
+    assert (await listed())["paused"] is False
+    code, out, err = await cli(ready.env, "chaos", "unschedule", name)
+    assert code == 0, err
+    code, _, err = await cli(ready.env, "chaos", "unschedule", name)
+    assert code == 2 and "no chaos schedule" in err
+    code, _, err = await cli(ready.env, "chaos", "schedule", str(file), "--cron", "whenever")
+    assert code == 2 and "--cron" in err

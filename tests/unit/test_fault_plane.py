@@ -1,0 +1,255 @@
+"""The Redis fault plane with a real Redis: leases reach the fault table, renewals keep them,
+and an unrenewed lease is dropped by the process itself — even with Redis stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from antifragile.breaker import CircuitBreaker, CircuitState
+from antifragile.chaos.plane import (
+    FaultConflictError,
+    FaultPlane,
+    FaultSubscriber,
+    fault_key,
+    snapshot_score,
+)
+from antifragile.chaos.scenario import ChaosType
+from antifragile.constants import REDIS_HALT_KEY
+from antifragile.fault_table import FaultTable
+from antifragile.guard import Guard
+from antifragile.models.chaos import FaultSpec
+from tests.unit.conftest import RestartableRedis
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def spec(chaos_type: ChaosType = ChaosType.NETWORK_PARTITION, **kw: Any) -> FaultSpec:
+    target = kw.pop("target", f"dep-{uuid.uuid4().hex[:6]}")
+    base: dict[str, Any] = {
+        "experiment_id": f"chaos-p-{uuid.uuid4().hex[:8]}",
+        "chaos_type": chaos_type,
+        "target": target,
+        "blast_radius": [target],
+        "ttl_ms": 5000,
+    }
+    base.update(kw)
+    return FaultSpec.model_validate(base)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def plane(redis_url: str) -> AsyncIterator[FaultPlane]:
+    p = FaultPlane.from_url(redis_url)
+    await p.clear_halt()
+    yield p
+    await p.clear_halt()
+    await p.close()
+
+
+@pytest.fixture
+async def subscriber(redis_url: str) -> AsyncIterator[FaultSubscriber]:
+    sub = FaultSubscriber(
+        FaultTable(), redis_url, instance_id=f"inst-{uuid.uuid4().hex[:6]}", resync_interval_s=0.3
+    )
+    await sub.start()
+    yield sub
+    await sub.stop()
+
+
+async def test_injected_lease_reaches_the_table_and_removal_takes_it_away(
+    plane: FaultPlane, subscriber: FaultSubscriber
+) -> None:
+    s = spec()
+    assert await plane.inject(s)
+    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    ttl = await plane.lease_ttl_ms(s.experiment_id)
+    assert ttl is not None and 0 < ttl <= 5000
+    assert await plane.remove(s.experiment_id)
+    await eventually(lambda: subscriber.table.get(s.target) is None)
+    assert not await plane.remove(s.experiment_id)  # idempotent
+
+
+async def test_a_subscriber_started_later_loads_current_leases(
+    plane: FaultPlane, redis_url: str
+) -> None:
+    s = spec()
+    await plane.inject(s)
+    table = FaultTable()
+    async with FaultSubscriber(table, redis_url, instance_id="late") as sub:
+        assert table.get(s.target) is not None  # loaded during start, before any message
+        assert s.experiment_id in sub.active()
+    assert table.get(s.target) is None  # stopping drops it locally
+    await plane.remove(s.experiment_id)
+
+
+async def test_renewals_keep_the_fault_and_without_them_it_expires_locally(
+    plane: FaultPlane, subscriber: FaultSubscriber
+) -> None:
+    s = spec(ttl_ms=600)
+    await plane.inject(s)
+    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    for _ in range(6):
+        await asyncio.sleep(0.2)
+        assert (await plane.renew(s.experiment_id, 600)).renewed
+    assert subscriber.table.get(s.target) is not None
+    await asyncio.sleep(0.9)
+    assert subscriber.table.get(s.target) is None
+    assert (await plane.renew(s.experiment_id, 600)).missing
+
+
+async def test_lease_expiry_drops_the_fault_even_when_redis_is_gone(
+    own_redis: RestartableRedis,
+) -> None:
+    plane = FaultPlane.from_url(own_redis.url)
+    table = FaultTable()
+    guard = Guard("db", CircuitBreaker("db"))
+    table.attach(guard)
+    sub = FaultSubscriber(table, own_redis.url, instance_id="solo", resync_interval_s=0.2)
+    await sub.start()
+    try:
+        s = spec(target="db", ttl_ms=1500)
+        await plane.inject(s)
+        await eventually(lambda: guard.fault is not None)
+        await plane.close()
+        own_redis.stop()  # controller and Redis both gone: nobody can remove the lease
+        with pytest.raises(ConnectionError):
+            await guard.call(asyncio.sleep, 0)
+        await asyncio.sleep(1.7)
+        assert guard.fault is None
+        assert not sub.connected
+        assert await guard.call(asyncio.sleep, 0, "ok") == "ok"
+        own_redis.start()  # Redis back (empty): the fault stays gone
+        await asyncio.sleep(0.6)
+        assert guard.fault is None
+    finally:
+        await sub.stop()
+
+
+async def test_the_timer_restores_a_forced_open_breaker_without_any_call(
+    plane: FaultPlane, redis_url: str
+) -> None:
+    table = FaultTable()
+    guard = Guard("cb", CircuitBreaker("cb"))
+    table.attach(guard)
+    async with FaultSubscriber(table, redis_url, instance_id="cb-inst", resync_interval_s=10):
+        s = spec(ChaosType.CIRCUIT_BREAKER, target="cb", ttl_ms=400)
+        await plane.inject(s)
+        await eventually(lambda: guard.breaker.state is CircuitState.FORCED_OPEN)
+        await eventually(lambda: guard.breaker.state is CircuitState.CLOSED, timeout=2)
+
+
+async def test_halt_switch_drops_every_fault_and_refuses_injection_and_renewal(
+    plane: FaultPlane, subscriber: FaultSubscriber
+) -> None:
+    s = spec()
+    await plane.inject(s)
+    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    await plane.set_halt("incident", by="oncall")
+    await eventually(lambda: subscriber.table.get(s.target) is None)
+    assert subscriber.halted
+    assert (await plane.halt_status()).reason == "incident"
+    assert not await plane.inject(spec())
+    assert (await plane.renew(s.experiment_id, 5000)).halted
+    await plane.clear_halt()
+    await eventually(lambda: not subscriber.halted)
+    await plane.remove(s.experiment_id)
+
+
+async def test_halt_set_while_a_process_was_disconnected_is_seen_on_resync(
+    plane: FaultPlane, subscriber: FaultSubscriber, redis_url: str
+) -> None:
+    s = spec()
+    await plane.inject(s)
+    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    raw = aioredis.from_url(redis_url)
+    await raw.set(REDIS_HALT_KEY, json.dumps({"reason": "quiet"}))  # no message published
+    await eventually(lambda: subscriber.halted)
+    assert subscriber.table.get(s.target) is None
+    await raw.aclose()
+    await plane.remove(s.experiment_id)
+
+
+async def test_overlapping_blast_radius_is_a_conflict(plane: FaultPlane) -> None:
+    a = spec(blast_radius=["shared-x"], target="shared-x")
+    b = spec(blast_radius=["shared-x"], target="shared-x")
+    await plane.inject(a)
+    with pytest.raises(FaultConflictError, match="already injects"):
+        await plane.inject(b)
+    assert await plane.inject(a)  # the same experiment rewriting its lease is fine
+    await plane.remove(a.experiment_id)
+
+
+async def test_instance_selection_installs_only_on_chosen_instances(
+    plane: FaultPlane, subscriber: FaultSubscriber
+) -> None:
+    s = spec(instances=["someone-else"])
+    await plane.inject(s)
+    await asyncio.sleep(0.4)
+    assert subscriber.table.get(s.target) is None
+    assert subscriber.instance_id in await plane.known_instances()
+    await plane.remove(s.experiment_id)
+
+
+async def test_affected_calls_are_published_per_instance(
+    plane: FaultPlane, subscriber: FaultSubscriber
+) -> None:
+    s = spec(ChaosType.ERROR, error_rate=1.0)
+    guard = Guard(s.target, CircuitBreaker(s.target))
+    subscriber.table.attach(guard)  # type: ignore[attr-defined]
+    await plane.inject(s)
+    await eventually(lambda: guard.fault is not None)
+    for _ in range(4):  # below the breaker's 5 consecutive failures
+        with pytest.raises(RuntimeError):
+            await guard.call(asyncio.sleep, 0)
+    await plane.remove(s.experiment_id)
+    await eventually(lambda: guard.fault is None)
+    await subscriber.flush()
+    impact = await plane.impact(s.experiment_id)
+    assert impact.affected == {subscriber.instance_id: 4}
+    assert impact.seen == {subscriber.instance_id: 4}
+
+
+async def test_a_removed_experiment_is_never_reinstalled_by_a_stale_read(
+    plane: FaultPlane, subscriber: FaultSubscriber
+) -> None:
+    s = spec()
+    await plane.inject(s)
+    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    await plane.remove(s.experiment_id)
+    await eventually(lambda: subscriber.table.get(s.target) is None)
+    subscriber.handle_message(json.dumps({"op": "install", "spec": s.model_dump(mode="json")}))
+    assert subscriber.table.get(s.target) is None
+
+
+def test_snapshot_score_reads_the_runtime_format() -> None:
+    snap = {
+        "health_score": 0.9,
+        "circuit_details": {"db": {"state": "OPEN"}, "cache": {"state": "HALF_OPEN"}},
+    }
+    assert snapshot_score(snap, ["db"]) == 0.0
+    assert snapshot_score(snap, ["db", "cache"]) == 0.25
+    assert snapshot_score(snap, ["other"]) is None  # this process does not guard it
+    assert snapshot_score({"health_score": 0.7}, ["x"]) == 0.7
+
+
+async def test_lease_keys_have_a_ttl(plane: FaultPlane, redis_url: str) -> None:
+    s = spec(ttl_ms=3000)
+    await plane.inject(s)
+    raw = aioredis.from_url(redis_url)
+    assert 0 < await raw.pttl(fault_key(s.experiment_id)) <= 3000
+    await raw.aclose()
+    await plane.remove(s.experiment_id)

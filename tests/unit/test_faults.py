@@ -1,0 +1,249 @@
+"""Fault kinds at the call site, through the real Guard and FaultTable: accuracy, blast
+radius, and everything held or forced released on removal."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+
+from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
+from antifragile.chaos.faults import ChaosFault, InjectedFault, ResourceFault, build_fault
+from antifragile.chaos.scenario import MEMORY_CAP_MB, ChaosType, ResourceType
+from antifragile.fault_table import FaultTable
+from antifragile.guard import ConcurrencyLimitError, Guard
+from antifragile.models.chaos import FaultSpec
+
+
+def make_guard(name: str, **kw: Any) -> Guard:
+    # A breaker that never opens by itself: these tests count what the fault does.
+    config = CircuitBreakerConfig(ignored_exceptions=(InjectedFault,))
+    return Guard(name, CircuitBreaker(name, config), **kw)
+
+
+def spec(chaos_type: ChaosType, **kw: Any) -> FaultSpec:
+    base: dict[str, Any] = {
+        "experiment_id": "chaos-t-1",
+        "chaos_type": chaos_type,
+        "target": "db",
+        "blast_radius": ["db"],
+    }
+    base.update(kw)
+    return FaultSpec.model_validate(base)
+
+
+def setup(fault: ChaosFault, *guards: Guard) -> FaultTable:
+    table = FaultTable()
+    for g in guards:
+        table.attach(g)
+    for t in fault.spec.blast_radius:
+        table.install(t, fault)
+    return table
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def outcome(guard: Guard) -> str:
+    try:
+        await guard.call(ok)
+        return "ok"
+    except InjectedFault as exc:
+        return type(exc).__mro__[1].__name__
+    except CircuitOpenError:
+        return "open"
+
+
+async def test_error_rate_half_lands_within_five_points_over_1000_calls() -> None:
+    fault = build_fault(spec(ChaosType.ERROR, error_rate=0.5), rng=random.Random(7))
+    db = make_guard("db")
+    setup(fault, db)
+    results = [await outcome(db) for _ in range(1000)]
+    share = results.count("RuntimeError") / 1000
+    assert abs(share - 0.5) <= 0.05
+    assert fault.stats.seen == 1000 and fault.stats.affected == results.count("RuntimeError")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_injection_rate_is_the_share_of_calls_affected(seed: int) -> None:
+    fault = build_fault(
+        spec(ChaosType.NETWORK_PARTITION, injection_rate=0.3), rng=random.Random(seed)
+    )
+    db = make_guard("db")
+    setup(fault, db)
+    results = [await outcome(db) for _ in range(1000)]
+    assert abs(results.count("ConnectionError") / 1000 - 0.3) <= 0.05
+
+
+async def test_error_kind_is_the_configured_exception() -> None:
+    fault = build_fault(spec(ChaosType.ERROR, error_kind="connection"))
+    db = make_guard("db")
+    setup(fault, db)
+    with pytest.raises(ConnectionError, match="injected error calling db"):
+        await db.call(ok)
+
+
+async def test_latency_100ms_is_within_20ms() -> None:
+    fault = build_fault(spec(ChaosType.LATENCY, latency_ms=100))
+    db = make_guard("db")
+    setup(fault, db)
+
+    async def timed() -> float:
+        start = time.perf_counter()
+        await db.call(ok)
+        return (time.perf_counter() - start) * 1000
+
+    delays = await asyncio.gather(*(timed() for _ in range(50)))
+    assert all(80 <= d <= 120 for d in delays), delays
+
+
+async def test_latency_jitter_spreads_around_the_mean() -> None:
+    fault = build_fault(spec(ChaosType.LATENCY, latency_ms=100, jitter_ms=40), rng=random.Random(3))
+    db = make_guard("db")
+    setup(fault, db)
+
+    async def timed() -> float:
+        start = time.perf_counter()
+        await db.call(ok)
+        return (time.perf_counter() - start) * 1000
+
+    delays = await asyncio.gather(*(timed() for _ in range(200)))
+    assert min(delays) >= 59 and max(delays) <= 150
+    assert abs(sum(delays) / len(delays) - 100) <= 20
+    assert max(delays) - min(delays) > 40  # it really is spread
+
+
+async def test_targets_outside_the_blast_radius_are_never_touched() -> None:
+    fault = build_fault(spec(ChaosType.NETWORK_PARTITION, blast_radius=["db", "cache"]))
+    db, cache, other = make_guard("db"), make_guard("cache"), make_guard("payments")
+    setup(fault, db, cache, other)
+    assert {await outcome(db) for _ in range(50)} == {"ConnectionError"}
+    assert {await outcome(cache) for _ in range(50)} == {"ConnectionError"}
+    assert {await outcome(other) for _ in range(500)} == {"ok"}
+    assert other.fault is None
+    await fault.apply(other)  # even handed the wrong guard, it does nothing
+    assert fault.stats.seen == 100
+
+
+async def test_timeout_hangs_until_the_guard_timeout_then_raises() -> None:
+    fault = build_fault(spec(ChaosType.TIMEOUT, timeout_ms=5000))
+    db = make_guard("db", timeout_s=0.2)
+    setup(fault, db)
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await db.call(ok)
+    assert 0.18 <= time.perf_counter() - start < 0.5
+
+
+async def test_timeout_without_a_guard_timeout_uses_timeout_ms() -> None:
+    fault = build_fault(spec(ChaosType.TIMEOUT, timeout_ms=150))
+    db = make_guard("db")
+    setup(fault, db)
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await db.call(ok)
+    assert 0.14 <= time.perf_counter() - start < 0.4
+
+
+async def test_breaker_is_forced_open_and_restored_on_removal() -> None:
+    fault = build_fault(spec(ChaosType.CIRCUIT_BREAKER))
+    db = make_guard("db")
+    table = setup(fault, db)
+    assert db.breaker.state is CircuitState.FORCED_OPEN
+    assert await outcome(db) == "open"
+    assert fault.stats.breakers == {"db: FORCED_OPEN"}
+    table.remove("db")
+    assert db.breaker.state is CircuitState.CLOSED
+    assert await outcome(db) == "ok"
+
+
+async def test_a_breaker_forced_open_by_someone_else_stays_open() -> None:
+    db = make_guard("db")
+    db.breaker.force_open("operator")
+    fault = build_fault(spec(ChaosType.CIRCUIT_BREAKER))
+    table = setup(fault, db)
+    table.remove("db")
+    assert db.breaker.state is CircuitState.FORCED_OPEN
+
+
+async def test_memory_exhaustion_holds_bounded_memory_once_and_releases_it() -> None:
+    fault = build_fault(
+        spec(
+            ChaosType.RESOURCE_EXHAUSTION,
+            resource_type=ResourceType.MEMORY,
+            resource_level=0.1,
+            blast_radius=["db", "cache"],
+        )
+    )
+    assert isinstance(fault, ResourceFault)
+    db, cache = make_guard("db"), make_guard("cache")
+    table = setup(fault, db, cache)
+    assert fault.memory_held_bytes == int(0.1 * MEMORY_CAP_MB * 1024 * 1024)
+    table.remove("db")
+    assert fault.memory_held_bytes > 0  # still held for cache
+    table.remove("cache")
+    assert fault.memory_held_bytes == 0
+
+
+async def test_cpu_exhaustion_burns_in_a_thread_until_removed() -> None:
+    fault = build_fault(
+        spec(ChaosType.RESOURCE_EXHAUSTION, resource_type=ResourceType.CPU, resource_level=0.3)
+    )
+    assert isinstance(fault, ResourceFault)
+    db = make_guard("db")
+    table = setup(fault, db)
+    assert fault.cpu_burning
+    start = time.thread_time()
+    await asyncio.sleep(0.3)
+    assert time.thread_time() - start < 0.1  # the burn is in another thread
+    table.remove("db")
+    assert not fault.cpu_burning
+
+
+async def test_connection_exhaustion_holds_a_share_of_concurrency_slots() -> None:
+    fault = build_fault(
+        spec(
+            ChaosType.RESOURCE_EXHAUSTION,
+            resource_type=ResourceType.CONNECTIONS,
+            resource_level=0.75,
+        )
+    )
+    db = make_guard("db", max_concurrency=4)
+    table = setup(fault, db)
+    assert db.in_flight == 3
+    gate = asyncio.Event()
+
+    async def slow() -> None:
+        await gate.wait()
+
+    first = asyncio.create_task(db.call(slow))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ConcurrencyLimitError):
+        await db.call(ok)
+    gate.set()
+    await first
+    table.remove("db")
+    assert db.in_flight == 0
+    results = await asyncio.gather(*(db.call(ok) for _ in range(4)))
+    assert results == ["ok"] * 4
+
+
+async def test_an_expired_fault_affects_nothing_and_reports_itself() -> None:
+    now = [100.0]
+    expired: list[ChaosFault] = []
+    fault = build_fault(
+        spec(ChaosType.NETWORK_PARTITION),
+        expires_at=101.0,
+        on_expired=expired.append,
+        clock=lambda: now[0],
+    )
+    db = make_guard("db")
+    setup(fault, db)
+    assert await outcome(db) == "ConnectionError"
+    now[0] = 101.5
+    assert await outcome(db) == "ok"
+    assert expired == [fault]

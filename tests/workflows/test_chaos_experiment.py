@@ -1,0 +1,519 @@
+"""ChaosExperimentWorkflow on the time-skipping server, with the real activities and a real
+Redis (the session's): every phase path ends with the lease gone from Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.chaos import ChaosActivities
+from activities.common import CommonActivities
+from antifragile import binaries
+from antifragile.chaos.client import start_experiment
+from antifragile.chaos.plane import FaultPlane, fault_key
+from antifragile.chaos.scenario import ChaosScenario
+from antifragile.constants import REDIS_HALT_KEY, REDIS_HEALTH_KEY_PREFIX, SEARCH_ATTRIBUTES
+from antifragile.models.chaos import (
+    ChaosOutcome,
+    ChaosPhase,
+    ChaosReport,
+    ChaosStatus,
+    EmergencyStopSignal,
+)
+from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
+from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
+from antifragile.settings import Settings
+from workflows.chaos_experiment import ChaosExperimentWorkflow
+from workflows.chaos_guardian import ChaosGuardianWorkflow
+
+pytestmark = pytest.mark.timeout(90)
+
+P = ChaosPhase
+FULL_PATH = [
+    P.VALIDATING,
+    P.STEADY_STATE_BEFORE,
+    P.INJECTING,
+    P.RUNNING,
+    P.CLEANING_UP,
+    P.VERIFYING_RECOVERY,
+]
+
+
+_STARTED: list[str] = []
+
+
+async def start(
+    client: Any, sc: ChaosScenario, task_queue: str
+) -> WorkflowHandle[Any, ChaosReport]:
+    """start_experiment, remembering the id so the guardian can be ended after the test."""
+    handle = await start_experiment(client, sc, task_queue=task_queue)
+    _STARTED.append(handle.id)
+    return handle
+
+
+async def end_guardians(client: Any) -> None:
+    """End guardians still running: with their worker gone, their pending tasks would keep
+    the shared time-skipping server from skipping time for every later test."""
+    while _STARTED:
+        guardian = client.get_workflow_handle(f"{_STARTED.pop()}-guardian")
+        try:
+            if (await guardian.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await guardian.terminate("test over")
+        except RPCError:
+            pass  # never started (no injection)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own: experiments leave guardian children
+    behind, and their timers must never slow the time skipping of other modules' tests."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    await client.delete(REDIS_HALT_KEY)
+    yield client
+    await client.delete(REDIS_HALT_KEY)
+    await client.aclose()
+
+
+@pytest.fixture
+def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
+    @asynccontextmanager
+    async def _run(policy: WorkerPolicy | None = None, **settings: Any) -> AsyncIterator[str]:
+        queue = f"tq-{uuid.uuid4().hex[:8]}"
+        cfg = Settings(redis_url=redis_url, **settings)
+        pol = policy or WorkerPolicy()
+        common = CommonActivities(cfg, pol)
+        chaos = ChaosActivities(cfg, pol)
+        async with Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
+            activities=[
+                common.validate_constitutional_hash,
+                common.authorize_approver,
+                common.probe_service,
+                chaos.validate_chaos_scenario,
+                chaos.check_halt_switch,
+                chaos.inject_fault,
+                chaos.renew_fault_lease,
+                chaos.remove_fault,
+                chaos.measure_health,
+                chaos.collect_experiment_impact,
+                chaos.check_experiment_running,
+            ],
+        ):
+            try:
+                yield queue
+            finally:
+                await end_guardians(env.client)
+        await chaos.plane.close()
+
+    return _run
+
+
+def scenario(**kw: Any) -> ChaosScenario:
+    name = f"exp-{uuid.uuid4().hex[:6]}"
+    base: dict[str, Any] = {
+        "name": name,
+        "chaos_type": "LATENCY",
+        "target": f"dep-{name}",
+        "duration_s": 30,
+    }
+    base.update(kw)
+    return ChaosScenario.model_validate(base)
+
+
+async def wait_phase(
+    handle: WorkflowHandle[Any, Any], phase: ChaosPhase, timeout: float = 15
+) -> ChaosStatus:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await handle.query("status", result_type=ChaosStatus)
+        if status.phase is phase:
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"phase stayed {status.phase}, wanted {phase}")
+        await asyncio.sleep(0.05)
+
+
+def phases(report: ChaosReport) -> list[ChaosPhase]:
+    return [p.phase for p in report.phases]
+
+
+async def test_completed_path_injects_renews_and_removes_the_lease(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(duration_s=40)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=6))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        status = await wait_phase(handle, P.RUNNING)
+        assert status.faults_active and status.faults_active[0].targets == [sc.target]
+        assert status.time_left_s is not None and 0 < status.time_left_s <= 40
+        lease = json.loads(await redis_client.get(fault_key(handle.id)))
+        assert lease["chaos_type"] == "LATENCY" and lease["ttl_ms"] == 6000
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert phases(report) == [*FULL_PATH, P.COMPLETED]
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+    assert report.cleanup.method == "removed" and report.cleanup.lease_removed
+    assert report.injected_at and report.removed_at
+    ran = (report.removed_at - report.injected_at).total_seconds()
+    assert 40 <= ran < 45
+    # 40 s with a 6 s TTL: renewed every 2 s, so the lease never ran out meanwhile.
+    history = await handle.fetch_history()
+    renewals = [
+        e
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "renew_fault_lease"
+    ]
+    assert len(renewals) >= 15
+    desc = await handle.describe()
+    sa = desc.typed_search_attributes
+    assert {p.key.name: p.value for p in sa} == {
+        "AfKind": "chaos",
+        "AfService": sc.target,
+        "AfChaosType": "LATENCY",
+        "AfState": "COMPLETED",
+    }
+
+
+async def test_health_signal_below_threshold_aborts_and_cleans_up(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(chaos_type="ERROR", error_rate=0.5, abort_below_health=0.6)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        await handle.signal(
+            "health_changed",
+            HealthChangedSignal(service=sc.target, healthy=True, score=0.8, source="a"),
+        )
+        await handle.signal(
+            "health_changed",
+            HealthChangedSignal(service=sc.target, healthy=False, score=0.4, source="b"),
+        )
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.ABORTED
+    assert "health guard" in report.reason and "0.40" in report.reason
+    assert phases(report) == [*FULL_PATH, P.ABORTED]
+    assert report.health_lowest == 0.4
+    assert [h.score for h in report.health_timeline] == [0.8, 0.4]
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+
+
+async def test_fleet_health_in_redis_trips_the_guard_and_recovery_is_timed(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(duration_s=60)
+    key = f"{REDIS_HEALTH_KEY_PREFIX}wf-test-{uuid.uuid4().hex[:6]}"
+    await redis_client.set(key, json.dumps({"breakers": {sc.target: "CLOSED"}}))
+    try:
+        async with running() as queue:
+            handle = await start(env.client, sc, task_queue=queue)
+            await wait_phase(handle, P.RUNNING)
+            await redis_client.set(key, json.dumps({"breakers": {sc.target: "OPEN"}}))
+            await wait_phase(handle, P.VERIFYING_RECOVERY, timeout=30)
+            await redis_client.set(key, json.dumps({"breakers": {sc.target: "HALF_OPEN"}}))
+            report = await handle.result()
+    finally:
+        await redis_client.delete(key)
+    assert report.outcome is ChaosOutcome.ABORTED
+    assert report.health_lowest == 0.0
+    assert report.recovered is True and report.time_to_recover_s is not None
+    assert report.health_timeline[0].score == 1.0
+
+
+async def test_emergency_stop_removes_the_fault_and_ends_stopped(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(chaos_type="CIRCUIT_BREAKER", duration_s=120)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        assert await redis_client.exists(fault_key(handle.id)) == 1
+        await handle.signal("emergency_stop", EmergencyStopSignal(reason="pager", by="oncall"))
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.STOPPED
+    assert report.reason == "emergency stop by oncall: pager"
+    assert phases(report) == [*FULL_PATH, P.STOPPED]
+    assert report.cleanup.lease_removed
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+    assert any("emergency stop by oncall" in e.message for e in report.events)
+
+
+async def test_cancellation_still_cleans_up_and_reports(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(chaos_type="NETWORK_PARTITION", duration_s=120)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        await handle.cancel()
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.STOPPED
+    assert report.reason.startswith("cancelled")
+    assert phases(report) == [*FULL_PATH, P.STOPPED]
+    assert report.cleanup.method == "removed"
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+
+
+async def test_hash_mismatch_fails_in_validation_and_injects_nothing(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(constitutional_hash="deadbeefdeadbeef")
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "constitutional hash mismatch" in report.reason
+    assert "deadbeefdeadbeef" not in report.reason  # at most 8 hex digits shown
+    assert phases(report) == [P.VALIDATING, P.FAILED]
+    assert report.cleanup.method == "nothing_injected"
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+
+
+async def test_target_outside_the_policy_fails_validation(
+    env: WorkflowEnvironment, running
+) -> None:
+    sc = scenario(blast_radius=["payments"])
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(allowed_targets=[sc.target]))
+    async with running(policy) as queue:
+        report = await (await start(env.client, sc, task_queue=queue)).result()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "payments" in report.reason and "allowed_targets" in report.reason
+
+
+async def test_approval_gate_refuses_strangers_then_runs_when_approved(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(require_approval=True, duration_s=10)
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(approvers=["alice"]))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        status = await wait_phase(handle, P.AWAITING_APPROVAL)
+        assert status.faults_active == []
+        assert await redis_client.exists(fault_key(handle.id)) == 0
+        await handle.signal("approve", ApprovalSignal(approver="mallory"))
+        await handle.signal("approve", ApprovalSignal(approver="alice", note="game day"))
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert [(d.approver, d.decision) for d in report.decisions] == [
+        ("mallory", Decision.REFUSED),
+        ("alice", Decision.APPROVED),
+    ]
+    assert phases(report) == [
+        P.VALIDATING,
+        P.AWAITING_APPROVAL,
+        *FULL_PATH[1:],
+        P.COMPLETED,
+    ]
+
+
+async def test_rejection_ends_failed_without_injecting(env: WorkflowEnvironment, running) -> None:
+    sc = scenario(require_approval=True)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.AWAITING_APPROVAL)
+        await handle.signal("reject", ApprovalSignal(approver="lead", note="not today"))
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert report.reason == "rejected by lead: not today"
+    assert phases(report) == [P.VALIDATING, P.AWAITING_APPROVAL, P.FAILED]
+    assert report.injected_at is None
+
+
+async def test_duration_is_capped_with_a_warning(env: WorkflowEnvironment, running) -> None:
+    sc = scenario(duration_s=500)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(max_duration_s=60))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.requested_duration_s == 500 and report.effective_duration_s == 60
+    assert report.warnings == [
+        "duration_s 500s capped to 60s by the worker policy's chaos.max_duration_s"
+    ]
+    assert report.injected_at and report.removed_at
+    assert 60 <= (report.removed_at - report.injected_at).total_seconds() < 65
+
+
+async def test_halt_switch_stops_before_injection(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    plane = FaultPlane.from_url(redis_url)
+    await plane.set_halt("freeze", by="test")
+    try:
+        async with running() as queue:
+            handle = await start(env.client, scenario(), task_queue=queue)
+            report = await handle.result()
+    finally:
+        await plane.clear_halt()
+        await plane.close()
+    assert report.outcome is ChaosOutcome.STOPPED
+    assert report.reason == "halt switch set: freeze"
+    assert P.INJECTING not in phases(report)
+
+
+async def test_lease_removed_from_outside_stops_the_experiment(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(duration_s=120)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        await redis_client.delete(fault_key(handle.id))
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.STOPPED
+    assert "removed from outside" in report.reason
+    assert report.cleanup.method == "already_gone"
+
+
+async def test_dry_run_walks_every_phase_without_a_lease(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(dry_run=True, duration_s=10)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        status = await wait_phase(handle, P.RUNNING)
+        assert status.faults_active == []
+        assert await redis_client.exists(fault_key(handle.id)) == 0
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.cleanup.method == "nothing_injected"
+    assert phases(report) == [*FULL_PATH[:5], P.COMPLETED]
+
+
+async def test_unhealthy_steady_state_probe_aborts_before_injection(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(steady_state_probe="tcp://127.0.0.1:9")  # nothing listens on port 9
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.ABORTED
+    assert report.reason.startswith("steady state not met before injection")
+    assert phases(report) == [P.VALIDATING, P.STEADY_STATE_BEFORE, P.ABORTED]
+    assert report.injected_at is None
+
+
+async def test_healthy_steady_state_probe_lets_the_experiment_run(
+    env: WorkflowEnvironment, running, redis_url: str
+) -> None:
+    sc = scenario(steady_state_probe=redis_url, duration_s=10)
+    async with running() as queue:
+        report = await (await start(env.client, sc, task_queue=queue)).result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.recovered is True and (report.time_to_recover_s or 0) < 1
+    assert all(h.healthy for h in report.health_timeline)
+
+
+async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
+    env: WorkflowEnvironment, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """The worker's hash changes mid-run (a redeployment): renewal is refused, the
+    experiment ends FAILED, and cleanup (which needs no hash) removes the lease."""
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=6))
+    settings = Settings(redis_url=redis_url)
+    common, chaos = CommonActivities(settings, policy), ChaosActivities(settings, policy)
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
+        activities=[
+            common.validate_constitutional_hash,
+            common.authorize_approver,
+            chaos.validate_chaos_scenario,
+            chaos.check_halt_switch,
+            chaos.inject_fault,
+            chaos.renew_fault_lease,
+            chaos.remove_fault,
+            chaos.measure_health,
+            chaos.collect_experiment_impact,
+            chaos.check_experiment_running,
+        ],
+    ):
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        assert await redis_client.exists(fault_key(handle.id)) == 1
+        chaos._settings = settings.model_copy(update={"constitutional_hash": "0123456789abcdef"})
+        report = await handle.result()
+        await end_guardians(env.client)
+    await chaos.plane.close()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "constitutional hash mismatch" in report.reason
+    assert phases(report)[-3:] == [P.CLEANING_UP, P.VERIFYING_RECOVERY, P.FAILED]
+    assert report.cleanup.method == "removed"
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+
+
+async def test_termination_runs_no_code_but_the_guardian_removes_the_lease(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    """Terminate runs no workflow code: the guardian child (ABANDON) removes the lease."""
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=6))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        started = asyncio.get_running_loop().time()
+        await handle.terminate(reason="operator pulled the plug")
+        guardian = env.client.get_workflow_handle(f"{handle.id}-guardian")
+        result = await guardian.result()
+        real_s = asyncio.get_running_loop().time() - started
+    assert result["removed"] is True and result["reason"] == "experiment terminated"
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+    assert real_s < 5  # before the 6 s TTL could have expired it
+
+
+async def test_without_workers_the_lease_ttl_is_the_last_line(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    """Terminated and no worker left to run the guardian: Redis expires the lease."""
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=1))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+    await handle.terminate(reason="operator pulled the plug")
+    assert 0 < await redis_client.pttl(fault_key(handle.id)) <= 1000
+    await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+    await end_guardians(env.client)

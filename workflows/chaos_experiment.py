@@ -1,0 +1,745 @@
+"""ChaosExperimentWorkflow: one chaos experiment, durable from validation to report.
+
+VALIDATING → AWAITING_APPROVAL (if required) → STEADY_STATE_BEFORE → INJECTING →
+RUNNING (durable timer, lease renewed every third of its TTL) → CLEANING_UP →
+VERIFYING_RECOVERY → COMPLETED | ABORTED (health guard) | STOPPED (emergency stop,
+halt switch, cancellation) | FAILED (validation, hash, rejection, failed activity).
+
+Cleanup is not an afterthought of the happy path: ``run`` catches every way the
+experiment can end early (an ``_End``, a cancellation from the CLI or UI, a failed
+activity), then always runs ``_cleanup`` — an idempotent ``remove_fault`` that, if Redis
+stays unreachable, waits out the lease TTL so "cleaned up" is true either way. A
+terminated workflow runs no code at all: then ChaosGuardianWorkflow, a child started
+before injection with ParentClosePolicy.ABANDON, sees the experiment gone and removes
+the lease; and if the workers are gone too, the lease TTL removes the fault from every
+process by itself. The report is built from the journal kept all along, so it is
+complete for every outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from antifragile.chaos.logic import (
+        check_phase_transition,
+        health_check_interval_s,
+        health_is_back,
+        health_trips_guard,
+        lease_renewal_interval_s,
+    )
+    from antifragile.constants import (
+        KIND_CHAOS,
+        SA_CHAOS_TYPE,
+        SA_KIND,
+        SA_SERVICE,
+        SA_STATE,
+        SIGNAL_APPROVE,
+        SIGNAL_EMERGENCY_STOP,
+        SIGNAL_HEALTH_CHANGED,
+        SIGNAL_REJECT,
+        SIGNAL_STAND_DOWN,
+    )
+    from antifragile.models.chaos import (
+        ChaosEvent,
+        ChaosExperimentInput,
+        ChaosOutcome,
+        ChaosPhase,
+        ChaosReport,
+        ChaosStatus,
+        CheckHaltInput,
+        CleanupRecord,
+        CollectImpactInput,
+        EmergencyStopSignal,
+        ExperimentImpact,
+        FaultPlacement,
+        GuardianInput,
+        GuardianResult,
+        HaltStatus,
+        HealthMeasurement,
+        HealthSample,
+        InjectFaultInput,
+        InjectFaultResult,
+        MeasureHealthInput,
+        PhaseRecord,
+        RemoveFaultInput,
+        RemoveFaultResult,
+        RenewLeaseInput,
+        RenewLeaseResult,
+        ValidateScenarioInput,
+        ValidateScenarioResult,
+    )
+    from antifragile.models.common import (
+        ApprovalRecord,
+        ApprovalSignal,
+        Decision,
+        HealthChangedSignal,
+    )
+    from antifragile.models.recovery import (
+        AuthorizeApproverInput,
+        AuthorizeApproverResult,
+        ProbeInput,
+        ProbeResult,
+        ValidateHashInput,
+        ValidateHashResult,
+    )
+
+SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+PLANE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=2),
+    maximum_attempts=5,
+)
+ACTIVITY_TIMEOUT = timedelta(seconds=10)
+PROBE_TIMEOUT_S = 5.0
+MAX_HEALTH_SAMPLES = 300
+MAX_EVENTS = 300
+VERIFY_INTERVAL_S = 1.0
+FLUSH_GRACE_S = 1.0
+"""Call sites publish their counters every 0.5 s: wait this long after removal."""
+
+
+class _End(Exception):
+    """Internal: the experiment ends early with this outcome."""
+
+    def __init__(self, outcome: ChaosOutcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+@workflow.defn
+class ChaosExperimentWorkflow:
+    """One chaos experiment (workflow id ``chaos-{name}-{short id}``)."""
+
+    @workflow.init
+    def __init__(self, data: ChaosExperimentInput) -> None:
+        if not data.experiment_id:  # scheduled runs: the schedule names the workflow
+            data = data.model_copy(update={"experiment_id": workflow.info().workflow_id})
+        self._in = data
+        self._s = data.scenario
+        self._phase = ChaosPhase.VALIDATING
+        self._started_at: datetime = workflow.now()
+        self._phases: list[PhaseRecord] = [
+            PhaseRecord(phase=ChaosPhase.VALIDATING, entered_at=self._started_at)
+        ]
+        self._events: list[ChaosEvent] = []
+        self._health: list[HealthSample] = []
+        self._lowest: float | None = None
+        self._last: float | None = None
+        self._warnings: list[str] = []
+        self._decisions: list[ApprovalRecord] = []
+        self._inbox: list[tuple[Decision, ApprovalSignal]] = []
+        self._stop: EmergencyStopSignal | None = None
+        self._trip: str | None = None
+        self._wake = False
+        self._duration_s = self._s.duration_s
+        self._ttl_s = 15.0
+        self._injected_at: datetime | None = None
+        self._ends_at: datetime | None = None
+        self._removed_at: datetime | None = None
+        self._lease_until: datetime | None = None
+        self._lease_maybe_written = False
+        self._guardian_started = False
+        self._placement: FaultPlacement | None = None
+        self._cleanup_record = CleanupRecord()
+        self._impact = ExperimentImpact()
+        self._time_to_recover: float | None = None
+        self._recovered: bool | None = None
+        self._outcome: ChaosOutcome | None = None
+        self._reason = ""
+
+    # --- run -------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, data: ChaosExperimentInput) -> ChaosReport:
+        """Run the experiment; always returns a complete report (see module doc)."""
+        self._note(f"experiment {self._s.name}: {self._s.chaos_type.value} on {self._s.target}")
+        self._publish()
+        outcome, reason = ChaosOutcome.COMPLETED, "ran for the full duration"
+        try:
+            await self._validate()
+            if self._s.require_approval:
+                await self._await_approval()
+            await self._steady_state_before()
+            await self._inject()
+            await self._running()
+        except _End as end:
+            outcome, reason = end.outcome, end.reason
+        except asyncio.CancelledError:
+            why = workflow.cancellation_reason()
+            outcome, reason = ChaosOutcome.STOPPED, f"cancelled{': ' + why if why else ''}"
+            self._note(f"cancellation received; cleaning up ({reason})")
+        except ActivityError as err:
+            outcome, reason = ChaosOutcome.FAILED, f"activity failed: {_cause(err)}"
+            self._note(reason)
+        # Every path reaches this point: nothing above returns or re-raises.
+        await self._cleanup()
+        await self._dismiss_guardian()
+        if self._lease_maybe_written:
+            try:
+                await self._verify_recovery(outcome)
+                await self._collect_impact()
+            except asyncio.CancelledError:
+                # The fault is already gone: a cancel now only cuts the measuring short.
+                self._note("cancelled while verifying recovery; report without it")
+                if outcome is ChaosOutcome.COMPLETED:
+                    outcome, reason = ChaosOutcome.STOPPED, "cancelled while verifying recovery"
+        return await self._finish(outcome, reason)
+
+    # --- phases ----------------------------------------------------------------------
+
+    async def _validate(self) -> None:
+        s = self._s
+        try:
+            await workflow.execute_activity(
+                "validate_constitutional_hash",
+                ValidateHashInput(
+                    constitutional_hash=s.constitutional_hash, context=f"chaos {s.name}"
+                ),
+                result_type=ValidateHashResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=SHORT_RETRY,
+                summary="validate constitutional hash",
+            )
+            checked = await workflow.execute_activity(
+                "validate_chaos_scenario",
+                ValidateScenarioInput(scenario=s),
+                result_type=ValidateScenarioResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=SHORT_RETRY,
+                summary="check policy and caps",
+            )
+        except ActivityError as err:
+            raise _End(ChaosOutcome.FAILED, _cause(err)) from None
+        self._duration_s = checked.effective_duration_s
+        self._ttl_s = checked.lease_ttl_s
+        for warning in checked.warnings:
+            self._warnings.append(warning)
+            self._note(f"warning: {warning}")
+        self._note(
+            f"validated: {self._duration_s:g}s on {', '.join(s.blast_radius)}, "
+            f"lease TTL {self._ttl_s:g}s"
+        )
+
+    async def _await_approval(self) -> None:
+        self._move(ChaosPhase.AWAITING_APPROVAL)
+        self._note("waiting for approve/reject")
+        while True:
+            await workflow.wait_condition(lambda: bool(self._inbox) or self._stop is not None)
+            self._check_stop()
+            decision, signal = self._inbox.pop(0)
+            check = await workflow.execute_activity(
+                "authorize_approver",
+                AuthorizeApproverInput(approver=signal.approver),
+                result_type=AuthorizeApproverResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=SHORT_RETRY,
+                summary=f"authorize {signal.approver}",
+            )
+            if not check.allowed:
+                self._record(signal, Decision.REFUSED, check.reason)
+                continue
+            self._record(signal, decision)
+            if decision is Decision.REJECTED:
+                note = f": {signal.note}" if signal.note else ""
+                raise _End(ChaosOutcome.FAILED, f"rejected by {signal.approver}{note}")
+            return
+
+    async def _steady_state_before(self) -> None:
+        self._move(ChaosPhase.STEADY_STATE_BEFORE)
+        self._check_stop()
+        halt = await workflow.execute_activity(
+            "check_halt_switch",
+            CheckHaltInput(context=self._in.experiment_id),
+            result_type=HaltStatus,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=PLANE_RETRY,
+            summary="check halt switch",
+        )
+        if halt.halted:
+            raise _End(ChaosOutcome.STOPPED, f"halt switch set: {halt.reason or 'no reason'}")
+        sample = await self._measure("steady state before injection")
+        if sample is not None and health_trips_guard(
+            sample.score, sample.healthy, self._s.abort_below_health
+        ):
+            raise _End(
+                ChaosOutcome.ABORTED,
+                f"steady state not met before injection: {sample.detail}",
+            )
+        self._check_stop()
+
+    async def _inject(self) -> None:
+        self._move(ChaosPhase.INJECTING)
+        self._check_stop()
+        s = self._s
+        # From here the lease may exist even if the activity fails: cleanup must run.
+        self._lease_maybe_written = not s.dry_run
+        if self._lease_maybe_written:
+            await self._start_guardian()
+        try:
+            result = await workflow.execute_activity(
+                "inject_fault",
+                InjectFaultInput(
+                    experiment_id=self._in.experiment_id, scenario=s, ttl_s=self._ttl_s
+                ),
+                result_type=InjectFaultResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=PLANE_RETRY,
+                # A cancelled injection must finish before cleanup runs, or the lease
+                # could be written after it was removed.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"inject {s.chaos_type.value} on {', '.join(s.blast_radius)}",
+            )
+        except ActivityError as err:
+            self._lease_until = workflow.now() + timedelta(seconds=self._ttl_s)
+            raise _End(ChaosOutcome.FAILED, f"injection failed: {_cause(err)}") from None
+        now = workflow.now()
+        if result.halted:
+            self._lease_maybe_written = False
+            raise _End(ChaosOutcome.STOPPED, result.detail or "halt switch set")
+        self._injected_at = now
+        self._ends_at = now + timedelta(seconds=self._duration_s)
+        self._placement = result.placement
+        if result.injected:
+            self._lease_until = now + timedelta(seconds=self._ttl_s)
+            self._note(f"fault injected on {', '.join(s.blast_radius)} ({result.detail})")
+        else:
+            self._note(result.detail or "nothing injected")
+
+    async def _start_guardian(self) -> None:
+        """A child that survives termination of this workflow and then removes the lease."""
+        eid = self._in.experiment_id
+        ttl = self._ttl_s
+        await workflow.start_child_workflow(
+            "ChaosGuardianWorkflow",
+            GuardianInput(
+                experiment_id=eid,
+                check_every_s=max(1.0, ttl / 2),
+                # Longest legitimate life: run + verification + cleanup retries + slack.
+                give_up_after_s=self._duration_s + self._s.recovery_timeout_s + 4 * ttl + 60,
+            ),
+            id=f"{eid}-guardian",
+            result_type=GuardianResult,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            static_summary=f"Guardian of {eid}: removes its fault lease if it dies",
+        )
+        self._guardian_started = True
+
+    async def _dismiss_guardian(self) -> None:
+        if not self._guardian_started:
+            return
+        try:
+            await workflow.get_external_workflow_handle(
+                f"{self._in.experiment_id}-guardian"
+            ).signal(SIGNAL_STAND_DOWN)
+        except Exception as exc:  # gone already: it then removed the lease (idempotent)
+            self._note(f"guardian not reached: {exc}")
+
+    async def _running(self) -> None:
+        self._move(ChaosPhase.RUNNING)
+        assert self._ends_at is not None
+        end = self._ends_at
+        now = workflow.now()
+        renew_every = timedelta(seconds=lease_renewal_interval_s(self._ttl_s))
+        health_every = timedelta(seconds=health_check_interval_s(self._duration_s))
+        next_renew, next_health = now + renew_every, now + health_every
+        while True:
+            self._check_stop()
+            self._check_trip()
+            now = workflow.now()
+            if now >= end:
+                self._note("duration elapsed")
+                return
+            wake = min(end, next_renew, next_health)
+            try:
+                await workflow.wait_condition(
+                    lambda: self._stop is not None or self._trip is not None,
+                    timeout=max(wake - now, timedelta(milliseconds=1)),
+                    timeout_summary="experiment timer",
+                )
+                continue  # a stop or a trip: the checks at the top end the run
+            except TimeoutError:
+                pass
+            now = workflow.now()
+            if now >= end:
+                continue
+            if now >= next_renew:
+                if self._lease_maybe_written:
+                    await self._renew()
+                next_renew = workflow.now() + renew_every
+            if now >= next_health:
+                sample = await self._measure("while running")
+                if sample is not None and health_trips_guard(
+                    sample.score, sample.healthy, self._s.abort_below_health
+                ):
+                    self._trip = f"health guard: {sample.detail}"
+                next_health = workflow.now() + health_every
+
+    async def _renew(self) -> None:
+        s = self._s
+        try:
+            result = await workflow.execute_activity(
+                "renew_fault_lease",
+                RenewLeaseInput(
+                    experiment_id=self._in.experiment_id,
+                    ttl_s=self._ttl_s,
+                    constitutional_hash=s.constitutional_hash,
+                    require_hash_validation=s.require_hash_validation,
+                ),
+                result_type=RenewLeaseResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                # Retries must end before the lease would: past that there is nothing to renew.
+                schedule_to_close_timeout=timedelta(seconds=max(1.0, self._ttl_s * 2 / 3)),
+                retry_policy=PLANE_RETRY,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary="renew fault lease",
+            )
+        except ActivityError as err:
+            raise _End(ChaosOutcome.FAILED, f"lease renewal failed: {_cause(err)}") from None
+        if result.halted:
+            raise _End(ChaosOutcome.STOPPED, "halt switch set")
+        if result.missing:
+            raise _End(ChaosOutcome.STOPPED, "fault lease removed from outside the experiment")
+        self._lease_until = workflow.now() + timedelta(seconds=self._ttl_s)
+
+    async def _cleanup(self) -> None:
+        """Remove the fault: idempotent, and complete even when Redis is unreachable."""
+        if self._phase in (ChaosPhase.INJECTING, ChaosPhase.RUNNING):
+            self._move(ChaosPhase.CLEANING_UP)  # dry runs too: no path skips the phase
+        if not self._lease_maybe_written:
+            self._cleanup_record = CleanupRecord(
+                attempted=True, method="nothing_injected", at=workflow.now()
+            )
+            self._placement = None
+            return
+        detail = ""
+        try:
+            result = await workflow.execute_activity(
+                "remove_fault",
+                RemoveFaultInput(experiment_id=self._in.experiment_id),
+                result_type=RemoveFaultResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                schedule_to_close_timeout=timedelta(seconds=max(5.0, self._ttl_s)),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=200),
+                    maximum_interval=timedelta(seconds=2),
+                ),
+                summary="remove fault lease",
+            )
+            method = "removed" if result.removed else "already_gone"
+            removed = result.removed
+        except ActivityError as err:
+            # Redis unreachable: the lease cannot outlive its TTL, and every process
+            # drops the fault by itself then. Wait it out, so "cleaned up" is true.
+            detail = f"remove_fault failed ({_cause(err)}); waited for the lease TTL"
+            remaining = (self._lease_until or workflow.now()) - workflow.now()
+            if remaining > timedelta(0):
+                await workflow.sleep(remaining, summary="wait for the lease TTL")
+            method, removed = "expired", False
+        self._removed_at = workflow.now()
+        self._placement = None
+        self._cleanup_record = CleanupRecord(
+            attempted=True, lease_removed=removed, method=method, at=self._removed_at, detail=detail
+        )
+        self._note(f"cleanup done: {method}" + (f" — {detail}" if detail else ""))
+
+    async def _verify_recovery(self, outcome: ChaosOutcome) -> None:
+        self._move(ChaosPhase.VERIFYING_RECOVERY)
+        assert self._removed_at is not None
+        deadline = self._removed_at + timedelta(seconds=self._s.recovery_timeout_s)
+        while True:
+            sample = await self._measure("after removal")
+            now = workflow.now()
+            if sample is None:
+                self._note("no health source: recovery not measured")
+                break
+            if health_is_back(sample.score, sample.healthy, self._s.abort_below_health):
+                self._recovered = True
+                self._time_to_recover = round((now - self._removed_at).total_seconds(), 3)
+                self._note(f"health back after {self._time_to_recover:g}s")
+                break
+            if now >= deadline:
+                self._recovered = False
+                self._warnings.append(
+                    f"health not back within recovery_timeout_s={self._s.recovery_timeout_s:g}"
+                )
+                self._note("health not back before the recovery timeout")
+                break
+            self._wake = False
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._wake,
+                    timeout=timedelta(seconds=VERIFY_INTERVAL_S),
+                    timeout_summary="wait before the next health check",
+                )
+
+    async def _collect_impact(self) -> None:
+        assert self._removed_at is not None
+        elapsed = workflow.now() - self._removed_at
+        if elapsed < timedelta(seconds=FLUSH_GRACE_S):
+            await workflow.sleep(
+                timedelta(seconds=FLUSH_GRACE_S) - elapsed, summary="let counters flush"
+            )
+        try:
+            self._impact = await workflow.execute_activity(
+                "collect_experiment_impact",
+                CollectImpactInput(
+                    experiment_id=self._in.experiment_id,
+                    blast_radius=list(self._s.blast_radius),
+                    since=self._started_at,
+                ),
+                result_type=ExperimentImpact,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=SHORT_RETRY,
+                summary="collect impact",
+            )
+        except ActivityError as err:
+            self._warnings.append(f"impact not collected: {_cause(err)}")
+
+    async def _measure(self, when: str) -> HealthSample | None:
+        """Fleet health (Redis snapshots) and the steady-state probe, as one sample."""
+        s = self._s
+        health = await workflow.execute_activity(
+            "measure_health",
+            MeasureHealthInput(targets=list(s.blast_radius)),
+            result_type=HealthMeasurement,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=SHORT_RETRY,
+            summary=f"measure health {when}",
+        )
+        healthy = True
+        details = [health.detail] if health.score is not None else []
+        if s.steady_state_probe:
+            try:
+                probe = await workflow.execute_activity(
+                    "probe_service",
+                    ProbeInput(
+                        service=s.target, url=s.steady_state_probe, timeout_s=PROBE_TIMEOUT_S
+                    ),
+                    result_type=ProbeResult,
+                    start_to_close_timeout=timedelta(seconds=PROBE_TIMEOUT_S + 10),
+                    retry_policy=SHORT_RETRY,
+                    summary=f"probe {s.steady_state_probe} {when}",
+                )
+                healthy, text = probe.healthy, probe.detail
+            except ActivityError as err:
+                healthy, text = False, _cause(err)
+            details.append(f"probe {s.steady_state_probe}: {text}")
+        elif health.score is None:
+            return None
+        sample = HealthSample(
+            at=workflow.now(),
+            score=health.score,
+            healthy=healthy,
+            source="fleet" if not s.steady_state_probe else "fleet+probe",
+            detail="; ".join(details),
+        )
+        self._add_sample(sample)
+        return sample
+
+    async def _finish(self, outcome: ChaosOutcome, reason: str) -> ChaosReport:
+        self._outcome, self._reason = outcome, reason
+        self._move(ChaosPhase(outcome.value))
+        self._note(f"{outcome.value}: {reason}")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.report()
+
+    # --- bookkeeping -----------------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        if self._stop is not None:
+            by = f" by {self._stop.by}" if self._stop.by else ""
+            raise _End(ChaosOutcome.STOPPED, f"emergency stop{by}: {self._stop.reason}")
+
+    def _check_trip(self) -> None:
+        if self._trip is not None:
+            raise _End(ChaosOutcome.ABORTED, self._trip)
+
+    def _move(self, new: ChaosPhase) -> None:
+        if new is self._phase:
+            return
+        self._phase = check_phase_transition(self._phase, new)
+        now = workflow.now()
+        self._phases[-1].left_at = now
+        self._phases.append(PhaseRecord(phase=new, entered_at=now))
+        self._publish()
+
+    def _note(self, message: str) -> None:
+        self._events.append(ChaosEvent(at=workflow.now(), phase=self._phase, message=message))
+        del self._events[:-MAX_EVENTS]
+        workflow.logger.info("chaos %s: %s", self._in.experiment_id, message)
+
+    def _add_sample(self, sample: HealthSample) -> None:
+        self._health.append(sample)
+        del self._health[:-MAX_HEALTH_SAMPLES]
+        if sample.score is not None:
+            self._last = sample.score
+            self._lowest = sample.score if self._lowest is None else min(self._lowest, sample.score)
+
+    def _record(self, signal: ApprovalSignal, decision: Decision, reason: str = "") -> None:
+        self._decisions.append(
+            ApprovalRecord(
+                approver=signal.approver,
+                decision=decision,
+                note=signal.note,
+                at=workflow.now(),
+                reason=reason,
+            )
+        )
+        self._note(f"{decision.value} by {signal.approver}" + (f" ({reason})" if reason else ""))
+
+    def _publish(self) -> None:
+        """Keep the UI's search attributes and current details in step with the phase."""
+        s = self._s
+        workflow.upsert_search_attributes(
+            [
+                SA_KIND.value_set(KIND_CHAOS),
+                SA_SERVICE.value_set(s.target),
+                SA_CHAOS_TYPE.value_set(s.chaos_type.value),
+                SA_STATE.value_set(self._phase.value),
+            ]
+        )
+        lines = [
+            f"**{self._phase.value}** — {s.chaos_type.value} on {', '.join(s.blast_radius)} "
+            f"({s.parameters_description()}; {s.instances_description})",
+            f"Duration: {self._duration_s:g}s" + (" (dry run)" if s.dry_run else ""),
+        ]
+        if self._ends_at is not None and not self._phase.terminal:
+            lines.append(f"Fault ends at: {self._ends_at:%H:%M:%S} UTC")
+        if self._lowest is not None:
+            lines.append(
+                f"Lowest health: {self._lowest:.2f} (abort below {s.abort_below_health:g})"
+            )
+        if self._warnings:
+            lines.append("Warnings: " + "; ".join(self._warnings))
+        if self._reason:
+            lines.append(f"Ended: {self._reason}")
+        workflow.set_current_details("\n\n".join(lines))
+
+    # --- messages --------------------------------------------------------------------
+
+    @workflow.signal(name=SIGNAL_EMERGENCY_STOP)
+    def emergency_stop(self, signal: EmergencyStopSignal) -> None:
+        """Remove the fault now and end STOPPED (the first stop counts)."""
+        if self._stop is None and not self._phase.terminal:
+            self._stop = signal
+            self._note(f"emergency stop by {signal.by or 'unknown'}: {signal.reason}")
+
+    @workflow.signal(name=SIGNAL_HEALTH_CHANGED)
+    def health_changed(self, signal: HealthChangedSignal) -> None:
+        """A process reported a blast-radius dependency's health (from the bridge)."""
+        if self._phase.terminal or signal.service not in self._s.blast_radius:
+            return
+        verdict = signal.status or ("healthy" if signal.healthy else "unhealthy")
+        score = f" score {signal.score:.2f}" if signal.score is not None else ""
+        sample = HealthSample(
+            at=workflow.now(),
+            score=signal.score,
+            healthy=signal.healthy,
+            source=f"signal:{signal.source}" if signal.source else "signal",
+            detail=f"{signal.service} {verdict}{score}",
+        )
+        self._add_sample(sample)
+        live = self._phase in (ChaosPhase.INJECTING, ChaosPhase.RUNNING)
+        trips = health_trips_guard(signal.score, signal.healthy, self._s.abort_below_health)
+        if live and trips and self._trip is None:
+            self._trip = f"health guard: {sample.detail} from {sample.source}"
+        if self._phase is ChaosPhase.VERIFYING_RECOVERY:
+            self._wake = True
+
+    @workflow.signal(name=SIGNAL_APPROVE)
+    def approve(self, signal: ApprovalSignal) -> None:
+        """A person approves the experiment (refused if not a policy approver)."""
+        self._decide(Decision.APPROVED, signal)
+
+    @workflow.signal(name=SIGNAL_REJECT)
+    def reject(self, signal: ApprovalSignal) -> None:
+        """A person rejects the experiment, which then ends FAILED without injecting."""
+        self._decide(Decision.REJECTED, signal)
+
+    def _decide(self, decision: Decision, signal: ApprovalSignal) -> None:
+        if self._s.require_approval and self._phase in (
+            ChaosPhase.VALIDATING,
+            ChaosPhase.AWAITING_APPROVAL,
+        ):
+            self._inbox.append((decision, signal))
+        else:
+            self._record(signal, Decision.IGNORED, f"nothing awaits approval ({self._phase.value})")
+
+    @workflow.query(name="status")
+    def status(self) -> ChaosStatus:
+        """Phase, time left, where the fault is active, lowest health, journal."""
+        s = self._s
+        time_left = None
+        if self._ends_at is not None and self._phase in (ChaosPhase.INJECTING, ChaosPhase.RUNNING):
+            time_left = max(0.0, (self._ends_at - workflow.now()).total_seconds())
+        return ChaosStatus(
+            experiment_id=self._in.experiment_id,
+            name=s.name,
+            chaos_type=s.chaos_type,
+            target=s.target,
+            blast_radius=list(s.blast_radius),
+            parameters=s.parameters_description(),
+            phase=self._phase,
+            dry_run=s.dry_run,
+            started_at=self._started_at,
+            injected_at=self._injected_at,
+            ends_at=self._ends_at,
+            time_left_s=time_left,
+            duration_s=self._duration_s,
+            faults_active=[self._placement] if self._placement and not s.dry_run else [],
+            lowest_health=self._lowest,
+            last_health=self._last,
+            stop_reason=self._reason,
+            warnings=list(self._warnings),
+            decisions=list(self._decisions),
+            events=list(self._events),
+        )
+
+    @workflow.query(name="report")
+    def report(self) -> ChaosReport:
+        """The experiment's report so far (the result once it has ended)."""
+        s = self._s
+        return ChaosReport(
+            experiment_id=self._in.experiment_id,
+            name=s.name,
+            chaos_type=s.chaos_type,
+            target=s.target,
+            blast_radius=list(s.blast_radius),
+            outcome=self._outcome,
+            reason=self._reason,
+            dry_run=s.dry_run,
+            requested_duration_s=s.duration_s,
+            effective_duration_s=self._duration_s,
+            started_at=self._started_at,
+            injected_at=self._injected_at,
+            removed_at=self._removed_at,
+            ended_at=workflow.now(),
+            phases=[p.model_copy() for p in self._phases],
+            health_lowest=self._lowest,
+            health_timeline=list(self._health),
+            calls_affected=dict(self._impact.calls_affected),
+            calls_seen=dict(self._impact.calls_seen),
+            breakers_opened=list(self._impact.breakers_opened),
+            recovery_workflows=list(self._impact.recovery_workflows),
+            time_to_recover_s=self._time_to_recover,
+            recovered=self._recovered,
+            cleanup=self._cleanup_record,
+            warnings=list(self._warnings),
+            decisions=list(self._decisions),
+            events=list(self._events),
+        )
+
+
+def _cause(err: ActivityError) -> str:
+    cause = err.cause
+    return str(cause.message if isinstance(cause, ApplicationError) else cause or err)
