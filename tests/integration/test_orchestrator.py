@@ -33,6 +33,7 @@ from antifragile.orchestrator_logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.processes import free_port
 from antifragile.recovery_client import orchestrator_queue, request_recovery
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -241,10 +242,10 @@ async def test_the_queue_survives_a_worker_restart(
             temporal_client, orchestrator_id, lambda v: waiting(v) == ["b"], timeout=20
         )
         assert [r.service for r in view.running] == [f"{prefix}-c"]
-        for short in ("c",):
-            await temporal_client.get_workflow_handle(
-                recovery_workflow_id(f"{prefix}-{short}")
-            ).terminate("test over")
+        # "c" holds the slot; its child workflow may start a moment after admission.
+        c_handle = temporal_client.get_workflow_handle(recovery_workflow_id(f"{prefix}-c"))
+        await wait_for(c_handle.describe, timeout=20)
+        await c_handle.terminate("test over")
         await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
 
 
