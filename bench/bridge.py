@@ -4,8 +4,9 @@ On a real dev server (started here, loopback only) with one in-process worker, 2
 of each, one at a time:
 
 * bridge: a guard's breaker opens (one failed call, threshold 1); the runtime's bridge
-  starts ``recovery-{service}`` in the background; we stop the clock when the workflow's
-  first activity starts running in the worker.
+  requests the recovery through the orchestrator in the background (signal-with-start,
+  admission, child ``recovery-{service}``); we stop the clock when the recovery's first
+  activity starts running in the worker.
 * raw: an idle workflow already waiting for a signal; we signal it and stop the clock
   when its activity starts running. This is Temporal's own floor on this machine.
 
@@ -33,7 +34,7 @@ from temporalio.worker import (
 )
 
 from antifragile.breaker import CircuitBreakerConfig
-from antifragile.policy import WorkerPolicy
+from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.processes import start_temporal_dev_server
 from antifragile.runtime import Runtime
 from antifragile.settings import Settings
@@ -119,7 +120,11 @@ async def run(trials: int) -> int:
         address = f"127.0.0.1:{server.port}"
         client = await Client.connect(address, data_converter=pydantic_data_converter)
         settings = Settings(temporal_address=address, task_queue=f"bench-{uuid.uuid4().hex[:6]}")
-        policy = WorkerPolicy()
+        # Storm control is not what this measures: lift the admission rate limit so 200
+        # back-to-back trials are admitted at once (the queue path itself is measured).
+        policy = WorkerPolicy(
+            recovery=RecoveryPolicyConfig(max_concurrent=50, max_admissions_per_minute=100_000)
+        )
         async with Worker(
             client,
             task_queue=settings.task_queue,
