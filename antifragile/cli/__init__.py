@@ -102,7 +102,10 @@ def dev(
             f"Try, in another terminal:\n"
             f"  {prefix}.venv/bin/antifragile recovery start payments "
             f"--probe tcp://127.0.0.1:{s.redis_port if s.redis_url is None else 6379} --wait\n"
-            f"  {prefix}.venv/bin/antifragile recovery list\n\n"
+            f"  {prefix}.venv/bin/antifragile recovery queue\n"
+            f"  {prefix}.venv/bin/python -m antifragile.demo_service --targets demo-db\n"
+            f"  {prefix}.venv/bin/antifragile chaos start --type latency --target demo-db "
+            f"--duration 30s --wait\n\n"
             f"Ctrl-C stops everything started here."
         )
 
