@@ -60,6 +60,11 @@ def _plain(data: Any) -> Any:
     return data
 
 
+def first_value(value: Any) -> Any:
+    """A search attribute's value: visibility returns keyword attributes as lists."""
+    return value[0] if isinstance(value, list) and value else value
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 

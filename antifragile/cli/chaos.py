@@ -40,6 +40,7 @@ from antifragile.cli._common import (
     console,
     err_console,
     fail,
+    first_value,
     load_settings,
     parse_duration_s,
     print_json,
@@ -364,9 +365,9 @@ def list_(
             rows.append(
                 {
                     "experiment_id": wf.id,
-                    "target": _first(sa.get("AfService")),
-                    "chaos_type": _first(sa.get("AfChaosType")),
-                    "phase": _first(sa.get("AfState")),
+                    "target": first_value(sa.get("AfService")),
+                    "chaos_type": first_value(sa.get("AfChaosType")),
+                    "phase": first_value(sa.get("AfState")),
                     "workflow_status": wf.status.name if wf.status else None,
                     "started": wf.start_time.isoformat(),
                 }
@@ -389,10 +390,6 @@ def list_(
         console.print(table)
 
     run(_go())
-
-
-def _first(value: Any) -> Any:
-    return value[0] if isinstance(value, list) and value else value
 
 
 @app.command("status")

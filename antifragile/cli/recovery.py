@@ -16,6 +16,7 @@ from antifragile.cli._common import (
     console,
     err_console,
     fail,
+    first_value,
     load_settings,
     parse_duration_s,
     parse_model,
@@ -275,10 +276,10 @@ def list_(
             sa = wf.search_attributes
             rows.append(
                 {
-                    "service": _first(sa.get("AfService")),
-                    "state": _first(sa.get("AfState")),
-                    "strategy": _first(sa.get("AfStrategy")),
-                    "priority": _first(sa.get("AfPriority")),
+                    "service": first_value(sa.get("AfService")),
+                    "state": first_value(sa.get("AfState")),
+                    "strategy": first_value(sa.get("AfStrategy")),
+                    "priority": first_value(sa.get("AfPriority")),
                     "workflow_status": wf.status.name if wf.status else None,
                     "started": wf.start_time.isoformat(),
                     "workflow_id": wf.id,
@@ -303,10 +304,6 @@ def list_(
         console.print(table)
 
     run(_go())
-
-
-def _first(value: Any) -> Any:
-    return value[0] if isinstance(value, list) and value else value
 
 
 def _decide(service: str, by: str, note: str, decision: Decision) -> None:
