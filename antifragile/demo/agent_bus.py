@@ -74,6 +74,12 @@ class AgentBus:
         persist_batch: Most messages in one persisted stream entry. Default 512.
         outbox_limit: Delivered messages kept while Redis is failing. Default 200,000.
         latency_samples: Most recent per-message latencies kept. Default 200,000.
+        breaker_config: Breaker of the Redis guard. Default: opens after 5 failures,
+            stays open 2 s.
+        redis_guard: Name of the Redis dependency's guard (fault target, recovery
+            ``recovery-{name}``). Default ``redis``.
+        stream_maxlen: Approximate cap on stream entries; None keeps every entry (exact
+            accounting, as the demo does). Default 10,000.
     """
 
     def __init__(
@@ -88,9 +94,12 @@ class AgentBus:
         outbox_limit: int = 200_000,
         latency_samples: int = 200_000,
         breaker_config: CircuitBreakerConfig | None = None,
+        redis_guard: str = "redis",
+        stream_maxlen: int | None = 10_000,
     ) -> None:
         self._redis = redis_client
         self.stream = stream
+        self.stream_maxlen = stream_maxlen
         self.batch_size = batch_size
         self.outbox_limit = outbox_limit
         self.stats = BusStats()
@@ -106,7 +115,7 @@ class AgentBus:
         if runtime is not None:
             self._agents = runtime.guard("agents", recovery=False)
             self._redis_guard = runtime.guard(
-                "redis",
+                redis_guard,
                 probe=redis_probe,
                 breaker_config=breaker_config
                 or CircuitBreakerConfig(failure_threshold=5, open_duration_s=2.0),
@@ -219,7 +228,7 @@ class AgentBus:
         await self._redis.xadd(
             self.stream,
             {"first": chunk[0].seq, "n": len(chunk), "msgs": packed},
-            maxlen=10_000,
+            maxlen=self.stream_maxlen,
             approximate=True,
         )
 
