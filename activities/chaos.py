@@ -201,8 +201,13 @@ class ChaosActivities:
     @activity.defn(name="measure_health")
     async def measure_health(self, data: MeasureHealthInput) -> HealthMeasurement:
         """Lowest health of the targets over the fleet's Redis snapshots."""
-        score, count, detail = await self.plane.fleet_health(data.targets)
-        return HealthMeasurement(score=score, instances=count, detail=detail)
+        fleet = await self.plane.fleet_health(data.targets)
+        return HealthMeasurement(
+            score=fleet.score,
+            instances=fleet.instances,
+            detail=fleet.detail,
+            targets_score=fleet.targets_score,
+        )
 
     @activity.defn(name="check_experiment_running")
     async def check_experiment_running(self, data: CheckExperimentInput) -> ExperimentRunState:

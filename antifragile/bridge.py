@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from antifragile.aio import cancel_and_wait
 from antifragile.breaker import CircuitState, StateChange
 from antifragile.constants import (
     KIND_CHAOS,
@@ -199,11 +200,7 @@ class Bridge:
         if self._intents and self._tasks:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain_once(), 2.0)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         self._wake = self._publish_wake = None
         if remove_snapshot and self._redis is not None:

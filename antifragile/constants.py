@@ -5,6 +5,8 @@ from __future__ import annotations
 from temporalio.common import SearchAttributeKey
 
 DEFAULT_TASK_QUEUE = "antifragile"
+DEMO_TASK_QUEUE = "antifragile-demo"
+"""Task queue of ``antifragile demo``'s own worker (its own policy and orchestrator)."""
 
 # Workflow ids are meaningful so the UI and the CLI can find a workflow by service.
 RECOVERY_WORKFLOW_ID_PREFIX = "recovery-"

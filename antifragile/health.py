@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from antifragile.aio import cancel_and_wait
 from antifragile.breaker import CircuitBreaker, CircuitState, Clock
 from antifragile.errors import ConfigError
 
@@ -425,9 +426,7 @@ class HealthAggregator:
     async def stop(self) -> None:
         """Stop the sampler and any pending timer; waits for running callbacks."""
         if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+            await cancel_and_wait([self._sampler])
             self._sampler = None
         if self._window_timer is not None:
             self._window_timer.cancel()

@@ -462,7 +462,9 @@ class ChaosExperimentWorkflow:
             if sample is None:
                 self._note("no health source: recovery not measured")
                 break
-            if health_is_back(sample.score, sample.healthy, self._s.abort_below_health):
+            # Back means the targets' own breakers, not only the process around them.
+            back = sample.targets_score if sample.targets_score is not None else sample.score
+            if health_is_back(back, sample.healthy, self._s.abort_below_health):
                 self._recovered = True
                 self._time_to_recover = round((now - self._removed_at).total_seconds(), 3)
                 self._note(f"health back after {self._time_to_recover:g}s")
@@ -539,6 +541,7 @@ class ChaosExperimentWorkflow:
         sample = HealthSample(
             at=workflow.now(),
             score=health.score,
+            targets_score=health.targets_score,
             healthy=healthy,
             source="fleet" if not s.steady_state_probe else "fleet+probe",
             detail="; ".join(details),

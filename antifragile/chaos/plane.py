@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from antifragile.aio import cancel_and_wait
 from antifragile.chaos.faults import ChaosFault, ImpactStats, build_fault
 from antifragile.chaos.logic import instance_selected
 from antifragile.constants import (
@@ -276,33 +277,42 @@ class FaultPlane:
 
         return Impact(ints(affected), ints(seen), sorted(str(_decode(b)) for b in breakers))
 
-    async def fleet_health(self, targets: list[str]) -> tuple[float | None, int, str]:
-        """Lowest health over the processes' snapshots ``af:health:{instance}``.
+    async def fleet_health(self, targets: list[str]) -> FleetHealth:
+        """Lowest health over the snapshots ``af:health:{instance}`` of the processes
+        that guard any of ``targets``.
 
         A snapshot is JSON (a string key, or a hash with a ``snapshot``/``score``
-        field). When it lists breaker states by name, the score is computed over the
-        ``targets`` (closed 1, half-open 0.5, open 0); else its overall ``score`` counts.
-
-        Returns:
-            (lowest score or None, instances reporting, detail)
+        field). Two scores come out of it: the process's own health score (what the
+        health guard compares, see :func:`snapshot_process_score`) and the score of the
+        targets' breakers alone (closed 1, half-open 0.5, open 0: what recovery
+        verification waits for, see :func:`snapshot_score`).
         """
         keys = [k async for k in self._r.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500)]
-        lowest: float | None = None
+        out = FleetHealth()
         lowest_at = ""
-        count = 0
         for key in keys:
             data = await self._read_snapshot(key)
             if data is None:
                 continue
-            score = snapshot_score(data, targets)
+            score = snapshot_process_score(data, targets)
             if score is None:
                 continue
-            count += 1
-            if lowest is None or score < lowest:
-                lowest, lowest_at = score, str(_decode(key)).removeprefix(REDIS_HEALTH_KEY_PREFIX)
-        if lowest is None:
-            return None, 0, "no process publishes health for these targets"
-        return lowest, count, f"lowest {lowest:.2f} at {lowest_at} ({count} reporting)"
+            out.instances += 1
+            if out.score is None or score < out.score:
+                out.score = score
+                lowest_at = str(_decode(key)).removeprefix(REDIS_HEALTH_KEY_PREFIX)
+            targets_score = snapshot_score(data, targets)
+            if targets_score is not None and (
+                out.targets_score is None or targets_score < out.targets_score
+            ):
+                out.targets_score = targets_score
+        if out.score is None:
+            out.detail = "no process publishes health for these targets"
+        else:
+            out.detail = f"lowest {out.score:.2f} at {lowest_at} ({out.instances} reporting)"
+            if out.targets_score is not None:
+                out.detail += f"; targets' breakers {out.targets_score:.2f}"
+        return out
 
     async def _read_snapshot(self, key: Any) -> dict[str, Any] | None:
         try:
@@ -322,6 +332,47 @@ class FaultPlane:
 
 
 _STATE_SCORE = {"CLOSED": 1.0, "HALF_OPEN": 0.5, "OPEN": 0.0, "FORCED_OPEN": 0.0}
+
+
+@dataclass
+class FleetHealth:
+    """What :meth:`FaultPlane.fleet_health` found.
+
+    Attributes:
+        score: Lowest process health score among processes guarding a target (None:
+            nobody reports).
+        instances: How many processes reported.
+        detail: Which process was lowest, or why there is no score.
+        targets_score: Lowest score of the targets' own breakers (None: no process
+            publishes per-breaker states).
+    """
+
+    score: float | None = None
+    instances: int = 0
+    detail: str = ""
+    targets_score: float | None = None
+
+
+def snapshot_process_score(data: dict[str, Any], targets: list[str]) -> float | None:
+    """The health score of one process, if it guards any of ``targets`` (else None).
+
+    This is the number the health guard compares with ``abort_below_health``: the
+    process's aggregate (weighted over all its breakers), as the runtime publishes it
+    and as the bridge signals it. Breaking the target is the experiment's purpose; the
+    guard is there for the damage beyond it. A snapshot without an overall score falls
+    back to the targets' breakers.
+    """
+    targets_score = snapshot_score(data, targets)
+    has_details = any(isinstance(data.get(f), dict) for f in ("circuit_details", "breakers"))
+    if has_details and targets_score is None:
+        return None  # this process does not guard a target
+    score = data.get("health_score", data.get("score"))
+    if score is None:
+        return targets_score
+    try:
+        return max(0.0, min(1.0, float(score)))
+    except (TypeError, ValueError):
+        return targets_score
 
 
 def snapshot_score(data: dict[str, Any], targets: list[str]) -> float | None:
@@ -409,11 +460,7 @@ class FaultSubscriber:
 
     async def stop(self) -> None:
         """Stop following, drop every fault locally, publish the last counts."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         for experiment_id in list(self.faults):
             self._drop(experiment_id, "subscriber stopped")

@@ -93,8 +93,9 @@ class ChaosScenario(StrictModel):
         duration_s: How long the fault stays injected, seconds. Default 30.
         max_duration_s: Cap on ``duration_s``; the worker policy's cap and 300 s
             apply too. A longer duration is capped with a warning. Default 300.
-        abort_below_health: The health guard: a health score below this aborts the
-            experiment and removes the fault. Default 0.5.
+        abort_below_health: The health guard: when the health score of a process that
+            guards a target (its aggregate over all its breakers) falls below this, the
+            experiment aborts and removes the fault. Default 0.5.
         steady_state_probe: Optional URL (tcp/http(s)/redis) that must be healthy
             before injection and is checked while running. Default none.
         recovery_timeout_s: How long VERIFYING_RECOVERY waits for health after the

@@ -113,6 +113,80 @@ def dev(
     err_console.print("dev stack stopped")
 
 
+@app.command("demo")
+def demo(
+    port: Annotated[int, typer.Option(help="Temporal gRPC port (started if free).")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal UI port.")] = 8233,
+    redis_port: Annotated[int, typer.Option(help="Redis port (started if free).")] = 6379,
+    data_dir: Annotated[Path, typer.Option(help="Where a stack started here persists.")] = Path(
+        ".antifragile"
+    ),
+    rate: Annotated[int, typer.Option(help="Messages per second offered to the bus.")] = 5000,
+    chaos_duration: Annotated[
+        str, typer.Option(help="How long the fault stays injected, e.g. 8s.")
+    ] = "8s",
+    step_timeout: Annotated[str, typer.Option(help="Longest wait for one step.")] = "60s",
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep a stack started here running until Ctrl-C.")
+    ] = False,
+) -> int:
+    """Agent bus under chaos, recovered through Temporal: every step checked (exit 0 = all)."""
+    import asyncio
+    import signal as signals
+
+    from antifragile.cli._common import parse_duration_s
+    from antifragile.demo.runner import run_demo
+    from antifragile.demo.stack import DemoOptions
+
+    settings = load_settings()
+    env = os.environ
+    options = DemoOptions(
+        port=port,
+        ui_port=ui_port,
+        redis_port=redis_port,
+        data_dir=data_dir,
+        rate=rate,
+        chaos_duration_s=parse_duration_s(chaos_duration, "--chaos-duration"),
+        step_timeout_s=parse_duration_s(step_timeout, "--step-timeout"),
+        keep=keep,
+        # An explicitly configured Temporal or Redis is used as it is, never started.
+        temporal_address=env.get("ANTIFRAGILE_TEMPORAL_ADDRESS") or None,
+        redis_url=env.get("ANTIFRAGILE_REDIS_URL") or None,
+        ui_url=env.get("ANTIFRAGILE_UI_URL") or None,
+    )
+    options.validate()
+
+    async def _go() -> bool:
+        stop, keeping = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+
+        def interrupt() -> None:
+            # Ctrl-C / SIGTERM end the demo at once (run_demo's cleanup stops the stack);
+            # after a --keep demo they end the wait, the normal way out.
+            stop.set()
+            if main_task is not None and not keeping.is_set():
+                main_task.cancel()
+
+        for sig in (signals.SIGINT, signals.SIGTERM):
+            loop.add_signal_handler(sig, interrupt)
+        console.print(
+            "[bold]antifragile demo[/bold]: an agent bus under chaos, recovered through Temporal\n"
+        )
+
+        def out(line: str) -> None:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        try:
+            result = await run_demo(options, settings, out=out, stop=stop, keeping=keeping)
+        except asyncio.CancelledError:
+            err_console.print("demo interrupted; everything it started is stopped")
+            return False
+        return result.ok
+
+    return 0 if run(_go()) else 1
+
+
 def _configure_logging() -> None:
     from antifragile.logs import configure_logging
 

@@ -325,6 +325,12 @@ def _decide(service: str, by: str, note: str, decision: Decision) -> None:
                 record = after.decisions[-1]
                 if record.decision is Decision.REFUSED:
                     fail(f"{by} was refused: {record.reason}")
+                # An approval starts a round a moment after it is recorded: report that.
+                for _ in range(20):
+                    if after.state is not RecoveryState.AWAITING_APPROVAL:
+                        break
+                    await asyncio.sleep(0.1)
+                    after = await _status(handle)
                 console.print(
                     f"{record.decision.value} by {record.approver}: recovery of "
                     f"{service} is now {after.state.value}"

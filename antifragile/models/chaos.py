@@ -140,6 +140,8 @@ class HealthSample(StrictModel):
     healthy: bool = True
     source: str = ""
     detail: str = ""
+    targets_score: float | None = None
+    """Score of the targets' own breakers, when the source has it (fleet snapshots)."""
 
 
 class ChaosEvent(StrictModel):
@@ -372,14 +374,18 @@ class HealthMeasurement(StrictModel):
     """Fleet health of the targets, from the processes' Redis snapshots.
 
     Attributes:
-        score: Lowest score over reporting instances (None: nobody reports).
+        score: Lowest process health score over the instances guarding a target (None:
+            nobody reports). The health guard compares this.
         instances: How many instances reported.
         detail: Which instance was lowest, or why there is no score.
+        targets_score: Lowest score of the targets' own breakers (None: not published).
+            Recovery verification waits for this.
     """
 
     score: float | None = None
     instances: int = 0
     detail: str = ""
+    targets_score: float | None = None
 
 
 class CollectImpactInput(StrictModel):

@@ -18,6 +18,7 @@ from antifragile.chaos.plane import (
     FaultPlane,
     FaultSubscriber,
     fault_key,
+    snapshot_process_score,
     snapshot_score,
 )
 from antifragile.chaos.scenario import ChaosType
@@ -253,3 +254,17 @@ async def test_lease_keys_have_a_ttl(plane: FaultPlane, redis_url: str) -> None:
     assert 0 < await raw.pttl(fault_key(s.experiment_id)) <= 3000
     await raw.aclose()
     await plane.remove(s.experiment_id)
+
+
+def test_process_score_is_the_aggregate_of_processes_guarding_a_target() -> None:
+    snap = {
+        "health_score": 0.5,
+        "circuit_details": {"db": {"state": "OPEN"}, "cache": {"state": "CLOSED"}},
+    }
+    # The guard sees the process (0.5), verification the target's breaker (0.0).
+    assert snapshot_process_score(snap, ["db"]) == 0.5
+    assert snapshot_score(snap, ["db"]) == 0.0
+    assert snapshot_process_score(snap, ["other"]) is None
+    # Without an overall score, the targets' breakers are all there is.
+    assert snapshot_process_score({"breakers": {"db": "OPEN"}}, ["db"]) == 0.0
+    assert snapshot_process_score({"score": 0.8}, ["db"]) == 0.8

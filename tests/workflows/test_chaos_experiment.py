@@ -259,6 +259,39 @@ async def test_fleet_health_in_redis_trips_the_guard_and_recovery_is_timed(
     assert report.health_timeline[0].score == 1.0
 
 
+async def test_a_broken_target_in_a_healthy_enough_process_does_not_trip_the_guard(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(duration_s=20)  # abort_below_health 0.5 (the default)
+    key = f"{REDIS_HEALTH_KEY_PREFIX}wf-test-{uuid.uuid4().hex[:6]}"
+
+    def snap(score: float, target_state: str) -> str:
+        details = {sc.target: {"state": target_state}, "other": {"state": "CLOSED"}}
+        return json.dumps({"health_score": score, "circuit_details": details})
+
+    await redis_client.set(key, snap(1.0, "CLOSED"))
+    try:
+        async with running() as queue:
+            handle = await start(env.client, sc, task_queue=queue)
+            await wait_phase(handle, P.RUNNING)
+            # The fault did what it is for: the target's breaker is open, the process
+            # (two breakers) is at 0.5. Not below the guard: the experiment goes on.
+            await redis_client.set(key, snap(0.5, "OPEN"))
+            await wait_phase(handle, P.VERIFYING_RECOVERY, timeout=60)
+            # Verification waits for the target's own breaker, not just the process.
+            await asyncio.sleep(0.5)
+            assert (await handle.query("status", result_type=ChaosStatus)).phase is (
+                P.VERIFYING_RECOVERY
+            )
+            await redis_client.set(key, snap(1.0, "CLOSED"))
+            report = await handle.result()
+    finally:
+        await redis_client.delete(key)
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.health_lowest == 0.5
+    assert report.recovered is True
+
+
 async def test_emergency_stop_removes_the_fault_and_ends_stopped(
     env: WorkflowEnvironment, running, redis_client: aioredis.Redis
 ) -> None:
