@@ -73,27 +73,64 @@ class DevStack:
                 f"port {self.redis_port} (Redis) is already in use: pass --redis-port, or set "
                 f"ANTIFRAGILE_REDIS_URL to use that Redis"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.started.append(
-                start_temporal_dev_server(
-                    self.port,
-                    ui_port=self.ui_port,
-                    db_file=self.data_dir / "temporal.db",
-                    log_path=self.data_dir / "temporal.log",
-                )
-            )
+            self._start_temporal()
             if self.redis_url is None:
-                self.started.append(
-                    start_redis(
-                        self.redis_port,
-                        data_dir=self.data_dir / "redis",
-                        log_path=self.data_dir / "redis.log",
-                    )
-                )
+                self._start_redis()
         except Exception:
             self.stop_servers()
             raise
+
+    def start_missing(self, *, temporal: bool = True) -> list[str]:
+        """Start Temporal and Redis where nothing listens yet; reuse what runs.
+
+        Args:
+            temporal: False when Temporal is configured elsewhere (not started, not noted).
+
+        Returns:
+            One phrase per server: ``Temporal 127.0.0.1:7233 (already running)`` …
+        """
+        notes = []
+        try:
+            if not temporal:
+                pass
+            elif port_open("127.0.0.1", self.port):
+                notes.append(f"Temporal {self.temporal_address} (already running)")
+            else:
+                self._start_temporal()
+                notes.append(f"Temporal {self.temporal_address} (started, UI {self.ui_url})")
+            if self.redis_url is not None:
+                notes.append(f"Redis {self.redis_url} (configured)")
+            elif port_open("127.0.0.1", self.redis_port):
+                notes.append(f"Redis {self.effective_redis_url} (already running)")
+            else:
+                self._start_redis()
+                notes.append(f"Redis {self.effective_redis_url} (started)")
+        except Exception:
+            self.stop_servers()
+            raise
+        return notes
+
+    def _start_temporal(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.started.append(
+            start_temporal_dev_server(
+                self.port,
+                ui_port=self.ui_port,
+                db_file=self.data_dir / "temporal.db",
+                log_path=self.data_dir / "temporal.log",
+            )
+        )
+
+    def _start_redis(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.started.append(
+            start_redis(
+                self.redis_port,
+                data_dir=self.data_dir / "redis",
+                log_path=self.data_dir / "redis.log",
+            )
+        )
 
     def stop_servers(self) -> None:
         """Stop what this stack started, newest first; idempotent."""

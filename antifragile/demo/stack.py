@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from antifragile.constants import DEMO_TASK_QUEUE
+from antifragile.devstack import DevStack
 from antifragile.errors import ConfigError
-from antifragile.processes import ServerProcess, port_open, start_redis, start_temporal_dev_server
+from antifragile.processes import ServerProcess
 from antifragile.settings import Settings
 
 
@@ -62,55 +63,29 @@ class DemoStack:
     """The Temporal and Redis the demo uses, and whatever it had to start for them."""
 
     options: DemoOptions
-    started: list[ServerProcess] = field(default_factory=list)
     temporal_address: str = ""
     redis_url: str = ""
     ui_url: str = ""
+    dev: DevStack = field(init=False)
+
+    def __post_init__(self) -> None:
+        o = self.options
+        self.dev = DevStack(o.port, o.ui_port, o.redis_port, o.data_dir, o.redis_url)
+
+    @property
+    def started(self) -> list[ServerProcess]:
+        """The servers the demo started (stopped again by :meth:`stop`)."""
+        return self.dev.started
 
     def start(self) -> str:
         """Use what runs, start what does not; a sentence saying which."""
         o = self.options
-        notes = []
+        notes = self.dev.start_missing(temporal=not o.temporal_address)
         if o.temporal_address:
-            self.temporal_address = o.temporal_address
-            self.ui_url = o.ui_url or "http://127.0.0.1:8233"
-            notes.append(f"Temporal {self.temporal_address} (configured)")
-        else:
-            self.temporal_address = f"127.0.0.1:{o.port}"
-            self.ui_url = o.ui_url or f"http://127.0.0.1:{o.ui_port}"
-            if port_open("127.0.0.1", o.port):
-                notes.append(f"Temporal {self.temporal_address} (already running)")
-            else:
-                o.data_dir.mkdir(parents=True, exist_ok=True)
-                self.started.append(
-                    start_temporal_dev_server(
-                        o.port,
-                        ui_port=o.ui_port,
-                        db_file=o.data_dir / "temporal.db",
-                        log_path=o.data_dir / "temporal.log",
-                    )
-                )
-                notes.append(f"Temporal {self.temporal_address} (started, UI {self.ui_url})")
-        if o.redis_url:
-            self.redis_url = o.redis_url
-            notes.append(f"Redis {self.redis_url} (configured)")
-        else:
-            self.redis_url = f"redis://127.0.0.1:{o.redis_port}/0"
-            if port_open("127.0.0.1", o.redis_port):
-                notes.append(f"Redis {self.redis_url} (already running)")
-            else:
-                try:
-                    self.started.append(
-                        start_redis(
-                            o.redis_port,
-                            data_dir=o.data_dir / "redis",
-                            log_path=o.data_dir / "redis.log",
-                        )
-                    )
-                except Exception:
-                    self.stop()
-                    raise
-                notes.append(f"Redis {self.redis_url} (started)")
+            notes.insert(0, f"Temporal {o.temporal_address} (configured)")
+        self.temporal_address = o.temporal_address or self.dev.temporal_address
+        self.ui_url = o.ui_url or self.dev.ui_url
+        self.redis_url = self.dev.effective_redis_url
         return ", ".join(notes)
 
     def settings(self, base: Settings) -> Settings:
@@ -126,5 +101,4 @@ class DemoStack:
 
     def stop(self) -> None:
         """Stop what the demo started, newest first."""
-        while self.started:
-            self.started.pop().stop()
+        self.dev.stop_servers()
