@@ -62,9 +62,19 @@ class ChildProcess:
 
 
 class Demo(ChildProcess):
-    """The demo service; ``status()`` reads its latest status file."""
+    """The demo service; ``status()`` reads its latest status file.
 
-    def __init__(self, env: dict[str, str], workdir: Path, targets: list[str], instance: str):
+    ``extra`` flags follow the defaults (argparse: the last one wins), e.g. ``--meter``.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        targets: list[str],
+        instance: str,
+        extra: list[str] | None = None,
+    ) -> None:
         self.status_file = workdir / f"{instance}.json"
         super().__init__(
             [
@@ -84,6 +94,7 @@ class Demo(ChildProcess):
                 "0.3",
                 "--report-interval",
                 "0.1",
+                *(extra or []),
             ],
             env,
             workdir / f"{instance}.log",
