@@ -10,7 +10,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.processes import ServerProcess, free_port
@@ -104,6 +107,14 @@ async def wait_for(
             if value:
                 return value
             await asyncio.sleep(interval)
+
+
+async def workflow_task_failures(handle: WorkflowHandle[Any, Any]) -> int:
+    """How many workflow tasks of ``handle``'s run failed (a stuck workflow retries them)."""
+    history = await handle.fetch_history()
+    return sum(
+        1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    )
 
 
 class Listener:
