@@ -109,9 +109,6 @@ async def test_a_recovery_approval_by_a_non_approver_is_refused_recorded_and_cha
         assert [(d.approver, d.decision) for d in now.decisions] == [("mallory", Decision.REFUSED)]
         assert "not an approver" in now.decisions[0].reason
         assert now.attempts == before.attempts, "a refused approval runs no attempt"
-        shown = await run_cli(gated_env, "recovery", "status", service, "--json")
-        assert shown.code == 0, shown
-        assert json.loads(shown.stdout)["decisions"][0]["decision"] == "refused"
 
         approved = await run_cli(gated_env, "recovery", "approve", service, "--by", "alice")
         assert approved.code == 0, approved

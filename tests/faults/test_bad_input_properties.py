@@ -122,7 +122,7 @@ plausible = (
 wrong in one field or two, not in everything at once."""
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=250, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     st.dictionaries(st.sampled_from(SCENARIO_FIELDS), plausible | json_values, max_size=4),
     st.just(set()) | st.sets(st.sampled_from(list(VALID_SCENARIO)), max_size=1),
@@ -172,7 +172,7 @@ def scenarios(draw: st.DrawFn) -> ChaosScenario:
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scenarios())
 def test_valid_scenarios_survive_the_temporal_payload_round_trip(scenario: ChaosScenario) -> None:
     data = ChaosExperimentInput(scenario=scenario, experiment_id=f"chaos-{scenario.name}-1")
@@ -186,7 +186,7 @@ def test_valid_scenarios_survive_the_temporal_payload_round_trip(scenario: Chaos
 CHAOS_SIGNALS = [EmergencyStopSignal, HealthChangedSignal, ApprovalSignal]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(CHAOS_SIGNALS),
     json_values
@@ -214,7 +214,7 @@ def test_chaos_signal_payloads_decode_as_the_worker_does_or_are_refused_cleanly(
     assert decoded == expected
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     st.sampled_from([".yaml", ".json"]),
     st.text(max_size=80)
