@@ -146,12 +146,15 @@ async def test_a_sigkilled_worker_leaves_no_fault_after_the_ttl_and_a_new_one_co
     ready.worker.start()
     report: ChaosReport = await asyncio.wait_for(handle.result(), 60)
     # The lease ran out while no worker ran: the next renewal finds it gone (STOPPED),
-    # unless the new worker came up only after the duration was over (COMPLETED).
+    # unless the new worker came up only after the duration was over (COMPLETED), or the
+    # kill caught a renewal activity mid-flight, whose retries then ran out (FAILED).
     expected = {
         ChaosOutcome.STOPPED: "fault lease removed from outside the experiment",
         ChaosOutcome.COMPLETED: "ran for the full duration",
+        ChaosOutcome.FAILED: "lease renewal failed",
     }
-    assert report.outcome in expected and report.reason == expected[report.outcome], report
+    assert report.outcome in expected, report
+    assert report.reason.startswith(expected[report.outcome]), report.reason
     assert_complete(report, report.outcome)
     assert report.cleanup.method == "already_gone" and not report.cleanup.lease_removed
     assert await workflow_task_failures(handle) == 0

@@ -97,11 +97,12 @@ async def test_redis_down_10s_loses_no_metering_event_keeps_calls_working_and_ap
 
         # The service saw the outage ...
         assert any(not s["plane_connected"] for _, s in samples), "plane never disconnected"
-        # ... its fault went away by itself no later than the lease TTL (plus one status
-        # interval and scheduling slack on a busy machine) and never came back ...
+        # ... its fault went away by itself no later than the lease TTL (plus what it takes
+        # to see it: a status write every 0.1 s, a read every 0.2 s, a busy machine's
+        # scheduling) and never came back ...
         faulted = [t for t, s in samples if s["targets"][slow]["fault"] is not None]
         last_fault = max(faulted, default=down_at)
-        assert last_fault - renewed_at <= LEASE_TTL_S + 1.0, last_fault - renewed_at
+        assert last_fault - renewed_at <= LEASE_TTL_S + 1.5, last_fault - renewed_at
         assert faulted == [t for t, _ in samples if t <= last_fault]
         assert all(s["targets"][plain]["fault"] is None for _, s in samples)
         # ... and guarded calls kept succeeding through the whole outage window.
