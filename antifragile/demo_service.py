@@ -10,7 +10,15 @@ leave again:
 - per target: outcome counters (``ok``, ``RuntimeError``, ``ConnectionError``,
   ``TimeoutError``, ``CircuitOpenError``, ``ConcurrencyLimitError`` …), the latencies of
   the last calls, breaker state, calls in flight and the active fault's experiment id;
-- per process: resident memory and CPU use over the last interval.
+- per process: resident memory and CPU use over the last interval;
+- with ``--meter``: one :class:`~antifragile.metering.UsageEvent` per call
+  (``demo_call:{target}``) on top of the guards' own ``guarded_call:{target}`` counts,
+  flushed to the Redis metering stream, and the metering counters (``recorded``,
+  ``written``, ``buffered``, ``dropped`` …) under ``metering`` in the status.
+
+SIGTERM/SIGINT stop it cleanly: the callers finish the call they are in, the runtime
+flushes metering, and a last status with ``"stopped": true`` and the final counters is
+written.
 
 The call itself is a 1 ms sleep: what is measured is what the guard does around it.
 """
@@ -25,11 +33,13 @@ import os
 import signal
 import time
 from collections import Counter, deque
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from antifragile.breaker import CircuitBreakerConfig
 from antifragile.guard import Guard
+from antifragile.metering import UsageEvent
 from antifragile.runtime import Runtime
 from antifragile.settings import Settings
 
@@ -82,8 +92,13 @@ class DemoService:
         }
         self.counts: dict[str, Counter[str]] = {t: Counter() for t in targets}
         self.recent: dict[str, deque[float]] = {t: deque(maxlen=RECENT) for t in targets}
+        # Built once per call site and recorded many times (UsageEvent is immutable).
+        self.usage: dict[str, UsageEvent] = {
+            t: UsageEvent(runtime.tenant_id, f"demo_call:{t}") for t in targets
+        }
         self._cpu = (time.monotonic(), time.process_time())
         self.cpu_percent = 0.0
+        self._stopping = False
 
     async def call_once(self, target: str) -> None:
         """One guarded call; its outcome and latency are recorded."""
@@ -94,14 +109,23 @@ class DemoService:
             outcome = "ok"
         except Exception as exc:
             outcome = _outcome_name(exc)
+        # Counted and metered together (no await in between): the status counts and the
+        # metering stream can be compared exactly.
         self.counts[target][outcome] += 1
+        metering = self.runtime.metering
+        if metering is not None:
+            metering.record(self.usage[target])
         self.recent[target].append(round((time.perf_counter() - start) * 1000, 2))
 
     async def caller(self, target: str) -> None:
-        """Call ``target`` forever."""
-        while True:
+        """Call ``target`` until :meth:`stop_calling`; the call in progress finishes."""
+        while not self._stopping:
             await self.call_once(target)
             await asyncio.sleep(self.interval_s)
+
+    def stop_calling(self) -> None:
+        """Ask every caller to stop after the call it is making."""
+        self._stopping = True
 
     def status(self) -> dict[str, Any]:
         """The document written to the status file."""
@@ -123,6 +147,7 @@ class DemoService:
                 "fault_type": spec.chaos_type.value if spec is not None else None,
             }
         sub = self.runtime.fault_subscriber
+        metering = self.runtime.metering
         return {
             "instance": self.runtime.instance_id,
             "pid": os.getpid(),
@@ -131,6 +156,8 @@ class DemoService:
             "cpu_percent": self.cpu_percent,
             "halted": bool(sub and sub.halted),
             "plane_connected": bool(sub and sub.connected),
+            "metering": asdict(metering.stats()) if metering is not None else None,
+            "stopped": self._stopping,
             "targets": targets,
         }
 
@@ -171,7 +198,7 @@ async def serve(args: argparse.Namespace) -> None:
     runtime = Runtime(
         settings,
         instance_id=args.instance_id,
-        metering=False,
+        metering=args.meter,
         bridge=not args.no_bridge,
         publish_interval_s=args.publish_interval,
         health_ttl_s=max(2.0, args.publish_interval * 5),
@@ -191,26 +218,37 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     status_file = Path(args.status_file) if args.status_file else None
     last: dict[str, Any] | None = None
+
+    def report() -> None:
+        nonlocal last
+        doc = demo.status()
+        if status_file is not None:
+            write_atomically(status_file, doc)
+        elif args.json:
+            print(json.dumps(doc), flush=True)
+        else:
+            print(summary_line(doc, last), flush=True)
+            last = doc
+
     async with runtime:
         tasks = [
             asyncio.create_task(demo.caller(t)) for t in demo.guards for _ in range(demo.workers)
         ]
         try:
             while not stop.is_set():
-                doc = demo.status()
-                if status_file is not None:
-                    write_atomically(status_file, doc)
-                elif args.json:
-                    print(json.dumps(doc), flush=True)
-                else:
-                    print(summary_line(doc, last), flush=True)
-                    last = doc
+                report()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.report_interval)
         finally:
-            for task in tasks:
+            # Let each caller finish its call (the guard timeout bounds it), so every
+            # counted call is metered and vice versa; cancel only a caller that hangs.
+            demo.stop_calling()
+            _, hanging = await asyncio.wait(tasks, timeout=2 * args.timeout + 2)
+            for task in hanging:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+    # The runtime has stopped and flushed metering: the last status has the final counts.
+    report()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -228,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-interval", type=float, default=1.0, help="status every s")
     parser.add_argument("--publish-interval", type=float, default=0.5, help="health every s")
     parser.add_argument("--no-bridge", action="store_true", help="no Temporal, no snapshots")
+    parser.add_argument(
+        "--meter", action="store_true", help="meter every call to the Redis metering stream"
+    )
     asyncio.run(serve(parser.parse_args(argv)))
 
 

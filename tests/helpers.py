@@ -10,12 +10,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.processes import ServerProcess, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def stack_env(
@@ -85,6 +88,31 @@ async def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> CliRe
     return CliResult(proc.returncode, out.decode(), err.decode())
 
 
+async def run_cli_batch(
+    env: dict[str, str], commands: list[list[str]], timeout: float = 120
+) -> list[CliResult]:
+    """Run many ``antifragile`` command lines, each in its own process (see tests.cli_batch).
+
+    One Python process imports the CLI once and forks a child per command, so a long list
+    of bad-input cases costs milliseconds each instead of a full interpreter start.
+    """
+    import json
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.cli_batch",
+        cwd=REPO,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(commands).encode()), timeout)
+    assert proc.returncode == 0, err.decode()
+    return [CliResult(r["code"], r["stdout"], r["stderr"]) for r in json.loads(out)]
+
+
 async def wait_for(
     predicate: Callable[[], Awaitable[object]], timeout: float = 30.0, interval: float = 0.1
 ) -> object:
@@ -104,6 +132,14 @@ async def wait_for(
             if value:
                 return value
             await asyncio.sleep(interval)
+
+
+async def workflow_task_failures(handle: WorkflowHandle[Any, Any]) -> int:
+    """How many workflow tasks of ``handle``'s run failed (a stuck workflow retries them)."""
+    history = await handle.fetch_history()
+    return sum(
+        1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    )
 
 
 class Listener:

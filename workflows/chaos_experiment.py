@@ -147,6 +147,9 @@ class ChaosExperimentWorkflow:
         self._ends_at: datetime | None = None
         self._removed_at: datetime | None = None
         self._lease_until: datetime | None = None
+        # The earliest the lease can expire: its last write was *sent* no earlier than
+        # this minus the TTL (``_lease_until`` counts from when the result was seen).
+        self._lease_expires_earliest: datetime | None = None
         self._lease_maybe_written = False
         self._guardian_started = False
         self._placement: FaultPlacement | None = None
@@ -285,6 +288,7 @@ class ChaosExperimentWorkflow:
         self._lease_maybe_written = not s.dry_run
         if self._lease_maybe_written:
             await self._start_guardian()
+        sent = workflow.now()
         try:
             result = await workflow.execute_activity(
                 "inject_fault",
@@ -311,6 +315,7 @@ class ChaosExperimentWorkflow:
         self._placement = result.placement
         if result.injected:
             self._lease_until = now + timedelta(seconds=self._ttl_s)
+            self._lease_expires_earliest = sent + timedelta(seconds=self._ttl_s)
             self._note(f"fault injected on {', '.join(s.blast_radius)} ({result.detail})")
         else:
             self._note(result.detail or "nothing injected")
@@ -386,6 +391,7 @@ class ChaosExperimentWorkflow:
 
     async def _renew(self) -> None:
         s = self._s
+        sent = workflow.now()
         try:
             result = await workflow.execute_activity(
                 "renew_fault_lease",
@@ -408,8 +414,19 @@ class ChaosExperimentWorkflow:
         if result.halted:
             raise _End(ChaosOutcome.STOPPED, "halt switch set")
         if result.missing:
+            earliest = self._lease_expires_earliest
+            if earliest is not None and sent >= earliest:
+                # The renewal was sent after the lease could already have run out (no
+                # worker, or no Temporal server, for that long): say so, not "removed".
+                late = (sent - earliest).total_seconds()
+                raise _End(
+                    ChaosOutcome.STOPPED,
+                    f"fault lease expired before it was renewed ({late:.1f}s late: "
+                    "no worker or Temporal server in time)",
+                )
             raise _End(ChaosOutcome.STOPPED, "fault lease removed from outside the experiment")
         self._lease_until = workflow.now() + timedelta(seconds=self._ttl_s)
+        self._lease_expires_earliest = sent + timedelta(seconds=self._ttl_s)
 
     async def _cleanup(self) -> None:
         """Remove the fault: idempotent, and complete even when Redis is unreachable."""

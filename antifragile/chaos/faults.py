@@ -37,6 +37,9 @@ ERROR_CLASSES: dict[ErrorKind, type[Exception]] = {
 }
 """Exception raised by an ERROR fault for each :class:`ErrorKind`."""
 
+MEMORY_CHUNK_BYTES = 4 * 1024 * 1024
+"""MEMORY exhaustion fills its memory this much at a time, in a thread (see hold_memory)."""
+
 CPU_SLICE_S = 0.01
 """CPU burn works in slices: busy ``level`` of a slice, asleep for the rest."""
 
@@ -299,15 +302,17 @@ class ResourceFault(ChaosFault):
         self._level = spec.resource_level
         self._kind = spec.resource_type or ResourceType.CPU
         self._installed = 0
-        self._memory: bytearray | None = None
+        self._memory: list[bytearray] = []
+        self._memory_stop: threading.Event | None = None
+        self._memory_thread: threading.Thread | None = None
         self._cpu_stop: threading.Event | None = None
         self._cpu_thread: threading.Thread | None = None
         self._slot_releases: dict[str, Callable[[], None]] = {}
 
     @property
     def memory_held_bytes(self) -> int:
-        """Bytes of memory this fault holds right now."""
-        return len(self._memory) if self._memory is not None else 0
+        """Bytes of memory this fault holds right now (it grows to the level in a thread)."""
+        return sum(len(chunk) for chunk in list(self._memory))
 
     @property
     def cpu_burning(self) -> bool:
@@ -320,8 +325,15 @@ class ResourceFault(ChaosFault):
             self._hold_slots(guard)
         elif self._installed == 1 and self._kind is ResourceType.MEMORY:
             size = int(self._level * MEMORY_CAP_MB * 1024 * 1024)
-            # Filled, not just allocated: the pages really are resident.
-            self._memory = bytearray(b"\xa5") * size
+            self._memory = []
+            self._memory_stop = threading.Event()
+            self._memory_thread = threading.Thread(
+                target=hold_memory,
+                args=(size, self._memory, self._memory_stop),
+                name=f"chaos-memory-{self.spec.experiment_id}",
+                daemon=True,
+            )
+            self._memory_thread.start()
         elif self._installed == 1 and self._kind is ResourceType.CPU:
             self._cpu_stop = threading.Event()
             self._cpu_thread = threading.Thread(
@@ -339,7 +351,13 @@ class ResourceFault(ChaosFault):
             release()
         if self._installed <= 0:
             self._installed = 0
-            self._memory = None
+            if self._memory_stop is not None:
+                self._memory_stop.set()
+            if self._memory_thread is not None:
+                self._memory_thread.join(timeout=1.0)
+            self._memory.clear()
+            self._memory_stop = None
+            self._memory_thread = None
             if self._cpu_stop is not None:
                 self._cpu_stop.set()
             if self._cpu_thread is not None:
@@ -363,6 +381,22 @@ class ResourceFault(ChaosFault):
     async def _affect(self, guard: GuardLike) -> None:
         # The call competes for what is held; it counts as affected.
         self.stats.affected += 1
+
+
+def hold_memory(
+    size: int, chunks: list[bytearray], stop: threading.Event, chunk: int = MEMORY_CHUNK_BYTES
+) -> None:
+    """Fill ``size`` bytes into ``chunks``, a chunk at a time, unless ``stop`` is set first.
+
+    Filled, not just allocated, so the pages really are resident. In a thread and in
+    chunks because filling ~100 MiB in one go on the service's event loop blocks it long
+    enough on a busy machine to time out calls of guards outside the blast radius.
+    """
+    left = size
+    while left > 0 and not stop.is_set():
+        n = min(chunk, left)
+        chunks.append(bytearray(b"\xa5") * n)
+        left -= n
 
 
 def burn_cpu(level: float, stop: threading.Event, slice_s: float = CPU_SLICE_S) -> None:

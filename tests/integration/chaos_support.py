@@ -9,7 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +65,19 @@ class ChildProcess:
 
 
 class Demo(ChildProcess):
-    """The demo service; ``status()`` reads its latest status file."""
+    """The demo service; ``status()`` reads its latest status file.
 
-    def __init__(self, env: dict[str, str], workdir: Path, targets: list[str], instance: str):
+    ``extra`` flags follow the defaults (argparse: the last one wins), e.g. ``--meter``.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        targets: list[str],
+        instance: str,
+        extra: list[str] | None = None,
+    ) -> None:
         self.status_file = workdir / f"{instance}.json"
         super().__init__(
             [
@@ -84,6 +97,7 @@ class Demo(ChildProcess):
                 "0.3",
                 "--report-interval",
                 "0.1",
+                *(extra or []),
             ],
             env,
             workdir / f"{instance}.log",
@@ -98,6 +112,58 @@ class Demo(ChildProcess):
 
     def counts(self, name: str) -> dict[str, int]:
         return dict(self.target(name)["counts"])
+
+
+@dataclass
+class Stack:
+    """A worker and a demo service, as subprocesses, on their own task queue."""
+
+    env: dict[str, str]
+    queue: str
+    worker: ChildProcess
+    demo: Demo
+    redis_url: str
+    workdir: Path
+
+
+@contextmanager
+def chaos_stack(
+    temporal_port: int,
+    redis_port: int,
+    workdir: Path,
+    targets: list[str],
+    *,
+    lease_ttl_s: float,
+    instance: str = "demo-1",
+    extra_policy: str = "",
+) -> Iterator[Stack]:
+    """Start a worker (policy: only ``targets``) and a demo service guarding ``targets``."""
+    policy = workdir / "policy.yaml"
+    policy.write_text(
+        "chaos:\n"
+        f"  allowed_targets: [{', '.join(targets)}]\n"
+        "  max_duration_s: 60\n"
+        f"  lease_ttl_s: {lease_ttl_s}\n" + extra_policy
+    )
+    queue = f"chaos-it-{uuid.uuid4().hex[:8]}"
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    env = dict(
+        os.environ,
+        ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
+        ANTIFRAGILE_REDIS_URL=redis_url,
+        ANTIFRAGILE_TASK_QUEUE=queue,
+        ANTIFRAGILE_POLICY_FILE=str(policy),
+        ANTIFRAGILE_LOG_LEVEL="WARNING",
+    )
+    worker = ChildProcess(["-m", "workers"], env, workdir / "worker.log")
+    demo = Demo(env, workdir, targets, instance)
+    worker.start()
+    demo.start()
+    try:
+        yield Stack(env, queue, worker, demo, redis_url, workdir)
+    finally:
+        demo.stop()
+        worker.stop()
 
 
 async def eventually(

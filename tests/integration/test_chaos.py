@@ -1,17 +1,16 @@
 """Chaos on real servers: a dev server, a Redis, a worker and a guarded demo service, each a
 separate process. Every chaos type is seen at the demo's call site and gone after cleanup;
-a SIGKILLed worker leaves no fault behind once the lease TTL passes; ``chaos stop --all``
-ends everything and restores forced-open breakers."""
+``chaos stop --all`` ends everything and restores forced-open breakers.
+
+Faults and bad input (a SIGKILLed worker, malformed signals, bad CLI flags and scenario
+files) are in ``tests/faults/test_chaos_faults.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +18,11 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.plane import fault_key
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import REDIS_HALT_KEY
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
 from antifragile.processes import ServerProcess
-from tests.integration.chaos_support import ChildProcess, Demo, cli, delta, eventually
+from tests.integration.chaos_support import Demo, Stack, chaos_stack, cli, delta, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -33,47 +31,19 @@ LEASE_TTL_S = 2.0
 INSTANCE = "demo-1"
 
 
-@dataclass
-class Stack:
-    env: dict[str, str]
-    queue: str
-    worker: ChildProcess
-    demo: Demo
-    redis_url: str
-    workdir: Path
-
-
 @pytest.fixture(scope="module")
 def stack(
     dev_server: ServerProcess, redis_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("chaos-it")
-    policy = workdir / "policy.yaml"
-    policy.write_text(
-        "chaos:\n"
-        f"  allowed_targets: [{DB}, {CACHE}, {OTHER}]\n"
-        "  max_duration_s: 60\n"
-        f"  lease_ttl_s: {LEASE_TTL_S}\n"
-    )
-    queue = f"chaos-it-{uuid.uuid4().hex[:8]}"
-    redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
-    env = dict(
-        os.environ,
-        ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{dev_server.port}",
-        ANTIFRAGILE_REDIS_URL=redis_url,
-        ANTIFRAGILE_TASK_QUEUE=queue,
-        ANTIFRAGILE_POLICY_FILE=str(policy),
-        ANTIFRAGILE_LOG_LEVEL="WARNING",
-    )
-    worker = ChildProcess(["-m", "workers"], env, workdir / "worker.log")
-    demo = Demo(env, workdir, [DB, CACHE, OTHER], INSTANCE)
-    worker.start()
-    demo.start()
-    try:
-        yield Stack(env, queue, worker, demo, redis_url, workdir)
-    finally:
-        demo.stop()
-        worker.stop()
+    with chaos_stack(
+        dev_server.port,
+        redis_server.port,
+        tmp_path_factory.mktemp("chaos-it"),
+        [DB, CACHE, OTHER],
+        lease_ttl_s=LEASE_TTL_S,
+        instance=INSTANCE,
+    ) as started:
+        yield started
 
 
 @pytest.fixture
@@ -198,44 +168,6 @@ async def test_each_chaos_type_is_seen_at_the_call_site_and_gone_after_cleanup(
         assert report.calls_seen.get(INSTANCE, 0) >= report.calls_affected[INSTANCE]
 
 
-async def test_sigkilled_worker_leaves_no_fault_after_the_ttl_and_the_restart_finishes(
-    ready: Stack, temporal_client: Client
-) -> None:
-    demo = ready.demo
-    await eventually(lambda: no_fault_left(demo), what="clean start")
-    sc = scenario(chaos_type="NETWORK_PARTITION", duration_s=12)
-    handle = await start_experiment(temporal_client, sc, task_queue=ready.queue)
-    await eventually(lambda: demo.target(DB)["fault"] == handle.id, what="fault at the call site")
-    ready.worker.kill()
-    loop = asyncio.get_running_loop()
-    killed_at = loop.time()
-    # Nobody renews the lease now: every process drops the fault by itself.
-    await eventually(lambda: demo.target(DB)["fault"] is None, timeout=LEASE_TTL_S + 3)
-    gone_after = loop.time() - killed_at
-    assert gone_after <= LEASE_TTL_S + 1.5, gone_after
-    redis = aioredis.from_url(ready.redis_url)
-    assert await redis.exists(fault_key(handle.id)) == 0
-    await redis.aclose()
-    await eventually(lambda: demo.target(DB)["breaker"] == "CLOSED", timeout=5)
-    await calls_are_clean(demo)
-    # The experiment is still running in Temporal; a new worker finishes it.
-    ready.worker.start()
-    report: ChaosReport = await asyncio.wait_for(handle.result(), 60)
-    assert report.outcome in (ChaosOutcome.STOPPED, ChaosOutcome.COMPLETED), report.reason
-    phases = [p.phase for p in report.phases]
-    assert phases[:5] == [
-        ChaosPhase.VALIDATING,
-        ChaosPhase.STEADY_STATE_BEFORE,
-        ChaosPhase.INJECTING,
-        ChaosPhase.RUNNING,
-        ChaosPhase.CLEANING_UP,
-    ]
-    assert phases[-1].terminal
-    assert report.cleanup.attempted and report.cleanup.method == "already_gone"
-    assert report.calls_affected.get(INSTANCE, 0) > 0
-    assert report.injected_at is not None and report.removed_at is not None
-
-
 async def test_stop_all_ends_every_experiment_and_restores_forced_open_breakers(
     ready: Stack, temporal_client: Client
 ) -> None:
@@ -284,32 +216,6 @@ async def test_cli_start_wait_follows_and_prints_the_report(ready: Stack) -> Non
     assert ChaosStatus.model_validate_json(out).phase is ChaosPhase.COMPLETED
     code, out, _ = await cli(ready.env, "chaos", "list", "--json")
     assert report.experiment_id in out
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["chaos", "start", "--type", "flood", "--target", DB], "flood"),
-        (["chaos", "start", "--type", "latency", "--target", "payments"], "allowed_targets"),
-        (
-            ["chaos", "start", "--type", "error", "--target", DB, "--error-rate", "2"],
-            "error_rate",
-        ),
-        (["chaos", "start", "--type", "latency", "--target", DB, "--duration", "-5s"], "duration"),
-        (["chaos", "stop", "--all", "--reason", ""], "--reason"),
-    ],
-)
-async def test_bad_input_exits_2_with_one_line(ready: Stack, args: list[str], message: str) -> None:
-    code, _, err = await cli(ready.env, *args)
-    assert code == 2, err
-    assert message in err and len(err.strip().splitlines()) == 1, err
-
-
-async def test_run_file_with_an_unknown_field_exits_2(ready: Stack) -> None:
-    bad = ready.workdir / "bad.yaml"
-    bad.write_text(f"name: x\nchaos_type: LATENCY\ntarget: {DB}\nlatncy_ms: 5\n")
-    code, _, err = await cli(ready.env, "chaos", "run", str(bad))
-    assert code == 2 and "unknown field 'latncy_ms'" in err, err
 
 
 async def test_schedules_are_created_listed_paused_by_the_halt_switch_and_deleted(

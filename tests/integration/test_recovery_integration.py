@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from temporalio.client import Client
@@ -57,62 +55,6 @@ async def test_recovery_succeeds_once_the_probed_service_comes_back_after_two_fa
             await listener.close()
     assert result.state is RecoveryState.SUCCEEDED
     assert [a.outcome for a in result.status.attempts] == ["unhealthy", "unhealthy", "healthy"]
-
-
-async def test_a_worker_killed_during_backoff_resumes_the_same_recovery_without_repeating_attempts(
-    temporal_client: Client,
-    dev_server: ServerProcess,
-    redis_url: str,
-    task_queue: str,
-    worker_process,
-    tmp_path: Path,
-) -> None:
-    listener = Listener()
-    ledger = tmp_path / "actions.log"
-    policy = tmp_path / "policy.yaml"
-    # The action appends one line per run: the ledger proves no attempt ran twice.
-    policy.write_text(
-        json.dumps(
-            {
-                "recovery": {
-                    "commands": {
-                        "note": [
-                            sys.executable,
-                            "-c",
-                            f"import os; open({str(ledger)!r}, 'a')"
-                            ".write(os.environ['AF_ATTEMPT'] + '\\n')",
-                        ]
-                    }
-                }
-            }
-        )
-    )
-    env = stack_env(dev_server, redis_url, task_queue, ANTIFRAGILE_POLICY_FILE=str(policy))
-    service = f"cache-{task_queue}"
-    request = RecoveryRequest(
-        service=service,
-        probe=f"tcp://127.0.0.1:{listener.port}",
-        action="command:note",
-        policy=RecoveryPolicy(initial_delay_ms=4000, max_delay_ms=4000),
-    )
-    worker = worker_process(env)
-    handle = await start_recovery(temporal_client, request, task_queue=task_queue)
-
-    async def backing_off() -> bool:
-        s = await status_of(temporal_client, service)
-        return s.state is RecoveryState.WAITING_BACKOFF
-
-    await wait_for(backing_off)
-    worker.kill()
-    await listener.open()
-    try:
-        worker_process(env)
-        result = await asyncio.wait_for(handle.result(), 60)
-    finally:
-        await listener.close()
-    assert result.state is RecoveryState.SUCCEEDED
-    assert [a.number for a in result.status.attempts] == [1, 2]
-    assert ledger.read_text().split() == ["1", "2"]
 
 
 async def test_a_manual_recovery_approved_through_the_cli_succeeds_and_is_searchable(
