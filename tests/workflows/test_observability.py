@@ -8,6 +8,8 @@ exporter. The Temporal SDK's Prometheus endpoint serves ``temporal_*`` metrics.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import urllib.error
 import urllib.request
 import uuid
@@ -21,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.common import CommonActivities
+from antifragile.logs import JsonFormatter
 from antifragile.metrics import temporal_runtime_with_metrics
 from antifragile.models.recovery import (
     ProbeInput,
@@ -43,6 +46,7 @@ pytestmark = pytest.mark.timeout(90)
 
 @activity.defn(name="probe_service")
 async def probe_service(data: ProbeInput) -> ProbeResult:
+    activity.logger.info("probing %s at %s", data.service, data.url)
     return ProbeResult(healthy=True, detail="ok")
 
 
@@ -98,6 +102,25 @@ async def test_a_recovery_through_a_traced_client_produces_one_trace_of_spans(
     assert len({s.context.trace_id for s in workflow_spans if s.context}) == 1
     assert {s.resource.attributes["service.name"] for s in spans} == {"antifragile-test"}
     assert any(s.attributes and s.attributes.get("temporalWorkflowID") == handle.id for s in spans)
+
+
+async def test_json_logs_of_activities_carry_the_workflow_id_they_serve(
+    time_skipping_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    service = f"logged-{uuid.uuid4().hex[:6]}"
+    with caplog.at_level(logging.INFO, logger="temporalio.activity"):
+        async with recovery_worker(time_skipping_env.client, queue):
+            handle = await start_recovery(
+                time_skipping_env.client,
+                RecoveryRequest(service=service, probe="tcp://127.0.0.1:9"),
+                task_queue=queue,
+            )
+            await handle.result()
+    docs = [json.loads(JsonFormatter().format(r)) for r in caplog.records if "probing" in r.message]
+    assert docs, "the probe activity logged nothing"
+    assert all(d["workflow_id"] == handle.id for d in docs)
+    assert all(d["activity_type"] == "probe_service" and d["run_id"] for d in docs)
 
 
 def scrape(port: int) -> str:
