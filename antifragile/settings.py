@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONSTITUTIONAL_HASH = "cdd01ef066bc6cf2"
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     temporal_tls: bool = False
     temporal_tls_ca: Path | None = None
     temporal_tls_cert: Path | None = None
-    temporal_tls_key: Path | None = None
+    temporal_tls_key: Path | None = Field(default=None, validate_default=True)
     redis_url: str = "redis://127.0.0.1:6379/0"
     constitutional_hash: str = DEFAULT_CONSTITUTIONAL_HASH
     policy_file: Path | None = None
@@ -100,19 +100,23 @@ class Settings(BaseSettings):
             raise ValueError(f"otel_endpoint must be an http(s):// URL, got {value!r}")
         return value
 
-    @model_validator(mode="after")
-    def _client_cert_and_key_together(self) -> Settings:
-        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
-            given, missing = (
-                ("temporal_tls_cert", "temporal_tls_key")
-                if self.temporal_tls_key is None
-                else ("temporal_tls_key", "temporal_tls_cert")
-            )
+    @field_validator("temporal_tls_key")
+    @classmethod
+    def _client_cert_and_key_together(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # A field validator (not a model validator) so the error names this field and shows
+        # only its value: a model-level error would echo every input, API key included.
+        cert = info.data.get("temporal_tls_cert")
+        if value is None and cert is not None:
             raise ValueError(
-                f"{given} is set ({getattr(self, given)}) but {missing} is not: "
+                f"temporal_tls_cert is set ({cert}) but temporal_tls_key is not: "
                 "mTLS needs the client certificate and its key"
             )
-        return self
+        if value is not None and cert is None and "temporal_tls_cert" in info.data:
+            raise ValueError(
+                f"temporal_tls_key is set ({value}) but temporal_tls_cert is not: "
+                "mTLS needs the client certificate and its key"
+            )
+        return value
 
     @property
     def uses_tls(self) -> bool:

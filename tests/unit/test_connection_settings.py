@@ -58,14 +58,17 @@ def test_a_private_ca_alone_is_server_tls_without_a_client_certificate(
 
 
 @pytest.mark.parametrize(("given", "missing"), [("cert", "key"), ("key", "cert")])
-def test_a_client_certificate_without_its_key_is_refused_naming_both(
-    pem_files: dict[str, Path], given: str, missing: str
+def test_a_client_certificate_without_its_key_is_refused_naming_both_but_no_secret(
+    monkeypatch: pytest.MonkeyPatch, pem_files: dict[str, Path], given: str, missing: str
 ) -> None:
+    monkeypatch.setenv("ANTIFRAGILE_TEMPORAL_API_KEY", "do-not-print-me")
+    monkeypatch.setenv(f"ANTIFRAGILE_TEMPORAL_TLS_{given.upper()}", str(pem_files[given]))
     with pytest.raises(ValidationError) as info:
-        Settings(**{f"temporal_tls_{given}": pem_files[given]})  # type: ignore[arg-type]
+        Settings()
     message = describe_validation_error(info.value)
     assert f"temporal_tls_{given}" in message and f"temporal_tls_{missing}" in message
     assert str(pem_files[given]) in message
+    assert "do-not-print-me" not in message
 
 
 def test_tls_and_api_key_are_read_from_the_environment(
