@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import urllib.request
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -180,3 +182,27 @@ def test_worker_counts_every_recovery_state_and_chaos_phase() -> None:
     states = workflow_states()
     assert set(states["recovery"]) == {s.value for s in RecoveryState}
     assert set(states["chaos"]) == {p.value for p in ChaosPhase}
+
+
+def documented_metrics() -> set[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Observability") :]
+    return set(re.findall(r"`(antifragile_[a-z_]+)`", section))
+
+
+async def test_the_readme_metrics_table_names_exactly_the_metrics_served() -> None:
+    documented = documented_metrics()
+    runtime = Runtime(Settings(), instance_id="r", bridge=False)
+    runtime.guard("db")
+    counts = WorkflowCountCollector(FakeVisibility({}), {"recovery": ["RUNNING"]})  # type: ignore[arg-type]
+    await counts.refresh()
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector(runtime))
+    registry.register(counts)
+    served = {
+        sample.name
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    assert documented == served
