@@ -148,3 +148,23 @@ async def test_the_sdk_prometheus_endpoint_serves_temporal_metrics_of_a_worker(
             await asyncio.sleep(0.1)
     assert "temporal_" in text
     assert f'task_queue="{queue}"' in text, text[:2000]
+
+
+async def test_connect_adds_the_tracing_interceptor_only_when_an_endpoint_is_set(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
+    from antifragile import tracing
+    from antifragile.temporal_client import connect
+
+    target = time_skipping_env.client.service_client.config.target_host
+    plain = await connect(Settings(temporal_address=target))
+    assert not plain.config()["interceptors"]
+    try:
+        traced = await connect(
+            Settings(temporal_address=target, otel_endpoint="http://127.0.0.1:9/v1/traces")
+        )
+        assert [type(i) for i in traced.config()["interceptors"]] == [TracingInterceptor]
+    finally:
+        tracing._providers.clear()  # nothing exported: no flush to the dead endpoint
