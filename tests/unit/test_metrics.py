@@ -187,6 +187,7 @@ def test_worker_counts_every_recovery_state_and_chaos_phase() -> None:
 def documented_metrics() -> set[str]:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("### Observability") :]
+    section = section.split("\n## ", 1)[0]  # up to the next top-level section
     return set(re.findall(r"`(antifragile_[a-z_]+)`", section))
 
 
