@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     def _case_insensitive(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
-        return value.upper() if info.field_name == "log_level" else value.lower()
+        if info.field_name == "log_level":
+            level = value.strip().upper()
+            return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
+        return value.strip().lower()
 
     @field_validator("otel_endpoint")
     @classmethod

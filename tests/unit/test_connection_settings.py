@@ -138,3 +138,8 @@ def test_an_endpoint_without_the_otel_extra_is_a_config_error_naming_the_extra(
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(ConfigError, match=r"antifragile\[otel\]"):
         tracing.interceptors_from_settings(Settings(otel_endpoint="http://127.0.0.1:9/v1/traces"))
+
+
+@pytest.mark.parametrize(("given", "level"), [("warn", "WARNING"), ("FATAL", "CRITICAL")])
+def test_the_aliases_the_logging_module_accepts_are_accepted(given: str, level: str) -> None:
+    assert Settings(log_level=given).log_level == level  # type: ignore[arg-type]
