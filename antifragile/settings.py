@@ -29,8 +29,10 @@ class Settings(BaseSettings):
         temporal_tls: Use TLS to Temporal (implied by an API key or client cert).
             Default false.
         temporal_tls_ca: PEM file with the server CA. Default none (system roots).
-        temporal_tls_cert: PEM client certificate for mTLS. Default none.
-        temporal_tls_key: PEM client key for mTLS. Default none.
+        temporal_tls_cert: PEM client certificate for mTLS; needs ``temporal_tls_key``.
+            Default none.
+        temporal_tls_key: PEM client key for mTLS; needs ``temporal_tls_cert``.
+            Default none.
         redis_url: Redis holding the fault plane, health snapshots and metering.
             Default ``redis://127.0.0.1:6379/0``.
         constitutional_hash: Hash every recovery request and chaos scenario must carry.
