@@ -8,7 +8,8 @@ COPY antifragile ./antifragile
 COPY workflows ./workflows
 COPY activities ./activities
 COPY workers ./workers
-RUN pip install . && useradd --system --uid 10001 antifragile
+# The otel extra: tracing stays off unless ANTIFRAGILE_OTEL_ENDPOINT is set.
+RUN pip install ".[otel]" && useradd --system --uid 10001 antifragile
 USER antifragile
 ENTRYPOINT ["antifragile"]
 CMD ["worker"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from antifragile.settings import Settings
 
 _CONTEXT_FIELDS = {
     "temporal_workflow": {
@@ -54,10 +55,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
-    """Configure the root logger from ``ANTIFRAGILE_LOG_LEVEL`` / ``ANTIFRAGILE_LOG_FORMAT``."""
-    level = (level or os.environ.get("ANTIFRAGILE_LOG_LEVEL", "INFO")).upper()
-    fmt = (fmt or os.environ.get("ANTIFRAGILE_LOG_FORMAT", "text")).lower()
+def configure_logging(
+    level: str | None = None, fmt: str | None = None, settings: Settings | None = None
+) -> None:
+    """Configure the root logger.
+
+    Args:
+        level: Log level; default ``settings.log_level`` (``ANTIFRAGILE_LOG_LEVEL``).
+        fmt: ``text`` or ``json``; default ``settings.log_format``
+            (``ANTIFRAGILE_LOG_FORMAT``).
+        settings: Where the defaults come from; default read from ``ANTIFRAGILE_*``.
+    """
+    if level is None or fmt is None:
+        settings = settings or Settings()
+    level = (level or (settings.log_level if settings else "INFO")).upper()
+    fmt = (fmt or (settings.log_format if settings else "text")).lower()
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

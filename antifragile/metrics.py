@@ -75,11 +75,14 @@ class RuntimeCollector(Collector):
         yield faults
         if rt.metering is not None:
             stats = rt.metering.stats()
-            for field in ("recorded", "written", "dropped"):
+            for field, help_text in (
+                ("recorded", "Usage events recorded."),
+                ("written", "Usage events confirmed written to the Redis stream."),
+                ("dropped", "Usage events dropped because the buffer was full."),
+                ("write_errors", "Failed writes to the Redis stream (events are retried)."),
+            ):
                 counter = CounterMetricFamily(
-                    f"antifragile_metering_{field}",
-                    f"Usage events {field}.",
-                    labels=["instance"],
+                    f"antifragile_metering_{field}", help_text, labels=["instance"]
                 )
                 counter.add_metric([instance], float(getattr(stats, field)))
                 yield counter

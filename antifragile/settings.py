@@ -8,8 +8,9 @@ Secrets (API key, TLS key) live here and never enter workflow inputs or history.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONSTITUTIONAL_HASH = "cdd01ef066bc6cf2"
@@ -28,8 +29,10 @@ class Settings(BaseSettings):
         temporal_tls: Use TLS to Temporal (implied by an API key or client cert).
             Default false.
         temporal_tls_ca: PEM file with the server CA. Default none (system roots).
-        temporal_tls_cert: PEM client certificate for mTLS. Default none.
-        temporal_tls_key: PEM client key for mTLS. Default none.
+        temporal_tls_cert: PEM client certificate for mTLS; needs ``temporal_tls_key``.
+            Default none.
+        temporal_tls_key: PEM client key for mTLS; needs ``temporal_tls_cert``.
+            Default none.
         redis_url: Redis holding the fault plane, health snapshots and metering.
             Default ``redis://127.0.0.1:6379/0``.
         constitutional_hash: Hash every recovery request and chaos scenario must carry.
@@ -44,6 +47,16 @@ class Settings(BaseSettings):
             hostname and pid.
         ui_url: Base URL of the Temporal UI, for the links the CLI prints.
             Default ``http://127.0.0.1:8233``.
+        log_level: Root log level (DEBUG, INFO, WARNING, ERROR, CRITICAL). Default
+            ``INFO``.
+        log_format: ``text`` for people or ``json`` for one JSON object per line (with
+            the workflow id of workflow and activity records). Default ``text``.
+        otel_endpoint: OTLP/HTTP traces endpoint (e.g. ``http://collector:4318/v1/traces``)
+            that turns on OpenTelemetry tracing of clients and workers through the
+            Temporal SDK's ``TracingInterceptor``; needs the ``otel`` extra. Default
+            none: tracing off.
+        otel_service_name: ``service.name`` resource attribute of the spans. Default
+            ``antifragile``.
     """
 
     model_config = SettingsConfigDict(env_prefix="ANTIFRAGILE_", extra="ignore")
@@ -55,7 +68,7 @@ class Settings(BaseSettings):
     temporal_tls: bool = False
     temporal_tls_ca: Path | None = None
     temporal_tls_cert: Path | None = None
-    temporal_tls_key: Path | None = None
+    temporal_tls_key: Path | None = Field(default=None, validate_default=True)
     redis_url: str = "redis://127.0.0.1:6379/0"
     constitutional_hash: str = DEFAULT_CONSTITUTIONAL_HASH
     policy_file: Path | None = None
@@ -63,11 +76,62 @@ class Settings(BaseSettings):
     temporal_metrics_port: int = Field(default=0, ge=0, le=65535)
     instance_id: str | None = None
     ui_url: str = "http://127.0.0.1:8233"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    otel_endpoint: str | None = None
+    otel_service_name: str = "antifragile"
 
     def workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
         """Link to a workflow in the Temporal UI."""
         base = f"{self.ui_url.rstrip('/')}/namespaces/{self.temporal_namespace}/workflows/"
         return base + workflow_id + (f"/{run_id}/history" if run_id else "")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        if info.field_name == "log_level":
+            level = value.strip().upper()
+            return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
+        return value.strip().lower()
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otel_endpoint_is_http(cls, value: str | None) -> str | None:
+        if not value:  # unset or empty (compose's ${ANTIFRAGILE_OTEL_ENDPOINT:-}): off
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"otel_endpoint must be an http(s):// URL, got {value!r}")
+        return value
+
+    @field_validator("temporal_tls_key")
+    @classmethod
+    def _client_cert_and_key_together(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # A field validator (not a model validator) so the error names this field and shows
+        # only its value: a model-level error would echo every input, API key included.
+        cert = info.data.get("temporal_tls_cert")
+        if value is None and cert is not None:
+            raise ValueError(
+                f"temporal_tls_cert is set ({cert}) but temporal_tls_key is not: "
+                "mTLS needs the client certificate and its key"
+            )
+        if value is not None and cert is None and "temporal_tls_cert" in info.data:
+            raise ValueError(
+                f"temporal_tls_key is set ({value}) but temporal_tls_cert is not: "
+                "mTLS needs the client certificate and its key"
+            )
+        return value
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether connections to Temporal use TLS (explicitly, or implied by a key/cert)."""
+        return bool(
+            self.temporal_tls
+            or self.temporal_api_key
+            or self.temporal_tls_ca
+            or self.temporal_tls_cert
+        )
 
     @field_validator("temporal_address")
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client
+from collections.abc import Sequence
+
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
@@ -15,7 +17,13 @@ class TemporalUnavailableError(AntifragileError):
     """Temporal could not be reached; the message names the address tried."""
 
 
-def _tls_config(settings: Settings) -> TLSConfig | bool:
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """The ``tls`` argument of ``Client.connect`` for ``settings``.
+
+    A :class:`TLSConfig` when a CA or a client certificate is configured (files read
+    now); ``True`` for TLS with the system roots (``temporal_tls`` or an API key);
+    ``False`` for plain text.
+    """
     if settings.temporal_tls_cert or settings.temporal_tls_ca:
         return TLSConfig(
             server_root_ca_cert=settings.temporal_tls_ca.read_bytes()
@@ -28,25 +36,45 @@ def _tls_config(settings: Settings) -> TLSConfig | bool:
             if settings.temporal_tls_key
             else None,
         )
-    return bool(settings.temporal_tls or settings.temporal_api_key)
+    return settings.uses_tls
 
 
-async def connect(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Client:
+async def connect(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] | None = None,
+) -> Client:
     """Connect to Temporal with the pydantic data converter and the configured TLS/API key.
+
+    Args:
+        settings: Address, namespace, TLS files, API key; default from ``ANTIFRAGILE_*``.
+        runtime: A Temporal core runtime (e.g. one exporting SDK metrics).
+        interceptors: Client interceptors (workers built from the client inherit them).
+            Default: the tracing interceptor when ``settings.otel_endpoint`` is set, else
+            none.
 
     Raises:
         TemporalUnavailableError: nothing answered at ``settings.temporal_address``.
+        ConfigError: tracing is configured but its packages are not installed.
+        OSError: a configured TLS file cannot be read.
     """
     settings = settings or Settings()
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    if interceptors is None:
+        from antifragile.tracing import interceptors_from_settings
+
+        interceptors = interceptors_from_settings(settings)
+    tls = tls_config(settings)
     try:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=pydantic_data_converter,
-            tls=_tls_config(settings),
+            tls=tls,
             api_key=api_key,
             runtime=runtime,
+            interceptors=interceptors,
         )
     except RuntimeError as exc:
         text = str(exc)

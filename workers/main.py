@@ -25,6 +25,7 @@ from antifragile.models.recovery import RecoveryState
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
+from antifragile.tracing import shutdown_tracing
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
 from workflows.recovery import RecoveryWorkflow
@@ -149,3 +150,4 @@ async def run_worker(
         task.cancel()
     if settings.metrics_port:
         server.close()
+    shutdown_tracing()  # flush the spans of the last tasks (no-op without tracing)

@@ -20,6 +20,7 @@ from antifragile.cli import chaos, recovery
 from antifragile.cli._common import CommandFailed, console, err_console, load_settings, run
 from antifragile.cli.health import health_command
 from antifragile.errors import AntifragileError, describe_validation_error
+from antifragile.settings import Settings
 
 app = typer.Typer(
     name="antifragile",
@@ -41,7 +42,7 @@ def worker() -> None:
 
     settings = load_settings()
     policy = WorkerPolicy.load(settings.policy_file)
-    _configure_logging()
+    _configure_logging(settings)
     err_console.print(
         f"worker: task queue {settings.task_queue} on {settings.temporal_address} "
         f"(namespace {settings.temporal_namespace})"
@@ -81,8 +82,7 @@ def dev(
     """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
     from antifragile.devstack import DevStack, redis_url_from_env
 
-    load_settings()
-    _configure_logging()
+    _configure_logging(load_settings())
     stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
 
     def ready(s: DevStack) -> None:
@@ -187,13 +187,16 @@ def demo(
     return 0 if run(_go()) else 1
 
 
-def _configure_logging() -> None:
+def _configure_logging(settings: Settings) -> None:
     from antifragile.logs import configure_logging
 
-    configure_logging()
+    configure_logging(settings=settings)
 
 
 def _exit(code: int) -> None:
+    from antifragile.tracing import shutdown_tracing
+
+    shutdown_tracing()  # os._exit skips atexit: flush spans first (no-op without tracing)
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit skips interpreter finalization, where the Temporal core runtime can crash

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import urllib.request
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from antifragile.breaker import CircuitBreakerConfig
-from antifragile.metrics import RuntimeCollector
+from antifragile.health import HealthAggregatorConfig
+from antifragile.metering import MeteringIntegration
+from antifragile.metrics import RuntimeCollector, WorkflowCountCollector
 from antifragile.processes import free_port
 from antifragile.runtime import Runtime
 from antifragile.settings import Settings
@@ -61,3 +65,145 @@ async def test_metering_counters_follow_the_accounting() -> None:
     text = generate_latest(registry).decode()
     assert 'antifragile_metering_recorded_total{instance="m"} 5.0' in text
     assert 'antifragile_metering_dropped_total{instance="m"} 0.0' in text
+
+
+class NoOpFault:
+    async def apply(self, guard: object) -> None:
+        return None
+
+    def on_install(self, guard: object) -> None:
+        return None
+
+    def on_remove(self, guard: object) -> None:
+        return None
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    value = registry.get_sample_value(name, labels)
+    return None if value is None else float(value)
+
+
+def test_faults_active_counts_the_faults_this_process_enforces() -> None:
+    runtime = Runtime(Settings(), instance_id="f", bridge=False, metering=False)
+    runtime.guard("db")
+    runtime.guard("cache")
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector(runtime))
+    assert sample(registry, "antifragile_faults_active", instance="f") == 0.0
+    runtime.faults.install("db", NoOpFault())
+    runtime.faults.install("cache", NoOpFault())
+    assert sample(registry, "antifragile_faults_active", instance="f") == 2.0
+    runtime.faults.remove("db")
+    assert sample(registry, "antifragile_faults_active", instance="f") == 1.0
+
+
+async def test_breaker_state_per_dependency_and_health_status_follow_a_forced_open() -> None:
+    runtime = Runtime(
+        Settings(),
+        instance_id="b",
+        bridge=False,
+        metering=False,
+        health_config=HealthAggregatorConfig(stabilization_window_s=0),  # no anti-flapping
+    )
+    runtime.guard("db")
+    runtime.guard("cache")
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector(runtime))
+    runtime.breakers["db"].force_open()
+    assert sample(registry, "antifragile_breaker_state", instance="b", dependency="db") == 3.0
+    assert sample(registry, "antifragile_breaker_state", instance="b", dependency="cache") == 0.0
+    assert sample(registry, "antifragile_health_score", instance="b") == 0.5
+    assert sample(registry, "antifragile_health_status", instance="b", status="DEGRADED") == 1.0
+    assert sample(registry, "antifragile_health_status", instance="b", status="HEALTHY") == 0.0
+
+
+async def test_metering_written_and_dropped_follow_a_full_buffer() -> None:
+    metering = MeteringIntegration(instance_id="w", max_buffer=2, flush_at=2)
+    runtime = Runtime(Settings(), instance_id="w", bridge=False, metering=metering)
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector(runtime))
+    for _ in range(3):
+        metering.record_usage("t", "op")
+    assert sample(registry, "antifragile_metering_recorded_total", instance="w") == 3.0
+    assert sample(registry, "antifragile_metering_dropped_total", instance="w") == 1.0
+    assert sample(registry, "antifragile_metering_buffered", instance="w") == 2.0
+    assert sample(registry, "antifragile_metering_written_total", instance="w") == 0.0
+    assert sample(registry, "antifragile_metering_write_errors_total", instance="w") == 0.0
+
+
+class FakeCount:
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
+class FakeVisibility:
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        self.queries: list[str] = []
+        self.fail = False
+
+    async def count_workflows(self, query: str) -> FakeCount:
+        if self.fail:
+            raise RuntimeError("visibility unavailable")
+        self.queries.append(query)
+        return FakeCount(self.counts.get(query, 0))
+
+
+async def test_worker_serves_recoveries_and_experiments_by_state_from_visibility() -> None:
+    client = FakeVisibility(
+        {
+            'AfKind="recovery" AND AfState="RUNNING"': 3,
+            'AfKind="chaos" AND AfState="INJECTING"': 1,
+        }
+    )
+    counts = WorkflowCountCollector(
+        client,  # type: ignore[arg-type]
+        {"recovery": ["RUNNING", "SUCCEEDED"], "chaos": ["INJECTING"]},
+    )
+    registry = CollectorRegistry()
+    registry.register(counts)
+    assert sample(registry, "antifragile_workflows", kind="recovery", state="RUNNING") is None
+    await counts.refresh()
+    assert sample(registry, "antifragile_workflows", kind="recovery", state="RUNNING") == 3.0
+    assert sample(registry, "antifragile_workflows", kind="recovery", state="SUCCEEDED") == 0.0
+    assert sample(registry, "antifragile_workflows", kind="chaos", state="INJECTING") == 1.0
+    assert len(client.queries) == 3
+    client.fail = True  # a failed refresh keeps serving the last counts
+    with contextlib.suppress(RuntimeError):
+        await counts.refresh()
+    assert sample(registry, "antifragile_workflows", kind="recovery", state="RUNNING") == 3.0
+
+
+def test_worker_counts_every_recovery_state_and_chaos_phase() -> None:
+    from antifragile.models.chaos import ChaosPhase
+    from antifragile.models.recovery import RecoveryState
+    from workers.main import workflow_states
+
+    states = workflow_states()
+    assert set(states["recovery"]) == {s.value for s in RecoveryState}
+    assert set(states["chaos"]) == {p.value for p in ChaosPhase}
+
+
+def documented_metrics() -> set[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Observability") :]
+    section = section.split("\n## ", 1)[0]  # up to the next top-level section
+    return set(re.findall(r"`(antifragile_[a-z_]+)`", section))
+
+
+async def test_the_readme_metrics_table_names_exactly_the_metrics_served() -> None:
+    documented = documented_metrics()
+    runtime = Runtime(Settings(), instance_id="r", bridge=False)
+    runtime.guard("db")
+    counts = WorkflowCountCollector(FakeVisibility({}), {"recovery": ["RUNNING"]})  # type: ignore[arg-type]
+    await counts.refresh()
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector(runtime))
+    registry.register(counts)
+    served = {
+        sample.name
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    assert documented == served
