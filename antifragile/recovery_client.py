@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -27,12 +28,13 @@ from antifragile.constants import (
     QUERY_QUEUE,
     SA_KIND,
     SIGNAL_JOIN,
-    SIGNAL_REQUEST_RECOVERY,
+    SIGNAL_REQUEST_RECOVERIES,
     UPDATE_ENQUEUE,
     orchestrator_workflow_id,
     recovery_workflow_id,
 )
 from antifragile.models.orchestrator import (
+    EnqueueBatch,
     EnqueueRecovery,
     EnqueueResult,
     OrchestratorInput,
@@ -132,7 +134,10 @@ async def request_recovery(
 
     ``want_position`` True (the CLI) enqueues with update-with-start, which answers with
     the position. False (storms, the runtime bridge) sends signal-with-start: durable once
-    this returns, one history event, no per-workflow update limit, no position.
+    this returns, no per-workflow update limit, no position. Such requests from this
+    process travel together: those made while a signal is in flight go in the next one
+    (``request_recoveries``, up to :data:`MAX_SIGNAL_BATCH` each), so a storm costs the
+    orchestrator a few signals, not one per service.
 
     ``orchestrator_id`` defaults to the task queue's orchestrator
     (:func:`~antifragile.constants.orchestrator_workflow_id`: ``recovery-orchestrator``
@@ -193,16 +198,80 @@ async def request_recovery(
 async def _signal_request(
     client: Client, request: RecoveryRequest, orchestrator_id: str, task_queue: str
 ) -> EnqueueResult:
-    await client.start_workflow(
-        ORCHESTRATOR_WORKFLOW_TYPE,
-        OrchestratorInput(),
-        start_signal=SIGNAL_REQUEST_RECOVERY,
-        start_signal_args=[EnqueueRecovery(request=request)],
-        **_orchestrator_start(orchestrator_id, task_queue),
-    )
+    await _batcher(client, orchestrator_id, task_queue).submit(request)
     return EnqueueResult(
         service=request.service, state=RequestState.ACCEPTED, priority=request.priority
     )
+
+
+MAX_SIGNAL_BATCH = 250
+"""Most requests in one ``request_recoveries`` signal (about 100 KB of payload)."""
+
+
+class _SignalBatcher:
+    """Sends the fire-and-forget requests of this process to one orchestrator in batches.
+
+    Why: the SDK delivers every signal buffered while a workflow task runs in one
+    activation, and a Python workflow must finish an activation within 2 s (deadlock
+    detection). One signal per service would make a storm of thousands of requests a
+    single activation too long to ever complete; batches keep it a few dozen signals.
+
+    No linger: requests that arrive while a batch is in flight form the next batch, so a
+    lone request (the bridge) goes out at once and a burst coalesces by itself. Each
+    caller returns only when the signal carrying its request was accepted (durable).
+    """
+
+    def __init__(self, client: Client, orchestrator_id: str, task_queue: str) -> None:
+        self._client = client
+        self._orchestrator_id = orchestrator_id
+        self._task_queue = task_queue
+        self._pending: list[tuple[RecoveryRequest, asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def submit(self, request: RecoveryRequest) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_all())
+        await future
+
+    async def _send_all(self) -> None:
+        await asyncio.sleep(0)  # let the callers that are ready now join this batch
+        while self._pending:
+            batch = self._pending[:MAX_SIGNAL_BATCH]
+            del self._pending[:MAX_SIGNAL_BATCH]
+            try:
+                await self._client.start_workflow(
+                    ORCHESTRATOR_WORKFLOW_TYPE,
+                    OrchestratorInput(),
+                    start_signal=SIGNAL_REQUEST_RECOVERIES,
+                    start_signal_args=[EnqueueBatch(requests=[r for r, _ in batch])],
+                    **_orchestrator_start(self._orchestrator_id, self._task_queue),
+                )
+            except BaseException as exc:  # every waiting caller learns why, then it moves on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+
+_BATCHERS: weakref.WeakKeyDictionary[
+    Client, dict[tuple[asyncio.AbstractEventLoop, str, str], _SignalBatcher]
+] = weakref.WeakKeyDictionary()
+
+
+def _batcher(client: Client, orchestrator_id: str, task_queue: str) -> _SignalBatcher:
+    per_client = _BATCHERS.setdefault(client, {})
+    key = (asyncio.get_running_loop(), orchestrator_id, task_queue)
+    batcher = per_client.get(key)
+    if batcher is None:
+        batcher = per_client[key] = _SignalBatcher(client, orchestrator_id, task_queue)
+    return batcher
 
 
 _NEVER_RETRY = frozenset(

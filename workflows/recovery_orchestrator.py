@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         SA_KIND,
         SA_STATE,
         SIGNAL_JOIN,
+        SIGNAL_REQUEST_RECOVERIES,
         SIGNAL_REQUEST_RECOVERY,
         STATE_ACTIVE,
         STATE_PAUSED,
@@ -50,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from antifragile.models.orchestrator import (
         AdmissionRecord,
+        EnqueueBatch,
         EnqueueRecovery,
         EnqueueResult,
         LoadLimitsInput,
@@ -361,6 +363,15 @@ class RecoveryOrchestratorWorkflow:
             self._accept(data.request)
         except QueueError as err:
             workflow.logger.warning("request for %s dropped: %s", data.request.service, err)
+
+    @workflow.signal(name=SIGNAL_REQUEST_RECOVERIES)
+    def request_recoveries(self, data: EnqueueBatch) -> None:
+        """Fire-and-forget enqueue of several requests, in order (one signal in a storm)."""
+        for request in data.requests:
+            try:
+                self._accept(request)
+            except QueueError as err:
+                workflow.logger.warning("request for %s dropped: %s", request.service, err)
 
     def _accept(self, request: RecoveryRequest) -> EnqueueResult:
         result = self._core.enqueue(request, workflow.now())

@@ -231,6 +231,17 @@ class EnqueueRecovery(StrictModel):
     request: RecoveryRequest
 
 
+class EnqueueBatch(StrictModel):
+    """Payload of the ``request_recoveries`` signal: requests in arrival order.
+
+    Fire-and-forget requests from one process are sent together (see
+    :func:`~antifragile.recovery_client.request_recovery`), so a storm costs the
+    orchestrator a few signals instead of one per service.
+    """
+
+    requests: list[RecoveryRequest] = Field(min_length=1, max_length=1000)
+
+
 class RequestState(StrEnum):
     """What became of a recovery request."""
 

@@ -476,3 +476,36 @@ async def test_continue_as_new_keeps_the_queue_and_the_running_set(
     assert sorted(admitted) == sorted(["run0", "run1", *shorts])
     assert max(a.running for a in view.recent_admissions) <= 2
     assert admission_order_violations(view.recent_admissions) == 0
+
+
+async def test_a_burst_of_fire_and_forget_requests_arrives_as_a_few_batched_signals(
+    env: WorkflowEnvironment, orchestra: OrchestraFactory
+) -> None:
+    async with orchestra(max_concurrent=1) as o:
+        await o.request("blocker", priority=0)
+        await o.wait(lambda v: o.running(v) == ["blocker"])
+        shorts = [f"b{i:03d}" for i in range(300)]
+        o.requested.update(o.name(s) for s in shorts)
+        results = await asyncio.gather(
+            *(
+                request_recovery(
+                    o.client,
+                    RecoveryRequest(
+                        service=o.name(s), priority=2, probe="tcp://127.0.0.1:9", policy=SLOW
+                    ),
+                    task_queue=o.queue,
+                    orchestrator_id=o.orchestrator_id,
+                    want_position=False,
+                )
+                for s in shorts
+            )
+        )
+        assert {r.state for r in results} == {RequestState.ACCEPTED}
+        view = await o.wait(lambda v: v.waiting_total == 300)
+        assert set(o.waiting(view)) <= set(shorts)
+        history = await env.client.get_workflow_handle(o.orchestrator_id).fetch_history()
+        signals = [
+            e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+        ]
+        assert 2 <= len(signals) <= 10  # 300 requests, at most 250 a signal
+        await o.heal("blocker")
