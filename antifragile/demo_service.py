@@ -39,6 +39,7 @@ from typing import Any
 
 from antifragile.breaker import CircuitBreakerConfig
 from antifragile.guard import Guard
+from antifragile.logs import configure_logging
 from antifragile.metering import UsageEvent
 from antifragile.runtime import Runtime
 from antifragile.settings import Settings
@@ -195,6 +196,8 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
 async def serve(args: argparse.Namespace) -> None:
     """Run the demo until SIGTERM/SIGINT."""
     settings = Settings()
+    # Logs follow ANTIFRAGILE_LOG_LEVEL / ANTIFRAGILE_LOG_FORMAT like every other process.
+    configure_logging(settings=settings)
     runtime = Runtime(
         settings,
         instance_id=args.instance_id,
