@@ -184,7 +184,9 @@ def _pct(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
 
 
-async def open_loop(bus: AgentBus, seconds: float, rate: int) -> tuple[int, int, list[int]]:
+async def open_loop(
+    bus: AgentBus, seconds: float, rate: int, profiler: LoopProfiler | None = None
+) -> tuple[int, int, list[int]]:
     """Offer ``rate`` msg/s on a per-message schedule; return (offered, delivered, lat ns).
 
     Each message is stamped with its scheduled time (see the module docstring).
@@ -205,9 +207,15 @@ async def open_loop(bus: AgentBus, seconds: float, rate: int) -> tuple[int, int,
             publish(TOPICS[sent & 3], BODY, at_ns=t0 + sent * 1_000_000_000 // rate)
             sent += 1
         await asyncio.sleep(0)
-    stop.set()
-    await runner  # delivers what is queued (latencies recorded), then flushes the outbox
+    # Spin until the last message is delivered, as the publisher did (an event would add
+    # a wake-up to the measured path); the window ends here, before the final flush.
+    while bus.stats.delivered - delivered0 < total:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    if profiler is not None:
+        profiler.window = profiler.take()
     lat = list(bus.latencies_ns)
+    stop.set()
+    await runner  # then persists (flushes) the outbox
     return sent, bus.stats.delivered - delivered0, lat
 
 
@@ -221,9 +229,7 @@ async def measure(
     gc.collect()  # start the latency run from the same heap state in every phase
     if profiler is not None:
         profiler.take()
-    offered, delivered, lat = await open_loop(bus, seconds, rate)
-    if profiler is not None:
-        profiler.window = profiler.take()
+    offered, delivered, lat = await open_loop(bus, seconds, rate, profiler)
     lat.sort()
     return Sample(max_rate, _pct(lat, 0.5), _pct(lat, 0.99), _pct(lat, 0.999), offered, delivered)
 
