@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,7 +177,8 @@ class Evidence:
     persist_failures: int = 0
     recovery_requests: int = 0
     recovery_runs: list[str] = field(default_factory=list)
-    outbox_peak: int = 0
+    outbox_end: int = 0
+    workflow_view: str = ""
 
 
 def _pct(ordered: list[int], q: float) -> float:
@@ -227,6 +228,7 @@ async def measure(
     elapsed = await drive(bus, seconds / 2)
     max_rate = (bus.stats.delivered - d0) / elapsed
     gc.collect()  # start the latency run from the same heap state in every phase
+    await asyncio.sleep(0)  # so the step that collected is not charged to the window
     if profiler is not None:
         profiler.take()
     offered, delivered, lat = await open_loop(bus, seconds, rate, profiler)
@@ -304,13 +306,19 @@ async def degraded(
     ev.breaker_openings = openings[0]
     ev.persist_failures = bus.stats.persist_failures - failures0
     ev.recovery_requests = (bridge.recoveries_started if bridge else 0) - recoveries0
-    ev.outbox_peak = bus.outbox
+    ev.outbox_end = bus.outbox
     status = await handle.query("status")
     ev.experiment_phase = str(status.get("phase") if isinstance(status, dict) else status)
     ev.recovery_runs = await recovery_runs(client, started)
     await handle.signal("emergency_stop", {"reason": "bench phase over", "by": "bench.bus"})
     report = await handle.result()
-    ev.experiment_outcome = str(report.outcome.value)
+    ev.experiment_outcome = str(report.outcome.value if report.outcome else "?")
+    ev.workflow_view = (
+        f"its report: {sum(report.calls_affected.values()):,} calls affected, breakers "
+        f"opened {sorted(set(report.breakers_opened))}, lowest health "
+        f"{report.health_lowest}, {len(report.recovery_workflows)} recovery run(s) "
+        f"of the blast radius seen"
+    )
     await wait_for(lambda: "redis" not in runtime.faults, 30, "the chaos fault was not removed")
     return sample, ev
 
@@ -319,11 +327,11 @@ async def recovery_runs(client: Client, since: datetime) -> list[str]:
     """``run id: status/state`` of every recovery-redis run started since ``since``."""
     query = f'AfKind="recovery" AND AfService="redis" AND StartTime >= "{since.isoformat()}"'
     runs: dict[str, str] = {}
-    async for wf in client.list_workflows(query, limit=50):
+    async for wf in client.list_workflows(query, limit=100):
         state = wf.typed_search_attributes
         af_state = next((p.value for p in state if p.key.name == "AfState"), "?")
         status = wf.status.name if wf.status else "?"
-        runs[wf.run_id] = f"{wf.id} run {wf.run_id[:8]}: {status}, AfState={af_state}"
+        runs[wf.run_id] = f"{status}/{af_state}"
     return list(runs.values())
 
 
@@ -482,16 +490,18 @@ def report(
         print(f"  {TITLES[p]:36} {cells}")
     print("\nthe degraded phases were degraded (chaos experiment + recovery, per repeat):")
     for i, ev in enumerate(evidence, 1):
+        runs = Counter(ev.recovery_runs)
+        listed = ", ".join(f"{n} {state}" for state, n in sorted(runs.items())) or "none (!)"
         print(
-            f"  {i}. {ev.experiment_id}: phase {ev.experiment_phase} while measured, "
-            f"then {ev.experiment_outcome} (emergency stop); guarded redis calls "
-            f"{ev.calls_seen:,}, errors injected {ev.calls_affected:,}, failed writes "
-            f"{ev.persist_failures:,}; breaker openings {ev.breaker_openings}; "
-            f"recovery requests via the orchestrator {ev.recovery_requests}; "
-            f"outbox at end {ev.outbox_peak:,}"
+            f"  {i}. {ev.experiment_id}: {ev.experiment_phase} while measured, then "
+            f"{ev.experiment_outcome} (emergency stop)\n"
+            f"     this process: {ev.calls_seen:,} guarded redis writes, "
+            f"{ev.calls_affected:,} errors injected, {ev.persist_failures:,} failed writes, "
+            f"{ev.breaker_openings} breaker openings, {ev.recovery_requests} recovery "
+            f"requests sent through the orchestrator, outbox {ev.outbox_end:,} at the end\n"
+            f"     recovery-redis runs started in the phase: {len(ev.recovery_runs)} ({listed})\n"
+            f"     {ev.workflow_view}"
         )
-        for run_line in ev.recovery_runs or ["no recovery-redis run started (!)"]:
-            print(f"       {run_line}")
     for p in ("healthy", "degraded"):
         added = med[p]["p99"] - base["p99"]
         verdict = "met" if added <= TARGET_ADDED_P99_US and med[p]["max"] >= rate else "MISSED"
