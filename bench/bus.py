@@ -25,6 +25,11 @@ Method:
   actual publish call avoids coordinated omission: when anything stalls the loop, the
   messages due during the stall are charged the stall, as a real producer's would be.
   The schedule's resolution is one loop turn (a few µs), not a timer tick.
+* **Same conditions** — every phase runs the same bus code on the same loop, is warmed
+  up for 0.3 s first (the guarded bus until its ``redis`` breaker is CLOSED again), and
+  starts its latency window after a full ``gc.collect()``, so no phase inherits another's
+  garbage. Each delivered message's latency is kept (150,000 samples a phase at the
+  defaults), and the window ends when the last scheduled message is delivered.
 * **Repeats** — the three phases run ``--repeats`` times, interleaved (baseline,
   healthy, degraded, baseline, ...), each repeat with its own chaos experiment, so drift
   hits all three alike; each figure printed is the median over repeats.
@@ -32,8 +37,14 @@ Method:
 * The seed's claim (6,310 msg/s, P99 0.278 ms; never measured) is printed as a reference
   row with ratios.
 
-``--profile`` also times every event-loop callback and garbage collection and prints,
-per phase, what held the loop longer than 200 µs (the causes of the p99).
+The degraded phase prints what proves it was degraded: the experiment's id and phase
+while measured, this process's counts (errors injected, failed writes, breaker
+openings, recovery requests sent through the orchestrator), the ``recovery-redis`` runs
+that started during the phase and their states, and the experiment's own report.
+
+``--profile`` also times every event-loop callback and garbage collection (CPU time of
+the loop's thread) and prints, per phase, what held the loop longer than 200 µs: the
+causes of the p99. The figures of a profiled run carry its overhead (~1 µs a callback).
 """
 
 from __future__ import annotations
