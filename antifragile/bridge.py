@@ -113,7 +113,7 @@ class Bridge:
         min_interval_s: Least time from a round of Temporal calls that delivered to the
             next round; changes meanwhile are merged. Default 1.0.
         publish_coalesce_s: How long the publisher waits after a health change before
-            writing, so a burst of changes is one snapshot. Default 0.25.
+            writing, so a burst of changes is one snapshot. Default 0.5.
         recover_on_forced_open: Start recovery for FORCED_OPEN too (normally a forced
             open is deliberate: chaos or an operator). Default False.
         sleep: Injectable sleep for tests.
@@ -135,7 +135,7 @@ class Bridge:
         initial_backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
         min_interval_s: float = 1.0,
-        publish_coalesce_s: float = 0.25,
+        publish_coalesce_s: float = 0.5,
         recover_on_forced_open: bool = False,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
