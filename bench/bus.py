@@ -343,7 +343,8 @@ async def recovery_runs(client: Client, since: datetime) -> list[str]:
         af_state = next((p.value for p in state if p.key.name == "AfState"), "?")
         status = wf.status.name if wf.status else "?"
         runs[wf.run_id] = f"{status}/{af_state}"
-    return list(runs.values())
+    # Newest first, as visibility lists them; the first entry names the latest run.
+    return [f"{run_id} {state}" for run_id, state in runs.items()]
 
 
 # --------------------------------------------------------------------------- run
@@ -506,8 +507,10 @@ def report(
         print(f"  {TITLES[p]:36} {cells}")
     print("\nthe degraded phases were degraded (chaos experiment + recovery, per repeat):")
     for i, ev in enumerate(evidence, 1):
-        runs = Counter(ev.recovery_runs)
+        runs = Counter(r.split(" ", 1)[1] for r in ev.recovery_runs)
         listed = ", ".join(f"{n} {state}" for state, n in sorted(runs.items())) or "none (!)"
+        if ev.recovery_runs:
+            listed += f"; latest recovery-redis run {ev.recovery_runs[0]}"
         print(
             f"  {i}. {ev.experiment_id}: {ev.experiment_phase} while measured, then "
             f"{ev.experiment_outcome} (emergency stop)\n"
