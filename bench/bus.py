@@ -126,14 +126,28 @@ class LoopProfiler:
         orig = asyncio.events.Handle._run
         self._orig = orig
         profiler = self
-        pc = time.thread_time_ns
+        cpu = time.thread_time_ns
+        wall = time.perf_counter_ns
+        last_end = [wall()]
 
         def _run(handle: asyncio.Handle) -> None:
-            t0 = pc()
+            w0, t0 = wall(), cpu()
+            gap = w0 - last_end[0]
+            if gap > WALL_THRESHOLD_NS:
+                # Nothing of ours ran: the loop waited in select, or the thread was
+                # preempted or waiting for the GIL (another thread holding it).
+                profiler.slow["[wall] between callbacks (select, preempted, GIL)"].append(gap)
             orig(handle)
-            dt = pc() - t0
+            dt = cpu() - t0
+            dw = wall()
+            last_end[0] = dw
+            dw -= w0
             if dt > profiler.threshold_ns:
                 profiler.slow[profiler._label(handle)].append(dt)
+            if dw > WALL_THRESHOLD_NS and dw > 2 * dt:
+                # Long in wall time, short in CPU: blocked (a sync call, the GIL) or
+                # preempted while this callback ran.
+                profiler.slow["[wall] " + profiler._label(handle)].append(dw)
 
         asyncio.events.Handle._run = _run  # type: ignore[method-assign]
         gc.callbacks.append(self._on_gc)
@@ -151,9 +165,21 @@ class LoopProfiler:
         return out
 
 
+WALL_THRESHOLD_NS = 1_000_000
+"""Wall-time stalls reported by the profiler: over 1 ms."""
+
+
 def print_profile(title: str, slow: dict[str, list[int]], seconds: float) -> None:
     print(f"  loop held > 200 µs of CPU during {title} ({seconds:.0f} s of open loop):")
-    rows = sorted(slow.items(), key=lambda kv: -sum(kv[1]))[:8]
+    cpu_rows = [kv for kv in slow.items() if not kv[0].startswith("[wall]")]
+    wall_rows = [kv for kv in slow.items() if kv[0].startswith("[wall]")]
+    _print_rows(cpu_rows)
+    print("  and > 1 ms of wall time without as much CPU (blocked, preempted or GIL):")
+    _print_rows(wall_rows)
+
+
+def _print_rows(items: list[tuple[str, list[int]]]) -> None:
+    rows = sorted(items, key=lambda kv: -sum(kv[1]))[:8]
     if not rows:
         print("    nothing")
     for label, durations in rows:
