@@ -45,6 +45,11 @@ while measured, this process's counts (errors injected, failed writes, breaker
 openings, recovery requests sent through the orchestrator), the ``recovery-redis`` runs
 that started during the phase and their states, and the experiment's own report.
 
+Each repeat also prints how often the loop's thread blocked (voluntary context switches:
+the publisher never sleeps, so these are waits for the GIL, e.g. held by the Temporal
+client's threads) and how often it was preempted (involuntary: other processes on its
+CPU) during the latency window: on a shared machine the second dominates the p99.
+
 ``--profile`` also times every event-loop callback and garbage collection (CPU time of
 the loop's thread) and prints, per phase, what held the loop longer than 200 µs: the
 causes of the p99. The figures of a profiled run carry its overhead (~1 µs a callback).
@@ -56,6 +61,7 @@ import argparse
 import asyncio
 import gc
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -202,6 +208,11 @@ class Sample:
     p999_us: float
     offered: int
     delivered: int
+    voluntary_switches: int = 0
+    """Times the loop's thread blocked in the window: the publisher spins (select with
+    timeout 0), so these are waits for the GIL or blocking calls."""
+    involuntary_switches: int = 0
+    """Times the loop's thread was preempted by another thread or process in the window."""
 
 
 @dataclass
@@ -225,10 +236,18 @@ def _pct(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
 
 
+def _switches() -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of the calling thread so far."""
+    who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+    ru = resource.getrusage(who)
+    return ru.ru_nvcsw, ru.ru_nivcsw
+
+
 async def open_loop(
     bus: AgentBus, seconds: float, rate: int, profiler: LoopProfiler | None = None
-) -> tuple[int, int, list[int]]:
-    """Offer ``rate`` msg/s on a per-message schedule; return (offered, delivered, lat ns).
+) -> tuple[int, int, list[int], tuple[int, int]]:
+    """Offer ``rate`` msg/s on a schedule; return offered, delivered, latencies (ns) and
+    the loop thread's (voluntary, involuntary) context switches during the window.
 
     Each message is stamped with its scheduled time (see the module docstring).
     """
@@ -239,6 +258,7 @@ async def open_loop(
     delivered0 = bus.stats.delivered
     publish = bus.publish
     pc = time.perf_counter_ns
+    vol0, invol0 = _switches()
     t0 = pc()
     total = int(seconds * rate)
     sent = 0
@@ -252,12 +272,13 @@ async def open_loop(
     # a wake-up to the measured path); the window ends here, before the final flush.
     while bus.stats.delivered - delivered0 < total:  # noqa: ASYNC110
         await asyncio.sleep(0)
+    vol1, invol1 = _switches()
     if profiler is not None:
         profiler.window = profiler.take()
     lat = list(bus.latencies_ns)
     stop.set()
     await runner  # then persists (flushes) the outbox
-    return sent, bus.stats.delivered - delivered0, lat
+    return sent, bus.stats.delivered - delivered0, lat, (vol1 - vol0, invol1 - invol0)
 
 
 async def measure(
@@ -271,9 +292,18 @@ async def measure(
     await asyncio.sleep(0)  # so the step that collected is not charged to the window
     if profiler is not None:
         profiler.take()
-    offered, delivered, lat = await open_loop(bus, seconds, rate, profiler)
+    offered, delivered, lat, (vol, invol) = await open_loop(bus, seconds, rate, profiler)
     lat.sort()
-    return Sample(max_rate, _pct(lat, 0.5), _pct(lat, 0.99), _pct(lat, 0.999), offered, delivered)
+    return Sample(
+        max_rate,
+        _pct(lat, 0.5),
+        _pct(lat, 0.99),
+        _pct(lat, 0.999),
+        offered,
+        delivered,
+        vol,
+        invol,
+    )
 
 
 # --------------------------------------------------------------------------- chaos
@@ -568,11 +598,15 @@ def report(
         "ratios vs the seed: our msg/s / 6,310 and 278 µs / our p99 (above 1x: better "
         "than the claim)"
     )
-    print("\nper repeat (max msg/s | p50 / p99 µs | p99 added µs | delivered/offered):")
+    print(
+        "\nper repeat (max msg/s | p50 / p99 µs | p99 added µs | delivered/offered | "
+        "loop thread blocked (GIL, sync calls) / preempted, times):"
+    )
     for p in PHASES:
         cells = "  ".join(
             f"{s.max_rate:,.0f} | {s.p50_us:.0f} / {s.p99_us:.0f} | "
-            f"{s.p99_us - b.p99_us:+.0f} | {s.delivered:,}/{s.offered:,}"
+            f"{s.p99_us - b.p99_us:+.0f} | {s.delivered:,}/{s.offered:,} | "
+            f"{s.voluntary_switches:,} / {s.involuntary_switches:,}"
             for s, b in zip(samples[p], samples["baseline"], strict=True)
         )
         print(f"  {TITLES[p]:36} {cells}")
