@@ -78,11 +78,17 @@ class CircuitOpenError(AntifragileError):
     """
 
     def __init__(self, name: str, state: CircuitState, retry_after_s: float | None) -> None:
+        # A refused call is the hot path of an open breaker (a busy service may be
+        # refused thousands of times a second), so the message is only formatted when
+        # someone reads it, and BaseException.__new__ has already stored the arguments
+        # as ``args`` (which also keeps the error picklable): three attribute stores.
         self.name = name
         self.state = state
         self.retry_after_s = retry_after_s
-        hint = f", retry in {retry_after_s:.3f}s" if retry_after_s is not None else ""
-        super().__init__(f"circuit {name!r} is {state.value}{hint}")
+
+    def __str__(self) -> str:
+        hint = f", retry in {self.retry_after_s:.3f}s" if self.retry_after_s is not None else ""
+        return f"circuit {self.name!r} is {self.state.value}{hint}"
 
 
 class IllegalTransitionError(AntifragileError):
@@ -406,14 +412,19 @@ class CircuitBreaker:
         if state is _CLOSED:
             return
         if state is _OPEN:
-            self._maybe_half_open()
+            # One clock read decides both: half-open now, or refuse with the time left.
+            elapsed = self._clock() - self._opened_at
+            duration = self.config.open_duration_s
+            if elapsed < duration:
+                raise CircuitOpenError(self.name, state, duration - elapsed)
+            self._transition(_HALF_OPEN, "open duration elapsed")
             state = self._state
         if state is _HALF_OPEN:
             if self._half_open_inflight < self.config.half_open_max_calls:
                 self._half_open_inflight += 1
                 return
             raise CircuitOpenError(self.name, state, None)
-        raise CircuitOpenError(self.name, state, self.retry_after())
+        raise CircuitOpenError(self.name, state, None)
 
     def _record(self, failed: bool) -> None:
         """Record one finished call (slow path: anything but a steady success)."""

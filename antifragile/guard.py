@@ -229,12 +229,16 @@ class Guard:
                 b._record(False)
             self._metered += 1
             return result
+        b = self.breaker
+        if b._state is not _CLOSED:
+            # Refused here, before another coroutine or frame exists: an open breaker's
+            # refusal is the fast path of a degraded service.
+            b._admit()
         return await self._call_full(fn, args)
 
     async def _call_full(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...]) -> R:
+        """The configured path; the breaker has already admitted the call."""
         b = self.breaker
-        if b._state is not _CLOSED:
-            b._admit()
         counted = self._take_slot()
         started = b._clock() if b._slow_s is not None else 0.0
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 
 import pytest
 
@@ -382,3 +383,14 @@ def test_config_defaults_match_the_contract() -> None:
     assert (cfg.failure_threshold, cfg.failure_rate_threshold) == (5, 0.5)
     assert (cfg.window_size, cfg.minimum_calls) == (100, 20)
     assert (cfg.open_duration_s, cfg.half_open_max_calls) == (30.0, 1)
+
+
+def test_refusal_error_is_cheap_to_raise_and_complete_to_read() -> None:
+    err = CircuitOpenError("dep", CircuitState.OPEN, 1.5)
+    assert err.args == ("dep", CircuitState.OPEN, 1.5)  # set by BaseException, no formatting
+    assert str(err) == "circuit 'dep' is OPEN, retry in 1.500s"
+    assert str(CircuitOpenError("dep", CircuitState.FORCED_OPEN, None)) == (
+        "circuit 'dep' is FORCED_OPEN"
+    )
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.name, back.state, back.retry_after_s) == ("dep", CircuitState.OPEN, 1.5)
