@@ -78,12 +78,15 @@ def no_fault_left(demo: Demo, target: str = DB) -> bool:
 
 
 async def calls_are_clean(demo: Demo, target: str = DB) -> None:
-    """Over half a second, every call to ``target`` succeeds quickly."""
+    """Over half a second, every call to ``target`` succeeds, and quickly."""
     before = demo.counts(target)
     await asyncio.sleep(0.5)
     grew = delta(before, demo.counts(target))
     assert set(grew) == {"ok"}, grew
-    assert max(demo.target(target)["recent_ms"]) < 60
+    # The median, not the max: one call slowed by a busy machine is not a fault; an
+    # injected delay (150 ms here) or hang slows every call.
+    recent = sorted(demo.target(target)["recent_ms"])
+    assert recent[len(recent) // 2] < 60, recent
 
 
 CASES: dict[str, dict[str, Any]] = {
