@@ -219,14 +219,20 @@ async def test_malformed_signals_from_the_temporal_cli_leave_the_experiment_runn
             await _temporal_signal(ready, handle.id, name, payload)
 
     await asyncio.gather(*(send(name, payload) for name, payload in MALFORMED_SIGNALS))
+
     # Each signal is in the history, and each was dropped by the workflow, not applied.
-    history = await handle.fetch_history()
-    signalled = [
-        e
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
-    ]
-    assert len(signalled) == len(MALFORMED_SIGNALS)
+    # A signal that arrives while a workflow task runs is written to the history only
+    # when that task completes: wait for all of them rather than read once.
+    async def all_signalled() -> bool:
+        history = await handle.fetch_history()
+        signalled = [
+            e
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+        ]
+        return len(signalled) == len(MALFORMED_SIGNALS)
+
+    await wait_for(all_signalled, 20)
     status = await handle.query("status", result_type=ChaosStatus)
     assert status.phase is ChaosPhase.RUNNING and status.stop_reason == ""
     assert status.decisions == []
