@@ -162,3 +162,33 @@ class Listener:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+
+
+async def temporal_signal(
+    address: str, workflow_id: str, name: str, payload: str
+) -> tuple[int, str]:
+    """``temporal workflow signal --input PAYLOAD``, the real CLI as an operator runs it.
+
+    Returns:
+        (exit code, stderr)
+    """
+    from antifragile import binaries
+
+    proc = await asyncio.create_subprocess_exec(
+        binaries.temporal_cli(),
+        "workflow",
+        "signal",
+        "--address",
+        address,
+        "--workflow-id",
+        workflow_id,
+        "--name",
+        name,
+        "--input",
+        payload,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()

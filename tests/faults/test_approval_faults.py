@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from antifragile import binaries
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.scenario import ChaosScenario, ChaosType
 from antifragile.constants import recovery_workflow_id
@@ -37,6 +36,7 @@ from tests.helpers import (
     WorkerProcess,
     run_cli,
     stack_env,
+    temporal_signal,
     wait_for,
     workflow_task_failures,
 )
@@ -128,23 +128,10 @@ async def test_a_recovery_approval_by_a_non_approver_is_refused_recorded_and_cha
 
 
 async def _signal(env: dict[str, str], workflow_id: str, name: str, payload: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        binaries.temporal_cli(),
-        "workflow",
-        "signal",
-        "--address",
-        env["ANTIFRAGILE_TEMPORAL_ADDRESS"],
-        "--workflow-id",
-        workflow_id,
-        "--name",
-        name,
-        "--input",
-        payload,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    code, err = await temporal_signal(
+        env["ANTIFRAGILE_TEMPORAL_ADDRESS"], workflow_id, name, payload
     )
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    assert code == 0, err
 
 
 async def test_a_chaos_approval_by_a_non_approver_is_refused_recorded_and_injects_nothing(

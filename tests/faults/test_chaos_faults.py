@@ -21,14 +21,13 @@ import redis.asyncio as aioredis
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from antifragile import binaries
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import fault_key
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import REDIS_HALT_KEY
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
 from antifragile.processes import ServerProcess
-from tests.helpers import run_cli_batch, wait_for, workflow_task_failures
+from tests.helpers import run_cli_batch, temporal_signal, wait_for, workflow_task_failures
 from tests.integration.chaos_support import Demo, Stack, chaos_stack, delta, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -163,27 +162,6 @@ async def test_a_sigkilled_worker_leaves_no_fault_after_the_ttl_and_a_new_one_co
     assert no_fault_left(demo)
 
 
-async def _temporal_signal(stack: Stack, workflow_id: str, name: str, payload: str) -> None:
-    """``temporal workflow signal --input PAYLOAD``: the real CLI, as an operator would."""
-    proc = await asyncio.create_subprocess_exec(
-        binaries.temporal_cli(),
-        "workflow",
-        "signal",
-        "--address",
-        stack.env["ANTIFRAGILE_TEMPORAL_ADDRESS"],
-        "--workflow-id",
-        workflow_id,
-        "--name",
-        name,
-        "--input",
-        payload,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, (name, payload, err.decode())
-
-
 MALFORMED_SIGNALS = [
     ("emergency_stop", '{"reason": ""}'),
     ("emergency_stop", '{"reason": 5}'),
@@ -216,7 +194,10 @@ async def test_malformed_signals_from_the_temporal_cli_leave_the_experiment_runn
 
     async def send(name: str, payload: str) -> None:
         async with limit:
-            await _temporal_signal(ready, handle.id, name, payload)
+            code, err = await temporal_signal(
+                ready.env["ANTIFRAGILE_TEMPORAL_ADDRESS"], handle.id, name, payload
+            )
+            assert code == 0, (name, payload, err)
 
     await asyncio.gather(*(send(name, payload) for name, payload in MALFORMED_SIGNALS))
 

@@ -13,7 +13,6 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from antifragile import binaries
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.scenario import ChaosScenario, ChaosType
 from antifragile.constants import recovery_workflow_id
@@ -28,7 +27,14 @@ from antifragile.models.recovery import (
 )
 from antifragile.processes import ServerProcess, free_port, start_temporal_dev_server
 from antifragile.recovery_client import start_recovery
-from tests.helpers import Listener, WorkerProcess, stack_env, wait_for, workflow_task_failures
+from tests.helpers import (
+    Listener,
+    WorkerProcess,
+    stack_env,
+    temporal_signal,
+    wait_for,
+    workflow_task_failures,
+)
 from tests.integration.chaos_support import Demo, eventually
 
 pytestmark = pytest.mark.integration
@@ -225,25 +231,6 @@ async def test_recoveries_and_an_experiment_finish_after_the_temporal_server_res
         server.stop()
 
 
-async def _temporal_signal(server: ServerProcess, workflow_id: str, name: str, payload: str) -> int:
-    proc = await asyncio.create_subprocess_exec(
-        binaries.temporal_cli(),
-        "workflow",
-        "signal",
-        "--address",
-        f"127.0.0.1:{server.port}",
-        "--workflow-id",
-        workflow_id,
-        "--name",
-        name,
-        "--input",
-        payload,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    return await proc.wait()
-
-
 async def test_malformed_signals_sent_with_the_temporal_cli_change_nothing(
     temporal_client: Client, dev_server: ServerProcess, start_worker, task_queue: str
 ) -> None:
@@ -274,7 +261,9 @@ async def test_malformed_signals_sent_with_the_temporal_cli_change_nothing(
             ("health_changed", '{"healthy": "maybe"}'),
             ("join", '{"priority": -5}'),
         ]:
-            assert await _temporal_signal(dev_server, handle.id, name, payload) == 0
+            assert (
+                await temporal_signal(f"127.0.0.1:{dev_server.port}", handle.id, name, payload)
+            )[0] == 0
         await asyncio.sleep(1)
         status = await handle.query("status", result_type=RecoveryStatus)
         assert status.state is RecoveryState.AWAITING_APPROVAL
@@ -283,7 +272,9 @@ async def test_malformed_signals_sent_with_the_temporal_cli_change_nothing(
         assert desc.status is not None and desc.status.name == "RUNNING"
         # ... and the workflow still takes a well-formed decision.
         good = json.dumps({"approver": "alice"})
-        assert await _temporal_signal(dev_server, handle.id, "approve", good) == 0
+        assert (await temporal_signal(f"127.0.0.1:{dev_server.port}", handle.id, "approve", good))[
+            0
+        ] == 0
         result = await asyncio.wait_for(handle.result(), 30)
     await listener.close()
     assert result.state is RecoveryState.SUCCEEDED
