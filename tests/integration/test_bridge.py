@@ -104,9 +104,16 @@ async def test_open_breaker_starts_then_joins_recovery_and_close_signals_health(
             # Redis has this instance's snapshot, with the open breaker.
             r = aioredis.Redis.from_url(redis_url)
             try:
-                raw = await eventually(lambda: r.get("af:health:it-1"))
-                doc = json.loads(raw)
-                assert doc["circuit_details"][service]["state"] == "OPEN"
+                # Snapshots after a change are coalesced (0.5 s): wait for the one after
+                # the opening, not the one written at start.
+                async def open_snapshot() -> bool:
+                    raw = await r.get("af:health:it-1")
+                    if raw is None:
+                        return False
+                    details = json.loads(raw)["circuit_details"]
+                    return bool(details.get(service, {}).get("state") == "OPEN")
+
+                await eventually(open_snapshot)
                 assert 0 < await r.pttl("af:health:it-1") <= 15_000
             finally:
                 await r.aclose()
