@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from antifragile.chaos.scenario import ChaosScenario
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -205,3 +207,24 @@ async def cli(env: dict[str, str], *args: str, timeout: float = 90) -> tuple[int
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+def chaos_scenario(prefix: str, **kw: Any) -> ChaosScenario:
+    """A short experiment (``target`` and the rest in ``kw``) watched at the call site.
+
+    The health guard is off (``abort_below_health`` 0): the tests are about the fault.
+    """
+    base: dict[str, Any] = {
+        "name": f"{prefix}-{uuid.uuid4().hex[:6]}",
+        "duration_s": 3,
+        "abort_below_health": 0.0,
+        "recovery_timeout_s": 5,
+    }
+    base.update(kw)
+    return ChaosScenario.model_validate(base)
+
+
+def fault_cleared(demo: Demo, target: str) -> bool:
+    """No fault enforced on ``target`` and its breaker closed."""
+    t = demo.target(target)
+    return t["fault"] is None and t["breaker"] == "CLOSED"

@@ -22,7 +22,16 @@ from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import REDIS_HALT_KEY
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
 from antifragile.processes import ServerProcess
-from tests.integration.chaos_support import Demo, Stack, chaos_stack, cli, delta, eventually
+from tests.integration.chaos_support import (
+    Demo,
+    Stack,
+    chaos_scenario,
+    chaos_stack,
+    cli,
+    delta,
+    eventually,
+    fault_cleared,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -61,20 +70,11 @@ async def ready(stack: Stack) -> Stack:
 
 
 def scenario(**kw: Any) -> ChaosScenario:
-    base: dict[str, Any] = {
-        "name": f"it-{uuid.uuid4().hex[:6]}",
-        "target": DB,
-        "duration_s": 3,
-        "abort_below_health": 0.0,  # these tests watch the fault, not the health guard
-        "recovery_timeout_s": 5,
-    }
-    base.update(kw)
-    return ChaosScenario.model_validate(base)
+    return chaos_scenario("it", **{"target": DB, **kw})
 
 
 def no_fault_left(demo: Demo, target: str = DB) -> bool:
-    t = demo.target(target)
-    return t["fault"] is None and t["breaker"] == "CLOSED"
+    return fault_cleared(demo, target)
 
 
 async def calls_are_clean(demo: Demo, target: str = DB) -> None:
