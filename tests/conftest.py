@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
@@ -29,6 +29,23 @@ from antifragile.settings import Settings
 from antifragile.temporal_client import ensure_search_attributes
 from tests.helpers import REPO, WorkerProcess
 from workers.main import build_worker
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Repeat a failure's chain of causes after its traceback, one line each: CI logs keep
+    only the end of a long traceback, and the root cause is printed first."""
+    report = yield
+    error = call.excinfo.value if call.excinfo else None
+    chain: list[str] = []
+    while error is not None and len(chain) < 10:
+        chain.append(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
+        error = error.__cause__ or error.__context__
+    if len(chain) > 1:
+        report.sections.append(("causes, outermost first", "\n".join(chain)))
+    return report
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
