@@ -1,4 +1,5 @@
-"""Activities of RecoveryOrchestratorWorkflow: the worker's limits, and watching a recovery end."""
+"""Activities of the recovery queue: the orchestrator's limits, watching recoveries end, and
+the intakes' forwarding of requests to the orchestrator."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.models.orchestrator import (
+    ForwardRequestsInput,
+    ForwardRequestsResult,
     LoadLimitsInput,
     OrchestratorLimits,
     RecoveryFinished,
@@ -19,6 +22,7 @@ from antifragile.models.orchestrator import (
 )
 from antifragile.orchestrator_logic import outcome_of_failure
 from antifragile.policy import WorkerPolicy
+from antifragile.recovery_client import signal_orchestrator
 from antifragile.settings import Settings
 
 HEARTBEAT_EVERY_S = 10.0
@@ -56,6 +60,22 @@ class OrchestratorActivities:
                 "retry_budget": rec.retry_budget,
             }
         )
+
+    @activity.defn(name="forward_recovery_requests")
+    async def forward_recovery_requests(self, data: ForwardRequestsInput) -> ForwardRequestsResult:
+        """Hand an intake's batch to the orchestrator (signal-with-start), in order.
+
+        A retry after a lost answer may hand some requests over twice; the orchestrator
+        merges a request for a service already waiting or running, so only a recovery
+        that ended in between would run once more.
+        """
+        await signal_orchestrator(
+            activity.client(),
+            data.requests,
+            orchestrator_id=data.orchestrator_id,
+            task_queue=data.task_queue,
+        )
+        return ForwardRequestsResult(forwarded=len(data.requests))
 
     @activity.defn(name="watch_recoveries")
     async def watch_recoveries(self, data: WatchRecoveriesInput) -> WatchRecoveriesResult:

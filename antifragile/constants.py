@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 from temporalio.common import SearchAttributeKey
 
 DEFAULT_TASK_QUEUE = "antifragile"
@@ -24,6 +26,27 @@ def orchestrator_workflow_id(task_queue: str = DEFAULT_TASK_QUEUE) -> str:
     if task_queue == DEFAULT_TASK_QUEUE:
         return ORCHESTRATOR_WORKFLOW_ID
     return f"{ORCHESTRATOR_WORKFLOW_ID}-{task_queue}"
+
+
+INTAKE_SHARDS = 16
+"""Intake workflows in front of each orchestrator (see :func:`intake_workflow_id`)."""
+
+
+def intake_shard(service: str, shards: int = INTAKE_SHARDS) -> int:
+    """The intake shard of a service's fire-and-forget requests: stable across processes
+    (CRC-32 of the name, not Python's salted ``hash``), so every process reporting the
+    same service uses the same intake."""
+    return zlib.crc32(service.encode("utf-8")) % shards
+
+
+def intake_workflow_id(orchestrator_id: str, shard: int) -> str:
+    """The workflow id of one intake of an orchestrator: ``recovery-orchestrator-intake-07``.
+
+    Fire-and-forget requests (the runtime bridge of every process, storms) go to one of
+    :data:`INTAKE_SHARDS` intakes, which forward them to the orchestrator in batches: the
+    orchestrator then receives a few signals per storm however many processes report.
+    """
+    return f"{orchestrator_id}-intake-{shard:02d}"
 
 
 def recovery_workflow_id(service: str) -> str:
@@ -57,6 +80,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 KIND_RECOVERY = "recovery"
 KIND_CHAOS = "chaos"
 KIND_ORCHESTRATOR = "orchestrator"
+KIND_INTAKE = "recovery-intake"
 
 # Redis keys of the fault plane, health snapshots and metering.
 REDIS_FAULT_KEY_PREFIX = "af:fault:"
@@ -83,6 +107,9 @@ SIGNAL_REQUEST_RECOVERY = "request_recovery"
 SIGNAL_REQUEST_RECOVERIES = "request_recoveries"
 """Fire-and-forget enqueue (signal-with-start), for callers that need no position back."""
 ORCHESTRATOR_WORKFLOW_TYPE = "RecoveryOrchestratorWorkflow"
+INTAKE_WORKFLOW_TYPE = "RecoveryIntakeWorkflow"
+QUERY_INTAKE = "intake"
+"""Query of an intake: what it holds and has forwarded."""
 STATE_ACTIVE = "ACTIVE"
 STATE_PAUSED = "PAUSED"
 STATE_THROTTLED = "THROTTLED"

@@ -19,10 +19,13 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.constants import (
     DEFAULT_TASK_QUEUE,
+    INTAKE_WORKFLOW_TYPE,
+    KIND_INTAKE,
     KIND_ORCHESTRATOR,
     ORCHESTRATOR_WORKFLOW_TYPE,
     QUERY_QUEUE,
@@ -30,6 +33,8 @@ from antifragile.constants import (
     SIGNAL_JOIN,
     SIGNAL_REQUEST_RECOVERIES,
     UPDATE_ENQUEUE,
+    intake_shard,
+    intake_workflow_id,
     orchestrator_workflow_id,
     recovery_workflow_id,
 )
@@ -37,6 +42,7 @@ from antifragile.models.orchestrator import (
     EnqueueBatch,
     EnqueueRecovery,
     EnqueueResult,
+    IntakeInput,
     OrchestratorInput,
     QueueView,
     RequestState,
@@ -133,11 +139,15 @@ async def request_recovery(
     priority. Never a duplicate.
 
     ``want_position`` True (the CLI) enqueues with update-with-start, which answers with
-    the position. False (storms, the runtime bridge) sends signal-with-start: durable once
-    this returns, no per-workflow update limit, no position. Such requests from this
-    process travel together: those made while a signal is in flight go in the next one
-    (``request_recoveries``, up to :data:`MAX_SIGNAL_BATCH` each), so a storm costs the
-    orchestrator a few signals, not one per service.
+    the position. False (storms, the runtime bridge) hands the request to the service's
+    intake (:func:`~antifragile.constants.intake_workflow_id`, one of
+    :data:`~antifragile.constants.INTAKE_SHARDS`) with signal-with-start: durable once
+    this returns, no per-workflow update limit, no position. The intakes forward to the
+    orchestrator in batches, so however many processes report at once, the orchestrator
+    gets a few signals (each workflow task of a Python workflow must finish within 2 s,
+    and every signal costs the SDK about 0.2 ms). Such requests from this process also
+    travel together: those made while a signal is in flight go in the next one
+    (``request_recoveries``, up to :data:`MAX_SIGNAL_BATCH` each).
 
     ``orchestrator_id`` defaults to the task queue's orchestrator
     (:func:`~antifragile.constants.orchestrator_workflow_id`: ``recovery-orchestrator``
@@ -208,15 +218,58 @@ MAX_SIGNAL_BATCH = 250
 """Most requests in one ``request_recoveries`` signal (about 100 KB of payload)."""
 
 
+async def signal_orchestrator(
+    client: Client, requests: list[RecoveryRequest], *, orchestrator_id: str, task_queue: str
+) -> None:
+    """Hand requests to the orchestrator in order, starting it if it is not running.
+
+    One ``request_recoveries`` signal-with-start per :data:`MAX_SIGNAL_BATCH` requests;
+    durable once this returns. The intakes use it to forward what they received.
+    """
+    for start in range(0, len(requests), MAX_SIGNAL_BATCH):
+        await _signal_with_start(
+            client,
+            ORCHESTRATOR_WORKFLOW_TYPE,
+            OrchestratorInput(),
+            EnqueueBatch(requests=requests[start : start + MAX_SIGNAL_BATCH]),
+            _orchestrator_start(orchestrator_id, task_queue),
+        )
+
+
+async def _signal_with_start(
+    client: Client, workflow: str, arg: Any, batch: EnqueueBatch, options: dict[str, Any]
+) -> None:
+    """``request_recoveries`` signal-with-start, retried when it lost a race to start.
+
+    Many processes starting the same workflow at once can see "already started" (the
+    time-skipping test server does; the signal was not delivered then): the workflow
+    exists by now, so the next try signals it.
+    """
+    for attempt in range(5):
+        try:
+            await client.start_workflow(
+                workflow,
+                arg,
+                start_signal=SIGNAL_REQUEST_RECOVERIES,
+                start_signal_args=[batch],
+                **options,
+            )
+            return
+        except WorkflowAlreadyStartedError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.01 * (attempt + 1))
+
+
 class _SignalBatcher:
-    """Sends the fire-and-forget requests of this process to one orchestrator in batches.
+    """Sends the fire-and-forget requests of this process to the intakes in batches.
 
     Why: the SDK delivers every signal buffered while a workflow task runs in one
     activation, and a Python workflow must finish an activation within 2 s (deadlock
-    detection). One signal per service would make a storm of thousands of requests a
-    single activation too long to ever complete; batches keep it a few dozen signals.
+    detection). A storm is spread over the intakes by service, and each process sends
+    one signal per intake per round instead of one per service.
 
-    No linger: requests that arrive while a batch is in flight form the next batch, so a
+    No linger: requests that arrive while a round is in flight form the next round, so a
     lone request (the bridge) goes out at once and a burst coalesces by itself. Each
     caller returns only when the signal carrying its request was accepted (durable).
     """
@@ -236,28 +289,40 @@ class _SignalBatcher:
         await future
 
     async def _send_all(self) -> None:
-        await asyncio.sleep(0)  # let the callers that are ready now join this batch
+        await asyncio.sleep(0)  # let the callers that are ready now join this round
         while self._pending:
-            batch = self._pending[:MAX_SIGNAL_BATCH]
-            del self._pending[:MAX_SIGNAL_BATCH]
-            try:
-                await self._client.start_workflow(
-                    ORCHESTRATOR_WORKFLOW_TYPE,
-                    OrchestratorInput(),
-                    start_signal=SIGNAL_REQUEST_RECOVERIES,
-                    start_signal_args=[EnqueueBatch(requests=[r for r, _ in batch])],
-                    **_orchestrator_start(self._orchestrator_id, self._task_queue),
-                )
-            except BaseException as exc:  # every waiting caller learns why, then it moves on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+            shards: dict[int, list[tuple[RecoveryRequest, asyncio.Future[None]]]] = {}
+            for item in self._pending:
+                shards.setdefault(intake_shard(item[0].service), []).append(item)
+            self._pending.clear()
+            batches = [
+                (shard, items[start : start + MAX_SIGNAL_BATCH])
+                for shard, items in shards.items()
+                for start in range(0, len(items), MAX_SIGNAL_BATCH)
+            ]
+            await asyncio.gather(*(self._send(shard, batch) for shard, batch in batches))
+
+    async def _send(
+        self, shard: int, batch: list[tuple[RecoveryRequest, asyncio.Future[None]]]
+    ) -> None:
+        try:
+            await _signal_with_start(
+                self._client,
+                INTAKE_WORKFLOW_TYPE,
+                IntakeInput(orchestrator_id=self._orchestrator_id, task_queue=self._task_queue),
+                EnqueueBatch(requests=[r for r, _ in batch]),
+                _intake_start(self._orchestrator_id, shard, self._task_queue),
+            )
+        except BaseException as exc:  # every waiting caller learns why, then it moves on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
 
 _BATCHERS: weakref.WeakKeyDictionary[
@@ -297,6 +362,27 @@ def _orchestrator_start(orchestrator_id: str, task_queue: str) -> dict[str, Any]
         "search_attributes": TypedSearchAttributes(
             [SearchAttributePair(SA_KIND, KIND_ORCHESTRATOR)]
         ),
+    }
+
+
+INTAKE_SUMMARY = "Recovery intake: forwards fire-and-forget requests to {orchestrator}"
+INTAKE_DETAILS = (
+    "Receives the recovery requests of in-process bridges and storms for its share of "
+    "services and forwards them to the orchestrator in batches, so the orchestrator gets "
+    "a few signals however many processes report. Ends after a minute idle; the next "
+    "request starts it again. Query `intake` for what it holds."
+)
+
+
+def _intake_start(orchestrator_id: str, shard: int, task_queue: str) -> dict[str, Any]:
+    """Options of the signal-with-start of an intake."""
+    return {
+        "id": intake_workflow_id(orchestrator_id, shard),
+        "task_queue": task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "static_summary": INTAKE_SUMMARY.format(orchestrator=orchestrator_id),
+        "static_details": INTAKE_DETAILS,
+        "search_attributes": TypedSearchAttributes([SearchAttributePair(SA_KIND, KIND_INTAKE)]),
     }
 
 

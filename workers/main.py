@@ -29,6 +29,7 @@ from antifragile.tracing import shutdown_tracing
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
 from workflows.recovery import RecoveryWorkflow
+from workflows.recovery_intake import RecoveryIntakeWorkflow
 from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
 
 log = logging.getLogger("antifragile.worker")
@@ -42,6 +43,7 @@ def all_workflows() -> list[type]:
     return [
         RecoveryWorkflow,
         RecoveryOrchestratorWorkflow,
+        RecoveryIntakeWorkflow,
         ChaosExperimentWorkflow,
         ChaosGuardianWorkflow,
     ]
@@ -68,6 +70,7 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
         recovery.run_recovery_action,
         orchestrator.load_orchestrator_limits,
         orchestrator.watch_recoveries,
+        orchestrator.forward_recovery_requests,
         chaos.validate_chaos_scenario,
         chaos.check_halt_switch,
         chaos.inject_fault,

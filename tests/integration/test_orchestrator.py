@@ -21,7 +21,13 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from antifragile.constants import QUERY_STATUS, orchestrator_workflow_id, recovery_workflow_id
+from antifragile.constants import (
+    INTAKE_SHARDS,
+    QUERY_STATUS,
+    intake_workflow_id,
+    orchestrator_workflow_id,
+    recovery_workflow_id,
+)
 from antifragile.models.orchestrator import QueueView
 from antifragile.models.recovery import (
     RecoveryPolicy,
@@ -351,3 +357,57 @@ async def test_a_burst_of_requests_beyond_the_update_limit_is_all_queued_once(
         await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
     assert {r.state.value for r in results} <= {"queued", "merged", "accepted", "running"}
     assert view.waiting_total + len(view.running) == 40 and view.admitted_total == 1
+
+
+async def test_a_storm_from_hundreds_of_processes_reaches_the_orchestrator_through_the_intakes(
+    temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    # Each request from a client of its own, as from its own process: nothing batches them
+    # but the intakes.
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    orchestrator_id = f"recovery-orchestrator-{prefix}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    slow = RecoveryPolicy(initial_delay_ms=600_000, max_delay_ms=600_000)
+    names = [f"{prefix}-{i:03d}" for i in range(400)]
+
+    def own_client() -> Client:
+        return Client(
+            temporal_client.service_client,
+            namespace=temporal_client.namespace,
+            data_converter=temporal_client.data_converter,
+        )
+
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        results = await asyncio.gather(
+            *(
+                request_recovery(
+                    own_client(),
+                    RecoveryRequest(service=name, probe="tcp://127.0.0.1:9", policy=slow),
+                    task_queue=task_queue,
+                    orchestrator_id=orchestrator_id,
+                    want_position=False,
+                )
+                for name in names
+            )
+        )
+        view = await wait_view(
+            temporal_client,
+            orchestrator_id,
+            lambda v: v.waiting_total + len(v.running) == 400,
+            timeout=60,
+        )
+        history = await temporal_client.get_workflow_handle(orchestrator_id).fetch_history()
+        signals = sum(
+            1 for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+        )
+        for service in [r.service for r in view.running]:
+            await temporal_client.get_workflow_handle(recovery_workflow_id(service)).terminate()
+        await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+        for shard in range(INTAKE_SHARDS):
+            with contextlib.suppress(RPCError):
+                await temporal_client.get_workflow_handle(
+                    intake_workflow_id(orchestrator_id, shard)
+                ).terminate("test over")
+    assert {r.state.value for r in results} == {"accepted"}
+    assert view.admitted_total == 1
+    assert signals <= 4 * INTAKE_SHARDS  # not 400

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from antifragile.constants import INTAKE_SHARDS, intake_shard, intake_workflow_id
 from antifragile.models.orchestrator import (
     OrchestratorLimits,
     RecoveryOutcome,
@@ -289,3 +290,13 @@ def test_ten_thousand_queued_stay_fast_and_ordered() -> None:
     assert admission_order_violations(list(c.recent_admissions)) == 0
     # Generous bound: this is O(n log n) work; quadratic would take minutes.
     assert elapsed < 20, f"{elapsed:.1f}s for 10,000 requests"
+
+
+def test_a_service_always_goes_to_the_same_intake_shard_in_range() -> None:
+    shards = [intake_shard(f"svc-{i}") for i in range(2_000)]
+    assert all(0 <= s < INTAKE_SHARDS for s in shards)
+    assert len(set(shards)) == INTAKE_SHARDS  # a fleet spreads over every intake
+    assert max(shards.count(s) for s in set(shards)) < 2 * 2_000 / INTAKE_SHARDS
+    # CRC-32, not Python's salted hash: the same in every process, for ever.
+    assert intake_shard("payments-db") == 4
+    assert intake_workflow_id("recovery-orchestrator", 7) == "recovery-orchestrator-intake-07"
