@@ -39,7 +39,12 @@ from temporalio.service import RPCError
 from antifragile.breaker import CircuitBreakerConfig, CircuitState, StateChange
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.scenario import ChaosScenario, ChaosType, ErrorKind
-from antifragile.constants import orchestrator_workflow_id, recovery_workflow_id
+from antifragile.constants import (
+    intake_shard,
+    intake_workflow_id,
+    orchestrator_workflow_id,
+    recovery_workflow_id,
+)
 from antifragile.demo.agent_bus import AgentBus
 from antifragile.demo.service import HealthEndpoint, Load, audit_stream, rate_over
 from antifragile.demo.stack import DemoOptions, DemoStack
@@ -193,9 +198,14 @@ class Demo:
         await wait_until(lambda: bridge.recoveries_started > 0, step, "recovery request")
         rid = recovery_workflow_id(DEPENDENCY)
         orchestrator = orchestrator_workflow_id(s.task_queue)
+        intake = intake_workflow_id(orchestrator, intake_shard(DEPENDENCY))
+        self.link("recovery intake", intake)
         self.link("recovery orchestrator", orchestrator)
         self.link("recovery (automatic)", rid)
-        t.mark("recovery_requested", f"request for {DEPENDENCY} sent to {orchestrator}")
+        t.mark(
+            "recovery_requested",
+            f"request for {DEPENDENCY} sent to {orchestrator} through {intake}",
+        )
         recovery = self.client.get_workflow_handle(rid, result_type=RecoveryResult)
         await wait_until(lambda: self._running(recovery), step, "recovery admitted")
         t.mark("recovery_admitted", f"{rid} running as the orchestrator's child")
