@@ -82,19 +82,37 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
     ]
 
 
-def workflow_runner() -> SandboxedWorkflowRunner:
-    """The sandbox our workflows run in, with our own deterministic modules passed through.
+PASSED_THROUGH_LIBRARIES = ("redis",)
+"""Third-party modules the sandbox never re-imports, even with ``strict=True``.
+
+redis-py's asyncio ``ConnectionPool.__del__`` imports ``redis.observability.recorder``.
+The garbage collector runs finalizers on whatever thread allocates at that moment, and
+that can be a workflow thread inside the sandbox: the import then re-imported redis (and
+OpenTelemetry) inside the sandbox, where OpenTelemetry's read of ``os.environ`` is
+restricted. Seen in ``bench/bridge.py`` (the pools of activities' Redis clients), and the
+likely cause of a worker that once failed to validate a workflow in CI. Passed through,
+the finalizer gets the host's already-imported module. Workflows never use redis.
+"""
+
+
+def workflow_runner(*, strict: bool = False) -> SandboxedWorkflowRunner:
+    """The sandbox our workflows run in.
 
     By default the sandbox re-imports (and re-compiles) a workflow's module for every
     new workflow run: ~35 ms per recovery start on this project's reference machine,
     more than Temporal's own start latency. Our workflow modules keep no mutable global
     state and import only deterministic code, so they are passed through; the sandbox
-    still restricts what runs inside workflows, and the workflow tests run under the
-    default, stricter sandbox to catch a non-deterministic call.
+    still restricts what runs inside workflows.
+
+    Args:
+        strict: Re-import our own modules in every run as the default sandbox does (the
+            workflow tests use it to catch a non-deterministic call at import time).
+            :data:`PASSED_THROUGH_LIBRARIES` are passed through either way.
     """
+    own = () if strict else ("antifragile", "workflows")
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "antifragile", "workflows"
+            *PASSED_THROUGH_LIBRARIES, *own
         )
     )
 

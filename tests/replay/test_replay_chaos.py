@@ -15,6 +15,7 @@ from tests.replay.record_chaos_history import (
     HISTORY,
     WORKFLOW_ID,
 )
+from workers.main import workflow_runner
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
 
@@ -27,6 +28,7 @@ async def test_recorded_chaos_history_replays() -> None:
     assert len(history.events) > 50 and len(event_types) > 8  # a rich run, not a stub
     replayer = Replayer(
         workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
+        workflow_runner=workflow_runner(strict=True),
         data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)
@@ -38,5 +40,9 @@ GUARDIAN_TEXT = Path(GUARDIAN_HISTORY).read_text()
 async def test_recorded_guardian_history_replays() -> None:
     history = WorkflowHistory.from_json(GUARDIAN_ID, GUARDIAN_TEXT)
     assert len(history.events) > 20  # checks, a stand_down signal, completion
-    replayer = Replayer(workflows=[ChaosGuardianWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[ChaosGuardianWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+        data_converter=pydantic_data_converter,
+    )
     await replayer.replay_workflow(history)

@@ -11,6 +11,7 @@ from temporalio.worker import Replayer
 
 from antifragile.constants import intake_workflow_id, orchestrator_workflow_id
 from tests.replay.record_intake_history import QUEUE
+from workers.main import workflow_runner
 from workflows.recovery_intake import RecoveryIntakeWorkflow
 
 HISTORY = Path(__file__).with_name("intake_history.json")
@@ -28,5 +29,9 @@ async def test_the_recorded_intake_history_replays_without_nondeterminism() -> N
     history = WorkflowHistory.from_json(
         intake_workflow_id(orchestrator_workflow_id(QUEUE), 0), text
     )
-    replayer = Replayer(workflows=[RecoveryIntakeWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[RecoveryIntakeWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+        data_converter=pydantic_data_converter,
+    )
     await replayer.replay_workflow(history)

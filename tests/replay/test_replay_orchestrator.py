@@ -10,6 +10,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from antifragile.constants import ORCHESTRATOR_WORKFLOW_ID
+from workers.main import workflow_runner
 from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
 
 HISTORY = Path(__file__).with_name("orchestrator_history.json")
@@ -28,6 +29,8 @@ async def test_the_recorded_orchestrator_history_replays_without_nondeterminism(
     } <= kinds
     history = WorkflowHistory.from_json(ORCHESTRATOR_WORKFLOW_ID, text)
     replayer = Replayer(
-        workflows=[RecoveryOrchestratorWorkflow], data_converter=pydantic_data_converter
+        workflows=[RecoveryOrchestratorWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+        data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)

@@ -39,6 +39,7 @@ from antifragile.models.chaos import (
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
 from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
+from workers.main import workflow_runner
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
 
@@ -122,6 +123,7 @@ def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
             env.client,
             task_queue=queue,
             workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
+            workflow_runner=workflow_runner(strict=True),
             activities=[
                 common.validate_constitutional_hash,
                 common.authorize_approver,
@@ -490,6 +492,7 @@ async def test_hash_mismatch_at_renewal_fails_and_still_cleans_up(
         env.client,
         task_queue=queue,
         workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
+        workflow_runner=workflow_runner(strict=True),
         activities=[
             common.validate_constitutional_hash,
             common.authorize_approver,

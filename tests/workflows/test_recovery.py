@@ -40,6 +40,7 @@ from antifragile.models.recovery import (
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery_client import start_recovery
 from antifragile.settings import Settings
+from workers.main import workflow_runner
 from workflows.recovery import RecoveryWorkflow
 
 
@@ -80,6 +81,7 @@ def running(env: WorkflowEnvironment) -> Callable[..., object]:
             env.client,
             task_queue=queue,
             workflows=[RecoveryWorkflow],
+            workflow_runner=workflow_runner(strict=True),
             activities=[
                 common.validate_constitutional_hash,
                 common.authorize_approver,
@@ -320,6 +322,7 @@ async def test_an_action_the_policy_does_not_define_fails_the_recovery(
         env.client,
         task_queue=queue,
         workflows=[RecoveryWorkflow],
+        workflow_runner=workflow_runner(strict=True),
         activities=[
             common.validate_constitutional_hash,
             common.authorize_approver,

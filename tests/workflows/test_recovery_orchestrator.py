@@ -67,6 +67,7 @@ from antifragile.orchestrator_logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery_client import request_recovery
 from antifragile.settings import Settings
+from workers.main import workflow_runner
 from workflows.recovery import RecoveryWorkflow
 from workflows.recovery_intake import RecoveryIntakeWorkflow
 from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
@@ -263,6 +264,7 @@ def worker_for(orch: Orchestra, policy: WorkerPolicy, tuning: OrchestratorLimits
         plain,
         task_queue=orch.queue,
         workflows=[RecoveryWorkflow, RecoveryOrchestratorWorkflow, RecoveryIntakeWorkflow],
+        workflow_runner=workflow_runner(strict=True),
         activities=[
             common.validate_constitutional_hash,
             common.authorize_approver,
