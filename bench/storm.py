@@ -10,7 +10,8 @@ first attempt for real and succeeds on the second after a short backoff (200 ms)
 
 Printed per N:
 - enqueue: time from the first failure report to all enqueued, and from the last report
-  sent to all enqueued (reports go out concurrently through ``request_recovery``);
+  sent to all enqueued (reports go out concurrently through ``request_recovery``;
+  enqueued = durably accepted, by the intakes that forward them to the orchestrator);
 - total time until every recovery succeeded, orchestrated and Temporal-only (the same N
   RecoveryWorkflows started directly with ``start_recovery``, no orchestrator, in the
   same run), and their ratio (target ≤ 1.3 at N = 1,000);
@@ -42,7 +43,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.constants import orchestrator_workflow_id
 from antifragile.models.orchestrator import AdmissionRecord
@@ -206,8 +207,11 @@ async def run_storm(
         try:
             view = await orchestrator_queue(client, task_queue=TASK_QUEUE)
         except RPCError as exc:
-            # A worker saturated by the storm can answer a query late: ask again.
-            print(f"  (query: {exc}; retrying)", file=sys.stderr)
+            # Requests reach the orchestrator through the intakes, which start it if need
+            # be: it may not exist yet. A worker saturated by the storm can also answer a
+            # query late. Either way, ask again.
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                print(f"  (query: {exc}; retrying)", file=sys.stderr)
             await asyncio.sleep(1)
             continue
         if base_finished is None:
