@@ -106,6 +106,18 @@ async def wait_view(
         await asyncio.sleep(0.2)
 
 
+async def end_queue(client: Client, orchestrator_id: str, view: QueueView) -> None:
+    """Terminate a test's running recoveries, its orchestrator and its intakes."""
+    ids = [
+        *(recovery_workflow_id(r.service) for r in view.running),
+        orchestrator_id,
+        *(intake_workflow_id(orchestrator_id, shard) for shard in range(INTAKE_SHARDS)),
+    ]
+    for workflow_id in ids:
+        with contextlib.suppress(RPCError):  # an intake that never started
+            await client.get_workflow_handle(workflow_id).terminate("test over")
+
+
 async def test_fifty_recoveries_with_a_cap_of_three_run_three_at_most_in_priority_order(
     temporal_client: Client, start_worker: Any, task_queue: str
 ) -> None:
@@ -351,10 +363,7 @@ async def test_a_burst_of_requests_beyond_the_update_limit_is_all_queued_once(
         )
         await asyncio.sleep(1)
         view = await orchestrator_queue(temporal_client, orchestrator_id=orchestrator_id)
-        running = [r.service for r in view.running]
-        for service in running:
-            await temporal_client.get_workflow_handle(recovery_workflow_id(service)).terminate()
-        await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
+        await end_queue(temporal_client, orchestrator_id, view)
     assert {r.state.value for r in results} <= {"queued", "merged", "accepted", "running"}
     assert view.waiting_total + len(view.running) == 40 and view.admitted_total == 1
 
@@ -400,14 +409,7 @@ async def test_a_storm_from_hundreds_of_processes_reaches_the_orchestrator_throu
         signals = sum(
             1 for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
         )
-        for service in [r.service for r in view.running]:
-            await temporal_client.get_workflow_handle(recovery_workflow_id(service)).terminate()
-        await temporal_client.get_workflow_handle(orchestrator_id).terminate("test over")
-        for shard in range(INTAKE_SHARDS):
-            with contextlib.suppress(RPCError):
-                await temporal_client.get_workflow_handle(
-                    intake_workflow_id(orchestrator_id, shard)
-                ).terminate("test over")
+        await end_queue(temporal_client, orchestrator_id, view)
     assert {r.state.value for r in results} == {"accepted"}
     assert view.admitted_total == 1
     assert signals <= 4 * INTAKE_SHARDS  # not 400

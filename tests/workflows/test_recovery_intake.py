@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -51,6 +52,19 @@ def request_for(o: Orchestra, short: str, priority: int = 2) -> RecoveryRequest:
     )
 
 
+async def fire_and_forget(
+    o: Orchestra, request: RecoveryRequest, client: Client | None = None
+) -> Any:
+    """``request_recovery`` as the bridge calls it (no position wanted)."""
+    return await request_recovery(
+        client or o.client,
+        request,
+        task_queue=o.queue,
+        orchestrator_id=o.orchestrator_id,
+        want_position=False,
+    )
+
+
 def another_process(o: Orchestra) -> Client:
     """A client of its own, as a separate process has: it batches only its own requests."""
     return Client(
@@ -67,13 +81,7 @@ async def test_an_idle_intake_ends_and_the_next_request_starts_it_again(
         await o.request("blocker", priority=0)
         await o.wait(lambda v: o.running(v) == ["blocker"])
         first = request_for(o, "first")
-        await request_recovery(
-            o.client,
-            first,
-            task_queue=o.queue,
-            orchestrator_id=o.orchestrator_id,
-            want_position=False,
-        )
+        await fire_and_forget(o, first)
         await o.wait(lambda v: o.waiting(v) == ["first"])
         intake = env.client.get_workflow_handle(
             intake_workflow_id(o.orchestrator_id, intake_shard(first.service)),
@@ -87,13 +95,7 @@ async def test_an_idle_intake_ends_and_the_next_request_starts_it_again(
             for i in range(1000)
             if intake_shard(o.name(f"second{i}")) == intake_shard(first.service)
         )
-        await request_recovery(
-            o.client,
-            second,
-            task_queue=o.queue,
-            orchestrator_id=o.orchestrator_id,
-            want_position=False,
-        )
+        await fire_and_forget(o, second)
         view = await o.wait(lambda v: v.waiting_total == 2)
         assert o.waiting(view) == ["first", o.short(second.service)]
         assert (await intake.describe()).status == WorkflowExecutionStatus.RUNNING
@@ -141,16 +143,7 @@ async def test_a_storm_from_many_processes_reaches_the_orchestrator_as_a_few_sig
         await o.wait(lambda v: o.running(v) == ["blocker"])
         shorts = [f"p{i:03d}" for i in range(600)]
         results = await asyncio.gather(
-            *(
-                request_recovery(
-                    another_process(o),
-                    request_for(o, s),
-                    task_queue=o.queue,
-                    orchestrator_id=o.orchestrator_id,
-                    want_position=False,
-                )
-                for s in shorts
-            )
+            *(fire_and_forget(o, request_for(o, s), another_process(o)) for s in shorts)
         )
         assert {r.state for r in results} == {RequestState.ACCEPTED}
         view = await o.wait(lambda v: v.waiting_total == 600, timeout=60)
