@@ -236,6 +236,10 @@ async def signal_orchestrator(
         )
 
 
+START_RACE_ATTEMPTS = 5
+"""Tries of a signal-with-start answered "already started" (see :func:`_signal_with_start`)."""
+
+
 async def _signal_with_start(
     client: Client, workflow: str, arg: Any, batch: EnqueueBatch, options: dict[str, Any]
 ) -> None:
@@ -245,7 +249,7 @@ async def _signal_with_start(
     time-skipping test server does; the signal was not delivered then): the workflow
     exists by now, so the next try signals it.
     """
-    for attempt in range(5):
+    for attempt in range(START_RACE_ATTEMPTS):
         try:
             await client.start_workflow(
                 workflow,
@@ -256,7 +260,7 @@ async def _signal_with_start(
             )
             return
         except WorkflowAlreadyStartedError:
-            if attempt == 4:
+            if attempt == START_RACE_ATTEMPTS - 1:
                 raise
             await asyncio.sleep(0.01 * (attempt + 1))
 
@@ -353,15 +357,22 @@ by continue-as-new, a busy server) falls back to signal-with-start."""
 
 def _orchestrator_start(orchestrator_id: str, task_queue: str) -> dict[str, Any]:
     """Options of every (signal- or update-) with-start of the orchestrator."""
+    return _start_options(
+        orchestrator_id, task_queue, KIND_ORCHESTRATOR, ORCHESTRATOR_SUMMARY, ORCHESTRATOR_DETAILS
+    )
+
+
+def _start_options(
+    workflow_id: str, task_queue: str, kind: str, summary: str, details: str
+) -> dict[str, Any]:
+    """Start options of the queue's singletons: joined if running, readable in the UI."""
     return {
-        "id": orchestrator_id,
+        "id": workflow_id,
         "task_queue": task_queue,
         "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "static_summary": ORCHESTRATOR_SUMMARY,
-        "static_details": ORCHESTRATOR_DETAILS,
-        "search_attributes": TypedSearchAttributes(
-            [SearchAttributePair(SA_KIND, KIND_ORCHESTRATOR)]
-        ),
+        "static_summary": summary,
+        "static_details": details,
+        "search_attributes": TypedSearchAttributes([SearchAttributePair(SA_KIND, kind)]),
     }
 
 
@@ -376,14 +387,13 @@ INTAKE_DETAILS = (
 
 def _intake_start(orchestrator_id: str, shard: int, task_queue: str) -> dict[str, Any]:
     """Options of the signal-with-start of an intake."""
-    return {
-        "id": intake_workflow_id(orchestrator_id, shard),
-        "task_queue": task_queue,
-        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "static_summary": INTAKE_SUMMARY.format(orchestrator=orchestrator_id),
-        "static_details": INTAKE_DETAILS,
-        "search_attributes": TypedSearchAttributes([SearchAttributePair(SA_KIND, KIND_INTAKE)]),
-    }
+    return _start_options(
+        intake_workflow_id(orchestrator_id, shard),
+        task_queue,
+        KIND_INTAKE,
+        INTAKE_SUMMARY.format(orchestrator=orchestrator_id),
+        INTAKE_DETAILS,
+    )
 
 
 async def orchestrator_queue(

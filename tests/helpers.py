@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.processes import ServerProcess, free_port
@@ -192,3 +192,11 @@ async def temporal_signal(
     _, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, err.decode()
+
+
+def client_of_its_own(client: Client) -> Client:
+    """A client on the same connection, as another process would have: the recovery
+    client batches fire-and-forget requests per client, so each of these sends its own."""
+    return Client(
+        client.service_client, namespace=client.namespace, data_converter=client.data_converter
+    )

@@ -39,7 +39,7 @@ from antifragile.orchestrator_logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.processes import free_port
 from antifragile.recovery_client import orchestrator_queue, request_recovery
-from tests.helpers import wait_for
+from tests.helpers import client_of_its_own, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -379,18 +379,11 @@ async def test_a_storm_from_hundreds_of_processes_reaches_the_orchestrator_throu
     slow = RecoveryPolicy(initial_delay_ms=600_000, max_delay_ms=600_000)
     names = [f"{prefix}-{i:03d}" for i in range(400)]
 
-    def own_client() -> Client:
-        return Client(
-            temporal_client.service_client,
-            namespace=temporal_client.namespace,
-            data_converter=temporal_client.data_converter,
-        )
-
     async with start_worker(temporal_client, task_queue, policy=policy):
         results = await asyncio.gather(
             *(
                 request_recovery(
-                    own_client(),
+                    client_of_its_own(temporal_client),
                     RecoveryRequest(service=name, probe="tcp://127.0.0.1:9", policy=slow),
                     task_queue=task_queue,
                     orchestrator_id=orchestrator_id,

@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from antifragile.constants import (
@@ -31,6 +30,7 @@ from antifragile.models.orchestrator import (
 )
 from antifragile.models.recovery import RecoveryRequest
 from antifragile.recovery_client import request_recovery
+from tests.helpers import client_of_its_own
 from tests.workflows import test_recovery_orchestrator as orchestrator_tests
 from tests.workflows.test_recovery_orchestrator import (
     SLOW,
@@ -62,15 +62,6 @@ async def fire_and_forget(
         task_queue=o.queue,
         orchestrator_id=o.orchestrator_id,
         want_position=False,
-    )
-
-
-def another_process(o: Orchestra) -> Client:
-    """A client of its own, as a separate process has: it batches only its own requests."""
-    return Client(
-        o.client.service_client,
-        namespace=o.client.namespace,
-        data_converter=pydantic_data_converter,
     )
 
 
@@ -143,7 +134,7 @@ async def test_a_storm_from_many_processes_reaches_the_orchestrator_as_a_few_sig
         await o.wait(lambda v: o.running(v) == ["blocker"])
         shorts = [f"p{i:03d}" for i in range(600)]
         results = await asyncio.gather(
-            *(fire_and_forget(o, request_for(o, s), another_process(o)) for s in shorts)
+            *(fire_and_forget(o, request_for(o, s), client_of_its_own(o.client)) for s in shorts)
         )
         assert {r.state for r in results} == {RequestState.ACCEPTED}
         view = await o.wait(lambda v: v.waiting_total == 600, timeout=60)
