@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from antifragile.approvals import signature_digest, verify_decision
 from antifragile.hashing import hash_matches, redact_hash
 from antifragile.models.recovery import (
     AuthorizeApproverInput,
@@ -47,16 +51,47 @@ class CommonActivities:
 
     @activity.defn(name="authorize_approver")
     async def authorize_approver(self, data: AuthorizeApproverInput) -> AuthorizeApproverResult:
-        """Allow a named approver unless the policy lists approvers and this is not one."""
-        allowed = self._policy.recovery.approvers
+        """Allow a decision if the policy allows its approver and, when keyed, its signature.
+
+        An approver the policy lists with ``key_env`` must sign (``antifragile.approvals``):
+        the signature is checked in constant time against the key in the worker's
+        environment, within ``recovery.approval_window_s`` of the worker's clock, and is
+        refused if its digest is in ``used_signatures``. Without keys, names are advisory.
+        """
+        policy = self._policy.recovery
         name = data.approver.strip()
         if not name:
             return AuthorizeApproverResult(allowed=False, reason="an approver must be named")
-        if allowed and name not in allowed:
+        if policy.approvers and name not in policy.approvers:
             return AuthorizeApproverResult(
                 allowed=False, reason=f"{name!r} is not an approver in the worker policy"
             )
-        return AuthorizeApproverResult(allowed=True)
+        key_env = policy.approver_key_env(name)
+        if key_env is None:
+            return AuthorizeApproverResult(allowed=True)
+        key = os.environ.get(key_env, "")
+        if not key:
+            # The operator named a key the worker does not have: refuse, never fall back.
+            return AuthorizeApproverResult(
+                allowed=False, reason=f"the worker has no key for {name!r} (policy key_env)"
+            )
+        reason = verify_decision(
+            key.encode(),
+            data.signature,
+            workflow_id=data.workflow_id,
+            first_run_id=data.first_run_id,
+            decision=data.decision,
+            approver=name,
+            signed_at=data.signed_at,
+            now=datetime.now(UTC),
+            window_s=policy.approval_window_s,
+        )
+        if reason is not None:
+            return AuthorizeApproverResult(allowed=False, reason=reason)
+        digest = signature_digest(data.signature)
+        if digest in data.used_signatures:
+            return AuthorizeApproverResult(allowed=False, reason="signature already used")
+        return AuthorizeApproverResult(allowed=True, signature_digest=digest)
 
     @activity.defn(name="probe_service")
     async def probe_service(self, data: ProbeInput) -> ProbeResult:

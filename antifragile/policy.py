@@ -8,19 +8,38 @@ defaults below apply. A request can only choose among what the policy permits
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from antifragile.approvals import DEFAULT_WINDOW_S
 from antifragile.errors import ConfigError, describe_validation_error
+
+
+class ApproverConfig(BaseModel):
+    """One approver of the worker policy.
+
+    Attributes:
+        key_env: Name of the worker's environment variable holding this approver's HMAC key.
+            None (default): the approver's name is advisory (unsigned decisions accepted).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class RecoveryPolicyConfig(BaseModel):
     """The ``recovery`` section of the worker policy.
 
     Attributes:
-        approvers: Names allowed to approve or reject a manual recovery. Empty (default):
-            any named approver.
+        approvers: Who may approve or reject, for recoveries and chaos experiments: a list of
+            names, or ``{NAME: {key_env: VAR}}`` to require decisions signed with the key in
+            the worker's environment variable ``VAR`` (see ``antifragile.approvals``).
+            Normalised to ``{NAME: ApproverConfig}``. Empty (default): any named approver.
+        approval_window_s: How far a signed decision's time may be from the worker's clock,
+            seconds. Default 300.
         max_concurrent: Recoveries the orchestrator runs at once. Default 5.
         max_admissions_per_minute: New admissions per minute across the fleet. Default 60.
         retry_budget: Share of failed attempts in the window above which admissions
@@ -32,12 +51,28 @@ class RecoveryPolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    approvers: list[str] = Field(default_factory=list)
+    approvers: dict[str, ApproverConfig] = Field(default_factory=dict)
+    approval_window_s: float = Field(default=DEFAULT_WINDOW_S, gt=0.0, le=86_400.0)
     max_concurrent: int = Field(default=5, ge=1, le=10_000)
     max_admissions_per_minute: int = Field(default=60, ge=1)
     retry_budget: float = Field(default=0.1, gt=0.0, le=1.0)
     commands: dict[str, list[str]] = Field(default_factory=dict)
     webhook_url: str | None = None
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _approvers_as_mapping(cls, value: Any) -> Any:
+        # A plain list of names is the common case; a mapping adds keys to some of them.
+        if isinstance(value, list | tuple):
+            return {str(name): ApproverConfig() for name in value}
+        if isinstance(value, dict):
+            return {str(k): (ApproverConfig() if v is None else v) for k, v in value.items()}
+        return value
+
+    def approver_key_env(self, name: str) -> str | None:
+        """The environment variable holding ``name``'s key, or None if unsigned/unknown."""
+        config = self.approvers.get(name)
+        return config.key_env if config is not None else None
 
     @field_validator("commands")
     @classmethod

@@ -63,10 +63,15 @@ class ApprovalSignal(StrictModel):
     Attributes:
         approver: Who decides. Required, non-empty.
         note: Free text kept with the decision.
+        signature: Hex HMAC-SHA256 of the decision (``antifragile.approvals``); "" when
+            unsigned. Required when the policy gives this approver a key.
+        signed_at: When the decision was signed (UTC); None when unsigned.
     """
 
     approver: str = Field(min_length=1, max_length=200)
     note: str = Field(default="", max_length=2000)
+    signature: str = Field(default="", max_length=128)
+    signed_at: datetime | None = None
 
 
 class ApprovalRecord(StrictModel):

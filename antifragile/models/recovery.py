@@ -243,13 +243,37 @@ class ProbeResult(StrictModel):
 
 
 class AuthorizeApproverInput(StrictModel):
-    """Input of ``authorize_approver``: is this name allowed by the worker policy?"""
+    """Input of ``authorize_approver``: is this decision allowed by the worker policy?
+
+    Attributes:
+        approver: The name the decision was sent under.
+        workflow_id: Workflow that received it ("" in histories before signed approvals).
+        first_run_id: That workflow's first run id (signatures bind it).
+        decision: ``"approved"`` or ``"rejected"``.
+        signature: Hex signature sent with the decision; "" when unsigned.
+        signed_at: Signing time sent with the decision.
+        used_signatures: Digests of signatures the workflow already accepted (usable once).
+    """
 
     approver: str
+    workflow_id: str = ""
+    first_run_id: str = ""
+    decision: str = ""
+    signature: str = ""
+    signed_at: datetime | None = None
+    used_signatures: list[str] = Field(default_factory=list)
 
 
 class AuthorizeApproverResult(StrictModel):
-    """Result of ``authorize_approver``."""
+    """Result of ``authorize_approver``.
+
+    Attributes:
+        allowed: The decision may take effect.
+        reason: Why it was refused; "" when allowed.
+        signature_digest: When a signed decision was allowed, the digest the workflow must
+            remember so the same signature is refused next time; else "".
+    """
 
     allowed: bool
     reason: str = ""
+    signature_digest: str = ""

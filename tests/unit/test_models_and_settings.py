@@ -81,7 +81,7 @@ def test_policy_file_is_loaded_from_yaml(tmp_path: Path) -> None:
         "chaos:\n  allowed_targets: [redis]\n  lease_ttl_s: 5\n"
     )
     policy = WorkerPolicy.load(path)
-    assert policy.recovery.approvers == ["alice"]
+    assert list(policy.recovery.approvers) == ["alice"]
     assert policy.recovery.commands["restart"] == ["systemctl", "restart", "x"]
     assert policy.chaos.allowed_targets == ["redis"]
 

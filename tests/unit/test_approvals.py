@@ -1,0 +1,101 @@
+"""Signed approvals: the HMAC format, the time window, usable-once, and the policy's keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from activities.common import CommonActivities
+from antifragile.approvals import (
+    MIN_KEY_BYTES,
+    sign_decision,
+    signature_digest,
+    signing_message,
+    verify_decision,
+)
+from antifragile.models.recovery import AuthorizeApproverInput
+from antifragile.policy import ApproverConfig, RecoveryPolicyConfig, WorkerPolicy
+from antifragile.settings import Settings
+
+KEY = b"k" * 32
+AT = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+FIELDS = dict(workflow_id="recovery-db", first_run_id="run-1", decision="approved", approver="al")
+
+
+def test_message_binds_every_field_and_truncates_to_seconds() -> None:
+    msg = signing_message(**FIELDS, signed_at=AT.replace(microsecond=999))
+    assert msg == (
+        b"antifragile-approval-v1\nrecovery-db\nrun-1\napproved\nal\n2026-11-30T12:00:00+00:00"
+    )
+
+
+def test_valid_signature_passes_and_exact_window_edge_is_inside() -> None:
+    sig = sign_decision(KEY, **FIELDS, signed_at=AT)
+    assert len(sig) == 64
+    assert verify_decision(KEY, sig, **FIELDS, signed_at=AT, now=AT) is None
+    edge = AT + timedelta(seconds=300)
+    assert verify_decision(KEY, sig, **FIELDS, signed_at=AT, now=edge, window_s=300) is None
+    late = edge + timedelta(microseconds=1)
+    assert "window" in (verify_decision(KEY, sig, **FIELDS, signed_at=AT, now=late) or "")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"workflow_id": "recovery-other"},
+        {"first_run_id": "run-2"},
+        {"decision": "rejected"},
+        {"approver": "mallory"},
+    ],
+)
+def test_signature_for_another_decision_is_refused(change: dict[str, str]) -> None:
+    sig = sign_decision(KEY, **FIELDS, signed_at=AT)
+    fields = {**FIELDS, **change}
+    assert verify_decision(KEY, sig, **fields, signed_at=AT, now=AT) is not None
+
+
+def test_wrong_key_unsigned_naive_and_short_key_are_refused() -> None:
+    sig = sign_decision(KEY, **FIELDS, signed_at=AT)
+    assert verify_decision(b"x" * 32, sig, **FIELDS, signed_at=AT, now=AT) is not None
+    assert verify_decision(KEY, "", **FIELDS, signed_at=AT, now=AT) is not None
+    assert verify_decision(KEY, sig, **FIELDS, signed_at=None, now=AT) is not None
+    naive = AT.replace(tzinfo=None)
+    assert verify_decision(KEY, sig, **FIELDS, signed_at=naive, now=AT) is not None
+    with pytest.raises(ValueError):
+        sign_decision(b"k" * (MIN_KEY_BYTES - 1), **FIELDS, signed_at=AT)
+
+
+def test_refusal_never_shows_the_expected_signature() -> None:
+    expected = sign_decision(KEY, **FIELDS, signed_at=AT)
+    reason = verify_decision(KEY, "0" * 64, **FIELDS, signed_at=AT, now=AT) or ""
+    assert expected not in reason and expected[:8] not in reason
+
+
+def test_policy_accepts_a_list_or_a_mapping_of_approvers() -> None:
+    assert list(RecoveryPolicyConfig(approvers=["a", "b"]).approvers) == ["a", "b"]
+    cfg = RecoveryPolicyConfig.model_validate({"approvers": {"a": {"key_env": "A_KEY"}, "b": None}})
+    assert cfg.approvers == {"a": ApproverConfig(key_env="A_KEY"), "b": ApproverConfig()}
+    assert cfg.approver_key_env("a") == "A_KEY" and cfg.approver_key_env("b") is None
+
+
+async def test_activity_checks_signature_window_and_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AL_KEY", KEY.decode())
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig.model_validate({"approvers": {"al": {"key_env": "AL_KEY"}}})
+    )
+    acts = CommonActivities(Settings(), policy)
+    now = datetime.now(UTC)
+    sig = sign_decision(KEY, **FIELDS, signed_at=now)
+    data = AuthorizeApproverInput(**FIELDS, signature=sig, signed_at=now)
+    ok = await acts.authorize_approver(data)
+    assert ok.allowed and ok.signature_digest == signature_digest(sig)
+    again = data.model_copy(update={"used_signatures": [ok.signature_digest]})
+    assert (await acts.authorize_approver(again)).reason == "signature already used"
+    unsigned = AuthorizeApproverInput(**FIELDS)
+    refused = await acts.authorize_approver(unsigned)
+    assert not refused.allowed and "must sign" in refused.reason
+    forged = data.model_copy(update={"approver": "al", "decision": "rejected"})
+    assert not (await acts.authorize_approver(forged)).allowed
+    monkeypatch.delenv("AL_KEY")
+    assert "no key" in (await acts.authorize_approver(data)).reason
