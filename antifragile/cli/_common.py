@@ -83,3 +83,48 @@ def parse_model(model: type[T], data: dict[str, Any], what: str) -> T:
         return model.model_validate(data)  # type: ignore[attr-defined,no-any-return]
     except ValidationError as exc:
         fail(f"invalid {what}: {describe_validation_error(exc)}")
+
+
+async def approval_signal(
+    handle: Any, *, approver: str, note: str, decision: str, key: str | None = None
+) -> Any:
+    """Build the ``approve``/``reject`` payload for ``handle``'s workflow, signed when a key is set.
+
+    The key comes from ``ANTIFRAGILE_APPROVER_KEY`` unless given. Without one the decision is
+    unsigned (the policy decides whether that is enough). The signature binds the workflow id
+    and its first run id, read from the server (``antifragile.approvals``).
+
+    Args:
+        handle: A ``temporalio.client.WorkflowHandle`` of the workflow to decide.
+        approver: Who decides (``--by``).
+        note: Free text kept with the decision.
+        decision: ``"approved"`` or ``"rejected"``.
+        key: The approver's key; None reads the environment.
+
+    Raises:
+        ConfigError: (exit 2) the payload is invalid, or the key is shorter than 16 bytes.
+    """
+    import os
+    from datetime import UTC, datetime
+
+    from antifragile.approvals import APPROVER_KEY_ENV, MIN_KEY_BYTES, sign_decision
+    from antifragile.models.common import ApprovalSignal
+
+    key = os.environ.get(APPROVER_KEY_ENV, "") if key is None else key
+    data: dict[str, Any] = {"approver": approver, "note": note}
+    if key:
+        if len(key.encode()) < MIN_KEY_BYTES:
+            fail(f"{APPROVER_KEY_ENV}: a key must be at least {MIN_KEY_BYTES} bytes")
+        description = await handle.describe()
+        first_run_id = description.raw_description.workflow_execution_info.first_run_id
+        signed_at = datetime.now(UTC).replace(microsecond=0)
+        data["signature"] = sign_decision(
+            key.encode(),
+            workflow_id=handle.id,
+            first_run_id=first_run_id or description.run_id,
+            decision=decision,
+            approver=approver.strip(),
+            signed_at=signed_at,
+        )
+        data["signed_at"] = signed_at
+    return parse_model(ApprovalSignal, data, "decision")
