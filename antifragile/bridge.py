@@ -55,7 +55,7 @@ from antifragile.constants import (
     SIGNAL_HEALTH_CHANGED,
     recovery_workflow_id,
 )
-from antifragile.health import HealthAggregator
+from antifragile.health import HealthAggregator, publish_snapshot, withdraw_snapshot
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryRequest
 from antifragile.recovery_client import request_recovery
@@ -222,7 +222,7 @@ class Bridge:
         self._wake = self._publish_wake = None
         if remove_snapshot and self._redis is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._redis.delete(health_key(self.instance_id)), 1.0)
+                await asyncio.wait_for(withdraw_snapshot(self._redis, self.instance_id), 1.0)
 
     # ------------------------------------------------------------------ Temporal
 
@@ -363,10 +363,8 @@ class Bridge:
     async def publish_once(self) -> None:
         """Write the snapshot with its TTL (raises if Redis fails)."""
         assert self._redis is not None
-        await self._redis.set(
-            health_key(self.instance_id),
-            json.dumps(self.snapshot()),
-            px=int(self.health_ttl_s * 1000),
+        await publish_snapshot(
+            self._redis, self.instance_id, json.dumps(self.snapshot()), self.health_ttl_s
         )
 
     async def _publish_loop(self) -> None:

@@ -1,13 +1,21 @@
 """System health from the circuit breakers of one process, with anti-flapping.
 
-Score = (weight of CLOSED breakers x 1.0 + weight of HALF_OPEN breakers x 0.5) / total
-weight; OPEN and FORCED_OPEN count 0. No breakers: score 1.0. The computed status is
+Score = (weight of CLOSED breakers x 1 + weight of HALF_OPEN breakers x 1/2) / total
+weight; OPEN and FORCED_OPEN count 0. No breakers: score 1. The computed status is
 HEALTHY when score >= ``degraded_threshold`` (0.7), DEGRADED when score >=
 ``critical_threshold`` (0.5), CRITICAL below.
 
+Exactness: weights and thresholds are read as the decimals they were written as (0.3 is
+3/10) and the score is an exact fraction, so it is compared with the thresholds exactly:
+four breakers of weight 0.3, two of them open, score exactly 1/2 -> DEGRADED. The float
+``health_score`` in every report (and in the Redis snapshot the chaos health guard reads)
+is that fraction rounded once to the nearest double, so 1/2 is published as 0.5 and the
+guard's ``score < abort_below`` (default 0.5) does not trip.
+
 Anti-flapping rule (what ``get_system_health().status`` reports):
 
-1. A new aggregator's first report is simply the computed status.
+1. Registering or unregistering a breaker is configuration, not a change of health: the
+   reported status becomes the computed one at once (and a pending change is dropped).
 2. A move to CRITICAL is reported at once.
 3. Any other change (CRITICAL -> DEGRADED, DEGRADED -> HEALTHY, HEALTHY -> DEGRADED,
    ...) is reported only after the new computed status has held without interruption
@@ -16,8 +24,12 @@ Anti-flapping rule (what ``get_system_health().status`` reports):
    the reported status, the pending change is dropped.
 
 The score in every report is always the current one; only the status is smoothed.
-Updates are O(1) per breaker state change: the aggregator keeps running weighted
-sums, updated from each breaker's state-change hook, and never rescans.
+Updates are O(1) per breaker state change: the aggregator keeps running exact weighted
+sums, updated from each breaker's state-change hook, and never rescans. Reads never
+change state and are safe from another thread (e.g. the Prometheus scrape thread).
+
+UNKNOWN is what ``antifragile health`` shows for a fleet member whose snapshot expired
+(see :data:`HEALTH_MEMBERS_KEY` and :mod:`antifragile.cli.health`).
 """
 
 from __future__ import annotations
@@ -32,12 +44,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any
 
+import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
 from antifragile.aio import cancel_and_wait
 from antifragile.breaker import CircuitBreaker, CircuitState, Clock
+from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
 from antifragile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,31 +65,69 @@ class SystemHealthStatus(StrEnum):
     DEGRADED = "DEGRADED"
     CRITICAL = "CRITICAL"
     UNKNOWN = "UNKNOWN"
-    """No report available (e.g. an instance whose snapshot expired)."""
+    """A fleet member whose health snapshot expired: it published health (it is in
+    ``af:health-members``) but its ``af:health:{instance}`` key is gone without a clean
+    stop - the process died, hangs, or lost Redis. ``antifragile health`` lists it with
+    this status. A process never reports UNKNOWN about itself."""
 
 
-_STATE_SCORE: dict[CircuitState, float] = {
-    CircuitState.CLOSED: 1.0,
-    CircuitState.HALF_OPEN: 0.5,
-    CircuitState.OPEN: 0.0,
-    CircuitState.FORCED_OPEN: 0.0,
-}
+_HALF = Fraction(1, 2)
+_ONE = Fraction(1)
+_ZERO = Fraction(0)
 
 
-def health_score(closed_weight: float, half_open_weight: float, total_weight: float) -> float:
-    """Weighted health score in [0, 1]; 1.0 when there is nothing to weigh."""
-    if total_weight <= 0:
-        return 1.0
-    return max(0.0, min(1.0, (closed_weight + 0.5 * half_open_weight) / total_weight))
+def exact(value: float | int | Fraction) -> Fraction:
+    """``value`` as the exact rational a person wrote: ``0.3`` is 3/10, not the binary
+    double 0.299999999999999988897769753748...
+
+    A float is read through its shortest round-trip decimal (``repr``), so weights and
+    thresholds written as decimals compare exactly as written.
+    """
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, int):
+        return Fraction(value)
+    return Fraction(repr(float(value)))
+
+
+def exact_score(
+    closed_weight: float | Fraction,
+    half_open_weight: float | Fraction,
+    total_weight: float | Fraction,
+) -> Fraction:
+    """The weighted health score as an exact fraction in [0, 1]; 1 when nothing is weighed."""
+    total = exact(total_weight)
+    if total <= 0:
+        return _ONE
+    score = (exact(closed_weight) + _HALF * exact(half_open_weight)) / total
+    return max(_ZERO, min(_ONE, score))
+
+
+def health_score(
+    closed_weight: float | Fraction,
+    half_open_weight: float | Fraction,
+    total_weight: float | Fraction,
+) -> float:
+    """Weighted health score in [0, 1]; 1.0 when there is nothing to weigh.
+
+    Computed exactly, then rounded once to the nearest float: four breakers of weight 0.3,
+    two of them open, score exactly 0.5 (never 0.4999999999999999).
+    """
+    return float(exact_score(closed_weight, half_open_weight, total_weight))
 
 
 def status_for_score(
-    score: float, degraded_threshold: float = 0.7, critical_threshold: float = 0.5
+    score: float | Fraction, degraded_threshold: float = 0.7, critical_threshold: float = 0.5
 ) -> SystemHealthStatus:
-    """HEALTHY at or above ``degraded_threshold``, DEGRADED at or above ``critical_threshold``."""
-    if score >= degraded_threshold:
+    """HEALTHY at or above ``degraded_threshold``, DEGRADED at or above ``critical_threshold``.
+
+    The comparison is exact (see :func:`exact`): a score of 0.7 is HEALTHY at the 0.7
+    threshold, and 0.5 is DEGRADED at 0.5.
+    """
+    s = exact(score)
+    if s >= exact(degraded_threshold):
         return SystemHealthStatus.HEALTHY
-    if score >= critical_threshold:
+    if s >= exact(critical_threshold):
         return SystemHealthStatus.DEGRADED
     return SystemHealthStatus.CRITICAL
 
@@ -173,7 +226,7 @@ HealthCallback = Callable[[SystemHealthReport], Any]
 
 
 class _Entry:
-    __slots__ = ("breaker", "hook", "state", "weight")
+    __slots__ = ("breaker", "exact_weight", "hook", "state", "weight")
 
     def __init__(
         self,
@@ -184,12 +237,51 @@ class _Entry:
     ) -> None:
         self.breaker = breaker
         self.weight = weight
+        self.exact_weight = exact(weight)
         self.state = state
         self.hook = hook
 
 
+_COUNT_INDEX = {
+    CircuitState.CLOSED: 0,
+    CircuitState.HALF_OPEN: 1,
+    CircuitState.OPEN: 2,
+    CircuitState.FORCED_OPEN: 3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """Everything a read needs, replaced whole on every change: one attribute swap, so a
+    reader on another thread (the Prometheus scrape thread) never sees half an update."""
+
+    total: Fraction
+    closed: Fraction
+    half_open: Fraction
+    counts: tuple[int, int, int, int]  # closed, half-open, open, forced open
+    score: Fraction
+    computed: SystemHealthStatus
+    reported: SystemHealthStatus
+    pending: SystemHealthStatus | None
+    pending_since: float
+
+    def at(
+        self, now: float, window_s: float
+    ) -> tuple[SystemHealthStatus, SystemHealthStatus | None]:
+        """(reported, pending) at ``now``: a pending status that held for the whole window
+        is the reported one, whether or not a timer has committed it yet."""
+        if self.pending is not None and now - self.pending_since >= window_s:
+            return self.pending, None
+        return self.reported, self.pending
+
+
 class HealthAggregator:
     """Aggregates breaker states into a smoothed system health status.
+
+    Reads (:meth:`get_system_health`, :attr:`health_score`, :meth:`record_snapshot`)
+    never change anything and are safe from another thread: they read one immutable
+    status record that the event loop's thread replaces on every breaker change. Only
+    breaker changes, registration and the window timer update it and fire callbacks.
 
     Args:
         config: Thresholds and windows; defaults documented on the config class.
@@ -200,14 +292,18 @@ class HealthAggregator:
         self.config = config or HealthAggregatorConfig()
         self._clock: Clock = clock or time.monotonic
         self._entries: dict[str, _Entry] = {}
-        # Running weighted sums: O(1) per state change.
-        self._w_total = 0.0
-        self._w_closed = 0.0
-        self._w_half = 0.0
-        self._reported: SystemHealthStatus | None = None
-        self._pending: SystemHealthStatus | None = None
-        self._pending_since = 0.0
-        self._last_score: float | None = None
+        cfg = self.config
+        self._st = _Status(
+            total=_ZERO,
+            closed=_ZERO,
+            half_open=_ZERO,
+            counts=(0, 0, 0, 0),
+            score=_ONE,
+            computed=status_for_score(_ONE, cfg.degraded_threshold, cfg.critical_threshold),
+            reported=status_for_score(_ONE, cfg.degraded_threshold, cfg.critical_threshold),
+            pending=None,
+            pending_since=0.0,
+        )
         self._callbacks: list[HealthCallback] = []
         self._notify_pending = False
         self._notify_task: asyncio.Task[None] | None = None
@@ -220,8 +316,17 @@ class HealthAggregator:
     def register_circuit_breaker(
         self, name: str, breaker: CircuitBreaker, weight: float = 1.0
     ) -> None:
-        """Track ``breaker`` under ``name`` with a weight (> 0); replaces an existing one."""
-        if weight <= 0:
+        """Track ``breaker`` under ``name`` with a weight (> 0); replaces an existing one.
+
+        Registration is configuration, not a change of health: the reported status is
+        set to the computed one at once (no anti-flapping window), so registering
+        breakers one by one - the first one already open - never reports a transient
+        CRITICAL. Callbacks are told when the status or score changed.
+
+        Raises:
+            ConfigError: ``weight`` is not > 0.
+        """
+        if not weight > 0:
             raise ConfigError(f"weight of breaker {name!r}: must be > 0 (got {weight!r})")
         if name in self._entries:
             self.unregister_circuit_breaker(name)
@@ -231,82 +336,101 @@ class HealthAggregator:
 
         entry = _Entry(breaker, float(weight), breaker._state, hook)
         self._entries[name] = entry
-        self._add(entry.state, entry.weight, 1.0)
         breaker._add_internal_hook(hook)
-        self._evaluate()
+        self._commit(self._moved(entry.exact_weight, None, entry.state), configuration=True)
 
     def unregister_circuit_breaker(self, name: str) -> None:
-        """Stop tracking a breaker (no-op if unknown)."""
+        """Stop tracking a breaker (no-op if unknown); like registration, configuration."""
         entry = self._entries.pop(name, None)
         if entry is None:
             return
         entry.breaker._remove_internal_hook(entry.hook)
-        self._add(entry.state, entry.weight, -1.0)
-        if not self._entries:
-            # Exact zero, so float residue never leaks into an empty aggregator.
-            self._w_total = self._w_closed = self._w_half = 0.0
-        self._evaluate()
+        self._commit(self._moved(entry.exact_weight, entry.state, None), configuration=True)
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
         """Registered breakers by name (a copy)."""
-        return {name: e.breaker for name, e in self._entries.items()}
+        return {name: e.breaker for name, e in self._entries.copy().items()}
 
-    def _add(self, state: CircuitState, weight: float, sign: float) -> None:
-        self._w_total += sign * weight
-        if state is CircuitState.CLOSED:
-            self._w_closed += sign * weight
-        elif state is CircuitState.HALF_OPEN:
-            self._w_half += sign * weight
+    def _moved(
+        self, weight: Fraction, old: CircuitState | None, new: CircuitState | None
+    ) -> tuple[Fraction, Fraction, Fraction, tuple[int, int, int, int]]:
+        """Sums and counts after a breaker of ``weight`` moved from ``old`` to ``new``
+        (None: not registered). O(1), exact."""
+        st = self._st
+        total, closed, half = st.total, st.closed, st.half_open
+        counts = list(st.counts)
+        for state, sign in ((old, -1), (new, 1)):
+            if state is None:
+                continue
+            total += sign * weight
+            if state is CircuitState.CLOSED:
+                closed += sign * weight
+            elif state is CircuitState.HALF_OPEN:
+                half += sign * weight
+            counts[_COUNT_INDEX[state]] += sign
+        return total, closed, half, (counts[0], counts[1], counts[2], counts[3])
 
     def _on_breaker_state(self, name: str, state: CircuitState) -> None:
         entry = self._entries.get(name)
         if entry is None or entry.state is state:
             return
-        self._add(entry.state, entry.weight, -1.0)
+        sums = self._moved(entry.exact_weight, entry.state, state)
         entry.state = state
-        self._add(state, entry.weight, 1.0)
-        self._evaluate()
+        self._commit(sums, configuration=False)
 
     # ------------------------------------------------------------------ status
 
     @property
     def health_score(self) -> float:
-        """Current weighted score (no anti-flapping)."""
-        return health_score(self._w_closed, self._w_half, self._w_total)
+        """Current weighted score (no anti-flapping): the exact score, rounded once."""
+        return float(self._st.score)
 
-    def _evaluate(self) -> None:
-        """Recompute the computed status and apply the anti-flapping rule."""
+    @property
+    def exact_health_score(self) -> Fraction:
+        """Current weighted score as an exact fraction."""
+        return self._st.score
+
+    def _commit(
+        self,
+        sums: tuple[Fraction, Fraction, Fraction, tuple[int, int, int, int]] | None,
+        *,
+        configuration: bool,
+    ) -> None:
+        """Apply new sums (None: same sums, a timer re-check) and the anti-flapping rule."""
         cfg = self.config
-        score = self.health_score
+        old = self._st
+        total, closed, half, counts = (
+            sums if sums is not None else (old.total, old.closed, old.half_open, old.counts)
+        )
+        score = exact_score(closed, half, total)
         computed = status_for_score(score, cfg.degraded_threshold, cfg.critical_threshold)
         now = self._clock()
-        before = self._reported
+        window = cfg.stabilization_window_s
+        before, pending = old.at(now, window)
+        since = old.pending_since
         if (
-            before is None
+            configuration
             or computed is before
             or computed is SystemHealthStatus.CRITICAL
-            or cfg.stabilization_window_s == 0
+            or window == 0
         ):
-            self._reported = computed
-            self._pending = None
+            reported, pending, since = computed, None, now
         else:
-            if self._pending is not computed:
-                self._pending = computed
-                self._pending_since = now
-            if now - self._pending_since >= cfg.stabilization_window_s:
-                self._reported = computed
-                self._pending = None
+            reported = before
+            if pending is not computed:
+                pending, since = computed, now
+            if now - since >= window:
+                reported, pending = computed, None
             else:
-                self._arm_window_timer(self._pending_since + cfg.stabilization_window_s - now)
-        if self._reported is not before or score != self._last_score:
-            self._last_score = score
-            if before is not None:
-                self._schedule_notify()
+                self._arm_window_timer(since + window - now)
+        self._st = _Status(total, closed, half, counts, score, computed, reported, pending, since)
+        if reported is not old.reported or score != old.score:
+            self._schedule_notify()
 
     def _arm_window_timer(self, delay: float) -> None:
-        # Without further breaker changes a pending status must still be reported
-        # (and callbacks fired) when its window ends.
+        # Without further breaker changes a pending status must still be committed (and
+        # callbacks fired) when its window ends; reads already report it by then.
         if self._window_timer is not None:
             self._window_timer.cancel()
         try:
@@ -314,17 +438,22 @@ class HealthAggregator:
         except RuntimeError:
             self._window_timer = None
             return
-        self._window_timer = loop.call_later(max(delay, 0.0) + 0.001, self._evaluate)
+        self._window_timer = loop.call_later(max(delay, 0.0) + 0.001, self._on_window_timer)
+
+    def _on_window_timer(self) -> None:
+        self._window_timer = None
+        self._commit(None, configuration=False)
 
     def get_system_health(self) -> SystemHealthReport:
-        """The current report: current score, status after the anti-flapping rule."""
-        self._evaluate()
-        cfg = self.config
-        counts = dict.fromkeys(CircuitState, 0)
+        """The current report: current score, status after the anti-flapping rule.
+
+        A pure read: it changes no state and fires no callback (safe from any thread).
+        """
+        st = self._st
+        reported, pending = st.at(self._clock(), self.config.stabilization_window_s)
         details: dict[str, BreakerHealth] = {}
-        for name, entry in self._entries.items():
+        for name, entry in self._entries.copy().items():
             b = entry.breaker
-            counts[entry.state] += 1
             details[name] = BreakerHealth(
                 name=name,
                 state=entry.state,
@@ -332,18 +461,17 @@ class HealthAggregator:
                 consecutive_failures=b.consecutive_failures,
                 failure_rate=round(b.failure_rate, 4),
             )
-        score = self.health_score
-        assert self._reported is not None
+        closed, half_open, open_, forced = st.counts
         return SystemHealthReport(
-            status=self._reported,
-            computed_status=status_for_score(score, cfg.degraded_threshold, cfg.critical_threshold),
-            pending_status=self._pending,
-            health_score=score,
-            total_breakers=len(self._entries),
-            closed_breakers=counts[CircuitState.CLOSED],
-            half_open_breakers=counts[CircuitState.HALF_OPEN],
-            open_breakers=counts[CircuitState.OPEN],
-            forced_open_breakers=counts[CircuitState.FORCED_OPEN],
+            status=reported,
+            computed_status=st.computed,
+            pending_status=pending,
+            health_score=float(st.score),
+            total_breakers=closed + half_open + open_ + forced,
+            closed_breakers=closed,
+            half_open_breakers=half_open,
+            open_breakers=open_,
+            forced_open_breakers=forced,
             circuit_details=details,
             timestamp=datetime.now(UTC),
         )
@@ -405,9 +533,10 @@ class HealthAggregator:
 
     def record_snapshot(self) -> HealthSnapshot:
         """Append the current score and reported status to the history ring."""
-        self._evaluate()
-        assert self._reported is not None
-        snap = HealthSnapshot(self._clock(), time.time(), self.health_score, self._reported)
+        st = self._st
+        now = self._clock()
+        reported, _ = st.at(now, self.config.stabilization_window_s)
+        snap = HealthSnapshot(now, time.time(), float(st.score), reported)
         self._history.append(snap)
         return snap
 
@@ -442,3 +571,50 @@ class HealthAggregator:
             except Exception:
                 log.exception("health snapshot failed")
             await asyncio.sleep(self.config.history_interval_s)
+
+
+# ---------------------------------------------------------------------- fleet membership
+
+HEALTH_MEMBERS_KEY = "af:health-members"
+"""Sorted set: every instance that published a health snapshot, scored by the Unix time
+of its last snapshot. Outside the ``af:health:*`` pattern on purpose, so readers that
+scan snapshots never meet it."""
+
+MEMBER_FORGET_S = 7 * 24 * 3600.0
+"""Publishers drop members not heard from for this long (7 days)."""
+
+
+def snapshot_key(instance_id: str) -> str:
+    """Redis key of an instance's health snapshot: ``af:health:{instance}``."""
+    return f"{REDIS_HEALTH_KEY_PREFIX}{instance_id}"
+
+
+async def publish_snapshot(
+    client: aioredis.Redis, instance_id: str, document: str, ttl_s: float
+) -> None:
+    """Write an instance's snapshot with its TTL and mark it a fleet member, atomically.
+
+    Args:
+        client: Redis.
+        instance_id: The publishing process.
+        document: The JSON snapshot.
+        ttl_s: Seconds until the snapshot expires (then the member shows as UNKNOWN).
+
+    Raises:
+        redis.RedisError / OSError: Redis did not take the write.
+    """
+    now = time.time()
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.set(snapshot_key(instance_id), document, px=max(1, int(ttl_s * 1000)))
+        pipe.zadd(HEALTH_MEMBERS_KEY, {instance_id: now})
+        pipe.zremrangebyscore(HEALTH_MEMBERS_KEY, "-inf", now - MEMBER_FORGET_S)
+        await pipe.execute()
+
+
+async def withdraw_snapshot(client: aioredis.Redis, instance_id: str) -> None:
+    """A clean stop: remove the snapshot and the membership (the instance is not UNKNOWN,
+    it is gone)."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(snapshot_key(instance_id))
+        pipe.zrem(HEALTH_MEMBERS_KEY, instance_id)
+        await pipe.execute()

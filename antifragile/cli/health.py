@@ -1,9 +1,12 @@
 """``antifragile health [--watch] [--json]``: fleet health from the snapshots in Redis.
 
-Every runtime publishes ``af:health:{instance}`` (JSON, with a TTL) - see
-:mod:`antifragile.bridge`. This command reads them all and shows, per instance and per
-breaker, the state, score and status. Register it with
-``app.command("health")(health_command)``.
+Every runtime publishes ``af:health:{instance}`` (JSON, with a TTL) and keeps itself in
+the fleet's member set ``af:health-members`` - see :mod:`antifragile.bridge` and
+:func:`antifragile.health.publish_snapshot`. This command reads them all and shows, per
+instance and per breaker, the state, score and status. A member whose snapshot expired
+(it did not stop cleanly: it died, hangs, or lost Redis) and that published within
+``--forget-after`` seconds is listed as UNKNOWN, with the age of its last snapshot.
+Register it with ``app.command("health")(health_command)``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rich.table import Table
 
 from antifragile.cli._common import console, err_console, load_settings
 from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
+from antifragile.health import HEALTH_MEMBERS_KEY
 
 _STATUS_STYLE = {
     "HEALTHY": "green",
@@ -40,11 +44,24 @@ class RedisUnreachable(Exception):
     """Redis did not answer; the message names the URL."""
 
 
-def read_fleet(url: str) -> list[dict[str, Any]]:
-    """All health snapshots in Redis at ``url``, sorted by instance."""
+DEFAULT_FORGET_AFTER_S = 3600.0
+
+
+def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list[dict[str, Any]]:
+    """All health snapshots in Redis at ``url``, sorted by instance.
+
+    Members whose snapshot expired, last published within ``forget_after_s`` seconds,
+    are included as ``{"instance", "status": "UNKNOWN", "reason", "published_at"}``.
+
+    Raises:
+        RedisUnreachable: Redis did not answer.
+    """
     client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
         keys = sorted(client.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500))
+        members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+            HEALTH_MEMBERS_KEY, time.time() - forget_after_s, "+inf", withscores=True
+        )
         docs: list[dict[str, Any]] = []
         if keys:
             for key, raw in zip(keys, client.mget(keys), strict=True):
@@ -56,6 +73,18 @@ def read_fleet(url: str) -> list[dict[str, Any]]:
                     doc = {"status": "UNKNOWN", "error": "unreadable snapshot"}
                 doc.setdefault("instance", key.decode()[len(REDIS_HEALTH_KEY_PREFIX) :])
                 docs.append(doc)
+        live = {str(d.get("instance")) for d in docs}
+        for member, last in members:
+            instance = member.decode()
+            if instance not in live:
+                docs.append(
+                    {
+                        "instance": instance,
+                        "status": "UNKNOWN",
+                        "reason": "health snapshot expired",
+                        "published_at": last,
+                    }
+                )
         return sorted(docs, key=lambda d: str(d.get("instance")))
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnreachable(f"cannot reach Redis at {url}: {exc}") from None
@@ -94,6 +123,8 @@ def render(docs: list[dict[str, Any]]) -> Group | str:
         status = str(doc.get("status", "UNKNOWN"))
         pending = doc.get("pending_status")
         shown = status + (f" (-> {pending})" if pending else "")
+        if doc.get("reason"):
+            shown += f" ({doc['reason']})"
         published = doc.get("published_at")
         age = f"{max(0.0, now - float(published)):.1f}s" if published else "-"
         score = doc.get("health_score")
@@ -127,24 +158,36 @@ def health_command(
     interval: Annotated[
         float, typer.Option(help="Seconds between refreshes with --watch.", min=0.1)
     ] = 2.0,
+    forget_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds an instance whose snapshot expired stays listed as UNKNOWN.", min=0
+        ),
+    ] = DEFAULT_FORGET_AFTER_S,
 ) -> None:
-    """Fleet health from Redis: per instance and per breaker, state, score and status."""
+    """Fleet health from Redis: per instance and per breaker, state, score and status.
+
+    Instances whose snapshot expired without a clean stop are listed as UNKNOWN.
+    """
     url = load_settings().redis_url
     try:
         if json_out and not watch:
-            docs = read_fleet(url)
+            docs = read_fleet(url, forget_after)
             typer.echo(json.dumps(fleet_document(url, docs), indent=2, default=str))
             return
         if not watch:
-            console.print(render(read_fleet(url)))
+            console.print(render(read_fleet(url, forget_after)))
             return
-        with Live(render(read_fleet(url)), console=console, auto_refresh=False) as live:
+        with Live(
+            render(read_fleet(url, forget_after)), console=console, auto_refresh=False
+        ) as live:
             while True:
                 time.sleep(interval)
                 if json_out:
-                    typer.echo(json.dumps(fleet_document(url, read_fleet(url)), default=str))
+                    docs = read_fleet(url, forget_after)
+                    typer.echo(json.dumps(fleet_document(url, docs), default=str))
                 else:
-                    live.update(render(read_fleet(url)), refresh=True)
+                    live.update(render(read_fleet(url, forget_after)), refresh=True)
     except RedisUnreachable as exc:
         err_console.print(str(exc), markup=False)
         raise typer.Exit(2) from None

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 import typer
 from typer.testing import CliRunner
 
 from antifragile.breaker import CircuitBreaker
-from antifragile.bridge import health_key
+from antifragile.bridge import Bridge, health_key
 from antifragile.cli.health import health_command
-from antifragile.health import HealthAggregator, HealthAggregatorConfig
+from antifragile.health import (
+    HEALTH_MEMBERS_KEY,
+    HealthAggregator,
+    HealthAggregatorConfig,
+    publish_snapshot,
+    withdraw_snapshot,
+)
+from antifragile.settings import Settings
 from antifragile.processes import free_port
 from tests.unit.conftest import RestartableRedis
 
@@ -69,3 +78,53 @@ def test_unreachable_redis_is_one_line_naming_the_url_and_exit_2(
     assert url in result.stderr
     assert "Traceback" not in result.output + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_member_whose_snapshot_expired_is_listed_unknown(
+    own_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTIFRAGILE_REDIS_URL", own_redis.url)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(own_redis.url)
+        try:
+            await publish_snapshot(client, "live-1", json.dumps({"status": "HEALTHY"}), 30)
+            await publish_snapshot(client, "dead-2", json.dumps({"status": "HEALTHY"}), 0.05)
+            await publish_snapshot(client, "stopped-3", json.dumps({"status": "HEALTHY"}), 30)
+            await withdraw_snapshot(client, "stopped-3")  # a clean stop: gone, not UNKNOWN
+            while await client.exists(health_key("dead-2")):
+                await asyncio.sleep(0.01)
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    result = CliRunner().invoke(app, ["health", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    by_instance = {i["instance"]: i for i in doc["instances"]}
+    assert set(by_instance) == {"live-1", "dead-2"}
+    assert by_instance["dead-2"]["status"] == "UNKNOWN"
+    assert by_instance["dead-2"]["reason"] == "health snapshot expired"
+    assert doc["fleet"] == {"instances": 2, "status": "UNKNOWN"}
+    table = CliRunner().invoke(app, ["health"])
+    assert "UNKNOWN (health snapshot expired)" in table.stdout
+    forgotten = CliRunner().invoke(app, ["health", "--json", "--forget-after", "0"])
+    assert [i["instance"] for i in json.loads(forgotten.stdout)["instances"]] == ["live-1"]
+
+
+async def test_a_runtime_publishes_membership_and_a_clean_stop_withdraws_it(
+    own_redis: RestartableRedis,
+) -> None:
+    agg = HealthAggregator()
+    client = aioredis.Redis.from_url(own_redis.url)
+    bridge = Bridge(Settings(), "svc-9", agg, lambda name: None, redis_client=client)
+    try:
+        await bridge.publish_once()
+        assert await client.zscore(HEALTH_MEMBERS_KEY, "svc-9") is not None
+        assert await client.exists(health_key("svc-9"))
+        await bridge.stop()
+        assert await client.zscore(HEALTH_MEMBERS_KEY, "svc-9") is None
+        assert not await client.exists(health_key("svc-9"))
+    finally:
+        await client.aclose()

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
+from fractions import Fraction
 
 import pytest
+import redis.asyncio as aioredis
 
 from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig
+from antifragile.bridge import Bridge, health_key
+from antifragile.chaos.logic import health_trips_guard
+from antifragile.chaos.plane import FaultPlane
+from antifragile.chaos.scenario import ChaosScenario
 from antifragile.errors import ConfigError
 from antifragile.health import (
     HealthAggregator,
     HealthAggregatorConfig,
     SystemHealthReport,
     SystemHealthStatus,
+    exact_score,
     health_score,
     status_for_score,
 )
-from tests.unit.conftest import FakeClock
+from antifragile.settings import Settings
+from tests.unit.conftest import FakeClock, RestartableRedis
 
 H, D, C = SystemHealthStatus.HEALTHY, SystemHealthStatus.DEGRADED, SystemHealthStatus.CRITICAL
 
@@ -292,3 +302,178 @@ def test_config_errors_name_field(kwargs: dict[str, float], field: str) -> None:
 def test_non_positive_weight_is_refused(clock: FakeClock) -> None:
     with pytest.raises(ConfigError, match="weight"):
         agg(clock).register_circuit_breaker("b", breakers(1, clock)[0], weight=0)
+
+
+# --------------------------------------------------------------- item 2: exact thresholds
+
+
+def weighted(h: HealthAggregator, clock: FakeClock, weights: list[float]) -> list[CircuitBreaker]:
+    bs = breakers(len(weights), clock)
+    for b, w in zip(bs, weights, strict=True):
+        h.register_circuit_breaker(b.name, b, weight=w)
+    return bs
+
+
+def test_four_breakers_of_weight_point_three_two_open_score_exactly_half_degraded(
+    clock: FakeClock,
+) -> None:
+    # The float running sums gave 0.4999999999999999 -> CRITICAL, reported at once.
+    h = agg(clock, window=2.0)
+    bs = weighted(h, clock, [0.3] * 4)
+    bs[0].force_open()
+    bs[1].force_open()
+    report = h.get_system_health()
+    assert report.health_score == 0.5
+    assert report.computed_status is D
+    assert report.status is H  # HEALTHY -> DEGRADED waits out the window: not CRITICAL
+    assert report.pending_status is D
+    clock.advance(2.0)
+    assert h.get_system_health().status is D
+
+
+@pytest.mark.parametrize(
+    ("weights", "open_count", "thresholds", "status", "score"),
+    [
+        ([0.1] * 10, 3, (0.7, 0.5), H, 0.7),  # 7/10 exactly at the HEALTHY threshold
+        ([0.1] * 10, 5, (0.7, 0.5), D, 0.5),
+        ([0.05] * 20, 9, (0.55, 0.5), H, 0.55),  # 11/20 at a custom 0.55
+        ([0.05] * 20, 10, (0.55, 0.5), D, 0.5),
+        ([0.07] * 100, 45, (0.55, 0.5), H, 0.55),
+        ([0.07] * 100, 46, (0.55, 0.5), D, 0.54),
+        ([0.3] * 4, 3, (0.7, 0.25), D, 0.25),
+        ([0.3] * 4, 4, (0.7, 0.25), C, 0.0),
+    ],
+)
+def test_weighted_scores_compare_exactly_with_thresholds(
+    clock: FakeClock,
+    weights: list[float],
+    open_count: int,
+    thresholds: tuple[float, float],
+    status: SystemHealthStatus,
+    score: float,
+) -> None:
+    cfg = HealthAggregatorConfig(
+        degraded_threshold=thresholds[0], critical_threshold=thresholds[1], stabilization_window_s=0
+    )
+    h = HealthAggregator(cfg, clock=clock)
+    bs = weighted(h, clock, weights)
+    for b in bs[:open_count]:
+        b.force_open()
+    report = h.get_system_health()
+    assert report.health_score == score  # the exact score, rounded once
+    assert report.status is status
+    assert status_for_score(report.health_score, *thresholds) is status
+
+
+def test_pure_score_functions_are_exact() -> None:
+    assert health_score(0.6, 0, 1.2) == 0.5
+    assert health_score(0.1, 0.4, 0.6) == 0.5
+    assert exact_score(1, 1, 3) == Fraction(1, 2)
+    assert status_for_score(Fraction(1, 2)) is D
+    assert status_for_score(Fraction(1, 2) - Fraction(1, 10**30)) is C
+
+
+async def test_snapshot_in_redis_agrees_with_the_chaos_health_guard(
+    clock: FakeClock, own_redis: RestartableRedis
+) -> None:
+    h = agg(clock, window=0)
+    bs = weighted(h, clock, [0.3] * 4)
+    bs[0].force_open()
+    bs[1].force_open()
+    client = aioredis.Redis.from_url(own_redis.url)
+    bridge = Bridge(Settings(), "svc-1", h, lambda name: None, redis_client=client)
+    try:
+        await bridge.publish_once()
+        doc = json.loads(await client.get(health_key("svc-1")))
+        assert doc["health_score"] == 0.5
+        assert doc["status"] == "DEGRADED"
+        fleet = await FaultPlane(client).fleet_health(["b2"])
+        abort_below = ChaosScenario.model_fields["abort_below_health"].default
+        assert abort_below == 0.5
+        assert fleet.score == 0.5
+        assert not health_trips_guard(fleet.score, True, abort_below)
+        bs[2].force_open()  # 0.25: now the guard must trip
+        await bridge.publish_once()
+        fleet = await FaultPlane(client).fleet_health(["b2"])
+        assert fleet.score == 0.25
+        assert health_trips_guard(fleet.score, True, abort_below)
+    finally:
+        await client.aclose()
+
+
+# --------------------------------------------------------------- item 14: registration
+
+
+@pytest.mark.parametrize(("total", "expected"), [(2, D), (4, H), (10, H)])
+def test_registering_one_by_one_first_open_reports_the_computed_status_at_once(
+    clock: FakeClock, total: int, expected: SystemHealthStatus
+) -> None:
+    h = agg(clock, window=2.0)
+    bs = breakers(total, clock)
+    bs[0].force_open()
+    seen = []
+    for b in bs:
+        h.register_circuit_breaker(b.name, b)
+        report = h.get_system_health()
+        assert report.status is report.computed_status  # no anti-flapping on registration
+        assert report.pending_status is None
+        seen.append(report.status)
+    assert seen[0] is C  # one open breaker alone: CRITICAL is its computed status
+    assert seen[-1] is expected
+
+
+def test_unregistering_is_configuration_too(clock: FakeClock) -> None:
+    h = agg(clock, window=2.0)
+    a, b = breakers(2, clock)
+    h.register_circuit_breaker("a", a)
+    h.register_circuit_breaker("b", b)
+    a.force_open()
+    report = h.get_system_health()
+    assert (report.status, report.pending_status) == (H, D)  # a real change: waits
+    h.unregister_circuit_breaker("a")
+    report = h.get_system_health()
+    assert (report.status, report.pending_status) == (H, None)
+
+
+def test_real_changes_after_registration_still_wait_the_window(clock: FakeClock) -> None:
+    h = agg(clock, window=2.0)
+    bs = weighted(h, clock, [1.0] * 4)
+    bs[0].force_open()
+    bs[1].force_open()
+    assert h.get_system_health().status is H
+    clock.advance(2.0)
+    assert h.get_system_health().status is D
+
+
+# --------------------------------------------------------------- reads never change state
+
+
+def test_reads_are_pure_and_fire_no_callbacks_even_from_another_thread(clock: FakeClock) -> None:
+    h = agg(clock, window=2.0)
+    (b,) = breakers(1, clock)
+    h.register_circuit_breaker("b", b)
+    fired: list[SystemHealthStatus] = []
+    h.on_health_change(lambda r: fired.append(r.status))
+    b.force_open()
+    b.reset()  # CRITICAL reported, HEALTHY pending
+    assert fired == [C, C]
+    before = h._st
+    clock.advance(5.0)
+    reports: list[SystemHealthReport] = []
+    errors: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            for _ in range(100):
+                reports.append(h.get_system_health())
+                h.record_snapshot()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=scrape)
+    t.start()
+    t.join(10)
+    assert not errors
+    assert {r.status for r in reports} == {H}  # the window has passed: reported as held
+    assert h._st is before  # nothing was committed by reading
+    assert fired == [C, C]  # and no callback ran on the reading thread
