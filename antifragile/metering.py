@@ -1,4 +1,5 @@
-"""Usage metering: a never-blocking in-memory buffer drained in batches to a Redis Stream.
+"""Usage metering, exactly once: a never-blocking in-memory buffer drained in batches to a
+Redis Stream, and a consumer that counts every batch once.
 
 Hot path: :meth:`MeteringIntegration.record` appends the (immutable, reusable)
 :class:`UsageEvent` to a list and returns; it never blocks, never does I/O and never
@@ -8,9 +9,10 @@ Background flusher (one task on the service's loop), every ``flush_interval_s`` 
 as soon as ``flush_at`` events are buffered:
 
 1. swaps the buffer for an empty one (O(1)),
-2. aggregates it by (tenant, operation) in C (``collections.Counter``),
-3. writes one stream entry per (tenant, operation) with a pipelined ``MULTI``/``XADD``
-   transaction.
+2. aggregates it by (tenant, operation) in C (``collections.Counter``), holding at most
+   ``max_pending_keys`` distinct pairs (the rest stays in the raw buffer),
+3. writes each batch (at most ``max_batch_keys`` pairs) with one Lua script: one stream
+   entry per (tenant, operation), and the writer's high-water mark, atomically.
 
 Stream entry format (all values are strings, as Redis stores them)::
 
@@ -19,34 +21,58 @@ Stream entry format (all values are strings, as Redis stores them)::
     units      sum of the units of the aggregated events
     count      number of aggregated events
     instance   instance id of the writer
-    batch      "{instance}:{sequence}" - the same for every entry of one write
+    batch      "{instance}:{nonce}:{sequence}" - the same for every entry of one batch
 
-A consumer recovers every event's tenant, operation and units by summing entries
-(see :func:`read_usage`). If the connection breaks after Redis executed a batch but
-before the reply arrived, the retry writes the same batch again with the same
-``batch`` id; :func:`read_usage` drops such duplicates, so totals are exact.
+Exactly once, end to end:
+
+* **Unique batch ids.** ``nonce`` is random per :class:`MeteringIntegration` (so per
+  process, and new at every restart): two writers with the same instance id, or a
+  restarted container, never share a batch id.
+* **Idempotent writes.** A batch is written by a script that first checks the writer's
+  high-water mark ``{stream}:writer:{instance}:{nonce}`` (the last sequence stored, with a
+  TTL of ``writer_mark_ttl_s``). If the connection breaks after Redis ran the script but
+  before the reply arrived, the retry of the same batch finds its sequence stored and
+  writes nothing (``stats().resent_batches`` counts it).
+* **Idempotent consumption.** :class:`UsageConsumer` reads with a consumer group and
+  applies each entry with a script that, atomically, acknowledges it (only an entry
+  still pending for the group counts), checks a record of processed
+  ``(batch, tenant, operation)`` kept for ``dedupe_ttl_s``, and adds it to the group's
+  ledger hashes. Entries delivered before a crash are re-read by the restarted consumer
+  (its own pending entries) or claimed from a dead one (``XAUTOCLAIM``), and counted
+  once. :func:`read_usage` without a group sums the whole stream, also dropping repeated
+  batches.
+
+Every key derives from the stream name, so on Redis Cluster a hash-tagged stream name
+(``{af}:metering``) keeps them in one slot.
 
 Redis down: the flusher keeps draining the buffer into its aggregate (memory grows
-with distinct (tenant, operation) pairs, not with events, up to ``max_pending_keys``),
-retries with backoff and writes everything when Redis returns. ``stop()`` flushes.
+with distinct (tenant, operation) pairs, not with events, up to ``max_pending_keys``
+pairs counting the in-flight batch), retries with backoff and writes everything when
+Redis returns. ``stop()`` flushes.
 
 Accounting is exact: every recorded event is in exactly one stage - written to the
 stream, buffered (raw buffer, aggregate or in-flight batch) or dropped - so
-``stats()`` always satisfies ``recorded == written + buffered + dropped``.
+``stats()`` always satisfies ``recorded == written + buffered + dropped``. ``stats()``
+reads counters only, so it is safe from another thread (the Prometheus scrape thread);
+there the counters may come from slightly different instants.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice, repeat
 from typing import Any, NamedTuple, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from antifragile.constants import REDIS_METERING_STREAM
 from antifragile.errors import ConfigError
@@ -74,12 +100,16 @@ class MeteringStats:
 
     Attributes:
         recorded: Events handed to ``record``/``record_usage`` or counted by sources.
-        written: Events confirmed written to the stream.
+        written: Events confirmed written to the stream (once each).
         buffered: Events waiting (raw buffer, aggregate, in-flight batch).
         dropped: Events refused because the buffer was full.
-        batches: Successful stream writes.
+        batches: Batches confirmed stored.
         write_errors: Failed stream writes (each retried).
         last_error: Text of the last write error, empty if none.
+        pending_keys: Distinct (tenant, operation) pairs held in the aggregate and the
+            in-flight batch; never above ``max_pending_keys``.
+        resent_batches: Retried batches that Redis had already stored (a lost reply);
+            written once, counted once.
     """
 
     recorded: int
@@ -89,6 +119,8 @@ class MeteringStats:
     batches: int
     write_errors: int
     last_error: str
+    pending_keys: int = 0
+    resent_batches: int = 0
 
 
 class CounterSource(Protocol):
@@ -103,30 +135,69 @@ class CounterSource(Protocol):
         ...
 
 
+# One batch, atomically and at most once per (writer, sequence).
+# KEYS[1] stream, KEYS[2] the writer's high-water mark.
+# ARGV[1] sequence, ARGV[2] mark TTL (ms), ARGV[3] MAXLEN ('' = none), ARGV[4] instance,
+# ARGV[5] batch id, then (tenant, operation, units, count) per entry.
+_WRITE_BATCH_LUA = """
+local seq = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if last >= seq then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 0
+end
+for i = 6, #ARGV, 4 do
+  if ARGV[3] == '' then
+    redis.call('XADD', KEYS[1], '*', 'tenant', ARGV[i], 'operation', ARGV[i + 1],
+      'units', ARGV[i + 2], 'count', ARGV[i + 3], 'instance', ARGV[4], 'batch', ARGV[5])
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'tenant', ARGV[i],
+      'operation', ARGV[i + 1], 'units', ARGV[i + 2], 'count', ARGV[i + 3],
+      'instance', ARGV[4], 'batch', ARGV[5])
+  end
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+WRITER_MARK_TTL_S = 7 * 24 * 3600.0
+"""Default lifetime of a writer's high-water mark after its last batch (7 days)."""
+
+
 class MeteringIntegration:
-    """Bounded, never-blocking usage buffer flushed to a Redis Stream.
+    """Bounded, never-blocking usage buffer flushed to a Redis Stream, each batch once.
 
     Args:
         redis_url: Redis to write to. Default: none (then pass ``redis_client`` or
             only buffer).
         stream: Stream key. Default ``af:metering``.
         max_buffer: Raw events held between flushes before drops start. Default
-            500,000 (10x ``flush_at``, the mark that wakes the flusher early: 50 ms of
-            events at 1M events/s).
-        flush_interval_s: Seconds between flushes. Default 0.25. Each flush is a Redis
-            transaction that costs the service's loop 0.2-0.3 ms of CPU; at 20 a second
-            (0.05, the old default) it was the largest background cost on a busy loop
-            and showed in the p99 of what the loop serves. Usage 0.25 s old is fresh
-            enough for billing, and a burst still flushes early at ``flush_at``.
-        flush_at: Buffered events that wake the flusher early. Default 50,000.
-        max_pending_keys: Distinct (tenant, operation) pairs held while Redis is down
-            before the flusher stops draining (and the raw buffer starts dropping).
-            Default 100,000.
+            500,000 (10x the default ``flush_at``: 50 ms of events at 1M events/s).
+        flush_interval_s: Seconds between flushes. Default 0.25. Each flush is one
+            Redis script call per batch that costs the service's loop 0.2-0.3 ms of CPU;
+            at 20 a second (0.05, the old default) it was the largest background cost on
+            a busy loop and showed in the p99 of what the loop serves. Usage 0.25 s old
+            is fresh enough for billing, and a burst still flushes early at ``flush_at``.
+        flush_at: Buffered events that wake the flusher early. Default
+            ``max_buffer // 10`` capped at 50,000 (at least 1).
+        max_pending_keys: Distinct (tenant, operation) pairs held in the aggregate and
+            the in-flight batch together while Redis is down; past it, events stay in
+            the raw buffer (which then drops when full). Each counter source (a guard)
+            reserves one pair. Default 100,000.
+        max_batch_keys: Pairs written by one script call. Default 10,000.
         stream_maxlen: Approximate ``MAXLEN ~`` trim of the stream; None = no trim.
             Default None.
-        instance_id: Writer name stored in every entry. Default ``"local"``.
+        instance_id: Writer name stored in every entry. Default ``"local"``; batch ids
+            are unique even when several writers share it.
         redis_client: A ready ``redis.asyncio.Redis`` to use instead of ``redis_url``.
         stop_timeout_s: How long ``stop()`` keeps retrying a final flush. Default 5.
+        writer_mark_ttl_s: How long Redis keeps this writer's high-water mark after its
+            last batch: a batch retried later than this after a lost reply could be
+            stored twice (and is then dropped by :class:`UsageConsumer` within its own
+            ``dedupe_ttl_s``). Default 7 days.
+
+    Raises:
+        ConfigError: a setting out of range (the message names it).
     """
 
     def __init__(
@@ -136,43 +207,63 @@ class MeteringIntegration:
         stream: str = REDIS_METERING_STREAM,
         max_buffer: int = 500_000,
         flush_interval_s: float = 0.25,
-        flush_at: int = 50_000,
+        flush_at: int | None = None,
         max_pending_keys: int = 100_000,
+        max_batch_keys: int = 10_000,
         stream_maxlen: int | None = None,
         instance_id: str = "local",
         redis_client: aioredis.Redis | None = None,
         stop_timeout_s: float = 5.0,
+        writer_mark_ttl_s: float = WRITER_MARK_TTL_S,
     ) -> None:
+        def bad(name: str, value: object, rule: str) -> ConfigError:
+            return ConfigError(f"MeteringIntegration.{name}: {rule} (got {value!r})")
+
         if max_buffer < 1:
-            raise ConfigError(f"MeteringIntegration.max_buffer: must be >= 1 (got {max_buffer!r})")
+            raise bad("max_buffer", max_buffer, "must be >= 1")
         if flush_interval_s <= 0:
-            raise ConfigError(
-                f"MeteringIntegration.flush_interval_s: must be > 0 (got {flush_interval_s!r})"
-            )
+            raise bad("flush_interval_s", flush_interval_s, "must be > 0")
+        if flush_at is None:
+            flush_at = min(50_000, max(1, max_buffer // 10))
         if not 1 <= flush_at <= max_buffer:
-            raise ConfigError(
-                f"MeteringIntegration.flush_at: must be in [1, max_buffer] (got {flush_at!r})"
-            )
+            raise bad("flush_at", flush_at, f"must be in [1, max_buffer={max_buffer}]")
+        if max_pending_keys < 1:
+            raise bad("max_pending_keys", max_pending_keys, "must be >= 1")
+        if max_batch_keys < 1:
+            raise bad("max_batch_keys", max_batch_keys, "must be >= 1")
+        if writer_mark_ttl_s <= 0:
+            raise bad("writer_mark_ttl_s", writer_mark_ttl_s, "must be > 0")
         self.redis_url = redis_url
         self.stream = stream
         self.max_buffer = max_buffer
         self.flush_interval_s = flush_interval_s
         self.flush_at = flush_at
         self.max_pending_keys = max_pending_keys
+        self.max_batch_keys = max_batch_keys
         self.stream_maxlen = stream_maxlen
         self.instance_id = instance_id
         self.stop_timeout_s = stop_timeout_s
+        self.writer_mark_ttl_s = writer_mark_ttl_s
+        # Random per writer: batch ids never collide across processes, restarts, or
+        # writers sharing an instance id.
+        self.writer_id = f"{instance_id}:{secrets.token_hex(8)}"
         self._redis = redis_client
         self._owns_redis = redis_client is None
+        self._script: Any = None
+        self._script_client: Any = None
         self._buf: list[tuple[str, str, int]] = []
         self._dropped = 0
         self._taken = 0  # events moved out of the raw buffer / sources by the flusher
         self._written = 0
         self._pending: dict[tuple[str, str], list[int]] = {}
+        self._pending_events = 0
         self._inflight: dict[tuple[str, str], list[int]] | None = None
+        self._inflight_events = 0
         self._inflight_batch = ""
+        self._backlog = False  # raw events left unfolded because of max_pending_keys
         self._seq = 0
         self._batches = 0
+        self._resent = 0
         self._write_errors = 0
         self._last_error = ""
         self._sources: list[CounterSource] = []
@@ -225,19 +316,25 @@ class MeteringIntegration:
     # ------------------------------------------------------------------ accounting
 
     def stats(self) -> MeteringStats:
-        """Current counters; ``recorded == written + buffered + dropped`` always holds."""
+        """Current counters; ``recorded == written + buffered + dropped`` always holds.
+
+        Reads counters only (no iteration over the aggregate), so it is O(sources) and
+        safe to call from another thread.
+        """
         raw = len(self._buf)
-        unharvested = sum(s.pending_usage() for s in self._sources)
-        aggregated = sum(c for _, c in self._pending.values())
-        inflight = sum(c for _, c in self._inflight.values()) if self._inflight else 0
+        unharvested = sum(s.pending_usage() for s in tuple(self._sources))
+        held = self._pending_events + self._inflight_events
+        inflight = self._inflight
         return MeteringStats(
             recorded=self._taken + raw + unharvested + self._dropped,
             written=self._written,
-            buffered=raw + unharvested + aggregated + inflight,
+            buffered=raw + unharvested + held,
             dropped=self._dropped,
             batches=self._batches,
             write_errors=self._write_errors,
             last_error=self._last_error,
+            pending_keys=len(self._pending) + (len(inflight) if inflight else 0),
+            resent_batches=self._resent,
         )
 
     # ------------------------------------------------------------------ flusher
@@ -246,10 +343,7 @@ class MeteringIntegration:
         """Connect (lazily) and start the background flusher; idempotent."""
         if self._task is not None and not self._task.done():
             return
-        if self._redis is None and self.redis_url:
-            self._redis = aioredis.Redis.from_url(
-                self.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
-            )
+        self._connect()
         self._stopping = False
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="antifragile-metering-flusher")
@@ -272,16 +366,27 @@ class MeteringIntegration:
                 await self._redis.aclose()
             self._redis = None
 
+    def _connect(self) -> None:
+        if self._redis is None and self.redis_url:
+            self._redis = aioredis.Redis.from_url(
+                self.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
+            )
+
     async def flush(self) -> bool:
         """Drain and write now (also usable without ``start``); True if nothing is left."""
-        self._drain()
-        return await self._write_pending()
+        self._connect()
+        while True:
+            self._drain()
+            if not await self._write_pending():
+                return False
+            if not self._backlog:
+                return not self._buf
 
     async def _run(self) -> None:
         backoff = 0.0
         assert self._wake is not None
         while True:
-            if not self._stopping:
+            if not self._stopping and not self._backlog:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s + backoff)
             self._wake.clear()
@@ -298,13 +403,14 @@ class MeteringIntegration:
                     return
             else:
                 backoff = min(1.0, max(0.05, backoff * 2))
-                if self._stopping:
+                if self._stopping or self._backlog:
                     await asyncio.sleep(backoff)
 
     def _harvest_source(self, source: CounterSource) -> None:
         tenant, operation, units, count = source.harvest_usage()
         if count:
             self._taken += count
+            self._pending_events += count
             slot = self._pending.get((tenant, operation))
             if slot is None:
                 self._pending[(tenant, operation)] = [units, count]
@@ -312,68 +418,114 @@ class MeteringIntegration:
                 slot[0] += units
                 slot[1] += count
 
+    def _held_keys(self) -> int:
+        inflight = self._inflight
+        return len(self._pending) + (len(inflight) if inflight else 0)
+
     def _drain(self) -> None:
-        """Move raw events and source counters into the (tenant, operation) aggregate."""
+        """Move source counters and raw events into the (tenant, operation) aggregate,
+        never holding more than ``max_pending_keys`` pairs (aggregate + in-flight)."""
         pending = self._pending
-        for source in self._sources:
-            self._harvest_source(source)
-        if len(pending) >= self.max_pending_keys or not self._buf:
-            return
+        bound = self.max_pending_keys
+        sources = self._sources
+        # A source adds at most one pair; when that could pass the bound it keeps
+        # counting in place (no memory grows) until there is room.
+        if sources and self._held_keys() + len(sources) <= bound:
+            for source in sources:
+                self._harvest_source(source)
         buf = self._buf
+        if not buf:
+            self._backlog = False
+            return
         self._buf = []
-        self._taken += len(buf)
+        held = self._held_keys()
+        room = bound - len(sources)  # pairs left for raw events, sources' pairs reserved
+        leftover: list[tuple[str, str, int]] = []
+        folded = 0
         # Counter hashes whole (tenant, operation, units) tuples in C; the distinct
         # ones are then folded per (tenant, operation) in Python.
-        for (tenant, operation, units), count in Counter(buf).items():
+        for item, count in Counter(buf).items():
+            tenant, operation, units = item
             slot = pending.get((tenant, operation))
             if slot is None:
+                if held >= room:
+                    leftover.extend(repeat(item, count))
+                    continue
                 pending[(tenant, operation)] = [units * count, count]
+                held += 1
             else:
                 slot[0] += units * count
                 slot[1] += count
+            folded += count
+        self._taken += folded
+        self._pending_events += folded
+        self._backlog = bool(leftover)
+        if leftover:
+            # Kept in the raw buffer (bounded by max_buffer) until pairs are written.
+            leftover.extend(self._buf)
+            self._buf = leftover
+
+    def _take_batch(self) -> None:
+        pending = self._pending
+        if len(pending) <= self.max_batch_keys:
+            batch, self._pending = pending, {}
+        else:
+            keys = list(islice(pending, self.max_batch_keys))
+            batch = {k: pending.pop(k) for k in keys}
+        events = sum(c for _, c in batch.values())
+        self._pending_events -= events
+        self._inflight_events = events
+        self._inflight = batch
+        self._seq += 1
+        self._inflight_batch = f"{self.writer_id}:{self._seq}"
+
+    def _writer_script(self, client: aioredis.Redis) -> Any:
+        if self._script is None or self._script_client is not client:
+            self._script = client.register_script(_WRITE_BATCH_LUA)
+            self._script_client = client
+        return self._script
 
     async def _write_pending(self) -> bool:
-        """Write the in-flight batch (retry) or the aggregate; True when nothing is left."""
-        if self._inflight is None:
-            if not self._pending:
-                return True
-            self._inflight, self._pending = self._pending, {}
-            self._seq += 1
-            self._inflight_batch = f"{self.instance_id}:{self._seq}"
-        if self._redis is None:
-            return False
-        batch = self._inflight
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for (tenant, operation), (units, count) in batch.items():
-                    pipe.xadd(
-                        self.stream,
-                        {
-                            "tenant": tenant,
-                            "operation": operation,
-                            "units": units,
-                            "count": count,
-                            "instance": self.instance_id,
-                            "batch": self._inflight_batch,
-                        },
-                        maxlen=self.stream_maxlen,
-                        approximate=True,
-                    )
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._write_errors += 1
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            if self._write_errors == 1 or self._write_errors % 100 == 0:
-                log.warning(
-                    "metering: write to %s failed (%s); kept buffered",
-                    self.stream,
-                    self._last_error,
+        """Write the in-flight batch (retry) and the aggregate; True when nothing is left."""
+        while True:
+            if self._inflight is None:
+                if not self._pending:
+                    return True
+                self._take_batch()
+            if self._redis is None:
+                return False
+            batch = self._inflight
+            assert batch is not None
+            args: list[Any] = [
+                self._seq,
+                max(1, int(self.writer_mark_ttl_s * 1000)),
+                "" if self.stream_maxlen is None else self.stream_maxlen,
+                self.instance_id,
+                self._inflight_batch,
+            ]
+            for (tenant, operation), (units, count) in batch.items():
+                args += (tenant, operation, units, count)
+            try:
+                script = self._writer_script(self._redis)
+                stored = await script(
+                    keys=[self.stream, f"{self.stream}:writer:{self.writer_id}"], args=args
                 )
-            return False
-        self._written += sum(c for _, c in batch.values())
-        self._batches += 1
-        self._inflight = None
-        return not self._pending
+            except (RedisError, OSError) as exc:
+                self._write_errors += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                if self._write_errors == 1 or self._write_errors % 100 == 0:
+                    log.warning(
+                        "metering: write to %s failed (%s); kept buffered",
+                        self.stream,
+                        self._last_error,
+                    )
+                return False
+            if not int(stored):
+                self._resent += 1  # stored by an attempt whose reply was lost
+            self._written += self._inflight_events
+            self._inflight_events = 0
+            self._batches += 1
+            self._inflight = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +543,11 @@ def _s(value: Any) -> str:
 
 
 def decode_entry(fields: dict[Any, Any]) -> tuple[str, str, int, int, str]:
-    """Decode one stream entry into ``(tenant, operation, units, count, batch)``."""
+    """Decode one stream entry into ``(tenant, operation, units, count, batch)``.
+
+    Raises:
+        KeyError / ValueError: not a metering entry.
+    """
     f = {_s(k): _s(v) for k, v in fields.items()}
     return f["tenant"], f["operation"], int(f["units"]), int(f["count"]), f.get("batch", "")
 
@@ -415,6 +571,203 @@ def sum_entries(
     return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in acc.items()}
 
 
+# Apply entries to a group's ledger, each at most once.
+# KEYS[1] stream, KEYS[2] units ledger, KEYS[3] count ledger, KEYS[4] processed record.
+# ARGV[1] group, ARGV[2] now (ms), ARGV[3] record TTL (ms), then per entry:
+# id, batch ('' = none), ledger field ('' = unreadable), units, count.
+# An entry counts only if it was still pending for the group (XACK returns 1: no other
+# consumer applied it) and its (batch, field) was not applied before (a duplicate).
+_APPLY_LUA = """
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
+local applied = {}
+for i = 4, #ARGV, 5 do
+  local ok = 0
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 and ARGV[i + 2] ~= '' then
+    local fresh = 1
+    if ARGV[i + 1] ~= '' then
+      fresh = redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[i + 1] .. '\\n' .. ARGV[i + 2])
+    end
+    if fresh == 1 then
+      redis.call('HINCRBY', KEYS[2], ARGV[i + 2], ARGV[i + 3])
+      redis.call('HINCRBY', KEYS[3], ARGV[i + 2], ARGV[i + 4])
+      ok = 1
+    end
+  end
+  applied[#applied + 1] = ok
+end
+return applied
+"""
+
+DEDUPE_TTL_S = 7 * 24 * 3600.0
+"""Default time a consumer group remembers an applied (batch, tenant, operation)."""
+
+
+def ledger_keys(stream: str, group: str) -> tuple[str, str, str]:
+    """``(units, count, processed)`` keys of a consumer group's ledger on ``stream``."""
+    prefix = f"{stream}:billed:{group}"
+    return f"{prefix}:units", f"{prefix}:count", f"{prefix}:processed"
+
+
+class UsageConsumer:
+    """A billing reader of a metering stream that counts every recorded event once.
+
+    Each call of :meth:`consume` reads, with the consumer group ``group``, (1) the
+    entries already delivered to this consumer name but never applied (a crash between
+    read and apply), (2) entries idle for ``claim_idle_s`` in other consumers' pending
+    lists (a dead consumer), (3) new entries; and applies each with one atomic script
+    (acknowledge + dedupe + add to the ledger). The ledger - hashes
+    ``{stream}:billed:{group}:units`` and ``...:count``, field ``["tenant", "operation"]``
+    - is the bill: :meth:`totals` reads it. Run several consumers with different names
+    to share the load; run the same name after a restart to pick up where it stopped.
+
+    Args:
+        client: Redis holding the stream.
+        stream: Stream key. Default ``af:metering``.
+        group: Consumer group (one ledger per group). Default ``"billing"``.
+        consumer: This consumer's name in the group. Default ``"reader"``.
+        batch_size: Entries per read. Default 1,000.
+        claim_idle_s: Claim other consumers' entries pending this long; None: never.
+            Default 60.
+        dedupe_ttl_s: How long an applied (batch, tenant, operation) is remembered.
+            Default 7 days.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stream: str = REDIS_METERING_STREAM,
+        *,
+        group: str = "billing",
+        consumer: str = "reader",
+        batch_size: int = 1_000,
+        claim_idle_s: float | None = 60.0,
+        dedupe_ttl_s: float = DEDUPE_TTL_S,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"UsageConsumer.batch_size: must be >= 1 (got {batch_size!r})")
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.claim_idle_s = claim_idle_s
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self._keys = ledger_keys(stream, group)
+        self._script = client.register_script(_APPLY_LUA)
+        self._group_ready = False
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def consume(self, *, block_ms: int | None = None) -> dict[tuple[str, str], UsageTotal]:
+        """Apply everything not yet applied by the group; return what this call added.
+
+        Args:
+            block_ms: Wait up to this long for new entries when there are none. Default:
+                do not wait.
+
+        Raises:
+            redis.RedisError: Redis failed; nothing half-applied (retry the call).
+        """
+        await self._ensure_group()
+        added: dict[tuple[str, str], list[int]] = {}
+        # (1) Ours, delivered before a crash or restart and never applied.
+        start = "0"
+        while True:
+            resp: Any = await self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=self.batch_size
+            )
+            messages = resp[0][1] if resp else []
+            if not messages:
+                break
+            await self._apply(messages, added)
+            start = _s(messages[-1][0])
+            if len(messages) < self.batch_size:
+                break
+        # (2) A dead consumer's.
+        if self.claim_idle_s is not None:
+            cursor = "0-0"
+            while True:
+                claimed: Any = await self.client.xautoclaim(
+                    self.stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=int(self.claim_idle_s * 1000),
+                    start_id=cursor,
+                    count=self.batch_size,
+                )
+                cursor = _s(claimed[0])
+                if claimed[1]:
+                    await self._apply(claimed[1], added)
+                if cursor in ("0-0", "0"):
+                    break
+        # (3) New.
+        block = block_ms
+        while True:
+            resp = await self.client.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: ">"},
+                count=self.batch_size,
+                block=block,
+            )
+            messages = resp[0][1] if resp else []
+            if not messages:
+                break
+            await self._apply(messages, added)
+            block = None
+        return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
+
+    async def _apply(self, messages: list[Any], added: dict[tuple[str, str], list[int]]) -> None:
+        args: list[Any] = [self.group, int(time.time() * 1000), int(self.dedupe_ttl_s * 1000)]
+        decoded: list[tuple[str, str, int, int] | None] = []
+        for msg_id, fields in messages:
+            try:
+                if not fields:
+                    raise KeyError("entry trimmed")
+                tenant, operation, units, count, batch = decode_entry(fields)
+            except (KeyError, ValueError):
+                # Unreadable (or trimmed before it was read): acknowledged, never billed.
+                log.warning("metering: unreadable entry %s in %s skipped", _s(msg_id), self.stream)
+                args += (msg_id, "", "", 0, 0)
+                decoded.append(None)
+                continue
+            args += (msg_id, batch, json.dumps([tenant, operation]), units, count)
+            decoded.append((tenant, operation, units, count))
+        units_key, count_key, processed_key = self._keys
+        applied = await self._script(
+            keys=[self.stream, units_key, count_key, processed_key], args=args
+        )
+        for entry, ok in zip(decoded, applied, strict=True):
+            if entry is None or not int(ok):
+                continue
+            tenant, operation, units, count = entry
+            slot = added.setdefault((tenant, operation), [0, 0])
+            slot[0] += units
+            slot[1] += count
+
+    async def totals(self) -> dict[tuple[str, str], UsageTotal]:
+        """Everything the group has applied (its bill), per (tenant, operation)."""
+        units_key, count_key, _ = self._keys
+        units: Any = await self.client.hgetall(units_key)
+        counts: Any = await self.client.hgetall(count_key)
+        out: dict[tuple[str, str], UsageTotal] = {}
+        for field, value in units.items():
+            tenant, operation = json.loads(_s(field))
+            out[(tenant, operation)] = UsageTotal(
+                tenant, operation, int(value), int(counts.get(field, 0))
+            )
+        return out
+
+
 async def read_usage(
     client: aioredis.Redis,
     stream: str = REDIS_METERING_STREAM,
@@ -425,35 +778,25 @@ async def read_usage(
 ) -> dict[tuple[str, str], UsageTotal]:
     """Read a metering stream and return usage totals per (tenant, operation).
 
-    Without ``group`` the whole stream is read (``XRANGE``). With ``group`` the entries
-    new to that consumer group are read with ``XREADGROUP`` and acknowledged (the group
-    is created at the stream's start if missing), which is how a billing consumer reads.
+    Without ``group`` the whole stream is summed (``XRANGE``), each batch once. With
+    ``group``, a :class:`UsageConsumer` applies what the group has not applied yet
+    and the usage added by this call is returned: every event is returned by exactly
+    one call, across calls, restarts and redeliveries.
     """
+    if group is not None:
+        reader = UsageConsumer(
+            client, stream, group=group, consumer=consumer, batch_size=batch_size
+        )
+        return await reader.consume()
     entries: list[dict[Any, Any]] = []
-    if group is None:
-        start = "-"
-        while True:
-            chunk: Any = await client.xrange(stream, min=start, max="+", count=batch_size)
-            if not chunk:
-                break
-            entries.extend(fields for _, fields in chunk)
-            last = _s(chunk[-1][0])
-            start = "(" + last
-            if len(chunk) < batch_size:
-                break
-        return sum_entries(entries)
-    with contextlib.suppress(RedisError):  # BUSYGROUP: it exists already
-        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    start = "-"
     while True:
-        resp: Any = await client.xreadgroup(group, consumer, {stream: ">"}, count=batch_size)
-        if not resp:
+        chunk: Any = await client.xrange(stream, min=start, max="+", count=batch_size)
+        if not chunk:
             break
-        ids: list[Any] = []
-        for _, messages in resp:
-            for msg_id, fields in messages:
-                ids.append(msg_id)
-                entries.append(fields)
-        if not ids:
+        entries.extend(fields for _, fields in chunk)
+        last = _s(chunk[-1][0])
+        start = "(" + last
+        if len(chunk) < batch_size:
             break
-        await client.xack(stream, group, *ids)
     return sum_entries(entries)

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
-from antifragile.metering import MeteringIntegration, UsageEvent, read_usage, sum_entries
+from antifragile.errors import ConfigError
+from antifragile.metering import (
+    MeteringIntegration,
+    UsageConsumer,
+    UsageEvent,
+    UsageTotal,
+    read_usage,
+    sum_entries,
+)
+from tests.redis_proxy import LostReplyProxy
 from tests.unit.conftest import RestartableRedis
 
 
@@ -165,3 +175,161 @@ def test_sum_entries_drops_a_resent_batch() -> None:
     totals = sum_entries([entry, entry, other])
     assert totals[("t", "op")].units == 10
     assert totals[("t", "op")].count == 4
+
+
+# ------------------------------------------------------------------ item 15: exactly once
+
+
+def test_flush_at_is_derived_from_max_buffer() -> None:
+    assert MeteringIntegration(max_buffer=1000).flush_at == 100
+    assert MeteringIntegration(max_buffer=5).flush_at == 1
+    assert MeteringIntegration().flush_at == 50_000
+    with pytest.raises(ConfigError, match="flush_at"):
+        MeteringIntegration(max_buffer=1000, flush_at=1001)
+
+
+def test_batch_ids_are_unique_across_writers_sharing_an_instance_id() -> None:
+    a, b = MeteringIntegration(), MeteringIntegration()
+    assert a.instance_id == b.instance_id == "local"
+    assert a.writer_id != b.writer_id
+    assert a.writer_id.startswith("local:")
+
+
+async def test_two_writers_with_the_default_id_read_back_as_twelve(
+    own_redis: RestartableRedis,
+) -> None:
+    a = MeteringIntegration(own_redis.url, stream="two")
+    b = MeteringIntegration(own_redis.url, stream="two")
+    for _ in range(5):
+        a.record_usage("t", "op")
+    for _ in range(7):
+        b.record_usage("t", "op")
+    assert await a.flush() and await b.flush()
+    await a.stop()
+    await b.stop()
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        assert (await read_usage(client, "two"))[("t", "op")].count == 12
+        assert (await read_usage(client, "two", group="billing"))[("t", "op")].count == 12
+    finally:
+        await client.aclose()
+
+
+async def test_a_batch_retried_after_a_lost_reply_is_stored_once(
+    own_redis: RestartableRedis,
+) -> None:
+    proxy = LostReplyProxy(own_redis.port)
+    await proxy.start()
+    m = MeteringIntegration(proxy.url, stream="lost", flush_interval_s=0.01)
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        await m.start()
+        proxy.lose_replies(1)
+        for _ in range(100):
+            m.record_usage("t", "op")
+        await m.stop()
+        s = m.stats()
+        assert proxy.lost == 1  # Redis ran the write; the writer never got the reply
+        assert (s.written, s.buffered, s.resent_batches) == (100, 0, 1)
+        raw = await client.xrange("lost")
+        assert len(raw) == 1  # one entry: the retry stored nothing
+        assert (await read_usage(client, "lost", group="billing"))[("t", "op")].count == 100
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+async def test_a_consumer_group_reader_bills_100_for_100_events_despite_a_duplicate(
+    own_redis: RestartableRedis,
+) -> None:
+    # A batch stored twice (a writer before this fix, or a partly run script) is billed
+    # once, even when the two copies arrive in different reads.
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        entry = {"tenant": "t", "operation": "op", "units": 100, "count": 100, "batch": "w:n:1"}
+        await client.xadd("dup", entry)
+        reader = UsageConsumer(client, "dup")
+        first = await reader.consume()
+        await client.xadd("dup", entry)  # the same batch again
+        second = await reader.consume()
+        assert first[("t", "op")].count == 100
+        assert second == {}
+        assert (await reader.totals())[("t", "op")] == UsageTotal("t", "op", 100, 100)
+    finally:
+        await client.aclose()
+
+
+async def test_entries_read_before_a_crash_are_applied_once_after_the_restart(
+    own_redis: RestartableRedis,
+) -> None:
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        for i in range(10):
+            await client.xadd(
+                "crash",
+                {"tenant": "t", "operation": "op", "units": 1, "count": 1, "batch": f"w:n:{i}"},
+            )
+        await UsageConsumer(client, "crash")._ensure_group()
+        # A consumer that read 4 entries and died before applying them.
+        await client.xreadgroup("billing", "reader", {"crash": ">"}, count=4)
+        # One that read 3 more under another name and died too.
+        await client.xreadgroup("billing", "gone", {"crash": ">"}, count=3)
+        restarted = UsageConsumer(client, "crash", claim_idle_s=0)
+        assert (await restarted.consume())[("t", "op")].count == 10
+        assert await restarted.consume() == {}
+        assert (await restarted.totals())[("t", "op")].count == 10
+        assert (await client.xpending("crash", "billing"))["pending"] == 0
+    finally:
+        await client.aclose()
+
+
+async def test_max_pending_keys_holds_while_redis_is_down(own_redis: RestartableRedis) -> None:
+    m = MeteringIntegration(
+        own_redis.url, stream="bound", flush_interval_s=0.01, max_pending_keys=100
+    )
+    src = CountingSource()
+    m.add_source(src)
+    await m.start()
+    own_redis.stop()
+    most = 0
+    for i in range(10_000):
+        m.record_usage("t", f"op{i}")
+        src.n += 1
+        if i % 500 == 0:
+            await asyncio.sleep(0.02)  # the flusher drains and fails, again and again
+            most = max(most, m.stats().pending_keys)
+            check_accounting(m)
+    await asyncio.sleep(0.1)
+    s = m.stats()
+    assert s.write_errors > 0
+    assert max(most, s.pending_keys) <= 100
+    assert most >= 99  # the bound was reached, and held
+    assert s.dropped == 0 and s.buffered == 20_000
+    own_redis.start()
+    for _ in range(500):
+        await asyncio.sleep(0.02)
+        if m.stats().buffered == 0:
+            break
+    await m.stop()
+    s = m.stats()
+    assert (s.recorded, s.written, s.buffered, s.dropped) == (20_000, 20_000, 0, 0)
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        totals = await read_usage(client, "bound", group="billing")
+        assert sum(t.count for t in totals.values()) == 20_000
+        assert len(totals) == 10_001
+    finally:
+        await client.aclose()
+
+
+def test_a_drain_never_folds_more_than_the_key_bound() -> None:
+    m = MeteringIntegration(max_pending_keys=100)
+    for i in range(10_000):
+        m.record_usage("t", f"op{i}")
+    m._drain()
+    s = m.stats()
+    assert s.pending_keys == 100
+    assert (s.recorded, s.buffered) == (10_000, 10_000)
+    m._take_batch()  # the in-flight batch counts against the bound too
+    m._drain()
+    assert m.stats().pending_keys == 100
