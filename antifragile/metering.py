@@ -361,6 +361,12 @@ class MeteringIntegration:
                     "metering: stop timed out with %d events buffered", self.stats().buffered
                 )
             self._task = None
+        elif self._redis is not None or self.redis_url:  # never started: final flush here
+            deadline = time.monotonic() + self.stop_timeout_s
+            while time.monotonic() < deadline:
+                if await self.flush():
+                    break
+                await asyncio.sleep(0.05)  # Redis is down: retry until the deadline
         if self._owns_redis and self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
