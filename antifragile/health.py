@@ -444,6 +444,19 @@ class HealthAggregator:
         self._window_timer = None
         self._commit(None, configuration=False)
 
+    @property
+    def status(self) -> SystemHealthStatus:
+        """The reported status now (anti-flapping applied); a pure read."""
+        return self._st.at(self._clock(), self.config.stabilization_window_s)[0]
+
+    def breaker_states(self) -> dict[str, CircuitState]:
+        """Each registered breaker's state as its last transition reported it.
+
+        A pure read of the aggregator's own record (kept current by the breakers' hooks
+        on the event loop's thread): it touches no breaker, so it is safe from any thread.
+        """
+        return {name: entry.state for name, entry in self._entries.copy().items()}
+
     def get_system_health(self) -> SystemHealthReport:
         """The current report: current score, status after the anti-flapping rule.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -22,6 +22,8 @@ from antifragile.breaker import CircuitState
 if TYPE_CHECKING:
     from temporalio.client import Client
 
+    from antifragile.health import HealthAggregator
+    from antifragile.metering import MeteringIntegration
     from antifragile.runtime import Runtime as AntifragileRuntime
 
 log = logging.getLogger(__name__)
@@ -35,46 +37,73 @@ _STATE_VALUE = {
 
 
 class RuntimeCollector(Collector):
-    """Breakers, health, metering and faults of one in-process :class:`Runtime`."""
+    """Breakers, health, metering and faults of one in-process runtime.
 
-    def __init__(self, runtime: AntifragileRuntime) -> None:
-        self._runtime = runtime
+    Built from the parts it reads (:meth:`for_runtime` takes them from a
+    :class:`~antifragile.runtime.Runtime`). A scrape runs on the Prometheus server's
+    thread, so it only reads snapshots: the aggregator's record of breaker states and its
+    immutable status (it touches no breaker: no transition, no listener, no callback, no
+    asyncio object), the fault table's size and the metering counters.
+
+    Args:
+        instance_id: The ``instance`` label.
+        health: The process's aggregator (every guarded breaker is registered in it).
+        faults: The fault table (only its ``len`` is read).
+        metering: The metering integration, or None (no metering series).
+    """
+
+    def __init__(
+        self,
+        instance_id: str,
+        health: HealthAggregator,
+        faults: Sized,
+        metering: MeteringIntegration | None = None,
+    ) -> None:
+        self._instance = instance_id
+        self._health = health
+        self._faults = faults
+        self._metering = metering
+
+    @classmethod
+    def for_runtime(cls, runtime: AntifragileRuntime) -> RuntimeCollector:
+        """The collector of a runtime's parts."""
+        return cls(runtime.instance_id, runtime.health, runtime.faults, runtime.metering)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        """Read the runtime's live state (called by the Prometheus client on scrape)."""
-        rt = self._runtime
-        instance = rt.instance_id
+        """Read the parts' snapshots (called by the Prometheus client on scrape)."""
+        instance = self._instance
+        health = self._health
         state = GaugeMetricFamily(
             "antifragile_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open, 3 forced open.",
             labels=["instance", "dependency"],
         )
-        for name, breaker in rt.breakers.items():
-            state.add_metric([instance, name], _STATE_VALUE[breaker.state])
+        for name, breaker_state in sorted(health.breaker_states().items()):
+            state.add_metric([instance, name], _STATE_VALUE[breaker_state])
         yield state
-        report = rt.health.get_system_health()
         score = GaugeMetricFamily(
             "antifragile_health_score", "Health score 0.0-1.0.", labels=["instance"]
         )
-        score.add_metric([instance], report.health_score)
+        score.add_metric([instance], health.health_score)
         yield score
+        reported = health.status
         status = GaugeMetricFamily(
             "antifragile_health_status",
             "1 for the reported status, 0 for the others.",
             labels=["instance", "status"],
         )
         for value in ("HEALTHY", "DEGRADED", "CRITICAL", "UNKNOWN"):
-            status.add_metric([instance, value], 1.0 if report.status.value == value else 0.0)
+            status.add_metric([instance, value], 1.0 if reported.value == value else 0.0)
         yield status
         faults = GaugeMetricFamily(
             "antifragile_faults_active",
             "Chaos faults applied in this process.",
             labels=["instance"],
         )
-        faults.add_metric([instance], float(len(rt.faults)))
+        faults.add_metric([instance], float(len(self._faults)))
         yield faults
-        if rt.metering is not None:
-            stats = rt.metering.stats()
+        if self._metering is not None:
+            stats = self._metering.stats()
             for field, help_text in (
                 ("recorded", "Usage events recorded."),
                 ("written", "Usage events confirmed written to the Redis stream."),

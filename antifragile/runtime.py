@@ -238,7 +238,7 @@ class Runtime:
             from antifragile.metrics import RuntimeCollector, serve
 
             registry = CollectorRegistry()
-            registry.register(RuntimeCollector(self))
+            registry.register(RuntimeCollector.for_runtime(self))
             self._metrics_server = serve(registry, self.settings.metrics_port)
         if self.fault_subscriber is not None:
             await self.fault_subscriber.start()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import threading
 import urllib.request
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from antifragile.breaker import CircuitBreakerConfig
-from antifragile.health import HealthAggregatorConfig
+from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig
+from antifragile.health import HealthAggregator, HealthAggregatorConfig
 from antifragile.metering import MeteringIntegration
 from antifragile.metrics import RuntimeCollector, WorkflowCountCollector
 from antifragile.processes import free_port
 from antifragile.runtime import Runtime
 from antifragile.settings import Settings
+from tests.unit.conftest import FakeClock
 
 
 class Boom(Exception):
@@ -61,7 +64,7 @@ async def test_metering_counters_follow_the_accounting() -> None:
     for _ in range(5):
         await guard.call(ok)
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector.for_runtime(runtime))
     text = generate_latest(registry).decode()
     assert 'antifragile_metering_recorded_total{instance="m"} 5.0' in text
     assert 'antifragile_metering_dropped_total{instance="m"} 0.0' in text
@@ -88,7 +91,7 @@ def test_faults_active_counts_the_faults_this_process_enforces() -> None:
     runtime.guard("db")
     runtime.guard("cache")
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector.for_runtime(runtime))
     assert sample(registry, "antifragile_faults_active", instance="f") == 0.0
     runtime.faults.install("db", NoOpFault())
     runtime.faults.install("cache", NoOpFault())
@@ -108,7 +111,7 @@ async def test_breaker_state_per_dependency_and_health_status_follow_a_forced_op
     runtime.guard("db")
     runtime.guard("cache")
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector.for_runtime(runtime))
     runtime.breakers["db"].force_open()
     assert sample(registry, "antifragile_breaker_state", instance="b", dependency="db") == 3.0
     assert sample(registry, "antifragile_breaker_state", instance="b", dependency="cache") == 0.0
@@ -121,7 +124,7 @@ async def test_metering_written_and_dropped_follow_a_full_buffer() -> None:
     metering = MeteringIntegration(instance_id="w", max_buffer=2, flush_at=2)
     runtime = Runtime(Settings(), instance_id="w", bridge=False, metering=metering)
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector.for_runtime(runtime))
     for _ in range(3):
         metering.record_usage("t", "op")
     assert sample(registry, "antifragile_metering_recorded_total", instance="w") == 3.0
@@ -198,7 +201,7 @@ async def test_the_readme_metrics_table_names_exactly_the_metrics_served() -> No
     counts = WorkflowCountCollector(FakeVisibility({}), {"recovery": ["RUNNING"]})  # type: ignore[arg-type]
     await counts.refresh()
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector.for_runtime(runtime))
     registry.register(counts)
     served = {
         sample.name
@@ -207,3 +210,55 @@ async def test_the_readme_metrics_table_names_exactly_the_metrics_served() -> No
         if not sample.name.endswith("_created")
     }
     assert documented == served
+
+
+async def test_a_scrape_from_the_server_thread_changes_nothing_and_runs_no_callback(
+    clock: FakeClock,
+) -> None:
+    # Item 16: reading breaker.state from the scrape thread moved OPEN -> HALF_OPEN there
+    # and ran listeners and health callbacks (an asyncio.Event.set among them) on it.
+    port = free_port()
+    runtime = Runtime(
+        Settings(metrics_port=port), instance_id="s", bridge=False, metering=False, clock=clock
+    )
+    guard = runtime.guard(
+        "db", breaker_config=CircuitBreakerConfig(failure_threshold=1, open_duration_s=10)
+    )
+    runtime.guard("cache")
+    changes: list[tuple[str, int]] = []
+    health_calls: list[int] = []
+    guard.breaker.on_state_change(lambda c: changes.append((c.new.value, threading.get_ident())))
+    runtime.health.on_health_change(lambda r: health_calls.append(threading.get_ident()))
+    await runtime.start()
+    try:
+        with contextlib.suppress(Boom):
+            await guard.call(fail)
+        await asyncio.sleep(0.01)  # listeners and callbacks of the real change run here
+        seen_changes, seen_calls = list(changes), list(health_calls)
+        retry_after = guard.breaker.retry_after()
+        clock.advance(11)  # the open duration has passed: a read must not act on it
+        text = await asyncio.to_thread(scrape, port)
+        await asyncio.sleep(0.01)
+        assert 'antifragile_breaker_state{dependency="db",instance="s"} 2.0' in text
+        assert changes == seen_changes == [("OPEN", threading.get_ident())]
+        assert health_calls == seen_calls
+        assert all(t == threading.get_ident() for t in health_calls)
+        assert retry_after is not None
+    finally:
+        await runtime.stop()
+
+
+def test_the_collector_is_built_from_the_parts_it_reads(clock: FakeClock) -> None:
+    health = HealthAggregator(HealthAggregatorConfig(stabilization_window_s=0), clock=clock)
+    breaker = CircuitBreaker("db", clock=clock)
+    health.register_circuit_breaker("db", breaker, weight=0.3)
+    for i in range(3):
+        health.register_circuit_breaker(f"o{i}", CircuitBreaker(f"o{i}", clock=clock), 0.3)
+    health.breakers["o0"].force_open()
+    breaker.force_open()
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector("p", health, faults=[]))
+    assert sample(registry, "antifragile_health_score", instance="p") == 0.5
+    assert sample(registry, "antifragile_health_status", instance="p", status="DEGRADED") == 1.0
+    assert sample(registry, "antifragile_breaker_state", instance="p", dependency="db") == 3.0
+    assert sample(registry, "antifragile_metering_recorded_total", instance="p") is None
