@@ -132,9 +132,15 @@ def render(docs: list[dict[str, Any]]) -> Group | str:
             str(doc.get("instance")),
             _styled(shown, _STATUS_STYLE.get(status)),
             f"{float(score):.2f}" if score is not None else "-",
-            str(doc.get("total_breakers", 0)),
-            str(int(doc.get("open_breakers", 0)) + int(doc.get("forced_open_breakers", 0))),
-            str(doc.get("half_open_breakers", 0)),
+            *(
+                ("-", "-", "-")  # an expired snapshot: nothing is known
+                if "total_breakers" not in doc
+                else (
+                    str(doc.get("total_breakers", 0)),
+                    str(int(doc.get("open_breakers", 0)) + int(doc.get("forced_open_breakers", 0))),
+                    str(doc.get("half_open_breakers", 0)),
+                )
+            ),
             age,
         )
         for name, b in sorted((doc.get("circuit_details") or {}).items()):
