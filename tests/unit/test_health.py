@@ -10,6 +10,8 @@ from fractions import Fraction
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig
 from antifragile.bridge import Bridge, health_key
@@ -477,3 +479,45 @@ def test_reads_are_pure_and_fire_no_callbacks_even_from_another_thread(clock: Fa
     assert {r.status for r in reports} == {H}  # the window has passed: reported as held
     assert h._st is before  # nothing was committed by reading
     assert fired == [C, C]  # and no callback ran on the reading thread
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 999), min_size=1, max_size=12),
+    states=st.data(),
+    thresholds=st.tuples(st.integers(0, 100), st.integers(0, 100)).map(sorted),
+)
+def test_property_status_is_the_exact_comparison_of_decimal_weights(
+    weights: list[int], states: st.DataObject, thresholds: list[int]
+) -> None:
+    # Weights with up to three decimals (0.001-0.999), thresholds in hundredths.
+    critical, degraded = (Fraction(t, 100) for t in thresholds)
+    cfg = HealthAggregatorConfig(
+        degraded_threshold=float(degraded),
+        critical_threshold=float(critical),
+        stabilization_window_s=0,
+    )
+    clock = FakeClock()
+    h = HealthAggregator(cfg, clock=clock)
+    kinds = states.draw(
+        st.lists(st.sampled_from("CHOF"), min_size=len(weights), max_size=len(weights))
+    )
+    closed = half = Fraction(0)
+    for i, (w, kind) in enumerate(zip(weights, kinds, strict=True)):
+        b = CircuitBreaker(f"b{i}", clock=clock)
+        h.register_circuit_breaker(b.name, b, weight=w / 1000)
+        if kind == "H":
+            b._transition(b._state.OPEN, "t")
+            b._transition(b._state.HALF_OPEN, "t")
+            half += Fraction(w, 1000)
+        elif kind == "O":
+            b._transition(b._state.OPEN, "t")
+        elif kind == "F":
+            b.force_open()
+        else:
+            closed += Fraction(w, 1000)
+    exact = (closed + half / 2) / Fraction(sum(weights), 1000)
+    want = H if exact >= degraded else D if exact >= critical else C
+    report = h.get_system_health()
+    assert report.status is want
+    assert report.health_score == float(exact)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import redis.asyncio as aioredis
@@ -333,3 +334,38 @@ def test_a_drain_never_folds_more_than_the_key_bound() -> None:
     m._take_batch()  # the in-flight batch counts against the bound too
     m._drain()
     assert m.stats().pending_keys == 100
+
+
+async def test_stats_is_safe_from_another_thread_while_the_flusher_drains(
+    own_redis: RestartableRedis,
+) -> None:
+    # The Prometheus scrape thread calls stats(); summing the aggregate there raised
+    # "dictionary changed size during iteration" when a drain added keys meanwhile.
+    m = MeteringIntegration(own_redis.url, stream="threads", flush_interval_s=0.001)
+    await m.start()
+    own_redis.stop()  # writes fail: the aggregate keeps growing under the reader
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            try:
+                m.stats()
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    reader = threading.Thread(target=scrape)
+    reader.start()
+    try:
+        for i in range(20_000):
+            m.record_usage("t", f"op{i}")
+            if i % 200 == 0:
+                await asyncio.sleep(0.002)
+    finally:
+        done.set()
+        reader.join(10)
+        m.stop_timeout_s = 0.1
+        await m.stop()
+    assert errors == []
+    check_accounting(m)
