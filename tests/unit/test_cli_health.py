@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import redis
@@ -21,8 +22,8 @@ from antifragile.health import (
     publish_snapshot,
     withdraw_snapshot,
 )
-from antifragile.settings import Settings
 from antifragile.processes import free_port
+from antifragile.settings import Settings
 from tests.unit.conftest import RestartableRedis
 
 app = typer.Typer()
@@ -93,7 +94,10 @@ def test_a_member_whose_snapshot_expired_is_listed_unknown(
             await publish_snapshot(client, "dead-2", json.dumps({"status": "HEALTHY"}), 0.05)
             await publish_snapshot(client, "stopped-3", json.dumps({"status": "HEALTHY"}), 30)
             await withdraw_snapshot(client, "stopped-3")  # a clean stop: gone, not UNKNOWN
-            while await client.exists(health_key("dead-2")):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the TTL runs out on Redis's clock
+                if not await client.exists(health_key("dead-2")):
+                    break
                 await asyncio.sleep(0.01)
         finally:
             await client.aclose()
