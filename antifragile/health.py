@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -324,10 +325,12 @@ class HealthAggregator:
         CRITICAL. Callbacks are told when the status or score changed.
 
         Raises:
-            ConfigError: ``weight`` is not > 0.
+            ConfigError: ``weight`` is not a finite number > 0.
         """
-        if not weight > 0:
-            raise ConfigError(f"weight of breaker {name!r}: must be > 0 (got {weight!r})")
+        if not (weight > 0 and math.isfinite(weight)):
+            raise ConfigError(
+                f"weight of breaker {name!r}: must be a finite number > 0 (got {weight!r})"
+            )
         if name in self._entries:
             self.unregister_circuit_breaker(name)
 

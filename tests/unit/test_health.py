@@ -301,9 +301,10 @@ def test_config_errors_name_field(kwargs: dict[str, float], field: str) -> None:
         HealthAggregatorConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def test_non_positive_weight_is_refused(clock: FakeClock) -> None:
+@pytest.mark.parametrize("weight", [0, -1, float("nan"), float("inf")])
+def test_non_positive_or_non_finite_weight_is_refused(clock: FakeClock, weight: float) -> None:
     with pytest.raises(ConfigError, match="weight"):
-        agg(clock).register_circuit_breaker("b", breakers(1, clock)[0], weight=0)
+        agg(clock).register_circuit_breaker("b", breakers(1, clock)[0], weight=weight)
 
 
 # --------------------------------------------------------------- item 2: exact thresholds
