@@ -304,7 +304,17 @@ class MeteringIntegration:
             self._dropped += 1
 
     def add_source(self, source: CounterSource) -> None:
-        """Harvest an in-place counter (e.g. a Guard's) at every flush."""
+        """Harvest an in-place counter (e.g. a Guard's) at every flush.
+
+        Raises:
+            ConfigError: ``max_pending_keys`` would not exceed the number of sources
+                (each reserves one pair).
+        """
+        if len(self._sources) + 1 >= self.max_pending_keys:
+            raise ConfigError(
+                f"MeteringIntegration.max_pending_keys: must exceed the number of counter "
+                f"sources ({len(self._sources) + 1}) (got {self.max_pending_keys!r})"
+            )
         self._sources.append(source)
 
     def remove_source(self, source: CounterSource) -> None:
@@ -383,19 +393,24 @@ class MeteringIntegration:
         self._connect()
         while True:
             self._drain()
+            batches = self._batches
             if not await self._write_pending():
                 return False
-            if not self._backlog:
+            if not self._backlog or self._batches == batches:
                 return not self._buf
 
     async def _run(self) -> None:
         backoff = 0.0
         assert self._wake is not None
+        progress = False
         while True:
-            if not self._stopping and not self._backlog:
+            # A backlog (pairs held back by max_pending_keys) is written on without
+            # waiting, as long as the last round wrote something.
+            if not self._stopping and not (self._backlog and progress):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s + backoff)
             self._wake.clear()
+            batches = self._batches
             try:
                 self._drain()
                 ok = await self._write_pending()
@@ -403,10 +418,13 @@ class MeteringIntegration:
                 log.exception("metering flush failed")
                 self._last_error = repr(exc)
                 ok = False
+            progress = self._batches > batches
             if ok:
                 backoff = 0.0
                 if self._stopping and not self._buf:
                     return
+                if self._stopping and not progress:
+                    await asyncio.sleep(0.01)  # never spin without awaiting
             else:
                 backoff = min(1.0, max(0.05, backoff * 2))
                 if self._stopping or self._backlog:
@@ -436,7 +454,8 @@ class MeteringIntegration:
         sources = self._sources
         # A source adds at most one pair; when that could pass the bound it keeps
         # counting in place (no memory grows) until there is room.
-        if sources and self._held_keys() + len(sources) <= bound:
+        harvested = bool(sources) and self._held_keys() + len(sources) <= bound
+        if harvested:
             for source in sources:
                 self._harvest_source(source)
         buf = self._buf
@@ -445,7 +464,10 @@ class MeteringIntegration:
             return
         self._buf = []
         held = self._held_keys()
-        room = bound - len(sources)  # pairs left for raw events, sources' pairs reserved
+        # Raw events fold while pairs are left; unharvested sources keep theirs reserved.
+        # add_source keeps len(sources) < bound, so after a successful write (nothing
+        # held) a drain always folds at least one pair: the flusher makes progress.
+        room = bound if harvested else bound - len(sources)
         leftover: list[tuple[str, str, int]] = []
         folded = 0
         # Counter hashes whole (tenant, operation, units) tuples in C; the distinct

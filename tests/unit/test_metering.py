@@ -369,3 +369,21 @@ async def test_stats_is_safe_from_another_thread_while_the_flusher_drains(
         await m.stop()
     assert errors == []
     check_accounting(m)
+
+
+async def test_a_tiny_key_bound_with_a_source_still_writes_everything(
+    own_redis: RestartableRedis,
+) -> None:
+    m = MeteringIntegration(own_redis.url, stream="tiny", max_pending_keys=2)
+    src = CountingSource()
+    m.add_source(src)
+    with pytest.raises(ConfigError, match="max_pending_keys"):
+        m.add_source(CountingSource())  # a second source would leave no pair for events
+    await m.start()
+    for i in range(50):
+        m.record_usage("t", f"op{i}")
+        src.n += 1
+    await m.stop()
+    s = m.stats()
+    assert (s.recorded, s.written, s.buffered) == (100, 100, 0)
+    assert s.batches >= 25  # at most two pairs per batch
