@@ -183,7 +183,7 @@ class MeteringIntegration:
         max_pending_keys: Distinct (tenant, operation) pairs held in the aggregate and
             the in-flight batch together while Redis is down; past it, events stay in
             the raw buffer (which then drops when full). Each counter source (a guard)
-            reserves one pair. Default 100,000.
+            reserves one pair (so the bound must exceed their number). Default 100,000.
         max_batch_keys: Pairs written by one script call. Default 10,000.
         stream_maxlen: Approximate ``MAXLEN ~`` trim of the stream; None = no trim.
             Default None.
