@@ -107,13 +107,21 @@ async def test_open_refuses_calls_with_retry_after(clock: FakeClock) -> None:
     assert "dep" in str(info.value)
 
 
-async def test_open_moves_to_half_open_lazily_after_open_duration(clock: FakeClock) -> None:
+async def test_open_moves_to_half_open_on_admission_after_open_duration(clock: FakeClock) -> None:
     b = make(clock, failure_threshold=1, open_duration_s=30)
     await run(b, False)
     clock.advance(29.9)
     assert b.state is CircuitState.OPEN
     clock.advance(0.1)
+    assert b.state is CircuitState.OPEN  # a read never moves it (item 9)
+    assert b.retry_after() == 0.0
+    gate = asyncio.Event()
+    trial = asyncio.create_task(b.call(gate.wait))
+    await asyncio.sleep(0)
     assert b.state is CircuitState.HALF_OPEN
+    gate.set()
+    await trial
+    assert b.state is CircuitState.CLOSED
 
 
 async def test_half_open_success_closes(clock: FakeClock) -> None:
