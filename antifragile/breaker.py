@@ -299,6 +299,18 @@ StateListener = Callable[[StateChange], Any]
 """A sync function or coroutine function receiving a :class:`StateChange`."""
 
 
+def _resolved(value: Any) -> asyncio.Future[Any]:
+    """A future already resolved to ``value`` (created inside a running loop).
+
+    ``async with`` needs awaitables from ``__aenter__``/``__aexit__``; when there is
+    nothing to wait for, a resolved future is the cheapest awaitable: its ``__await__``
+    is C code that returns at once, whichever loop awaits it.
+    """
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
 def _is_async_callable(fn: object) -> bool:
     """True for coroutine functions, partials of them and objects with async __call__."""
     if inspect.iscoroutinefunction(fn):
@@ -331,6 +343,11 @@ class CircuitBreaker:
         "_clock",
         "_config",
         "_consecutive",
+        "_ctx_fast",
+        "_ctx_open",
+        "_ctx_stale",
+        "_entered",
+        "_exited",
         "_failure_exc",
         "_gen",
         "_half_open_inflight",
@@ -378,10 +395,20 @@ class CircuitBreaker:
         self._internal_hooks: list[Callable[[CircuitBreaker], None]] = []
         self._async_listener_tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        # Per-task stacks of (token, started) for `async with breaker:`.
+        # `async with breaker:` has nowhere to keep a token per entry. While CLOSED
+        # without slow-call detection, entries are counted (_ctx_open); a transition
+        # makes the open ones stale (_ctx_stale), and until they have all left, entries
+        # keep (token, started) in per-task stacks (_scopes) instead - so every exit
+        # knows its generation exactly.
         self._scopes: dict[asyncio.Task[Any] | None, list[tuple[int, float]]] = {}
+        self._ctx_open = 0
+        self._ctx_stale = 0
+        self._ctx_fast = False
+        self._entered: asyncio.Future[CircuitBreaker] | None = None
+        self._exited: asyncio.Future[None] | None = None
         self._apply_config(config if config is not None else CircuitBreakerConfig())
         self._ring = bytearray(self._config.window_size)
+        self._refresh_ctx_fast()
 
     # ------------------------------------------------------------------ configuration
 
@@ -417,6 +444,7 @@ class CircuitBreaker:
         elif self._state is _HALF_OPEN and self._half_open_inflight:
             self._arm_trial_timer()
         self._refresh_steady()
+        self._refresh_ctx_fast()
         self._run_internal_hooks()
 
     def _apply_config(self, config: CircuitBreakerConfig) -> None:
@@ -555,6 +583,8 @@ class CircuitBreaker:
         self._state = new
         self._gen += 1  # every call admitted before this is stale from now on
         self._half_open_inflight = 0
+        self._ctx_stale += self._ctx_open
+        self._ctx_open = 0
         now = self._clock()
         if self._timer is not None:
             self._timer.cancel()
@@ -565,6 +595,7 @@ class CircuitBreaker:
         elif new is _CLOSED:
             self._clear_window()
         self._refresh_steady()
+        self._refresh_ctx_fast()
         change = StateChange(self.name, old, new, reason, now)
         self._run_internal_hooks()
         for listener in self._listeners:
@@ -787,7 +818,21 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ async with
 
-    async def __aenter__(self) -> CircuitBreaker:
+    def __aenter__(self) -> Awaitable[CircuitBreaker]:
+        # Nothing here waits, so both halves of `async with` are plain methods
+        # returning an already-resolved future (no coroutine frame per entry).
+        if self._ctx_fast and not self._scopes:
+            # CLOSED, no slow-call detection, nothing stale open: count the entry
+            # instead of storing a token (see _ctx_open in __init__).
+            self._ctx_open += 1
+        else:
+            self._enter_tracked()
+        entered = self._entered
+        if entered is None:
+            entered = self._entered = _resolved(self)
+        return entered
+
+    def _enter_tracked(self) -> None:
         token = self._gen if self._state is _CLOSED else self.acquire_permission()
         started = self._clock() if self._slow_s is not None else 0.0
         task = asyncio.current_task()
@@ -796,24 +841,50 @@ class CircuitBreaker:
             self._scopes[task] = [(token, started)]
         else:
             stack.append((token, started))
-        return self
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        task = asyncio.current_task()
-        stack = self._scopes[task]
+    ) -> Awaitable[None]:
+        self._exit(exc)
+        exited = self._exited
+        if exited is None:
+            exited = self._exited = _resolved(None)
+        return exited
+
+    def _exit(self, exc: BaseException | None) -> None:
+        scopes = self._scopes
+        stack = scopes.get(asyncio.current_task()) if scopes else None
+        if stack is None:
+            # A counted entry: of the current generation, unless stale ones are open
+            # (then none of the current one is: entries are counted only when none is).
+            if self._ctx_stale:
+                self._ctx_stale -= 1
+                token = -1  # older than any generation: recorded as stale
+                if not self._ctx_stale:
+                    self._refresh_ctx_fast()
+            else:
+                self._ctx_open -= 1
+                token = self._gen
+            if exc is None:
+                if not self._steady:
+                    self._record(token, False)
+            else:
+                self.on_error(token, 0.0, exc)
+            return
         token, started = stack.pop()
         if not stack:
-            del self._scopes[task]
+            del scopes[asyncio.current_task()]
         duration = self._clock() - started if self._slow_s is not None else 0.0
         if exc is None:
             self.on_success(token, duration)
         else:
             self.on_error(token, duration, exc)
+
+    def _refresh_ctx_fast(self) -> None:
+        self._ctx_fast = self._state is _CLOSED and self._slow_s is None and not self._ctx_stale
 
     # ------------------------------------------------------------------ call styles
 

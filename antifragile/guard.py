@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from antifragile.breaker import CircuitBreaker, CircuitState
+from antifragile.breaker import CircuitBreaker, CircuitState, _resolved
 from antifragile.errors import AntifragileError, ConfigError
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class Guard:
     """
 
     __slots__ = (
+        "_entered",
+        "_exited",
         "_fault",
         "_harvested",
         "_inflight",
@@ -128,6 +130,8 @@ class Guard:
         self._harvested = 0
         self._scopes: dict[asyncio.Task[Any] | None, list[_Scope]] = {}
         self._plain = False
+        self._entered: asyncio.Future[Guard] | None = None
+        self._exited: asyncio.Future[None] | None = None
         # Plain `async with` entries of the breaker's generation _plain_gen still open,
         # and entries of older generations still open (see the module docstring).
         self._plain_gen = breaker._gen
@@ -309,10 +313,18 @@ class Guard:
 
     # ------------------------------------------------------------------ async with
 
-    async def __aenter__(self) -> Guard:
+    def __aenter__(self) -> Awaitable[Guard]:
         if self._plain and not self._scopes:
             self._plain_open += 1
-            return self
+            # An already-resolved future instead of a coroutine: awaiting it runs no
+            # Python frame (the plain `async with` costs two awaits of these).
+            entered = self._entered
+            if entered is None:
+                entered = self._entered = _resolved(self)
+            return entered
+        return self._enter()
+
+    async def _enter(self) -> Guard:
         b = self.breaker
         token = b.acquire_permission()
         counted = self._take_slot(token)
@@ -344,32 +356,46 @@ class Guard:
             raise outcome from exc
         return self
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        scope = self._pop_scope(asyncio.current_task()) if self._scopes else None
+    ) -> Awaitable[None]:
+        if self._scopes:
+            scope = self._pop_scope(asyncio.current_task())
+            if scope is not None:
+                return self._exit(scope, exc_type, exc, tb)
+        # Entered on the plain path (CLOSED): its token is the current generation,
+        # unless the breaker moved on since (then it is one of the stale entries).
         b = self.breaker
-        if scope is None:
-            # Entered on the plain path (CLOSED): its token is the current generation,
-            # unless the breaker moved on since (then it is one of the stale entries).
-            if self._plain_stale:
-                self._plain_stale -= 1
-                token = -1  # older than any generation: recorded as stale
-                if not self._plain_stale:
-                    self._refresh()
-            else:
-                self._plain_open -= 1
-                token = b._gen
-            if exc is None:
-                if not b._steady:
-                    b.on_success(token)
-            else:
-                b.on_error(token, 0.0, exc)
-            self._metered += 1
-            return
+        if self._plain_stale:
+            self._plain_stale -= 1
+            token = -1  # older than any generation: recorded as stale
+            if not self._plain_stale:
+                self._refresh()
+        else:
+            self._plain_open -= 1
+            token = b._gen
+        self._metered += 1
+        if exc is None:
+            if not b._steady:
+                b.on_success(token)
+        else:
+            b.on_error(token, 0.0, exc)
+        exited = self._exited
+        if exited is None:
+            exited = self._exited = _resolved(None)
+        return exited
+
+    async def _exit(
+        self,
+        scope: _Scope,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        b = self.breaker
         if scope.counted:
             self._inflight -= 1
         if scope.timeout is not None:

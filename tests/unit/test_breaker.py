@@ -946,3 +946,30 @@ def test_property_opens_exactly_when_failures_over_calls_reach_the_threshold(
             opened_at = i
             break
     assert opened_at == expected
+
+
+async def test_async_with_entries_open_at_a_transition_are_stale(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1)
+    old_gate, trial_gate = asyncio.Event(), asyncio.Event()
+
+    async def entry(gate: asyncio.Event) -> None:
+        async with b:
+            await gate.wait()
+
+    old = asyncio.create_task(entry(old_gate))  # counted entry while CLOSED
+    await asyncio.sleep(0)
+    await run(b, False)
+    clock.advance(1)
+    trial = asyncio.create_task(entry(trial_gate))  # tracked: a stale entry is open
+    await asyncio.sleep(0)
+    assert b.state is CircuitState.HALF_OPEN and b._scopes
+    old_gate.set()
+    await old
+    assert b.state is CircuitState.HALF_OPEN  # the old entry decided nothing
+    trial_gate.set()
+    await trial
+    assert b.state is CircuitState.CLOSED
+    assert not b._scopes and b._ctx_fast
+    async with b:
+        assert b._ctx_open == 1
+    assert b._ctx_open == 0
