@@ -821,15 +821,16 @@ class CircuitBreaker:
     def __aenter__(self) -> Awaitable[CircuitBreaker]:
         # Nothing here waits, so both halves of `async with` are plain methods
         # returning an already-resolved future (no coroutine frame per entry).
-        if self._ctx_fast and not self._scopes:
-            # CLOSED, no slow-call detection, nothing stale open: count the entry
-            # instead of storing a token (see _ctx_open in __init__).
+        if self._ctx_fast:
+            # CLOSED, no slow-call detection, nothing stale or tracked open: count
+            # the entry instead of storing a token (see _ctx_open in __init__).
             self._ctx_open += 1
         else:
             self._enter_tracked()
         entered = self._entered
         if entered is None:
             entered = self._entered = _resolved(self)
+            self._exited = _resolved(None)
         return entered
 
     def _enter_tracked(self) -> None:
@@ -841,6 +842,7 @@ class CircuitBreaker:
             self._scopes[task] = [(token, started)]
         else:
             stack.append((token, started))
+        self._ctx_fast = False  # counted entries never nest inside tracked ones
 
     def __aexit__(
         self,
@@ -848,35 +850,50 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Awaitable[None]:
-        self._exit(exc)
-        exited = self._exited
-        if exited is None:
-            exited = self._exited = _resolved(None)
-        return exited
-
-    def _exit(self, exc: BaseException | None) -> None:
-        scopes = self._scopes
-        stack = scopes.get(asyncio.current_task()) if scopes else None
-        if stack is None:
-            # A counted entry: of the current generation, unless stale ones are open
-            # (then none of the current one is: entries are counted only when none is).
-            if self._ctx_stale:
-                self._ctx_stale -= 1
-                token = -1  # older than any generation: recorded as stale
-                if not self._ctx_stale:
-                    self._refresh_ctx_fast()
-            else:
-                self._ctx_open -= 1
-                token = self._gen
+        if self._scopes:
+            self._exit_tracked(exc)
+        elif self._ctx_stale:
+            self._exit_stale(exc)
+        else:
+            # A counted entry of the current generation (no stale one is open: then
+            # entries are not counted).
+            self._ctx_open -= 1
             if exc is None:
                 if not self._steady:
-                    self._record(token, False)
+                    self._record(self._gen, False)
             else:
-                self.on_error(token, 0.0, exc)
+                self.on_error(self._gen, 0.0, exc)
+        return self._exited  # type: ignore[return-value]  # set with _entered
+
+    def _exit_stale(self, exc: BaseException | None) -> None:
+        self._ctx_stale -= 1
+        if not self._ctx_stale:
+            self._refresh_ctx_fast()
+        # -1 is older than any generation: recorded as stale (window only).
+        if exc is None:
+            self.on_success(-1)
+        else:
+            self.on_error(-1, 0.0, exc)
+
+    def _exit_tracked(self, exc: BaseException | None) -> None:
+        scopes = self._scopes
+        task = asyncio.current_task()
+        stack = scopes.get(task)
+        if stack is None:  # a counted entry of another task
+            if self._ctx_stale:
+                self._exit_stale(exc)
+                return
+            self._ctx_open -= 1
+            if exc is None:
+                self.on_success(self._gen)
+            else:
+                self.on_error(self._gen, 0.0, exc)
             return
         token, started = stack.pop()
         if not stack:
-            del scopes[asyncio.current_task()]
+            del scopes[task]
+            if not scopes:
+                self._refresh_ctx_fast()
         duration = self._clock() - started if self._slow_s is not None else 0.0
         if exc is None:
             self.on_success(token, duration)
@@ -884,7 +901,12 @@ class CircuitBreaker:
             self.on_error(token, duration, exc)
 
     def _refresh_ctx_fast(self) -> None:
-        self._ctx_fast = self._state is _CLOSED and self._slow_s is None and not self._ctx_stale
+        self._ctx_fast = (
+            self._state is _CLOSED
+            and self._slow_s is None
+            and not self._ctx_stale
+            and not self._scopes
+        )
 
     # ------------------------------------------------------------------ call styles
 

@@ -221,6 +221,7 @@ class Guard:
             and self._timeout_s is None
             and self._max_concurrency is None
             and not self._plain_stale
+            and not self._scopes  # plain entries never nest inside tracked ones
         )
 
     def close(self) -> None:
@@ -314,13 +315,14 @@ class Guard:
     # ------------------------------------------------------------------ async with
 
     def __aenter__(self) -> Awaitable[Guard]:
-        if self._plain and not self._scopes:
+        if self._plain:
             self._plain_open += 1
             # An already-resolved future instead of a coroutine: awaiting it runs no
             # Python frame (the plain `async with` costs two awaits of these).
             entered = self._entered
             if entered is None:
                 entered = self._entered = _resolved(self)
+                self._exited = _resolved(None)
             return entered
         return self._enter()
 
@@ -331,6 +333,7 @@ class Guard:
         scope = _Scope(token, counted, b._clock() if b._slow_s is not None else 0.0)
         task = asyncio.current_task()
         self._scopes.setdefault(task, []).append(scope)
+        self._plain = False
         try:
             if self._timeout_s is not None:
                 scope.timeout = asyncio.timeout(self._timeout_s)
@@ -368,25 +371,28 @@ class Guard:
                 return self._exit(scope, exc_type, exc, tb)
         # Entered on the plain path (CLOSED): its token is the current generation,
         # unless the breaker moved on since (then it is one of the stale entries).
-        b = self.breaker
+        self._metered += 1
         if self._plain_stale:
-            self._plain_stale -= 1
-            token = -1  # older than any generation: recorded as stale
-            if not self._plain_stale:
-                self._refresh()
+            self._plain_exit_stale(exc)
         else:
             self._plain_open -= 1
-            token = b._gen
-        self._metered += 1
+            if exc is None:
+                b = self.breaker
+                if not b._steady:
+                    b.on_success(b._gen)
+            else:
+                self.breaker.on_error(self.breaker._gen, 0.0, exc)
+        return self._exited  # type: ignore[return-value]  # set with _entered
+
+    def _plain_exit_stale(self, exc: BaseException | None) -> None:
+        self._plain_stale -= 1
+        if not self._plain_stale:
+            self._refresh()
+        # -1 is older than any generation: recorded as stale (window only).
         if exc is None:
-            if not b._steady:
-                b.on_success(token)
+            self.breaker.on_success(-1)
         else:
-            b.on_error(token, 0.0, exc)
-        exited = self._exited
-        if exited is None:
-            exited = self._exited = _resolved(None)
-        return exited
+            self.breaker.on_error(-1, 0.0, exc)
 
     async def _exit(
         self,
@@ -422,6 +428,8 @@ class Guard:
         scope = stack.pop()
         if not stack:
             del self._scopes[task]
+            if not self._scopes:
+                self._refresh()
         return scope
 
     def __repr__(self) -> str:
