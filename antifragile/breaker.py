@@ -400,7 +400,7 @@ class CircuitBreaker:
         # makes the open ones stale (_ctx_stale), and until they have all left, entries
         # keep (token, started) in per-task stacks (_scopes) instead - so every exit
         # knows its generation exactly.
-        self._scopes: dict[asyncio.Task[Any] | None, list[tuple[int, float]]] = {}
+        self._scopes: dict[asyncio.Task[Any] | None, list[tuple[int, float | None]]] = {}
         self._ctx_open = 0
         self._ctx_stale = 0
         self._ctx_fast = False
@@ -835,7 +835,8 @@ class CircuitBreaker:
 
     def _enter_tracked(self) -> None:
         token = self._gen if self._state is _CLOSED else self.acquire_permission()
-        started = self._clock() if self._slow_s is not None else 0.0
+        # None: not timed (slow-call detection was off when the call began).
+        started = self._clock() if self._slow_s is not None else None
         task = asyncio.current_task()
         stack = self._scopes.get(task)
         if stack is None:
@@ -894,7 +895,7 @@ class CircuitBreaker:
             del scopes[task]
             if not scopes:
                 self._refresh_ctx_fast()
-        duration = self._clock() - started if self._slow_s is not None else 0.0
+        duration = self._clock() - started if started is not None else 0.0
         if exc is None:
             self.on_success(token, duration)
         else:
@@ -963,11 +964,12 @@ class CircuitBreaker:
         """
         token = self._gen if self._state is _CLOSED else self.acquire_permission()
         clock = self._clock
-        started = clock() if self._slow_s is not None else 0.0
+        timed = self._slow_s is not None
+        started = clock() if timed else 0.0
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.on_error(token, clock() - started if self._slow_s is not None else 0.0, exc)
+            self.on_error(token, clock() - started if timed else 0.0, exc)
             raise
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
@@ -979,7 +981,7 @@ class CircuitBreaker:
             )
         if isinstance(result, _GENERATOR_TYPES):
             self._refuse_generator(token, result)
-        self.on_success(token, clock() - started if self._slow_s is not None else 0.0)
+        self.on_success(token, clock() - started if timed else 0.0)
         return result
 
     def _refuse_generator(self, token: int, gen: Any) -> None:

@@ -58,7 +58,7 @@ class _Scope:
 
     __slots__ = ("counted", "started", "timeout", "token")
 
-    def __init__(self, token: int, counted: bool, started: float) -> None:
+    def __init__(self, token: int, counted: bool, started: float | None) -> None:
         self.token = token
         self.counted = counted
         self.started = started
@@ -330,7 +330,7 @@ class Guard:
         b = self.breaker
         token = b.acquire_permission()
         counted = self._take_slot(token)
-        scope = _Scope(token, counted, b._clock() if b._slow_s is not None else 0.0)
+        scope = _Scope(token, counted, b._clock() if b._slow_s is not None else None)
         task = asyncio.current_task()
         self._scopes.setdefault(task, []).append(scope)
         self._plain = False
@@ -419,7 +419,8 @@ class Guard:
 
     def _duration(self, scope: _Scope) -> float:
         b = self.breaker
-        return b._clock() - scope.started if b._slow_s is not None else 0.0
+        started = scope.started  # None: slow-call detection was off when it began
+        return b._clock() - started if started is not None else 0.0
 
     def _pop_scope(self, task: asyncio.Task[Any] | None) -> _Scope | None:
         stack = self._scopes.get(task)

@@ -973,3 +973,20 @@ async def test_async_with_entries_open_at_a_transition_are_stale(clock: FakeCloc
     async with b:
         assert b._ctx_open == 1
     assert b._ctx_open == 0
+
+
+async def test_slow_detection_switched_on_mid_call_does_not_judge_that_call(
+    clock: FakeClock,
+) -> None:
+    import dataclasses
+
+    b = make(clock, failure_threshold=1)
+
+    def reconfigure_mid_call() -> None:
+        b.reconfigure(dataclasses.replace(b.config, slow_call_duration_s=0.5))
+        clock.advance(10)
+
+    b.call_sync(reconfigure_mid_call)
+    assert b.state is CircuitState.CLOSED  # it was not timed: not slow
+    b.call_sync(clock.advance, 1)
+    assert b.state is CircuitState.OPEN  # later calls are
