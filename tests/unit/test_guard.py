@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -297,3 +298,48 @@ async def test_item13_removing_the_fault_ends_the_injected_wait() -> None:
     table.remove("svc")
     assert await asyncio.wait_for(call, 5) == 7  # the fault is gone: the call goes on
     assert loop.time() - start < 5
+
+
+async def test_item13_end_to_end_latency_lease_under_runtime_guard_timeout(redis_url: str) -> None:
+    """The issue's input: runtime.guard("x", timeout_s=0.2) + a 1,000 ms LATENCY lease."""
+    from antifragile.chaos.plane import FaultPlane
+    from antifragile.runtime import Runtime
+    from antifragile.settings import Settings
+
+    name = f"x-{uuid.uuid4().hex[:6]}"
+    runtime = Runtime(
+        Settings(redis_url=redis_url), instance_id="inst-e2e", bridge=False, metering=False
+    )
+    guard = runtime.guard(name, timeout_s=0.2, recovery=False)
+    plane = FaultPlane.from_url(redis_url)
+    lease = FaultSpec(
+        experiment_id=f"chaos-e2e-{uuid.uuid4().hex[:8]}",
+        chaos_type=ChaosType.LATENCY,
+        target=name,
+        blast_radius=[name],
+        latency_ms=1000,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        await runtime.start()
+        assert await plane.inject(lease)
+        deadline = loop.time() + 10
+        while guard.fault is None:
+            assert loop.time() < deadline, "the lease never reached the guard"
+            await asyncio.sleep(0.02)
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            await guard.call(ok)
+        assert loop.time() - start < 0.9  # ~0.2 s: the guard's timeout, not the latency
+        # Without the guard's timeout the call waits out the latency, unless the
+        # experiment removes its lease first (the unit test above uses 600 s).
+        guard.timeout_s = None
+        waiting = asyncio.create_task(guard.call(asyncio.sleep, 0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await plane.remove(lease.experiment_id)
+        await asyncio.wait_for(waiting, 5)
+        assert guard.fault is None
+    finally:
+        await plane.close()
+        await runtime.stop()
