@@ -192,7 +192,7 @@ class CircuitBreakerConfig:
             ``asyncio.CancelledError``, which count as nothing.
         ignored_exceptions: Exception types that count as nothing, even if they match
             ``failure_exceptions`` (e.g. a 404 error class). Default none.
-        failure_rate: The exact fraction of ``failure_rate_threshold`` (derived).
+        failure_rate_fraction: The exact fraction of ``failure_rate_threshold`` (derived).
     """
 
     failure_threshold: int = 5
@@ -205,7 +205,7 @@ class CircuitBreakerConfig:
     half_open_max_wait_s: float | None = 60.0
     failure_exceptions: tuple[type[BaseException], ...] = field(default=(Exception,))
     ignored_exceptions: tuple[type[BaseException], ...] = field(default=())
-    failure_rate: Fraction = field(init=False, repr=False, compare=False)
+    failure_rate_fraction: Fraction = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, rule: str) -> ConfigError:
@@ -221,7 +221,7 @@ class CircuitBreakerConfig:
             ) from None
         if not 0 < rate <= 1:
             raise bad("failure_rate_threshold", self.failure_rate_threshold, "must be in (0, 1]")
-        object.__setattr__(self, "failure_rate", rate)
+        object.__setattr__(self, "failure_rate_fraction", rate)
         if self.window_size < 1:
             raise bad("window_size", self.window_size, "must be >= 1")
         if not 1 <= self.minimum_calls <= self.window_size:
@@ -454,8 +454,8 @@ class CircuitBreaker:
                 f"not {type(config).__name__}"
             )
         self._config = config
-        self._rate_num = config.failure_rate.numerator
-        self._rate_den = config.failure_rate.denominator
+        self._rate_num = config.failure_rate_fraction.numerator
+        self._rate_den = config.failure_rate_fraction.denominator
         self._slow_s = config.slow_call_duration_s
         self._failure_exc = config.failure_exceptions
         self._ignored_exc = config.ignored_exceptions

@@ -466,9 +466,15 @@ async def test_item2_rate_threshold_is_compared_exactly(
 
 
 def test_item2_threshold_is_held_as_the_decimal_it_was_written_as() -> None:
-    assert CircuitBreakerConfig(failure_rate_threshold=0.55).failure_rate == Fraction(11, 20)
-    assert CircuitBreakerConfig(failure_rate_threshold="0.07").failure_rate == Fraction(7, 100)
-    assert CircuitBreakerConfig(failure_rate_threshold="7/25").failure_rate == Fraction(7, 25)
+    assert CircuitBreakerConfig(failure_rate_threshold=0.55).failure_rate_fraction == Fraction(
+        11, 20
+    )
+    assert CircuitBreakerConfig(failure_rate_threshold="0.07").failure_rate_fraction == Fraction(
+        7, 100
+    )
+    assert CircuitBreakerConfig(failure_rate_threshold="7/25").failure_rate_fraction == Fraction(
+        7, 25
+    )
     with pytest.raises(ConfigError, match="failure_rate_threshold"):
         CircuitBreakerConfig(failure_rate_threshold="lots")
     with pytest.raises(ConfigError, match="failure_rate_threshold"):
