@@ -1077,11 +1077,34 @@ class CircuitBreaker:
         return result
 
     def _wrap_async_gen(self, fn: Callable[P, AsyncGenerator[Any, Any]]) -> Callable[P, Any]:
+        drive = self._drive_async_gen
+
         @functools.wraps(fn)
-        def agen_wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, Any]:
-            # Admission happens on the first anext(), as the body of an async generator
-            # function only runs then.
-            return self._drive_async_gen(None, 0.0, functools.partial(fn, *args, **kwargs))
+        async def agen_wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, Any]:
+            # An async generator function itself (inspect.isasyncgenfunction holds), so
+            # admission happens on the first anext(), as the wrapped body runs only then.
+            # Its own loop forwards values, sends and throws to the protected iterator.
+            inner = drive(None, 0.0, functools.partial(fn, *args, **kwargs))
+            sent: Any = None
+            thrown: BaseException | None = None
+            try:
+                while True:
+                    try:
+                        if thrown is not None:
+                            value = await inner.athrow(thrown)
+                        else:
+                            value = await inner.asend(sent)
+                    except StopAsyncIteration:
+                        return
+                    thrown = sent = None
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:
+                        thrown = exc
+            finally:
+                await inner.aclose()
 
         return agen_wrapper
 

@@ -1001,3 +1001,51 @@ async def test_slow_detection_switched_on_mid_call_does_not_judge_that_call(
     assert b.state is CircuitState.CLOSED  # it was not timed: not slow
     b.call_sync(clock.advance, 1)
     assert b.state is CircuitState.OPEN  # later calls are
+
+
+async def test_item4_decorated_generators_stay_generator_functions(clock: FakeClock) -> None:
+    import inspect
+
+    b = make(clock, failure_threshold=1, open_duration_s=1)
+
+    @b
+    def rows() -> Iterator[int]:
+        yield from range(3)
+
+    @b
+    async def arows() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    assert inspect.isgeneratorfunction(rows) and inspect.isasyncgenfunction(arows)
+    await run(b, False)
+    clock.advance(1)
+    it = arows()
+    assert await it.__anext__() == 0
+    assert b.state is CircuitState.HALF_OPEN
+    await it.aclose()  # closed early: nothing recorded, the trial permit is freed
+    assert b.state is CircuitState.HALF_OPEN
+    assert [x async for x in arows()] == [0, 1, 2]
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_item4_values_sent_and_thrown_reach_the_protected_async_generator(
+    clock: FakeClock,
+) -> None:
+    b = make(clock, failure_threshold=5)
+
+    @b
+    async def echo() -> AsyncIterator[object]:
+        received: object = None
+        while True:
+            try:
+                received = yield received
+            except KeyError:
+                received = "handled"
+
+    it = echo()
+    assert await it.__anext__() is None
+    assert await it.asend("a") == "a"
+    assert await it.athrow(KeyError("k")) == "handled"
+    await it.aclose()
+    assert b.consecutive_failures == 0 and b.calls_in_window == 0
