@@ -4,13 +4,50 @@ Resilience4j-style state machine with four states (CLOSED, OPEN, HALF_OPEN and
 FORCED_OPEN), one transition method checked against a table of legal moves, an
 injectable monotonic clock, and listeners that can never break the call path.
 
+Semantics (kept by every call path: ``call``, ``call_sync``, ``async with``, the
+decorator and :class:`~antifragile.guard.Guard`):
+
+* **Generations.** Every transition starts a new generation (a round). An admitted
+  call carries the generation it was admitted in (its *token*). Only an outcome of the
+  current generation decides anything: a current CLOSED outcome is counted and checked
+  against the thresholds, a current HALF_OPEN (trial) outcome closes or reopens the
+  breaker. An outcome of an older generation (a call admitted before the breaker
+  tripped, or a trial that outlived its round) is *stale*: it updates the sliding window
+  and nothing else, and never frees a trial permit - only the calls that hold permits
+  of the current round free them.
+* **Exact thresholds.** ``failure_rate_threshold`` is held as a fraction parsed from
+  its decimal text (``0.55`` is 11/20, never 0.55000000000000004441), and the window
+  opens the breaker when ``failures * den >= num * calls`` (integers). Both thresholds
+  (consecutive failures and rate) are checked on every recorded outcome, successes too.
+* **Outcomes.** An exception of ``failure_exceptions`` (and not of
+  ``ignored_exceptions``) is a failure. An ``ignored_exceptions`` one counts as nothing
+  (a trial permit is freed, nothing is decided). Any other ``Exception`` means the
+  dependency answered: a success. A ``BaseException`` that is not an ``Exception``
+  (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``) counts as nothing unless it
+  is listed in ``failure_exceptions``. A call slower than ``slow_call_duration_s`` is a
+  failure whatever it returned.
+* **Reads are pure.** ``state``, ``retry_after()``, ``snapshot()`` never change
+  anything. OPEN becomes HALF_OPEN on the next admission or by a loop timer; a trial
+  that holds its permit longer than ``half_open_max_wait_s`` reopens the breaker (on the
+  next admission or by the timer). Listeners fire on real transitions only.
+* **Configuration** is an immutable :class:`CircuitBreakerConfig`, replaced whole by
+  :meth:`CircuitBreaker.reconfigure` (assigning ``breaker.config`` does the same).
+
+Call protocol (what :class:`~antifragile.guard.Guard` uses):
+``token = breaker.acquire_permission()`` (raises :class:`CircuitOpenError`), then
+exactly one of ``breaker.on_success(token, duration_s)``,
+``breaker.on_error(token, duration_s, exc)`` or ``breaker.release(token)``. Two
+attributes are read directly on the hot path: ``_gen`` (the current generation, which
+is the token of a call admitted while CLOSED) and ``_steady`` (True when a success of
+any generation would change nothing, so it need not be recorded).
+
 Hot path design (why the code looks the way it does):
 
 * The breaker runs on one event loop, so there are no locks; every field is a slot.
 * A CLOSED breaker whose sliding window holds no failure and is full ("steady")
   records a success with one attribute test and no allocation: an all-success ring
   stays all-success whatever its write position, so it needs no update.
-* The clock is read only when slow-call detection is on, or while OPEN.
+* The clock is read only when slow-call detection is on, or while not CLOSED.
 * Listeners run outside the call: sync listeners are called inside ``try`` (a
   raising one is logged), async listeners become tasks the breaker keeps a
   reference to until they finish.
@@ -23,11 +60,13 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
+from fractions import Fraction
+from types import AsyncGeneratorType, GeneratorType, TracebackType
 from types import CoroutineType as _CoroutineType
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from antifragile.errors import AntifragileError, ConfigError
@@ -67,6 +106,13 @@ LEGAL_TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
 }
 """Every move the breaker may make; anything else is refused by ``_transition``."""
 
+# What an exception means for the breaker (see _classify).
+_FAILURE = 0
+_SUCCESS = 1
+_NOTHING = 2
+
+_GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
+
 
 class CircuitOpenError(AntifragileError):
     """A call was refused because the breaker is open (or half-open and full).
@@ -95,14 +141,40 @@ class IllegalTransitionError(AntifragileError):
     """A state change the transition table does not allow was requested."""
 
 
+def exact_rate(value: float | int | str | Decimal | Fraction) -> Fraction:
+    """The exact fraction a threshold means: ``0.55`` -> 11/20, ``"7/25"`` -> 7/25.
+
+    A float is read through its shortest decimal text (``repr``), i.e. the decimal the
+    user wrote, never its binary approximation.
+
+    Raises:
+        ValueError: not a finite number.
+        TypeError: not a number or a string.
+    """
+    if isinstance(value, bool):
+        raise TypeError("a threshold is a number, not a bool")
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, float):
+        return Fraction(repr(value))
+    if isinstance(value, int | Decimal | str):
+        return Fraction(value)
+    raise TypeError(f"a threshold is a number or a decimal string, not {type(value).__name__}")
+
+
 @dataclass(frozen=True, slots=True)
 class CircuitBreakerConfig:
-    """Thresholds of one circuit breaker. Validated on construction.
+    """Thresholds of one circuit breaker. Immutable; validated on construction.
+
+    Replace a breaker's configuration whole with :meth:`CircuitBreaker.reconfigure`
+    (``dataclasses.replace(breaker.config, field=value)`` builds the new one).
 
     Attributes:
         failure_threshold: Consecutive failures that open the breaker. Default 5.
         failure_rate_threshold: Share of failures in the sliding window that opens the
-            breaker (0 < x <= 1). Default 0.5.
+            breaker (0 < x <= 1), compared exactly: a float is read as the decimal it
+            prints as; a decimal string (``"0.55"``), ``Decimal`` or ``Fraction`` is
+            accepted too. Default 0.5.
         window_size: Number of most recent calls in the sliding window. Default 100.
         minimum_calls: Calls the window must hold before the failure rate counts.
             Default 20.
@@ -111,21 +183,29 @@ class CircuitBreakerConfig:
             success path). Default None.
         open_duration_s: Seconds OPEN before a trial call is allowed. Default 30.
         half_open_max_calls: Concurrent trial calls allowed while HALF_OPEN. Default 1.
+        half_open_max_wait_s: Seconds a trial call may hold its permit; a trial still
+            running after this reopens the breaker (resilience4j's
+            ``maxWaitDurationInHalfOpenState``). ``None`` waits for ever. Default 60.
         failure_exceptions: Exception types that count as failures. Default
-            ``(Exception,)`` - so ``asyncio.CancelledError`` never counts.
-        ignored_exceptions: Exception types that never count, even if they match
+            ``(Exception,)``. Other exceptions count as successes (the dependency
+            answered), except non-``Exception`` ones such as
+            ``asyncio.CancelledError``, which count as nothing.
+        ignored_exceptions: Exception types that count as nothing, even if they match
             ``failure_exceptions`` (e.g. a 404 error class). Default none.
+        failure_rate_fraction: The exact fraction of ``failure_rate_threshold`` (derived).
     """
 
     failure_threshold: int = 5
-    failure_rate_threshold: float = 0.5
+    failure_rate_threshold: float | str | Decimal | Fraction = 0.5
     window_size: int = 100
     minimum_calls: int = 20
     slow_call_duration_s: float | None = None
     open_duration_s: float = 30.0
     half_open_max_calls: int = 1
+    half_open_max_wait_s: float | None = 60.0
     failure_exceptions: tuple[type[BaseException], ...] = field(default=(Exception,))
     ignored_exceptions: tuple[type[BaseException], ...] = field(default=())
+    failure_rate_fraction: Fraction = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, rule: str) -> ConfigError:
@@ -133,18 +213,33 @@ class CircuitBreakerConfig:
 
         if self.failure_threshold < 1:
             raise bad("failure_threshold", self.failure_threshold, "must be >= 1")
-        if not 0.0 < self.failure_rate_threshold <= 1.0:
+        try:
+            rate = exact_rate(self.failure_rate_threshold)
+        except (ValueError, TypeError, ArithmeticError):
+            raise bad(
+                "failure_rate_threshold", self.failure_rate_threshold, "must be a number"
+            ) from None
+        if not 0 < rate <= 1:
             raise bad("failure_rate_threshold", self.failure_rate_threshold, "must be in (0, 1]")
+        object.__setattr__(self, "failure_rate_fraction", rate)
         if self.window_size < 1:
             raise bad("window_size", self.window_size, "must be >= 1")
         if not 1 <= self.minimum_calls <= self.window_size:
             raise bad("minimum_calls", self.minimum_calls, "must be in [1, window_size]")
-        if self.slow_call_duration_s is not None and self.slow_call_duration_s <= 0:
+        if self.slow_call_duration_s is not None and not self.slow_call_duration_s > 0:
             raise bad("slow_call_duration_s", self.slow_call_duration_s, "must be > 0 or None")
-        if self.open_duration_s <= 0:
+        if not self.open_duration_s > 0:
             raise bad("open_duration_s", self.open_duration_s, "must be > 0")
         if self.half_open_max_calls < 1:
             raise bad("half_open_max_calls", self.half_open_max_calls, "must be >= 1")
+        if self.half_open_max_wait_s is not None and not self.half_open_max_wait_s > 0:
+            raise bad("half_open_max_wait_s", self.half_open_max_wait_s, "must be > 0 or None")
+        for name in ("failure_exceptions", "ignored_exceptions"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in value
+            ):
+                raise bad(name, value, "must be a tuple of exception types")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +262,61 @@ class StateChange:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """A side-effect-free reading of one breaker (safe for metrics and health).
+
+    Attributes:
+        name: Breaker name.
+        state: Current state (as stored: never advanced by the read).
+        generation: Transitions so far; the token of calls admitted now while CLOSED.
+        consecutive_failures: Failures since the last success.
+        calls_in_window: Outcomes the sliding window holds.
+        failures_in_window: Failures among them.
+        retry_after_s: Seconds until an OPEN breaker admits a trial (0.0 when due);
+            None unless OPEN.
+        half_open_in_flight: Trial permits held in the current HALF_OPEN round.
+    """
+
+    name: str
+    state: CircuitState
+    generation: int
+    consecutive_failures: int
+    calls_in_window: int
+    failures_in_window: int
+    retry_after_s: float | None
+    half_open_in_flight: int
+
+    @property
+    def failure_rate(self) -> Fraction:
+        """Exact failure share of the window (0 when empty)."""
+        if not self.calls_in_window:
+            return Fraction(0)
+        return Fraction(self.failures_in_window, self.calls_in_window)
+
+
 StateListener = Callable[[StateChange], Any]
 """A sync function or coroutine function receiving a :class:`StateChange`."""
+
+
+def _resolved(value: Any) -> asyncio.Future[Any]:
+    """A future already resolved to ``value`` (created inside a running loop).
+
+    ``async with`` needs awaitables from ``__aenter__``/``__aexit__``; when there is
+    nothing to wait for, a resolved future is the cheapest awaitable: its ``__await__``
+    is C code that returns at once, whichever loop awaits it.
+    """
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def _is_async_callable(fn: object) -> bool:
+    """True for coroutine functions, partials of them and objects with async __call__."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - the method itself is inspected
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class CircuitBreaker:
@@ -184,27 +332,40 @@ class CircuitBreaker:
         name: Dependency name, used in errors, listeners and health reports.
         config: Thresholds; defaults as documented on :class:`CircuitBreakerConfig`.
         clock: Monotonic seconds; inject a fake one in tests.
+
+    Raises:
+        TypeError: ``config`` is not a :class:`CircuitBreakerConfig`.
     """
 
     __slots__ = (
         "_async_listener_tasks",
         "_calls_in_window",
         "_clock",
+        "_config",
         "_consecutive",
+        "_ctx_fast",
+        "_ctx_open",
+        "_ctx_stale",
+        "_entered",
+        "_exited",
         "_failure_exc",
+        "_gen",
         "_half_open_inflight",
         "_ignored_exc",
         "_internal_hooks",
         "_listeners",
-        "_open_timer",
         "_opened_at",
+        "_rate_den",
         "_rate_failures",
+        "_rate_num",
         "_ring",
         "_ring_pos",
+        "_scopes",
         "_slow_s",
         "_state",
         "_steady",
-        "config",
+        "_timer",
+        "_trial_since",
         "name",
     )
 
@@ -216,12 +377,11 @@ class CircuitBreaker:
         clock: Clock | None = None,
     ) -> None:
         self.name = name
-        self.config = config or CircuitBreakerConfig()
         self._clock: Clock = clock or time.monotonic
         self._state: CircuitState = _CLOSED
+        self._gen = 0
         self._consecutive = 0
-        # Sliding count window: 1 = failure at that position.
-        self._ring = bytearray(self.config.window_size)
+        self._ring = bytearray(1)
         self._ring_pos = 0
         self._calls_in_window = 0
         self._rate_failures = 0
@@ -229,32 +389,108 @@ class CircuitBreaker:
         # then a success changes nothing and costs one attribute test.
         self._steady = False
         self._opened_at = 0.0
+        self._trial_since = 0.0
         self._half_open_inflight = 0
-        self._slow_s = self.config.slow_call_duration_s
-        self._failure_exc = self.config.failure_exceptions
-        self._ignored_exc = self.config.ignored_exceptions
         self._listeners: list[StateListener] = []
         self._internal_hooks: list[Callable[[CircuitBreaker], None]] = []
         self._async_listener_tasks: set[asyncio.Task[Any]] = set()
-        self._open_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        # `async with breaker:` has nowhere to keep a token per entry. While CLOSED
+        # without slow-call detection, entries are counted (_ctx_open); a transition
+        # makes the open ones stale (_ctx_stale), and until they have all left, entries
+        # keep (token, started) in per-task stacks (_scopes) instead - so every exit
+        # knows its generation exactly.
+        self._scopes: dict[asyncio.Task[Any] | None, list[tuple[int, float | None]]] = {}
+        self._ctx_open = 0
+        self._ctx_stale = 0
+        self._ctx_fast = False
+        self._entered: asyncio.Future[CircuitBreaker] | None = None
+        self._exited: asyncio.Future[None] | None = None
+        self._apply_config(config if config is not None else CircuitBreakerConfig())
+        self._ring = bytearray(self._config.window_size)
+        self._refresh_ctx_fast()
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The current (immutable) configuration; assigning one calls :meth:`reconfigure`."""
+        return self._config
+
+    @config.setter
+    def config(self, config: CircuitBreakerConfig) -> None:
+        self.reconfigure(config)
+
+    def reconfigure(self, config: CircuitBreakerConfig) -> None:
+        """Replace the whole configuration at once (every field takes effect now).
+
+        State, generation and counts are kept; the window keeps its most recent
+        outcomes (up to the new ``window_size``). No threshold is evaluated here: the
+        next recorded outcome is checked against the new thresholds. An OPEN breaker's
+        wait and a running trial's maximum wait are measured with the new durations.
+
+        Raises:
+            TypeError: ``config`` is not a :class:`CircuitBreakerConfig`.
+        """
+        old = self._config
+        self._apply_config(config)
+        if config.window_size != old.window_size:
+            self._resize_window(config.window_size)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._state is _OPEN:
+            self._schedule(self._opened_at + config.open_duration_s - self._clock())
+        elif self._state is _HALF_OPEN and self._half_open_inflight:
+            self._arm_trial_timer()
+        self._refresh_steady()
+        self._refresh_ctx_fast()
+        self._run_internal_hooks()
+
+    def _apply_config(self, config: CircuitBreakerConfig) -> None:
+        if not isinstance(config, CircuitBreakerConfig):
+            raise TypeError(
+                f"circuit {self.name!r}: config must be a CircuitBreakerConfig, "
+                f"not {type(config).__name__}"
+            )
+        self._config = config
+        self._rate_num = config.failure_rate_fraction.numerator
+        self._rate_den = config.failure_rate_fraction.denominator
+        self._slow_s = config.slow_call_duration_s
+        self._failure_exc = config.failure_exceptions
+        self._ignored_exc = config.ignored_exceptions
+
+    def _resize_window(self, size: int) -> None:
+        ring, calls, pos = self._ring, self._calls_in_window, self._ring_pos
+        ordered = ring[:calls] if calls < len(ring) else ring[pos:] + ring[:pos]
+        kept = ordered[-size:] if len(ordered) > size else ordered
+        new = bytearray(size)
+        new[: len(kept)] = kept
+        self._ring = new
+        self._calls_in_window = len(kept)
+        self._ring_pos = len(kept) % size
+        self._rate_failures = sum(kept)
 
     # ------------------------------------------------------------------ inspection
 
     @property
     def state(self) -> CircuitState:
-        """Current state; an OPEN breaker whose open duration elapsed reads HALF_OPEN."""
-        if self._state is _OPEN:
-            self._maybe_half_open()
+        """Current state. A pure read: OPEN moves to HALF_OPEN on admission or by timer."""
         return self._state
 
     @property
+    def generation(self) -> int:
+        """Number of transitions so far (the round calls are admitted in)."""
+        return self._gen
+
+    @property
     def consecutive_failures(self) -> int:
-        """Failures since the last success."""
+        """Failures since the last success (a failed trial call included)."""
         return self._consecutive
 
     @property
     def failure_rate(self) -> float:
-        """Failure share of the sliding window (0.0 when it is empty)."""
+        """Failure share of the sliding window (0.0 when empty); see ``snapshot()``."""
         return self._rate_failures / self._calls_in_window if self._calls_in_window else 0.0
 
     @property
@@ -262,11 +498,29 @@ class CircuitBreaker:
         """Number of calls the sliding window holds (at most ``window_size``)."""
         return self._calls_in_window
 
+    @property
+    def failures_in_window(self) -> int:
+        """Number of failures the sliding window holds."""
+        return self._rate_failures
+
     def retry_after(self) -> float | None:
-        """Seconds until an OPEN breaker allows a trial call; None unless OPEN."""
+        """Seconds until an OPEN breaker admits a trial call (0.0 if due); None unless OPEN."""
         if self._state is not _OPEN:
             return None
-        return max(0.0, self._opened_at + self.config.open_duration_s - self._clock())
+        return max(0.0, self._opened_at + self._config.open_duration_s - self._clock())
+
+    def snapshot(self) -> BreakerSnapshot:
+        """Everything a reader needs, read without side effects (no transition, no hook)."""
+        return BreakerSnapshot(
+            name=self.name,
+            state=self._state,
+            generation=self._gen,
+            consecutive_failures=self._consecutive,
+            calls_in_window=self._calls_in_window,
+            failures_in_window=self._rate_failures,
+            retry_after_s=self.retry_after(),
+            half_open_in_flight=self._half_open_inflight if self._state is _HALF_OPEN else 0,
+        )
 
     # ------------------------------------------------------------------ listeners
 
@@ -285,12 +539,22 @@ class CircuitBreaker:
             self._listeners.remove(listener)
 
     def _add_internal_hook(self, hook: Callable[[CircuitBreaker], None]) -> None:
-        """Sync hooks of this package (guard fast-path flag, health sums): called first."""
+        """Sync hooks of this package (guard fast-path flag, health sums).
+
+        Called first, after every transition and every :meth:`reconfigure`.
+        """
         self._internal_hooks.append(hook)
 
     def _remove_internal_hook(self, hook: Callable[[CircuitBreaker], None]) -> None:
         if hook in self._internal_hooks:
             self._internal_hooks.remove(hook)
+
+    def _run_internal_hooks(self) -> None:
+        for hook in self._internal_hooks:
+            try:
+                hook(self)
+            except Exception:
+                log.exception("circuit %r: internal hook failed", self.name)
 
     # ------------------------------------------------------------------ operator API
 
@@ -317,25 +581,23 @@ class CircuitBreaker:
                 f"circuit {self.name!r}: {old.value} -> {new.value} is not allowed"
             )
         self._state = new
+        self._gen += 1  # every call admitted before this is stale from now on
+        self._half_open_inflight = 0
+        self._ctx_stale += self._ctx_open
+        self._ctx_open = 0
         now = self._clock()
-        if self._open_timer is not None:
-            self._open_timer.cancel()
-            self._open_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if new is _OPEN:
             self._opened_at = now
-            self._half_open_inflight = 0
-            self._schedule_open_timer(self.config.open_duration_s)
-        elif new is _HALF_OPEN:
-            self._half_open_inflight = 0
+            self._schedule(self._config.open_duration_s)
         elif new is _CLOSED:
             self._clear_window()
         self._refresh_steady()
+        self._refresh_ctx_fast()
         change = StateChange(self.name, old, new, reason, now)
-        for hook in self._internal_hooks:
-            try:
-                hook(self)
-            except Exception:
-                log.exception("circuit %r: internal hook failed", self.name)
+        self._run_internal_hooks()
         for listener in self._listeners:
             self._notify(listener, change)
 
@@ -364,28 +626,40 @@ class CircuitBreaker:
                 "circuit %r: async state listener raised", self.name, exc_info=task.exception()
             )
 
-    def _schedule_open_timer(self, delay: float) -> None:
-        # Idle paths must not stay OPEN forever: move to HALF_OPEN by timer too.
+    def _schedule(self, delay: float) -> None:
+        # Idle paths must not stay OPEN (or stuck HALF_OPEN) forever: a loop timer
+        # makes the move when no call comes; without a running loop, admission does.
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._open_timer = loop.call_later(max(delay, 0.0), self._on_open_timer)
+        self._timer = loop.call_later(max(delay, 0.0), self._on_timer)
 
-    def _on_open_timer(self) -> None:
-        self._open_timer = None
-        if self._state is not _OPEN:
-            return
-        remaining = self._opened_at + self.config.open_duration_s - self._clock()
-        if remaining <= 0:
-            self._transition(_HALF_OPEN, "open duration elapsed")
-        else:
-            # The injected clock runs slower than the loop's: check again later.
-            self._schedule_open_timer(remaining)
+    def _arm_trial_timer(self) -> None:
+        wait = self._config.half_open_max_wait_s
+        if wait is not None and self._timer is None:
+            self._schedule(self._trial_since + wait - self._clock())
 
-    def _maybe_half_open(self) -> None:
-        if self._clock() - self._opened_at >= self.config.open_duration_s:
-            self._transition(_HALF_OPEN, "open duration elapsed")
+    def _on_timer(self) -> None:
+        self._timer = None
+        state = self._state
+        now = self._clock()
+        if state is _OPEN:
+            remaining = self._opened_at + self._config.open_duration_s - now
+            if remaining <= 0:
+                self._transition(_HALF_OPEN, "open duration elapsed")
+            else:
+                # The injected clock runs slower than the loop's: check again later.
+                self._schedule(remaining)
+        elif state is _HALF_OPEN and self._half_open_inflight:
+            wait = self._config.half_open_max_wait_s
+            if wait is None:
+                return
+            remaining = self._trial_since + wait - now
+            if remaining <= 0:
+                self._transition(_OPEN, f"trial call still running after {wait:g}s")
+            else:
+                self._schedule(remaining)
 
     def _clear_window(self) -> None:
         self._consecutive = 0
@@ -406,41 +680,93 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ call protocol
 
-    def _admit(self) -> None:
-        """Let a call in or raise CircuitOpenError (only called when not CLOSED)."""
+    def acquire_permission(self) -> int:
+        """Admit one call or refuse it; returns the call's token (its generation).
+
+        Moves OPEN -> HALF_OPEN when the open duration has passed, and HALF_OPEN ->
+        OPEN when a trial has held its permit past ``half_open_max_wait_s``. Every
+        admitted call must end with exactly one of :meth:`on_success`,
+        :meth:`on_error` or :meth:`release`.
+
+        Raises:
+            CircuitOpenError: the breaker refused the call.
+        """
         state = self._state
         if state is _CLOSED:
-            return
+            return self._gen
+        cfg = self._config
         if state is _OPEN:
             # One clock read decides both: half-open now, or refuse with the time left.
             elapsed = self._clock() - self._opened_at
-            duration = self.config.open_duration_s
-            if elapsed < duration:
-                raise CircuitOpenError(self.name, state, duration - elapsed)
+            if elapsed < cfg.open_duration_s:
+                raise CircuitOpenError(self.name, state, cfg.open_duration_s - elapsed)
             self._transition(_HALF_OPEN, "open duration elapsed")
-            state = self._state
+            state = self._state  # a listener may have moved it again
+            if state is _CLOSED:
+                return self._gen
         if state is _HALF_OPEN:
-            if self._half_open_inflight < self.config.half_open_max_calls:
-                self._half_open_inflight += 1
-                return
-            raise CircuitOpenError(self.name, state, None)
+            if self._half_open_inflight < cfg.half_open_max_calls:
+                if not self._half_open_inflight:
+                    self._trial_since = self._clock()
+                    self._half_open_inflight = 1
+                    self._arm_trial_timer()
+                else:
+                    self._half_open_inflight += 1
+                return self._gen
+            wait = cfg.half_open_max_wait_s
+            if wait is not None and self._clock() - self._trial_since >= wait:
+                self._transition(_OPEN, f"trial call still running after {wait:g}s")
+                raise CircuitOpenError(self.name, _OPEN, cfg.open_duration_s)
         raise CircuitOpenError(self.name, state, None)
 
-    def _record(self, failed: bool) -> None:
-        """Record one finished call (slow path: anything but a steady success)."""
-        state = self._state
-        if state is _HALF_OPEN:
-            if self._half_open_inflight > 0:
-                self._half_open_inflight -= 1
-            if failed:
-                self._transition(_OPEN, "trial call failed")
-            else:
-                self._transition(_CLOSED, "trial call succeeded")
-            return
-        if state is not _CLOSED:
-            # A call admitted while CLOSED finished after the breaker opened: its
-            # outcome no longer says anything about the state, so it is not counted.
-            return
+    def on_success(self, token: int, duration_s: float = 0.0) -> None:
+        """Record a call that returned (a slow one counts as a failure).
+
+        Args:
+            token: What :meth:`acquire_permission` returned for the call.
+            duration_s: How long the call took (only read with slow-call detection).
+        """
+        slow = self._slow_s
+        if slow is not None and duration_s > slow:
+            self._record(token, True)
+        elif not self._steady:
+            self._record(token, False)
+
+    def on_error(self, token: int, duration_s: float, exc: BaseException) -> None:
+        """Record a call that raised ``exc`` (failure, success or nothing; see module doc).
+
+        Args:
+            token: What :meth:`acquire_permission` returned for the call.
+            duration_s: How long the call took (only read with slow-call detection).
+            exc: The exception the call raised.
+        """
+        kind = self._classify(exc)
+        if kind == _FAILURE:
+            self._record(token, True)
+        elif kind == _SUCCESS:
+            self.on_success(token, duration_s)
+        else:
+            self.release(token)
+
+    def release(self, token: int) -> None:
+        """End an admitted call without a verdict (cancelled, ignored, refused later).
+
+        Frees the call's trial permit if it holds one of the current round; a stale
+        token frees nothing.
+        """
+        if token == self._gen and self._state is _HALF_OPEN and self._half_open_inflight:
+            self._half_open_inflight -= 1
+
+    def _classify(self, exc: BaseException) -> int:
+        if isinstance(exc, self._ignored_exc):
+            return _NOTHING
+        if isinstance(exc, self._failure_exc):
+            return _FAILURE
+        if isinstance(exc, Exception):
+            return _SUCCESS  # the dependency answered
+        return _NOTHING  # cancellation, interpreter exit, generator close
+
+    def _add_to_window(self, failed: bool) -> None:
         ring = self._ring
         pos = self._ring_pos
         if ring[pos]:
@@ -448,82 +774,154 @@ class CircuitBreaker:
         if failed:
             ring[pos] = 1
             self._rate_failures += 1
-            self._consecutive += 1
         else:
             ring[pos] = 0
-            self._consecutive = 0
         pos += 1
         self._ring_pos = 0 if pos == len(ring) else pos
         if self._calls_in_window < len(ring):
             self._calls_in_window += 1
+
+    def _record(self, token: int, failed: bool) -> None:
+        """Record one outcome (slow path: anything but a steady success)."""
+        self._add_to_window(failed)
+        if token != self._gen:
+            # Stale: admitted in an earlier round. It says something about the
+            # dependency (the window) but decides nothing and holds no permit.
+            self._refresh_steady()
+            return
+        state = self._state
+        if state is _HALF_OPEN:
+            self._half_open_inflight -= 1
+            if failed:
+                self._consecutive += 1
+                self._transition(_OPEN, "trial call failed")
+            else:
+                self._consecutive = 0
+                self._transition(_CLOSED, "trial call succeeded")
+            return
+        if state is not _CLOSED:  # pragma: no cover - no admission outside these two
+            return
+        cfg = self._config
         if failed:
-            cfg = self.config
+            self._consecutive += 1
             if self._consecutive >= cfg.failure_threshold:
                 self._transition(_OPEN, f"{self._consecutive} consecutive failures")
                 return
-            if (
-                self._calls_in_window >= cfg.minimum_calls
-                and self._rate_failures >= cfg.failure_rate_threshold * self._calls_in_window
-            ):
-                self._transition(
-                    _OPEN,
-                    f"failure rate {self._rate_failures}/{self._calls_in_window}",
-                )
-                return
+        else:
+            self._consecutive = 0
+        calls = self._calls_in_window
+        failures = self._rate_failures
+        if calls >= cfg.minimum_calls and failures * self._rate_den >= self._rate_num * calls:
+            self._transition(_OPEN, f"failure rate {failures}/{calls}")
+            return
         self._refresh_steady()
 
-    def _is_failure(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._failure_exc) and not isinstance(exc, self._ignored_exc)
+    # ------------------------------------------------------------------ async with
 
-    def _on_error(self, exc: BaseException) -> None:
-        """Record a call that raised: a failure, or (ignored types) a release."""
-        if self._is_failure(exc):
-            self._record(True)
+    def __aenter__(self) -> Awaitable[CircuitBreaker]:
+        # Nothing here waits, so both halves of `async with` are plain methods
+        # returning an already-resolved future (no coroutine frame per entry).
+        if self._ctx_fast:
+            # CLOSED, no slow-call detection, nothing stale or tracked open: count
+            # the entry instead of storing a token (see _ctx_open in __init__).
+            self._ctx_open += 1
         else:
-            self._release()
+            self._enter_tracked()
+        entered = self._entered
+        if entered is None:
+            entered = self._entered = _resolved(self)
+            self._exited = _resolved(None)
+        return entered
 
-    def _release(self) -> None:
-        """A call admitted but ended without a verdict (cancelled, ignored, refused later)."""
-        if self._state is _HALF_OPEN and self._half_open_inflight > 0:
-            # Free the trial slot and decide nothing.
-            self._half_open_inflight -= 1
+    def _enter_tracked(self) -> None:
+        token = self._gen if self._state is _CLOSED else self.acquire_permission()
+        # None: not timed (slow-call detection was off when the call began).
+        started = self._clock() if self._slow_s is not None else None
+        task = asyncio.current_task()
+        stack = self._scopes.get(task)
+        if stack is None:
+            self._scopes[task] = [(token, started)]
+        else:
+            stack.append((token, started))
+        self._ctx_fast = False  # counted entries never nest inside tracked ones
 
-    def _on_done(self, started: float) -> None:
-        """Record a call that returned; slow calls count as failures."""
-        if self._slow_s is not None and self._clock() - started > self._slow_s:
-            self._record(True)
-        elif not self._steady:
-            self._record(False)
-
-    async def __aenter__(self) -> CircuitBreaker:
-        if self._state is not _CLOSED:
-            self._admit()
-        return self
-
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        # Without slow-call detection the start time is not needed; with it,
-        # `async with` cannot carry a per-call start, so it is measured by call().
-        if exc is None:
-            if not self._steady:
-                self._record(False)
+    ) -> Awaitable[None]:
+        if self._scopes:
+            self._exit_tracked(exc)
+        elif self._ctx_stale:
+            self._exit_stale(exc)
         else:
-            self._on_error(exc)
+            # A counted entry of the current generation (no stale one is open: then
+            # entries are not counted).
+            self._ctx_open -= 1
+            if exc is None:
+                if not self._steady:
+                    self._record(self._gen, False)
+            else:
+                self.on_error(self._gen, 0.0, exc)
+        return self._exited  # type: ignore[return-value]  # set with _entered
+
+    def _exit_stale(self, exc: BaseException | None) -> None:
+        self._ctx_stale -= 1
+        if not self._ctx_stale:
+            self._refresh_ctx_fast()
+        # -1 is older than any generation: recorded as stale (window only).
+        if exc is None:
+            self.on_success(-1)
+        else:
+            self.on_error(-1, 0.0, exc)
+
+    def _exit_tracked(self, exc: BaseException | None) -> None:
+        scopes = self._scopes
+        task = asyncio.current_task()
+        stack = scopes.get(task)
+        if stack is None:  # a counted entry of another task
+            if self._ctx_stale:
+                self._exit_stale(exc)
+                return
+            self._ctx_open -= 1
+            if exc is None:
+                self.on_success(self._gen)
+            else:
+                self.on_error(self._gen, 0.0, exc)
+            return
+        token, started = stack.pop()
+        if not stack:
+            del scopes[task]
+            if not scopes:
+                self._refresh_ctx_fast()
+        duration = self._clock() - started if started is not None else 0.0
+        if exc is None:
+            self.on_success(token, duration)
+        else:
+            self.on_error(token, duration, exc)
+
+    def _refresh_ctx_fast(self) -> None:
+        self._ctx_fast = (
+            self._state is _CLOSED
+            and self._slow_s is None
+            and not self._ctx_stale
+            and not self._scopes
+        )
+
+    # ------------------------------------------------------------------ call styles
 
     async def call(
         self, fn: Callable[..., Awaitable[R]] | Callable[..., R], /, *args: Any, **kwargs: Any
     ) -> R:
-        """Run ``fn(*args, **kwargs)`` (sync or async) through the breaker.
+        """Run ``fn(*args, **kwargs)`` through the breaker; its result is awaited if awaitable.
 
         Raises:
             CircuitOpenError: the breaker refused the call.
+            TypeError: ``fn`` returned a generator (decorate the generator function
+                instead: the decorator protects its iteration).
         """
-        if self._state is not _CLOSED:
-            self._admit()
+        token = self._gen if self._state is _CLOSED else self.acquire_permission()
         if self._slow_s is None:
             # Common case first: no clock read, and a plain coroutine is recognised by
             # its exact type before the (slower) general awaitable check.
@@ -531,35 +929,71 @@ class CircuitBreaker:
                 result = fn(*args, **kwargs)
                 if type(result) is _CoroutineType or inspect.isawaitable(result):
                     result = await result
+                elif isinstance(result, _GENERATOR_TYPES):
+                    self._refuse_generator(token, result)
             except BaseException as exc:
-                self._on_error(exc)
+                if not isinstance(exc, _RefusedGenerator):
+                    self.on_error(token, 0.0, exc)
                 raise
             if not self._steady:
-                self._record(False)
+                self._record(token, False)
             return result
-        started = self._clock()
+        clock = self._clock
+        started = clock()
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
+            elif isinstance(result, _GENERATOR_TYPES):
+                self._refuse_generator(token, result)
         except BaseException as exc:
-            self._on_error(exc)
+            if not isinstance(exc, _RefusedGenerator):
+                self.on_error(token, clock() - started, exc)
             raise
-        self._on_done(started)
+        self.on_success(token, clock() - started)
         return result
 
     def call_sync(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
-        """Run a sync ``fn`` through the breaker without an event loop."""
-        if self._state is not _CLOSED:
-            self._admit()
-        started = self._clock() if self._slow_s is not None else 0.0
+        """Run a sync ``fn`` through the breaker without an event loop.
+
+        Raises:
+            CircuitOpenError: the breaker refused the call.
+            TypeError: ``fn`` returned an awaitable (use :meth:`call`) or a generator
+                (decorate the generator function); nothing is recorded and the call's
+                trial permit, if any, is freed.
+        """
+        token = self._gen if self._state is _CLOSED else self.acquire_permission()
+        clock = self._clock
+        timed = self._slow_s is not None
+        started = clock() if timed else 0.0
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._on_error(exc)
+            self.on_error(token, clock() - started if timed else 0.0, exc)
             raise
-        self._on_done(started)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never run: no "never awaited" warning, no side effect
+            self.release(token)
+            raise TypeError(
+                f"circuit {self.name!r}: call_sync() got an awaitable from {fn!r}; "
+                "use `await breaker.call(...)` for async callables"
+            )
+        if isinstance(result, _GENERATOR_TYPES):
+            self._refuse_generator(token, result)
+        self.on_success(token, clock() - started if timed else 0.0)
         return result
+
+    def _refuse_generator(self, token: int, gen: Any) -> None:
+        if isinstance(gen, GeneratorType):
+            gen.close()
+        self.release(token)
+        raise _RefusedGenerator(
+            f"circuit {self.name!r}: the call returned a generator; decorate the "
+            "generator function with the breaker so its iteration is protected"
+        )
+
+    # ------------------------------------------------------------------ decorator
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
@@ -568,8 +1002,22 @@ class CircuitBreaker:
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate an async or sync function so every call goes through the breaker."""
-        if inspect.iscoroutinefunction(fn):
+        """Decorate a callable so every call (or iteration) goes through the breaker.
+
+        * coroutine functions, partials of them and objects with ``async __call__``:
+          an async wrapper;
+        * generator and async generator functions: the iteration is the call - it is
+          admitted on the first ``next()``/``anext()``, an exception raised while
+          iterating is recorded, exhaustion is a success, closing early records
+          nothing (slow-call detection measures first item to exhaustion);
+        * anything else: a sync wrapper that still protects an awaitable (or a
+          generator) the callable returns, by handing back a wrapper of it.
+        """
+        if inspect.isasyncgenfunction(fn):
+            return self._wrap_async_gen(fn)
+        if inspect.isgeneratorfunction(fn):
+            return self._wrap_gen(fn)
+        if _is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -579,9 +1027,124 @@ class CircuitBreaker:
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call_sync(fn, *args, **kwargs)
+            token = self._gen if self._state is _CLOSED else self.acquire_permission()
+            clock = self._clock
+            started = clock()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self.on_error(token, clock() - started, exc)
+                raise
+            if inspect.isawaitable(result):
+                # An async function behind a sync facade: the outcome is the await.
+                return self._finish_awaitable(token, started, result)
+            if isinstance(result, GeneratorType):
+                return self._drive_gen(token, started, result)
+            if isinstance(result, AsyncGeneratorType):
+                return self._drive_async_gen(token, started, lambda: result)
+            self.on_success(token, clock() - started)
+            return result
 
         return sync_wrapper
 
+    async def _finish_awaitable(self, token: int, started: float, awaitable: Awaitable[R]) -> R:
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            self.on_error(token, self._clock() - started, exc)
+            raise
+        self.on_success(token, self._clock() - started)
+        return result
+
+    def _wrap_gen(self, fn: Callable[P, Generator[Any, Any, Any]]) -> Callable[P, Any]:
+        @functools.wraps(fn)
+        def gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, Any, Any]:
+            token = self.acquire_permission()  # on the first next(): iteration is the call
+            started = self._clock()
+            return (yield from self._drive_gen(token, started, fn(*args, **kwargs)))
+
+        return gen_wrapper
+
+    def _drive_gen(
+        self, token: int, started: float, gen: Generator[Any, Any, R]
+    ) -> Generator[Any, Any, R]:
+        try:
+            result = yield from gen
+        except BaseException as exc:  # GeneratorExit (closed early) counts as nothing
+            self.on_error(token, self._clock() - started, exc)
+            raise
+        self.on_success(token, self._clock() - started)
+        return result
+
+    def _wrap_async_gen(self, fn: Callable[P, AsyncGenerator[Any, Any]]) -> Callable[P, Any]:
+        drive = self._drive_async_gen
+
+        @functools.wraps(fn)
+        async def agen_wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, Any]:
+            # An async generator function itself (inspect.isasyncgenfunction holds), so
+            # admission happens on the first anext(), as the wrapped body runs only then.
+            # Its own loop forwards values, sends and throws to the protected iterator.
+            inner = drive(None, 0.0, functools.partial(fn, *args, **kwargs))
+            sent: Any = None
+            thrown: BaseException | None = None
+            try:
+                while True:
+                    try:
+                        if thrown is not None:
+                            value = await inner.athrow(thrown)
+                        else:
+                            value = await inner.asend(sent)
+                    except StopAsyncIteration:
+                        return
+                    thrown = sent = None
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:
+                        thrown = exc
+            finally:
+                await inner.aclose()
+
+        return agen_wrapper
+
+    async def _drive_async_gen(
+        self,
+        token: int | None,
+        started: float,
+        make: Callable[[], AsyncGenerator[Any, Any]],
+    ) -> AsyncGenerator[Any, Any]:
+        if token is None:
+            token = self.acquire_permission()
+            started = self._clock()
+        agen = make()
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                try:
+                    if thrown is not None:
+                        value = await agen.athrow(thrown)
+                    else:
+                        value = await agen.asend(sent)
+                except StopAsyncIteration:
+                    break
+                thrown = sent = None
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as exc:  # thrown in by the consumer: forward it
+                    thrown = exc
+        except BaseException as exc:  # GeneratorExit (closed early) counts as nothing
+            self.on_error(token, self._clock() - started, exc)
+            raise
+        self.on_success(token, self._clock() - started)
+
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
+
+
+class _RefusedGenerator(TypeError):
+    """A call returned a generator outside the decorator: refused, nothing recorded."""

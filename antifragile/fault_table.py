@@ -25,10 +25,12 @@ class Fault(Protocol):
     """A fault a guard enforces while it is installed."""
 
     async def apply(self, guard: Guard) -> None:
-        """Run before every guarded call, inside the breaker: may sleep, raise, etc.
+        """Run before every guarded call, inside the breaker and the guard's timeout.
 
-        An exception raised here is the call's outcome (and counts as a failure if
-        the breaker's config says its type does).
+        May sleep (the guard's ``timeout_s`` still bounds the whole call, so injected
+        latency times out like real latency), raise, etc. An exception raised here is
+        the call's outcome (and counts as a failure if the breaker's config says its
+        type does). A sleep should end when :meth:`on_remove` is called for the guard.
         """
         ...
 
@@ -37,7 +39,11 @@ class Fault(Protocol):
         ...
 
     def on_remove(self, guard: Guard) -> None:
-        """Called once when the fault leaves the guard (undo whatever on_install did)."""
+        """Called once when the fault leaves the guard (undo whatever on_install did).
+
+        The guard no longer calls :meth:`apply`; calls already waiting inside it should
+        stop waiting and go on.
+        """
         ...
 
 

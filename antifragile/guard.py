@@ -9,6 +9,20 @@ timeout, no concurrency limit, no slow-call detection) a precomputed ``_plain`` 
 is True, and a call costs the flag test, the breaker's one-attribute success check
 and one counter increment (metering counts in place; the metering flusher harvests
 the counter). Every configuration change and breaker transition recomputes the flag.
+
+Breaker protocol: the guard admits calls with ``breaker.acquire_permission()`` (a
+token: the generation the call was admitted in) and ends each with
+``on_success(token, duration_s)``, ``on_error(token, duration_s, exc)`` or
+``release(token)``. On the plain path, where the breaker is CLOSED, the token is the
+breaker's current generation ``_gen`` and a success is skipped when the breaker is
+``_steady`` (it would change nothing): two attribute reads instead of calls.
+``guard.call`` keeps the token in a local. ``async with guard`` has nowhere to keep one
+per call on the plain path, so it counts plain entries instead: at each breaker
+transition the open ones become stale, and no plain entry is made again until every
+stale one has left - so a plain exit knows exactly which generation it belongs to.
+
+Faults run inside the guard's timeout: a LATENCY fault of 1 s under a 0.2 s timeout
+makes the call raise TimeoutError at 0.2 s, as the real slow dependency would.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from antifragile.breaker import CircuitBreaker, CircuitState
+from antifragile.breaker import CircuitBreaker, CircuitState, _resolved
 from antifragile.errors import AntifragileError, ConfigError
 
 if TYPE_CHECKING:
@@ -40,14 +54,15 @@ class ConcurrencyLimitError(AntifragileError):
 
 
 class _Scope:
-    """Per-entry state of a slow-path ``async with guard`` (timeout, start, slot)."""
+    """Per-entry state of a slow-path ``async with guard`` (token, slot, start, timeout)."""
 
-    __slots__ = ("counted", "started", "timeout")
+    __slots__ = ("counted", "started", "timeout", "token")
 
-    def __init__(self, counted: bool, started: float, timeout: asyncio.Timeout | None) -> None:
+    def __init__(self, token: int, counted: bool, started: float | None) -> None:
+        self.token = token
         self.counted = counted
         self.started = started
-        self.timeout = timeout
+        self.timeout: asyncio.Timeout | None = None
 
 
 class Guard:
@@ -68,12 +83,17 @@ class Guard:
     """
 
     __slots__ = (
+        "_entered",
+        "_exited",
         "_fault",
         "_harvested",
         "_inflight",
         "_max_concurrency",
         "_metered",
         "_plain",
+        "_plain_gen",
+        "_plain_open",
+        "_plain_stale",
         "_scopes",
         "_timeout_s",
         "breaker",
@@ -110,6 +130,13 @@ class Guard:
         self._harvested = 0
         self._scopes: dict[asyncio.Task[Any] | None, list[_Scope]] = {}
         self._plain = False
+        self._entered: asyncio.Future[Guard] | None = None
+        self._exited: asyncio.Future[None] | None = None
+        # Plain `async with` entries of the breaker's generation _plain_gen still open,
+        # and entries of older generations still open (see the module docstring).
+        self._plain_gen = breaker._gen
+        self._plain_open = 0
+        self._plain_stale = 0
         self.timeout_s = timeout_s
         self.max_concurrency = max_concurrency
         breaker._add_internal_hook(self._on_breaker_change)
@@ -178,6 +205,11 @@ class Guard:
         return release
 
     def _on_breaker_change(self, breaker: CircuitBreaker) -> None:
+        if breaker._gen != self._plain_gen:
+            # A new round: plain `async with` entries still open belong to the old one.
+            self._plain_gen = breaker._gen
+            self._plain_stale += self._plain_open
+            self._plain_open = 0
         self._refresh()
 
     def _refresh(self) -> None:
@@ -188,6 +220,8 @@ class Guard:
             and self._fault is None
             and self._timeout_s is None
             and self._max_concurrency is None
+            and not self._plain_stale
+            and not self._scopes  # plain entries never nest inside tracked ones
         )
 
     def close(self) -> None:
@@ -215,122 +249,178 @@ class Guard:
         Raises:
             CircuitOpenError: the breaker refused the call.
             ConcurrencyLimitError: ``max_concurrency`` calls are already in flight.
-            TimeoutError: the call exceeded ``timeout_s``.
+            TimeoutError: the call (fault effects included) exceeded ``timeout_s``.
         """
         if self._plain:
+            b = self.breaker
+            token = b._gen
             try:
                 result = await fn(*args)
             except BaseException as exc:
-                self.breaker._on_error(exc)
+                b.on_error(token, 0.0, exc)
                 self._metered += 1
                 raise
-            b = self.breaker
             if not b._steady:
-                b._record(False)
+                b.on_success(token)
             self._metered += 1
             return result
-        b = self.breaker
-        if b._state is not _CLOSED:
-            # Refused here, before another coroutine or frame exists: an open breaker's
-            # refusal is the fast path of a degraded service.
-            b._admit()
-        return await self._call_full(fn, args)
+        # Refused here, before another coroutine or frame exists: an open breaker's
+        # refusal is the fast path of a degraded service.
+        return await self._call_full(self.breaker.acquire_permission(), fn, args)
 
-    async def _call_full(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...]) -> R:
+    async def _call_full(
+        self, token: int, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...]
+    ) -> R:
         """The configured path; the breaker has already admitted the call."""
         b = self.breaker
-        counted = self._take_slot()
-        started = b._clock() if b._slow_s is not None else 0.0
+        counted = self._take_slot(token)
+        clock = b._clock
+        timed = b._slow_s is not None
+        started = clock() if timed else 0.0
         try:
-            fault = self._fault
-            if fault is not None:
-                await fault.apply(self)
             timeout = self._timeout_s
             if timeout is not None:
+                # The fault runs inside the timeout: injected latency is latency.
                 async with asyncio.timeout(timeout):
+                    fault = self._fault
+                    if fault is not None:
+                        await fault.apply(self)
                     result = await fn(*args)
             else:
+                fault = self._fault
+                if fault is not None:
+                    await fault.apply(self)
                 result = await fn(*args)
         except BaseException as exc:
-            b._on_error(exc)
+            b.on_error(token, clock() - started if timed else 0.0, exc)
             self._metered += 1
             raise
         finally:
             if counted:
                 self._inflight -= 1
-        b._on_done(started)
+        b.on_success(token, clock() - started if timed else 0.0)
         self._metered += 1
         return result
 
-    def _take_slot(self) -> bool:
+    def _take_slot(self, token: int) -> bool:
         limit = self._max_concurrency
         if limit is None:
             return False
         if self._inflight >= limit:
-            self.breaker._release()
+            self.breaker.release(token)
             raise ConcurrencyLimitError(self.name, limit)
         self._inflight += 1
         return True
 
     # ------------------------------------------------------------------ async with
 
-    async def __aenter__(self) -> Guard:
+    def __aenter__(self) -> Awaitable[Guard]:
         if self._plain:
-            return self
+            self._plain_open += 1
+            # An already-resolved future instead of a coroutine: awaiting it runs no
+            # Python frame (the plain `async with` costs two awaits of these).
+            entered = self._entered
+            if entered is None:
+                entered = self._entered = _resolved(self)
+                self._exited = _resolved(None)
+            return entered
+        return self._enter()
+
+    async def _enter(self) -> Guard:
         b = self.breaker
-        if b._state is not _CLOSED:
-            b._admit()
-        counted = self._take_slot()
-        scope = _Scope(counted, b._clock() if b._slow_s is not None else 0.0, None)
+        token = b.acquire_permission()
+        counted = self._take_slot(token)
+        scope = _Scope(token, counted, b._clock() if b._slow_s is not None else None)
         task = asyncio.current_task()
         self._scopes.setdefault(task, []).append(scope)
+        self._plain = False
         try:
-            fault = self._fault
-            if fault is not None:
-                await fault.apply(self)
             if self._timeout_s is not None:
                 scope.timeout = asyncio.timeout(self._timeout_s)
                 await scope.timeout.__aenter__()
+            fault = self._fault
+            if fault is not None:
+                await fault.apply(self)
         except BaseException as exc:
             self._pop_scope(task)
             if counted:
                 self._inflight -= 1
-            b._on_error(exc)
+            outcome: BaseException = exc
+            if scope.timeout is not None:
+                # The guard's timeout fired during the fault: it becomes TimeoutError.
+                try:
+                    await scope.timeout.__aexit__(type(exc), exc, exc.__traceback__)
+                except BaseException as converted:
+                    outcome = converted
+            b.on_error(scope.token, self._duration(scope), outcome)
             self._metered += 1
-            raise
+            if outcome is exc:
+                raise
+            raise outcome from exc
         return self
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        scope = self._pop_scope(asyncio.current_task()) if self._scopes else None
-        b = self.breaker
-        if scope is None:
-            # Entered on the plain path.
+    ) -> Awaitable[None]:
+        if self._scopes:
+            scope = self._pop_scope(asyncio.current_task())
+            if scope is not None:
+                return self._exit(scope, exc_type, exc, tb)
+        # Entered on the plain path (CLOSED): its token is the current generation,
+        # unless the breaker moved on since (then it is one of the stale entries).
+        self._metered += 1
+        if self._plain_stale:
+            self._plain_exit_stale(exc)
+        else:
+            self._plain_open -= 1
             if exc is None:
+                b = self.breaker
                 if not b._steady:
-                    b._record(False)
+                    b.on_success(b._gen)
             else:
-                b._on_error(exc)
-            self._metered += 1
-            return
+                self.breaker.on_error(self.breaker._gen, 0.0, exc)
+        return self._exited  # type: ignore[return-value]  # set with _entered
+
+    def _plain_exit_stale(self, exc: BaseException | None) -> None:
+        self._plain_stale -= 1
+        if not self._plain_stale:
+            self._refresh()
+        # -1 is older than any generation: recorded as stale (window only).
+        if exc is None:
+            self.breaker.on_success(-1)
+        else:
+            self.breaker.on_error(-1, 0.0, exc)
+
+    async def _exit(
+        self,
+        scope: _Scope,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        b = self.breaker
         if scope.counted:
             self._inflight -= 1
         if scope.timeout is not None:
             try:
                 await scope.timeout.__aexit__(exc_type, exc, tb)
             except BaseException as converted:  # CancelledError became TimeoutError
-                b._on_error(converted)
+                b.on_error(scope.token, self._duration(scope), converted)
                 self._metered += 1
                 raise
         self._metered += 1
         if exc is None:
-            b._on_done(scope.started)
+            b.on_success(scope.token, self._duration(scope))
         else:
-            b._on_error(exc)
+            b.on_error(scope.token, self._duration(scope), exc)
+
+    def _duration(self, scope: _Scope) -> float:
+        b = self.breaker
+        started = scope.started  # None: slow-call detection was off when it began
+        return b._clock() - started if started is not None else 0.0
 
     def _pop_scope(self, task: asyncio.Task[Any] | None) -> _Scope | None:
         stack = self._scopes.get(task)
@@ -339,6 +429,8 @@ class Guard:
         scope = stack.pop()
         if not stack:
             del self._scopes[task]
+            if not self._scopes:
+                self._refresh()
         return scope
 
     def __repr__(self) -> str:

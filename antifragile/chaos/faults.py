@@ -10,6 +10,12 @@ it, and a guard with no fault pays nothing.
 Every fault carries its lease's local expiry: a call after it passes finds the fault
 gone (the plane also removes it on a timer), so a fault outlives a dead controller or
 an unreachable Redis by at most the lease TTL.
+
+Injected waits (LATENCY, TIMEOUT) run inside the guard's own timeout, and end early when
+the fault leaves the guard (the experiment removed its lease, an emergency stop, the
+halt switch) or its lease runs out unrenewed; none lasts longer than
+:data:`MAX_INJECTED_WAIT_S`, the hard cap on an experiment's duration. A wait that ends
+early lets the call go on to the real dependency: the fault is gone.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from antifragile.chaos.scenario import MEMORY_CAP_MB, ChaosType, ErrorKind, ResourceType
+from antifragile.chaos.scenario import (
+    HARD_MAX_DURATION_S,
+    MEMORY_CAP_MB,
+    ChaosType,
+    ErrorKind,
+    ResourceType,
+)
 from antifragile.models.chaos import FaultSpec
 
 log = logging.getLogger(__name__)
@@ -42,6 +54,9 @@ MEMORY_CHUNK_BYTES = 4 * 1024 * 1024
 
 CPU_SLICE_S = 0.01
 """CPU burn works in slices: busy ``level`` of a slice, asleep for the rest."""
+
+MAX_INJECTED_WAIT_S = HARD_MAX_DURATION_S
+"""Longest wait a fault injects (seconds): no experiment outlasts it."""
 
 
 class GuardLike(Protocol):
@@ -124,6 +139,8 @@ class ChaosFault:
         self._rate = spec.injection_rate
         self._guards: dict[str, GuardLike] = {}
         self._listeners: dict[str, Callable[[Any], None]] = {}
+        # Set when the fault leaves a guard: ends that guard's injected waits.
+        self._ended: dict[str, asyncio.Event] = {}
         self.expired = False
 
     # --- the Fault protocol -----------------------------------------------------------
@@ -146,6 +163,7 @@ class ChaosFault:
         if guard.name not in self._targets:
             return
         self._guards[guard.name] = guard
+        self._ended[guard.name] = asyncio.Event()
         breaker = getattr(guard, "breaker", None)
         if breaker is not None and hasattr(breaker, "on_state_change"):
             stats = self.stats
@@ -164,6 +182,9 @@ class ChaosFault:
         """The fault left ``guard``: undo the kind's setup, stop watching the breaker."""
         if self._guards.pop(guard.name, None) is None:
             return
+        ended = self._ended.pop(guard.name, None)
+        if ended is not None:
+            ended.set()  # waits in progress on this guard end now
         try:
             self._uninstall(guard)
         finally:
@@ -186,9 +207,40 @@ class ChaosFault:
 
     # --- helpers ----------------------------------------------------------------------
 
+    async def _hold(self, guard: GuardLike, seconds: float) -> bool:
+        """Wait ``seconds`` (at most :data:`MAX_INJECTED_WAIT_S`) unless the fault ends first.
+
+        Returns:
+            True when the whole wait passed; False when the fault left the guard or its
+            lease expired first.
+        """
+        ended = self._ended.get(guard.name)
+        if ended is None:
+            ended = self._ended[guard.name] = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(seconds, 0.0), MAX_INJECTED_WAIT_S)
+        while not ended.is_set():
+            to_expiry = self.expires_at - self._clock()
+            if to_expiry <= 0:
+                self._expire()
+                return False
+            left = deadline - loop.time()
+            if left <= 0:
+                return True
+            try:
+                # Wake at the deadline or the lease's expiry (it may have been renewed
+                # meanwhile: checked again on waking), whichever comes first.
+                async with asyncio.timeout(min(left, to_expiry)):
+                    await ended.wait()
+            except TimeoutError:
+                continue
+        return False
+
     def _expire(self) -> None:
         if not self.expired:
             self.expired = True
+            for ended in self._ended.values():
+                ended.set()
             log.warning(
                 "chaos %s: lease expired unrenewed, fault dropped locally", self.spec.experiment_id
             )
@@ -209,7 +261,7 @@ class LatencyFault(ChaosFault):
             delay_ms += self._rng.uniform(-spec.jitter_ms, spec.jitter_ms)
         self.stats.affected += 1
         if delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1000.0)
+            await self._hold(guard, delay_ms / 1000.0)
 
 
 class ErrorFault(ChaosFault):
@@ -232,15 +284,19 @@ class ErrorFault(ChaosFault):
 class TimeoutFault(ChaosFault):
     """TIMEOUT: an affected call hangs until the guard's timeout, then ``TimeoutError``.
 
-    A guard with its own ``timeout_s`` cancels the hang itself; without one the fault
-    hangs ``timeout_ms`` and raises.
+    A guard with its own ``timeout_s`` runs the fault inside that timeout, which ends
+    the hang with the guard's own ``TimeoutError``; without one the fault hangs
+    ``timeout_ms`` and raises. A hang the fault's removal ends lets the call go on.
     """
 
     async def _affect(self, guard: GuardLike) -> None:
         self.stats.affected += 1
-        timeout_s = getattr(guard, "timeout_s", None)
-        hang_s = float(timeout_s) if timeout_s else self.spec.timeout_ms / 1000.0
-        await asyncio.sleep(hang_s)
+        if getattr(guard, "timeout_s", None):
+            await self._hold(guard, MAX_INJECTED_WAIT_S)
+            return
+        hang_s = self.spec.timeout_ms / 1000.0
+        if not await self._hold(guard, hang_s):
+            return
         raise injected_error(
             TimeoutError,
             f"chaos {self.spec.experiment_id}: {guard.name} timed out after {hang_s:g}s",

@@ -6,8 +6,13 @@ import asyncio
 import contextlib
 import logging
 import pickle
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 from antifragile.breaker import (
     LEGAL_TRANSITIONS,
@@ -107,13 +112,21 @@ async def test_open_refuses_calls_with_retry_after(clock: FakeClock) -> None:
     assert "dep" in str(info.value)
 
 
-async def test_open_moves_to_half_open_lazily_after_open_duration(clock: FakeClock) -> None:
+async def test_open_moves_to_half_open_on_admission_after_open_duration(clock: FakeClock) -> None:
     b = make(clock, failure_threshold=1, open_duration_s=30)
     await run(b, False)
     clock.advance(29.9)
     assert b.state is CircuitState.OPEN
     clock.advance(0.1)
+    assert b.state is CircuitState.OPEN  # a read never moves it (item 9)
+    assert b.retry_after() == 0.0
+    gate = asyncio.Event()
+    trial = asyncio.create_task(b.call(gate.wait))
+    await asyncio.sleep(0)
     assert b.state is CircuitState.HALF_OPEN
+    gate.set()
+    await trial
+    assert b.state is CircuitState.CLOSED
 
 
 async def test_half_open_success_closes(clock: FakeClock) -> None:
@@ -394,3 +407,645 @@ def test_refusal_error_is_cheap_to_raise_and_complete_to_read() -> None:
     )
     back = pickle.loads(pickle.dumps(err))
     assert (back.name, back.state, back.retry_after_s) == ("dep", CircuitState.OPEN, 1.5)
+
+
+# ---------------------------------------------------------------- issue 11, items 1-12
+
+
+async def outcomes(b: CircuitBreaker, pattern: str) -> None:
+    """Run one call per letter: S succeeds, F fails."""
+    for letter in pattern:
+        await run(b, letter == "S")
+
+
+async def test_item1_rate_is_checked_when_a_success_fills_the_minimum(clock: FakeClock) -> None:
+    b = make(clock, window_size=2, minimum_calls=2)
+    await outcomes(b, "FS")
+    assert b.state is CircuitState.OPEN  # 1/2 >= 0.5, reached on the success
+    b2 = make(clock, window_size=2, minimum_calls=2)
+    await outcomes(b2, "SF")
+    assert b2.state is CircuitState.OPEN
+
+
+async def test_item1_defaults_open_on_twenty_alternating_calls(clock: FakeClock) -> None:
+    b = make(clock)
+    await outcomes(b, "FS" * 10)
+    assert b.state is CircuitState.OPEN
+    assert (b.failures_in_window, b.calls_in_window) == (10, 20)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "window", "successes", "failures"),
+    [
+        (0.55, 100, 45, 55),
+        (0.07, 100, 93, 7),
+        (0.14, 50, 43, 7),
+        (0.28, 25, 18, 7),
+        (0.56, 25, 11, 14),
+    ],
+)
+async def test_item2_rate_threshold_is_compared_exactly(
+    clock: FakeClock, threshold: float, window: int, successes: int, failures: int
+) -> None:
+    def fresh() -> CircuitBreaker:
+        return make(
+            clock,
+            failure_threshold=10_000,
+            failure_rate_threshold=threshold,
+            window_size=window,
+            minimum_calls=window,
+        )
+
+    b = fresh()
+    await outcomes(b, "S" * successes + "F" * failures)
+    assert b.state is CircuitState.OPEN, (threshold, b.failures_in_window, b.calls_in_window)
+    # One failure fewer stays closed: the comparison is exact in both directions.
+    b = fresh()
+    await outcomes(b, "S" * (successes + 1) + "F" * (failures - 1))
+    assert b.state is CircuitState.CLOSED
+
+
+def test_item2_threshold_is_held_as_the_decimal_it_was_written_as() -> None:
+    assert CircuitBreakerConfig(failure_rate_threshold=0.55).failure_rate_fraction == Fraction(
+        11, 20
+    )
+    assert CircuitBreakerConfig(failure_rate_threshold="0.07").failure_rate_fraction == Fraction(
+        7, 100
+    )
+    assert CircuitBreakerConfig(failure_rate_threshold="7/25").failure_rate_fraction == Fraction(
+        7, 25
+    )
+    with pytest.raises(ConfigError, match="failure_rate_threshold"):
+        CircuitBreakerConfig(failure_rate_threshold="lots")
+    with pytest.raises(ConfigError, match="failure_rate_threshold"):
+        CircuitBreakerConfig(failure_rate_threshold=float("nan"))
+
+
+async def test_item3_failed_trial_counts_in_consecutive_failures(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=3, open_duration_s=1)
+    await outcomes(b, "FFF")
+    assert (b.state, b.consecutive_failures) == (CircuitState.OPEN, 3)
+    clock.advance(1)
+    await run(b, False)
+    assert (b.state, b.consecutive_failures) == (CircuitState.OPEN, 4)
+
+
+async def test_item4_decorated_generator_counts_errors_raised_while_iterating(
+    clock: FakeClock,
+) -> None:
+    b = make(clock, failure_threshold=2)
+
+    @b
+    def rows(fail: bool) -> Iterator[int]:
+        yield 1
+        if fail:
+            raise Boom("mid-stream")
+        yield 2
+
+    assert list(rows(False)) == [1, 2]
+    for _ in range(2):
+        with pytest.raises(Boom):
+            list(rows(True))
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        next(rows(False))  # admission happens when iteration starts
+
+
+async def test_item4_decorated_async_generator_counts_errors_and_successes(
+    clock: FakeClock,
+) -> None:
+    b = make(clock, failure_threshold=2, window_size=2, minimum_calls=2)
+
+    @b
+    async def rows(fail: bool) -> AsyncIterator[int]:
+        yield 1
+        if fail:
+            raise Boom("mid-stream")
+        yield 2
+
+    assert [x async for x in rows(False)] == [1, 2]
+    assert (b.calls_in_window, b.failures_in_window) == (1, 0)
+    with pytest.raises(Boom):
+        _ = [x async for x in rows(True)]
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        await rows(False).__anext__()
+
+
+async def test_item4_generator_closed_early_records_nothing_and_frees_its_trial(
+    clock: FakeClock,
+) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1)
+
+    @b
+    def rows() -> Iterator[int]:
+        yield from range(10)
+
+    await run(b, False)
+    clock.advance(1)
+    it = rows()
+    assert next(it) == 0
+    assert b.state is CircuitState.HALF_OPEN
+    it.close()
+    assert b.state is CircuitState.HALF_OPEN  # no verdict
+    assert list(rows()) == list(range(10))  # the freed permit admits the next trial
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_item4_generator_returned_to_call_is_refused_without_recording(
+    clock: FakeClock,
+) -> None:
+    b = make(clock, failure_threshold=1)
+
+    def gen() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match="generator"):
+        await b.call(gen)
+    with pytest.raises(TypeError, match="generator"):
+        b.call_sync(gen)
+    assert b.state is CircuitState.CLOSED and b.calls_in_window == 0
+
+
+async def test_item5_exception_outside_failure_exceptions_is_a_success(clock: FakeClock) -> None:
+    class NotFound(Exception):
+        pass
+
+    b = make(clock, failure_threshold=2, failure_exceptions=(Boom,), open_duration_s=1)
+
+    async def missing() -> None:
+        raise NotFound
+
+    await run(b, False)
+    assert b.consecutive_failures == 1
+    with pytest.raises(NotFound):
+        await b.call(missing)
+    assert b.consecutive_failures == 0  # the dependency answered: reset
+    assert b.calls_in_window == 2
+    await outcomes(b, "FF")
+    clock.advance(1)
+    with pytest.raises(NotFound):
+        await b.call(missing)
+    assert b.state is CircuitState.CLOSED  # a trial that got an answer closes
+
+
+async def test_item5_ignored_exception_counts_as_nothing(clock: FakeClock) -> None:
+    class NotFound(Exception):
+        pass
+
+    b = make(clock, failure_threshold=2, ignored_exceptions=(NotFound,), open_duration_s=1)
+
+    async def missing() -> None:
+        raise NotFound
+
+    await run(b, False)
+    with pytest.raises(NotFound):
+        await b.call(missing)
+    assert (b.consecutive_failures, b.calls_in_window) == (1, 1)
+    await run(b, False)
+    clock.advance(1)
+    with pytest.raises(NotFound):
+        await b.call(missing)
+    assert b.state is CircuitState.HALF_OPEN  # permit freed, nothing decided
+    await run(b, True)
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_item6_call_admitted_before_the_trip_does_not_decide_the_trial(
+    clock: FakeClock,
+) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1, half_open_max_calls=1)
+    old_gate, trial_gate = asyncio.Event(), asyncio.Event()
+    old = asyncio.create_task(b.call(old_gate.wait))  # admitted while CLOSED
+    await asyncio.sleep(0)
+    await run(b, False)
+    assert b.state is CircuitState.OPEN
+    clock.advance(1)
+    trial = asyncio.create_task(b.call(trial_gate.wait))
+    await asyncio.sleep(0)
+    assert b.state is CircuitState.HALF_OPEN
+    old_gate.set()
+    await old  # the old call returns while the trial is in flight
+    assert b.state is CircuitState.HALF_OPEN  # it did not close the breaker
+    with pytest.raises(CircuitOpenError):
+        await b.call(ok)  # and did not free the trial's permit
+    trial_gate.set()
+    await trial
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_item6_stale_failure_does_not_reopen_nor_free_a_permit(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1, half_open_max_calls=1)
+    old_gate, trial_gate = asyncio.Event(), asyncio.Event()
+
+    async def old_call() -> None:
+        await old_gate.wait()
+        raise Boom
+
+    old = asyncio.create_task(b.call(old_call))
+    await asyncio.sleep(0)
+    await run(b, False)
+    clock.advance(1)
+    trial = asyncio.create_task(b.call(trial_gate.wait))
+    await asyncio.sleep(0)
+    old_gate.set()
+    with pytest.raises(Boom):
+        await old
+    assert b.state is CircuitState.HALF_OPEN
+    assert b.failures_in_window == 2  # the stale failure is in the window
+    with pytest.raises(CircuitOpenError):
+        await b.call(ok)
+    trial_gate.set()
+    await trial
+    assert b.state is CircuitState.CLOSED
+
+
+class AsyncCallable:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        raise Boom
+
+
+def without_wraps(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    def wrapper() -> Awaitable[None]:
+        return fn()
+
+    return wrapper
+
+
+@pytest.mark.parametrize("kind", ["async __call__", "lambda", "sync wrapper"])
+async def test_item7_decorator_protects_every_awaitable_returning_callable(
+    clock: FakeClock, kind: str
+) -> None:
+    b = make(clock, failure_threshold=10)
+    target: Callable[[], Awaitable[None]]
+    if kind == "async __call__":
+        target = AsyncCallable()
+    elif kind == "lambda":
+        target = lambda: fail()  # noqa: E731
+    else:
+        target = without_wraps(fail)
+    protected = b(target)
+    for _ in range(10):
+        with pytest.raises(Boom):
+            await protected()
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        await protected()
+
+
+async def test_item7_call_awaits_what_any_callable_returns(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=3)
+    for target in (AsyncCallable(), lambda: fail(), without_wraps(fail)):
+        with pytest.raises(Boom):
+            await b.call(target)
+    assert b.state is CircuitState.OPEN
+
+
+async def test_item8_async_with_detects_slow_calls(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=2, slow_call_duration_s=0.5)
+    async with b:
+        clock.advance(0.6)
+    assert b.consecutive_failures == 1
+    async with b:
+        clock.advance(0.1)
+    assert b.consecutive_failures == 0
+    for _ in range(2):
+        async with b:
+            clock.advance(0.6)
+    assert b.state is CircuitState.OPEN
+
+
+async def test_item8_decorated_and_sync_paths_detect_slow_calls(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=3, slow_call_duration_s=0.5)
+
+    @b
+    async def slow_async() -> None:
+        clock.advance(0.6)
+
+    @b
+    def slow_sync() -> None:
+        clock.advance(0.6)
+
+    await slow_async()
+    slow_sync()
+    b.call_sync(slow_sync.__wrapped__)  # type: ignore[attr-defined]
+    assert b.state is CircuitState.OPEN
+
+
+async def test_item9_reads_never_transition_nor_notify(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=5)
+    seen: list[StateChange] = []
+    b.on_state_change(seen.append)
+    await run(b, False)
+    clock.advance(7)
+    for _ in range(3):
+        assert b.state is CircuitState.OPEN
+        assert b.retry_after() == 0.0
+        snap = b.snapshot()
+        assert snap.state is CircuitState.OPEN and snap.retry_after_s == 0.0
+    assert [c.new for c in seen] == [CircuitState.OPEN]
+    clock.advance(-4)
+    assert b.retry_after() == pytest.approx(2.0)
+    assert b.retry_after() == pytest.approx(2.0)  # stable across reads
+
+
+async def test_item10_call_sync_refuses_async_callables(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1)
+    with pytest.raises(TypeError, match="call_sync"):
+        b.call_sync(ok)
+    with pytest.raises(TypeError, match="call_sync"):
+        b.call_sync(lambda: ok())
+    assert b.calls_in_window == 0
+    await run(b, False)
+    clock.advance(1)
+    with pytest.raises(TypeError):
+        b.call_sync(ok)  # admitted as a trial, then refused: its permit is freed
+    assert b.state is CircuitState.HALF_OPEN
+    assert b.call_sync(lambda: 5) == 5
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_item11_hung_trial_reopens_after_max_wait_on_admission(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1, half_open_max_wait_s=5)
+    await run(b, False)
+    clock.advance(1)
+    hung = asyncio.create_task(b.call(asyncio.Event().wait))
+    await asyncio.sleep(0)
+    clock.advance(4.9)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.state is CircuitState.HALF_OPEN
+    clock.advance(0.1)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.state is CircuitState.OPEN  # reopened, a new wait begins
+    clock.advance(1)
+    assert await b.call(ok) == "ok"  # a new trial round
+    assert b.state is CircuitState.CLOSED
+    hung.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hung
+    assert b.state is CircuitState.CLOSED  # the old trial's end changes nothing
+
+
+async def test_item11_hung_trial_reopens_by_timer_when_idle() -> None:
+    b = CircuitBreaker(
+        "dep",
+        CircuitBreakerConfig(failure_threshold=1, open_duration_s=0.02, half_open_max_wait_s=0.05),
+    )
+    seen: list[tuple[CircuitState, str]] = []
+    b.on_state_change(lambda c: seen.append((c.new, c.reason)))
+    await run(b, False)
+    deadline = asyncio.get_running_loop().time() + 5
+    while b.state is not CircuitState.HALF_OPEN:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
+    hung = asyncio.create_task(b.call(asyncio.Event().wait))
+    while not any("still running" in r for _, r in seen):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
+    assert seen[2][0] is CircuitState.OPEN
+    hung.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hung
+
+
+async def test_item11_idle_half_open_without_trial_stays_half_open() -> None:
+    b = CircuitBreaker(
+        "dep",
+        CircuitBreakerConfig(failure_threshold=1, open_duration_s=0.01, half_open_max_wait_s=0.01),
+    )
+    await run(b, False)
+    await asyncio.sleep(0.1)
+    assert b.state is CircuitState.HALF_OPEN  # no trial is hung: no flapping
+
+
+async def test_item12_config_is_immutable_and_replaced_whole(clock: FakeClock) -> None:
+    import dataclasses
+
+    b = make(clock, failure_threshold=5, window_size=10, minimum_calls=10)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.config.failure_threshold = 1  # type: ignore[misc]
+    await outcomes(b, "F")
+    b.config = dataclasses.replace(b.config, failure_threshold=2, slow_call_duration_s=0.5)
+    assert b.config.failure_threshold == 2
+    await outcomes(b, "F")
+    assert b.state is CircuitState.OPEN  # the new failure_threshold applies
+    b.reset()
+    async with b:
+        clock.advance(1)  # and so does slow-call detection
+    assert b.consecutive_failures == 1
+
+
+async def test_item12_reconfigure_applies_every_field(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=100, window_size=10, minimum_calls=10)
+    await outcomes(b, "FSSSSSSSSS")
+    new = CircuitBreakerConfig(
+        failure_threshold=100,
+        failure_rate_threshold="0.25",
+        window_size=4,
+        minimum_calls=4,
+        open_duration_s=3,
+        failure_exceptions=(KeyError,),
+    )
+    b.reconfigure(new)
+    assert b.config is new
+    assert (b.calls_in_window, b.failures_in_window) == (4, 0)  # last four kept
+    await run(b, False)  # Boom is no longer a failure: a success
+    assert b.state is CircuitState.CLOSED
+
+    async def key_error() -> None:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        await b.call(key_error)
+    assert b.state is CircuitState.OPEN  # 1/4 >= 0.25
+    assert b.retry_after() == pytest.approx(3)
+    with pytest.raises(TypeError):
+        b.reconfigure({"failure_threshold": 1})  # type: ignore[arg-type]
+
+
+async def test_reconfigure_while_open_uses_the_new_open_duration(clock: FakeClock) -> None:
+    import dataclasses
+
+    b = make(clock, failure_threshold=1, open_duration_s=30)
+    await run(b, False)
+    clock.advance(5)
+    b.reconfigure(dataclasses.replace(b.config, open_duration_s=5))
+    assert await b.call(ok) == "ok"
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_call_protocol_tokens_carry_the_generation(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1)
+    t0 = b.acquire_permission()
+    assert t0 == b.generation == 0
+    b.on_error(t0, 0.0, Boom())
+    assert b.state is CircuitState.OPEN and b.generation == 1
+    clock.advance(1)
+    t1 = b.acquire_permission()
+    assert (t1, b.state) == (2, CircuitState.HALF_OPEN)
+    b.release(t0)  # a stale token frees nothing
+    with pytest.raises(CircuitOpenError):
+        b.acquire_permission()
+    b.release(t1)
+    t2 = b.acquire_permission()
+    b.on_success(t2, 0.0)
+    assert b.state is CircuitState.CLOSED
+
+
+# ---------------------------------------------------------------- property: exact oracle
+
+
+def _oracle_open_index(
+    window: int, minimum: int, threshold: Fraction, outcomes: list[bool]
+) -> int | None:
+    """Index of the outcome after which the breaker must be OPEN (True = failure)."""
+    for i in range(len(outcomes)):
+        recent = outcomes[max(0, i + 1 - window) : i + 1]
+        calls, failures = len(recent), sum(recent)
+        if calls >= minimum and Fraction(failures, calls) >= threshold:
+            return i
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    window=st.integers(1, 40),
+    minimum=st.integers(1, 40),
+    thousandths=st.integers(1, 1000),
+    as_float=st.booleans(),
+    outcomes=st.lists(st.booleans(), max_size=120),
+)
+# Inputs where `threshold * calls` in binary floating point gives the wrong answer.
+@example(window=20, minimum=20, thousandths=550, as_float=True, outcomes=[False] * 9 + [True] * 11)
+@example(window=25, minimum=25, thousandths=280, as_float=True, outcomes=[False] * 18 + [True] * 7)
+@example(window=25, minimum=25, thousandths=560, as_float=True, outcomes=[False] * 11 + [True] * 14)
+@example(window=40, minimum=40, thousandths=70, as_float=False, outcomes=[False] * 37 + [True] * 3)
+def test_property_opens_exactly_when_failures_over_calls_reach_the_threshold(
+    window: int, minimum: int, thousandths: int, as_float: bool, outcomes: list[bool]
+) -> None:
+    assume(minimum <= window)
+    text = str(Decimal(thousandths) / 1000)
+    threshold: float | str = float(text) if as_float else text
+    b = CircuitBreaker(
+        "p",
+        CircuitBreakerConfig(
+            failure_threshold=10**9,
+            failure_rate_threshold=threshold,
+            window_size=window,
+            minimum_calls=minimum,
+        ),
+    )
+
+    def boom() -> None:
+        raise Boom
+
+    expected = _oracle_open_index(window, minimum, Fraction(text), outcomes)
+    opened_at = None
+    for i, failed in enumerate(outcomes):
+        if failed:
+            with contextlib.suppress(Boom):
+                b.call_sync(boom)
+        else:
+            b.call_sync(lambda: None)
+        if b.state is CircuitState.OPEN:
+            opened_at = i
+            break
+    assert opened_at == expected
+
+
+async def test_async_with_entries_open_at_a_transition_are_stale(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, open_duration_s=1)
+    old_gate, trial_gate = asyncio.Event(), asyncio.Event()
+
+    async def entry(gate: asyncio.Event) -> None:
+        async with b:
+            await gate.wait()
+
+    old = asyncio.create_task(entry(old_gate))  # counted entry while CLOSED
+    await asyncio.sleep(0)
+    await run(b, False)
+    clock.advance(1)
+    trial = asyncio.create_task(entry(trial_gate))  # tracked: a stale entry is open
+    await asyncio.sleep(0)
+    assert b.state is CircuitState.HALF_OPEN and b._scopes
+    old_gate.set()
+    await old
+    assert b.state is CircuitState.HALF_OPEN  # the old entry decided nothing
+    trial_gate.set()
+    await trial
+    assert b.state is CircuitState.CLOSED
+    assert not b._scopes and b._ctx_fast
+    async with b:
+        assert b._ctx_open == 1
+    assert b._ctx_open == 0
+
+
+async def test_slow_detection_switched_on_mid_call_does_not_judge_that_call(
+    clock: FakeClock,
+) -> None:
+    import dataclasses
+
+    b = make(clock, failure_threshold=1)
+
+    def reconfigure_mid_call() -> None:
+        b.reconfigure(dataclasses.replace(b.config, slow_call_duration_s=0.5))
+        clock.advance(10)
+
+    b.call_sync(reconfigure_mid_call)
+    assert b.state is CircuitState.CLOSED  # it was not timed: not slow
+    b.call_sync(clock.advance, 1)
+    assert b.state is CircuitState.OPEN  # later calls are
+
+
+async def test_item4_decorated_generators_stay_generator_functions(clock: FakeClock) -> None:
+    import inspect
+
+    b = make(clock, failure_threshold=1, open_duration_s=1)
+
+    @b
+    def rows() -> Iterator[int]:
+        yield from range(3)
+
+    @b
+    async def arows() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    assert inspect.isgeneratorfunction(rows) and inspect.isasyncgenfunction(arows)
+    await run(b, False)
+    clock.advance(1)
+    it = arows()
+    assert await it.__anext__() == 0
+    assert b.state is CircuitState.HALF_OPEN
+    await it.aclose()  # closed early: nothing recorded, the trial permit is freed
+    assert b.state is CircuitState.HALF_OPEN
+    assert [x async for x in arows()] == [0, 1, 2]
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_item4_values_sent_and_thrown_reach_the_protected_async_generator(
+    clock: FakeClock,
+) -> None:
+    b = make(clock, failure_threshold=5)
+
+    @b
+    async def echo() -> AsyncIterator[object]:
+        received: object = None
+        while True:
+            try:
+                received = yield received
+            except KeyError:
+                received = "handled"
+
+    it = echo()
+    assert await it.__anext__() is None
+    assert await it.asend("a") == "a"
+    assert await it.athrow(KeyError("k")) == "handled"
+    await it.aclose()
+    assert b.consecutive_failures == 0 and b.calls_in_window == 0

@@ -254,3 +254,55 @@ async def test_an_expired_fault_affects_nothing_and_reports_itself() -> None:
     now[0] = 101.5
     assert await outcome(db) == "ok"
     assert expired == [fault]
+
+
+# ---------------------------------------------------------------- issue 11, item 13
+
+
+async def test_latency_wait_ends_when_the_lease_expires_unrenewed() -> None:
+    expired: list[ChaosFault] = []
+    fault = build_fault(
+        spec(ChaosType.LATENCY, latency_ms=600_000),
+        expires_at=time.monotonic() + 0.2,
+        on_expired=expired.append,
+    )
+    db = make_guard("db")
+    setup(fault, db)
+    start = time.perf_counter()
+    assert await asyncio.wait_for(db.call(ok), 5) == "ok"
+    assert 0.15 <= time.perf_counter() - start < 4
+    assert fault.expired and expired == [fault]
+
+
+async def test_latency_is_capped_at_the_experiment_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from antifragile.chaos import faults
+
+    monkeypatch.setattr(faults, "MAX_INJECTED_WAIT_S", 0.1)
+    fault = build_fault(spec(ChaosType.LATENCY, latency_ms=600_000))
+    db = make_guard("db")
+    setup(fault, db)
+    start = time.perf_counter()
+    assert await asyncio.wait_for(db.call(ok), 5) == "ok"
+    assert time.perf_counter() - start < 4
+
+
+async def test_timeout_hang_ends_when_the_fault_is_removed() -> None:
+    fault = build_fault(spec(ChaosType.TIMEOUT, timeout_ms=600_000))
+    db = make_guard("db")
+    table = setup(fault, db)
+    call = asyncio.create_task(db.call(ok))
+    await asyncio.sleep(0.05)
+    assert not call.done()
+    table.remove("db")
+    assert await asyncio.wait_for(call, 5) == "ok"
+
+
+async def test_timeout_fault_under_a_guard_timeout_raises_the_guards_timeout_error() -> None:
+    fault = build_fault(spec(ChaosType.TIMEOUT, timeout_ms=600_000))
+    db = make_guard("db", timeout_s=0.1)
+    setup(fault, db)
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError) as info:
+        await db.call(ok)
+    assert not isinstance(info.value, InjectedFault)  # the guard's own timeout fired
+    assert time.perf_counter() - start < 3

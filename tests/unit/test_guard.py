@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
 from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
+from antifragile.chaos.faults import ChaosFault, build_fault
+from antifragile.chaos.scenario import ChaosType
 from antifragile.errors import ConfigError
+from antifragile.fault_table import FaultTable
 from antifragile.guard import ConcurrencyLimitError, Guard
 from antifragile.metering import MeteringIntegration
+from antifragile.models.chaos import FaultSpec
 from tests.unit.conftest import FakeClock
 
 
@@ -159,3 +164,182 @@ def test_bad_settings_name_the_field() -> None:
         g.timeout_s = 0
     with pytest.raises(ConfigError, match="max_concurrency"):
         g.max_concurrency = -1
+
+
+# ---------------------------------------------------------------- issue 11: items 6, 8, 13
+
+
+async def test_guard_call_admitted_before_the_trip_is_stale(clock: FakeClock) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=1)
+    old_gate, trial_gate = asyncio.Event(), asyncio.Event()
+    old = asyncio.create_task(g.call(old_gate.wait))  # plain path, CLOSED
+    await asyncio.sleep(0)
+    with pytest.raises(Boom):
+        await g.call(fail)
+    clock.advance(1)
+    trial = asyncio.create_task(g.call(trial_gate.wait))
+    await asyncio.sleep(0)
+    assert g.breaker.state is CircuitState.HALF_OPEN
+    old_gate.set()
+    await old
+    assert g.breaker.state is CircuitState.HALF_OPEN
+    with pytest.raises(CircuitOpenError):
+        await g.call(ok)
+    trial_gate.set()
+    await trial
+    assert g.breaker.state is CircuitState.CLOSED
+
+
+async def test_plain_async_with_entries_become_stale_at_a_transition(clock: FakeClock) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=1)
+    old_gate, trial_gate = asyncio.Event(), asyncio.Event()
+
+    async def old_entry() -> None:
+        async with g:  # plain entry, CLOSED
+            await old_gate.wait()
+
+    async def trial_entry() -> None:
+        async with g:
+            await trial_gate.wait()
+
+    old = asyncio.create_task(old_entry())
+    await asyncio.sleep(0)
+    assert g._plain_open == 1
+    with pytest.raises(Boom):
+        await g.call(fail)
+    assert (g._plain_open, g._plain_stale) == (0, 1)
+    clock.advance(1)
+    trial = asyncio.create_task(trial_entry())
+    await asyncio.sleep(0)
+    old_gate.set()
+    await old
+    assert g.breaker.state is CircuitState.HALF_OPEN  # the old entry decided nothing
+    assert g._plain_stale == 0
+    trial_gate.set()
+    await trial
+    assert g.breaker.state is CircuitState.CLOSED
+    assert g._plain
+    async with g:
+        pass
+    assert g._plain_open == 0
+
+
+async def test_item8_slow_calls_detected_through_every_guard_path(clock: FakeClock) -> None:
+    g = make(clock, failure_threshold=3, slow_call_duration_s=0.1)
+
+    async def slow() -> None:
+        clock.advance(0.2)
+
+    await g.call(slow)
+    async with g:
+        clock.advance(0.2)
+    g.timeout_s = 5.0  # the timeout path measures too
+    async with g:
+        clock.advance(0.2)
+    assert g.breaker.state is CircuitState.OPEN
+
+
+async def test_concurrency_refusal_frees_the_trial_permit(clock: FakeClock) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=1)
+    with pytest.raises(Boom):
+        await g.call(fail)
+    g.max_concurrency = 0
+    clock.advance(1)
+    with pytest.raises(ConcurrencyLimitError):
+        await g.call(ok)
+    g.max_concurrency = None
+    assert g.breaker.state is CircuitState.HALF_OPEN
+    assert await g.call(ok) == 1  # the refused call did not keep the permit
+    assert g.breaker.state is CircuitState.CLOSED
+
+
+def _latency_fault(latency_ms: int, **kw: object) -> ChaosFault:
+    spec = FaultSpec(
+        experiment_id="chaos-lat-1",
+        chaos_type=ChaosType.LATENCY,
+        target="svc",
+        blast_radius=["svc"],
+        latency_ms=latency_ms,
+    )
+    return build_fault(spec, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("style", ["call", "async with"])
+async def test_item13_latency_fault_runs_inside_the_guard_timeout(style: str) -> None:
+    g = make(failure_threshold=100)
+    g.timeout_s = 0.2
+    table = FaultTable()
+    table.attach(g)
+    table.install("svc", _latency_fault(1000))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(TimeoutError):
+        if style == "call":
+            await g.call(ok)
+        else:
+            async with g:
+                pass
+    elapsed = loop.time() - start
+    assert 0.19 <= elapsed < 0.9, elapsed  # the guard's 0.2 s, not the fault's 1.0 s
+    assert g.breaker.consecutive_failures == 1  # a timeout is a failure
+    assert not g._scopes and g.in_flight == 0
+
+
+async def test_item13_removing_the_fault_ends_the_injected_wait() -> None:
+    g = make()
+    table = FaultTable()
+    table.attach(g)
+    table.install("svc", _latency_fault(600_000))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    call = asyncio.create_task(g.call(ok, 7))
+    await asyncio.sleep(0.05)
+    assert not call.done()
+    table.remove("svc")
+    assert await asyncio.wait_for(call, 5) == 7  # the fault is gone: the call goes on
+    assert loop.time() - start < 5
+
+
+async def test_item13_end_to_end_latency_lease_under_runtime_guard_timeout(redis_url: str) -> None:
+    """The issue's input: runtime.guard("x", timeout_s=0.2) + a 1,000 ms LATENCY lease."""
+    from antifragile.chaos.plane import FaultPlane
+    from antifragile.runtime import Runtime
+    from antifragile.settings import Settings
+
+    name = f"x-{uuid.uuid4().hex[:6]}"
+    runtime = Runtime(
+        Settings(redis_url=redis_url), instance_id="inst-e2e", bridge=False, metering=False
+    )
+    guard = runtime.guard(name, timeout_s=0.2, recovery=False)
+    plane = FaultPlane.from_url(redis_url)
+    lease = FaultSpec(
+        experiment_id=f"chaos-e2e-{uuid.uuid4().hex[:8]}",
+        chaos_type=ChaosType.LATENCY,
+        target=name,
+        blast_radius=[name],
+        latency_ms=1000,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        await runtime.start()
+        assert await plane.inject(lease)
+        deadline = loop.time() + 10
+        while guard.fault is None:
+            assert loop.time() < deadline, "the lease never reached the guard"
+            await asyncio.sleep(0.02)
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            await guard.call(ok)
+        assert loop.time() - start < 0.9  # ~0.2 s: the guard's timeout, not the latency
+        # Without the guard's timeout the call waits out the latency, unless the
+        # experiment removes its lease first (the unit test above uses 600 s).
+        guard.timeout_s = None
+        waiting = asyncio.create_task(guard.call(asyncio.sleep, 0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await plane.remove(lease.experiment_id)
+        await asyncio.wait_for(waiting, 5)
+        assert guard.fault is None
+    finally:
+        await plane.close()
+        await runtime.stop()

@@ -1,0 +1,1 @@
+"""Behaviour cases ported from the test suites of other circuit breakers (one file per peer)."""
