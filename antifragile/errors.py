@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+CREDENTIAL_ERROR = "credential_in_url"
+"""Pydantic error type of a value refused for carrying a credential: its input is never shown."""
+
 
 class AntifragileError(Exception):
     """Base of every error this package raises on purpose."""
@@ -21,6 +24,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] in ("extra_forbidden",):
             parts.append(f"unknown field {field!r}")
+            continue
+        if err["type"] == CREDENTIAL_ERROR:
+            parts.append(f"{field}: {msg}")  # never echo the credential
             continue
         value = err.get("input")
         shown = repr(value)

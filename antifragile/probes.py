@@ -7,13 +7,14 @@ raising for an unhealthy target, so "unhealthy" is data in the workflow history.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
@@ -47,7 +48,18 @@ async def _probe_tcp(url: str, timeout: float) -> str | None:
 
 
 def _http_get(url: str, timeout: float) -> str | None:
-    req = urllib.request.Request(url, method="GET", headers={"User-Agent": "antifragile-probe"})
+    headers = {"User-Agent": "antifragile-probe"}
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # urllib does not use user-info itself: send it as HTTP Basic auth (a named probe
+        # of the worker policy, e.g. https://${USER}:${PASS}@host/health).
+        creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{parts.port}" if parts.port else ""
+        url = urlunsplit(parts._replace(netloc=netloc))
+    req = urllib.request.Request(url, method="GET", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status = int(resp.status)
@@ -60,7 +72,10 @@ def _http_get(url: str, timeout: float) -> str | None:
 
 
 async def _probe_redis(url: str, timeout: float) -> str | None:
-    client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as exc:  # a malformed URL: say so without echoing it
+        return f"bad redis URL ({exc.__class__.__name__})"
     try:
         ok = await asyncio.wait_for(client.ping(), timeout)
         return None if ok else "PING returned false"
@@ -86,14 +101,34 @@ async def probe(url: str, timeout: float) -> ProbeOutcome:
     return ProbeOutcome(error is None, error or "healthy", round(latency, 2))
 
 
-def post_webhook(url: str, payload: dict[str, object], timeout: float) -> str | None:
-    """POST ``payload`` as JSON; None on 2xx, else what went wrong."""
+def post_webhook(
+    url: str,
+    payload: dict[str, object],
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> str | None:
+    """POST ``payload`` as JSON; None on 2xx, else what went wrong.
+
+    Args:
+        url: Where to POST (resolved from the worker policy, see ``named_targets``).
+        payload: The JSON body.
+        timeout: Seconds for the whole request.
+        headers: Extra headers (the policy's, an ``Idempotency-Key``); they win over the
+            defaults ``Content-Type: application/json`` and ``User-Agent``.
+
+    Returns:
+        None on a 2xx answer, else a one-line reason (never the URL or a header value).
+    """
     body = json.dumps(payload).encode()
     req = urllib.request.Request(
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "antifragile-recovery"},
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "antifragile-recovery",
+            **(headers or {}),
+        },
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
