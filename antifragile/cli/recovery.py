@@ -337,9 +337,9 @@ def _why_queued(view: QueueView) -> str:
 
 def _show_status(status: RecoveryStatus, progress: _Progress) -> None:
     """One progress line per change of state, attempt, next attempt or what it waits for."""
-    parts = [
-        f"attempt {status.attempt} (round {status.attempts_in_round} of {status.max_attempts})"
-    ]
+    parts = [f"attempt {status.attempt}" if status.attempt else "no attempt yet"]
+    if status.attempts_in_round:
+        parts[0] += f" ({status.attempts_in_round} of {status.max_attempts} failed this round)"
     if status.next_attempt_at is not None:
         left = (status.next_attempt_at - datetime.now(UTC)).total_seconds()
         parts.append(f"next attempt {status.next_attempt_at:%H:%M:%S} (in {max(0, left):.0f}s)")

@@ -36,14 +36,14 @@ def credential_in_url(url: str) -> str | None:
 
     Returns:
         A short description that never contains the credential itself, e.g.
-        ``"a user-info part (user:password@)"`` or ``"query parameter 'token'"``.
+        ``"user:password@"`` or ``"query parameter 'token'"``.
     """
     try:
         parts = urlsplit(url.strip())
     except ValueError:
         return None
     if "@" in parts.netloc:
-        return "a user-info part (user:password@)"
+        return "user:password@"
     for name, _ in parse_qsl(parts.query, keep_blank_values=True):
         low = name.lower().replace("-", "_")
         if low in _CREDENTIAL_PARAMS or low.endswith(_CREDENTIAL_SUFFIXES):
@@ -58,8 +58,8 @@ def credential_refusal(field: str, what: str) -> str:
     else:
         where, ref = "recovery.webhooks: NAME: url/headers", "webhook:NAME"
     return (
-        f"refused: the {field} URL carries a credential ({what}); a request carries only "
-        f"names: define it in the worker policy ({where}, secrets as ${{ENV_VAR}}) and "
+        f"refused: a credential in the {field} URL ({what}). A request carries only names: "
+        f"define the {field} in the worker policy ({where}, secrets as ${{ENV_VAR}}) and "
         f"pass {ref}"
     )
 
