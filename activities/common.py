@@ -112,7 +112,12 @@ class CommonActivities:
             target = resolve_probe(self._policy.recovery, data.url)
         except NamedTargetError as exc:
             raise ApplicationError(str(exc), type=NAMED_TARGET_ERROR, non_retryable=True) from None
-        outcome = await probe(target.url, data.timeout_s)
+        try:
+            outcome = await probe(target.url, data.timeout_s)
+        except Exception as exc:
+            # Whatever failed, its message may quote the resolved URL: redact, drop the chain.
+            message = target.redact(f"probe failed: {exc.__class__.__name__}: {exc}")
+            raise ApplicationError(message, type="ProbeError") from None
         return ProbeResult(
             healthy=outcome.healthy,
             detail=target.redact(outcome.detail),

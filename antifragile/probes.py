@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import json
 import time
 import urllib.error
@@ -68,6 +69,8 @@ def _http_get(url: str, timeout: float) -> str | None:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         return f"GET failed: {reason}"
+    except http.client.HTTPException as exc:  # e.g. InvalidURL: it would quote the URL
+        return f"GET failed: {exc.__class__.__name__}"
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 
@@ -89,14 +92,19 @@ async def probe(url: str, timeout: float) -> ProbeOutcome:
     """Probe ``url``: tcp connect, HTTP 2xx, or Redis PING, within ``timeout`` seconds."""
     start = time.perf_counter()
     scheme = url.partition("://")[0]
-    if scheme == "tcp":
-        error = await _probe_tcp(url, timeout)
-    elif scheme in ("http", "https"):
-        error = await asyncio.to_thread(_http_get, url, timeout)
-    elif scheme == "redis":
-        error = await _probe_redis(url, timeout)
-    else:
-        error = f"unsupported probe scheme {scheme!r}"
+    try:
+        if scheme == "tcp":
+            error = await _probe_tcp(url, timeout)
+        elif scheme in ("http", "https"):
+            error = await asyncio.to_thread(_http_get, url, timeout)
+        elif scheme == "redis":
+            error = await _probe_redis(url, timeout)
+        else:
+            error = f"unsupported probe scheme {scheme!r}"
+    except ValueError as exc:
+        # A malformed URL (a bad port, an invalid host): its message would quote the URL,
+        # which may hold a credential of a named probe. Say what, not where.
+        error = f"bad probe URL ({exc.__class__.__name__})"
     latency = (time.perf_counter() - start) * 1000
     return ProbeOutcome(error is None, error or "healthy", round(latency, 2))
 
@@ -120,23 +128,26 @@ def post_webhook(
         None on a 2xx answer, else a one-line reason (never the URL or a header value).
     """
     body = json.dumps(payload).encode()
-    req = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "antifragile-recovery",
-            **(headers or {}),
-        },
-    )
     try:
+        req = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "antifragile-recovery",
+                **(headers or {}),
+            },
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status = int(resp.status)
     except urllib.error.HTTPError as exc:
         return f"webhook answered HTTP {exc.code}"
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         return f"webhook failed: {getattr(exc, 'reason', exc)}"
+    except (ValueError, http.client.HTTPException) as exc:
+        # A malformed URL or answer: never quote it (the URL may hold a token).
+        return f"webhook failed: {exc.__class__.__name__}"
     return None if 200 <= status < 300 else f"webhook answered HTTP {status}"
 
 

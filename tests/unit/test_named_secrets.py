@@ -279,3 +279,32 @@ async def test_the_cli_refuses_credentials_with_one_line_and_exit_2() -> None:
         assert len(lines) == 1, result.stderr
         assert SECRET not in result.stderr
         assert "worker policy" in lines[0]
+
+
+# --- malformed resolved URLs never quote themselves -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"tcp://127.0.0.1:{SECRET}",
+        f"http://127.0.0.1:{SECRET}/health",
+        f"redis://127.0.0.1:{SECRET}/0",
+    ],
+)
+async def test_a_malformed_probe_url_is_reported_without_quoting_it(url: str) -> None:
+    from antifragile.probes import probe
+
+    outcome = await probe(url, 1.0)
+    assert not outcome.healthy
+    assert SECRET not in outcome.detail, outcome.detail
+
+
+@pytest.mark.parametrize(
+    "url", [f"nope://{SECRET}/x", f"http://127.0.0.1:{SECRET}/x", f"http://[{SECRET}/x"]
+)
+def test_a_malformed_webhook_url_is_reported_without_quoting_it(url: str) -> None:
+    from antifragile.probes import post_webhook
+
+    error = post_webhook(url, {}, 1.0)
+    assert error is not None and SECRET not in error, error
