@@ -314,6 +314,14 @@ async def _show_queued(client: Client, settings: Settings, progress: _Progress) 
         progress.show(("accepted",), "REQUESTED", "handed to the orchestrator; not queued yet")
         return
     entry = next((w for w in view.waiting if w.service == progress.service), None)
+    if entry is None and view.waiting_total > len(view.waiting):
+        # The query shows the head of a long queue only: this request is further back.
+        text = (
+            f"behind the first {len(view.waiting)} of {view.waiting_total} waiting; "
+            f"waiting for: {_why_queued(view)}"
+        )
+        progress.show(("queued-far", _why_queued(view)), "QUEUED", text)
+        return
     if entry is None:
         progress.show(("admitting",), "ADMITTING", "leaving the queue; its recovery starts")
         return
