@@ -113,3 +113,28 @@ def test_start_recovery_is_not_public_api() -> None:
     readme = (REPO / "README.md").read_text()
     assert "start_recovery" not in readme
     assert "request_recovery" in readme
+
+
+# --- approve / reject payloads ------------------------------------------------------------------
+
+
+async def test_without_a_key_a_decision_is_unsigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from antifragile.cli._common import approval_signal
+
+    monkeypatch.delenv("ANTIFRAGILE_APPROVER_KEY", raising=False)
+    # Unsigned: nothing is read from the server, so no handle is needed.
+    signal = await approval_signal(None, approver="bob", note="n", decision="approved")
+    assert (signal.approver, signal.note, signal.signature, signal.signed_at) == (
+        "bob",
+        "n",
+        "",
+        None,
+    )
+
+
+async def test_a_short_key_is_refused_before_anything_is_sent() -> None:
+    from antifragile.cli._common import approval_signal
+    from antifragile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        await approval_signal(None, approver="bob", note="", decision="approved", key="short")
