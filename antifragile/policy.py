@@ -29,6 +29,9 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 """``${ENV_VAR}`` in a policy value: replaced by the worker's environment variable, inside
 the activity that uses it (``antifragile.named_targets``), never earlier."""
 
+SECRET_FIELDS = (("recovery", "webhooks"), ("recovery", "probes"))
+"""Policy fields whose values may hold secrets: errors about them never show the value."""
+
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -59,7 +62,7 @@ class WebhookConfig(BaseModel):
         headers: Extra request headers, e.g. ``Authorization: Bearer ${HOOK_TOKEN}``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
@@ -120,7 +123,7 @@ class RecoveryPolicyConfig(BaseModel):
             (``redis://:${REDIS_PASSWORD}@cache:6379/0``) stay in the worker. Default none.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     approvers: dict[str, ApproverConfig] = Field(default_factory=dict)
     approval_window_s: float = Field(default=DEFAULT_WINDOW_S, gt=0.0, le=86_400.0)
@@ -242,4 +245,6 @@ class WorkerPolicy(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(f"policy file {path}: {describe_validation_error(exc)}") from None
+            # Webhooks and probes may hold literal secrets: name the field, not the value.
+            message = describe_validation_error(exc, hide_input_at=SECRET_FIELDS)
+            raise ConfigError(f"policy file {path}: {message}") from None

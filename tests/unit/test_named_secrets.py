@@ -308,3 +308,20 @@ def test_a_malformed_webhook_url_is_reported_without_quoting_it(url: str) -> Non
 
     error = post_webhook(url, {}, 1.0)
     assert error is not None and SECRET not in error, error
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"recovery:\n  probes: {{x: 'ftp://:{SECRET}@h'}}\n",
+        f"recovery:\n  probes: {{'-x': 'redis://:{SECRET}@h/0'}}\n",
+        f"recovery:\n  webhooks: {{x: {{url: 'https://a/', headers: {{A: 'B ${SECRET}'}}}}}}\n",
+        f"recovery:\n  webhooks: {{x: {{url: 'https://a/?t={SECRET}', nope: 1}}}}\n",
+        f"recovery:\n  webhooks: {{x: {{headers: {{Authorization: '{SECRET}'}}}}}}\n",
+    ],
+)
+def test_a_bad_policy_entry_never_shows_its_value(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert SECRET not in str(info.value)
+    assert "recovery." in str(info.value)
