@@ -16,6 +16,7 @@ never a value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -82,8 +83,8 @@ def expand(text: str, environ: Mapping[str, str], where: str) -> tuple[str, list
     """
     used: list[str] = []
 
-    def _one(match: object) -> str:
-        var = match.group(1)  # type: ignore[attr-defined]
+    def _one(match: re.Match[str]) -> str:
+        var = match.group(1)
         value = environ.get(var, "")
         if not value:
             raise NamedTargetError(
