@@ -41,7 +41,7 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.recovery_client import orchestrator_queue, request_recovery
+from antifragile.recovery_client import orchestrator_queue, request_recovery, running_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 
@@ -271,6 +271,14 @@ async def _start(
         # Admission starts a new run of recovery-{service}: until then, say where it waits.
         current = await _run_id(client, workflow_id)
         if current is not None and current != before:
+            run_id = current
+            break
+        if (
+            current is not None
+            and result.state is RequestState.RUNNING
+            and await running_recovery(client, request.service)
+        ):
+            # Admitted before this command looked ("already holds a slot"): follow that run.
             run_id = current
             break
         await _show_queued(client, settings, progress)
