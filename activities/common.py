@@ -18,9 +18,13 @@ from antifragile.models.recovery import (
     ValidateHashInput,
     ValidateHashResult,
 )
+from antifragile.named_targets import NamedTargetError, resolve_probe
 from antifragile.policy import WorkerPolicy
 from antifragile.probes import probe
 from antifragile.settings import Settings
+
+NAMED_TARGET_ERROR = "NamedTargetError"
+"""ApplicationError type of a probe or webhook the worker policy cannot resolve or refuses."""
 
 HASH_MISMATCH_ERROR = "ConstitutionalHashMismatch"
 """ApplicationError type of a hash mismatch; workflows treat it as final."""
@@ -95,8 +99,27 @@ class CommonActivities:
 
     @activity.defn(name="probe_service")
     async def probe_service(self, data: ProbeInput) -> ProbeResult:
-        """Probe a service; unhealthy is a result, not an error."""
-        outcome = await probe(data.url, data.timeout_s)
+        """Probe a service; unhealthy is a result, not an error.
+
+        ``probe:NAME`` is resolved here, from the worker policy and environment
+        (``antifragile.named_targets``); the resolved URL never leaves this function.
+
+        Raises:
+            ApplicationError: non-retryable, ``NamedTargetError``: an unknown name, a
+                missing environment variable, or a URL with a credential in it.
+        """
+        try:
+            target = resolve_probe(self._policy.recovery, data.url)
+        except NamedTargetError as exc:
+            raise ApplicationError(str(exc), type=NAMED_TARGET_ERROR, non_retryable=True) from None
+        try:
+            outcome = await probe(target.url, data.timeout_s)
+        except Exception as exc:
+            # Whatever failed, its message may quote the resolved URL: redact, drop the chain.
+            message = target.redact(f"probe failed: {exc.__class__.__name__}: {exc}")
+            raise ApplicationError(message, type="ProbeError") from None
         return ProbeResult(
-            healthy=outcome.healthy, detail=outcome.detail, latency_ms=outcome.latency_ms
+            healthy=outcome.healthy,
+            detail=target.redact(outcome.detail),
+            latency_ms=outcome.latency_ms,
         )

@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from antifragile.models.recovery import RecoveryActionInput, RecoveryActionResult
+from antifragile.named_targets import NamedTargetError, resolve_webhook
 from antifragile.policy import WorkerPolicy
 from antifragile.probes import post_webhook, run_command
 from antifragile.settings import Settings
@@ -29,7 +30,10 @@ class RecoveryActivities:
 
     @activity.defn(name="run_recovery_action")
     async def run_recovery_action(self, data: RecoveryActionInput) -> RecoveryActionResult:
-        """Run ``none``, ``webhook[:URL]`` or ``command:NAME`` (a policy command only).
+        """Run ``none``, ``webhook[:NAME]`` or ``command:NAME`` (of the worker policy only).
+
+        A webhook's URL and headers are resolved here (``antifragile.named_targets``); they
+        and any secret in them never reach the result.
 
         A failing action is a result (``ok`` false: the attempt failed); an action the
         policy does not allow raises a non-retryable error, which ends the recovery.
@@ -40,20 +44,21 @@ class RecoveryActivities:
         if kind == "none":
             error = None
         elif kind == "webhook":
-            url = arg or self._policy.recovery.webhook_url
-            if not url:
+            try:
+                hook = resolve_webhook(self._policy.recovery, arg)
+            except NamedTargetError as exc:
                 raise ApplicationError(
-                    "action webhook has no URL: give webhook:URL or set recovery.webhook_url "
-                    "in the worker policy",
-                    type=ACTION_NOT_ALLOWED_ERROR,
-                    non_retryable=True,
-                )
+                    str(exc), type=ACTION_NOT_ALLOWED_ERROR, non_retryable=True
+                ) from None
             payload: dict[str, object] = {
                 "service": data.service,
                 "attempt": data.attempt,
                 "reason": data.reason,
             }
-            error = await asyncio.to_thread(post_webhook, url, payload, ACTION_TIMEOUT_S)
+            error = await asyncio.to_thread(
+                post_webhook, hook.url, payload, ACTION_TIMEOUT_S, dict(hook.headers)
+            )
+            error = hook.redact(error) if error else None
         elif kind == "command":
             argv = self._policy.recovery.commands.get(arg)
             if argv is None:

@@ -7,14 +7,83 @@ defaults below apply. A request can only choose among what the policy permits
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from antifragile.approvals import DEFAULT_WINDOW_S
 from antifragile.errors import ConfigError, describe_validation_error
+from antifragile.models.common import DEFAULT_WEBHOOK, PROBE_SCHEMES
+
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""``${ENV_VAR}`` in a policy value: replaced by the worker's environment variable, inside
+the activity that uses it (``antifragile.named_targets``), never earlier."""
+
+SECRET_FIELDS = (("recovery", "webhooks"), ("recovery", "probes"))
+"""Policy fields whose values may hold secrets: errors about them never show the value."""
+
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _check_placeholders(value: str) -> str:
+    """Refuse a ``$`` that is not part of a well-formed ``${ENV_VAR}``."""
+    if "$" in PLACEHOLDER.sub("", value):
+        raise ValueError("a '$' must start a placeholder like ${ENV_VAR}")
+    return value
+
+
+def _check_target_names(value: dict[str, Any], what: str) -> None:
+    for name in value:
+        if not _TARGET_NAME.match(name):
+            raise ValueError(
+                f"{what} name {name[:40]!r} must be 1-100 letters, digits, '.', '_' or '-'"
+            )
+
+
+class WebhookConfig(BaseModel):
+    """One named webhook of the worker policy (``recovery.webhooks.NAME``).
+
+    A request names it (action ``webhook:NAME``); its URL and headers never leave the
+    worker. Values may contain ``${ENV_VAR}``, replaced from the worker's environment when
+    the webhook is called.
+
+    Attributes:
+        url: ``http(s)://…`` to POST to.
+        headers: Extra request headers, e.g. ``Authorization: Bearer ${HOOK_TOKEN}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "${")):
+            raise ValueError("a webhook url must start with http:// or https://")
+        return _check_placeholders(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+                raise ValueError(f"bad header name {name[:40]!r}")
+            if "\n" in text or "\r" in text:
+                raise ValueError(f"header {name!r} must be one line")
+            _check_placeholders(text)
+        return value
 
 
 class ApproverConfig(BaseModel):
@@ -46,10 +115,15 @@ class RecoveryPolicyConfig(BaseModel):
             pause. Default 0.1.
         commands: ``NAME: [argv, ...]`` — the only commands a ``command:NAME`` action
             may run. Default none.
-        webhook_url: Default URL for a ``webhook`` action without its own URL. Default none.
+        webhooks: ``NAME: {url, headers}`` (or ``NAME: URL``) — the only webhooks a
+            ``webhook:NAME`` action may call; values may contain ``${ENV_VAR}``. An old
+            policy's ``webhook_url: URL`` is read as ``webhooks: {default: URL}`` (what a bare
+            ``webhook`` action calls). Default none.
+        probes: ``NAME: URL`` — probes a request names as ``probe:NAME``, so credentials
+            (``redis://:${REDIS_PASSWORD}@cache:6379/0``) stay in the worker. Default none.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     approvers: dict[str, ApproverConfig] = Field(default_factory=dict)
     approval_window_s: float = Field(default=DEFAULT_WINDOW_S, gt=0.0, le=86_400.0)
@@ -57,7 +131,46 @@ class RecoveryPolicyConfig(BaseModel):
     max_admissions_per_minute: int = Field(default=60, ge=1)
     retry_budget: float = Field(default=0.1, gt=0.0, le=1.0)
     commands: dict[str, list[str]] = Field(default_factory=dict)
-    webhook_url: str | None = None
+    webhooks: dict[str, WebhookConfig] = Field(default_factory=dict)
+    probes: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_webhook_url(cls, data: Any) -> Any:
+        # Policies written before named webhooks had one `webhook_url`: it becomes the
+        # webhook a bare `webhook` action calls, so old files keep loading unchanged.
+        if isinstance(data, dict) and "webhook_url" in data:
+            data = dict(data)
+            url = data.pop("webhook_url")
+            if url is not None:
+                hooks = dict(data.get("webhooks") or {})
+                if DEFAULT_WEBHOOK in hooks:
+                    raise ValueError(
+                        f"webhook_url and webhooks.{DEFAULT_WEBHOOK} both set: keep "
+                        f"webhooks.{DEFAULT_WEBHOOK} only"
+                    )
+                hooks[DEFAULT_WEBHOOK] = {"url": url}
+                data["webhooks"] = hooks
+        return data
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _webhook_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            _check_target_names(value, "webhook")
+            return {k: ({"url": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @field_validator("probes")
+    @classmethod
+    def _probe_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_target_names(value, "probe")
+        for name, url in value.items():
+            scheme = url.partition("://")[0]
+            if scheme not in PROBE_SCHEMES:
+                raise ValueError(f"probe {name!r} must be a tcp://, http(s):// or redis:// URL")
+            _check_placeholders(url)
+        return value
 
     @field_validator("approvers", mode="before")
     @classmethod
@@ -132,4 +245,6 @@ class WorkerPolicy(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(f"policy file {path}: {describe_validation_error(exc)}") from None
+            # Webhooks and probes may hold literal secrets: name the field, not the value.
+            message = describe_validation_error(exc, hide_input_at=SECRET_FIELDS)
+            raise ConfigError(f"policy file {path}: {message}") from None

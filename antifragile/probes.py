@@ -7,13 +7,15 @@ raising for an unhealthy target, so "unhealthy" is data in the workflow history.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import http.client
 import json
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
@@ -47,7 +49,18 @@ async def _probe_tcp(url: str, timeout: float) -> str | None:
 
 
 def _http_get(url: str, timeout: float) -> str | None:
-    req = urllib.request.Request(url, method="GET", headers={"User-Agent": "antifragile-probe"})
+    headers = {"User-Agent": "antifragile-probe"}
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # urllib does not use user-info itself: send it as HTTP Basic auth (a named probe
+        # of the worker policy, e.g. https://${USER}:${PASS}@host/health).
+        creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{parts.port}" if parts.port else ""
+        url = urlunsplit(parts._replace(netloc=netloc))
+    req = urllib.request.Request(url, method="GET", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status = int(resp.status)
@@ -56,11 +69,16 @@ def _http_get(url: str, timeout: float) -> str | None:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         return f"GET failed: {reason}"
+    except http.client.HTTPException as exc:  # e.g. InvalidURL: it would quote the URL
+        return f"GET failed: {exc.__class__.__name__}"
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 
 async def _probe_redis(url: str, timeout: float) -> str | None:
-    client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as exc:  # a malformed URL: say so without echoing it
+        return f"bad redis URL ({exc.__class__.__name__})"
     try:
         ok = await asyncio.wait_for(client.ping(), timeout)
         return None if ok else "PING returned false"
@@ -74,34 +92,62 @@ async def probe(url: str, timeout: float) -> ProbeOutcome:
     """Probe ``url``: tcp connect, HTTP 2xx, or Redis PING, within ``timeout`` seconds."""
     start = time.perf_counter()
     scheme = url.partition("://")[0]
-    if scheme == "tcp":
-        error = await _probe_tcp(url, timeout)
-    elif scheme in ("http", "https"):
-        error = await asyncio.to_thread(_http_get, url, timeout)
-    elif scheme == "redis":
-        error = await _probe_redis(url, timeout)
-    else:
-        error = f"unsupported probe scheme {scheme!r}"
+    try:
+        if scheme == "tcp":
+            error = await _probe_tcp(url, timeout)
+        elif scheme in ("http", "https"):
+            error = await asyncio.to_thread(_http_get, url, timeout)
+        elif scheme == "redis":
+            error = await _probe_redis(url, timeout)
+        else:
+            error = f"unsupported probe scheme {scheme!r}"
+    except ValueError as exc:
+        # A malformed URL (a bad port, an invalid host): its message would quote the URL,
+        # which may hold a credential of a named probe. Say what, not where.
+        error = f"bad probe URL ({exc.__class__.__name__})"
     latency = (time.perf_counter() - start) * 1000
     return ProbeOutcome(error is None, error or "healthy", round(latency, 2))
 
 
-def post_webhook(url: str, payload: dict[str, object], timeout: float) -> str | None:
-    """POST ``payload`` as JSON; None on 2xx, else what went wrong."""
+def post_webhook(
+    url: str,
+    payload: dict[str, object],
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> str | None:
+    """POST ``payload`` as JSON; None on 2xx, else what went wrong.
+
+    Args:
+        url: Where to POST (resolved from the worker policy, see ``named_targets``).
+        payload: The JSON body.
+        timeout: Seconds for the whole request.
+        headers: Extra headers (the policy's, an ``Idempotency-Key``); they win over the
+            defaults ``Content-Type: application/json`` and ``User-Agent``.
+
+    Returns:
+        None on a 2xx answer, else a one-line reason (never the URL or a header value).
+    """
     body = json.dumps(payload).encode()
-    req = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "antifragile-recovery"},
-    )
     try:
+        req = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "antifragile-recovery",
+                **(headers or {}),
+            },
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status = int(resp.status)
     except urllib.error.HTTPError as exc:
         return f"webhook answered HTTP {exc.code}"
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         return f"webhook failed: {getattr(exc, 'reason', exc)}"
+    except (ValueError, http.client.HTTPException) as exc:
+        # A malformed URL or answer: never quote it (the URL may hold a token).
+        return f"webhook failed: {exc.__class__.__name__}"
     return None if 200 <= status < 300 else f"webhook answered HTTP {status}"
 
 

@@ -78,10 +78,16 @@ def recovery_details(request: RecoveryRequest) -> str:
 async def start_recovery(
     client: Client, request: RecoveryRequest, *, task_queue: str
 ) -> WorkflowHandle[object, RecoveryResult]:
-    """Start ``recovery-{service}``, or join the one already running (never a duplicate).
+    """Start ``recovery-{service}`` directly, bypassing the orchestrator. Not public API.
 
-    Joining sends ``join`` with the request's priority, so a more urgent request raises
-    the running recovery's priority.
+    This is not how to ask for a recovery: it skips the orchestrator's slots
+    (``max_concurrent``), admission rate and retry budget, so a storm of these would run
+    every recovery at once. It is not exported by ``antifragile`` (``__all__``) and not
+    documented; it exists for tests, replay recorders and benchmarks that need the
+    workflow on its own. Services, tools and scripts call :func:`request_recovery`.
+
+    Joining (a recovery of the service already runs) sends ``join`` with the request's
+    priority, so a more urgent request raises the running recovery's priority.
     """
     return await client.start_workflow(
         "RecoveryWorkflow",

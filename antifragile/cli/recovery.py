@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -13,6 +15,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.cli._common import (
+    approval_signal,
     console,
     err_console,
     fail,
@@ -38,7 +41,7 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.recovery_client import orchestrator_queue, request_recovery
+from antifragile.recovery_client import orchestrator_queue, request_recovery, running_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 
@@ -115,7 +118,13 @@ def render_status(status: RecoveryStatus, settings: Settings) -> None:
 @app.command("start")
 def start(
     service: Annotated[str, typer.Argument(help="Service to recover.")],
-    probe: Annotated[str, typer.Option(help="tcp://h:p, http(s)://… or redis://h:p/db")],
+    probe: Annotated[
+        str,
+        typer.Option(
+            help="tcp://h:p, http(s)://…, redis://h:p/db, or probe:NAME (a probe of the "
+            "worker policy: credentials stay there)"
+        ),
+    ],
     strategy: Annotated[RecoveryStrategy, typer.Option(case_sensitive=False)] = (
         RecoveryStrategy.EXPONENTIAL_BACKOFF
     ),
@@ -124,20 +133,34 @@ def start(
     initial_delay: Annotated[str, typer.Option(help="Delay after the first failure.")] = "1s",
     max_delay: Annotated[str, typer.Option(help="Largest delay.")] = "60s",
     multiplier: Annotated[float, typer.Option(help="Exponential growth factor.")] = 2.0,
-    action: Annotated[str, typer.Option(help="none | webhook:URL | command:NAME")] = "none",
+    action: Annotated[
+        str, typer.Option(help="none | webhook:NAME | command:NAME (names from the worker policy)")
+    ] = "none",
     reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "",
     requested_by: Annotated[str, typer.Option("--by", help="Who asks.")] = "cli",
     wait: Annotated[
-        bool, typer.Option(help="Wait for the recovery to be admitted, start and end.")
+        bool,
+        typer.Option(help="Follow it live (queued, attempts, backoff, approval) until it ends."),
     ] = False,
+    timeout: Annotated[
+        str, typer.Option(help="With --wait: give up waiting after this long (exit 1).")
+    ] = "1h",
     json_out: JsonFlag = False,
 ) -> None:
     """Request the recovery of SERVICE through the fleet-wide orchestrator queue.
 
     The request waits for a slot in priority order (lower --priority first); a request
     for a service already waiting is merged, one for a running recovery joins it.
+
+    --wait prints a line whenever the recovery's state changes (queued and why, attempt,
+    next attempt, what it waits for) and says when a person must approve. It exits 0 when
+    the recovery SUCCEEDED, 1 when it ended otherwise or --timeout passed first, and 130 on
+    Ctrl-C; the recovery goes on in Temporal whenever this command stops waiting.
     """
     settings = load_settings()
+    timeout_s = parse_duration_s(timeout, "--timeout")
+    if timeout_s <= 0:
+        fail(f"--timeout: must be more than 0, got {timeout!r}")
     request = parse_model(
         RecoveryRequest,
         {
@@ -158,14 +181,76 @@ def start(
         },
         "recovery request",
     )
-    run(_start(settings, request, wait, json_out))
+    progress = _Progress(request.service, quiet=json_out)
+    try:
+        run(_start(settings, request, wait, json_out, timeout_s, progress))
+    except KeyboardInterrupt:
+        # Ctrl-C stops this terminal waiting, never the recovery: say so, and how to follow.
+        if progress.sent:
+            err_console.print(
+                f"stopped waiting; the recovery of {request.service} goes on "
+                f"({progress.state or 'requested'}). Follow it: antifragile recovery status "
+                f"{request.service}  ·  "
+                f"{settings.workflow_url(recovery_workflow_id(request.service))}",
+                markup=False,
+            )
+        else:
+            err_console.print("interrupted before the request was sent: nothing was started")
+        raise SystemExit(130) from None
 
 
-async def _start(settings: Settings, request: RecoveryRequest, wait: bool, json_out: bool) -> None:
+@dataclass
+class _Progress:
+    """What ``start --wait`` has printed, so each change is one line and nothing repeats."""
+
+    service: str
+    quiet: bool = False
+    sent: bool = False
+    state: str = ""
+    last: tuple[object, ...] = ()
+    hinted: bool = False
+
+    def show(self, key: tuple[object, ...], state: str, text: str) -> None:
+        """Print ``HH:MM:SS  STATE  text`` when ``key`` differs from the last line's."""
+        self.state = state
+        if key == self.last:
+            return
+        self.last = key
+        if not self.quiet:
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
+            err_console.print(f"{stamp}  {state:<17}  {text}", markup=False, highlight=False)
+
+    def need_person(self) -> None:
+        """Say once per wait that a person must decide, and with which command."""
+        if self.hinted or self.quiet:
+            return
+        self.hinted = True
+        err_console.print(
+            f"          a person is needed: antifragile recovery approve {self.service} "
+            f"--by NAME   (or: antifragile recovery reject {self.service} --by NAME)",
+            markup=False,
+            highlight=False,
+        )
+
+
+POLL_S = 1.0
+"""How often ``start --wait`` reads the recovery's (or the queue's) state, seconds."""
+
+
+async def _start(
+    settings: Settings,
+    request: RecoveryRequest,
+    wait: bool,
+    json_out: bool,
+    timeout_s: float = 3600.0,
+    progress: _Progress | None = None,
+) -> None:
+    progress = progress or _Progress(request.service, quiet=json_out)
     client = await connect(settings)
     workflow_id = recovery_workflow_id(request.service)
     before = await _run_id(client, workflow_id)
     result = await request_recovery(client, request, task_queue=settings.task_queue)
+    progress.sent = True
     if not wait:
         if json_out:
             print_json(
@@ -180,21 +265,42 @@ async def _start(settings: Settings, request: RecoveryRequest, wait: bool, json_
         return
     if not json_out:
         err_console.print(_describe_request(result))
+    deadline = asyncio.get_running_loop().time() + timeout_s
     run_id = before if result.state is RequestState.JOINED else None
     while run_id is None:
-        # Admission starts a new run of recovery-{service}: wait for it to appear.
+        # Admission starts a new run of recovery-{service}: until then, say where it waits.
         current = await _run_id(client, workflow_id)
         if current is not None and current != before:
             run_id = current
             break
-        await asyncio.sleep(1.0)
+        if (
+            current is not None
+            and result.state is RequestState.RUNNING
+            and await running_recovery(client, request.service)
+        ):
+            # Admitted before this command looked ("already holds a slot"): follow that run.
+            run_id = current
+            break
+        await _show_queued(client, settings, progress)
+        if asyncio.get_running_loop().time() >= deadline:
+            _gave_up(request.service, progress, settings, json_out, None)
+        await asyncio.sleep(POLL_S)
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     if not json_out:
         err_console.print(
-            f"admitted; waiting for {workflow_id} … {settings.workflow_url(workflow_id, run_id)}"
+            f"admitted; following {workflow_id} … {settings.workflow_url(workflow_id, run_id)}"
         )
+    ended = asyncio.ensure_future(handle.result())
     try:
-        await handle.result()
+        last_status: RecoveryStatus | None = None
+        while not ended.done():
+            with contextlib.suppress(RPCError):
+                last_status = await _status(handle)
+                _show_status(last_status, progress)
+            if asyncio.get_running_loop().time() >= deadline:
+                _gave_up(request.service, progress, settings, json_out, last_status)
+            await asyncio.wait({ended}, timeout=POLL_S)
+        await ended
     except WorkflowFailureError as exc:
         status = await _status(handle)
         _print_status(status, settings, json_out)
@@ -203,7 +309,84 @@ async def _start(settings: Settings, request: RecoveryRequest, wait: bool, json_
         if isinstance(cause, CancelledError):
             reason = "cancelled"
         fail(f"recovery of {request.service} ended {status.state.value}: {reason}", code=1)
+    finally:
+        ended.cancel()
     _print_status(await _status(handle), settings, json_out)
+
+
+async def _show_queued(client: Client, settings: Settings, progress: _Progress) -> None:
+    """One progress line for a request not admitted yet: its place and why it waits."""
+    try:
+        view = await orchestrator_queue(client, task_queue=settings.task_queue)
+    except RPCError:
+        progress.show(("accepted",), "REQUESTED", "handed to the orchestrator; not queued yet")
+        return
+    entry = next((w for w in view.waiting if w.service == progress.service), None)
+    if entry is None and view.waiting_total > len(view.waiting):
+        # The query shows the head of a long queue only: this request is further back.
+        text = (
+            f"behind the first {len(view.waiting)} of {view.waiting_total} waiting; "
+            f"waiting for: {_why_queued(view)}"
+        )
+        progress.show(("queued-far", _why_queued(view)), "QUEUED", text)
+        return
+    if entry is None:
+        progress.show(("admitting",), "ADMITTING", "leaving the queue; its recovery starts")
+        return
+    text = (
+        f"position {entry.position} of {view.waiting_total}, priority {entry.priority}; "
+        f"waiting for: {_why_queued(view)}"
+    )
+    progress.show(("queued", entry.position, _why_queued(view)), "QUEUED", text)
+
+
+def _why_queued(view: QueueView) -> str:
+    """Why a request waits, from the queue's own account (pause, rate, or full slots)."""
+    if view.pause_reason:
+        return view.pause_reason
+    if len(view.running) >= view.max_concurrent:
+        busy = ", ".join(r.service for r in view.running[:5])
+        more = f" and {len(view.running) - 5} more" if len(view.running) > 5 else ""
+        return f"a free slot (all {view.max_concurrent} busy: {busy}{more})"
+    return "admission (requests ahead of it go first)"
+
+
+def _show_status(status: RecoveryStatus, progress: _Progress) -> None:
+    """One progress line per change of state, attempt, next attempt or what it waits for."""
+    parts = [f"attempt {status.attempt}" if status.attempt else "no attempt yet"]
+    if status.attempts_in_round:
+        parts[0] += f" ({status.attempts_in_round} of {status.max_attempts} failed this round)"
+    if status.next_attempt_at is not None:
+        left = (status.next_attempt_at - datetime.now(UTC)).total_seconds()
+        parts.append(f"next attempt {status.next_attempt_at:%H:%M:%S} (in {max(0, left):.0f}s)")
+    if status.waiting_for and not status.state.terminal:
+        parts.append(f"waiting for: {status.waiting_for}")
+    elif status.last_error:
+        parts.append(f"last error: {status.last_error}")
+    key = (status.state, status.attempt, status.next_attempt_at, status.waiting_for)
+    progress.show(key, status.state.value, "; ".join(parts))
+    if status.state is RecoveryState.AWAITING_APPROVAL:
+        progress.need_person()
+    else:
+        progress.hinted = False  # a later escalation says it again
+
+
+def _gave_up(
+    service: str,
+    progress: _Progress,
+    settings: Settings,
+    json_out: bool,
+    status: RecoveryStatus | None,
+) -> NoReturn:
+    """--timeout passed: show where the recovery is, then exit 1 (it goes on)."""
+    if status is not None:
+        _print_status(status, settings, json_out)
+    state = progress.state or "requested"
+    fail(
+        f"gave up waiting (--timeout): the recovery of {service} is {state} and goes on; "
+        f"follow it with: antifragile recovery status {service}",
+        code=1,
+    )
 
 
 async def _run_id(client: Client, workflow_id: str) -> str | None:
@@ -307,8 +490,15 @@ def list_(
 
 
 def _decide(service: str, by: str, note: str, decision: Decision) -> None:
+    """Send an approve/reject, signed with ``ANTIFRAGILE_APPROVER_KEY`` when it is set.
+
+    The signature (``antifragile.approvals``) binds the workflow id, its first run id, the
+    decision, the approver and the time; the worker checks it when the policy gives the
+    approver a key. Without a key the decision is unsigned and the name is advisory.
+    """
     settings = load_settings()
-    signal = parse_model(ApprovalSignal, {"approver": by, "note": note}, "decision")
+    # Bad input (an empty name, a short key) is refused before anything is sent.
+    parse_model(ApprovalSignal, {"approver": by, "note": note}, "decision")
 
     async def _go() -> None:
         client = await connect(settings)
@@ -316,6 +506,7 @@ def _decide(service: str, by: str, note: str, decision: Decision) -> None:
         before = await _status(handle)
         if before.state is not RecoveryState.AWAITING_APPROVAL:
             fail(f"nothing awaits approval for {service} (state {before.state.value})")
+        signal = await approval_signal(handle, approver=by, note=note, decision=decision.value)
         name = SIGNAL_APPROVE if decision is Decision.APPROVED else SIGNAL_REJECT
         await handle.signal(name, signal)
         # The workflow checks the approver against the worker policy: wait for its verdict.
@@ -348,7 +539,11 @@ def approve(
     by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],
     note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
 ) -> None:
-    """Approve a round of attempts for SERVICE (AWAITING_APPROVAL only)."""
+    """Approve a round of attempts for SERVICE (AWAITING_APPROVAL only).
+
+    Signed with ANTIFRAGILE_APPROVER_KEY when it is set (required when the worker policy
+    gives --by a key); otherwise the name is advisory.
+    """
     _decide(service, by, note, Decision.APPROVED)
 
 
@@ -358,7 +553,7 @@ def reject(
     by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],
     note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
 ) -> None:
-    """Reject SERVICE's recovery: it ends FAILED."""
+    """Reject SERVICE's recovery: it ends FAILED (signed like approve)."""
     _decide(service, by, note, Decision.REJECTED)
 
 

@@ -6,11 +6,62 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from antifragile.errors import CREDENTIAL_ERROR
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PROBE_SCHEMES = ("tcp", "http", "https", "redis")
+
+PROBE_REF_PREFIX = "probe:"
+"""A request's ``probe`` of the form ``probe:NAME`` names ``recovery.probes.NAME`` of the
+worker policy; the worker resolves it (and its ``${ENV_VAR}`` credentials) in the activity."""
+
+
+# Query parameters that carry a credential: exact names, and names ending like these
+# (``private_token``, ``x-api-key``, ``client_secret``, ``X-Amz-Signature`` …).
+_CREDENTIAL_PARAMS = frozenset({"auth", "pass", "pwd", "jwt", "credential", "credentials"})
+_CREDENTIAL_SUFFIXES = ("token", "key", "secret", "password", "passwd", "sig", "signature")
+
+
+def credential_in_url(url: str) -> str | None:
+    """What in ``url`` looks like a credential, or None.
+
+    A user-info part (``user:password@`` or ``token@``) or a query parameter named like a
+    credential (``token``, ``access_token``, ``key``, ``api_key``, ``password``,
+    ``secret``, ``sig``, ``signature`` … compared case-insensitively, ``-`` as ``_``).
+
+    Returns:
+        A short description that never contains the credential itself, e.g.
+        ``"user:password@"`` or ``"query parameter 'token'"``.
+    """
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    if "@" in parts.netloc:
+        return "user:password@"
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        low = name.lower().replace("-", "_")
+        if low in _CREDENTIAL_PARAMS or low.endswith(_CREDENTIAL_SUFFIXES):
+            return f"query parameter {name[:40]!r}"
+    return None
+
+
+def credential_refusal(field: str, what: str) -> str:
+    """The one-line refusal of a URL with a credential in it, pointing to the worker policy."""
+    if field == "probe":
+        where, ref = "recovery.probes: NAME: URL", "probe:NAME"
+    else:
+        where, ref = "recovery.webhooks: NAME: url/headers", "webhook:NAME"
+    return (
+        f"refused: a credential in the {field} URL ({what}). A request carries only names: "
+        f"define the {field} in the worker policy ({where}, secrets as ${{ENV_VAR}}) and "
+        f"pass {ref}"
+    )
 
 
 def _check_name(value: str) -> str:
@@ -22,10 +73,39 @@ def _check_name(value: str) -> str:
     return value
 
 
-def _check_probe(value: str) -> str:
+def refuse_credentials(value: str, info: ValidationInfo | None, field: str) -> None:
+    """Raise the ``credential_in_url`` error when ``value`` carries a credential.
+
+    Only for new input (``info.mode == "python"``: the CLI, the API, policy-free callers).
+    Payloads decoded from JSON (``mode == "json"``: Temporal histories written before this
+    rule, the orchestrator's stored queue) are let through so that running workflows keep
+    replaying; the worker's activities refuse such a URL when they would use it.
+    """
+    if info is not None and info.mode == "json":
+        return
+    what = credential_in_url(value)
+    if what is not None:
+        raise PydanticCustomError(
+            CREDENTIAL_ERROR, "{reason}", {"reason": credential_refusal(field, what)}
+        )
+
+
+def _check_probe(value: str, info: ValidationInfo) -> str:
+    # Credentials first: any later error message would show the value.
+    refuse_credentials(value, info, "probe")
+    if value.startswith(PROBE_REF_PREFIX):
+        if not _NAME_RE.match(value.removeprefix(PROBE_REF_PREFIX)):
+            raise ValueError(
+                "probe:NAME must name a probe of the worker policy (1-100 letters, digits, "
+                "'.', '_' or '-')"
+            )
+        return value
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in PROBE_SCHEMES or not rest:
-        raise ValueError("must be a URL with scheme tcp://, http://, https:// or redis://")
+        raise ValueError(
+            "must be probe:NAME (a probe of the worker policy) or a URL with scheme tcp://, "
+            "http://, https:// or redis://"
+        )
     if scheme == "tcp":
         host, colon, port = rest.rstrip("/").rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -33,17 +113,58 @@ def _check_probe(value: str) -> str:
     return value
 
 
+DEFAULT_WEBHOOK = "default"
+"""The webhook a bare ``webhook`` action names (an old policy's ``webhook_url`` becomes it)."""
+
+
+def check_action(value: str, info: ValidationInfo | None = None) -> str:
+    """Validate a recovery action: ``none``, ``webhook[:NAME]`` or ``command:NAME``.
+
+    A ``webhook:http(s)://…`` URL is refused in new input (a request names a webhook of the
+    worker policy, never a URL the worker would POST to); it is accepted when decoded from
+    JSON so that histories written before this rule replay (the activity refuses it).
+
+    Raises:
+        PydanticCustomError: ``credential_in_url`` for a URL with a credential in it.
+        ValueError: any other malformed action.
+    """
+    kind, _, arg = value.partition(":")
+    if kind == "none" and not arg:
+        return value
+    if kind == "webhook" and arg.startswith(("http://", "https://")):
+        refuse_credentials(arg, info, "webhook")
+        if info is not None and info.mode == "json":
+            return value
+        raise ValueError(
+            "webhook:URL is refused: a request names a webhook of the worker policy "
+            "(recovery.webhooks: NAME: url/headers) and passes webhook:NAME"
+        )
+    if kind == "webhook" and (not arg or _NAME_RE.match(arg)):
+        return value
+    if kind == "command" and arg:
+        return value
+    raise ValueError("must be none, webhook:NAME or command:NAME (names from the worker policy)")
+
+
 ServiceName = Annotated[str, AfterValidator(_check_name)]
 """A service or dependency name: it becomes part of workflow ids and Redis keys."""
 
 ProbeURL = Annotated[str, AfterValidator(_check_probe)]
-"""How to tell a service is healthy: ``tcp://h:p``, ``http(s)://…`` or ``redis://h:p/db``."""
+"""How to tell a service is healthy: ``tcp://h:p``, ``http(s)://…``, ``redis://h:p/db``, or
+``probe:NAME`` — a probe of the worker policy (``recovery.probes``), whose credentials stay
+in the worker. A URL with a credential in it (user-info, ``token=``, ``key=``, ``password=``,
+``secret=``, ``sig=`` …) is refused with a message pointing to the policy."""
 
 
 class StrictModel(BaseModel):
-    """Base of every contract model: unknown fields are an error, not silently dropped."""
+    """Base of every contract model: unknown fields are an error, not silently dropped.
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    ``str()`` of a validation error hides the input values (a refused URL may carry a
+    credential, and error strings end up in logs); ``describe_validation_error`` shows
+    them where it is safe.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=False, hide_input_in_errors=True)
 
 
 class Decision(StrEnum):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from antifragile.models.common import (
     ApprovalRecord,
     ProbeURL,
     ServiceName,
     StrictModel,
+    check_action,
 )
 from antifragile.settings import DEFAULT_CONSTITUTIONAL_HASH
 
@@ -113,8 +114,10 @@ class RecoveryRequest(StrictModel):
         priority: Lower is more urgent. Default 1.
         probe: URL that proves the service is back (tcp, http(s), redis).
         probe_timeout_s: How long a probe may take. Default 5.
-        action: What runs before each probe: ``none``, ``webhook`` (policy URL),
-            ``webhook:URL`` or ``command:NAME`` (a command of the worker policy).
+        action: What runs before each probe: ``none``, ``webhook:NAME`` (a webhook of the
+            worker policy, ``recovery.webhooks``; plain ``webhook`` is ``webhook:default``)
+            or ``command:NAME`` (a command of the worker policy). Never a URL: a webhook's
+            URL and headers (and their secrets) stay in the worker.
         constitutional_hash: Must match the worker's; checked before every action.
         reason: Why the recovery was requested.
         requested_by: Who or what requested it.
@@ -135,15 +138,8 @@ class RecoveryRequest(StrictModel):
 
     @field_validator("action")
     @classmethod
-    def _check_action(cls, value: str) -> str:
-        kind, _, arg = value.partition(":")
-        if kind == "none" and not arg:
-            return value
-        if kind == "webhook" and (not arg or arg.startswith(("http://", "https://"))):
-            return value
-        if kind == "command" and arg:
-            return value
-        raise ValueError("must be none, webhook, webhook:http(s)://URL or command:NAME")
+    def _check_action(cls, value: str, info: ValidationInfo) -> str:
+        return check_action(value, info)
 
 
 class JoinSignal(StrictModel):

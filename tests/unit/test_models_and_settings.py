@@ -60,7 +60,7 @@ def test_error_message_shows_the_bad_value() -> None:
     assert "'ftp://h'" in error_of(service="a", probe="ftp://h")
 
 
-@pytest.mark.parametrize("action", ["none", "webhook", "webhook:https://x/y", "command:restart"])
+@pytest.mark.parametrize("action", ["none", "webhook", "webhook:ops-hook", "command:restart"])
 def test_accepted_actions(action: str) -> None:
     assert RecoveryRequest(service="a", probe="tcp://h:1", action=action).action == action
 

@@ -1,0 +1,191 @@
+"""Named probes and webhooks: a request carries a name, the worker holds the URL and secrets.
+
+A request's probe ``probe:NAME`` and action ``webhook:NAME`` name entries of the worker
+policy (``recovery.probes`` and ``recovery.webhooks``). Their values may contain
+``${ENV_VAR}``; this module replaces those from the worker's environment. It runs only inside
+the activity that makes the call (never in workflow code, never before the activity), and
+what it returns (the URL, the headers) is used for the call and dropped: it never goes back
+to the workflow. Every text an activity returns or raises about the call goes through
+:meth:`Resolved.redact` first, so a value that came from the environment or a credential in
+the URL cannot reach history, a query or a log even through an error message.
+
+Errors (:class:`NamedTargetError`) name the policy entry and the environment variable,
+never a value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from antifragile.errors import AntifragileError
+from antifragile.models.common import (
+    DEFAULT_WEBHOOK,
+    PROBE_REF_PREFIX,
+    credential_in_url,
+    credential_refusal,
+)
+from antifragile.policy import PLACEHOLDER, RecoveryPolicyConfig
+
+REDACTED = "***"
+"""What a secret is replaced with in any text that leaves the activity."""
+
+
+class NamedTargetError(AntifragileError):
+    """A name the policy does not define, a missing environment variable, or a refused URL.
+
+    The message is safe to record: it names things, never shows a value.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A probe or webhook ready to call, with the secrets to keep out of anything returned.
+
+    Attributes:
+        url: The URL with every ``${ENV_VAR}`` replaced.
+        headers: Request headers (webhooks), values replaced likewise. A caller may add its
+            own (e.g. ``Idempotency-Key``) to a copy.
+        label: How to name the target in results and errors: ``probe:NAME``,
+            ``webhook:NAME`` or the request's own (credential-free) URL.
+        secrets: Values to redact: every environment value used, every header value, and the
+            user-info and credential-like query values of the URL.
+    """
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+    secrets: tuple[str, ...] = ()
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret replaced by ``***`` (longest first)."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+def expand(text: str, environ: Mapping[str, str], where: str) -> tuple[str, list[str]]:
+    """Replace every ``${VAR}`` in ``text`` from ``environ``.
+
+    Args:
+        text: A policy value.
+        environ: The worker's environment.
+        where: The policy entry, for the error message (e.g. ``recovery.probes.cache``).
+
+    Returns:
+        The expanded text and the values used (to redact).
+
+    Raises:
+        NamedTargetError: a variable is not set (or empty) in the worker's environment.
+    """
+    used: list[str] = []
+
+    def _one(match: re.Match[str]) -> str:
+        var = match.group(1)
+        value = environ.get(var, "")
+        if not value:
+            raise NamedTargetError(
+                f"{where} needs ${{{var}}}, which is not set in the worker's environment"
+            )
+        used.append(value)
+        return value
+
+    return PLACEHOLDER.sub(_one, text), used
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The user-info and credential-like query values of ``url`` (raw and unquoted)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found: list[str] = []
+    for value in (parts.username, parts.password):
+        if value:
+            found += [value, unquote(value)]
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if value and credential_in_url(f"x://h/?{name}=") is not None:
+            found += [value, unquote(value)]
+    return found
+
+
+def _secrets(values: list[str]) -> tuple[str, ...]:
+    return tuple(sorted({v for v in values if v}))
+
+
+def resolve_probe(
+    policy: RecoveryPolicyConfig, ref: str, environ: Mapping[str, str] | None = None
+) -> Resolved:
+    """What to probe for a request's ``probe``.
+
+    Args:
+        policy: The worker policy's recovery section.
+        ref: ``probe:NAME`` (a policy probe) or a plain URL from the request.
+        environ: The environment to read ``${VAR}`` from; None reads ``os.environ``.
+
+    Raises:
+        NamedTargetError: unknown name, a missing variable, or a plain URL with a
+            credential in it (histories written before such URLs were refused).
+    """
+    if not ref.startswith(PROBE_REF_PREFIX):
+        what = credential_in_url(ref)
+        if what is not None:
+            raise NamedTargetError(credential_refusal("probe", what))
+        return Resolved(url=ref, label=ref)
+    name = ref.removeprefix(PROBE_REF_PREFIX)
+    template = policy.probes.get(name)
+    if template is None:
+        known = ", ".join(sorted(policy.probes)) or "none"
+        raise NamedTargetError(
+            f"probe {name!r} is not defined in the worker policy (recovery.probes: {known})"
+        )
+    url, used = expand(template, os.environ if environ is None else environ, f"probe {name!r}")
+    return Resolved(url=url, label=ref, secrets=_secrets(used + _url_secrets(url)))
+
+
+def resolve_webhook(
+    policy: RecoveryPolicyConfig, name: str, environ: Mapping[str, str] | None = None
+) -> Resolved:
+    """The URL and headers of a named webhook (action ``webhook:NAME``; ``""`` = default).
+
+    Args:
+        policy: The worker policy's recovery section.
+        name: The webhook's name; empty for a bare ``webhook`` action.
+        environ: The environment to read ``${VAR}`` from; None reads ``os.environ``.
+
+    Returns:
+        The webhook; ``headers`` holds the policy's headers only (add your own to a copy).
+
+    Raises:
+        NamedTargetError: unknown name, a missing variable, or a URL given in the request
+            (``webhook:http…``, from histories written before such actions were refused).
+    """
+    if name.startswith(("http://", "https://")):
+        what = credential_in_url(name)
+        if what is not None:
+            raise NamedTargetError(credential_refusal("webhook", what))
+        raise NamedTargetError(
+            "webhook:URL is refused: the worker calls only webhooks of its policy "
+            "(recovery.webhooks: NAME: url/headers); pass webhook:NAME"
+        )
+    name = name or DEFAULT_WEBHOOK
+    hook = policy.webhooks.get(name)
+    if hook is None:
+        known = ", ".join(sorted(policy.webhooks)) or "none"
+        raise NamedTargetError(
+            f"webhook {name!r} is not defined in the worker policy (recovery.webhooks: {known})"
+        )
+    env = os.environ if environ is None else environ
+    where = f"webhook {name!r}"
+    url, used = expand(hook.url, env, where)
+    headers: dict[str, str] = {}
+    for header, template in hook.headers.items():
+        value, more = expand(template, env, f"{where} header {header}")
+        headers[header] = value
+        used += more
+    # Every header value is treated as secret: Authorization, X-Api-Key and the like.
+    secrets = _secrets(used + list(headers.values()) + _url_secrets(url))
+    return Resolved(url=url, headers=headers, label=f"webhook:{name}", secrets=secrets)
