@@ -549,7 +549,8 @@ class ChaosExperimentWorkflow:
         self._removed_at = now
         self._placement = None
         ended = now
-        if method == "expired" and self._lease_until is not None:
+        if method in ("expired", "already_gone") and self._lease_until is not None:
+            # Gone by itself: no later than its lease's expiry.
             ended = min(now, self._lease_until)
         if self._shielded_ending and self._injection_failed and not removed:
             # The injection failed before writing anything: there was no fault to remove.

@@ -115,7 +115,7 @@ def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
     @asynccontextmanager
     async def _run(policy: WorkerPolicy | None = None, **settings: Any) -> AsyncIterator[str]:
         queue = f"tq-{uuid.uuid4().hex[:8]}"
-        cfg = Settings(redis_url=redis_url, **settings)
+        cfg = Settings(**{"redis_url": redis_url, **settings})
         pol = policy or WorkerPolicy()
         common = CommonActivities(cfg, pol)
         chaos = ChaosActivities(cfg, pol)
@@ -556,3 +556,120 @@ async def test_without_workers_the_lease_ttl_is_the_last_line(
     await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
     assert await redis_client.exists(fault_key(handle.id)) == 0
     await end_guardians(env.client)
+
+
+# --- interrupts during the ending (issue 12, item 1) ------------------------------------
+
+
+def _stop_time(report: ChaosReport) -> Any:
+    [event] = [e for e in report.events if e.message.startswith("emergency stop by")]
+    return event.at
+
+
+@pytest.mark.parametrize("delay_ms", [0, 10, 30, 60, 120, 250])
+async def test_cancel_after_an_emergency_stop_cannot_cut_cleanup_or_the_report_short(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis, delay_ms: int
+) -> None:
+    """A stop, then a cancel ``delay_ms`` later: the lease is removed (confirmed) within
+    1 s of the stop and the run ends with a complete report, never CANCELED."""
+    sc = scenario(duration_s=120)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        assert await redis_client.exists(fault_key(handle.id)) == 1
+        await handle.signal("emergency_stop", EmergencyStopSignal(reason="pager", by="oncall"))
+        await asyncio.sleep(delay_ms / 1000)
+        await handle.cancel()
+        await handle.signal("emergency_stop", EmergencyStopSignal(reason="again", by="b"))
+        report = await handle.result()
+    assert (await handle.describe()).status is WorkflowExecutionStatus.COMPLETED
+    assert report.outcome is ChaosOutcome.STOPPED
+    assert report.reason.startswith("emergency stop by oncall: pager")
+    assert report.cleanup.method == "removed" and report.cleanup.lease_removed
+    assert report.cleanup.confirmed is True
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+    assert report.cleanup.at is not None
+    assert (report.cleanup.at - _stop_time(report)).total_seconds() < 1.0
+    assert phases(report)[-3:] == [P.CLEANING_UP, P.VERIFYING_RECOVERY, P.STOPPED]
+    assert report.fault_active_s is not None and report.fault_active_s < 60
+
+
+# --- Redis outage during an experiment (issue 12, items 2 and 9) ------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Any:
+    """A redis-server of this test's own, to kill and bring back on the same port."""
+    from antifragile.processes import start_redis
+
+    servers = [start_redis(log_path=tmp_path / "redis.log")]
+
+    class Own:
+        port = servers[0].port
+        url = f"redis://127.0.0.1:{servers[0].port}/0"
+
+        @staticmethod
+        def kill() -> None:
+            servers[-1].kill()
+
+        @staticmethod
+        def restart() -> None:
+            servers.append(start_redis(Own.port, log_path=tmp_path / "redis.log"))
+
+    yield Own
+    for server in servers:
+        server.stop()
+
+
+async def test_redis_killed_mid_experiment_ends_with_an_outcome_and_a_complete_report(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    """The stack's Redis dies while the fault runs and stays down through the ending:
+    renewal fails, removal cannot be confirmed, the health measurement fails during
+    recovery verification. The workflow still completes with a report: an outcome, a
+    reason, the fault's real life (its lease's expiry, not the planned 120 s)."""
+    sc = scenario(duration_s=120, recovery_timeout_s=10)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=3))
+    async with running(policy, redis_url=own_redis.url) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        own_redis.kill()
+        report = await handle.result()
+        own_redis.restart()
+        status = await handle.query("status", result_type=ChaosStatus)
+        queried = await handle.query("report", result_type=ChaosReport)
+    assert (await handle.describe()).status is WorkflowExecutionStatus.COMPLETED
+    assert report.outcome is ChaosOutcome.FAILED and report.reason
+    assert "lease renewal failed" in report.reason or "activity failed" in report.reason
+    assert phases(report)[-3:] == [P.CLEANING_UP, P.VERIFYING_RECOVERY, P.FAILED]
+    assert report.cleanup.method == "expired" and report.cleanup.confirmed is False
+    assert report.fault_active_s is not None and report.fault_active_s < 10
+    assert report.recovered is None and report.time_to_recover_s is None
+    assert any("recovery not verified" in w for w in report.warnings)
+    assert any("impact not collected" in w for w in report.warnings)
+    assert status.phase is P.FAILED and status.stop_reason == report.reason
+    assert queried.outcome is ChaosOutcome.FAILED
+
+
+async def test_redis_back_during_cleanup_confirms_the_lease_is_gone(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    sc = scenario(duration_s=120, recovery_timeout_s=5)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=3))
+    async with running(policy, redis_url=own_redis.url) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        own_redis.kill()
+        await wait_phase(handle, P.CLEANING_UP, timeout=30)
+        own_redis.restart()
+        report = await handle.result()
+    client = aioredis.from_url(own_redis.url)
+    try:
+        assert await client.exists(fault_key(handle.id)) == 0
+    finally:
+        await client.aclose()
+    assert report.outcome is ChaosOutcome.FAILED and report.reason
+    # Back within the first removal window (already_gone) or after the TTL (expired).
+    assert report.cleanup.method in ("already_gone", "expired")
+    assert report.cleanup.confirmed is True
+    assert report.fault_active_s is not None and report.fault_active_s < 10
