@@ -673,3 +673,214 @@ async def test_redis_back_during_cleanup_confirms_the_lease_is_gone(
     assert report.cleanup.method in ("already_gone", "expired")
     assert report.cleanup.confirmed is True
     assert report.fault_active_s is not None and report.fault_active_s < 10
+
+
+# --- the worker policy requires safety (issue 12, item 4) -------------------------------
+
+
+async def test_policy_requires_approval_even_when_the_scenario_does_not(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(duration_s=5)  # require_approval false in the request
+    policy = WorkerPolicy(
+        chaos=ChaosPolicyConfig(require_approval=True),
+        recovery=RecoveryPolicyConfig(approvers=["alice"]),
+    )
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        status = await wait_phase(handle, P.AWAITING_APPROVAL)
+        assert status.approval_needed and status.faults_active == []
+        assert await redis_client.exists(fault_key(handle.id)) == 0
+        await handle.signal("approve", ApprovalSignal(approver="alice"))
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert [(d.approver, d.decision) for d in report.decisions] == [("alice", Decision.APPROVED)]
+    assert any("chaos.require_approval" in e.message for e in report.events)
+
+
+async def test_policy_min_abort_below_refuses_a_switched_off_health_guard(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(abort_below_health=0.0)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(min_abort_below=0.3))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "chaos.min_abort_below" in report.reason and "switches the health guard off" in (
+        report.reason
+    )
+    assert phases(report) == [P.VALIDATING, P.FAILED]
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+
+
+def _inject_input(sc: ChaosScenario, approved_by: list[str] | None = None) -> Any:
+    from antifragile.models.chaos import InjectFaultInput
+
+    return InjectFaultInput(
+        experiment_id=f"chaos-direct-{uuid.uuid4().hex[:8]}",
+        scenario=sc,
+        ttl_s=5,
+        approved_by=approved_by or [],
+    )
+
+
+async def test_the_worker_activities_enforce_the_policy_not_only_the_workflow(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """A request that skipped the workflow's gates (an old or forged workflow) is refused
+    by the activities themselves, each refusal naming the policy field."""
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from antifragile.models.chaos import RenewLeaseInput
+
+    settings = Settings(redis_url=redis_url)
+    acts = ActivityEnvironment()
+
+    async def refusal(policy: WorkerPolicy, fn_name: str, arg: Any) -> str:
+        chaos = ChaosActivities(settings, policy)
+        try:
+            with pytest.raises(ApplicationError) as caught:
+                await acts.run(getattr(chaos, fn_name), arg)
+        finally:
+            await chaos.plane.close()
+        assert caught.value.non_retryable
+        return str(caught.value)
+
+    approval = WorkerPolicy(chaos=ChaosPolicyConfig(require_approval=True))
+    text = await refusal(approval, "inject_fault", _inject_input(scenario()))
+    assert "chaos.require_approval" in text
+    guard = WorkerPolicy(chaos=ChaosPolicyConfig(min_abort_below=0.4))
+    text = await refusal(guard, "inject_fault", _inject_input(scenario(abort_below_health=0.2)))
+    assert "chaos.min_abort_below" in text
+    hashes = WorkerPolicy(chaos=ChaosPolicyConfig(require_hash_validation=True))
+    forged = scenario(require_hash_validation=False, constitutional_hash="0123456789abcdef")
+    text = await refusal(hashes, "inject_fault", _inject_input(forged))
+    assert "chaos.require_hash_validation" in text and "constitutional hash mismatch" in text
+    renew = RenewLeaseInput(
+        experiment_id="chaos-x-1",
+        ttl_s=5,
+        constitutional_hash="0123456789abcdef",
+        require_hash_validation=False,
+    )
+    text = await refusal(hashes, "renew_fault_lease", renew)
+    assert "chaos.require_hash_validation" in text
+    # With the approval the workflow accepted, the same policy lets it through.
+    ok = ChaosActivities(settings, approval)
+    try:
+        inp = _inject_input(scenario(), approved_by=["alice"])
+        result = await acts.run(ok.inject_fault, inp)
+        assert result.injected
+    finally:
+        await redis_client.delete(fault_key(inp.experiment_id))
+        await ok.plane.close()
+
+
+# --- signed approvals (issue 12, item 10) ----------------------------------------------
+
+
+async def test_signed_approvals_are_checked_against_the_workflow_and_run(
+    env: WorkflowEnvironment, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from antifragile.cli._common import approval_signal
+
+    key = "k" * 32
+    monkeypatch.setenv("AF_TEST_ALICE_KEY", key)
+    sc = scenario(require_approval=True, duration_s=5)
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig(approvers={"alice": {"key_env": "AF_TEST_ALICE_KEY"}})
+    )
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.AWAITING_APPROVAL)
+        await handle.signal("approve", ApprovalSignal(approver="alice"))  # unsigned
+        forged = await approval_signal(
+            handle, approver="alice", note="", decision="approved", key="x" * 32
+        )
+        await handle.signal("approve", forged)
+        # Signed for "rejected", sent as an approval: the signature binds the decision.
+        swapped = await approval_signal(
+            handle, approver="alice", note="", decision="rejected", key=key
+        )
+        await handle.signal("approve", swapped)
+        good = await approval_signal(
+            handle, approver="alice", note="go", decision="approved", key=key
+        )
+        await handle.signal("approve", good)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert [d.decision for d in report.decisions] == [
+        Decision.REFUSED,
+        Decision.REFUSED,
+        Decision.REFUSED,
+        Decision.APPROVED,
+    ]
+    assert all(d.reason for d in report.decisions[:3])
+
+
+# --- preflight: who guards the target (issue 12, item 11) -------------------------------
+
+
+async def _register(url: str, instance: str, breakers: dict[str, str] | None) -> None:
+    import time
+
+    from antifragile.chaos.plane import INSTANCES_KEY
+
+    client = aioredis.from_url(url, decode_responses=True)
+    try:
+        await client.zadd(INSTANCES_KEY, {instance: time.time()})
+        if breakers is not None:
+            await client.set(
+                f"{REDIS_HEALTH_KEY_PREFIX}{instance}",
+                json.dumps({"health_score": 1.0, "circuit_details": breakers}),
+            )
+    finally:
+        await client.aclose()
+
+
+async def test_a_target_nobody_guards_is_refused_with_one_line(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    await _register(own_redis.url, "svc-1", {"demo-db": {"state": "CLOSED"}})
+    sc = scenario(target="demo-dbb", allow_unguarded=False, duration_s=5)  # a typo
+    async with running(redis_url=own_redis.url) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        report = await handle.result()
+        status = await handle.query("status", result_type=ChaosStatus)
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "no live process guards demo-dbb" in report.reason
+    assert "--allow-unguarded" in report.reason and "\n" not in report.reason
+    assert report.cleanup.method == "injection_failed" and not report.cleanup.lease_removed
+    assert report.injection_failed and status.injection_failed
+    assert report.injected_at is None and report.fault_active_s is None
+    assert P.VERIFYING_RECOVERY not in phases(report)
+
+
+async def test_guarded_target_runs_and_the_report_counts_the_instances(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    sc = scenario(target="demo-db", allow_unguarded=False, duration_s=5)
+    await _register(own_redis.url, "svc-1", {"demo-db": {"state": "CLOSED"}})
+    await _register(own_redis.url, "svc-2", {"demo-db": {"state": "CLOSED"}})
+    await _register(own_redis.url, "svc-3", {"other": {"state": "CLOSED"}})
+    async with running(redis_url=own_redis.url) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        status = await wait_phase(handle, P.RUNNING)
+        assert status.instances_guarding == 2
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.instances_guarding == 2
+    assert report.instances_saw_fault == 0  # nobody called through the guard
+    # Health stayed at its steady state: there was nothing to recover from.
+    assert report.health_dropped is False and report.time_to_recover_s is None
+
+
+async def test_allow_unguarded_injects_anyway(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    sc = scenario(target="about-to-start", allow_unguarded=True, duration_s=5)
+    async with running(redis_url=own_redis.url) as queue:
+        report = await (await start(env.client, sc, task_queue=queue)).result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.instances_guarding == 0 and report.cleanup.method == "removed"
