@@ -113,14 +113,19 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
     @asynccontextmanager
-    async def _run(policy: WorkerPolicy | None = None, **settings: Any) -> AsyncIterator[str]:
+    async def _run(
+        policy: WorkerPolicy | None = None,
+        environment: WorkflowEnvironment | None = None,
+        **settings: Any,
+    ) -> AsyncIterator[str]:
+        server = environment or env
         queue = f"tq-{uuid.uuid4().hex[:8]}"
         cfg = Settings(**{"redis_url": redis_url, **settings})
         pol = policy or WorkerPolicy()
         common = CommonActivities(cfg, pol)
         chaos = ChaosActivities(cfg, pol)
         async with Worker(
-            env.client,
+            server.client,
             task_queue=queue,
             workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
             workflow_runner=workflow_runner(strict=True),
@@ -141,7 +146,7 @@ def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
             try:
                 yield queue
             finally:
-                await end_guardians(env.client)
+                await end_guardians(server.client)
         await chaos.plane.close()
 
     return _run
@@ -597,6 +602,28 @@ async def test_cancel_after_an_emergency_stop_cannot_cut_cleanup_or_the_report_s
 # --- Redis outage during an experiment (issue 12, items 2 and 9) ------------------------
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of the test's own: a workflow terminated with an activity in
+    flight (other tests do that) can keep a shared test server from skipping time, and
+    these tests wait out minutes of retries and timers."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+    yield environment
+    await environment.shutdown()
+
+
 @pytest.fixture
 def own_redis(tmp_path: Any) -> Any:
     """A redis-server of this test's own, to kill and bring back on the same port."""
@@ -622,7 +649,7 @@ def own_redis(tmp_path: Any) -> Any:
 
 
 async def test_redis_killed_mid_experiment_ends_with_an_outcome_and_a_complete_report(
-    env: WorkflowEnvironment, running, own_redis: Any
+    own_env: WorkflowEnvironment, running, own_redis: Any
 ) -> None:
     """The stack's Redis dies while the fault runs and stays down through the ending:
     renewal fails, removal cannot be confirmed, the health measurement fails during
@@ -630,8 +657,8 @@ async def test_redis_killed_mid_experiment_ends_with_an_outcome_and_a_complete_r
     reason, the fault's real life (its lease's expiry, not the planned 120 s)."""
     sc = scenario(duration_s=120, recovery_timeout_s=10)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=3))
-    async with running(policy, redis_url=own_redis.url) as queue:
-        handle = await start(env.client, sc, task_queue=queue)
+    async with running(policy, own_env, redis_url=own_redis.url) as queue:
+        handle = await start(own_env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         own_redis.kill()
         report = await handle.result()
@@ -652,12 +679,12 @@ async def test_redis_killed_mid_experiment_ends_with_an_outcome_and_a_complete_r
 
 
 async def test_redis_back_during_cleanup_confirms_the_lease_is_gone(
-    env: WorkflowEnvironment, running, own_redis: Any
+    own_env: WorkflowEnvironment, running, own_redis: Any
 ) -> None:
     sc = scenario(duration_s=120, recovery_timeout_s=5)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=3))
-    async with running(policy, redis_url=own_redis.url) as queue:
-        handle = await start(env.client, sc, task_queue=queue)
+    async with running(policy, own_env, redis_url=own_redis.url) as queue:
+        handle = await start(own_env.client, sc, task_queue=queue)
         await wait_phase(handle, P.RUNNING)
         own_redis.kill()
         await wait_phase(handle, P.CLEANING_UP, timeout=30)
