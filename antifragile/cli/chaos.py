@@ -229,6 +229,13 @@ async def _launch(settings: Settings, scenario: ChaosScenario, wait: bool, json_
             print_json({"experiment_id": handle.id, "run_id": handle.result_run_id, "url": url})
         else:
             console.print(f"chaos experiment [bold]{handle.id}[/bold] started\n  {url}")
+            if (
+                scenario.require_approval
+                or WorkerPolicy.load(settings.policy_file).chaos.require_approval
+            ):
+                console.print(
+                    f"  it waits for an approval: antifragile chaos approve {handle.id} --by NAME"
+                )
         return
     if not json_out:
         err_console.print(f"following {handle.id} … {url}")

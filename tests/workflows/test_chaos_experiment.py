@@ -911,3 +911,40 @@ async def test_allow_unguarded_injects_anyway(
         report = await (await start(env.client, sc, task_queue=queue)).result()
     assert report.outcome is ChaosOutcome.COMPLETED
     assert report.instances_guarding == 0 and report.cleanup.method == "removed"
+
+
+# --- a report rebuilt for a run that ended without one (issue 12, item 9) ---------------
+
+
+async def test_a_terminated_run_without_workers_gets_a_rebuilt_report(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """Worker gone, workflow terminated: no code of it ever runs again. The report is
+    rebuilt from its history (input, injection, renewals) and Redis (lease, counters)."""
+    from antifragile.chaos.client import rebuild_report
+    from antifragile.chaos.plane import impact_key
+
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=2))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        await redis_client.hset(impact_key(handle.id, "affected"), "svc-1", 7)
+        await redis_client.hset(impact_key(handle.id, "seen"), "svc-1", 9)
+    await handle.terminate(reason="worker lost")
+    plane = FaultPlane.from_url(redis_url)
+    try:
+        report = await rebuild_report(env.client, handle.id, plane=plane)
+        await asyncio.sleep(2.2)  # real time: Redis expires the lease by its TTL
+        later = await rebuild_report(env.client, handle.id, plane=plane)
+    finally:
+        await plane.close()
+        await end_guardians(env.client)
+    assert report.rebuilt and report.outcome is ChaosOutcome.STOPPED
+    assert report.reason == "terminated: worker lost"
+    assert report.name == sc.name and report.injected_at is not None
+    assert report.calls_affected == {"svc-1": 7} and report.instances_saw_fault == 1
+    assert any("no worker answered" in w for w in report.warnings)
+    assert report.cleanup.method == "expired"
+    assert later.cleanup.confirmed is True and later.fault_active_s is not None
+    assert later.fault_active_s < 10  # the lease's life, not the planned 120 s
