@@ -392,3 +392,63 @@ async def test_a_terminated_followed_experiment_is_one_line_and_its_report_is_re
     assert code == 0, err
     status = ChaosStatus.model_validate_json(out)
     assert status.phase is ChaosPhase.STOPPED and status.stop_reason.startswith("terminated")
+
+
+async def test_redis_killed_mid_experiment_then_status_and_report_are_right(
+    dev_server: ServerProcess,
+    temporal_client: Client,
+    start_worker: Any,
+    task_queue: str,
+    tmp_path: Any,
+) -> None:
+    """The stack's redis-server is SIGKILLed while the fault runs and comes back during
+    cleanup: the run ends with an outcome and a complete report; ``chaos status`` and
+    ``chaos report`` then say how it ended, why, and how long the fault really lived."""
+    import os
+
+    from antifragile.policy import ChaosPolicyConfig, WorkerPolicy
+    from antifragile.processes import start_redis
+    from antifragile.settings import Settings
+
+    redis = start_redis(log_path=tmp_path / "redis.log")
+    servers = [redis]
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    env = dict(
+        os.environ,
+        ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{dev_server.port}",
+        ANTIFRAGILE_REDIS_URL=url,
+        ANTIFRAGILE_TASK_QUEUE=task_queue,
+    )
+    env.pop("ANTIFRAGILE_POLICY_FILE", None)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=2))
+    try:
+        async with start_worker(
+            temporal_client, task_queue, policy=policy, settings=Settings(redis_url=url)
+        ):
+            sc = chaos_scenario(
+                "outage", chaos_type="LATENCY", target="outage-db", duration_s=120,
+                allow_unguarded=True,
+                recovery_timeout_s=3,
+            )  # fmt: skip
+            handle = await start_experiment(temporal_client, sc, task_queue=task_queue)
+            await _phase(temporal_client, handle.id, ChaosPhase.RUNNING)
+            redis.kill()
+            await _phase(temporal_client, handle.id, ChaosPhase.CLEANING_UP, timeout=30)
+            servers.append(start_redis(redis.port, log_path=tmp_path / "redis.log"))
+            report = await asyncio.wait_for(handle.result(), 90)
+            code, out, err = await cli(env, "chaos", "report", handle.id, "--json")
+            assert code == 1 and "Traceback" not in err, err
+            shown = ChaosReport.model_validate_json(out)
+            code, out, err = await cli(env, "chaos", "status", handle.id, "--json")
+            assert code == 0, err
+            status = ChaosStatus.model_validate_json(out)
+            code, text, _ = await cli(env, "chaos", "report", handle.id)
+    finally:
+        for server in servers:
+            server.stop()
+    assert report.outcome is ChaosOutcome.FAILED and report.reason
+    assert shown.outcome is ChaosOutcome.FAILED and shown.reason == report.reason
+    assert shown.cleanup.confirmed is True
+    assert shown.fault_active_s is not None and shown.fault_active_s < 10  # not 120 s
+    assert status.phase is ChaosPhase.FAILED and status.stop_reason == report.reason
+    assert "IN PROGRESS" not in text and "fault active" in text
