@@ -137,7 +137,11 @@ async def rebuild_report(
     events = list(history.events)
     warnings: list[str] = []
     status = desc.status or WorkflowExecutionStatus.RUNNING
+    outcome: ChaosOutcome | None
     outcome, reason = _CLOSED_OUTCOME.get(status, (ChaosOutcome.FAILED, status.name.lower()))
+    if status == WorkflowExecutionStatus.RUNNING:
+        # Still open in Temporal, and no worker answered: how it ends is not known yet.
+        outcome, reason = None, "still running in Temporal, but no worker answered"
     data: ChaosExperimentInput | None = None
     scheduled: dict[int, str] = {}
     completed: dict[str, list[tuple[datetime, Any]]] = {}

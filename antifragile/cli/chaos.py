@@ -33,6 +33,7 @@ from temporalio.exceptions import TimeoutError as TimeoutError_
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.chaos.client import (
+    REBUILD_QUERY_TIMEOUT,
     RUNNING_QUERY,
     WORKFLOW_TYPE,
     experiment_details,
@@ -303,9 +304,11 @@ def _finish(report: ChaosReport, json_out: bool) -> None:
         print_json(report)
     else:
         render_report(report)
+    if report.outcome is None:
+        where = report.reason or (f"phase {report.phases[-1].phase.value}" if report.phases else "")
+        fail(f"{report.experiment_id} has not ended yet ({where})", code=1)
     if report.outcome is not ChaosOutcome.COMPLETED:
-        outcome = report.outcome.value if report.outcome else "UNFINISHED"
-        fail(f"{report.experiment_id} ended {outcome}: {report.reason}", code=1)
+        fail(f"{report.experiment_id} ended {report.outcome.value}: {report.reason}", code=1)
 
 
 # --- rendering -----------------------------------------------------------------------
@@ -511,7 +514,12 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             rep: ChaosReport = await handle.result()
         elif desc.status == WorkflowExecutionStatus.RUNNING:
-            rep = await handle.query("report", result_type=ChaosReport)
+            try:
+                rep = await handle.query(
+                    "report", result_type=ChaosReport, rpc_timeout=REBUILD_QUERY_TIMEOUT
+                )
+            except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+                rep = await _rebuilt(client, settings, experiment_id)  # a lost worker
         else:  # terminated, failed, timed out: rebuilt from history and Redis
             rep = await _rebuilt(client, settings, experiment_id)
         _finish(rep, json_out)
