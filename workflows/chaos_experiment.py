@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         health_check_interval_s,
         health_is_back,
         health_trips_guard,
+        instances_that_saw,
         lease_renewal_interval_s,
     )
     from antifragile.constants import (
@@ -916,7 +917,11 @@ class ChaosExperimentWorkflow:
             fault_active_s=self._fault_active_s(),
             instances_guarding=self._instances_guarding,
             instances_saw_fault=(
-                len(set(self._impact.calls_seen) | set(self._impact.calls_affected))
+                instances_that_saw(
+                    self._impact.calls_seen,
+                    self._impact.calls_affected,
+                    self._impact.breakers_opened,
+                )
                 if self._impact_collected
                 else None
             ),

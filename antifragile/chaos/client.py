@@ -8,6 +8,7 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
+from antifragile.chaos.logic import instances_that_saw
 from antifragile.chaos.plane import FaultPlane
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import KIND_CHAOS, chaos_workflow_id
@@ -217,7 +218,9 @@ async def rebuild_report(
             impact = await plane.impact(experiment_id)
             base.calls_affected, base.calls_seen = impact.affected, impact.seen
             base.breakers_opened = impact.breakers
-            base.instances_saw_fault = len(set(impact.seen) | set(impact.affected))
+            base.instances_saw_fault = instances_that_saw(
+                impact.seen, impact.affected, impact.breakers
+            )
         except Exception as exc:
             warnings.append(f"impact not read from Redis: {type(exc).__name__}: {exc}")
     end = cleanup.fault_ended_at

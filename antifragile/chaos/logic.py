@@ -299,3 +299,16 @@ def placement_words(instances: list[str] | None, fraction: float | None) -> str:
 def short_id(seed: str) -> str:
     """An 8-hex-digit id from ``seed`` (the workflow id suffix)."""
     return hashlib.sha256(seed.encode()).hexdigest()[:8]
+
+
+def instances_that_saw(
+    calls_seen: Iterable[str], calls_affected: Iterable[str], breakers_opened: Iterable[str]
+) -> int:
+    """How many instances the fault reached: those that counted calls under it, and those
+    whose breaker it opened (a forced-open breaker refuses calls before they are counted).
+
+    ``breakers_opened`` entries read ``instance/target: STATE``.
+    """
+    names = set(calls_seen) | set(calls_affected)
+    names |= {entry.split("/", 1)[0] for entry in breakers_opened if "/" in entry}
+    return len(names)

@@ -266,9 +266,7 @@ class FaultPlane:
 
     async def instance_snapshots(self, instances: list[str]) -> dict[str, dict[str, Any] | None]:
         """Each instance's health snapshot ``af:health:{instance}`` (None: none or unreadable)."""
-        return {
-            i: await self._read_snapshot(f"{REDIS_HEALTH_KEY_PREFIX}{i}") for i in instances
-        }
+        return {i: await self._read_snapshot(f"{REDIS_HEALTH_KEY_PREFIX}{i}") for i in instances}
 
     async def impact(self, experiment_id: str) -> Impact:
         """What the call sites counted for ``experiment_id``."""

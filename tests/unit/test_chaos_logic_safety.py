@@ -6,6 +6,7 @@ from antifragile.chaos.logic import (
     Preflight,
     approval_refusal,
     below_steady_state,
+    instances_that_saw,
     policy_refusal,
     preflight_guards,
     unguarded_refusal,
@@ -79,3 +80,9 @@ def test_below_steady_state() -> None:
     assert below_steady_state(0.8, 0.79, True)
     assert below_steady_state(1.0, None, False)
     assert not below_steady_state(1.0, None, True)
+
+
+def test_instances_that_saw_the_fault_include_forced_open_breakers() -> None:
+    assert instances_that_saw({"a": 3}, {"a": 1}, []) == 1
+    assert instances_that_saw({}, {}, ["b/db: FORCED_OPEN", "c/db: OPEN"]) == 2
+    assert instances_that_saw({"b": 1}, {}, ["b/db: FORCED_OPEN"]) == 1
