@@ -138,8 +138,12 @@ class ChaosActivities:
     async def validate_chaos_scenario(self, data: ValidateScenarioInput) -> ValidateScenarioResult:
         """Check a scenario against the worker policy; cap its duration.
 
+        The result carries ``chaos.require_approval``, so the workflow gates even a
+        scenario that does not ask for approval.
+
         Raises:
-            ApplicationError: non-retryable, when a blast-radius target is not allowed.
+            ApplicationError: non-retryable, when a blast-radius target is not allowed or
+                ``abort_below_health`` is below ``chaos.min_abort_below``.
         """
         scenario = data.scenario
         self._refuse_by_policy(scenario)
