@@ -14,6 +14,13 @@ before injection with ParentClosePolicy.ABANDON, sees the experiment gone and re
 the lease; and if the workers are gone too, the lease TTL removes the fault from every
 process by itself. The report is built from the journal kept all along, so it is
 complete for every outcome.
+
+Once the experiment is ending (patch ``chaos-shielded-ending``), cleanup, recovery
+verification, impact and report run in a task of their own: a cancel (or a second one)
+reaches only the workflow's main task, which notes it and keeps waiting, so nothing cuts
+the ending short. A removal Redis cannot confirm is waited out (lease TTL) and then asked
+again until Redis answers or ``CONFIRM_WINDOW_S`` passes; a health measurement that fails
+while verifying recovery is noted and retried until ``recovery_timeout_s``, never fatal.
 """
 
 from __future__ import annotations
