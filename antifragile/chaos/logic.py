@@ -147,11 +147,13 @@ class Preflight:
         guarding: Live instances whose health snapshot lists a blast-radius breaker.
         unknown: Live instances that publish no per-breaker snapshot: they may guard it.
         live: Every live instance of the registry.
+        selected: Live instances the experiment's instance selection picks.
     """
 
     guarding: tuple[str, ...]
     unknown: tuple[str, ...]
     live: int
+    selected: int | None = None
 
     @property
     def count(self) -> int:
@@ -196,7 +198,8 @@ def preflight_guards(
             unknown.append(instance)
         elif names & targets:
             guarding.append(instance)
-    return Preflight(tuple(guarding), tuple(unknown), len(instances))
+    chosen = len(instances) if selected is None else len(set(instances) & selected)
+    return Preflight(tuple(guarding), tuple(unknown), len(instances), chosen)
 
 
 def unguarded_refusal(pre: Preflight, blast_radius: Iterable[str]) -> str | None:
@@ -205,6 +208,8 @@ def unguarded_refusal(pre: Preflight, blast_radius: Iterable[str]) -> str | None
         return None
     where = ", ".join(blast_radius)
     seen = f"{pre.live} live process(es), none guarding it" if pre.live else "no live process"
+    if pre.live and pre.selected is not None and pre.selected < pre.live:
+        seen = f"{pre.live} live process(es), {pre.selected} selected, none of them guarding it"
     return (
         f"no live process guards {where} ({seen} in the fleet registry); check the target "
         "name, or pass --allow-unguarded (allow_unguarded: true) to inject anyway"

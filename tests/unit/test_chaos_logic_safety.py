@@ -71,6 +71,10 @@ def test_preflight_counts_guards_and_processes_without_breaker_lists() -> None:
     assert "no live process" in (unguarded_refusal(Preflight((), (), 0), ["db"]) or "")
     # Instance selection: only the selected instances enforce the fault.
     assert preflight_guards(["a", "c"], snaps, ["db"], selected={"c"}).guarding == ()
+    none_selected = preflight_guards(["a", "b"], snaps, ["db"], selected={"b"})
+    assert "2 live process(es), 1 selected, none of them guarding it" in (
+        unguarded_refusal(none_selected, ["db"]) or ""
+    )
 
 
 def test_below_steady_state() -> None:
