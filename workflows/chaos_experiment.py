@@ -298,10 +298,10 @@ class ChaosExperimentWorkflow:
     def _needs_approval(self) -> bool:
         return self._s.require_approval or self._policy_approval
 
-    def _ignore_early_decisions(self) -> None:
+    def _ignore_early_decisions(self, why: str = "this experiment needs no approval") -> None:
         while self._inbox:
             _, signal = self._inbox.pop(0)
-            self._record(signal, Decision.IGNORED, "this experiment needs no approval")
+            self._record(signal, Decision.IGNORED, why)
 
     async def _await_approval(self) -> None:
         self._move(ChaosPhase.AWAITING_APPROVAL)
@@ -723,6 +723,7 @@ class ChaosExperimentWorkflow:
         return sample
 
     async def _finish(self, outcome: ChaosOutcome, reason: str) -> ChaosReport:
+        self._ignore_early_decisions("the experiment ended before any approval counted")
         self._outcome, self._reason = outcome, reason
         self._move(ChaosPhase(outcome.value))
         self._note(f"{outcome.value}: {reason}")
