@@ -948,3 +948,23 @@ async def test_a_terminated_run_without_workers_gets_a_rebuilt_report(
     assert report.cleanup.method == "expired"
     assert later.cleanup.confirmed is True and later.fault_active_s is not None
     assert later.fault_active_s < 10  # the lease's life, not the planned 120 s
+
+
+async def test_a_conflicting_injection_is_reported_failed_never_as_fault_removed(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    first_sc = scenario(duration_s=60)
+    second_sc = scenario(target=first_sc.target, duration_s=60)
+    async with running() as queue:
+        first = await start(env.client, first_sc, task_queue=queue)
+        await wait_phase(first, P.RUNNING)
+        second = await start(env.client, second_sc, task_queue=queue)
+        report = await second.result()
+        assert await redis_client.exists(fault_key(first.id)) == 1  # untouched
+        await first.signal("emergency_stop", EmergencyStopSignal(reason="done", by="t"))
+        await first.result()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "already injects a fault" in report.reason
+    assert report.cleanup.method == "injection_failed" and not report.cleanup.lease_removed
+    assert report.injected_at is None and report.fault_active_s is None
+    assert "already injects a fault" in report.injection_failed
