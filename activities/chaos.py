@@ -18,10 +18,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.common import HASH_MISMATCH_ERROR
 from antifragile.chaos.logic import (
+    approval_refusal,
     cap_duration,
+    instance_selected,
     placement_words,
     policy_refusal,
+    preflight_guards,
     select_instances,
+    unguarded_refusal,
 )
 from antifragile.chaos.plane import FaultConflictError, FaultPlane
 from antifragile.chaos.scenario import ChaosScenario
@@ -58,6 +62,9 @@ SCENARIO_REFUSED_ERROR = "ChaosScenarioRefused"
 
 FAULT_CONFLICT_ERROR = "ChaosFaultConflict"
 """ApplicationError type when another experiment already faults a target."""
+
+UNGUARDED_TARGET_ERROR = "ChaosUnguardedTarget"
+"""ApplicationError type when no live process guards the blast radius (preflight)."""
 
 MAX_RECOVERY_RECORDS = 50
 
@@ -100,26 +107,46 @@ class ChaosActivities:
             self._plane = FaultPlane.from_url(self._settings.redis_url)
         return self._plane
 
-    def _check_hash(self, given: str) -> None:
+    def _check_hash(self, given: str, requested: bool = True) -> None:
+        """Compare the request's hash with the worker's (constant time).
+
+        Args:
+            given: The hash the request carries.
+            requested: The request itself asked for the check; when only the worker
+                policy's ``chaos.require_hash_validation`` does, the refusal names it.
+        """
         if not hash_matches(given, self._settings.constitutional_hash):
+            by = (
+                ""
+                if requested
+                else " (required by the worker policy's chaos.require_hash_validation)"
+            )
             raise ApplicationError(
                 f"constitutional hash mismatch: got {redact_hash(given)}, "
-                f"worker expects {redact_hash(self._settings.constitutional_hash)}",
+                f"worker expects {redact_hash(self._settings.constitutional_hash)}{by}",
                 type=HASH_MISMATCH_ERROR,
                 non_retryable=True,
             )
+
+    def _refuse_by_policy(self, scenario: ChaosScenario) -> None:
+        chaos = self._policy.chaos
+        refusal = policy_refusal(scenario, chaos.allowed_targets, chaos.min_abort_below)
+        if refusal:
+            raise ApplicationError(refusal, type=SCENARIO_REFUSED_ERROR, non_retryable=True)
 
     @activity.defn(name="validate_chaos_scenario")
     async def validate_chaos_scenario(self, data: ValidateScenarioInput) -> ValidateScenarioResult:
         """Check a scenario against the worker policy; cap its duration.
 
+        The result carries ``chaos.require_approval``, so the workflow gates even a
+        scenario that does not ask for approval.
+
         Raises:
-            ApplicationError: non-retryable, when a blast-radius target is not allowed.
+            ApplicationError: non-retryable, when a blast-radius target is not allowed or
+                ``abort_below_health`` is below ``chaos.min_abort_below``.
         """
         scenario = data.scenario
-        refusal = policy_refusal(scenario, self._policy.chaos.allowed_targets)
-        if refusal:
-            raise ApplicationError(refusal, type=SCENARIO_REFUSED_ERROR, non_retryable=True)
+        self._refuse_by_policy(scenario)
         cap = cap_duration(
             scenario.duration_s, scenario.max_duration_s, self._policy.chaos.max_duration_s
         )
@@ -127,6 +154,7 @@ class ChaosActivities:
             effective_duration_s=cap.effective_s,
             lease_ttl_s=self._policy.chaos.lease_ttl_s,
             warnings=[cap.warning] if cap.warning else [],
+            require_approval=self._policy.chaos.require_approval,
         )
 
     @activity.defn(name="check_halt_switch")
@@ -138,13 +166,27 @@ class ChaosActivities:
     async def inject_fault(self, data: InjectFaultInput) -> InjectFaultResult:
         """Write the fault lease (TTL) and publish it; nothing while halted or dry-run.
 
+        The worker policy is enforced here too, whatever the workflow decided:
+        ``chaos.allowed_targets``, ``chaos.min_abort_below``, ``chaos.require_approval``
+        (``approved_by`` must name an approver) and ``chaos.require_hash_validation``.
+        Preflight: the fleet registry must show a live process guarding the blast radius
+        unless the scenario says ``allow_unguarded`` (dry runs only warn).
+
         Raises:
-            ApplicationError: non-retryable on a hash mismatch, a target already faulted
-                by another experiment, or ``instance_count`` with no known instance.
+            ApplicationError: non-retryable on a hash mismatch, a policy refusal (naming
+                the policy field), a target already faulted by another experiment, no live
+                process guarding the target, or ``instance_count`` with no known instance.
         """
         scenario = data.scenario
-        if scenario.require_hash_validation:
-            self._check_hash(scenario.constitutional_hash)
+        chaos = self._policy.chaos
+        self._refuse_by_policy(scenario)
+        refusal = approval_refusal(
+            data.approved_by, chaos.require_approval, self._policy.recovery.approvers
+        )
+        if refusal:
+            raise ApplicationError(refusal, type=SCENARIO_REFUSED_ERROR, non_retryable=True)
+        if scenario.require_hash_validation or chaos.require_hash_validation:
+            self._check_hash(scenario.constitutional_hash, scenario.require_hash_validation)
         instances: list[str] | None = None
         if scenario.instance_count is not None:
             known = await self.plane.known_instances()
@@ -165,9 +207,13 @@ class ChaosActivities:
             return InjectFaultResult(
                 injected=False, halted=True, detail=f"halt switch set: {halt.reason}"
             )
+        guarding = await self._preflight(data.experiment_id, scenario, instances)
         if scenario.dry_run:
             return InjectFaultResult(
-                injected=False, placement=placement, detail="dry run: no lease written"
+                injected=False,
+                placement=placement,
+                detail="dry run: no lease written",
+                instances_guarding=guarding,
             )
         try:
             written = await self.plane.inject(spec)
@@ -179,14 +225,34 @@ class ChaosActivities:
             return InjectFaultResult(injected=False, halted=True, detail="halt switch set")
         activity.logger.info("fault lease %s written (ttl %s ms)", spec.experiment_id, spec.ttl_ms)
         return InjectFaultResult(
-            injected=True, placement=placement, detail=f"lease ttl {spec.ttl_ms} ms"
+            injected=True,
+            placement=placement,
+            detail=f"lease ttl {spec.ttl_ms} ms",
+            instances_guarding=guarding,
         )
+
+    async def _preflight(
+        self, experiment_id: str, scenario: ChaosScenario, instances: list[str] | None
+    ) -> int:
+        """Live processes guarding the blast radius; refuses when there are none."""
+        live = await self.plane.known_instances()
+        snapshots = await self.plane.instance_snapshots(live)
+        selected = {
+            i
+            for i in live
+            if instance_selected(i, experiment_id, instances, scenario.instance_fraction)
+        }
+        pre = preflight_guards(live, snapshots, scenario.blast_radius, selected)
+        refusal = unguarded_refusal(pre, scenario.blast_radius)
+        if refusal and not scenario.allow_unguarded and not scenario.dry_run:
+            raise ApplicationError(refusal, type=UNGUARDED_TARGET_ERROR, non_retryable=True)
+        return pre.count
 
     @activity.defn(name="renew_fault_lease")
     async def renew_fault_lease(self, data: RenewLeaseInput) -> RenewLeaseResult:
         """Reset the lease's TTL after checking the hash; refused while halted."""
-        if data.require_hash_validation:
-            self._check_hash(data.constitutional_hash)
+        if data.require_hash_validation or self._policy.chaos.require_hash_validation:
+            self._check_hash(data.constitutional_hash, data.require_hash_validation)
         outcome = await self.plane.renew(data.experiment_id, max(1, int(data.ttl_s * 1000)))
         return RenewLeaseResult(
             renewed=outcome.renewed, halted=outcome.halted, missing=outcome.missing

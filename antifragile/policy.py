@@ -203,6 +203,13 @@ class ChaosPolicyConfig(BaseModel):
         allowed_targets: Guarded targets an experiment may touch. Empty (default): any.
         max_duration_s: Hard cap on an experiment's length, seconds. Default 300.
         lease_ttl_s: TTL of a fault lease in Redis, seconds. Default 15.
+        require_approval: Every experiment waits for an approval (``chaos approve``) before
+            injecting, whatever its scenario says; ``inject_fault`` refuses without one.
+            Default false.
+        require_hash_validation: The constitutional hash is checked at every injection and
+            lease renewal, whatever the scenario says. Default false.
+        min_abort_below: The lowest ``abort_below_health`` a scenario may set, 0..1: the
+            health guard cannot be switched off (0) or set below this. Default 0.0.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -210,6 +217,9 @@ class ChaosPolicyConfig(BaseModel):
     allowed_targets: list[str] = Field(default_factory=list)
     max_duration_s: float = Field(default=300.0, gt=0.0, le=300.0)
     lease_ttl_s: float = Field(default=15.0, gt=0.0, le=3600.0)
+    require_approval: bool = False
+    require_hash_validation: bool = False
+    min_abort_below: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class WorkerPolicy(BaseModel):

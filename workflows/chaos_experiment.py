@@ -14,13 +14,22 @@ before injection with ParentClosePolicy.ABANDON, sees the experiment gone and re
 the lease; and if the workers are gone too, the lease TTL removes the fault from every
 process by itself. The report is built from the journal kept all along, so it is
 complete for every outcome.
+
+Once the experiment is ending (patch ``chaos-shielded-ending``), cleanup, recovery
+verification, impact and report run in a task of their own: a cancel (or a second one)
+reaches only the workflow's main task, which notes it and keeps waiting, so nothing cuts
+the ending short. A removal Redis cannot confirm is waited out (lease TTL) and then asked
+again until Redis answers or ``CONFIRM_WINDOW_S`` passes; a health measurement that fails
+while verifying recovery is noted and retried until ``recovery_timeout_s``, never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -29,10 +38,12 @@ from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.chaos.logic import (
+        below_steady_state,
         check_phase_transition,
         health_check_interval_s,
         health_is_back,
         health_trips_guard,
+        instances_that_saw,
         lease_renewal_interval_s,
     )
     from antifragile.constants import (
@@ -105,6 +116,11 @@ MAX_EVENTS = 300
 VERIFY_INTERVAL_S = 1.0
 FLUSH_GRACE_S = 1.0
 """Call sites publish their counters every 0.5 s: wait this long after removal."""
+CONFIRM_WINDOW_S = 120.0
+"""After an unconfirmed removal and the lease TTL, keep asking Redis this long."""
+SHIELDED_ENDING = "chaos-shielded-ending"
+"""Patch: the ending (cleanup, verification, report) runs in a task no cancel reaches,
+removal is confirmed, and a failing measurement no longer fails the workflow."""
 
 
 class _End(Exception):
@@ -159,6 +175,15 @@ class ChaosExperimentWorkflow:
         self._recovered: bool | None = None
         self._outcome: ChaosOutcome | None = None
         self._reason = ""
+        self._shielded_ending = False
+        self._policy_approval = False
+        self._validated = False
+        self._used_signatures: list[str] = []
+        self._baseline: float | None = None
+        self._dropped: bool | None = None
+        self._injection_failed = ""
+        self._instances_guarding: int | None = None
+        self._impact_collected = False
 
     # --- run -------------------------------------------------------------------------
 
@@ -170,8 +195,10 @@ class ChaosExperimentWorkflow:
         outcome, reason = ChaosOutcome.COMPLETED, "ran for the full duration"
         try:
             await self._validate()
-            if self._s.require_approval:
+            if self._needs_approval():
                 await self._await_approval()
+            else:
+                self._ignore_early_decisions()
             await self._steady_state_before()
             await self._inject()
             await self._running()
@@ -180,11 +207,17 @@ class ChaosExperimentWorkflow:
         except asyncio.CancelledError:
             why = workflow.cancellation_reason()
             outcome, reason = ChaosOutcome.STOPPED, f"cancelled{': ' + why if why else ''}"
+            if self._stop is not None:  # the stop came first: it is why the run ends
+                by = f" by {self._stop.by}" if self._stop.by else ""
+                reason = f"emergency stop{by}: {self._stop.reason} (then {reason})"
             self._note(f"cancellation received; cleaning up ({reason})")
         except ActivityError as err:
             outcome, reason = ChaosOutcome.FAILED, f"activity failed: {_cause(err)}"
             self._note(reason)
         # Every path reaches this point: nothing above returns or re-raises.
+        if workflow.patched(SHIELDED_ENDING):
+            self._shielded_ending = True
+            return await self._shielded(self._end(outcome, reason))
         await self._cleanup()
         await self._dismiss_guardian()
         if self._lease_maybe_written:
@@ -196,6 +229,31 @@ class ChaosExperimentWorkflow:
                 self._note("cancelled while verifying recovery; report without it")
                 if outcome is ChaosOutcome.COMPLETED:
                     outcome, reason = ChaosOutcome.STOPPED, "cancelled while verifying recovery"
+        return await self._finish(outcome, reason)
+
+    async def _shielded(self, ending: Coroutine[Any, Any, ChaosReport]) -> ChaosReport:
+        """Run the ending in its own task: a cancel reaches only the workflow's main task
+        (this one), so cleanup and the report always run to the end."""
+        task = asyncio.create_task(ending)
+        while not task.done():
+            try:
+                await workflow.wait([task])
+            except asyncio.CancelledError:
+                why = workflow.cancellation_reason()
+                self._note(
+                    "cancellation received while ending"
+                    + (f" ({why})" if why else "")
+                    + ": cleanup and report go on"
+                )
+        return task.result()
+
+    async def _end(self, outcome: ChaosOutcome, reason: str) -> ChaosReport:
+        """Cleanup, recovery verification, impact and report (shielded ending)."""
+        await self._cleanup()
+        await self._dismiss_guardian()
+        if self._lease_maybe_written and self._cleanup_record.method != "injection_failed":
+            await self._verify_recovery(outcome)
+            await self._collect_impact()
         return await self._finish(outcome, reason)
 
     # --- phases ----------------------------------------------------------------------
@@ -225,6 +283,10 @@ class ChaosExperimentWorkflow:
             raise _End(ChaosOutcome.FAILED, _cause(err)) from None
         self._duration_s = checked.effective_duration_s
         self._ttl_s = checked.lease_ttl_s
+        self._policy_approval = checked.require_approval
+        self._validated = True
+        if checked.require_approval and not s.require_approval:
+            self._note("the worker policy requires approval (chaos.require_approval)")
         for warning in checked.warnings:
             self._warnings.append(warning)
             self._note(f"warning: {warning}")
@@ -233,16 +295,33 @@ class ChaosExperimentWorkflow:
             f"lease TTL {self._ttl_s:g}s"
         )
 
+    def _needs_approval(self) -> bool:
+        return self._s.require_approval or self._policy_approval
+
+    def _ignore_early_decisions(self, why: str = "this experiment needs no approval") -> None:
+        while self._inbox:
+            _, signal = self._inbox.pop(0)
+            self._record(signal, Decision.IGNORED, why)
+
     async def _await_approval(self) -> None:
         self._move(ChaosPhase.AWAITING_APPROVAL)
         self._note("waiting for approve/reject")
+        info = workflow.info()
         while True:
             await workflow.wait_condition(lambda: bool(self._inbox) or self._stop is not None)
             self._check_stop()
             decision, signal = self._inbox.pop(0)
             check = await workflow.execute_activity(
                 "authorize_approver",
-                AuthorizeApproverInput(approver=signal.approver),
+                AuthorizeApproverInput(
+                    approver=signal.approver,
+                    workflow_id=info.workflow_id,
+                    first_run_id=info.first_execution_run_id or info.run_id,
+                    decision=decision.value,
+                    signature=signal.signature,
+                    signed_at=signal.signed_at,
+                    used_signatures=list(self._used_signatures),
+                ),
                 result_type=AuthorizeApproverResult,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=SHORT_RETRY,
@@ -251,6 +330,8 @@ class ChaosExperimentWorkflow:
             if not check.allowed:
                 self._record(signal, Decision.REFUSED, check.reason)
                 continue
+            if check.signature_digest:  # a signature counts once
+                self._used_signatures.append(check.signature_digest)
             self._record(signal, decision)
             if decision is Decision.REJECTED:
                 note = f": {signal.note}" if signal.note else ""
@@ -271,6 +352,10 @@ class ChaosExperimentWorkflow:
         if halt.halted:
             raise _End(ChaosOutcome.STOPPED, f"halt switch set: {halt.reason or 'no reason'}")
         sample = await self._measure("steady state before injection")
+        if sample is not None:
+            self._baseline = (
+                sample.targets_score if sample.targets_score is not None else sample.score
+            )
         if sample is not None and health_trips_guard(
             sample.score, sample.healthy, self._s.abort_below_health
         ):
@@ -293,7 +378,12 @@ class ChaosExperimentWorkflow:
             result = await workflow.execute_activity(
                 "inject_fault",
                 InjectFaultInput(
-                    experiment_id=self._in.experiment_id, scenario=s, ttl_s=self._ttl_s
+                    experiment_id=self._in.experiment_id,
+                    scenario=s,
+                    ttl_s=self._ttl_s,
+                    approved_by=[
+                        d.approver for d in self._decisions if d.decision is Decision.APPROVED
+                    ],
                 ),
                 result_type=InjectFaultResult,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -305,8 +395,10 @@ class ChaosExperimentWorkflow:
             )
         except ActivityError as err:
             self._lease_until = workflow.now() + timedelta(seconds=self._ttl_s)
+            self._injection_failed = _cause(err)
             raise _End(ChaosOutcome.FAILED, f"injection failed: {_cause(err)}") from None
         now = workflow.now()
+        self._instances_guarding = result.instances_guarding
         if result.halted:
             self._lease_maybe_written = False
             raise _End(ChaosOutcome.STOPPED, result.detail or "halt switch set")
@@ -316,7 +408,12 @@ class ChaosExperimentWorkflow:
         if result.injected:
             self._lease_until = now + timedelta(seconds=self._ttl_s)
             self._lease_expires_earliest = sent + timedelta(seconds=self._ttl_s)
-            self._note(f"fault injected on {', '.join(s.blast_radius)} ({result.detail})")
+            guards = (
+                f"; {result.instances_guarding} live instance(s) guard it"
+                if result.instances_guarding is not None
+                else ""
+            )
+            self._note(f"fault injected on {', '.join(s.blast_radius)} ({result.detail}{guards})")
         else:
             self._note(result.detail or "nothing injected")
 
@@ -439,21 +536,12 @@ class ChaosExperimentWorkflow:
             self._placement = None
             return
         detail = ""
+        confirmed: bool | None = None
         try:
-            result = await workflow.execute_activity(
-                "remove_fault",
-                RemoveFaultInput(experiment_id=self._in.experiment_id),
-                result_type=RemoveFaultResult,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                schedule_to_close_timeout=timedelta(seconds=max(5.0, self._ttl_s)),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(milliseconds=200),
-                    maximum_interval=timedelta(seconds=2),
-                ),
-                summary="remove fault lease",
-            )
+            result = await self._remove_fault(max(5.0, self._ttl_s), "remove fault lease")
             method = "removed" if result.removed else "already_gone"
             removed = result.removed
+            confirmed = True if self._shielded_ending else None
         except ActivityError as err:
             # Redis unreachable: the lease cannot outlive its TTL, and every process
             # drops the fault by itself then. Wait it out, so "cleaned up" is true.
@@ -462,19 +550,83 @@ class ChaosExperimentWorkflow:
             if remaining > timedelta(0):
                 await workflow.sleep(remaining, summary="wait for the lease TTL")
             method, removed = "expired", False
-        self._removed_at = workflow.now()
+            if self._shielded_ending:
+                confirmed, note = await self._confirm_removal()
+                detail += f"; {note}"
+        now = workflow.now()
+        self._removed_at = now
         self._placement = None
+        ended = now
+        if method in ("expired", "already_gone") and self._lease_until is not None:
+            # Gone by itself: no later than its lease's expiry.
+            ended = min(now, self._lease_until)
+        if self._shielded_ending and self._injection_failed and not removed:
+            # The injection failed before writing anything: there was no fault to remove.
+            method, ended = "injection_failed", now
+            detail = detail or f"nothing to remove: {self._injection_failed}"
         self._cleanup_record = CleanupRecord(
-            attempted=True, lease_removed=removed, method=method, at=self._removed_at, detail=detail
+            attempted=True,
+            lease_removed=removed,
+            method=method,
+            at=self._removed_at,
+            detail=detail,
+            confirmed=confirmed,
+            fault_ended_at=ended if self._injected_at is not None else None,
         )
         self._note(f"cleanup done: {method}" + (f" — {detail}" if detail else ""))
+
+    async def _remove_fault(self, within_s: float, summary: str) -> RemoveFaultResult:
+        result: RemoveFaultResult = await workflow.execute_activity(
+            "remove_fault",
+            RemoveFaultInput(experiment_id=self._in.experiment_id),
+            result_type=RemoveFaultResult,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            schedule_to_close_timeout=timedelta(seconds=within_s),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(milliseconds=200),
+                maximum_interval=timedelta(seconds=2),
+            ),
+            summary=summary,
+        )
+        return result
+
+    async def _confirm_removal(self) -> tuple[bool, str]:
+        """After the TTL: ask Redis again until it answers that no lease is left."""
+        try:
+            result = await self._remove_fault(CONFIRM_WINDOW_S, "confirm the lease is gone")
+        except ActivityError as err:
+            return False, (
+                f"not confirmed: Redis unreachable for {CONFIRM_WINDOW_S:g}s more "
+                f"({_cause(err)}); the lease TTL bounds the fault"
+            )
+        if result.removed:  # cannot outlive its TTL; say so if Redis ever disagrees
+            return True, "confirmed late: a lease was still there and is now removed"
+        return True, "confirmed: no lease left"
 
     async def _verify_recovery(self, outcome: ChaosOutcome) -> None:
         self._move(ChaosPhase.VERIFYING_RECOVERY)
         assert self._removed_at is not None
         deadline = self._removed_at + timedelta(seconds=self._s.recovery_timeout_s)
+        failure = ""
         while True:
-            sample = await self._measure("after removal")
+            try:
+                sample = await self._measure("after removal")
+            except ActivityError as err:
+                if not self._shielded_ending:
+                    raise
+                # Redis unreachable (often the same outage that broke a renewal): the
+                # fault is gone either way; keep trying until the recovery deadline.
+                sample, first = None, not failure
+                failure = _cause(err)
+                if first:
+                    self._note(f"health not measured: {failure}")
+                if workflow.now() >= deadline:
+                    self._warnings.append(f"recovery not verified: health not measured ({failure})")
+                    break
+                await workflow.sleep(
+                    timedelta(seconds=VERIFY_INTERVAL_S), summary="wait before measuring again"
+                )
+                continue
             now = workflow.now()
             if sample is None:
                 self._note("no health source: recovery not measured")
@@ -483,8 +635,11 @@ class ChaosExperimentWorkflow:
             back = sample.targets_score if sample.targets_score is not None else sample.score
             if health_is_back(back, sample.healthy, self._s.abort_below_health):
                 self._recovered = True
-                self._time_to_recover = round((now - self._removed_at).total_seconds(), 3)
-                self._note(f"health back after {self._time_to_recover:g}s")
+                if self._dropped:
+                    self._time_to_recover = round((now - self._removed_at).total_seconds(), 3)
+                    self._note(f"health back after {self._time_to_recover:g}s")
+                else:
+                    self._note("health never dropped below its steady state: nothing to recover")
                 break
             if now >= deadline:
                 self._recovered = False
@@ -521,6 +676,7 @@ class ChaosExperimentWorkflow:
                 retry_policy=SHORT_RETRY,
                 summary="collect impact",
             )
+            self._impact_collected = True
         except ActivityError as err:
             self._warnings.append(f"impact not collected: {_cause(err)}")
 
@@ -567,6 +723,7 @@ class ChaosExperimentWorkflow:
         return sample
 
     async def _finish(self, outcome: ChaosOutcome, reason: str) -> ChaosReport:
+        self._ignore_early_decisions("the experiment ended before any approval counted")
         self._outcome, self._reason = outcome, reason
         self._move(ChaosPhase(outcome.value))
         self._note(f"{outcome.value}: {reason}")
@@ -601,6 +758,10 @@ class ChaosExperimentWorkflow:
     def _add_sample(self, sample: HealthSample) -> None:
         self._health.append(sample)
         del self._health[:-MAX_HEALTH_SAMPLES]
+        if self._injected_at is not None and not self._s.dry_run:
+            value = sample.targets_score if sample.targets_score is not None else sample.score
+            dropped = below_steady_state(self._baseline, value, sample.healthy)
+            self._dropped = bool(self._dropped) or dropped
         if sample.score is not None:
             self._last = sample.score
             self._lowest = sample.score if self._lowest is None else min(self._lowest, sample.score)
@@ -687,10 +848,11 @@ class ChaosExperimentWorkflow:
         self._decide(Decision.REJECTED, signal)
 
     def _decide(self, decision: Decision, signal: ApprovalSignal) -> None:
-        if self._s.require_approval and self._phase in (
-            ChaosPhase.VALIDATING,
-            ChaosPhase.AWAITING_APPROVAL,
-        ):
+        # While validating, the worker policy may still require approval: keep it.
+        early = self._phase is ChaosPhase.VALIDATING and (
+            self._s.require_approval or not self._validated
+        )
+        if early or self._phase is ChaosPhase.AWAITING_APPROVAL:
             self._inbox.append((decision, signal))
         else:
             self._record(signal, Decision.IGNORED, f"nothing awaits approval ({self._phase.value})")
@@ -723,6 +885,9 @@ class ChaosExperimentWorkflow:
             warnings=list(self._warnings),
             decisions=list(self._decisions),
             events=list(self._events),
+            approval_needed=self._phase is ChaosPhase.AWAITING_APPROVAL,
+            instances_guarding=self._instances_guarding,
+            injection_failed=self._injection_failed,
         )
 
     @workflow.query(name="report")
@@ -757,7 +922,28 @@ class ChaosExperimentWorkflow:
             warnings=list(self._warnings),
             decisions=list(self._decisions),
             events=list(self._events),
+            fault_active_s=self._fault_active_s(),
+            instances_guarding=self._instances_guarding,
+            instances_saw_fault=(
+                instances_that_saw(
+                    self._impact.calls_seen,
+                    self._impact.calls_affected,
+                    self._impact.breakers_opened,
+                )
+                if self._impact_collected
+                else None
+            ),
+            health_dropped=self._dropped,
+            injection_failed=self._injection_failed,
         )
+
+    def _fault_active_s(self) -> float | None:
+        if self._injected_at is None or self._s.dry_run:
+            return None
+        end = self._cleanup_record.fault_ended_at or self._removed_at
+        if end is None:  # still running: so far
+            end = workflow.now()
+        return round(max(0.0, (end - self._injected_at).total_seconds()), 3)
 
 
 def _cause(err: ActivityError) -> str:

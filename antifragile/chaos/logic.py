@@ -90,8 +90,17 @@ def targets_refused(blast_radius: Iterable[str], allowed: Iterable[str]) -> list
     return [t for t in blast_radius if t not in allowed_set]
 
 
-def policy_refusal(scenario: ChaosScenario, allowed_targets: Iterable[str]) -> str | None:
-    """Why the worker policy refuses ``scenario``, or None when it may run."""
+def policy_refusal(
+    scenario: ChaosScenario, allowed_targets: Iterable[str], min_abort_below: float = 0.0
+) -> str | None:
+    """Why the worker policy refuses ``scenario``, or None when it may run.
+
+    Args:
+        scenario: The experiment asked for.
+        allowed_targets: The policy's ``chaos.allowed_targets`` (empty: any target).
+        min_abort_below: The policy's ``chaos.min_abort_below``: the health guard may not
+            be switched off or set below it (compared exactly).
+    """
     allowed = list(allowed_targets)
     refused = targets_refused(scenario.blast_radius, allowed)
     if refused:
@@ -99,7 +108,125 @@ def policy_refusal(scenario: ChaosScenario, allowed_targets: Iterable[str]) -> s
             f"blast_radius: {', '.join(refused)} not in the worker policy's "
             f"chaos.allowed_targets ({', '.join(allowed)})"
         )
+    if scenario.abort_below_health < min_abort_below:
+        off = " (switches the health guard off)" if scenario.abort_below_health <= 0 else ""
+        return (
+            f"abort_below_health {scenario.abort_below_health:g}{off} is below the worker "
+            f"policy's chaos.min_abort_below ({min_abort_below:g})"
+        )
     return None
+
+
+def approval_refusal(
+    approved_by: Iterable[str], require_approval: bool, approvers: Iterable[str]
+) -> str | None:
+    """Why an injection must be refused for want of approval, or None.
+
+    Args:
+        approved_by: Approvers whose approval the workflow accepted.
+        require_approval: The policy's ``chaos.require_approval``.
+        approvers: The policy's approvers (empty: any named approver counts).
+    """
+    if not require_approval:
+        return None
+    allowed = set(approvers)
+    valid = [a for a in approved_by if a.strip() and (not allowed or a in allowed)]
+    if not valid:
+        return (
+            "the worker policy's chaos.require_approval is set and nobody approved this "
+            "experiment (antifragile chaos approve ID --by NAME)"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """Which live processes of the fleet registry guard an experiment's blast radius.
+
+    Attributes:
+        guarding: Live instances whose health snapshot lists a blast-radius breaker.
+        unknown: Live instances that publish no per-breaker snapshot: they may guard it.
+        live: Every live instance of the registry.
+        selected: Live instances the experiment's instance selection picks.
+    """
+
+    guarding: tuple[str, ...]
+    unknown: tuple[str, ...]
+    live: int
+    selected: int | None = None
+
+    @property
+    def count(self) -> int:
+        """Instances that will (or may) enforce the fault."""
+        return len(self.guarding) + len(self.unknown)
+
+
+def snapshot_breakers(snapshot: dict[str, object] | None) -> set[str] | None:
+    """Breaker names a health snapshot lists (None: it lists none, or there is none)."""
+    if not snapshot:
+        return None
+    for field in ("circuit_details", "breakers"):
+        breakers = snapshot.get(field)
+        if isinstance(breakers, dict):
+            return {str(name) for name in breakers}
+    return None
+
+
+def preflight_guards(
+    live: Iterable[str],
+    snapshots: dict[str, dict[str, object] | None],
+    blast_radius: Iterable[str],
+    selected: set[str] | None = None,
+) -> Preflight:
+    """Split the live instances into those that guard ``blast_radius`` and the unknown.
+
+    Args:
+        live: Instances the fault plane saw recently (``af:chaos:instances``).
+        snapshots: Each instance's health snapshot (``af:health:{instance}``), None if none.
+        blast_radius: The experiment's targets.
+        selected: Only these instances enforce the fault (None: every instance).
+    """
+    targets = set(blast_radius)
+    guarding: list[str] = []
+    unknown: list[str] = []
+    instances = sorted(set(live))
+    for instance in instances:
+        if selected is not None and instance not in selected:
+            continue
+        names = snapshot_breakers(snapshots.get(instance))
+        if names is None:
+            unknown.append(instance)
+        elif names & targets:
+            guarding.append(instance)
+    chosen = len(instances) if selected is None else len(set(instances) & selected)
+    return Preflight(tuple(guarding), tuple(unknown), len(instances), chosen)
+
+
+def unguarded_refusal(pre: Preflight, blast_radius: Iterable[str]) -> str | None:
+    """The one-line refusal when no live process guards the blast radius, else None."""
+    if pre.count > 0:
+        return None
+    where = ", ".join(blast_radius)
+    seen = f"{pre.live} live process(es), none guarding it" if pre.live else "no live process"
+    if pre.live and pre.selected is not None and pre.selected < pre.live:
+        seen = f"{pre.live} live process(es), {pre.selected} selected, none of them guarding it"
+    return (
+        f"no live process guards {where} ({seen} in the fleet registry); check the target "
+        "name, or pass --allow-unguarded (allow_unguarded: true) to inject anyway"
+    )
+
+
+def below_steady_state(baseline: float | None, score: float | None, healthy: bool) -> bool:
+    """True when an observation shows health below the steady state before injection.
+
+    ``baseline`` None means no score was measured before: a full 1.0 is assumed. An
+    explicit unhealthy verdict counts as a drop; a missing score alone does not.
+    """
+    if not healthy:
+        return True
+    if score is None:
+        return False
+    return score < (1.0 if baseline is None else baseline)
 
 
 def lease_renewal_interval_s(ttl_s: float) -> float:
@@ -177,3 +304,16 @@ def placement_words(instances: list[str] | None, fraction: float | None) -> str:
 def short_id(seed: str) -> str:
     """An 8-hex-digit id from ``seed`` (the workflow id suffix)."""
     return hashlib.sha256(seed.encode()).hexdigest()[:8]
+
+
+def instances_that_saw(
+    calls_seen: Iterable[str], calls_affected: Iterable[str], breakers_opened: Iterable[str]
+) -> int:
+    """How many instances the fault reached: those that counted calls under it, and those
+    whose breaker it opened (a forced-open breaker refuses calls before they are counted).
+
+    ``breakers_opened`` entries read ``instance/target: STATE``.
+    """
+    names = set(calls_seen) | set(calls_affected)
+    names |= {entry.split("/", 1)[0] for entry in breakers_opened if "/" in entry}
+    return len(names)

@@ -264,6 +264,10 @@ class FaultPlane:
         members = await self._r.zrangebyscore(INSTANCES_KEY, time.time() - max_age_s, "+inf")
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
+    async def instance_snapshots(self, instances: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Each instance's health snapshot ``af:health:{instance}`` (None: none or unreadable)."""
+        return {i: await self._read_snapshot(f"{REDIS_HEALTH_KEY_PREFIX}{i}") for i in instances}
+
     async def impact(self, experiment_id: str) -> Impact:
         """What the call sites counted for ``experiment_id``."""
         pipe = self._r.pipeline(transaction=False)

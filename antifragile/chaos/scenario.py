@@ -105,6 +105,8 @@ class ChaosScenario(StrictModel):
         constitutional_hash: Must match the worker's. Default the project default.
         require_approval: Wait for an ``approve`` signal before injecting. Default false.
         dry_run: Run every phase but write no fault lease. Default false.
+        allow_unguarded: Inject even when no live process of the fleet registry guards the
+            target (e.g. a service about to start). Default false: refused at injection.
         requested_by: Who asked for the experiment. Default empty.
     """
 
@@ -132,6 +134,7 @@ class ChaosScenario(StrictModel):
     constitutional_hash: str = DEFAULT_CONSTITUTIONAL_HASH
     require_approval: bool = False
     dry_run: bool = False
+    allow_unguarded: bool = False
     requested_by: str = Field(default="", max_length=200)
 
     @field_validator("chaos_type", "resource_type", mode="before")

@@ -22,21 +22,30 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
 )
+from temporalio.exceptions import CancelledError as CancelledError_
+from temporalio.exceptions import TerminatedError
+from temporalio.exceptions import TimeoutError as TimeoutError_
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.chaos.client import (
+    REBUILD_QUERY_TIMEOUT,
     RUNNING_QUERY,
     WORKFLOW_TYPE,
     experiment_details,
     experiment_summary,
+    rebuild_report,
     start_experiment,
 )
 from antifragile.chaos.logic import cap_duration, policy_refusal
 from antifragile.chaos.plane import FaultPlane
 from antifragile.chaos.scenario import ChaosScenario, ChaosType, ResourceType, load_scenario
 from antifragile.cli._common import (
+    approval_signal,
     console,
     err_console,
     fail,
@@ -46,7 +55,12 @@ from antifragile.cli._common import (
     print_json,
     run,
 )
-from antifragile.constants import KIND_CHAOS, SIGNAL_EMERGENCY_STOP
+from antifragile.constants import (
+    KIND_CHAOS,
+    SIGNAL_APPROVE,
+    SIGNAL_EMERGENCY_STOP,
+    SIGNAL_REJECT,
+)
 from antifragile.models.chaos import (
     ChaosExperimentInput,
     ChaosOutcome,
@@ -55,6 +69,7 @@ from antifragile.models.chaos import (
     ChaosStatus,
     EmergencyStopSignal,
 )
+from antifragile.models.common import Decision
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
@@ -89,7 +104,7 @@ def _prepare(settings: Settings, data: dict[str, Any], source: str) -> ChaosScen
     data.setdefault("constitutional_hash", settings.constitutional_hash)
     scenario = parse_scenario(data, source)
     policy = WorkerPolicy.load(settings.policy_file)
-    refusal = policy_refusal(scenario, policy.chaos.allowed_targets)
+    refusal = policy_refusal(scenario, policy.chaos.allowed_targets, policy.chaos.min_abort_below)
     if refusal:
         fail(f"{source}: {refusal}")
     cap = cap_duration(scenario.duration_s, scenario.max_duration_s, policy.chaos.max_duration_s)
@@ -167,6 +182,10 @@ def start(
     abort_below: Annotated[float | None, typer.Option(help="Health guard threshold.")] = None,
     require_approval: Annotated[bool, typer.Option(help="Wait for approve.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Every phase, no fault.")] = False,
+    allow_unguarded: Annotated[
+        bool,
+        typer.Option("--allow-unguarded", help="Inject even if no live process guards the target."),
+    ] = False,
     by: Annotated[str, typer.Option("--by", help="Who asks.")] = "cli",
     wait: Annotated[bool, typer.Option(help="Follow it live and print the report.")] = False,
     json_out: JsonFlag = False,
@@ -180,6 +199,7 @@ def start(
         "duration_s": parse_duration_s(duration, "--duration"),
         "require_approval": require_approval,
         "dry_run": dry_run,
+        "allow_unguarded": allow_unguarded,
         "requested_by": by,
     }
     if blast_radius:
@@ -210,6 +230,13 @@ async def _launch(settings: Settings, scenario: ChaosScenario, wait: bool, json_
             print_json({"experiment_id": handle.id, "run_id": handle.result_run_id, "url": url})
         else:
             console.print(f"chaos experiment [bold]{handle.id}[/bold] started\n  {url}")
+            if (
+                scenario.require_approval
+                or WorkerPolicy.load(settings.policy_file).chaos.require_approval
+            ):
+                console.print(
+                    f"  it waits for an approval: antifragile chaos approve {handle.id} --by NAME"
+                )
         return
     if not json_out:
         err_console.print(f"following {handle.id} … {url}")
@@ -218,14 +245,26 @@ async def _launch(settings: Settings, scenario: ChaosScenario, wait: bool, json_
 
 
 async def _follow(handle: WorkflowHandle[Any, Any], *, quiet: bool) -> ChaosReport:
-    """Print phase, time left and health as they change; return the final report."""
+    """Print phase, time left and health as they change; return the final report.
+
+    Raises:
+        CommandFailed: (exit 1, one line) the workflow was terminated, failed or timed out
+            without a report; ``chaos report ID`` rebuilds one.
+    """
     result = asyncio.ensure_future(handle.result())
     last = ""
+    told_approval = False
     while not result.done():
         try:
-            status: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
-        except RPCError:
-            status = None  # type: ignore[assignment]
+            status: ChaosStatus | None = await handle.query("status", result_type=ChaosStatus)
+        except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+            status = None
+        if status is not None and status.approval_needed and not told_approval:
+            told_approval = True
+            err_console.print(
+                f"approval needed: antifragile chaos approve {handle.id} --by NAME "
+                f"(or antifragile chaos reject {handle.id} --by NAME)"
+            )
         if status is not None and not quiet:
             left = f"{status.time_left_s:4.0f}s left" if status.time_left_s is not None else ""
             health = f"health {status.last_health:.2f}" if status.last_health is not None else ""
@@ -236,10 +275,28 @@ async def _follow(handle: WorkflowHandle[Any, Any], *, quiet: bool) -> ChaosRepo
                 err_console.print(f"{stamp}  {line}")
                 last = line
         await asyncio.wait({result}, timeout=1.0)
-    report = result.result()
+    try:
+        report = result.result()
+    except WorkflowFailureError as exc:
+        fail(f"{handle.id} {_ended_without_report(exc)}", code=1)
     if not isinstance(report, ChaosReport):
         report = ChaosReport.model_validate(report)
     return report
+
+
+def _ended_without_report(exc: WorkflowFailureError) -> str:
+    """One line for a followed experiment that ended without a report."""
+    cause = exc.cause
+    if isinstance(cause, TerminatedError):
+        why = f" ({cause.message})" if cause.message else ""
+        what = f"was terminated{why}"
+    elif isinstance(cause, TimeoutError_):
+        what = "timed out"
+    elif isinstance(cause, CancelledError_):
+        what = "was cancelled"
+    else:
+        what = f"failed: {getattr(cause, 'message', None) or cause or exc}"
+    return f"{what}; `antifragile chaos report ID` rebuilds its report"
 
 
 def _finish(report: ChaosReport, json_out: bool) -> None:
@@ -247,9 +304,11 @@ def _finish(report: ChaosReport, json_out: bool) -> None:
         print_json(report)
     else:
         render_report(report)
+    if report.outcome is None:
+        where = report.reason or (f"phase {report.phases[-1].phase.value}" if report.phases else "")
+        fail(f"{report.experiment_id} has not ended yet ({where})", code=1)
     if report.outcome is not ChaosOutcome.COMPLETED:
-        outcome = report.outcome.value if report.outcome else "UNFINISHED"
-        fail(f"{report.experiment_id} ended {outcome}: {report.reason}", code=1)
+        fail(f"{report.experiment_id} ended {report.outcome.value}: {report.reason}", code=1)
 
 
 # --- rendering -----------------------------------------------------------------------
@@ -267,7 +326,16 @@ def render_status(status: ChaosStatus, settings: Settings) -> None:
     head.add_row("fault", f"{status.chaos_type.value}: {status.parameters}")
     head.add_row("blast radius", ", ".join(status.blast_radius))
     active = "; ".join(f"{', '.join(f.targets)} on {f.instances}" for f in status.faults_active)
+    if status.injection_failed:
+        active = f"nothing: injection failed ({status.injection_failed})"
     head.add_row("active", active or "none")
+    if status.instances_guarding is not None:
+        head.add_row("instances", f"{status.instances_guarding} live instance(s) guard it")
+    if status.approval_needed:
+        head.add_row(
+            "approval",
+            f"needed: antifragile chaos approve {status.experiment_id} --by NAME (or chaos reject)",
+        )
     head.add_row(
         "time left", f"{status.time_left_s:.0f}s" if status.time_left_s is not None else "-"
     )
@@ -298,22 +366,42 @@ def render_report(report: ChaosReport) -> None:
     head = Table.grid(padding=(0, 2))
     outcome = report.outcome.value if report.outcome else "IN PROGRESS"
     colour = "green" if report.outcome is ChaosOutcome.COMPLETED else "red"
-    head.add_row("experiment", report.experiment_id)
-    head.add_row("outcome", f"[bold {colour}]{outcome}[/bold {colour}] — {report.reason}")
+    head.add_row("experiment", report.experiment_id + (" (rebuilt)" if report.rebuilt else ""))
+    head.add_row("outcome", f"[bold {colour}]{outcome}[/bold {colour}] — {report.reason or '-'}")
     head.add_row("fault", f"{report.chaos_type.value} on {', '.join(report.blast_radius)}")
     head.add_row(
         "duration",
-        f"{report.effective_duration_s:g}s (requested {report.requested_duration_s:g}s)",
+        f"{report.effective_duration_s:g}s planned (requested {report.requested_duration_s:g}s)",
     )
+    if report.injection_failed:
+        head.add_row("fault", f"[red]injection failed[/red]: {report.injection_failed}")
+    active = report.fault_active_s
+    head.add_row("fault active", f"{active:g}s" if active is not None else "-")
     head.add_row("injected / removed", f"{_t(report.injected_at)} / {_t(report.removed_at)}")
+    confirmed = {True: "; confirmed", False: "; NOT confirmed", None: ""}[report.cleanup.confirmed]
     head.add_row(
         "cleanup",
-        report.cleanup.method + (f" ({report.cleanup.detail})" if report.cleanup.detail else ""),
+        report.cleanup.method
+        + confirmed
+        + (f" ({report.cleanup.detail})" if report.cleanup.detail else ""),
     )
+    if report.instances_guarding is not None or report.instances_saw_fault is not None:
+        guarding = report.instances_guarding
+        saw = report.instances_saw_fault
+        head.add_row(
+            "instances",
+            f"{'-' if guarding is None else guarding} guarding at injection, "
+            f"{'-' if saw is None else saw} counted calls under the fault",
+        )
     low = report.health_lowest
     head.add_row("lowest health", f"{low:.2f}" if low is not None else "-")
     ttr = report.time_to_recover_s
-    head.add_row("time to recover", f"{ttr:g}s" if ttr is not None else "-")
+    if ttr is not None:
+        head.add_row("time to recover", f"{ttr:g}s")
+    elif report.health_dropped is False:
+        head.add_row("time to recover", "- (health never dropped)")
+    else:
+        head.add_row("time to recover", "-")
     affected = ", ".join(f"{k}: {v}" for k, v in sorted(report.calls_affected.items()))
     head.add_row("calls affected", affected or "-")
     head.add_row("breakers opened", ", ".join(report.breakers_opened) or "-")
@@ -400,7 +488,12 @@ def status(experiment_id: str, json_out: JsonFlag = False) -> None:
     async def _go() -> None:
         client = await connect(settings)
         handle = await _handle(client, experiment_id)
-        st: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+        desc = await handle.describe()
+        if desc.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
+            st: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+        else:
+            # Ended without a report: its last phase is stale; say how it really ended.
+            st = _status_of(await _rebuilt(client, settings, experiment_id))
         if json_out:
             print_json(st)
         else:
@@ -420,14 +513,129 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
         desc = await handle.describe()
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             rep: ChaosReport = await handle.result()
-        else:
-            rep = await handle.query("report", result_type=ChaosReport)
+        elif desc.status == WorkflowExecutionStatus.RUNNING:
+            try:
+                rep = await handle.query(
+                    "report", result_type=ChaosReport, rpc_timeout=REBUILD_QUERY_TIMEOUT
+                )
+            except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+                rep = await _rebuilt(client, settings, experiment_id)  # a lost worker
+        else:  # terminated, failed, timed out: rebuilt from history and Redis
+            rep = await _rebuilt(client, settings, experiment_id)
         _finish(rep, json_out)
 
     run(_go())
 
 
+async def _rebuilt(client: Client, settings: Settings, experiment_id: str) -> ChaosReport:
+    plane = FaultPlane.from_url(settings.redis_url, timeout_s=3.0)
+    try:
+        return await rebuild_report(client, experiment_id, plane=plane)
+    finally:
+        await plane.close()
+
+
+def _status_of(report: ChaosReport) -> ChaosStatus:
+    """A status line-up of an ended experiment, from its (rebuilt) report."""
+    phase = ChaosPhase(report.outcome.value) if report.outcome else ChaosPhase.FAILED
+    return ChaosStatus(
+        experiment_id=report.experiment_id,
+        name=report.name,
+        chaos_type=report.chaos_type,
+        target=report.target,
+        blast_radius=report.blast_radius,
+        parameters="",
+        phase=phase,
+        dry_run=report.dry_run,
+        started_at=report.started_at,
+        injected_at=report.injected_at,
+        duration_s=report.effective_duration_s,
+        lowest_health=report.health_lowest,
+        stop_reason=report.reason,
+        warnings=report.warnings,
+        decisions=report.decisions,
+        events=report.events,
+        instances_guarding=report.instances_guarding,
+        injection_failed=report.injection_failed,
+    )
+
+
+# --- approving -----------------------------------------------------------------------
+
+
+def _decide(experiment_id: str, by: str, note: str, decision: Decision) -> None:
+    settings = load_settings()
+
+    async def _go() -> None:
+        client = await connect(settings)
+        handle = await _handle(client, experiment_id)
+        before: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+        if not before.approval_needed and before.phase is not ChaosPhase.VALIDATING:
+            fail(f"nothing awaits approval in {experiment_id} (phase {before.phase.value})")
+        signal = await approval_signal(handle, approver=by, note=note, decision=decision.value)
+        name = SIGNAL_APPROVE if decision is Decision.APPROVED else SIGNAL_REJECT
+        await handle.signal(name, signal)
+        # The worker checks the approver (and signature) against its policy: wait for it.
+        deadline = asyncio.get_running_loop().time() + 15.0
+        while asyncio.get_running_loop().time() < deadline:
+            after: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+            if len(after.decisions) > len(before.decisions):
+                record = after.decisions[-1]
+                if record.decision is Decision.REFUSED:
+                    fail(f"{by} was refused: {record.reason}")
+                if record.decision is Decision.IGNORED:
+                    fail(f"{experiment_id}: decision ignored ({record.reason})")
+                for _ in range(20):  # an approval moves the phase a moment later
+                    if after.phase is not ChaosPhase.AWAITING_APPROVAL:
+                        break
+                    await asyncio.sleep(0.1)
+                    after = await handle.query("status", result_type=ChaosStatus)
+                console.print(
+                    f"{record.decision.value} by {record.approver}: {experiment_id} is now "
+                    f"{after.phase.value}"
+                )
+                return
+            await asyncio.sleep(0.1)
+        console.print(f"signal sent; {experiment_id} has not recorded the decision yet")
+
+    run(_go())
+
+
+@app.command("approve")
+def approve(
+    experiment_id: str,
+    by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],
+    note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
+) -> None:
+    """Approve EXPERIMENT_ID's injection (AWAITING_APPROVAL only); signed with
+    ANTIFRAGILE_APPROVER_KEY when set."""
+    _decide(experiment_id, by, note, Decision.APPROVED)
+
+
+@app.command("reject")
+def reject(
+    experiment_id: str,
+    by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],
+    note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
+) -> None:
+    """Reject EXPERIMENT_ID: it ends FAILED without injecting anything."""
+    _decide(experiment_id, by, note, Decision.REJECTED)
+
+
 # --- stopping ------------------------------------------------------------------------
+
+
+async def _fault_words(handle: WorkflowHandle[Any, Any]) -> str:
+    """What became of the fault, for ``chaos stop``: never "removed" if none was injected."""
+    try:
+        st: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        return "fault removed or expired (status not readable)"
+    if st.injection_failed:
+        return f"nothing was injected (injection failed: {st.injection_failed})"
+    if st.injected_at is None:
+        return "nothing was injected"
+    return "fault removed"
 
 
 async def _wait_cleaned(handles: list[WorkflowHandle[Any, Any]], timeout_s: float) -> list[str]:
@@ -508,7 +716,7 @@ def stop(
         left = await _wait_cleaned([h], wait_s)
         if left:
             fail(f"{experiment_id} has not cleaned up within {timeout}", code=1)
-        console.print(f"{experiment_id} stopped; fault removed")
+        console.print(f"{experiment_id} stopped; {await _fault_words(h)}")
 
     run(_go())
 

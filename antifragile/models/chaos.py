@@ -170,7 +170,8 @@ class CleanupRecord(StrictModel):
         attempted: Cleanup ran (always true once a lease could have been written).
         lease_removed: The lease existed and was deleted by cleanup.
         method: ``removed``, ``already_gone``, ``expired`` (Redis unreachable: the TTL
-            ran out before the experiment ended) or ``nothing_injected``.
+            ran out before the experiment ended), ``injection_failed`` (the injection was
+            refused or failed: nothing to remove) or ``nothing_injected``.
         at: When cleanup finished.
         detail: Errors met on the way.
     """
@@ -180,6 +181,10 @@ class CleanupRecord(StrictModel):
     method: str = "nothing_injected"
     at: datetime | None = None
     detail: str = ""
+    confirmed: bool | None = None
+    """The fault plane confirmed no lease is left (None: not asked, e.g. older runs)."""
+    fault_ended_at: datetime | None = None
+    """When the fault stopped applying: the removal, or the lease's expiry (method expired)."""
 
 
 class ChaosStatus(StrictModel):
@@ -205,6 +210,12 @@ class ChaosStatus(StrictModel):
     warnings: list[str] = Field(default_factory=list)
     decisions: list[ApprovalRecord] = Field(default_factory=list)
     events: list[ChaosEvent] = Field(default_factory=list)
+    approval_needed: bool = False
+    """The experiment waits for ``chaos approve``/``chaos reject`` now."""
+    instances_guarding: int | None = None
+    """Live processes guarding the blast radius at injection (None: not injected yet)."""
+    injection_failed: str = ""
+    """Why the injection failed ("" when it did not): nothing was injected."""
 
 
 class ChaosReport(StrictModel):
@@ -223,7 +234,8 @@ class ChaosReport(StrictModel):
         recovery_workflows: Recoveries of blast-radius services that started
             during the experiment, and how they ended.
         time_to_recover_s: Seconds from fault removal until health was back
-            (None: never injected, or not back within ``recovery_timeout_s``).
+            (None: never injected, health never dropped, or not back within
+            ``recovery_timeout_s``).
         warnings: E.g. the duration was capped.
     """
 
@@ -255,6 +267,18 @@ class ChaosReport(StrictModel):
     warnings: list[str] = Field(default_factory=list)
     decisions: list[ApprovalRecord] = Field(default_factory=list)
     events: list[ChaosEvent] = Field(default_factory=list)
+    fault_active_s: float | None = None
+    """How long the fault really applied: injection until removal or lease expiry."""
+    instances_guarding: int | None = None
+    """Live processes guarding the blast radius when the fault was injected."""
+    instances_saw_fault: int | None = None
+    """Processes that counted calls under the fault (None: impact not collected)."""
+    health_dropped: bool | None = None
+    """Health fell below its steady state during the experiment (None: not measured)."""
+    injection_failed: str = ""
+    """Why the injection failed ("" when it did not)."""
+    rebuilt: bool = False
+    """Rebuilt by ``chaos report`` from history and Redis (the run ended without one)."""
 
 
 # --- signals -------------------------------------------------------------------------
@@ -288,6 +312,8 @@ class ValidateScenarioResult(StrictModel):
     effective_duration_s: float
     lease_ttl_s: float
     warnings: list[str] = Field(default_factory=list)
+    require_approval: bool = False
+    """The worker policy's ``chaos.require_approval``: gate even if the scenario does not."""
 
 
 class CheckHaltInput(StrictModel):
@@ -311,6 +337,8 @@ class InjectFaultInput(StrictModel):
     experiment_id: str
     scenario: ChaosScenario
     ttl_s: float = Field(gt=0.0)
+    approved_by: list[str] = Field(default_factory=list)
+    """Approvers whose approval the workflow accepted (``chaos.require_approval``)."""
 
 
 class InjectFaultResult(StrictModel):
@@ -327,6 +355,8 @@ class InjectFaultResult(StrictModel):
     halted: bool = False
     placement: FaultPlacement | None = None
     detail: str = ""
+    instances_guarding: int | None = None
+    """Live processes of the fleet registry guarding the blast radius (preflight)."""
 
 
 class RenewLeaseInput(StrictModel):

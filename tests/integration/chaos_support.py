@@ -138,12 +138,14 @@ def chaos_stack(
     lease_ttl_s: float,
     instance: str = "demo-1",
     extra_policy: str = "",
+    unguarded: list[str] | None = None,
 ) -> Iterator[Stack]:
-    """Start a worker (policy: only ``targets``) and a demo service guarding ``targets``."""
+    """Start a worker (policy: only ``targets`` and ``unguarded``) and a demo service
+    guarding ``targets`` (``unguarded`` targets are allowed but nobody guards them)."""
     policy = workdir / "policy.yaml"
     policy.write_text(
         "chaos:\n"
-        f"  allowed_targets: [{', '.join(targets)}]\n"
+        f"  allowed_targets: [{', '.join([*targets, *(unguarded or [])])}]\n"
         "  max_duration_s: 60\n"
         f"  lease_ttl_s: {lease_ttl_s}\n" + extra_policy
     )
@@ -195,7 +197,14 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 async def cli(env: dict[str, str], *args: str, timeout: float = 90) -> tuple[int, str, str]:
     """Run ``antifragile ARGS`` as a separate process: (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
+    proc = await cli_process(env, *args)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def cli_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """Start ``antifragile ARGS`` in the background (``communicate()`` to end it)."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         "from antifragile.cli import main; main()",
@@ -205,8 +214,6 @@ async def cli(env: dict[str, str], *args: str, timeout: float = 90) -> tuple[int
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 def chaos_scenario(prefix: str, **kw: Any) -> ChaosScenario:

@@ -28,6 +28,7 @@ from tests.integration.chaos_support import (
     chaos_scenario,
     chaos_stack,
     cli,
+    cli_process,
     delta,
     eventually,
     fault_cleared,
@@ -36,6 +37,8 @@ from tests.integration.chaos_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 DB, CACHE, OTHER = "demo-db", "demo-cache", "demo-other"
+GHOST = "demo-ghost"
+"""Allowed by the worker policy, guarded by nobody."""
 LEASE_TTL_S = 2.0
 INSTANCE = "demo-1"
 
@@ -51,6 +54,7 @@ def stack(
         [DB, CACHE, OTHER],
         lease_ttl_s=LEASE_TTL_S,
         instance=INSTANCE,
+        unguarded=[GHOST],
     ) as started:
         yield started
 
@@ -251,3 +255,200 @@ async def test_schedules_are_created_listed_paused_by_the_halt_switch_and_delete
     assert code == 2 and "no chaos schedule" in err
     code, _, err = await cli(ready.env, "chaos", "schedule", str(file), "--cron", "whenever")
     assert code == 2 and "--cron" in err
+
+
+# --- issue 12: preflight, approvals, followed experiments that end without a report ----
+
+
+async def _running_id(client: Client, name: str, timeout: float = 20) -> str:
+    """The workflow id of the running experiment called ``name`` (started by a CLI)."""
+    from antifragile.chaos.client import RUNNING_QUERY
+
+    async def find() -> str | None:
+        async for wf in client.list_workflows(RUNNING_QUERY, limit=200):
+            if wf.id.startswith(f"chaos-{name}-"):
+                return wf.id
+        return None
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (found := await find()) is None:
+        assert asyncio.get_running_loop().time() < deadline, f"{name} never started"
+        await asyncio.sleep(0.2)
+    return found
+
+
+async def _phase(client: Client, wid: str, phase: ChaosPhase, timeout: float = 20) -> None:
+    handle = client.get_workflow_handle(wid)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (await handle.query("status", result_type=ChaosStatus)).phase is not phase:
+        assert asyncio.get_running_loop().time() < deadline, f"{wid} never reached {phase}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_target_nobody_guards_is_refused_in_one_line(ready: Stack) -> None:
+    code, out, err = await cli(
+        ready.env, "chaos", "start", "--type", "latency", "--target", GHOST, "--wait"
+    )
+    assert code == 1 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert f"no live process guards {GHOST}" in last and "--allow-unguarded" in last
+    assert "injection failed" in out and "fault removed" not in out
+    # --allow-unguarded injects anyway (e.g. a service about to start).
+    code, out, err = await cli(
+        ready.env,
+        "chaos", "start", "--type", "latency", "--target", GHOST, "--duration", "1s",
+        "--abort-below", "0", "--allow-unguarded", "--wait", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = ChaosReport.model_validate_json(out)
+    assert report.instances_guarding == 0 and report.cleanup.method == "removed"
+
+
+async def test_guarded_target_reports_how_many_instances_saw_the_fault(
+    ready: Stack, temporal_client: Client
+) -> None:
+    handle = await start_experiment(
+        temporal_client, scenario(chaos_type="LATENCY", latency_ms=20), task_queue=ready.queue
+    )
+    report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED, report.reason
+    assert report.instances_guarding == 1 and report.instances_saw_fault == 1
+    assert report.fault_active_s is not None and 3 <= report.fault_active_s < 6
+
+
+async def test_chaos_approve_and_reject_from_the_cli(ready: Stack, temporal_client: Client) -> None:
+    name = f"gate-{uuid.uuid4().hex[:6]}"
+    follower = await cli_process(
+        ready.env,
+        "chaos", "start", "--type", "latency", "--target", DB, "--latency-ms", "10",
+        "--duration", "1s", "--abort-below", "0", "--require-approval", "--name", name,
+        "--wait",
+    )  # fmt: skip
+    wid = await _running_id(temporal_client, name)
+    # The follower says an approval is needed, and which command gives it.
+    assert follower.stderr is not None
+    seen: list[str] = []
+    while not any("approval needed" in line for line in seen):
+        line = await asyncio.wait_for(follower.stderr.readline(), 30)
+        assert line, "".join(seen)
+        seen.append(line.decode())
+    assert f"approval needed: antifragile chaos approve {wid} --by NAME" in seen[-1], seen
+    code, out, err = await cli(ready.env, "chaos", "approve", wid, "--by", "alice", "--note", "ok")
+    assert code == 0 and "approved by alice" in out, err
+    _, err_b = await asyncio.wait_for(follower.communicate(), 60)
+    assert follower.returncode == 0, err_b.decode()
+    # Nothing awaits approval any more: one line, exit 2.
+    code, _, err = await cli(ready.env, "chaos", "approve", wid, "--by", "alice")
+    assert code == 2 and "nothing awaits approval" in err and len(err.strip().splitlines()) == 1
+
+    name = f"gate-{uuid.uuid4().hex[:6]}"
+    code, out, err = await cli(
+        ready.env,
+        "chaos", "start", "--type", "latency", "--target", DB, "--require-approval",
+        "--name", name, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    wid = json.loads(out)["experiment_id"]
+    await _phase(temporal_client, wid, ChaosPhase.AWAITING_APPROVAL)
+    code, out, err = await cli(ready.env, "chaos", "reject", wid, "--by", "bob", "--note", "no")
+    assert code == 0 and "rejected by bob" in out, err
+    report = await temporal_client.get_workflow_handle(wid, result_type=ChaosReport).result()
+    assert report.outcome is ChaosOutcome.FAILED and report.reason == "rejected by bob: no"
+    assert report.injected_at is None
+
+
+async def test_a_terminated_followed_experiment_is_one_line_and_its_report_is_rebuilt(
+    ready: Stack, temporal_client: Client
+) -> None:
+    name = f"term-{uuid.uuid4().hex[:6]}"
+    follower = await cli_process(
+        ready.env,
+        "chaos", "start", "--type", "latency", "--target", DB, "--latency-ms", "10",
+        "--duration", "30s", "--abort-below", "0", "--name", name, "--wait",
+    )  # fmt: skip
+    wid = await _running_id(temporal_client, name)
+    await _phase(temporal_client, wid, ChaosPhase.RUNNING)
+    await asyncio.sleep(1.0)
+    await temporal_client.get_workflow_handle(wid).terminate(reason="operator pulled the plug")
+    _, err_b = await asyncio.wait_for(follower.communicate(), 60)
+    err = err_b.decode()
+    assert follower.returncode == 1 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "was terminated (operator pulled the plug)" in last and "chaos report" in last
+    # The guardian removes the lease; the report is rebuilt from history and Redis.
+    await eventually(lambda: no_fault_left(ready.demo), timeout=10, what="fault gone")
+    code, out, err = await cli(ready.env, "chaos", "report", wid, "--json")
+    assert code == 1 and "Traceback" not in err, err
+    report = ChaosReport.model_validate_json(out)
+    assert report.rebuilt and report.outcome is ChaosOutcome.STOPPED
+    assert report.reason == "terminated: operator pulled the plug"
+    assert report.injected_at is not None
+    assert report.cleanup.method in ("removed", "expired") and report.cleanup.fault_ended_at
+    assert report.fault_active_s is not None and report.fault_active_s < 15
+    assert report.calls_affected.get(INSTANCE, 0) > 0
+    code, out, err = await cli(ready.env, "chaos", "report", wid)
+    assert code == 1 and "(rebuilt)" in out and "STOPPED" in out, err
+    code, out, err = await cli(ready.env, "chaos", "status", wid, "--json")
+    assert code == 0, err
+    status = ChaosStatus.model_validate_json(out)
+    assert status.phase is ChaosPhase.STOPPED and status.stop_reason.startswith("terminated")
+
+
+async def test_redis_killed_mid_experiment_then_status_and_report_are_right(
+    dev_server: ServerProcess,
+    temporal_client: Client,
+    start_worker: Any,
+    task_queue: str,
+    tmp_path: Any,
+) -> None:
+    """The stack's redis-server is SIGKILLed while the fault runs and comes back during
+    cleanup: the run ends with an outcome and a complete report; ``chaos status`` and
+    ``chaos report`` then say how it ended, why, and how long the fault really lived."""
+    import os
+
+    from antifragile.policy import ChaosPolicyConfig, WorkerPolicy
+    from antifragile.processes import start_redis
+    from antifragile.settings import Settings
+
+    redis = start_redis(log_path=tmp_path / "redis.log")
+    servers = [redis]
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    env = dict(
+        os.environ,
+        ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{dev_server.port}",
+        ANTIFRAGILE_REDIS_URL=url,
+        ANTIFRAGILE_TASK_QUEUE=task_queue,
+    )
+    env.pop("ANTIFRAGILE_POLICY_FILE", None)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=2))
+    try:
+        async with start_worker(
+            temporal_client, task_queue, policy=policy, settings=Settings(redis_url=url)
+        ):
+            sc = chaos_scenario(
+                "outage", chaos_type="LATENCY", target="outage-db", duration_s=120,
+                allow_unguarded=True,
+                recovery_timeout_s=3,
+            )  # fmt: skip
+            handle = await start_experiment(temporal_client, sc, task_queue=task_queue)
+            await _phase(temporal_client, handle.id, ChaosPhase.RUNNING)
+            redis.kill()
+            await _phase(temporal_client, handle.id, ChaosPhase.CLEANING_UP, timeout=30)
+            servers.append(start_redis(redis.port, log_path=tmp_path / "redis.log"))
+            report = await asyncio.wait_for(handle.result(), 90)
+            code, out, err = await cli(env, "chaos", "report", handle.id, "--json")
+            assert code == 1 and "Traceback" not in err, err
+            shown = ChaosReport.model_validate_json(out)
+            code, out, err = await cli(env, "chaos", "status", handle.id, "--json")
+            assert code == 0, err
+            status = ChaosStatus.model_validate_json(out)
+            code, text, _ = await cli(env, "chaos", "report", handle.id)
+    finally:
+        for server in servers:
+            server.stop()
+    assert report.outcome is ChaosOutcome.FAILED and report.reason
+    assert shown.outcome is ChaosOutcome.FAILED and shown.reason == report.reason
+    assert shown.cleanup.confirmed is True
+    assert shown.fault_active_s is not None and shown.fault_active_s < 10  # not 120 s
+    assert status.phase is ChaosPhase.FAILED and status.stop_reason == report.reason
+    assert "IN PROGRESS" not in text and "fault active" in text

@@ -37,6 +37,11 @@ GUARDIAN_ID = f"{WORKFLOW_ID}-guardian"
 
 
 async def record() -> None:
+    # Released histories are kept as recorded: new paths get new files (see
+    # record_chaos_history_v2.py), never a re-recording of these.
+    for kept in (HISTORY, GUARDIAN_HISTORY):
+        if kept.exists():
+            raise SystemExit(f"{kept.name} exists: record new paths as new fixture files")
     redis = start_redis()
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binaries.temporal_test_server(),

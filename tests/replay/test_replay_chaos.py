@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -15,6 +16,7 @@ from tests.replay.record_chaos_history import (
     HISTORY,
     WORKFLOW_ID,
 )
+from tests.replay.record_chaos_history_v2 import FIXTURES
 from workers.main import workflow_runner
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
@@ -42,6 +44,27 @@ async def test_recorded_guardian_history_replays() -> None:
     assert len(history.events) > 20  # checks, a stand_down signal, completion
     replayer = Replayer(
         workflows=[ChaosGuardianWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+        data_converter=pydantic_data_converter,
+    )
+    await replayer.replay_workflow(history)
+
+
+EXPERIMENT_IDS = {Path(HISTORY).name: WORKFLOW_ID, **FIXTURES}
+"""Every stored experiment fixture and the workflow id it was recorded under."""
+
+
+def test_every_stored_experiment_fixture_is_replayed() -> None:
+    stored = {p.name for p in Path(HISTORY).parent.glob("chaos_history*.json")}
+    assert stored == set(EXPERIMENT_IDS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_IDS))
+async def test_every_recorded_experiment_history_replays(name: str) -> None:
+    text = (Path(HISTORY).parent / name).read_text()
+    history = WorkflowHistory.from_json(EXPERIMENT_IDS[name], text)
+    replayer = Replayer(
+        workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
         workflow_runner=workflow_runner(strict=True),
         data_converter=pydantic_data_converter,
     )

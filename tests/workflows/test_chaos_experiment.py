@@ -113,14 +113,19 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
     @asynccontextmanager
-    async def _run(policy: WorkerPolicy | None = None, **settings: Any) -> AsyncIterator[str]:
+    async def _run(
+        policy: WorkerPolicy | None = None,
+        environment: WorkflowEnvironment | None = None,
+        **settings: Any,
+    ) -> AsyncIterator[str]:
+        server = environment or env
         queue = f"tq-{uuid.uuid4().hex[:8]}"
-        cfg = Settings(redis_url=redis_url, **settings)
+        cfg = Settings(**{"redis_url": redis_url, **settings})
         pol = policy or WorkerPolicy()
         common = CommonActivities(cfg, pol)
         chaos = ChaosActivities(cfg, pol)
         async with Worker(
-            env.client,
+            server.client,
             task_queue=queue,
             workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
             workflow_runner=workflow_runner(strict=True),
@@ -141,7 +146,7 @@ def running(env: WorkflowEnvironment, redis_url: str) -> Callable[..., Any]:
             try:
                 yield queue
             finally:
-                await end_guardians(env.client)
+                await end_guardians(server.client)
         await chaos.plane.close()
 
     return _run
@@ -154,6 +159,8 @@ def scenario(**kw: Any) -> ChaosScenario:
         "chaos_type": "LATENCY",
         "target": f"dep-{name}",
         "duration_s": 30,
+        # No guarded process runs in these tests: the preflight has its own tests.
+        "allow_unguarded": True,
     }
     base.update(kw)
     return ChaosScenario.model_validate(base)
@@ -207,7 +214,8 @@ async def test_completed_path_injects_renews_and_removes_the_lease(
     assert len(renewals) >= 15
     desc = await handle.describe()
     sa = desc.typed_search_attributes
-    assert {p.key.name: p.value for p in sa} == {
+    # TemporalChangeVersion is the SDK's own record of workflow.patched markers.
+    assert {p.key.name: p.value for p in sa if p.key.name != "TemporalChangeVersion"} == {
         "AfKind": "chaos",
         "AfService": sc.target,
         "AfChaosType": "LATENCY",
@@ -553,3 +561,410 @@ async def test_without_workers_the_lease_ttl_is_the_last_line(
     await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
     assert await redis_client.exists(fault_key(handle.id)) == 0
     await end_guardians(env.client)
+
+
+# --- interrupts during the ending (issue 12, item 1) ------------------------------------
+
+
+def _stop_time(report: ChaosReport) -> Any:
+    [event] = [e for e in report.events if e.message.startswith("emergency stop by")]
+    return event.at
+
+
+@pytest.mark.parametrize("delay_ms", [0, 10, 30, 60, 120, 250])
+async def test_cancel_after_an_emergency_stop_cannot_cut_cleanup_or_the_report_short(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis, delay_ms: int
+) -> None:
+    """A stop, then a cancel ``delay_ms`` later: the lease is removed (confirmed) within
+    1 s of the stop and the run ends with a complete report, never CANCELED."""
+    sc = scenario(duration_s=120)
+    async with running() as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        assert await redis_client.exists(fault_key(handle.id)) == 1
+        await handle.signal("emergency_stop", EmergencyStopSignal(reason="pager", by="oncall"))
+        await asyncio.sleep(delay_ms / 1000)
+        await handle.cancel()
+        await handle.signal("emergency_stop", EmergencyStopSignal(reason="again", by="b"))
+        report = await handle.result()
+    assert (await handle.describe()).status is WorkflowExecutionStatus.COMPLETED
+    assert report.outcome is ChaosOutcome.STOPPED
+    assert report.reason.startswith("emergency stop by oncall: pager")
+    assert report.cleanup.method == "removed" and report.cleanup.lease_removed
+    assert report.cleanup.confirmed is True
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+    assert report.cleanup.at is not None
+    assert (report.cleanup.at - _stop_time(report)).total_seconds() < 1.0
+    assert phases(report)[-3:] == [P.CLEANING_UP, P.VERIFYING_RECOVERY, P.STOPPED]
+    assert report.fault_active_s is not None and report.fault_active_s < 60
+
+
+# --- Redis outage during an experiment (issue 12, items 2 and 9) ------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of the test's own: a workflow terminated with an activity in
+    flight (other tests do that) can keep a shared test server from skipping time, and
+    these tests wait out minutes of retries and timers."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                for name, kind in SEARCH_ATTRIBUTES.items()
+            },
+        )
+    )
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Any:
+    """A redis-server of this test's own, to kill and bring back on the same port."""
+    from antifragile.processes import start_redis
+
+    servers = [start_redis(log_path=tmp_path / "redis.log")]
+
+    class Own:
+        port = servers[0].port
+        url = f"redis://127.0.0.1:{servers[0].port}/0"
+
+        @staticmethod
+        def kill() -> None:
+            servers[-1].kill()
+
+        @staticmethod
+        def restart() -> None:
+            servers.append(start_redis(Own.port, log_path=tmp_path / "redis.log"))
+
+    yield Own
+    for server in servers:
+        server.stop()
+
+
+async def test_redis_killed_mid_experiment_ends_with_an_outcome_and_a_complete_report(
+    own_env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    """The stack's Redis dies while the fault runs and stays down through the ending:
+    renewal fails, removal cannot be confirmed, the health measurement fails during
+    recovery verification. The workflow still completes with a report: an outcome, a
+    reason, the fault's real life (its lease's expiry, not the planned 120 s)."""
+    sc = scenario(duration_s=120, recovery_timeout_s=10)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=3))
+    async with running(policy, own_env, redis_url=own_redis.url) as queue:
+        handle = await start(own_env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        own_redis.kill()
+        report = await handle.result()
+        own_redis.restart()
+        status = await handle.query("status", result_type=ChaosStatus)
+        queried = await handle.query("report", result_type=ChaosReport)
+    assert (await handle.describe()).status is WorkflowExecutionStatus.COMPLETED
+    assert report.outcome is ChaosOutcome.FAILED and report.reason
+    assert "lease renewal failed" in report.reason or "activity failed" in report.reason
+    assert phases(report)[-3:] == [P.CLEANING_UP, P.VERIFYING_RECOVERY, P.FAILED]
+    assert report.cleanup.method == "expired" and report.cleanup.confirmed is False
+    assert report.fault_active_s is not None and report.fault_active_s < 10
+    assert report.recovered is None and report.time_to_recover_s is None
+    assert any("recovery not verified" in w for w in report.warnings)
+    assert any("impact not collected" in w for w in report.warnings)
+    assert status.phase is P.FAILED and status.stop_reason == report.reason
+    assert queried.outcome is ChaosOutcome.FAILED
+
+
+async def test_redis_back_during_cleanup_confirms_the_lease_is_gone(
+    own_env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    sc = scenario(duration_s=120, recovery_timeout_s=5)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=3))
+    async with running(policy, own_env, redis_url=own_redis.url) as queue:
+        handle = await start(own_env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        own_redis.kill()
+        await wait_phase(handle, P.CLEANING_UP, timeout=30)
+        own_redis.restart()
+        report = await handle.result()
+    client = aioredis.from_url(own_redis.url)
+    try:
+        assert await client.exists(fault_key(handle.id)) == 0
+    finally:
+        await client.aclose()
+    assert report.outcome is ChaosOutcome.FAILED and report.reason
+    # Back within the first removal window (already_gone) or after the TTL (expired).
+    assert report.cleanup.method in ("already_gone", "expired")
+    assert report.cleanup.confirmed is True
+    assert report.fault_active_s is not None and report.fault_active_s < 10
+
+
+# --- the worker policy requires safety (issue 12, item 4) -------------------------------
+
+
+async def test_policy_requires_approval_even_when_the_scenario_does_not(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(duration_s=5)  # require_approval false in the request
+    policy = WorkerPolicy(
+        chaos=ChaosPolicyConfig(require_approval=True),
+        recovery=RecoveryPolicyConfig(approvers=["alice"]),
+    )
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        status = await wait_phase(handle, P.AWAITING_APPROVAL)
+        assert status.approval_needed and status.faults_active == []
+        assert await redis_client.exists(fault_key(handle.id)) == 0
+        await handle.signal("approve", ApprovalSignal(approver="alice"))
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert [(d.approver, d.decision) for d in report.decisions] == [("alice", Decision.APPROVED)]
+    assert any("chaos.require_approval" in e.message for e in report.events)
+
+
+async def test_policy_min_abort_below_refuses_a_switched_off_health_guard(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    sc = scenario(abort_below_health=0.0)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(min_abort_below=0.3))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "chaos.min_abort_below" in report.reason and "switches the health guard off" in (
+        report.reason
+    )
+    assert phases(report) == [P.VALIDATING, P.FAILED]
+    assert await redis_client.exists(fault_key(handle.id)) == 0
+
+
+def _inject_input(sc: ChaosScenario, approved_by: list[str] | None = None) -> Any:
+    from antifragile.models.chaos import InjectFaultInput
+
+    return InjectFaultInput(
+        experiment_id=f"chaos-direct-{uuid.uuid4().hex[:8]}",
+        scenario=sc,
+        ttl_s=5,
+        approved_by=approved_by or [],
+    )
+
+
+async def test_the_worker_activities_enforce_the_policy_not_only_the_workflow(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """A request that skipped the workflow's gates (an old or forged workflow) is refused
+    by the activities themselves, each refusal naming the policy field."""
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from antifragile.models.chaos import RenewLeaseInput
+
+    settings = Settings(redis_url=redis_url)
+    acts = ActivityEnvironment()
+
+    async def refusal(policy: WorkerPolicy, fn_name: str, arg: Any) -> str:
+        chaos = ChaosActivities(settings, policy)
+        try:
+            with pytest.raises(ApplicationError) as caught:
+                await acts.run(getattr(chaos, fn_name), arg)
+        finally:
+            await chaos.plane.close()
+        assert caught.value.non_retryable
+        return str(caught.value)
+
+    approval = WorkerPolicy(chaos=ChaosPolicyConfig(require_approval=True))
+    text = await refusal(approval, "inject_fault", _inject_input(scenario()))
+    assert "chaos.require_approval" in text
+    guard = WorkerPolicy(chaos=ChaosPolicyConfig(min_abort_below=0.4))
+    text = await refusal(guard, "inject_fault", _inject_input(scenario(abort_below_health=0.2)))
+    assert "chaos.min_abort_below" in text
+    hashes = WorkerPolicy(chaos=ChaosPolicyConfig(require_hash_validation=True))
+    forged = scenario(require_hash_validation=False, constitutional_hash="0123456789abcdef")
+    text = await refusal(hashes, "inject_fault", _inject_input(forged))
+    assert "chaos.require_hash_validation" in text and "constitutional hash mismatch" in text
+    renew = RenewLeaseInput(
+        experiment_id="chaos-x-1",
+        ttl_s=5,
+        constitutional_hash="0123456789abcdef",
+        require_hash_validation=False,
+    )
+    text = await refusal(hashes, "renew_fault_lease", renew)
+    assert "chaos.require_hash_validation" in text
+    # With the approval the workflow accepted, the same policy lets it through.
+    ok = ChaosActivities(settings, approval)
+    try:
+        inp = _inject_input(scenario(), approved_by=["alice"])
+        result = await acts.run(ok.inject_fault, inp)
+        assert result.injected
+    finally:
+        await redis_client.delete(fault_key(inp.experiment_id))
+        await ok.plane.close()
+
+
+# --- signed approvals (issue 12, item 10) ----------------------------------------------
+
+
+async def test_signed_approvals_are_checked_against_the_workflow_and_run(
+    env: WorkflowEnvironment, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from antifragile.cli._common import approval_signal
+
+    key = "k" * 32
+    monkeypatch.setenv("AF_TEST_ALICE_KEY", key)
+    sc = scenario(require_approval=True, duration_s=5)
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig(approvers={"alice": {"key_env": "AF_TEST_ALICE_KEY"}})
+    )
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.AWAITING_APPROVAL)
+        await handle.signal("approve", ApprovalSignal(approver="alice"))  # unsigned
+        forged = await approval_signal(
+            handle, approver="alice", note="", decision="approved", key="x" * 32
+        )
+        await handle.signal("approve", forged)
+        # Signed for "rejected", sent as an approval: the signature binds the decision.
+        swapped = await approval_signal(
+            handle, approver="alice", note="", decision="rejected", key=key
+        )
+        await handle.signal("approve", swapped)
+        good = await approval_signal(
+            handle, approver="alice", note="go", decision="approved", key=key
+        )
+        await handle.signal("approve", good)
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert [d.decision for d in report.decisions] == [
+        Decision.REFUSED,
+        Decision.REFUSED,
+        Decision.REFUSED,
+        Decision.APPROVED,
+    ]
+    assert all(d.reason for d in report.decisions[:3])
+
+
+# --- preflight: who guards the target (issue 12, item 11) -------------------------------
+
+
+async def _register(url: str, instance: str, breakers: dict[str, str] | None) -> None:
+    import time
+
+    from antifragile.chaos.plane import INSTANCES_KEY
+
+    client = aioredis.from_url(url, decode_responses=True)
+    try:
+        await client.zadd(INSTANCES_KEY, {instance: time.time()})
+        if breakers is not None:
+            await client.set(
+                f"{REDIS_HEALTH_KEY_PREFIX}{instance}",
+                json.dumps({"health_score": 1.0, "circuit_details": breakers}),
+            )
+    finally:
+        await client.aclose()
+
+
+async def test_a_target_nobody_guards_is_refused_with_one_line(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    await _register(own_redis.url, "svc-1", {"demo-db": {"state": "CLOSED"}})
+    sc = scenario(target="demo-dbb", allow_unguarded=False, duration_s=5)  # a typo
+    async with running(redis_url=own_redis.url) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        report = await handle.result()
+        status = await handle.query("status", result_type=ChaosStatus)
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "no live process guards demo-dbb" in report.reason
+    assert "--allow-unguarded" in report.reason and "\n" not in report.reason
+    assert report.cleanup.method == "injection_failed" and not report.cleanup.lease_removed
+    assert report.injection_failed and status.injection_failed
+    assert report.injected_at is None and report.fault_active_s is None
+    assert P.VERIFYING_RECOVERY not in phases(report)
+
+
+async def test_guarded_target_runs_and_the_report_counts_the_instances(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    sc = scenario(target="demo-db", allow_unguarded=False, duration_s=5)
+    await _register(own_redis.url, "svc-1", {"demo-db": {"state": "CLOSED"}})
+    await _register(own_redis.url, "svc-2", {"demo-db": {"state": "CLOSED"}})
+    await _register(own_redis.url, "svc-3", {"other": {"state": "CLOSED"}})
+    async with running(redis_url=own_redis.url) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        status = await wait_phase(handle, P.RUNNING)
+        assert status.instances_guarding == 2
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.instances_guarding == 2
+    assert report.instances_saw_fault == 0  # nobody called through the guard
+    # Health stayed at its steady state: there was nothing to recover from.
+    assert report.health_dropped is False and report.time_to_recover_s is None
+
+
+async def test_allow_unguarded_injects_anyway(
+    env: WorkflowEnvironment, running, own_redis: Any
+) -> None:
+    sc = scenario(target="about-to-start", allow_unguarded=True, duration_s=5)
+    async with running(redis_url=own_redis.url) as queue:
+        report = await (await start(env.client, sc, task_queue=queue)).result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.instances_guarding == 0 and report.cleanup.method == "removed"
+
+
+# --- a report rebuilt for a run that ended without one (issue 12, item 9) ---------------
+
+
+async def test_a_terminated_run_without_workers_gets_a_rebuilt_report(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """Worker gone, workflow terminated: no code of it ever runs again. The report is
+    rebuilt from its history (input, injection, renewals) and Redis (lease, counters)."""
+    from antifragile.chaos.client import rebuild_report
+    from antifragile.chaos.plane import impact_key
+
+    sc = scenario(duration_s=120)
+    policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=2))
+    async with running(policy) as queue:
+        handle = await start(env.client, sc, task_queue=queue)
+        await wait_phase(handle, P.RUNNING)
+        await redis_client.hset(impact_key(handle.id, "affected"), "svc-1", 7)
+        await redis_client.hset(impact_key(handle.id, "seen"), "svc-1", 9)
+    await handle.terminate(reason="worker lost")
+    plane = FaultPlane.from_url(redis_url)
+    try:
+        report = await rebuild_report(env.client, handle.id, plane=plane)
+        await asyncio.sleep(2.2)  # real time: Redis expires the lease by its TTL
+        later = await rebuild_report(env.client, handle.id, plane=plane)
+    finally:
+        await plane.close()
+        await end_guardians(env.client)
+    assert report.rebuilt and report.outcome is ChaosOutcome.STOPPED
+    assert report.reason == "terminated: worker lost"
+    assert report.name == sc.name and report.injected_at is not None
+    assert report.calls_affected == {"svc-1": 7} and report.instances_saw_fault == 1
+    assert any("no worker answered" in w for w in report.warnings)
+    assert report.cleanup.method == "expired"
+    assert later.cleanup.confirmed is True and later.fault_active_s is not None
+    assert later.fault_active_s < 10  # the lease's life, not the planned 120 s
+
+
+async def test_a_conflicting_injection_is_reported_failed_never_as_fault_removed(
+    env: WorkflowEnvironment, running, redis_client: aioredis.Redis
+) -> None:
+    first_sc = scenario(duration_s=60)
+    second_sc = scenario(target=first_sc.target, duration_s=60)
+    async with running() as queue:
+        first = await start(env.client, first_sc, task_queue=queue)
+        await wait_phase(first, P.RUNNING)
+        second = await start(env.client, second_sc, task_queue=queue)
+        report = await second.result()
+        assert await redis_client.exists(fault_key(first.id)) == 1  # untouched
+        await first.signal("emergency_stop", EmergencyStopSignal(reason="done", by="t"))
+        await first.result()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "already injects a fault" in report.reason
+    assert report.cleanup.method == "injection_failed" and not report.cleanup.lease_removed
+    assert report.injected_at is None and report.fault_active_s is None
+    assert "already injects a fault" in report.injection_failed
