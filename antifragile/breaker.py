@@ -550,7 +550,8 @@ class CircuitBreaker:
             self._internal_hooks.remove(hook)
 
     def _run_internal_hooks(self) -> None:
-        for hook in self._internal_hooks:
+        # A copy: a hook may detach itself (Guard.close) while they run.
+        for hook in tuple(self._internal_hooks):
             try:
                 hook(self)
             except Exception:
@@ -598,7 +599,9 @@ class CircuitBreaker:
         self._refresh_ctx_fast()
         change = StateChange(self.name, old, new, reason, now)
         self._run_internal_hooks()
-        for listener in self._listeners:
+        # A copy: a listener may remove itself (or add one) while they run; iterating
+        # the live list would skip the next listener.
+        for listener in tuple(self._listeners):
             self._notify(listener, change)
 
     def _notify(self, listener: StateListener, change: StateChange) -> None:

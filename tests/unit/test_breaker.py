@@ -1049,3 +1049,60 @@ async def test_item4_values_sent_and_thrown_reach_the_protected_async_generator(
     assert await it.athrow(KeyError("k")) == "handled"
     await it.aclose()
     assert b.consecutive_failures == 0 and b.calls_in_window == 0
+
+
+# ---------------------------------------------------------------------- hostile review
+
+
+async def test_listener_removing_itself_does_not_skip_the_next_one(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1)
+    heard: list[str] = []
+
+    def once(change: StateChange) -> None:
+        heard.append("once")
+        b.remove_listener(once)
+
+    b.on_state_change(once)
+    b.on_state_change(lambda change: heard.append(f"second:{change.new.value}"))
+    await run(b, False)
+    assert heard == ["once", "second:OPEN"]
+    b.reset()
+    assert heard == ["once", "second:OPEN", "second:CLOSED"]
+
+
+async def test_listener_added_during_a_transition_hears_only_later_ones(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1)
+    late: list[CircuitState] = []
+
+    def adder(change: StateChange) -> None:
+        if not late and change.new is CircuitState.OPEN:
+            b.on_state_change(lambda c: late.append(c.new))
+
+    b.on_state_change(adder)
+    await run(b, False)
+    assert late == []
+    b.reset()
+    assert late == [CircuitState.CLOSED]
+
+
+async def test_listener_reentering_the_breaker_keeps_the_call_path_sound(clock: FakeClock) -> None:
+    # A listener that resets the breaker as soon as it opens, and one that probes it
+    # with call_sync when it goes half-open: the calls that triggered them still end
+    # normally and the state is the listener's last word.
+    b = make(clock, failure_threshold=1, open_duration_s=1.0)
+    b.on_state_change(lambda c: b.reset("auto") if c.reason.startswith("1 consec") else None)
+    with pytest.raises(Boom):
+        await b.call(fail)
+    assert b.state is CircuitState.CLOSED and b.consecutive_failures == 0
+
+    b2 = make(clock, failure_threshold=1, open_duration_s=1.0)
+
+    def probe(change: StateChange) -> None:
+        if change.new is CircuitState.HALF_OPEN:
+            b2.call_sync(lambda: "pong")  # takes the trial permit and closes the breaker
+
+    b2.on_state_change(probe)
+    await run(b2, False)
+    clock.advance(1.0)
+    assert await b2.call(ok) == "ok"  # admitted in the CLOSED round the probe started
+    assert b2.state is CircuitState.CLOSED and b2.snapshot().half_open_in_flight == 0
