@@ -1014,8 +1014,15 @@ class CircuitBreaker:
           iterating is recorded, exhaustion is a success, closing early records
           nothing (slow-call detection measures first item to exhaustion);
         * anything else: a sync wrapper that still protects an awaitable (or a
-          generator) the callable returns, by handing back a wrapper of it.
+          generator) the callable returns, by handing back a wrapper of it;
+        * a ``staticmethod`` or ``classmethod`` object (``@breaker`` written above
+          ``@staticmethod``): its function is decorated and re-wrapped the same way,
+          so the method binds as before.
         """
+        if isinstance(fn, staticmethod | classmethod):
+            # The descriptor itself is not the callable (a classmethod is not callable
+            # at all): wrapping it in a plain function would bind `self` to it.
+            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
         if inspect.isasyncgenfunction(fn):
             return self._wrap_async_gen(fn)
         if inspect.isgeneratorfunction(fn):

@@ -1106,3 +1106,45 @@ async def test_listener_reentering_the_breaker_keeps_the_call_path_sound(clock: 
     clock.advance(1.0)
     assert await b2.call(ok) == "ok"  # admitted in the CLOSED round the probe started
     assert b2.state is CircuitState.CLOSED and b2.snapshot().half_open_in_flight == 0
+
+
+async def test_decorator_over_staticmethod_and_classmethod_keeps_the_binding(
+    clock: FakeClock,
+) -> None:
+    # `@breaker` written above `@staticmethod`/`@classmethod` used to wrap the descriptor
+    # in a plain function: calls through an instance got `self` as an extra argument (or
+    # "classmethod is not callable") and those TypeErrors opened the breaker.
+    b = make(clock, failure_threshold=2)
+
+    class Client:
+        @b
+        @staticmethod
+        async def ping(x: int) -> int:
+            return x
+
+        @b
+        @classmethod
+        async def kind(cls, x: int) -> tuple[str, int]:
+            return cls.__name__, x
+
+        @b
+        @staticmethod
+        def sync_ping(x: int) -> int:
+            return x
+
+        @b
+        @classmethod
+        async def broken(cls) -> None:
+            raise Boom(cls.__name__)
+
+    for target in (Client, Client()):
+        assert await target.ping(1) == 1
+        assert await target.kind(2) == ("Client", 2)
+        assert target.sync_ping(3) == 3
+    assert b.state is CircuitState.CLOSED and b.consecutive_failures == 0
+    assert isinstance(Client.__dict__["ping"], staticmethod)
+    assert isinstance(Client.__dict__["kind"], classmethod)
+    for _ in range(2):
+        with pytest.raises(Boom, match="Client"):
+            await Client().broken()
+    assert b.state is CircuitState.OPEN  # errors of the body still count
