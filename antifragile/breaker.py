@@ -1022,7 +1022,7 @@ class CircuitBreaker:
         if isinstance(fn, staticmethod | classmethod):
             # The descriptor itself is not the callable (a classmethod is not callable
             # at all): wrapping it in a plain function would bind `self` to it.
-            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
+            return type(fn)(self(fn.__func__))
         if inspect.isasyncgenfunction(fn):
             return self._wrap_async_gen(fn)
         if inspect.isgeneratorfunction(fn):
