@@ -25,7 +25,8 @@ decorator and :class:`~antifragile.guard.Guard`):
   dependency answered: a success. A ``BaseException`` that is not an ``Exception``
   (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``) counts as nothing unless it
   is listed in ``failure_exceptions``. A call slower than ``slow_call_duration_s`` is a
-  failure whatever it returned.
+  failure whatever it returned - and so is a call *cancelled* after it had already run
+  longer than that (the caller's own timeout gave up on a slow dependency).
 * **Reads are pure.** ``state``, ``retry_after()``, ``snapshot()`` never change
   anything. OPEN becomes HALF_OPEN on the next admission or by a loop timer; a trial
   that holds its permit longer than ``half_open_max_wait_s`` reopens the breaker (on the
@@ -110,6 +111,7 @@ LEGAL_TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
 _FAILURE = 0
 _SUCCESS = 1
 _NOTHING = 2
+_CANCELLED = 3  # nothing, unless the call was already slow when it was cancelled
 
 _GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
 
@@ -189,7 +191,8 @@ class CircuitBreakerConfig:
         failure_exceptions: Exception types that count as failures. Default
             ``(Exception,)``. Other exceptions count as successes (the dependency
             answered), except non-``Exception`` ones such as
-            ``asyncio.CancelledError``, which count as nothing.
+            ``asyncio.CancelledError``, which count as nothing (a call cancelled after
+            running longer than ``slow_call_duration_s`` is a slow call: a failure).
         ignored_exceptions: Exception types that count as nothing, even if they match
             ``failure_exceptions`` (e.g. a 404 error class). Default none.
         failure_rate_fraction: The exact fraction of ``failure_rate_threshold`` (derived).
@@ -748,6 +751,11 @@ class CircuitBreaker:
             self._record(token, True)
         elif kind == _SUCCESS:
             self.on_success(token, duration_s)
+        elif kind == _CANCELLED and self._slow_s is not None and duration_s > self._slow_s:
+            # The caller gave up on a call that was already slow (an outer
+            # asyncio.timeout / wait_for): it is a slow call. Counting it as nothing
+            # would keep the breaker closed against a dependency that hangs.
+            self._record(token, True)
         else:
             self.release(token)
 
@@ -767,7 +775,9 @@ class CircuitBreaker:
             return _FAILURE
         if isinstance(exc, Exception):
             return _SUCCESS  # the dependency answered
-        return _NOTHING  # cancellation, interpreter exit, generator close
+        if isinstance(exc, asyncio.CancelledError):
+            return _CANCELLED
+        return _NOTHING  # interpreter exit, generator closed early by its consumer
 
     def _add_to_window(self, failed: bool) -> None:
         ring = self._ring

@@ -1148,3 +1148,72 @@ async def test_decorator_over_staticmethod_and_classmethod_keeps_the_binding(
         with pytest.raises(Boom, match="Client"):
             await Client().broken()
     assert b.state is CircuitState.OPEN  # errors of the body still count
+
+
+async def _cancel_after(clock: FakeClock, seconds: float, awaitable: Awaitable[object]) -> None:
+    """Run ``awaitable`` as a task, let the fake clock pass ``seconds``, cancel it."""
+    task = asyncio.ensure_future(awaitable)
+    await asyncio.sleep(0)
+    clock.advance(seconds)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_call_cancelled_after_it_was_already_slow_is_a_slow_failure(
+    clock: FakeClock,
+) -> None:
+    # `await asyncio.wait_for(breaker.call(fetch), 2)` against a dependency that hangs:
+    # every call is cancelled by the caller's timeout. It counted as nothing, so with
+    # slow_call_duration_s=1 the breaker never opened however long the dependency hung.
+    hang = asyncio.Event()
+
+    async def hung() -> None:
+        await hang.wait()
+
+    async def ctx() -> None:
+        async with b:
+            await hang.wait()
+
+    b = make(clock, failure_threshold=2, slow_call_duration_s=1.0, open_duration_s=5.0)
+    await _cancel_after(clock, 2.0, b.call(hung))
+    assert b.consecutive_failures == 1
+    await _cancel_after(clock, 2.0, ctx())
+    assert b.state is CircuitState.OPEN
+
+    # A slow cancelled trial reopens the breaker (a hung probe is a failed probe).
+    clock.advance(5.0)
+    await _cancel_after(clock, 1.5, b.call(hung))
+    assert b.state is CircuitState.OPEN and b.consecutive_failures == 3
+
+    # Cancelled before it was slow: nothing, as before (and its trial permit is free).
+    clock.advance(5.0)
+    await _cancel_after(clock, 0.5, b.call(hung))
+    assert b.state is CircuitState.HALF_OPEN and b.snapshot().half_open_in_flight == 0
+
+    # Without slow-call detection, a cancellation never counts.
+    plain = make(clock, failure_threshold=1)
+    await _cancel_after(clock, 100.0, plain.call(hung))
+    assert plain.state is CircuitState.CLOSED and plain.calls_in_window == 0
+
+
+async def test_an_ignored_or_closed_slow_call_still_counts_nothing(clock: FakeClock) -> None:
+    b = make(clock, failure_threshold=1, slow_call_duration_s=1.0, ignored_exceptions=(Boom,))
+
+    async def slow_ignored() -> None:
+        clock.advance(2.0)
+        raise Boom("ignored")
+
+    with pytest.raises(Boom):
+        await b.call(slow_ignored)
+
+    @b
+    def numbers() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    gen = numbers()
+    next(gen)
+    clock.advance(5.0)  # the consumer is slow, then stops early: not the dependency
+    gen.close()
+    assert b.state is CircuitState.CLOSED and b.calls_in_window == 0

@@ -343,3 +343,24 @@ async def test_item13_end_to_end_latency_lease_under_runtime_guard_timeout(redis
     finally:
         await plane.close()
         await runtime.stop()
+
+
+async def test_calls_cancelled_by_the_callers_timeout_after_being_slow_are_failures(
+    clock: FakeClock,
+) -> None:
+    g = make(clock, failure_threshold=2, slow_call_duration_s=1.0)
+    hang = asyncio.Event()
+
+    async def ctx() -> None:
+        async with g:
+            await hang.wait()
+
+    for run in (lambda: g.call(hang.wait), ctx):
+        task = asyncio.ensure_future(run())
+        await asyncio.sleep(0)
+        clock.advance(3.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert g.breaker.state is CircuitState.OPEN
+    assert not g._scopes and g.in_flight == 0
