@@ -60,6 +60,8 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
+import numbers
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -196,6 +198,11 @@ class CircuitBreakerConfig:
         ignored_exceptions: Exception types that count as nothing, even if they match
             ``failure_exceptions`` (e.g. a 404 error class). Default none.
         failure_rate_fraction: The exact fraction of ``failure_rate_threshold`` (derived).
+
+    Raises:
+        ConfigError: a field has the wrong type (a count that is not an integer, a
+            duration that is not a finite number) or is out of range; the one-line
+            message names the field and the value.
     """
 
     failure_threshold: int = 5
@@ -214,8 +221,28 @@ class CircuitBreakerConfig:
         def bad(name: str, value: object, rule: str) -> ConfigError:
             return ConfigError(f"CircuitBreakerConfig.{name}: {rule} (got {value!r})")
 
-        if self.failure_threshold < 1:
-            raise bad("failure_threshold", self.failure_threshold, "must be >= 1")
+        def whole(name: str, rule: str, minimum: int) -> None:
+            value = getattr(self, name)
+            # bool is an int subclass, but True is no count; a float count is a mistake.
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise bad(name, value, f"must be an integer {rule}")
+            if value < minimum:
+                raise bad(name, value, rule)
+
+        def seconds(name: str, optional: bool) -> None:
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            rule = "must be a finite number of seconds > 0" + (" or None" if optional else "")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)
+                or not value > 0
+            ):
+                raise bad(name, value, rule)
+
+        whole("failure_threshold", ">= 1", 1)
         try:
             rate = exact_rate(self.failure_rate_threshold)
         except (ValueError, TypeError, ArithmeticError):
@@ -225,18 +252,14 @@ class CircuitBreakerConfig:
         if not 0 < rate <= 1:
             raise bad("failure_rate_threshold", self.failure_rate_threshold, "must be in (0, 1]")
         object.__setattr__(self, "failure_rate_fraction", rate)
-        if self.window_size < 1:
-            raise bad("window_size", self.window_size, "must be >= 1")
-        if not 1 <= self.minimum_calls <= self.window_size:
+        whole("window_size", ">= 1", 1)
+        whole("minimum_calls", "in [1, window_size]", 1)
+        if self.minimum_calls > self.window_size:
             raise bad("minimum_calls", self.minimum_calls, "must be in [1, window_size]")
-        if self.slow_call_duration_s is not None and not self.slow_call_duration_s > 0:
-            raise bad("slow_call_duration_s", self.slow_call_duration_s, "must be > 0 or None")
-        if not self.open_duration_s > 0:
-            raise bad("open_duration_s", self.open_duration_s, "must be > 0")
-        if self.half_open_max_calls < 1:
-            raise bad("half_open_max_calls", self.half_open_max_calls, "must be >= 1")
-        if self.half_open_max_wait_s is not None and not self.half_open_max_wait_s > 0:
-            raise bad("half_open_max_wait_s", self.half_open_max_wait_s, "must be > 0 or None")
+        seconds("slow_call_duration_s", optional=True)
+        seconds("open_duration_s", optional=False)
+        whole("half_open_max_calls", ">= 1", 1)
+        seconds("half_open_max_wait_s", optional=True)
         for name in ("failure_exceptions", "ignored_exceptions"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(

@@ -28,6 +28,8 @@ makes the call raise TimeoutError at 0.2 s, as the real slow dependency would.
 from __future__ import annotations
 
 import asyncio
+import math
+import numbers
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,6 +82,10 @@ class Guard:
         max_concurrency: Calls allowed in flight at once; None = unlimited. Default None.
         tenant_id: Tenant metered calls are billed to. Default ``"default"``.
         operation: Operation name of metered calls. Default ``"guarded_call:{name}"``.
+
+    Raises:
+        ConfigError: ``timeout_s`` is not a finite number > 0, or ``max_concurrency`` not
+            an integer >= 0 (setting either attribute later checks the same).
     """
 
     __slots__ = (
@@ -151,8 +157,16 @@ class Guard:
 
     @timeout_s.setter
     def timeout_s(self, value: float | None) -> None:
-        if value is not None and value <= 0:
-            raise ConfigError(f"Guard.timeout_s: must be > 0 or None (got {value!r})")
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or not value > 0
+        ):
+            # nan passes `value <= 0` and would put a nan deadline in the loop's timers.
+            raise ConfigError(
+                f"Guard.timeout_s: must be a finite number of seconds > 0 or None (got {value!r})"
+            )
         self._timeout_s = value
         self._refresh()
 
@@ -163,8 +177,12 @@ class Guard:
 
     @max_concurrency.setter
     def max_concurrency(self, value: int | None) -> None:
-        if value is not None and value < 0:
-            raise ConfigError(f"Guard.max_concurrency: must be >= 0 or None (got {value!r})")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0
+        ):
+            raise ConfigError(
+                f"Guard.max_concurrency: must be an integer >= 0 or None (got {value!r})"
+            )
         self._max_concurrency = value
         self._refresh()
 

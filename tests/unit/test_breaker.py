@@ -1217,3 +1217,58 @@ async def test_an_ignored_or_closed_slow_call_still_counts_nothing(clock: FakeCl
     clock.advance(5.0)  # the consumer is slow, then stops early: not the dependency
     gen.close()
     assert b.state is CircuitState.CLOSED and b.calls_in_window == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # Wrong types used to escape as bare TypeErrors naming nothing ("'<' not
+        # supported between 'str' and 'int'"), or be accepted and misbehave later
+        # (window_size=2.5 failed in the breaker, failure_threshold=2.5 meant 3).
+        ("window_size", "10"),
+        ("window_size", 2.5),
+        ("window_size", True),
+        ("failure_threshold", 2.5),
+        ("failure_threshold", None),
+        ("minimum_calls", None),
+        ("minimum_calls", 1.5),
+        ("half_open_max_calls", 1.5),
+        ("half_open_max_calls", False),
+        ("open_duration_s", "30"),
+        ("open_duration_s", float("inf")),
+        ("open_duration_s", float("nan")),
+        ("open_duration_s", True),
+        ("slow_call_duration_s", "1"),
+        ("slow_call_duration_s", float("inf")),
+        ("half_open_max_wait_s", float("inf")),
+        ("half_open_max_wait_s", "60"),
+        ("failure_rate_threshold", True),
+        ("failure_rate_threshold", float("inf")),
+        ("failure_rate_threshold", "abc"),
+    ],
+)
+def test_config_type_errors_are_config_errors_naming_field_and_value(
+    field: str, value: object
+) -> None:
+    kw: dict[str, object] = {field: value}
+    if field == "window_size":
+        kw["minimum_calls"] = 1
+    with pytest.raises(ConfigError) as info:
+        CircuitBreakerConfig(**kw)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert f"CircuitBreakerConfig.{field}:" in message and repr(value) in message
+    assert "\n" not in message
+
+
+def test_config_accepts_every_integral_and_real_number_type() -> None:
+    cfg = CircuitBreakerConfig(
+        failure_threshold=3,
+        window_size=10,
+        minimum_calls=10,
+        open_duration_s=1,  # an int of seconds
+        slow_call_duration_s=Fraction(1, 2),
+        half_open_max_wait_s=2.5,
+        failure_rate_threshold=Decimal("0.25"),
+    )
+    assert cfg.failure_rate_fraction == Fraction(1, 4)
+    CircuitBreaker("ok", cfg)

@@ -364,3 +364,37 @@ async def test_calls_cancelled_by_the_callers_timeout_after_being_slow_are_failu
             await task
     assert g.breaker.state is CircuitState.OPEN
     assert not g._scopes and g.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # nan passed `value <= 0` and reached asyncio.timeout (a nan deadline in the
+        # loop's timer heap); a bool or a float limit was silently taken as a count.
+        ("timeout_s", float("nan")),
+        ("timeout_s", float("inf")),
+        ("timeout_s", True),
+        ("timeout_s", "1"),
+        ("max_concurrency", 2.5),
+        ("max_concurrency", True),
+        ("max_concurrency", "3"),
+    ],
+)
+def test_bad_guard_settings_are_config_errors_naming_field_and_value(
+    field: str, value: object
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Guard("svc", CircuitBreaker("svc"), **{field: value})  # type: ignore[arg-type]
+    message = str(info.value)
+    assert f"Guard.{field}:" in message and repr(value) in message
+    g = make()
+    with pytest.raises(ConfigError):
+        setattr(g, field, value)
+    assert getattr(g, field) is None and g._plain
+
+
+def test_guard_settings_accept_ints_and_floats() -> None:
+    g = Guard("svc", CircuitBreaker("svc"), timeout_s=2, max_concurrency=0)
+    assert (g.timeout_s, g.max_concurrency) == (2, 0)
+    g.timeout_s = 0.25
+    assert g.timeout_s == 0.25
