@@ -238,7 +238,7 @@ class CircuitBreakerConfig:
                 isinstance(value, bool)
                 or not isinstance(value, numbers.Real)
                 or not math.isfinite(value)
-                or not value > 0
+                or not float(value) > 0
             ):
                 raise bad(name, value, rule)
 
