@@ -15,8 +15,9 @@ decorator and :class:`~antifragile.guard.Guard`):
   tripped, or a trial that outlived its round) is *stale*: it updates the sliding window
   and nothing else, and never frees a trial permit - only the calls that hold permits
   of the current round free them.
-* **Exact thresholds.** ``failure_rate_threshold`` is held as a fraction parsed from
-  its decimal text (``0.55`` is 11/20, never 0.55000000000000004441), and the window
+* **Exact thresholds.** ``failure_rate_threshold`` is held as a fraction: the decimal
+  a float stands for, to 15 significant digits (``0.55`` is 11/20, never
+  0.55000000000000004441; ``0.1 + 0.2`` is 3/10; see :func:`exact_rate`), and the window
   opens the breaker when ``failures * den >= num * calls`` (integers). Both thresholds
   (consecutive failures and rate) are checked on every recorded outcome, successes too.
 * **Outcomes.** An exception of ``failure_exceptions`` (and not of
@@ -148,8 +149,12 @@ class IllegalTransitionError(AntifragileError):
 def exact_rate(value: float | int | str | Decimal | Fraction) -> Fraction:
     """The exact fraction a threshold means: ``0.55`` -> 11/20, ``"7/25"`` -> 7/25.
 
-    A float is read through its shortest decimal text (``repr``), i.e. the decimal the
-    user wrote, never its binary approximation.
+    A float is read as the decimal it stands for, rounded to 15 significant digits - the
+    precision every float keeps (any decimal of up to 15 significant digits converts to
+    a float and back unchanged) - never as its binary approximation. So ``0.55`` is
+    11/20, and a threshold computed in floats means the decimal it approximates:
+    ``0.1 + 0.2`` (0.30000000000000004) is 3/10, ``0.7 * 0.8`` (0.5599999999999999) is
+    14/25. For more digits than that, pass a string, ``Decimal`` or ``Fraction``.
 
     Raises:
         ValueError: not a finite number.
@@ -160,7 +165,7 @@ def exact_rate(value: float | int | str | Decimal | Fraction) -> Fraction:
     if isinstance(value, Fraction):
         return value
     if isinstance(value, float):
-        return Fraction(repr(value))
+        return Fraction(format(value, ".15g"))
     if isinstance(value, int | Decimal | str):
         return Fraction(value)
     raise TypeError(f"a threshold is a number or a decimal string, not {type(value).__name__}")
@@ -177,8 +182,9 @@ class CircuitBreakerConfig:
         failure_threshold: Consecutive failures that open the breaker. Default 5.
         failure_rate_threshold: Share of failures in the sliding window that opens the
             breaker (0 < x <= 1), compared exactly: a float is read as the decimal it
-            prints as; a decimal string (``"0.55"``), ``Decimal`` or ``Fraction`` is
-            accepted too. Default 0.5.
+            stands for, to 15 significant digits (``0.1 + 0.2`` is 3/10); a decimal
+            string (``"0.55"``), ``Decimal`` or ``Fraction`` is accepted too (and kept to
+            every digit). Default 0.5.
         window_size: Number of most recent calls in the sliding window. Default 100.
         minimum_calls: Calls the window must hold before the failure rate counts.
             Default 20.

@@ -22,6 +22,7 @@ from antifragile.breaker import (
     CircuitState,
     IllegalTransitionError,
     StateChange,
+    exact_rate,
 )
 from antifragile.errors import ConfigError
 from tests.unit.conftest import FakeClock
@@ -1272,3 +1273,32 @@ def test_config_accepts_every_integral_and_real_number_type() -> None:
     )
     assert cfg.failure_rate_fraction == Fraction(1, 4)
     CircuitBreaker("ok", cfg)
+
+
+async def test_a_threshold_computed_in_floats_means_the_decimal_it_approximates(
+    clock: FakeClock,
+) -> None:
+    # 0.1 + 0.2 is 0.30000000000000004; read through repr it was a threshold just above
+    # 3/10, so 3 failures in 10 calls did not open the breaker. Floats are read as the
+    # decimal they stand for to 15 significant digits (the precision a float keeps).
+    assert 0.1 + 0.2 != 0.3
+    cfg = CircuitBreakerConfig(failure_rate_threshold=0.1 + 0.2, window_size=10, minimum_calls=10)
+    assert cfg.failure_rate_fraction == Fraction(3, 10)
+    b = CircuitBreaker("dep", cfg, clock=clock)
+    await outcomes(b, "FFFSSSSSSS")
+    assert b.state is CircuitState.OPEN
+    assert exact_rate(0.7 * 0.8) == Fraction(14, 25)  # 0.5599999999999999
+    assert exact_rate(1 - 0.45) == Fraction(11, 20)
+    assert exact_rate(0.1 * 3) == Fraction(3, 10)
+
+
+@given(
+    digits=st.integers(min_value=1, max_value=10**15 - 1),
+    exponent=st.integers(min_value=-30, max_value=-1),
+)
+@settings(max_examples=300, deadline=None)
+def test_property_a_float_of_any_15_digit_decimal_is_read_as_that_decimal(
+    digits: int, exponent: int
+) -> None:
+    text = f"{digits}e{exponent}"
+    assert exact_rate(float(text)) == Fraction(text)
