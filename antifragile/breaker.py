@@ -922,16 +922,22 @@ class CircuitBreaker:
         scopes = self._scopes
         task = asyncio.current_task()
         stack = scopes.get(task)
-        if stack is None:  # a counted entry of another task
-            if self._ctx_stale:
+        if stack is None:
+            if self._ctx_stale:  # a counted entry of an older generation
                 self._exit_stale(exc)
                 return
-            self._ctx_open -= 1
-            if exc is None:
-                self.on_success(self._gen)
-            else:
-                self.on_error(self._gen, 0.0, exc)
-            return
+            if self._ctx_open:  # a counted entry of the current generation
+                self._ctx_open -= 1
+                if exc is None:
+                    self.on_success(self._gen)
+                else:
+                    self.on_error(self._gen, 0.0, exc)
+                return
+            # No counted entry is open: a tracked entry of another task is leaving from
+            # this one (an AsyncExitStack closed elsewhere, an async fixture torn down in
+            # another task). Take the entry of a finished task first, else the oldest.
+            task = next((t for t in scopes if t is not None and t.done()), next(iter(scopes)))
+            stack = scopes[task]
         token, started = stack.pop()
         if not stack:
             del scopes[task]

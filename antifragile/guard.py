@@ -385,6 +385,8 @@ class Guard:
     ) -> Awaitable[None]:
         if self._scopes:
             scope = self._pop_scope(asyncio.current_task())
+            if scope is None and not self._plain_open and not self._plain_stale:
+                scope = self._pop_foreign_scope()
             if scope is not None:
                 return self._exit(scope, exc_type, exc, tb)
         # Entered on the plain path (CLOSED): its token is the current generation,
@@ -439,6 +441,14 @@ class Guard:
         b = self.breaker
         started = scope.started  # None: slow-call detection was off when it began
         return b._clock() - started if started is not None else 0.0
+
+    def _pop_foreign_scope(self) -> _Scope | None:
+        # No plain entry is open and this task entered nothing: a tracked entry of
+        # another task is leaving from this one (an AsyncExitStack closed elsewhere, an
+        # async fixture torn down in another task). Take a finished task's entry first.
+        scopes = self._scopes
+        task = next((t for t in scopes if t is not None and t.done()), next(iter(scopes)))
+        return self._pop_scope(task)
 
     def _pop_scope(self, task: asyncio.Task[Any] | None) -> _Scope | None:
         stack = self._scopes.get(task)

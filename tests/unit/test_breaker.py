@@ -1302,3 +1302,29 @@ def test_property_a_float_of_any_15_digit_decimal_is_read_as_that_decimal(
 ) -> None:
     text = f"{digits}e{exponent}"
     assert exact_rate(float(text)) == Fraction(text)
+
+
+async def test_async_with_entered_in_one_task_and_left_in_another(clock: FakeClock) -> None:
+    # An AsyncExitStack closed by another task (or an async fixture torn down in a
+    # different task than set it up): with per-call tracking on (slow-call detection),
+    # the exit found no entry of its own task, decremented the counted entries to -1
+    # and left the real entry in _scopes for ever (the fast path never came back).
+    b = make(clock, failure_threshold=2, slow_call_duration_s=1.0)
+    for outcome in ("ok", "slow", "error"):
+        stack = contextlib.AsyncExitStack()
+        await asyncio.create_task(stack.enter_async_context(b))
+        if outcome == "slow":
+            clock.advance(2.0)
+
+        async def leave() -> None:
+            if outcome == "error":
+                await stack.__aexit__(Boom, Boom("late"), None)
+            else:
+                await stack.aclose()
+
+        await asyncio.create_task(leave())
+        assert not b._scopes and b._ctx_open == 0 and b._ctx_stale == 0
+    assert b.state is CircuitState.OPEN  # the slow exit and the error both counted
+    b.reconfigure(CircuitBreakerConfig())
+    b.reset()
+    assert b._ctx_fast  # the fast path is back

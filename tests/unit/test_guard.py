@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -398,3 +399,30 @@ def test_guard_settings_accept_ints_and_floats() -> None:
     assert (g.timeout_s, g.max_concurrency) == (2, 0)
     g.timeout_s = 0.25
     assert g.timeout_s == 0.25
+
+
+async def test_async_with_guard_entered_in_one_task_and_left_in_another() -> None:
+    # With a timeout (tracked entries), an exit from another task found no scope of its
+    # own, fell to the plain path and awaited None (TypeError), leaking the scope, its
+    # concurrency slot and its armed timeout.
+    g = make(failure_threshold=2)
+    g.timeout_s = 5.0
+    g.max_concurrency = 1
+    for outcome in ("ok", "error"):
+        stack = contextlib.AsyncExitStack()
+        await asyncio.create_task(stack.enter_async_context(g))
+        assert g.in_flight == 1
+
+        async def leave() -> None:
+            if outcome == "error":
+                await stack.__aexit__(Boom, Boom("late"), None)
+            else:
+                await stack.aclose()
+
+        await asyncio.create_task(leave())
+        assert not g._scopes and g.in_flight == 0
+        assert g._plain_open == 0 and g._plain_stale == 0
+    assert g.breaker.consecutive_failures == 1
+    g.timeout_s = None
+    g.max_concurrency = None
+    assert g._plain
