@@ -29,9 +29,15 @@ decorator and :class:`~antifragile.guard.Guard`):
   failure whatever it returned - and so is a call *cancelled* after it had already run
   longer than that (the caller's own timeout gave up on a slow dependency).
 * **Reads are pure.** ``state``, ``retry_after()``, ``snapshot()`` never change
-  anything. OPEN becomes HALF_OPEN on the next admission or by a loop timer; a trial
-  that holds its permit longer than ``half_open_max_wait_s`` reopens the breaker (on the
-  next admission or by the timer). Listeners fire on real transitions only.
+  anything. OPEN becomes HALF_OPEN on the next admission or by a loop timer; a round
+  that still has a trial in flight ``half_open_max_wait_s`` after its first trial was
+  admitted reopens the breaker (on the next admission or by the timer). Listeners fire
+  on real transitions only.
+* **One thread.** A breaker (and a guard) is not thread-safe: admission and recording
+  are unlocked read-modify-writes. Use it from one thread at a time - the event loop's;
+  ``call_sync`` is for code without a loop, not for sharing one breaker between threads
+  (give each thread its own, or serialise the calls). ``snapshot()`` and the other reads
+  are safe from any thread.
 * **Configuration** is an immutable :class:`CircuitBreakerConfig`, replaced whole by
   :meth:`CircuitBreaker.reconfigure` (assigning ``breaker.config`` does the same).
 
@@ -193,9 +199,11 @@ class CircuitBreakerConfig:
             success path). Default None.
         open_duration_s: Seconds OPEN before a trial call is allowed. Default 30.
         half_open_max_calls: Concurrent trial calls allowed while HALF_OPEN. Default 1.
-        half_open_max_wait_s: Seconds a trial call may hold its permit; a trial still
-            running after this reopens the breaker (resilience4j's
-            ``maxWaitDurationInHalfOpenState``). ``None`` waits for ever. Default 60.
+        half_open_max_wait_s: Seconds a HALF_OPEN round may keep trial calls in flight,
+            measured from its first trial's admission (with one trial, the time it holds
+            its permit); a trial still running after this reopens the breaker
+            (resilience4j's ``maxWaitDurationInHalfOpenState``). The clock restarts when
+            no trial is in flight. ``None`` waits for ever. Default 60.
         failure_exceptions: Exception types that count as failures. Default
             ``(Exception,)``. Other exceptions count as successes (the dependency
             answered), except non-``Exception`` ones such as
@@ -1003,6 +1011,10 @@ class CircuitBreaker:
 
     def call_sync(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run a sync ``fn`` through the breaker without an event loop.
+
+        Not thread-safe (see the module docstring): calls from several threads at once
+        can lose counts or admit extra trial calls; give each thread its own breaker or
+        serialise the calls with a lock.
 
         Raises:
             CircuitOpenError: the breaker refused the call.
