@@ -21,7 +21,9 @@ decorator and :class:`~antifragile.guard.Guard`):
   opens the breaker when ``failures * den >= num * calls`` (integers). Both thresholds
   (consecutive failures and rate) are checked on every recorded outcome, successes too.
 * **Outcomes.** An exception of ``failure_exceptions`` (and not of
-  ``ignored_exceptions``) is a failure. An ``ignored_exceptions`` one counts as nothing
+  ``ignored_exceptions``) is a failure, and so is an error a chaos fault injected
+  (:class:`~antifragile.chaos.faults.InjectedFault`, whatever its type). An
+  ``ignored_exceptions`` one counts as nothing
   (a trial permit is freed, nothing is decided). Any other ``Exception`` means the
   dependency answered: a success. A ``BaseException`` that is not an ``Exception``
   (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``) counts as nothing unless it
@@ -205,7 +207,8 @@ class CircuitBreakerConfig:
             (resilience4j's ``maxWaitDurationInHalfOpenState``). The clock restarts when
             no trial is in flight. ``None`` waits for ever. Default 60.
         failure_exceptions: Exception types that count as failures. Default
-            ``(Exception,)``. Other exceptions count as successes (the dependency
+            ``(Exception,)``; an error injected by a chaos fault counts as a failure
+            whatever its type. Other exceptions count as successes (the dependency
             answered), except non-``Exception`` ones such as
             ``asyncio.CancelledError``, which count as nothing (a call cancelled after
             running longer than ``slow_call_duration_s`` is a slow call: a failure).
@@ -808,7 +811,9 @@ class CircuitBreaker:
     def _classify(self, exc: BaseException) -> int:
         if isinstance(exc, self._ignored_exc):
             return _NOTHING
-        if isinstance(exc, self._failure_exc):
+        if isinstance(exc, self._failure_exc) or getattr(exc, "_breaker_failure", False):
+            # _breaker_failure: an error a chaos fault injected (InjectedFault) - a
+            # failure of the dependency by definition, whatever its type.
             return _FAILURE
         if isinstance(exc, Exception):
             return _SUCCESS  # the dependency answered

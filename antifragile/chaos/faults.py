@@ -75,7 +75,16 @@ class GuardLike(Protocol):
 
 
 class InjectedFault(Exception):
-    """Mixed into every exception a fault raises, so tests and logs can tell them apart."""
+    """Mixed into every exception a fault raises, so tests and logs can tell them apart.
+
+    A circuit breaker counts an injected error as a failure whatever its type (unless
+    its ``ignored_exceptions`` lists it): the experiment simulates a failing dependency,
+    so a breaker that counts only, say, ``ConnectionError`` must still see an injected
+    ``RuntimeError`` fail.
+    """
+
+    # Read by CircuitBreaker._classify (the breaker does not import the chaos package).
+    _breaker_failure = True
 
 
 @dataclass
