@@ -185,7 +185,17 @@ class ChaosFault:
 
             breaker.on_state_change(watch)
             self._listeners[guard.name] = watch
-        self._install(guard)
+        try:
+            self._install(guard)
+        except BaseException:
+            # The table drops a fault whose install raised without calling on_remove:
+            # undo what was done here, or the listener stays on the breaker for ever.
+            self._guards.pop(guard.name, None)
+            self._ended.pop(guard.name, None)
+            watch = self._listeners.pop(guard.name, None)
+            if watch is not None and breaker is not None:
+                breaker.remove_listener(watch)
+            raise
 
     def on_remove(self, guard: GuardLike) -> None:
         """The fault left ``guard``: undo the kind's setup, stop watching the breaker."""

@@ -345,3 +345,25 @@ async def test_an_injected_error_is_a_breaker_failure_whatever_failure_exception
 
 async def _raise_runtime() -> None:
     raise RuntimeError("business error")
+
+
+async def test_a_fault_whose_install_fails_leaves_nothing_behind() -> None:
+    # on_install registered its breaker listener and took the guard before the kind's
+    # own setup raised; the table then dropped the fault without on_remove, so the
+    # listener stayed on the breaker for ever (counting into the dead fault's stats).
+    class Broken(ChaosFault):
+        def _install(self, guard: Any) -> None:
+            raise RuntimeError("cannot start the burner")
+
+    g = make_guard("db")
+    listeners_before = list(g.breaker._listeners)
+    fault = Broken(spec(ChaosType.LATENCY, latency_ms=10))
+    table = FaultTable()
+    table.attach(g)
+    with pytest.raises(RuntimeError, match="burner"):
+        table.install("db", fault)
+    assert g.fault is None and "db" not in table
+    assert g.breaker._listeners == listeners_before
+    assert not fault._guards and not fault._listeners and not fault._ended
+    g.breaker.force_open()
+    assert not fault.stats.breakers
