@@ -192,9 +192,9 @@ class ChaosFault:
             # undo what was done here, or the listener stays on the breaker for ever.
             self._guards.pop(guard.name, None)
             self._ended.pop(guard.name, None)
-            watch = self._listeners.pop(guard.name, None)
-            if watch is not None and breaker is not None:
-                breaker.remove_listener(watch)
+            added = self._listeners.pop(guard.name, None)
+            if added is not None and breaker is not None:
+                breaker.remove_listener(added)
             raise
 
     def on_remove(self, guard: GuardLike) -> None:
