@@ -125,6 +125,7 @@ _NOTHING = 2
 _CANCELLED = 3  # nothing, unless the call was already slow when it was cancelled
 
 _GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
+_COLD_TYPES = (_CoroutineType, GeneratorType, AsyncGeneratorType)
 
 
 class CircuitOpenError(AntifragileError):
@@ -1075,8 +1076,12 @@ class CircuitBreaker:
           admitted on the first ``next()``/``anext()``, an exception raised while
           iterating is recorded, exhaustion is a success, closing early records
           nothing (slow-call detection measures first item to exhaustion);
-        * anything else: a sync wrapper that still protects an awaitable (or a
-          generator) the callable returns, by handing back a wrapper of it;
+        * anything else: a sync wrapper, admitted when called, that still protects
+          what the callable returns: a coroutine or generator (nothing of it has run
+          yet) is handed back wrapped, its admission moved to the await or the first
+          ``next()`` - one never run holds no trial permit; an ``asyncio.Future``
+          is returned as is, its outcome recorded when it completes (awaited or not);
+          any other awaitable is handed back wrapped;
         * a ``staticmethod`` or ``classmethod`` object (``@breaker`` written above
           ``@staticmethod``): its function is decorated and re-wrapped the same way,
           so the method binds as before.
@@ -1107,19 +1112,61 @@ class CircuitBreaker:
             except BaseException as exc:
                 self.on_error(token, clock() - started, exc)
                 raise
+            if isinstance(result, _COLD_TYPES):
+                # Nothing of it has run yet (a coroutine, a generator): it is admitted
+                # when awaited or first iterated, as a coroutine or generator function
+                # is. One never run (closed, or its task cancelled before its first
+                # step) then holds no trial permit.
+                self.release(token)
+                return self._cold(result)
+            if isinstance(result, asyncio.Future):
+                # Already running, and observable: its outcome is recorded when it
+                # completes, awaited or not; the caller gets the future itself.
+                result.add_done_callback(functools.partial(self._future_done, token, started))
+                return result
             if inspect.isawaitable(result):
                 # An async function behind a sync facade: the outcome is the await.
                 return self._finish_awaitable(token, started, result)
-            if isinstance(result, GeneratorType):
-                return self._drive_gen(token, started, result)
-            if isinstance(result, AsyncGeneratorType):
-                return self._drive_async_gen(token, started, lambda: result)
             self.on_success(token, clock() - started)
             return result
 
         return sync_wrapper
 
-    async def _finish_awaitable(self, token: int, started: float, awaitable: Awaitable[R]) -> R:
+    def _cold(self, result: Any) -> Any:
+        if isinstance(result, GeneratorType):
+            return self._drive_gen_cold(result)
+        if isinstance(result, AsyncGeneratorType):
+            return self._drive_async_gen(None, 0.0, lambda: result)
+        return self._finish_awaitable(None, 0.0, result)
+
+    def _drive_gen_cold(self, gen: Generator[Any, Any, R]) -> Generator[Any, Any, R]:
+        try:
+            token = self.acquire_permission()  # on the first next()
+        except BaseException:
+            gen.close()
+            raise
+        return (yield from self._drive_gen(token, self._clock(), gen))
+
+    def _future_done(self, token: int, started: float, future: asyncio.Future[Any]) -> None:
+        duration = self._clock() - started
+        if future.cancelled():
+            self.on_error(token, duration, asyncio.CancelledError())
+        elif (exc := future.exception()) is not None:
+            self.on_error(token, duration, exc)
+        else:
+            self.on_success(token, duration)
+
+    async def _finish_awaitable(
+        self, token: int | None, started: float, awaitable: Awaitable[R]
+    ) -> R:
+        if token is None:  # a coroutine not started yet: admitted now, when awaited
+            try:
+                token = self.acquire_permission()
+            except BaseException:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()  # refused: it never runs (no "never awaited")
+                raise
+            started = self._clock()
         try:
             result = await awaitable
         except BaseException as exc:
