@@ -1316,13 +1316,13 @@ async def test_async_with_entered_in_one_task_and_left_in_another(clock: FakeClo
         if outcome == "slow":
             clock.advance(2.0)
 
-        async def leave() -> None:
+        async def leave(stack: contextlib.AsyncExitStack, outcome: str) -> None:
             if outcome == "error":
                 await stack.__aexit__(Boom, Boom("late"), None)
             else:
                 await stack.aclose()
 
-        await asyncio.create_task(leave())
+        await asyncio.create_task(leave(stack, outcome))
         assert not b._scopes and b._ctx_open == 0 and b._ctx_stale == 0
     assert b.state is CircuitState.OPEN  # the slow exit and the error both counted
     b.reconfigure(CircuitBreakerConfig())

@@ -413,13 +413,13 @@ async def test_async_with_guard_entered_in_one_task_and_left_in_another() -> Non
         await asyncio.create_task(stack.enter_async_context(g))
         assert g.in_flight == 1
 
-        async def leave() -> None:
+        async def leave(stack: contextlib.AsyncExitStack, outcome: str) -> None:
             if outcome == "error":
                 await stack.__aexit__(Boom, Boom("late"), None)
             else:
                 await stack.aclose()
 
-        await asyncio.create_task(leave())
+        await asyncio.create_task(leave(stack, outcome))
         assert not g._scopes and g.in_flight == 0
         assert g._plain_open == 0 and g._plain_stale == 0
     assert g.breaker.consecutive_failures == 1
