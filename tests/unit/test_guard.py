@@ -426,3 +426,143 @@ async def test_async_with_guard_entered_in_one_task_and_left_in_another() -> Non
     g.timeout_s = None
     g.max_concurrency = None
     assert g._plain
+
+
+# ---------------------------------------------------------------- randomised interleavings
+
+
+async def _random_run(seed: int) -> list[tuple[object, ...]]:
+    """Concurrent calls through every path, finished, failed or cancelled in random order
+    across trips, half-open rounds, reconfigurations and a fault installed and removed
+    mid-wait; returns every broken invariant seen."""
+    import contextvars
+    import random
+
+    from antifragile.breaker import CircuitState as S
+
+    admitted: contextvars.ContextVar[tuple[int, S]] = contextvars.ContextVar("admitted")
+
+    class Recording(CircuitBreaker):
+        # Every call runs in its own task: the token and state it was admitted with
+        # (a CLOSED admission reads _gen directly, so it is recorded in `one`).
+        def acquire_permission(self) -> int:
+            token = super().acquire_permission()
+            admitted.set((token, self.state))
+            return token
+
+    rng = random.Random(seed)
+    clock = FakeClock()
+
+    def config() -> CircuitBreakerConfig:
+        return CircuitBreakerConfig(
+            failure_threshold=rng.randint(1, 4),
+            window_size=rng.randint(1, 6),
+            minimum_calls=1,
+            open_duration_s=1.0,
+            half_open_max_calls=rng.randint(1, 3),
+            half_open_max_wait_s=rng.choice([None, 2.0]),
+            slow_call_duration_s=rng.choice([None, None, 0.5]),
+        )
+
+    b = Recording("s", config(), clock=clock)
+    permits = [b.config.half_open_max_calls]
+    plain = Guard("s", b)
+    configured = Guard("s2", b, timeout_s=rng.choice([None, 100.0]), max_concurrency=3)
+    table = FaultTable()
+    table.attach(configured)
+    long_latency = FaultSpec(
+        experiment_id="chaos-mix-1",
+        chaos_type=ChaosType.LATENCY,
+        target="s2",
+        blast_radius=["s2"],
+        latency_ms=600_000,
+    )
+    running: dict[object, tuple[int, S]] = {}
+    broken: list[tuple[object, ...]] = []
+
+    async def one(kind: str, gate: asyncio.Event, fails: bool) -> int:
+        admitted.set((b.generation, b.state))  # if admitted CLOSED, without a call
+
+        async def dependency() -> int:
+            key = object()
+            running[key] = admitted.get()
+            try:
+                await gate.wait()
+                if fails:
+                    raise Boom
+                return 1
+            finally:
+                del running[key]
+
+        if kind == "call":
+            return await b.call(dependency)
+        if kind == "breaker_ctx":
+            async with b:
+                return await dependency()
+        guard = plain if kind.endswith("plain") else configured
+        if kind.startswith("guard_call"):
+            return await guard.call(dependency)
+        async with guard:
+            return await dependency()
+
+    pending: list[tuple[asyncio.Future[int], asyncio.Event]] = []
+    every_call: list[asyncio.Future[int]] = []
+    kinds = ["call", "breaker_ctx", "guard_call_plain", "guard_ctx_plain"]
+    kinds += ["guard_call_configured", "guard_ctx_configured"]
+    for _ in range(rng.randint(20, 120)):
+        r = rng.random()
+        if r < 0.45:
+            gate = asyncio.Event()
+            call = asyncio.ensure_future(one(rng.choice(kinds), gate, rng.random() < 0.6))
+            pending.append((call, gate))
+            every_call.append(call)
+        elif r < 0.75 and pending:
+            call, gate = pending.pop(rng.randrange(len(pending)))
+            call.cancel() if rng.random() < 0.2 else gate.set()
+        elif r < 0.85:
+            clock.advance(rng.choice([0.3, 0.6, 1.1, 2.5]))
+        elif r < 0.88:
+            b.reconfigure(config())
+            permits.append(b.config.half_open_max_calls)
+        elif r < 0.94:
+            if "s2" in table:
+                table.remove("s2")
+            else:
+                table.install("s2", build_fault(long_latency))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        inflight = b.snapshot().half_open_in_flight
+        if b.state is S.HALF_OPEN:
+            trials = sum(
+                1 for gen, st in running.values() if gen == b.generation and st is S.HALF_OPEN
+            )
+            if not trials <= inflight <= max(permits):
+                broken.append(("trials", trials, inflight))
+        if b.failures_in_window != sum(b._ring) or b._ctx_open < 0 or b._ctx_stale < 0:
+            broken.append(("breaker counts", b._ctx_open, b._ctx_stale))
+        for g in (plain, configured):
+            if min(g._plain_open, g._plain_stale, g.in_flight) < 0:
+                broken.append(("guard counts", g.name, g._plain_open, g._plain_stale))
+    table.clear()
+    for _, gate in pending:
+        gate.set()
+    results = await asyncio.gather(*every_call, return_exceptions=True)
+    expected = (Boom, CircuitOpenError, ConcurrencyLimitError, asyncio.CancelledError)
+    broken += [
+        ("raised", repr(x))
+        for x in results
+        if isinstance(x, BaseException) and not isinstance(x, expected)
+    ]
+    if b._ctx_open or b._ctx_stale or b._scopes:
+        broken.append(("breaker left open entries", b._ctx_open, b._ctx_stale))
+    if b.state is S.HALF_OPEN and b.snapshot().half_open_in_flight:
+        broken.append(("permit leaked", b.snapshot().half_open_in_flight))
+    for g in (plain, configured):
+        if g._plain_open or g._plain_stale or g._scopes or g.in_flight:
+            broken.append(("guard left open entries", g.name))
+    return broken
+
+
+async def test_random_interleavings_keep_every_counter_and_permit_exact() -> None:
+    failures = {seed: broken for seed in range(150) if (broken := await _random_run(seed))}
+    assert not failures
