@@ -28,6 +28,7 @@ makes the call raise TimeoutError at 0.2 s, as the real slow dependency would.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import numbers
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,15 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 _CLOSED = CircuitState.CLOSED
+
+
+def _sync_result(exc: BaseException, frame: dict[str, Any]) -> bool:
+    """True when ``exc`` is await's TypeError on what a sync callable returned.
+
+    ``frame`` is the caller's ``locals()``: ``result`` is bound there only once the
+    callable has returned (so a TypeError the callable raised itself never matches).
+    """
+    return type(exc) is TypeError and "result" in frame and not inspect.isawaitable(frame["result"])
 
 
 class ConcurrencyLimitError(AntifragileError):
@@ -264,6 +274,9 @@ class Guard:
     async def call(self, fn: Callable[..., Awaitable[R]], /, *args: Any) -> R:
         """Await ``fn(*args)`` through the guard (use functools.partial for kwargs).
 
+        A sync ``fn`` works too, as with ``breaker.call``: its return value is the result
+        (it is not an error of the dependency).
+
         Raises:
             CircuitOpenError: the breaker refused the call.
             ConcurrencyLimitError: ``max_concurrency`` calls are already in flight.
@@ -273,15 +286,18 @@ class Guard:
             b = self.breaker
             token = b._gen
             try:
-                result = await fn(*args)
+                # Two statements: `result` holds what fn returned if the await refuses it.
+                result: Any = fn(*args)
+                result = await result
             except BaseException as exc:
-                b.on_error(token, 0.0, exc)
-                self._metered += 1
-                raise
+                if not _sync_result(exc, locals()):  # only on errors: the hot path is as is
+                    b.on_error(token, 0.0, exc)
+                    self._metered += 1
+                    raise
             if not b._steady:
                 b.on_success(token)
             self._metered += 1
-            return result
+            return result  # type: ignore[no-any-return]
         # Refused here, before another coroutine or frame exists: an open breaker's
         # refusal is the fast path of a degraded service.
         return await self._call_full(self.breaker.acquire_permission(), fn, args)
@@ -295,6 +311,7 @@ class Guard:
         clock = b._clock
         timed = b._slow_s is not None
         started = clock() if timed else 0.0
+        result: Any
         try:
             timeout = self._timeout_s
             if timeout is not None:
@@ -303,22 +320,25 @@ class Guard:
                     fault = self._fault
                     if fault is not None:
                         await fault.apply(self)
-                    result = await fn(*args)
+                    result = fn(*args)
+                    result = await result
             else:
                 fault = self._fault
                 if fault is not None:
                     await fault.apply(self)
-                result = await fn(*args)
+                result = fn(*args)
+                result = await result
         except BaseException as exc:
-            b.on_error(token, clock() - started if timed else 0.0, exc)
-            self._metered += 1
-            raise
+            if not _sync_result(exc, locals()):
+                b.on_error(token, clock() - started if timed else 0.0, exc)
+                self._metered += 1
+                raise
         finally:
             if counted:
                 self._inflight -= 1
         b.on_success(token, clock() - started if timed else 0.0)
         self._metered += 1
-        return result
+        return result  # type: ignore[no-any-return]
 
     def _take_slot(self, token: int) -> bool:
         limit = self._max_concurrency

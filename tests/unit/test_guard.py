@@ -566,3 +566,34 @@ async def _random_run(seed: int) -> list[tuple[object, ...]]:
 async def test_random_interleavings_keep_every_counter_and_permit_exact() -> None:
     failures = {seed: broken for seed in range(150) if (broken := await _random_run(seed))}
     assert not failures
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_guard_call_of_a_sync_callable_returns_its_result_and_counts_no_failure(
+    configured: bool,
+) -> None:
+    # `await fn()` of a sync function raised "object int can't be used in 'await'
+    # expression" after the function had run, and counted that TypeError as a failure
+    # of the dependency: five such calls opened the breaker (and started a recovery).
+    g = make(failure_threshold=2)
+    if configured:
+        g.timeout_s = 5.0
+    calls: list[int] = []
+
+    def sync_add(x: int) -> int:
+        calls.append(x)
+        return x + 1
+
+    for i in range(5):
+        assert await g.call(sync_add, i) == i + 1  # type: ignore[arg-type]
+    assert calls == [0, 1, 2, 3, 4]
+    assert g.breaker.state is CircuitState.CLOSED and g.breaker.consecutive_failures == 0
+    assert g.calls == 5
+
+    def raises_type_error() -> None:
+        raise TypeError("a real error of the callable")
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="real error"):
+            await g.call(raises_type_error)  # type: ignore[arg-type]
+    assert g.breaker.state is CircuitState.OPEN  # the callable's own errors still count
