@@ -99,6 +99,7 @@ class Guard:
     """
 
     __slots__ = (
+        "_closed",
         "_entered",
         "_exited",
         "_fault",
@@ -146,6 +147,7 @@ class Guard:
         self._harvested = 0
         self._scopes: dict[asyncio.Task[Any] | None, list[_Scope]] = {}
         self._plain = False
+        self._closed = False
         self._entered: asyncio.Future[Guard] | None = None
         self._exited: asyncio.Future[None] | None = None
         # Plain `async with` entries of the breaker's generation _plain_gen still open,
@@ -250,11 +252,23 @@ class Guard:
             and self._max_concurrency is None
             and not self._plain_stale
             and not self._scopes  # plain entries never nest inside tracked ones
+            and not self._closed  # no hook tells a closed guard of transitions
         )
 
     def close(self) -> None:
-        """Detach from the breaker (the runtime calls this when dropping the guard)."""
+        """Detach from the breaker (the runtime calls this when dropping the guard).
+
+        A closed guard still works and still enforces its breaker, on the slower
+        admission path: without the breaker's hook it cannot keep a fast-path flag
+        current.
+        """
         self.breaker._remove_internal_hook(self._on_breaker_change)
+        self._closed = True
+        # Plain entries still open can no longer learn of a transition: count them as
+        # stale now (window only), never as deciding outcomes of a later round.
+        self._plain_stale += self._plain_open
+        self._plain_open = 0
+        self._refresh()
 
     # ------------------------------------------------------------------ metering source
 

@@ -597,3 +597,51 @@ async def test_guard_call_of_a_sync_callable_returns_its_result_and_counts_no_fa
         with pytest.raises(TypeError, match="real error"):
             await g.call(raises_type_error)  # type: ignore[arg-type]
     assert g.breaker.state is CircuitState.OPEN  # the callable's own errors still count
+
+
+async def test_a_closed_guard_still_enforces_its_breaker(clock: FakeClock) -> None:
+    # close() detached the transition hook but left the plain fast-path flag set: once
+    # the breaker opened, the closed guard kept calling the dependency (no admission).
+    g = make(clock, failure_threshold=1)
+    await g.call(ok)
+    g.close()
+    with pytest.raises(Boom):
+        await g.breaker.call(fail)
+    assert g.breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        await g.call(ok)
+    with pytest.raises(CircuitOpenError):
+        async with g:
+            pass
+    g.breaker.reset()
+    assert await g.call(ok) == 1  # still usable, on the admission path
+    g.close()  # twice is harmless
+
+
+async def test_plain_entries_open_when_the_guard_closes_never_decide_a_later_round(
+    clock: FakeClock,
+) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=1)
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def inside() -> None:
+        async with g:
+            entered.set()
+            await leave.wait()
+            raise Boom
+
+    task = asyncio.create_task(inside())
+    await entered.wait()
+    g.close()
+    with pytest.raises(Boom):
+        await g.breaker.call(fail)  # opens
+    clock.advance(1)
+    token = g.breaker.acquire_permission()  # a trial of the HALF_OPEN round
+    leave.set()
+    with pytest.raises(Boom):
+        await task
+    assert g.breaker.state is CircuitState.HALF_OPEN  # the old entry decided nothing
+    g.breaker.on_success(token)
+    assert g.breaker.state is CircuitState.CLOSED
+    assert g._plain_open == 0 and g._plain_stale == 0
