@@ -1417,3 +1417,41 @@ async def test_sync_wrapper_future_outcome_is_recorded_even_if_never_awaited(
     assert b.state is CircuitState.OPEN
     with pytest.raises(Boom):
         await futures[-1]
+
+
+@given(
+    steps=st.lists(st.one_of(st.booleans(), st.integers(min_value=1, max_value=8)), max_size=60),
+    first=st.integers(min_value=1, max_value=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_property_window_resized_by_reconfigure_keeps_the_most_recent_outcomes(
+    steps: list[bool | int], first: int
+) -> None:
+    """Outcomes (bools: failed?) and window resizes (ints) in any order: the window
+    always holds exactly the most recent ``window_size`` outcomes, in order."""
+    from collections import deque
+
+    def config(size: int) -> CircuitBreakerConfig:
+        # Thresholds out of reach: this checks the window alone.
+        return CircuitBreakerConfig(
+            window_size=size, minimum_calls=size, failure_threshold=10**6, failure_rate_threshold=1
+        )
+
+    b = CircuitBreaker("w", config(first))
+    reference: deque[bool] = deque(maxlen=first)
+    for step in steps:
+        if isinstance(step, bool):
+            after = deque(reference, maxlen=reference.maxlen)
+            after.append(step)
+            if len(after) == after.maxlen and all(after):
+                continue  # a full window of failures would open it (rate 1)
+            if step:
+                b.on_error(b.generation, 0.0, Boom())
+            else:
+                b.on_success(b.generation)
+            reference.append(step)
+        else:
+            b.reconfigure(config(step))
+            reference = deque(reference, maxlen=step)
+        assert b.state is CircuitState.CLOSED
+        assert (b.calls_in_window, b.failures_in_window) == (len(reference), sum(reference))
