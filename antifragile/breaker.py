@@ -273,7 +273,8 @@ class CircuitBreakerConfig:
         whole("window_size", ">= 1", 1)
         whole("minimum_calls", "in [1, window_size]", 1)
         if self.minimum_calls > self.window_size:
-            raise bad("minimum_calls", self.minimum_calls, "must be in [1, window_size]")
+            rule = f"must be in [1, window_size] = [1, {self.window_size}]"
+            raise bad("minimum_calls", self.minimum_calls, rule)
         seconds("slow_call_duration_s", optional=True)
         seconds("open_duration_s", optional=False)
         whole("half_open_max_calls", ">= 1", 1)

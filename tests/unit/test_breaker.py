@@ -1455,3 +1455,34 @@ def test_property_window_resized_by_reconfigure_keeps_the_most_recent_outcomes(
             reference = deque(reference, maxlen=step)
         assert b.state is CircuitState.CLOSED
         assert (b.calls_in_window, b.failures_in_window) == (len(reference), sum(reference))
+
+
+def test_minimum_calls_above_window_size_names_both_values() -> None:
+    # CircuitBreakerConfig(window_size=10) fails on the default minimum_calls of 20:
+    # the message must say which window it does not fit.
+    with pytest.raises(ConfigError) as info:
+        CircuitBreakerConfig(window_size=10)
+    assert str(info.value) == (
+        "CircuitBreakerConfig.minimum_calls: must be in [1, window_size] = [1, 10] (got 20)"
+    )
+
+
+async def test_edge_thresholds_window_of_one_and_rate_of_one(clock: FakeClock) -> None:
+    b = make(clock, window_size=1, minimum_calls=1, failure_threshold=100)
+    await outcomes(b, "SSS")
+    assert b.state is CircuitState.CLOSED
+    await outcomes(b, "F")  # 1/1 >= 0.5
+    assert b.state is CircuitState.OPEN
+    every = make(
+        clock, window_size=4, minimum_calls=4, failure_rate_threshold=1, failure_threshold=100
+    )
+    await outcomes(every, "FFFSFFF")
+    assert every.state is CircuitState.CLOSED  # never 4 failures of the last 4
+    await outcomes(every, "F")
+    assert every.state is CircuitState.OPEN
+    for zero in (0, 0.0, "0", Fraction(0)):
+        with pytest.raises(ConfigError, match=r"failure_rate_threshold: must be in \(0, 1\]"):
+            CircuitBreakerConfig(failure_rate_threshold=zero)
+    assert (
+        CircuitBreakerConfig(failure_rate_threshold=1.0000000000000002).failure_rate_fraction == 1
+    )
