@@ -599,7 +599,9 @@ class CircuitBreaker:
         for hook in tuple(self._internal_hooks):
             try:
                 hook(self)
-            except Exception:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:
                 log.exception("circuit %r: internal hook failed", self.name)
 
     # ------------------------------------------------------------------ operator API
@@ -652,7 +654,11 @@ class CircuitBreaker:
     def _notify(self, listener: StateListener, change: StateChange) -> None:
         try:
             result = listener(change)
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            # Cancellation too: a listener's error must never replace the call's own
+            # outcome nor keep the next listeners from hearing the change.
             log.exception("circuit %r: state listener %r raised", self.name, listener)
             return
         if inspect.isawaitable(result):

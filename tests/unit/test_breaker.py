@@ -1486,3 +1486,23 @@ async def test_edge_thresholds_window_of_one_and_rate_of_one(clock: FakeClock) -
     assert (
         CircuitBreakerConfig(failure_rate_threshold=1.0000000000000002).failure_rate_fraction == 1
     )
+
+
+async def test_a_listener_raising_cancellation_never_breaks_the_call_path(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "Listeners can never break the call path": a sync listener raising
+    # CancelledError (not an Exception) escaped _notify, replaced the call's own error
+    # and kept the listeners after it from hearing the transition.
+    b = make(clock, failure_threshold=1)
+    heard: list[CircuitState] = []
+
+    def cancelling(change: StateChange) -> None:
+        raise asyncio.CancelledError
+
+    b.on_state_change(cancelling)
+    b.on_state_change(lambda change: heard.append(change.new))
+    with caplog.at_level(logging.ERROR), pytest.raises(Boom):
+        await b.call(fail)
+    assert b.state is CircuitState.OPEN and heard == [CircuitState.OPEN]
+    assert "state listener" in caplog.text
