@@ -645,3 +645,28 @@ async def test_plain_entries_open_when_the_guard_closes_never_decide_a_later_rou
     g.breaker.on_success(token)
     assert g.breaker.state is CircuitState.CLOSED
     assert g._plain_open == 0 and g._plain_stale == 0
+
+
+@pytest.mark.parametrize("timeout_s", [None, 100.0])
+async def test_removing_a_fault_wakes_every_waiting_call_at_once(timeout_s: float | None) -> None:
+    g = make()
+    g.timeout_s = timeout_s
+    table = FaultTable()
+    table.attach(g)
+    table.install("svc", _latency_fault(300_000))
+
+    async def through_async_with() -> int:
+        async with g:
+            return 2
+
+    calls = [asyncio.create_task(g.call(ok)) for _ in range(250)]
+    calls += [asyncio.create_task(through_async_with()) for _ in range(250)]
+    await asyncio.sleep(0.05)
+    assert not any(c.done() for c in calls)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    table.remove("svc")
+    results = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert results == [1] * 250 + [2] * 250
+    assert loop.time() - start < 5  # promptly (bounded generously for a loaded machine)
+    assert g.breaker.state is CircuitState.CLOSED and not g._scopes and g.in_flight == 0
