@@ -32,7 +32,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Awaitable, Callable
-from types import TracebackType
+from types import AsyncGeneratorType, GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from antifragile.breaker import CircuitBreaker, CircuitState, _resolved
@@ -52,8 +52,24 @@ def _sync_result(exc: BaseException, frame: dict[str, Any]) -> bool:
 
     ``frame`` is the caller's ``locals()``: ``result`` is bound there only once the
     callable has returned (so a TypeError the callable raised itself never matches).
+
+    Raises:
+        TypeError: the callable returned a generator (refused, as ``breaker.call``
+            does: only the decorator protects an iteration).
     """
-    return type(exc) is TypeError and "result" in frame and not inspect.isawaitable(frame["result"])
+    if type(exc) is not TypeError or "result" not in frame:
+        return False
+    result = frame["result"]
+    if inspect.isawaitable(result):
+        return False
+    if isinstance(result, GeneratorType | AsyncGeneratorType):
+        if isinstance(result, GeneratorType):
+            result.close()
+        raise TypeError(
+            "the call returned a generator; decorate the generator function with the "
+            "breaker so its iteration is protected"
+        ) from None
+    return True
 
 
 class ConcurrencyLimitError(AntifragileError):
@@ -304,7 +320,9 @@ class Guard:
                 result: Any = fn(*args)
                 result = await result
             except BaseException as exc:
-                if not _sync_result(exc, locals()):  # only on errors: the hot path is as is
+                # Only on errors: the hot path is as is. (A refused generator: nothing
+                # recorded, and a CLOSED call holds no permit to free.)
+                if not _sync_result(exc, locals()):
                     b.on_error(token, 0.0, exc)
                     self._metered += 1
                     raise
@@ -343,7 +361,12 @@ class Guard:
                 result = fn(*args)
                 result = await result
         except BaseException as exc:
-            if not _sync_result(exc, locals()):
+            try:
+                returned = _sync_result(exc, locals())
+            except TypeError:
+                b.release(token)  # a refused generator: nothing recorded
+                raise
+            if not returned:
                 b.on_error(token, clock() - started if timed else 0.0, exc)
                 self._metered += 1
                 raise

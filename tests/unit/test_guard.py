@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -670,3 +671,21 @@ async def test_removing_a_fault_wakes_every_waiting_call_at_once(timeout_s: floa
     assert results == [1] * 250 + [2] * 250
     assert loop.time() - start < 5  # promptly (bounded generously for a loaded machine)
     assert g.breaker.state is CircuitState.CLOSED and not g._scopes and g.in_flight == 0
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_guard_call_refuses_a_returned_generator_like_breaker_call(configured: bool) -> None:
+    g = make(failure_threshold=1)
+    if configured:
+        g.timeout_s = 5.0
+
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    async def anumbers() -> AsyncIterator[int]:
+        yield 1
+
+    for fn in (numbers, anumbers):
+        with pytest.raises(TypeError, match="decorate the generator function"):
+            await g.call(fn)  # type: ignore[arg-type]
+    assert g.breaker.state is CircuitState.CLOSED and g.breaker.calls_in_window == 0
