@@ -22,7 +22,8 @@ decorator and :class:`~antifragile.guard.Guard`):
   (consecutive failures and rate) are checked on every recorded outcome, successes too.
 * **Outcomes.** An exception of ``failure_exceptions`` (and not of
   ``ignored_exceptions``) is a failure, and so is an error a chaos fault injected
-  (:class:`~antifragile.chaos.faults.InjectedFault`, whatever its type). An
+  (:class:`~antifragile.chaos.faults.InjectedFault`, whatever its type) or the
+  ``TimeoutError`` of a :class:`~antifragile.guard.Guard`'s own timeout. An
   ``ignored_exceptions`` one counts as nothing
   (a trial permit is freed, nothing is decided). Any other ``Exception`` means the
   dependency answered: a success. A ``BaseException`` that is not an ``Exception``
@@ -820,8 +821,9 @@ class CircuitBreaker:
         if isinstance(exc, self._ignored_exc):
             return _NOTHING
         if isinstance(exc, self._failure_exc) or getattr(exc, "_breaker_failure", False):
-            # _breaker_failure: an error a chaos fault injected (InjectedFault) - a
-            # failure of the dependency by definition, whatever its type.
+            # _breaker_failure: an error a chaos fault injected (InjectedFault), or a
+            # guard's own timeout - a failure of the dependency by definition,
+            # whatever its type.
             return _FAILURE
         if isinstance(exc, Exception):
             return _SUCCESS  # the dependency answered

@@ -72,6 +72,19 @@ def _sync_result(exc: BaseException, frame: dict[str, Any]) -> bool:
     return True
 
 
+def _verdict(timeout: asyncio.Timeout | None, exc: BaseException) -> BaseException:
+    """Mark ``exc`` as the guard's own timeout when that is what it is.
+
+    The guard's timeout means the dependency did not answer in time: a failure whatever
+    the breaker's ``failure_exceptions`` say (only ``ignored_exceptions`` exclude it),
+    unlike a ``TimeoutError`` the dependency raised itself. The mark is read by
+    ``CircuitBreaker._classify``.
+    """
+    if timeout is not None and isinstance(exc, TimeoutError) and timeout.expired():
+        setattr(exc, "_breaker_failure", True)  # noqa: B010 - a private mark on the instance
+    return exc
+
+
 class ConcurrencyLimitError(AntifragileError):
     """A call was refused because the guard's ``max_concurrency`` calls are in flight."""
 
@@ -344,11 +357,13 @@ class Guard:
         timed = b._slow_s is not None
         started = clock() if timed else 0.0
         result: Any
+        deadline: asyncio.Timeout | None = None
         try:
             timeout = self._timeout_s
             if timeout is not None:
                 # The fault runs inside the timeout: injected latency is latency.
-                async with asyncio.timeout(timeout):
+                deadline = asyncio.timeout(timeout)
+                async with deadline:
                     fault = self._fault
                     if fault is not None:
                         await fault.apply(self)
@@ -367,7 +382,7 @@ class Guard:
                 b.release(token)  # a refused generator: nothing recorded
                 raise
             if not returned:
-                b.on_error(token, clock() - started if timed else 0.0, exc)
+                b.on_error(token, clock() - started if timed else 0.0, _verdict(deadline, exc))
                 self._metered += 1
                 raise
         finally:
@@ -427,7 +442,7 @@ class Guard:
                     await scope.timeout.__aexit__(type(exc), exc, exc.__traceback__)
                 except BaseException as converted:
                     outcome = converted
-            b.on_error(scope.token, self._duration(scope), outcome)
+            b.on_error(scope.token, self._duration(scope), _verdict(scope.timeout, outcome))
             self._metered += 1
             if outcome is exc:
                 raise
@@ -485,7 +500,7 @@ class Guard:
             try:
                 await scope.timeout.__aexit__(exc_type, exc, tb)
             except BaseException as converted:  # CancelledError became TimeoutError
-                b.on_error(scope.token, self._duration(scope), converted)
+                b.on_error(scope.token, self._duration(scope), _verdict(scope.timeout, converted))
                 self._metered += 1
                 raise
         self._metered += 1

@@ -689,3 +689,40 @@ async def test_guard_call_refuses_a_returned_generator_like_breaker_call(configu
         with pytest.raises(TypeError, match="decorate the generator function"):
             await g.call(fn)  # type: ignore[arg-type]
     assert g.breaker.state is CircuitState.CLOSED and g.breaker.calls_in_window == 0
+
+
+@pytest.mark.parametrize("style", ["call", "async with"])
+async def test_the_guards_own_timeout_is_a_failure_whatever_failure_exceptions_says(
+    style: str,
+) -> None:
+    # With failure_exceptions=(ConnectionError,), the guard's own TimeoutError was "an
+    # exception outside failure_exceptions": a success, as if the dependency had
+    # answered - a dependency that always hangs kept the breaker closed.
+    cfg = CircuitBreakerConfig(failure_threshold=2, failure_exceptions=(ConnectionError,))
+    g = Guard("svc", CircuitBreaker("svc", cfg), timeout_s=0.02)
+    hang = asyncio.Event()
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            if style == "call":
+                await g.call(hang.wait)
+            else:
+                async with g:
+                    await hang.wait()
+    assert g.breaker.state is CircuitState.OPEN
+
+    # A TimeoutError the dependency raised itself is classified as configured (a
+    # success here), and ignored_exceptions still excludes the guard's own timeouts.
+    own = Guard("own", CircuitBreaker("own", cfg), timeout_s=5)
+
+    async def raises_timeout() -> None:
+        raise TimeoutError("the dependency's own answer")
+
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await own.call(raises_timeout)
+    assert own.breaker.state is CircuitState.CLOSED
+    ignoring = CircuitBreakerConfig(failure_threshold=1, ignored_exceptions=(TimeoutError,))
+    quiet = Guard("quiet", CircuitBreaker("quiet", ignoring), timeout_s=0.02)
+    with pytest.raises(TimeoutError):
+        await quiet.call(hang.wait)
+    assert quiet.breaker.state is CircuitState.CLOSED
