@@ -28,7 +28,8 @@ decorator and :class:`~antifragile.guard.Guard`):
   (a trial permit is freed, nothing is decided). Any other ``Exception`` means the
   dependency answered: a success. A ``BaseException`` that is not an ``Exception``
   (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``) counts as nothing unless it
-  is listed in ``failure_exceptions``. A call slower than ``slow_call_duration_s`` is a
+  is listed in ``failure_exceptions``, and so does a refusal by this same breaker of a
+  call nested inside one of its own (another breaker's refusal is a failure). A call slower than ``slow_call_duration_s`` is a
   failure whatever it returned - and so is a call *cancelled* after it had already run
   longer than that (the caller's own timeout gave up on a slow dependency).
 * **Reads are pure.** ``state``, ``retry_after()``, ``snapshot()`` never change
@@ -820,6 +821,10 @@ class CircuitBreaker:
     def _classify(self, exc: BaseException) -> int:
         if isinstance(exc, self._ignored_exc):
             return _NOTHING
+        if type(exc) is CircuitOpenError and self._refused_it(exc):
+            # This breaker refused a call nested inside one of its own (the outer call
+            # holds the trial permit): no call was made, nothing about the dependency.
+            return _NOTHING
         if isinstance(exc, self._failure_exc) or getattr(exc, "_breaker_failure", False):
             # _breaker_failure: an error a chaos fault injected (InjectedFault), or a
             # guard's own timeout - a failure of the dependency by definition,
@@ -830,6 +835,16 @@ class CircuitBreaker:
         if isinstance(exc, asyncio.CancelledError):
             return _CANCELLED
         return _NOTHING  # interpreter exit, generator closed early by its consumer
+
+    def _refused_it(self, exc: CircuitOpenError) -> bool:
+        # Found from the traceback (error path only) rather than stored on the error:
+        # a refusal stays three attribute stores, and the error stays picklable.
+        tb = exc.__traceback__
+        if tb is None:
+            return False
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb.tb_frame.f_locals.get("self") is self
 
     def _add_to_window(self, failed: bool) -> None:
         ring = self._ring

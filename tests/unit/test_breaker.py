@@ -1506,3 +1506,37 @@ async def test_a_listener_raising_cancellation_never_breaks_the_call_path(
         await b.call(fail)
     assert b.state is CircuitState.OPEN and heard == [CircuitState.OPEN]
     assert "state listener" in caplog.text
+
+
+async def test_a_refusal_by_the_same_breaker_inside_its_own_call_is_not_a_failure(
+    clock: FakeClock,
+) -> None:
+    # Nested use of one breaker (a helper calling through the breaker inside a block
+    # already guarded by it): in HALF_OPEN the outer block holds the only trial permit,
+    # the inner call is refused, and that CircuitOpenError reached the outer exit as a
+    # failure - the breaker reopened itself on every round and could never close.
+    b = make(clock, failure_threshold=1, open_duration_s=1.0)
+
+    async def nested() -> None:
+        async with b:
+            with contextlib.suppress(CircuitOpenError):
+                await b.call(ok)
+            await b.call(ok)  # refused again: let it propagate this time
+
+    await run(b, False)
+    clock.advance(1.0)
+    with pytest.raises(CircuitOpenError):
+        await nested()
+    assert b.state is CircuitState.HALF_OPEN  # nothing decided, the permit is free
+    assert b.snapshot().half_open_in_flight == 0
+    async with b:
+        pass
+    assert b.state is CircuitState.CLOSED
+
+    # Another breaker's refusal is still a failure of this one (the call failed).
+    other = make(clock, failure_threshold=1)
+    other.force_open()
+    with pytest.raises(CircuitOpenError):
+        async with b:
+            await other.call(ok)
+    assert b.state is CircuitState.OPEN
