@@ -20,18 +20,17 @@ decorator and :class:`~antifragile.guard.Guard`):
   0.55000000000000004441; ``0.1 + 0.2`` is 3/10; see :func:`exact_rate`), and the window
   opens the breaker when ``failures * den >= num * calls`` (integers). Both thresholds
   (consecutive failures and rate) are checked on every recorded outcome, successes too.
-* **Outcomes.** An exception of ``failure_exceptions`` (and not of
-  ``ignored_exceptions``) is a failure, and so is an error a chaos fault injected
-  (:class:`~antifragile.chaos.faults.InjectedFault`, whatever its type) or the
-  ``TimeoutError`` of a :class:`~antifragile.guard.Guard`'s own timeout. An
-  ``ignored_exceptions`` one counts as nothing
-  (a trial permit is freed, nothing is decided). Any other ``Exception`` means the
-  dependency answered: a success. A ``BaseException`` that is not an ``Exception``
-  (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``) counts as nothing unless it
-  is listed in ``failure_exceptions``, and so does a refusal by this same breaker of a
-  call nested inside one of its own (another breaker's refusal is a failure). A call slower than ``slow_call_duration_s`` is a
-  failure whatever it returned - and so is a call *cancelled* after it had already run
-  longer than that (the caller's own timeout gave up on a slow dependency).
+* **Outcomes**, in this order: an exception of ``ignored_exceptions`` counts as nothing
+  (a trial permit is freed, nothing is decided), and so does a refusal by this same
+  breaker of a call nested inside one of its own (another breaker's refusal is a
+  failure). An exception of ``failure_exceptions`` is a failure, and so is an error a
+  chaos fault injected (:class:`~antifragile.chaos.faults.InjectedFault`, whatever its
+  type) or the ``TimeoutError`` of a :class:`~antifragile.guard.Guard`'s own timeout.
+  Any other ``Exception`` means the dependency answered: a success. A ``BaseException``
+  that is not an ``Exception`` (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``)
+  counts as nothing. A call slower than ``slow_call_duration_s`` is a failure whatever
+  it returned - and so is a call *cancelled* after it had already run longer than that
+  (the caller's own timeout gave up on a slow dependency).
 * **Reads are pure.** ``state``, ``retry_after()``, ``snapshot()`` never change
   anything. OPEN becomes HALF_OPEN on the next admission or by a loop timer; a round
   that still has a trial in flight ``half_open_max_wait_s`` after its first trial was
