@@ -726,3 +726,25 @@ async def test_the_guards_own_timeout_is_a_failure_whatever_failure_exceptions_s
     with pytest.raises(TimeoutError):
         await quiet.call(hang.wait)
     assert quiet.breaker.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("style", ["call", "async with"])
+async def test_latency_longer_than_the_timeout_removed_mid_sleep_lets_the_call_succeed(
+    style: str,
+) -> None:
+    g = make(failure_threshold=1)
+    g.timeout_s = 2.0
+    table = FaultTable()
+    table.attach(g)
+    table.install("svc", _latency_fault(10_000))
+
+    async def through_async_with() -> int:
+        async with g:
+            return 3
+
+    call = asyncio.create_task(g.call(ok, 3) if style == "call" else through_async_with())
+    await asyncio.sleep(0.05)
+    table.remove("svc")
+    assert await asyncio.wait_for(call, 1.5) == 3  # before the guard's 2 s timeout
+    assert g.breaker.state is CircuitState.CLOSED and g.breaker.failures_in_window == 0
+    assert not g._scopes
