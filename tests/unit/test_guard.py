@@ -748,3 +748,78 @@ async def test_latency_longer_than_the_timeout_removed_mid_sleep_lets_the_call_s
     assert await asyncio.wait_for(call, 1.5) == 3  # before the guard's 2 s timeout
     assert g.breaker.state is CircuitState.CLOSED and g.breaker.failures_in_window == 0
     assert not g._scopes
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "breaker.call",
+        "async with breaker",
+        "decorated",
+        "decorated async generator",
+        "guard.call",
+        "async with guard",
+        "guard.call in a fault wait",
+        "async with guard in a fault wait",
+        "wait_for(guard.call)",
+    ],
+)
+async def test_a_cancelled_trial_frees_its_permit_exactly_once(clock: FakeClock, path: str) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=1, half_open_max_calls=1)
+    b = g.breaker
+    hang = asyncio.Event()
+    if "fault" in path:
+        table = FaultTable()
+        table.attach(g)
+        table.install("svc", _latency_fault(600_000))
+
+    @b
+    async def decorated() -> None:
+        await hang.wait()
+
+    @b
+    async def stream() -> AsyncIterator[int]:
+        yield 1
+        await hang.wait()
+        yield 2
+
+    async def run() -> None:
+        if path == "breaker.call":
+            await b.call(hang.wait)
+        elif path == "async with breaker":
+            async with b:
+                await hang.wait()
+        elif path == "decorated":
+            await decorated()
+        elif path == "decorated async generator":
+            async for _ in stream():
+                pass
+        elif path.startswith("guard.call"):
+            await g.call(hang.wait)
+        elif path.startswith("async with guard"):
+            async with g:
+                await hang.wait()
+        else:
+            await asyncio.wait_for(g.call(hang.wait), 0.5)  # long enough for the checks below
+
+    with pytest.raises(Boom):
+        await b.call(fail)
+    for _ in range(3):  # three rounds: a double free would show as a negative count
+        clock.advance(1)
+        task = asyncio.create_task(run())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert b.state is CircuitState.HALF_OPEN and b.snapshot().half_open_in_flight == 1
+        if path.startswith("wait_for"):
+            with pytest.raises(TimeoutError):
+                await task
+        else:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert b.state is CircuitState.HALF_OPEN and b.snapshot().half_open_in_flight == 0
+        assert b._half_open_inflight == 0
+        with pytest.raises(Boom):
+            await b.call(fail)  # the freed permit admits the next trial, which fails
+        assert b.state is CircuitState.OPEN
+    assert not g._scopes and g.in_flight == 0 and not b._scopes
