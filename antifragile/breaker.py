@@ -15,21 +15,32 @@ decorator and :class:`~antifragile.guard.Guard`):
   tripped, or a trial that outlived its round) is *stale*: it updates the sliding window
   and nothing else, and never frees a trial permit - only the calls that hold permits
   of the current round free them.
-* **Exact thresholds.** ``failure_rate_threshold`` is held as a fraction parsed from
-  its decimal text (``0.55`` is 11/20, never 0.55000000000000004441), and the window
+* **Exact thresholds.** ``failure_rate_threshold`` is held as a fraction: the decimal
+  a float stands for, to 15 significant digits (``0.55`` is 11/20, never
+  0.55000000000000004441; ``0.1 + 0.2`` is 3/10; see :func:`exact_rate`), and the window
   opens the breaker when ``failures * den >= num * calls`` (integers). Both thresholds
   (consecutive failures and rate) are checked on every recorded outcome, successes too.
-* **Outcomes.** An exception of ``failure_exceptions`` (and not of
-  ``ignored_exceptions``) is a failure. An ``ignored_exceptions`` one counts as nothing
-  (a trial permit is freed, nothing is decided). Any other ``Exception`` means the
-  dependency answered: a success. A ``BaseException`` that is not an ``Exception``
-  (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``) counts as nothing unless it
-  is listed in ``failure_exceptions``. A call slower than ``slow_call_duration_s`` is a
-  failure whatever it returned.
+* **Outcomes**, in this order: an exception of ``ignored_exceptions`` counts as nothing
+  (a trial permit is freed, nothing is decided), and so does a refusal by this same
+  breaker of a call nested inside one of its own (another breaker's refusal is a
+  failure). An exception of ``failure_exceptions`` is a failure, and so is an error a
+  chaos fault injected (:class:`~antifragile.chaos.faults.InjectedFault`, whatever its
+  type) or the ``TimeoutError`` of a :class:`~antifragile.guard.Guard`'s own timeout.
+  Any other ``Exception`` means the dependency answered: a success. A ``BaseException``
+  that is not an ``Exception`` (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``)
+  counts as nothing. A call slower than ``slow_call_duration_s`` is a failure whatever
+  it returned - and so is a call *cancelled* after it had already run longer than that
+  (the caller's own timeout gave up on a slow dependency).
 * **Reads are pure.** ``state``, ``retry_after()``, ``snapshot()`` never change
-  anything. OPEN becomes HALF_OPEN on the next admission or by a loop timer; a trial
-  that holds its permit longer than ``half_open_max_wait_s`` reopens the breaker (on the
-  next admission or by the timer). Listeners fire on real transitions only.
+  anything. OPEN becomes HALF_OPEN on the next admission or by a loop timer; a round
+  that still has a trial in flight ``half_open_max_wait_s`` after its first trial was
+  admitted reopens the breaker (on the next admission or by the timer). Listeners fire
+  on real transitions only.
+* **One thread.** A breaker (and a guard) is not thread-safe: admission and recording
+  are unlocked read-modify-writes. Use it from one thread at a time - the event loop's;
+  ``call_sync`` is for code without a loop, not for sharing one breaker between threads
+  (give each thread its own, or serialise the calls). ``snapshot()`` and the other reads
+  are safe from any thread.
 * **Configuration** is an immutable :class:`CircuitBreakerConfig`, replaced whole by
   :meth:`CircuitBreaker.reconfigure` (assigning ``breaker.config`` does the same).
 
@@ -59,6 +70,8 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
+import numbers
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -110,8 +123,10 @@ LEGAL_TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
 _FAILURE = 0
 _SUCCESS = 1
 _NOTHING = 2
+_CANCELLED = 3  # nothing, unless the call was already slow when it was cancelled
 
 _GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
+_COLD_TYPES = (_CoroutineType, GeneratorType, AsyncGeneratorType)
 
 
 class CircuitOpenError(AntifragileError):
@@ -144,8 +159,12 @@ class IllegalTransitionError(AntifragileError):
 def exact_rate(value: float | int | str | Decimal | Fraction) -> Fraction:
     """The exact fraction a threshold means: ``0.55`` -> 11/20, ``"7/25"`` -> 7/25.
 
-    A float is read through its shortest decimal text (``repr``), i.e. the decimal the
-    user wrote, never its binary approximation.
+    A float is read as the decimal it stands for, rounded to 15 significant digits - the
+    precision every float keeps (any decimal of up to 15 significant digits converts to
+    a float and back unchanged) - never as its binary approximation. So ``0.55`` is
+    11/20, and a threshold computed in floats means the decimal it approximates:
+    ``0.1 + 0.2`` (0.30000000000000004) is 3/10, ``0.7 * 0.8`` (0.5599999999999999) is
+    14/25. For more digits than that, pass a string, ``Decimal`` or ``Fraction``.
 
     Raises:
         ValueError: not a finite number.
@@ -156,7 +175,7 @@ def exact_rate(value: float | int | str | Decimal | Fraction) -> Fraction:
     if isinstance(value, Fraction):
         return value
     if isinstance(value, float):
-        return Fraction(repr(value))
+        return Fraction(format(value, ".15g"))
     if isinstance(value, int | Decimal | str):
         return Fraction(value)
     raise TypeError(f"a threshold is a number or a decimal string, not {type(value).__name__}")
@@ -173,8 +192,9 @@ class CircuitBreakerConfig:
         failure_threshold: Consecutive failures that open the breaker. Default 5.
         failure_rate_threshold: Share of failures in the sliding window that opens the
             breaker (0 < x <= 1), compared exactly: a float is read as the decimal it
-            prints as; a decimal string (``"0.55"``), ``Decimal`` or ``Fraction`` is
-            accepted too. Default 0.5.
+            stands for, to 15 significant digits (``0.1 + 0.2`` is 3/10); a decimal
+            string (``"0.55"``), ``Decimal`` or ``Fraction`` is accepted too (and kept to
+            every digit). Default 0.5.
         window_size: Number of most recent calls in the sliding window. Default 100.
         minimum_calls: Calls the window must hold before the failure rate counts.
             Default 20.
@@ -183,16 +203,25 @@ class CircuitBreakerConfig:
             success path). Default None.
         open_duration_s: Seconds OPEN before a trial call is allowed. Default 30.
         half_open_max_calls: Concurrent trial calls allowed while HALF_OPEN. Default 1.
-        half_open_max_wait_s: Seconds a trial call may hold its permit; a trial still
-            running after this reopens the breaker (resilience4j's
-            ``maxWaitDurationInHalfOpenState``). ``None`` waits for ever. Default 60.
+        half_open_max_wait_s: Seconds a HALF_OPEN round may keep trial calls in flight,
+            measured from its first trial's admission (with one trial, the time it holds
+            its permit); a trial still running after this reopens the breaker
+            (resilience4j's ``maxWaitDurationInHalfOpenState``). The clock restarts when
+            no trial is in flight. ``None`` waits for ever. Default 60.
         failure_exceptions: Exception types that count as failures. Default
-            ``(Exception,)``. Other exceptions count as successes (the dependency
+            ``(Exception,)``; an error injected by a chaos fault counts as a failure
+            whatever its type. Other exceptions count as successes (the dependency
             answered), except non-``Exception`` ones such as
-            ``asyncio.CancelledError``, which count as nothing.
+            ``asyncio.CancelledError``, which count as nothing (a call cancelled after
+            running longer than ``slow_call_duration_s`` is a slow call: a failure).
         ignored_exceptions: Exception types that count as nothing, even if they match
             ``failure_exceptions`` (e.g. a 404 error class). Default none.
         failure_rate_fraction: The exact fraction of ``failure_rate_threshold`` (derived).
+
+    Raises:
+        ConfigError: a field has the wrong type (a count that is not an integer, a
+            duration that is not a finite number) or is out of range; the one-line
+            message names the field and the value.
     """
 
     failure_threshold: int = 5
@@ -211,8 +240,28 @@ class CircuitBreakerConfig:
         def bad(name: str, value: object, rule: str) -> ConfigError:
             return ConfigError(f"CircuitBreakerConfig.{name}: {rule} (got {value!r})")
 
-        if self.failure_threshold < 1:
-            raise bad("failure_threshold", self.failure_threshold, "must be >= 1")
+        def whole(name: str, rule: str, minimum: int) -> None:
+            value = getattr(self, name)
+            # bool is an int subclass, but True is no count; a float count is a mistake.
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise bad(name, value, f"must be an integer {rule}")
+            if value < minimum:
+                raise bad(name, value, rule)
+
+        def seconds(name: str, optional: bool) -> None:
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            rule = "must be a finite number of seconds > 0" + (" or None" if optional else "")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)
+                or not float(value) > 0
+            ):
+                raise bad(name, value, rule)
+
+        whole("failure_threshold", ">= 1", 1)
         try:
             rate = exact_rate(self.failure_rate_threshold)
         except (ValueError, TypeError, ArithmeticError):
@@ -222,18 +271,15 @@ class CircuitBreakerConfig:
         if not 0 < rate <= 1:
             raise bad("failure_rate_threshold", self.failure_rate_threshold, "must be in (0, 1]")
         object.__setattr__(self, "failure_rate_fraction", rate)
-        if self.window_size < 1:
-            raise bad("window_size", self.window_size, "must be >= 1")
-        if not 1 <= self.minimum_calls <= self.window_size:
-            raise bad("minimum_calls", self.minimum_calls, "must be in [1, window_size]")
-        if self.slow_call_duration_s is not None and not self.slow_call_duration_s > 0:
-            raise bad("slow_call_duration_s", self.slow_call_duration_s, "must be > 0 or None")
-        if not self.open_duration_s > 0:
-            raise bad("open_duration_s", self.open_duration_s, "must be > 0")
-        if self.half_open_max_calls < 1:
-            raise bad("half_open_max_calls", self.half_open_max_calls, "must be >= 1")
-        if self.half_open_max_wait_s is not None and not self.half_open_max_wait_s > 0:
-            raise bad("half_open_max_wait_s", self.half_open_max_wait_s, "must be > 0 or None")
+        whole("window_size", ">= 1", 1)
+        whole("minimum_calls", "in [1, window_size]", 1)
+        if self.minimum_calls > self.window_size:
+            rule = f"must be in [1, window_size] = [1, {self.window_size}]"
+            raise bad("minimum_calls", self.minimum_calls, rule)
+        seconds("slow_call_duration_s", optional=True)
+        seconds("open_duration_s", optional=False)
+        whole("half_open_max_calls", ">= 1", 1)
+        seconds("half_open_max_wait_s", optional=True)
         for name in ("failure_exceptions", "ignored_exceptions"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(
@@ -550,10 +596,13 @@ class CircuitBreaker:
             self._internal_hooks.remove(hook)
 
     def _run_internal_hooks(self) -> None:
-        for hook in self._internal_hooks:
+        # A copy: a hook may detach itself (Guard.close) while they run.
+        for hook in tuple(self._internal_hooks):
             try:
                 hook(self)
-            except Exception:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:
                 log.exception("circuit %r: internal hook failed", self.name)
 
     # ------------------------------------------------------------------ operator API
@@ -598,13 +647,19 @@ class CircuitBreaker:
         self._refresh_ctx_fast()
         change = StateChange(self.name, old, new, reason, now)
         self._run_internal_hooks()
-        for listener in self._listeners:
+        # A copy: a listener may remove itself (or add one) while they run; iterating
+        # the live list would skip the next listener.
+        for listener in tuple(self._listeners):
             self._notify(listener, change)
 
     def _notify(self, listener: StateListener, change: StateChange) -> None:
         try:
             result = listener(change)
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            # Cancellation too: a listener's error must never replace the call's own
+            # outcome nor keep the next listeners from hearing the change.
             log.exception("circuit %r: state listener %r raised", self.name, listener)
             return
         if inspect.isawaitable(result):
@@ -745,6 +800,11 @@ class CircuitBreaker:
             self._record(token, True)
         elif kind == _SUCCESS:
             self.on_success(token, duration_s)
+        elif kind == _CANCELLED and self._slow_s is not None and duration_s > self._slow_s:
+            # The caller gave up on a call that was already slow (an outer
+            # asyncio.timeout / wait_for): it is a slow call. Counting it as nothing
+            # would keep the breaker closed against a dependency that hangs.
+            self._record(token, True)
         else:
             self.release(token)
 
@@ -760,11 +820,30 @@ class CircuitBreaker:
     def _classify(self, exc: BaseException) -> int:
         if isinstance(exc, self._ignored_exc):
             return _NOTHING
-        if isinstance(exc, self._failure_exc):
+        if type(exc) is CircuitOpenError and self._refused_it(exc):
+            # This breaker refused a call nested inside one of its own (the outer call
+            # holds the trial permit): no call was made, nothing about the dependency.
+            return _NOTHING
+        if isinstance(exc, self._failure_exc) or getattr(exc, "_breaker_failure", False):
+            # _breaker_failure: an error a chaos fault injected (InjectedFault), or a
+            # guard's own timeout - a failure of the dependency by definition,
+            # whatever its type.
             return _FAILURE
         if isinstance(exc, Exception):
             return _SUCCESS  # the dependency answered
-        return _NOTHING  # cancellation, interpreter exit, generator close
+        if isinstance(exc, asyncio.CancelledError):
+            return _CANCELLED
+        return _NOTHING  # interpreter exit, generator closed early by its consumer
+
+    def _refused_it(self, exc: CircuitOpenError) -> bool:
+        # Found from the traceback (error path only) rather than stored on the error:
+        # a refusal stays three attribute stores, and the error stays picklable.
+        tb = exc.__traceback__
+        if tb is None:
+            return False
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb.tb_frame.f_locals.get("self") is self
 
     def _add_to_window(self, failed: bool) -> None:
         ring = self._ring
@@ -880,16 +959,22 @@ class CircuitBreaker:
         scopes = self._scopes
         task = asyncio.current_task()
         stack = scopes.get(task)
-        if stack is None:  # a counted entry of another task
-            if self._ctx_stale:
+        if stack is None:
+            if self._ctx_stale:  # a counted entry of an older generation
                 self._exit_stale(exc)
                 return
-            self._ctx_open -= 1
-            if exc is None:
-                self.on_success(self._gen)
-            else:
-                self.on_error(self._gen, 0.0, exc)
-            return
+            if self._ctx_open:  # a counted entry of the current generation
+                self._ctx_open -= 1
+                if exc is None:
+                    self.on_success(self._gen)
+                else:
+                    self.on_error(self._gen, 0.0, exc)
+                return
+            # No counted entry is open: a tracked entry of another task is leaving from
+            # this one (an AsyncExitStack closed elsewhere, an async fixture torn down in
+            # another task). Take the entry of a finished task first, else the oldest.
+            task = next((t for t in scopes if t is not None and t.done()), next(iter(scopes)))
+            stack = scopes[task]
         token, started = stack.pop()
         if not stack:
             del scopes[task]
@@ -956,6 +1041,10 @@ class CircuitBreaker:
     def call_sync(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run a sync ``fn`` through the breaker without an event loop.
 
+        Not thread-safe (see the module docstring): calls from several threads at once
+        can lose counts or admit extra trial calls; give each thread its own breaker or
+        serialise the calls with a lock.
+
         Raises:
             CircuitOpenError: the breaker refused the call.
             TypeError: ``fn`` returned an awaitable (use :meth:`call`) or a generator
@@ -1010,9 +1099,20 @@ class CircuitBreaker:
           admitted on the first ``next()``/``anext()``, an exception raised while
           iterating is recorded, exhaustion is a success, closing early records
           nothing (slow-call detection measures first item to exhaustion);
-        * anything else: a sync wrapper that still protects an awaitable (or a
-          generator) the callable returns, by handing back a wrapper of it.
+        * anything else: a sync wrapper, admitted when called, that still protects
+          what the callable returns: a coroutine or generator (nothing of it has run
+          yet) is handed back wrapped, its admission moved to the await or the first
+          ``next()`` - one never run holds no trial permit; an ``asyncio.Future``
+          is returned as is, its outcome recorded when it completes (awaited or not);
+          any other awaitable is handed back wrapped;
+        * a ``staticmethod`` or ``classmethod`` object (``@breaker`` written above
+          ``@staticmethod``): its function is decorated and re-wrapped the same way,
+          so the method binds as before.
         """
+        if isinstance(fn, staticmethod | classmethod):
+            # The descriptor itself is not the callable (a classmethod is not callable
+            # at all): wrapping it in a plain function would bind `self` to it.
+            return type(fn)(self(fn.__func__))
         if inspect.isasyncgenfunction(fn):
             return self._wrap_async_gen(fn)
         if inspect.isgeneratorfunction(fn):
@@ -1035,19 +1135,61 @@ class CircuitBreaker:
             except BaseException as exc:
                 self.on_error(token, clock() - started, exc)
                 raise
+            if isinstance(result, _COLD_TYPES):
+                # Nothing of it has run yet (a coroutine, a generator): it is admitted
+                # when awaited or first iterated, as a coroutine or generator function
+                # is. One never run (closed, or its task cancelled before its first
+                # step) then holds no trial permit.
+                self.release(token)
+                return self._cold(result)
+            if isinstance(result, asyncio.Future):
+                # Already running, and observable: its outcome is recorded when it
+                # completes, awaited or not; the caller gets the future itself.
+                result.add_done_callback(functools.partial(self._future_done, token, started))
+                return result
             if inspect.isawaitable(result):
                 # An async function behind a sync facade: the outcome is the await.
                 return self._finish_awaitable(token, started, result)
-            if isinstance(result, GeneratorType):
-                return self._drive_gen(token, started, result)
-            if isinstance(result, AsyncGeneratorType):
-                return self._drive_async_gen(token, started, lambda: result)
             self.on_success(token, clock() - started)
             return result
 
         return sync_wrapper
 
-    async def _finish_awaitable(self, token: int, started: float, awaitable: Awaitable[R]) -> R:
+    def _cold(self, result: Any) -> Any:
+        if isinstance(result, GeneratorType):
+            return self._drive_gen_cold(result)
+        if isinstance(result, AsyncGeneratorType):
+            return self._drive_async_gen(None, 0.0, lambda: result)
+        return self._finish_awaitable(None, 0.0, result)
+
+    def _drive_gen_cold(self, gen: Generator[Any, Any, R]) -> Generator[Any, Any, R]:
+        try:
+            token = self.acquire_permission()  # on the first next()
+        except BaseException:
+            gen.close()
+            raise
+        return (yield from self._drive_gen(token, self._clock(), gen))
+
+    def _future_done(self, token: int, started: float, future: asyncio.Future[Any]) -> None:
+        duration = self._clock() - started
+        if future.cancelled():
+            self.on_error(token, duration, asyncio.CancelledError())
+        elif (exc := future.exception()) is not None:
+            self.on_error(token, duration, exc)
+        else:
+            self.on_success(token, duration)
+
+    async def _finish_awaitable(
+        self, token: int | None, started: float, awaitable: Awaitable[R]
+    ) -> R:
+        if token is None:  # a coroutine not started yet: admitted now, when awaited
+            try:
+                token = self.acquire_permission()
+            except BaseException:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()  # refused: it never runs (no "never awaited")
+                raise
+            started = self._clock()
         try:
             result = await awaitable
         except BaseException as exc:

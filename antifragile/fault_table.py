@@ -57,7 +57,16 @@ class FaultTable:
     # ------------------------------------------------------------------ guards
 
     def attach(self, guard: Guard) -> None:
-        """Make ``guard`` enforce the fault of its name, now and on later installs."""
+        """Make ``guard`` enforce the fault of its name, now and on later installs.
+
+        A different guard attached under the same name is detached first (its fault
+        taken back), or it would keep enforcing the fault after the fault is removed.
+        """
+        previous = self._guards.get(guard.name)
+        if previous is guard:
+            return
+        if previous is not None:
+            self.detach(previous)
         self._guards[guard.name] = guard
         fault = self._faults.get(guard.name)
         if fault is not None:

@@ -28,8 +28,11 @@ makes the call raise TimeoutError at 0.2 s, as the real slow dependency would.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import math
+import numbers
 from collections.abc import Awaitable, Callable
-from types import TracebackType
+from types import AsyncGeneratorType, GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from antifragile.breaker import CircuitBreaker, CircuitState, _resolved
@@ -42,6 +45,44 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 _CLOSED = CircuitState.CLOSED
+
+
+def _sync_result(exc: BaseException, frame: dict[str, Any]) -> bool:
+    """True when ``exc`` is await's TypeError on what a sync callable returned.
+
+    ``frame`` is the caller's ``locals()``: ``result`` is bound there only once the
+    callable has returned (so a TypeError the callable raised itself never matches).
+
+    Raises:
+        TypeError: the callable returned a generator (refused, as ``breaker.call``
+            does: only the decorator protects an iteration).
+    """
+    if type(exc) is not TypeError or "result" not in frame:
+        return False
+    result = frame["result"]
+    if inspect.isawaitable(result):
+        return False
+    if isinstance(result, GeneratorType | AsyncGeneratorType):
+        if isinstance(result, GeneratorType):
+            result.close()
+        raise TypeError(
+            "the call returned a generator; decorate the generator function with the "
+            "breaker so its iteration is protected"
+        ) from None
+    return True
+
+
+def _verdict(timeout: asyncio.Timeout | None, exc: BaseException) -> BaseException:
+    """Mark ``exc`` as the guard's own timeout when that is what it is.
+
+    The guard's timeout means the dependency did not answer in time: a failure whatever
+    the breaker's ``failure_exceptions`` say (only ``ignored_exceptions`` exclude it),
+    unlike a ``TimeoutError`` the dependency raised itself. The mark is read by
+    ``CircuitBreaker._classify``.
+    """
+    if timeout is not None and isinstance(exc, TimeoutError) and timeout.expired():
+        setattr(exc, "_breaker_failure", True)  # noqa: B010 - a private mark on the instance
+    return exc
 
 
 class ConcurrencyLimitError(AntifragileError):
@@ -80,9 +121,14 @@ class Guard:
         max_concurrency: Calls allowed in flight at once; None = unlimited. Default None.
         tenant_id: Tenant metered calls are billed to. Default ``"default"``.
         operation: Operation name of metered calls. Default ``"guarded_call:{name}"``.
+
+    Raises:
+        ConfigError: ``timeout_s`` is not a finite number > 0, or ``max_concurrency`` not
+            an integer >= 0 (setting either attribute later checks the same).
     """
 
     __slots__ = (
+        "_closed",
         "_entered",
         "_exited",
         "_fault",
@@ -130,6 +176,7 @@ class Guard:
         self._harvested = 0
         self._scopes: dict[asyncio.Task[Any] | None, list[_Scope]] = {}
         self._plain = False
+        self._closed = False
         self._entered: asyncio.Future[Guard] | None = None
         self._exited: asyncio.Future[None] | None = None
         # Plain `async with` entries of the breaker's generation _plain_gen still open,
@@ -151,8 +198,16 @@ class Guard:
 
     @timeout_s.setter
     def timeout_s(self, value: float | None) -> None:
-        if value is not None and value <= 0:
-            raise ConfigError(f"Guard.timeout_s: must be > 0 or None (got {value!r})")
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or not value > 0
+        ):
+            # nan passes `value <= 0` and would put a nan deadline in the loop's timers.
+            raise ConfigError(
+                f"Guard.timeout_s: must be a finite number of seconds > 0 or None (got {value!r})"
+            )
         self._timeout_s = value
         self._refresh()
 
@@ -163,8 +218,12 @@ class Guard:
 
     @max_concurrency.setter
     def max_concurrency(self, value: int | None) -> None:
-        if value is not None and value < 0:
-            raise ConfigError(f"Guard.max_concurrency: must be >= 0 or None (got {value!r})")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0
+        ):
+            raise ConfigError(
+                f"Guard.max_concurrency: must be an integer >= 0 or None (got {value!r})"
+            )
         self._max_concurrency = value
         self._refresh()
 
@@ -222,11 +281,23 @@ class Guard:
             and self._max_concurrency is None
             and not self._plain_stale
             and not self._scopes  # plain entries never nest inside tracked ones
+            and not self._closed  # no hook tells a closed guard of transitions
         )
 
     def close(self) -> None:
-        """Detach from the breaker (the runtime calls this when dropping the guard)."""
+        """Detach from the breaker (the runtime calls this when dropping the guard).
+
+        A closed guard still works and still enforces its breaker, on the slower
+        admission path: without the breaker's hook it cannot keep a fast-path flag
+        current.
+        """
         self.breaker._remove_internal_hook(self._on_breaker_change)
+        self._closed = True
+        # Plain entries still open can no longer learn of a transition: count them as
+        # stale now (window only), never as deciding outcomes of a later round.
+        self._plain_stale += self._plain_open
+        self._plain_open = 0
+        self._refresh()
 
     # ------------------------------------------------------------------ metering source
 
@@ -246,6 +317,9 @@ class Guard:
     async def call(self, fn: Callable[..., Awaitable[R]], /, *args: Any) -> R:
         """Await ``fn(*args)`` through the guard (use functools.partial for kwargs).
 
+        A sync ``fn`` works too, as with ``breaker.call``: its return value is the result
+        (it is not an error of the dependency).
+
         Raises:
             CircuitOpenError: the breaker refused the call.
             ConcurrencyLimitError: ``max_concurrency`` calls are already in flight.
@@ -255,15 +329,20 @@ class Guard:
             b = self.breaker
             token = b._gen
             try:
-                result = await fn(*args)
+                # Two statements: `result` holds what fn returned if the await refuses it.
+                result: Any = fn(*args)
+                result = await result
             except BaseException as exc:
-                b.on_error(token, 0.0, exc)
-                self._metered += 1
-                raise
+                # Only on errors: the hot path is as is. (A refused generator: nothing
+                # recorded, and a CLOSED call holds no permit to free.)
+                if not _sync_result(exc, locals()):
+                    b.on_error(token, 0.0, exc)
+                    self._metered += 1
+                    raise
             if not b._steady:
                 b.on_success(token)
             self._metered += 1
-            return result
+            return result  # type: ignore[no-any-return]
         # Refused here, before another coroutine or frame exists: an open breaker's
         # refusal is the fast path of a degraded service.
         return await self._call_full(self.breaker.acquire_permission(), fn, args)
@@ -277,30 +356,41 @@ class Guard:
         clock = b._clock
         timed = b._slow_s is not None
         started = clock() if timed else 0.0
+        result: Any
+        deadline: asyncio.Timeout | None = None
         try:
             timeout = self._timeout_s
             if timeout is not None:
                 # The fault runs inside the timeout: injected latency is latency.
-                async with asyncio.timeout(timeout):
+                deadline = asyncio.timeout(timeout)
+                async with deadline:
                     fault = self._fault
                     if fault is not None:
                         await fault.apply(self)
-                    result = await fn(*args)
+                    result = fn(*args)
+                    result = await result
             else:
                 fault = self._fault
                 if fault is not None:
                     await fault.apply(self)
-                result = await fn(*args)
+                result = fn(*args)
+                result = await result
         except BaseException as exc:
-            b.on_error(token, clock() - started if timed else 0.0, exc)
-            self._metered += 1
-            raise
+            try:
+                returned = _sync_result(exc, locals())
+            except TypeError:
+                b.release(token)  # a refused generator: nothing recorded
+                raise
+            if not returned:
+                b.on_error(token, clock() - started if timed else 0.0, _verdict(deadline, exc))
+                self._metered += 1
+                raise
         finally:
             if counted:
                 self._inflight -= 1
         b.on_success(token, clock() - started if timed else 0.0)
         self._metered += 1
-        return result
+        return result  # type: ignore[no-any-return]
 
     def _take_slot(self, token: int) -> bool:
         limit = self._max_concurrency
@@ -352,7 +442,7 @@ class Guard:
                     await scope.timeout.__aexit__(type(exc), exc, exc.__traceback__)
                 except BaseException as converted:
                     outcome = converted
-            b.on_error(scope.token, self._duration(scope), outcome)
+            b.on_error(scope.token, self._duration(scope), _verdict(scope.timeout, outcome))
             self._metered += 1
             if outcome is exc:
                 raise
@@ -367,6 +457,8 @@ class Guard:
     ) -> Awaitable[None]:
         if self._scopes:
             scope = self._pop_scope(asyncio.current_task())
+            if scope is None and not self._plain_open and not self._plain_stale:
+                scope = self._pop_foreign_scope()
             if scope is not None:
                 return self._exit(scope, exc_type, exc, tb)
         # Entered on the plain path (CLOSED): its token is the current generation,
@@ -408,7 +500,7 @@ class Guard:
             try:
                 await scope.timeout.__aexit__(exc_type, exc, tb)
             except BaseException as converted:  # CancelledError became TimeoutError
-                b.on_error(scope.token, self._duration(scope), converted)
+                b.on_error(scope.token, self._duration(scope), _verdict(scope.timeout, converted))
                 self._metered += 1
                 raise
         self._metered += 1
@@ -421,6 +513,14 @@ class Guard:
         b = self.breaker
         started = scope.started  # None: slow-call detection was off when it began
         return b._clock() - started if started is not None else 0.0
+
+    def _pop_foreign_scope(self) -> _Scope | None:
+        # No plain entry is open and this task entered nothing: a tracked entry of
+        # another task is leaving from this one (an AsyncExitStack closed elsewhere, an
+        # async fixture torn down in another task). Take a finished task's entry first.
+        scopes = self._scopes
+        task = next((t for t in scopes if t is not None and t.done()), next(iter(scopes)))
+        return self._pop_scope(task)
 
     def _pop_scope(self, task: asyncio.Task[Any] | None) -> _Scope | None:
         stack = self._scopes.get(task)

@@ -75,7 +75,16 @@ class GuardLike(Protocol):
 
 
 class InjectedFault(Exception):
-    """Mixed into every exception a fault raises, so tests and logs can tell them apart."""
+    """Mixed into every exception a fault raises, so tests and logs can tell them apart.
+
+    A circuit breaker counts an injected error as a failure whatever its type (unless
+    its ``ignored_exceptions`` lists it): the experiment simulates a failing dependency,
+    so a breaker that counts only, say, ``ConnectionError`` must still see an injected
+    ``RuntimeError`` fail.
+    """
+
+    # Read by CircuitBreaker._classify (the breaker does not import the chaos package).
+    _breaker_failure = True
 
 
 @dataclass
@@ -176,7 +185,17 @@ class ChaosFault:
 
             breaker.on_state_change(watch)
             self._listeners[guard.name] = watch
-        self._install(guard)
+        try:
+            self._install(guard)
+        except BaseException:
+            # The table drops a fault whose install raised without calling on_remove:
+            # undo what was done here, or the listener stays on the breaker for ever.
+            self._guards.pop(guard.name, None)
+            self._ended.pop(guard.name, None)
+            added = self._listeners.pop(guard.name, None)
+            if added is not None and breaker is not None:
+                breaker.remove_listener(added)
+            raise
 
     def on_remove(self, guard: GuardLike) -> None:
         """The fault left ``guard``: undo the kind's setup, stop watching the breaker."""

@@ -125,3 +125,23 @@ def test_raising_on_remove_is_logged_and_the_fault_still_leaves() -> None:
     table.install("db", Sticky())
     table.remove("db")
     assert guard.fault is None and table.get("db") is None
+
+
+async def test_attaching_a_new_guard_of_the_same_name_takes_the_fault_back_from_the_old() -> None:
+    # The old guard kept its fault for ever: removing the fault cleaned only the guard
+    # attached last, so the first one went on raising injected errors after the
+    # experiment ended.
+    fault = FakeFault(RuntimeError("injected"))
+    table = FaultTable()
+    first = make_guard()
+    table.attach(first)
+    table.install("db", fault)
+    second = make_guard()
+    table.attach(second)
+    assert first.fault is None and second.fault is fault
+    assert fault.events == ["install:db", "remove:db", "install:db"]
+    table.remove("db")
+    assert first.fault is None and second.fault is None
+    assert await first.call(ok) == "ok"
+    table.attach(second)  # the same guard again: nothing taken back
+    assert fault.events == ["install:db", "remove:db", "install:db", "remove:db"]

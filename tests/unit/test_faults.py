@@ -306,3 +306,64 @@ async def test_timeout_fault_under_a_guard_timeout_raises_the_guards_timeout_err
         await db.call(ok)
     assert not isinstance(info.value, InjectedFault)  # the guard's own timeout fired
     assert time.perf_counter() - start < 3
+
+
+@pytest.mark.parametrize("style", ["call", "async_with"])
+async def test_an_injected_error_is_a_breaker_failure_whatever_failure_exceptions_says(
+    style: str,
+) -> None:
+    # A breaker that counts only network errors saw an injected RuntimeError as "the
+    # dependency answered" (a success): the ERROR experiment never opened it, so it
+    # showed resilience the service does not have. An injected fault is a failure of
+    # the dependency by definition; only ignored_exceptions can exclude it.
+    config = CircuitBreakerConfig(failure_threshold=3, failure_exceptions=(ConnectionError,))
+    g = Guard("db", CircuitBreaker("db", config))
+    setup(build_fault(spec(ChaosType.ERROR, error_kind="runtime", error_rate=1.0)), g)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            if style == "call":
+                await g.call(ok)
+            else:
+                async with g:
+                    pass
+    assert g.breaker.state is CircuitState.OPEN
+
+    # A real RuntimeError of the dependency still counts as it is configured: a success.
+    real = CircuitBreaker("real", config)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            await real.call(_raise_runtime)
+    assert real.state is CircuitState.CLOSED and real.consecutive_failures == 0
+
+    # ignored_exceptions still excludes injected errors (what make_guard does here).
+    ignoring = make_guard("db")
+    setup(build_fault(spec(ChaosType.ERROR, error_kind="runtime", error_rate=1.0)), ignoring)
+    for _ in range(6):
+        assert await outcome(ignoring) == "RuntimeError"
+    assert ignoring.breaker.state is CircuitState.CLOSED
+
+
+async def _raise_runtime() -> None:
+    raise RuntimeError("business error")
+
+
+async def test_a_fault_whose_install_fails_leaves_nothing_behind() -> None:
+    # on_install registered its breaker listener and took the guard before the kind's
+    # own setup raised; the table then dropped the fault without on_remove, so the
+    # listener stayed on the breaker for ever (counting into the dead fault's stats).
+    class Broken(ChaosFault):
+        def _install(self, guard: Any) -> None:
+            raise RuntimeError("cannot start the burner")
+
+    g = make_guard("db")
+    listeners_before = list(g.breaker._listeners)
+    fault = Broken(spec(ChaosType.LATENCY, latency_ms=10))
+    table = FaultTable()
+    table.attach(g)
+    with pytest.raises(RuntimeError, match="burner"):
+        table.install("db", fault)
+    assert g.fault is None and "db" not in table
+    assert g.breaker._listeners == listeners_before
+    assert not fault._guards and not fault._listeners and not fault._ended
+    g.breaker.force_open()
+    assert not fault.stats.breakers

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -343,3 +345,481 @@ async def test_item13_end_to_end_latency_lease_under_runtime_guard_timeout(redis
     finally:
         await plane.close()
         await runtime.stop()
+
+
+async def test_calls_cancelled_by_the_callers_timeout_after_being_slow_are_failures(
+    clock: FakeClock,
+) -> None:
+    g = make(clock, failure_threshold=2, slow_call_duration_s=1.0)
+    hang = asyncio.Event()
+
+    async def ctx() -> None:
+        async with g:
+            await hang.wait()
+
+    for run in (lambda: g.call(hang.wait), ctx):
+        task = asyncio.ensure_future(run())
+        await asyncio.sleep(0)
+        clock.advance(3.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert g.breaker.state is CircuitState.OPEN
+    assert not g._scopes and g.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # nan passed `value <= 0` and reached asyncio.timeout (a nan deadline in the
+        # loop's timer heap); a bool or a float limit was silently taken as a count.
+        ("timeout_s", float("nan")),
+        ("timeout_s", float("inf")),
+        ("timeout_s", True),
+        ("timeout_s", "1"),
+        ("max_concurrency", 2.5),
+        ("max_concurrency", True),
+        ("max_concurrency", "3"),
+    ],
+)
+def test_bad_guard_settings_are_config_errors_naming_field_and_value(
+    field: str, value: object
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Guard("svc", CircuitBreaker("svc"), **{field: value})  # type: ignore[arg-type]
+    message = str(info.value)
+    assert f"Guard.{field}:" in message and repr(value) in message
+    g = make()
+    with pytest.raises(ConfigError):
+        setattr(g, field, value)
+    assert getattr(g, field) is None and g._plain
+
+
+def test_guard_settings_accept_ints_and_floats() -> None:
+    g = Guard("svc", CircuitBreaker("svc"), timeout_s=2, max_concurrency=0)
+    assert (g.timeout_s, g.max_concurrency) == (2, 0)
+    g.timeout_s = 0.25
+    assert g.timeout_s == 0.25
+
+
+async def test_async_with_guard_entered_in_one_task_and_left_in_another() -> None:
+    # With a timeout (tracked entries), an exit from another task found no scope of its
+    # own, fell to the plain path and awaited None (TypeError), leaking the scope, its
+    # concurrency slot and its armed timeout.
+    g = make(failure_threshold=2)
+    g.timeout_s = 5.0
+    g.max_concurrency = 1
+    for outcome in ("ok", "error"):
+        stack = contextlib.AsyncExitStack()
+        await asyncio.create_task(stack.enter_async_context(g))
+        assert g.in_flight == 1
+
+        async def leave(stack: contextlib.AsyncExitStack, outcome: str) -> None:
+            if outcome == "error":
+                await stack.__aexit__(Boom, Boom("late"), None)
+            else:
+                await stack.aclose()
+
+        await asyncio.create_task(leave(stack, outcome))
+        assert not g._scopes and g.in_flight == 0
+        assert g._plain_open == 0 and g._plain_stale == 0
+    assert g.breaker.consecutive_failures == 1
+    g.timeout_s = None
+    g.max_concurrency = None
+    assert g._plain
+
+
+# ---------------------------------------------------------------- randomised interleavings
+
+
+async def _random_run(seed: int) -> list[tuple[object, ...]]:
+    """Concurrent calls through every path, finished, failed or cancelled in random order
+    across trips, half-open rounds, reconfigurations and a fault installed and removed
+    mid-wait; returns every broken invariant seen."""
+    import contextvars
+    import random
+
+    from antifragile.breaker import CircuitState as S
+
+    admitted: contextvars.ContextVar[tuple[int, S]] = contextvars.ContextVar("admitted")
+
+    class Recording(CircuitBreaker):
+        # Every call runs in its own task: the token and state it was admitted with
+        # (a CLOSED admission reads _gen directly, so it is recorded in `one`).
+        def acquire_permission(self) -> int:
+            token = super().acquire_permission()
+            admitted.set((token, self.state))
+            return token
+
+    rng = random.Random(seed)
+    clock = FakeClock()
+
+    def config() -> CircuitBreakerConfig:
+        return CircuitBreakerConfig(
+            failure_threshold=rng.randint(1, 4),
+            window_size=rng.randint(1, 6),
+            minimum_calls=1,
+            open_duration_s=1.0,
+            half_open_max_calls=rng.randint(1, 3),
+            half_open_max_wait_s=rng.choice([None, 2.0]),
+            slow_call_duration_s=rng.choice([None, None, 0.5]),
+        )
+
+    b = Recording("s", config(), clock=clock)
+    permits = [b.config.half_open_max_calls]
+    plain = Guard("s", b)
+    configured = Guard("s2", b, timeout_s=rng.choice([None, 100.0]), max_concurrency=3)
+    table = FaultTable()
+    table.attach(configured)
+    long_latency = FaultSpec(
+        experiment_id="chaos-mix-1",
+        chaos_type=ChaosType.LATENCY,
+        target="s2",
+        blast_radius=["s2"],
+        latency_ms=600_000,
+    )
+    running: dict[object, tuple[int, S]] = {}
+    broken: list[tuple[object, ...]] = []
+
+    async def one(kind: str, gate: asyncio.Event, fails: bool) -> int:
+        admitted.set((b.generation, b.state))  # if admitted CLOSED, without a call
+
+        async def dependency() -> int:
+            key = object()
+            running[key] = admitted.get()
+            try:
+                await gate.wait()
+                if fails:
+                    raise Boom
+                return 1
+            finally:
+                del running[key]
+
+        if kind == "call":
+            return await b.call(dependency)
+        if kind == "breaker_ctx":
+            async with b:
+                return await dependency()
+        guard = plain if kind.endswith("plain") else configured
+        if kind.startswith("guard_call"):
+            return await guard.call(dependency)
+        async with guard:
+            return await dependency()
+
+    pending: list[tuple[asyncio.Future[int], asyncio.Event]] = []
+    every_call: list[asyncio.Future[int]] = []
+    kinds = ["call", "breaker_ctx", "guard_call_plain", "guard_ctx_plain"]
+    kinds += ["guard_call_configured", "guard_ctx_configured"]
+    for _ in range(rng.randint(20, 120)):
+        r = rng.random()
+        if r < 0.45:
+            gate = asyncio.Event()
+            call = asyncio.ensure_future(one(rng.choice(kinds), gate, rng.random() < 0.6))
+            pending.append((call, gate))
+            every_call.append(call)
+        elif r < 0.75 and pending:
+            call, gate = pending.pop(rng.randrange(len(pending)))
+            call.cancel() if rng.random() < 0.2 else gate.set()
+        elif r < 0.85:
+            clock.advance(rng.choice([0.3, 0.6, 1.1, 2.5]))
+        elif r < 0.88:
+            b.reconfigure(config())
+            permits.append(b.config.half_open_max_calls)
+        elif r < 0.94:
+            if "s2" in table:
+                table.remove("s2")
+            else:
+                table.install("s2", build_fault(long_latency))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        inflight = b.snapshot().half_open_in_flight
+        if b.state is S.HALF_OPEN:
+            trials = sum(
+                1 for gen, st in running.values() if gen == b.generation and st is S.HALF_OPEN
+            )
+            if not trials <= inflight <= max(permits):
+                broken.append(("trials", trials, inflight))
+        if b.failures_in_window != sum(b._ring) or b._ctx_open < 0 or b._ctx_stale < 0:
+            broken.append(("breaker counts", b._ctx_open, b._ctx_stale))
+        for g in (plain, configured):
+            if min(g._plain_open, g._plain_stale, g.in_flight) < 0:
+                broken.append(("guard counts", g.name, g._plain_open, g._plain_stale))
+    table.clear()
+    for _, gate in pending:
+        gate.set()
+    results = await asyncio.gather(*every_call, return_exceptions=True)
+    expected = (Boom, CircuitOpenError, ConcurrencyLimitError, asyncio.CancelledError)
+    broken += [
+        ("raised", repr(x))
+        for x in results
+        if isinstance(x, BaseException) and not isinstance(x, expected)
+    ]
+    if b._ctx_open or b._ctx_stale or b._scopes:
+        broken.append(("breaker left open entries", b._ctx_open, b._ctx_stale))
+    if b.state is S.HALF_OPEN and b.snapshot().half_open_in_flight:
+        broken.append(("permit leaked", b.snapshot().half_open_in_flight))
+    for g in (plain, configured):
+        if g._plain_open or g._plain_stale or g._scopes or g.in_flight:
+            broken.append(("guard left open entries", g.name))
+    return broken
+
+
+async def test_random_interleavings_keep_every_counter_and_permit_exact() -> None:
+    failures = {seed: broken for seed in range(150) if (broken := await _random_run(seed))}
+    assert not failures
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_guard_call_of_a_sync_callable_returns_its_result_and_counts_no_failure(
+    configured: bool,
+) -> None:
+    # `await fn()` of a sync function raised "object int can't be used in 'await'
+    # expression" after the function had run, and counted that TypeError as a failure
+    # of the dependency: five such calls opened the breaker (and started a recovery).
+    g = make(failure_threshold=2)
+    if configured:
+        g.timeout_s = 5.0
+    calls: list[int] = []
+
+    def sync_add(x: int) -> int:
+        calls.append(x)
+        return x + 1
+
+    for i in range(5):
+        assert await g.call(sync_add, i) == i + 1  # type: ignore[arg-type]
+    assert calls == [0, 1, 2, 3, 4]
+    assert g.breaker.state is CircuitState.CLOSED and g.breaker.consecutive_failures == 0
+    assert g.calls == 5
+
+    def raises_type_error() -> None:
+        raise TypeError("a real error of the callable")
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="real error"):
+            await g.call(raises_type_error)  # type: ignore[arg-type]
+    assert g.breaker.state is CircuitState.OPEN  # the callable's own errors still count
+
+
+async def test_a_closed_guard_still_enforces_its_breaker(clock: FakeClock) -> None:
+    # close() detached the transition hook but left the plain fast-path flag set: once
+    # the breaker opened, the closed guard kept calling the dependency (no admission).
+    g = make(clock, failure_threshold=1)
+    await g.call(ok)
+    g.close()
+    with pytest.raises(Boom):
+        await g.breaker.call(fail)
+    assert g.breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        await g.call(ok)
+    with pytest.raises(CircuitOpenError):
+        async with g:
+            pass
+    g.breaker.reset()
+    assert await g.call(ok) == 1  # still usable, on the admission path
+    g.close()  # twice is harmless
+
+
+async def test_plain_entries_open_when_the_guard_closes_never_decide_a_later_round(
+    clock: FakeClock,
+) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=1)
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def inside() -> None:
+        async with g:
+            entered.set()
+            await leave.wait()
+            raise Boom
+
+    task = asyncio.create_task(inside())
+    await entered.wait()
+    g.close()
+    with pytest.raises(Boom):
+        await g.breaker.call(fail)  # opens
+    clock.advance(1)
+    token = g.breaker.acquire_permission()  # a trial of the HALF_OPEN round
+    leave.set()
+    with pytest.raises(Boom):
+        await task
+    assert g.breaker.state is CircuitState.HALF_OPEN  # the old entry decided nothing
+    g.breaker.on_success(token)
+    assert g.breaker.state is CircuitState.CLOSED
+    assert g._plain_open == 0 and g._plain_stale == 0
+
+
+@pytest.mark.parametrize("timeout_s", [None, 100.0])
+async def test_removing_a_fault_wakes_every_waiting_call_at_once(timeout_s: float | None) -> None:
+    g = make()
+    g.timeout_s = timeout_s
+    table = FaultTable()
+    table.attach(g)
+    table.install("svc", _latency_fault(300_000))
+
+    async def through_async_with() -> int:
+        async with g:
+            return 2
+
+    calls = [asyncio.create_task(g.call(ok)) for _ in range(250)]
+    calls += [asyncio.create_task(through_async_with()) for _ in range(250)]
+    await asyncio.sleep(0.05)
+    assert not any(c.done() for c in calls)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    table.remove("svc")
+    results = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert results == [1] * 250 + [2] * 250
+    assert loop.time() - start < 5  # promptly (bounded generously for a loaded machine)
+    assert g.breaker.state is CircuitState.CLOSED and not g._scopes and g.in_flight == 0
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_guard_call_refuses_a_returned_generator_like_breaker_call(configured: bool) -> None:
+    g = make(failure_threshold=1)
+    if configured:
+        g.timeout_s = 5.0
+
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    async def anumbers() -> AsyncIterator[int]:
+        yield 1
+
+    for fn in (numbers, anumbers):
+        with pytest.raises(TypeError, match="decorate the generator function"):
+            await g.call(fn)  # type: ignore[arg-type]
+    assert g.breaker.state is CircuitState.CLOSED and g.breaker.calls_in_window == 0
+
+
+@pytest.mark.parametrize("style", ["call", "async with"])
+async def test_the_guards_own_timeout_is_a_failure_whatever_failure_exceptions_says(
+    style: str,
+) -> None:
+    # With failure_exceptions=(ConnectionError,), the guard's own TimeoutError was "an
+    # exception outside failure_exceptions": a success, as if the dependency had
+    # answered - a dependency that always hangs kept the breaker closed.
+    cfg = CircuitBreakerConfig(failure_threshold=2, failure_exceptions=(ConnectionError,))
+    g = Guard("svc", CircuitBreaker("svc", cfg), timeout_s=0.02)
+    hang = asyncio.Event()
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            if style == "call":
+                await g.call(hang.wait)
+            else:
+                async with g:
+                    await hang.wait()
+    assert g.breaker.state is CircuitState.OPEN
+
+    # A TimeoutError the dependency raised itself is classified as configured (a
+    # success here), and ignored_exceptions still excludes the guard's own timeouts.
+    own = Guard("own", CircuitBreaker("own", cfg), timeout_s=5)
+
+    async def raises_timeout() -> None:
+        raise TimeoutError("the dependency's own answer")
+
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await own.call(raises_timeout)
+    assert own.breaker.state is CircuitState.CLOSED
+    ignoring = CircuitBreakerConfig(failure_threshold=1, ignored_exceptions=(TimeoutError,))
+    quiet = Guard("quiet", CircuitBreaker("quiet", ignoring), timeout_s=0.02)
+    with pytest.raises(TimeoutError):
+        await quiet.call(hang.wait)
+    assert quiet.breaker.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("style", ["call", "async with"])
+async def test_latency_longer_than_the_timeout_removed_mid_sleep_lets_the_call_succeed(
+    style: str,
+) -> None:
+    g = make(failure_threshold=1)
+    g.timeout_s = 2.0
+    table = FaultTable()
+    table.attach(g)
+    table.install("svc", _latency_fault(10_000))
+
+    async def through_async_with() -> int:
+        async with g:
+            return 3
+
+    call = asyncio.create_task(g.call(ok, 3) if style == "call" else through_async_with())
+    await asyncio.sleep(0.05)
+    table.remove("svc")
+    assert await asyncio.wait_for(call, 1.5) == 3  # before the guard's 2 s timeout
+    assert g.breaker.state is CircuitState.CLOSED and g.breaker.failures_in_window == 0
+    assert not g._scopes
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "breaker.call",
+        "async with breaker",
+        "decorated",
+        "decorated async generator",
+        "guard.call",
+        "async with guard",
+        "guard.call in a fault wait",
+        "async with guard in a fault wait",
+        "wait_for(guard.call)",
+    ],
+)
+async def test_a_cancelled_trial_frees_its_permit_exactly_once(clock: FakeClock, path: str) -> None:
+    g = make(clock, failure_threshold=1, open_duration_s=1, half_open_max_calls=1)
+    b = g.breaker
+    hang = asyncio.Event()
+    if "fault" in path:
+        table = FaultTable()
+        table.attach(g)
+        table.install("svc", _latency_fault(600_000))
+
+    @b
+    async def decorated() -> None:
+        await hang.wait()
+
+    @b
+    async def stream() -> AsyncIterator[int]:
+        yield 1
+        await hang.wait()
+        yield 2
+
+    async def run() -> None:
+        if path == "breaker.call":
+            await b.call(hang.wait)
+        elif path == "async with breaker":
+            async with b:
+                await hang.wait()
+        elif path == "decorated":
+            await decorated()
+        elif path == "decorated async generator":
+            async for _ in stream():
+                pass
+        elif path.startswith("guard.call"):
+            await g.call(hang.wait)
+        elif path.startswith("async with guard"):
+            async with g:
+                await hang.wait()
+        else:
+            await asyncio.wait_for(g.call(hang.wait), 0.5)  # long enough for the checks below
+
+    with pytest.raises(Boom):
+        await b.call(fail)
+    for _ in range(3):  # three rounds: a double free would show as a negative count
+        clock.advance(1)
+        task = asyncio.create_task(run())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert b.state is CircuitState.HALF_OPEN and b.snapshot().half_open_in_flight == 1
+        if path.startswith("wait_for"):
+            with pytest.raises(TimeoutError):
+                await task
+        else:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert b.state is CircuitState.HALF_OPEN and b.snapshot().half_open_in_flight == 0
+        assert b._half_open_inflight == 0
+        with pytest.raises(Boom):
+            await b.call(fail)  # the freed permit admits the next trial, which fails
+        assert b.state is CircuitState.OPEN
+    assert not g._scopes and g.in_flight == 0 and not b._scopes
