@@ -323,6 +323,8 @@ class ChaosActivities:
             breakers_opened=impact.breakers,
             recovery_workflows=recoveries,
             detail=detail,
+            breaker_openings=impact.openings,
+            calls_refused=impact.refused,
         )
 
 

@@ -22,7 +22,16 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class Fault(Protocol):
-    """A fault a guard enforces while it is installed."""
+    """A fault a guard enforces while it is installed.
+
+    Optional, looked up only when the guard refuses a call while the fault is installed
+    (so a fault without it still satisfies the protocol): ``on_refused(guard, exc)``,
+    sync, told of each call the guard refused before :meth:`apply` could run - its
+    breaker was open (``CircuitOpenError``) or its ``max_concurrency`` calls were in
+    flight (``ConcurrencyLimitError``). It must not raise (what it raises is logged and
+    the call still fails with the refusal). A forced-open breaker affects calls only
+    this way.
+    """
 
     async def apply(self, guard: Guard) -> None:
         """Run before every guarded call, inside the breaker and the guard's timeout.

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
 import numbers
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from antifragile.breaker import CircuitBreaker, CircuitState, _resolved
+from antifragile.breaker import CircuitBreaker, CircuitOpenError, CircuitState, _resolved
 from antifragile.errors import AntifragileError, ConfigError
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from antifragile.models.recovery import RecoveryRequest
 
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 _CLOSED = CircuitState.CLOSED
 
@@ -344,8 +347,15 @@ class Guard:
             self._metered += 1
             return result  # type: ignore[no-any-return]
         # Refused here, before another coroutine or frame exists: an open breaker's
-        # refusal is the fast path of a degraded service.
-        return await self._call_full(self.breaker.acquire_permission(), fn, args)
+        # refusal is the fast path of a degraded service. (A try costs nothing until
+        # it catches, and a refusal tests one attribute more: is a fault counting?)
+        try:
+            token = self.breaker.acquire_permission()
+        except CircuitOpenError as exc:
+            if self._fault is not None:
+                self._tell_refused(exc)
+            raise
+        return await self._call_full(token, fn, args)
 
     async def _call_full(
         self, token: int, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...]
@@ -398,9 +408,28 @@ class Guard:
             return False
         if self._inflight >= limit:
             self.breaker.release(token)
-            raise ConcurrencyLimitError(self.name, limit)
+            exc = ConcurrencyLimitError(self.name, limit)
+            if self._fault is not None:
+                self._tell_refused(exc)
+            raise exc
         self._inflight += 1
         return True
+
+    def _tell_refused(self, exc: BaseException) -> None:
+        """Tell the active fault that this guard refused a call it never got to see.
+
+        A refused call never reaches ``fault.apply``, yet it belongs to the experiment:
+        a CIRCUIT_BREAKER drill affects calls only by refusing them. Faults that count
+        refusals have ``on_refused(guard, exc)`` (optional in the :class:`Fault`
+        protocol). Whatever it raises is logged: the call's outcome stays the refusal.
+        """
+        hook = getattr(self._fault, "on_refused", None)
+        if hook is None:
+            return
+        try:
+            hook(self, exc)
+        except Exception:
+            log.exception("guard %r: fault %r: on_refused raised", self.name, self._fault)
 
     # ------------------------------------------------------------------ async with
 
@@ -418,7 +447,12 @@ class Guard:
 
     async def _enter(self) -> Guard:
         b = self.breaker
-        token = b.acquire_permission()
+        try:
+            token = b.acquire_permission()
+        except CircuitOpenError as exc:
+            if self._fault is not None:
+                self._tell_refused(exc)
+            raise
         counted = self._take_slot(token)
         scope = _Scope(token, counted, b._clock() if b._slow_s is not None else None)
         task = asyncio.current_task()

@@ -915,6 +915,8 @@ class ChaosExperimentWorkflow:
             calls_affected=dict(self._impact.calls_affected),
             calls_seen=dict(self._impact.calls_seen),
             breakers_opened=list(self._impact.breakers_opened),
+            breaker_openings=dict(self._impact.breaker_openings),
+            calls_refused=dict(self._impact.calls_refused),
             recovery_workflows=list(self._impact.recovery_workflows),
             time_to_recover_s=self._time_to_recover,
             recovered=self._recovered,

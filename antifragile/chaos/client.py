@@ -218,6 +218,7 @@ async def rebuild_report(
             impact = await plane.impact(experiment_id)
             base.calls_affected, base.calls_seen = impact.affected, impact.seen
             base.breakers_opened = impact.breakers
+            base.breaker_openings, base.calls_refused = impact.openings, impact.refused
             base.instances_saw_fault = instances_that_saw(
                 impact.seen, impact.affected, impact.breakers
             )

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from antifragile.breaker import CircuitOpenError
 from antifragile.chaos.scenario import (
     HARD_MAX_DURATION_S,
     MEMORY_CAP_MB,
@@ -36,6 +37,7 @@ from antifragile.chaos.scenario import (
     ErrorKind,
     ResourceType,
 )
+from antifragile.guard import ConcurrencyLimitError
 from antifragile.models.chaos import FaultSpec
 
 log = logging.getLogger(__name__)
@@ -92,15 +94,44 @@ class ImpactStats:
     """Calls seen and affected by one experiment in this process (flushed to Redis).
 
     Plain integer attributes: incremented on the call path, read and reset by the
-    plane's background flush, never locked (one event loop).
+    plane's background flush, never locked (one event loop). The ``flushed_*``
+    attributes hold what the flush already published (it sends the differences).
+
+    Attributes:
+        seen: Calls through a guard of the blast radius while the fault was installed,
+            refused ones included.
+        affected: Calls the fault changed: injected effects, and calls the guard refused
+            because of the fault (a breaker it opened or forced open, concurrency slots
+            it holds).
+        refused: Calls the guard refused (breaker open or concurrency limit) while the
+            fault was installed, whatever opened the breaker.
+        breakers: ``target: STATE`` of each breaker that opened (OPEN or FORCED_OPEN) at
+            least once; kept for readers of the ``:breakers`` set.
+        openings: ``target: STATE`` -> how many times that breaker moved to that state.
+            One key per breaker of the blast radius and state, so its size is bounded
+            by ``2 * len(blast_radius)`` however often a breaker opens.
     """
 
     seen: int = 0
     affected: int = 0
+    refused: int = 0
     breakers: set[str] = field(default_factory=set)
+    openings: dict[str, int] = field(default_factory=dict)
     flushed_seen: int = 0
     flushed_affected: int = 0
+    flushed_refused: int = 0
     flushed_breakers: set[str] = field(default_factory=set)
+    flushed_openings: dict[str, int] = field(default_factory=dict)
+
+    def count_opening(self, key: str) -> None:
+        """Count one opening of ``key`` (``target: STATE``)."""
+        self.breakers.add(key)
+        self.openings[key] = self.openings.get(key, 0) + 1
+
+    def openings_to_flush(self) -> dict[str, int]:
+        """Openings counted since :attr:`flushed_openings` (key -> how many more)."""
+        done = self.flushed_openings
+        return {k: n - done.get(k, 0) for k, n in self.openings.items() if n > done.get(k, 0)}
 
 
 _ERROR_TYPES: dict[type[Exception], type[Exception]] = {}
@@ -150,6 +181,9 @@ class ChaosFault:
         self._listeners: dict[str, Callable[[Any], None]] = {}
         # Set when the fault leaves a guard: ends that guard's injected waits.
         self._ended: dict[str, asyncio.Event] = {}
+        # Guards whose breaker opened (or was forced open) while this fault was on them:
+        # their refusals are the fault's doing.
+        self._caused: set[str] = set()
         self.expired = False
 
     # --- the Fault protocol -----------------------------------------------------------
@@ -167,6 +201,29 @@ class ChaosFault:
             return
         await self._affect(guard)
 
+    def on_refused(self, guard: GuardLike, exc: BaseException) -> None:
+        """The guard refused a call before :meth:`apply` could run (called by the guard).
+
+        Counts the call as seen and refused; as affected too when the fault is why it
+        was refused: the breaker opened (or was forced open) while the fault was on
+        this guard, or the fault holds the concurrency slots that are full. A breaker
+        already open when the fault arrived refuses calls the fault did not affect.
+
+        Args:
+            guard: The guard that refused the call.
+            exc: What it raised: ``CircuitOpenError`` or ``ConcurrencyLimitError``.
+        """
+        if guard.name not in self._targets:
+            return
+        if self._clock() >= self.expires_at:
+            self._expire()
+            return
+        stats = self.stats
+        stats.seen += 1
+        stats.refused += 1
+        if self._refusal_is_ours(guard, exc):
+            stats.affected += 1
+
     def on_install(self, guard: GuardLike) -> None:
         """The fault reached ``guard``: watch its breaker, then the kind's own setup."""
         if guard.name not in self._targets:
@@ -178,10 +235,15 @@ class ChaosFault:
             stats = self.stats
             name = guard.name
 
+            caused = self._caused
+
             def watch(change: Any) -> None:
                 state = getattr(change.new, "value", str(change.new))
                 if state in ("OPEN", "FORCED_OPEN"):
-                    stats.breakers.add(f"{name}: {state}")
+                    # Every opening counts (a breaker that opened six times, six):
+                    # a listener hears each transition, synchronously.
+                    stats.count_opening(f"{name}: {state}")
+                    caused.add(name)
 
             breaker.on_state_change(watch)
             self._listeners[guard.name] = watch
@@ -201,6 +263,7 @@ class ChaosFault:
         """The fault left ``guard``: undo the kind's setup, stop watching the breaker."""
         if self._guards.pop(guard.name, None) is None:
             return
+        self._caused.discard(guard.name)
         ended = self._ended.pop(guard.name, None)
         if ended is not None:
             ended.set()  # waits in progress on this guard end now
@@ -217,6 +280,13 @@ class ChaosFault:
     async def _affect(self, guard: GuardLike) -> None:
         """What an affected call suffers (default: nothing, counted)."""
         self.stats.affected += 1
+
+    def _refusal_is_ours(self, guard: GuardLike, exc: BaseException) -> bool:
+        """A refused call is affected when the breaker opened under this fault.
+
+        (A concurrency refusal: only when the kind holds slots, see ResourceFault.)
+        """
+        return isinstance(exc, CircuitOpenError) and guard.name in self._caused
 
     def _install(self, guard: GuardLike) -> None:
         """Per-guard setup when installed (default: none)."""
@@ -456,6 +526,12 @@ class ResourceFault(ChaosFault):
     async def _affect(self, guard: GuardLike) -> None:
         # The call competes for what is held; it counts as affected.
         self.stats.affected += 1
+
+    def _refusal_is_ours(self, guard: GuardLike, exc: BaseException) -> bool:
+        if isinstance(exc, ConcurrencyLimitError):
+            # Refused for want of a slot: the slots this fault holds are why.
+            return guard.name in self._slot_releases
+        return super()._refusal_is_ours(guard, exc)
 
 
 def hold_memory(

@@ -8,8 +8,9 @@ Controller side (:class:`FaultPlane`, used by activities and the CLI):
   Each write, renewal and removal is also published on ``af:faults``.
 - ``af:halt`` is the fleet-wide halt switch: while it exists no fault applies anywhere
   and nothing may inject.
-- ``af:chaos:{experiment_id}:affected`` / ``:seen`` (hashes, field = instance) and
-  ``:breakers`` (set) hold what the call sites counted.
+- ``af:chaos:{experiment_id}:affected`` / ``:seen`` / ``:refused`` (hashes, field =
+  instance), ``:breakers`` (set) and ``:openings`` (hash, field = ``instance/target:
+  STATE``, value = times opened) hold what the call sites counted.
 
 Service side (:class:`FaultSubscriber`): keeps the process's
 :class:`~antifragile.fault_table.FaultTable` in step with the leases. It loads the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -117,6 +119,10 @@ class Impact:
     affected: dict[str, int]
     seen: dict[str, int]
     breakers: list[str]
+    openings: dict[str, int] = dataclasses.field(default_factory=dict)
+    """``instance/target: STATE`` -> times opened (at least 1 for each of ``breakers``)."""
+    refused: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Calls refused by the guard (breaker open, concurrency limit) per instance."""
 
 
 class FaultPlane:
@@ -274,12 +280,18 @@ class FaultPlane:
         pipe.hgetall(impact_key(experiment_id, "affected"))
         pipe.hgetall(impact_key(experiment_id, "seen"))
         pipe.smembers(impact_key(experiment_id, "breakers"))
-        affected, seen, breakers = await pipe.execute()
+        pipe.hgetall(impact_key(experiment_id, "openings"))
+        pipe.hgetall(impact_key(experiment_id, "refused"))
+        affected, seen, breakers, openings, refused = await pipe.execute()
 
         def ints(h: dict[Any, Any]) -> dict[str, int]:
             return {str(_decode(k)): int(v) for k, v in h.items()}
 
-        return Impact(ints(affected), ints(seen), sorted(str(_decode(b)) for b in breakers))
+        opened = sorted(str(_decode(b)) for b in breakers)
+        counted = ints(openings)
+        for b in opened:  # published by a process that counts no openings: once at least
+            counted.setdefault(b, 1)
+        return Impact(ints(affected), ints(seen), opened, counted, ints(refused))
 
     async def fleet_health(self, targets: list[str]) -> FleetHealth:
         """Lowest health over the snapshots ``af:health:{instance}`` of the processes
@@ -663,6 +675,7 @@ class FaultSubscriber:
             return
         pipe = self._redis.pipeline(transaction=False)
         pending: list[tuple[ImpactStats, int, int, set[str]]] = []
+        counted: list[tuple[ImpactStats, int, dict[str, int]]] = []  # refused, openings
         inst = self.instance_id
         for experiment_id, stats in list(self._stats.items()):
             seen, affected = stats.seen, stats.affected
@@ -678,7 +691,20 @@ class FaultSubscriber:
                 key = impact_key(experiment_id, "breakers")
                 pipe.sadd(key, *(f"{inst}/{b}" for b in sorted(new_breakers)))
                 pipe.expire(key, IMPACT_KEY_TTL_S)
-            if d_seen or d_aff or new_breakers:
+            refused = stats.refused
+            d_ref = refused - stats.flushed_refused
+            if d_ref:
+                pipe.hincrby(impact_key(experiment_id, "refused"), inst, d_ref)
+                pipe.expire(impact_key(experiment_id, "refused"), IMPACT_KEY_TTL_S)
+            d_open = stats.openings_to_flush()
+            if d_open:
+                key = impact_key(experiment_id, "openings")
+                for opened, times in sorted(d_open.items()):
+                    pipe.hincrby(key, f"{inst}/{opened}", times)
+                pipe.expire(key, IMPACT_KEY_TTL_S)
+            if d_ref or d_open:
+                counted.append((stats, refused, dict(stats.openings)))
+            if d_seen or d_aff or new_breakers or d_ref or d_open:
                 pending.append((stats, seen, affected, set(stats.breakers)))
             elif experiment_id not in self.faults:
                 del self._stats[experiment_id]  # removed and fully published
@@ -688,6 +714,8 @@ class FaultSubscriber:
         for stats, seen, affected, breakers in pending:
             stats.flushed_seen, stats.flushed_affected = seen, affected
             stats.flushed_breakers = breakers
+        for stats, refused, openings in counted:
+            stats.flushed_refused, stats.flushed_openings = refused, openings
 
     # --- inspection -------------------------------------------------------------------
 

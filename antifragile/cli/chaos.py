@@ -350,6 +350,16 @@ def render_status(status: ChaosStatus, settings: Settings) -> None:
     _events(status.events[-15:])
 
 
+def _openings(report: ChaosReport) -> str:
+    """``instance/target: STATE xN`` for each breaker opening, every one counted.
+
+    A report made before openings were counted has only ``breakers_opened`` (once each).
+    """
+    counts = report.breaker_openings
+    names = sorted(set(report.breakers_opened) | set(counts))
+    return ", ".join(f"{n} x{counts[n]}" if counts.get(n, 1) > 1 else n for n in names)
+
+
 def _events(events: list[Any]) -> None:
     if not events:
         return
@@ -404,7 +414,10 @@ def render_report(report: ChaosReport) -> None:
         head.add_row("time to recover", "-")
     affected = ", ".join(f"{k}: {v}" for k, v in sorted(report.calls_affected.items()))
     head.add_row("calls affected", affected or "-")
-    head.add_row("breakers opened", ", ".join(report.breakers_opened) or "-")
+    if report.calls_refused:
+        refused = ", ".join(f"{k}: {v}" for k, v in sorted(report.calls_refused.items()))
+        head.add_row("calls refused", f"{refused} (breaker open or concurrency limit)")
+    head.add_row("breakers opened", _openings(report) or "-")
     recs = ", ".join(f"{r.workflow_id} {r.status} {r.state}" for r in report.recovery_workflows)
     head.add_row("recoveries", recs or "-")
     for w in report.warnings:

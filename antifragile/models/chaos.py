@@ -231,6 +231,11 @@ class ChaosReport(StrictModel):
         calls_affected: Affected calls per instance, counted at the call sites.
         calls_seen: Calls through guards in the blast radius per instance.
         breakers_opened: ``instance/target: STATE`` of breakers that opened.
+        breaker_openings: ``instance/target: STATE`` -> how many times that breaker
+            opened (every opening counted; empty in reports made before it existed).
+        calls_refused: Calls the guards refused (breaker open, concurrency limit)
+            under the fault, per instance. Those the fault caused (a breaker it opened
+            or forced open, slots it held) are also in ``calls_affected``.
         recovery_workflows: Recoveries of blast-radius services that started
             during the experiment, and how they ended.
         time_to_recover_s: Seconds from fault removal until health was back
@@ -262,6 +267,8 @@ class ChaosReport(StrictModel):
     breakers_opened: list[str] = Field(default_factory=list)
     recovery_workflows: list[RecoveryRecord] = Field(default_factory=list)
     time_to_recover_s: float | None = None
+    breaker_openings: dict[str, int] = Field(default_factory=dict)
+    calls_refused: dict[str, int] = Field(default_factory=dict)
     recovered: bool | None = None
     cleanup: CleanupRecord = Field(default_factory=CleanupRecord)
     warnings: list[str] = Field(default_factory=list)
@@ -434,6 +441,10 @@ class ExperimentImpact(StrictModel):
     breakers_opened: list[str] = Field(default_factory=list)
     recovery_workflows: list[RecoveryRecord] = Field(default_factory=list)
     detail: str = ""
+    breaker_openings: dict[str, int] = Field(default_factory=dict)
+    """``instance/target: STATE`` -> times that breaker opened."""
+    calls_refused: dict[str, int] = Field(default_factory=dict)
+    """Calls refused by the guards (breaker open, concurrency limit) per instance."""
 
 
 # --- guardian ------------------------------------------------------------------------

@@ -367,3 +367,181 @@ async def test_a_fault_whose_install_fails_leaves_nothing_behind() -> None:
     assert not fault._guards and not fault._listeners and not fault._ended
     g.breaker.force_open()
     assert not fault.stats.breakers
+
+
+# ---------------------------------------------------------------- issue 12, item 12
+# Every refusal and every breaker opening is counted at the call site.
+
+
+def opening_guard(name: str, clock: Any) -> Guard:
+    """A breaker that opens at the first failure and stays OPEN 5 s of ``clock``."""
+    config = CircuitBreakerConfig(failure_threshold=1, open_duration_s=5.0)
+    return Guard(name, CircuitBreaker(name, config, clock=clock))
+
+
+async def enter_and_leave(guard: Guard) -> str:
+    try:
+        async with guard:
+            pass
+        return "ok"
+    except CircuitOpenError:
+        return "open"
+
+
+@pytest.mark.parametrize("style", ["call", "async with", "call with timeout"])
+async def test_a_forced_open_breaker_counts_every_refused_call_as_affected(style: str) -> None:
+    fault = build_fault(spec(ChaosType.CIRCUIT_BREAKER))
+    db = make_guard("db", timeout_s=5.0) if style == "call with timeout" else make_guard("db")
+    setup(fault, db)
+    run = enter_and_leave if style == "async with" else outcome
+    results = [await run(db) for _ in range(185)]
+    assert results == ["open"] * 185
+    assert fault.stats.affected == 185
+    assert fault.stats.seen == 185 and fault.stats.refused == 185
+    assert fault.stats.openings == {"db: FORCED_OPEN": 1}
+
+
+async def test_refusals_after_the_fault_is_removed_count_nothing() -> None:
+    fault = build_fault(spec(ChaosType.CIRCUIT_BREAKER))
+    db = make_guard("db")
+    table = setup(fault, db)
+    assert await outcome(db) == "open"
+    table.remove("db")
+    db.breaker.force_open("operator")  # refusals now are the operator's
+    assert [await outcome(db) for _ in range(10)] == ["open"] * 10
+    assert (fault.stats.seen, fault.stats.affected, fault.stats.refused) == (1, 1, 1)
+
+
+async def test_a_breaker_already_forced_open_refuses_calls_the_drill_did_not_affect() -> None:
+    db = make_guard("db")
+    db.breaker.force_open("operator")
+    fault = build_fault(spec(ChaosType.CIRCUIT_BREAKER))
+    setup(fault, db)
+    assert [await outcome(db) for _ in range(7)] == ["open"] * 7
+    # Seen and refused under the fault, but the operator's open breaker refused them.
+    assert (fault.stats.seen, fault.stats.refused, fault.stats.affected) == (7, 7, 0)
+    assert fault.stats.openings == {}
+
+
+async def test_a_breaker_opening_k_times_under_an_error_fault_counts_k_openings(
+    clock: Any,
+) -> None:
+    fault = build_fault(spec(ChaosType.ERROR, error_rate=1.0))
+    db = opening_guard("db", clock)
+    setup(fault, db)
+    results: list[str] = []
+    for _ in range(6):
+        results.append(await outcome(db))  # the injected error opens it (a trial reopens it)
+        results += [await outcome(db) for _ in range(3)]  # refused while OPEN
+        clock.advance(5.0)  # open duration over: the next call is a trial
+    assert results == (["RuntimeError"] + ["open"] * 3) * 6
+    stats = fault.stats
+    assert stats.openings == {"db: OPEN": 6}
+    assert stats.breakers == {"db: OPEN"}  # distinct breakers, as before
+    assert stats.refused == 18
+    # The refusals are the fault's doing (it opened the breaker): affected too.
+    assert stats.affected == 6 + 18 and stats.seen == 24
+
+
+async def test_openings_take_bounded_memory_however_often_a_breaker_opens(clock: Any) -> None:
+    fault = build_fault(spec(ChaosType.ERROR, error_rate=1.0, blast_radius=["db", "cache"]))
+    db, cache = opening_guard("db", clock), opening_guard("cache", clock)
+    setup(fault, db, cache)
+    for _ in range(2000):
+        await outcome(db)
+        await outcome(cache)
+        clock.advance(5.0)
+    db.breaker.force_open("operator")
+    assert fault.stats.openings == {"db: OPEN": 2000, "cache: OPEN": 2000, "db: FORCED_OPEN": 1}
+    assert fault.stats.openings_to_flush() == fault.stats.openings
+    fault.stats.flushed_openings = dict(fault.stats.openings)
+    await outcome(db)  # refused: FORCED_OPEN
+    cache.breaker.force_open("operator")
+    assert fault.stats.openings_to_flush() == {"cache: FORCED_OPEN": 1}
+
+
+async def test_calls_refused_for_the_slots_a_fault_holds_are_affected() -> None:
+    fault = build_fault(
+        spec(
+            ChaosType.RESOURCE_EXHAUSTION,
+            resource_type=ResourceType.CONNECTIONS,
+            resource_level=1.0,
+        )
+    )
+    db = make_guard("db", max_concurrency=2)
+    setup(fault, db)
+    for _ in range(5):
+        with pytest.raises(ConcurrencyLimitError):
+            await db.call(ok)
+    assert [await enter_and_leave_limited(db) for _ in range(3)] == ["limit"] * 3
+    assert (fault.stats.seen, fault.stats.refused, fault.stats.affected) == (8, 8, 8)
+
+
+async def enter_and_leave_limited(guard: Guard) -> str:
+    try:
+        async with guard:
+            pass
+        return "ok"
+    except ConcurrencyLimitError:
+        return "limit"
+
+
+async def test_a_refusal_after_the_lease_expired_drops_the_fault_and_counts_nothing() -> None:
+    now = [100.0]
+    expired: list[ChaosFault] = []
+    fault = build_fault(
+        spec(ChaosType.CIRCUIT_BREAKER),
+        expires_at=101.0,
+        on_expired=expired.append,
+        clock=lambda: now[0],
+    )
+    db = make_guard("db")
+    table = setup(fault, db)
+    assert await outcome(db) == "open"
+    now[0] = 101.5
+    assert await outcome(db) == "open"  # refused before the guard could know
+    assert expired == [fault] and fault.stats.affected == 1 and fault.stats.seen == 1
+    table.remove("db")  # what the plane's on_expired does: the breaker is restored
+    assert await outcome(db) == "ok"
+
+
+async def test_a_fault_whose_refusal_hook_raises_leaves_the_refusal_as_the_outcome() -> None:
+    class Noisy:
+        async def apply(self, guard: Guard) -> None:
+            return None
+
+        def on_install(self, guard: Guard) -> None:
+            guard.breaker.force_open("noisy")
+
+        def on_remove(self, guard: Guard) -> None:
+            guard.breaker.reset("noisy")
+
+        def on_refused(self, guard: Guard, exc: BaseException) -> None:
+            raise ValueError("broken counter")
+
+    db = make_guard("db")
+    table = FaultTable()
+    table.attach(db)
+    table.install("db", Noisy())
+    assert await outcome(db) == "open"
+    assert await enter_and_leave(db) == "open"
+
+
+async def test_a_fault_without_a_refusal_hook_still_works() -> None:
+    class Plain:
+        async def apply(self, guard: Guard) -> None:
+            return None
+
+        def on_install(self, guard: Guard) -> None:
+            guard.breaker.force_open("plain")
+
+        def on_remove(self, guard: Guard) -> None:
+            guard.breaker.reset("plain")
+
+    db = make_guard("db")
+    table = FaultTable()
+    table.attach(db)
+    table.install("db", Plain())
+    assert await outcome(db) == "open"
+    table.remove("db")
+    assert await outcome(db) == "ok"
