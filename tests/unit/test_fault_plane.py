@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from antifragile.breaker import CircuitBreaker, CircuitState
+from antifragile.breaker import CircuitBreaker, CircuitOpenError, CircuitState
 from antifragile.chaos.plane import (
     FaultConflictError,
     FaultPlane,
     FaultSubscriber,
     fault_key,
+    impact_key,
     snapshot_process_score,
     snapshot_score,
 )
@@ -268,3 +269,51 @@ def test_process_score_is_the_aggregate_of_processes_guarding_a_target() -> None
     # Without an overall score, the targets' breakers are all there is.
     assert snapshot_process_score({"breakers": {"db": "OPEN"}}, ["db"]) == 0.0
     assert snapshot_process_score({"score": 0.8}, ["db"]) == 0.8
+
+
+async def test_every_opening_and_refusal_is_published_and_read_back(
+    plane: FaultPlane, subscriber: FaultSubscriber
+) -> None:
+    # Issue 12, item 12: a breaker that opened six times is counted six times, and
+    # calls a forced-open breaker refused are affected calls.
+    s = spec(ChaosType.CIRCUIT_BREAKER)
+    guard = Guard(s.target, CircuitBreaker(s.target))
+    subscriber.table.attach(guard)  # type: ignore[attr-defined]
+    inst = subscriber.instance_id
+    await plane.inject(s)
+    await eventually(lambda: guard.breaker.state is CircuitState.FORCED_OPEN)
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            await guard.call(asyncio.sleep, 0)
+    await subscriber.flush()
+    # Reopened by hand under the fault, twice more: each opening is one more.
+    for _ in range(2):
+        guard.breaker.reset("test")
+        guard.breaker.force_open("test")
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError):
+            await guard.call(asyncio.sleep, 0)
+    await subscriber.flush()  # only what is new is sent: the sums are right
+    await plane.remove(s.experiment_id)
+    await eventually(lambda: guard.fault is None)
+    await subscriber.flush()
+    impact = await plane.impact(s.experiment_id)
+    assert impact.affected == {inst: 8} and impact.seen == {inst: 8}
+    assert impact.refused == {inst: 8}
+    assert impact.openings == {f"{inst}/{s.target}: FORCED_OPEN": 3}
+    assert impact.breakers == [f"{inst}/{s.target}: FORCED_OPEN"]
+
+
+async def test_a_breaker_listed_by_an_older_process_counts_as_one_opening(
+    plane: FaultPlane, redis_url: str
+) -> None:
+    raw = aioredis.from_url(redis_url)
+    try:
+        await raw.sadd(impact_key("chaos-old-1", "breakers"), "old-1/db: OPEN")
+        await raw.hset(impact_key("chaos-old-1", "openings"), "new-1/db: OPEN", 4)
+        await raw.sadd(impact_key("chaos-old-1", "breakers"), "new-1/db: OPEN")
+    finally:
+        await raw.aclose()
+    impact = await plane.impact("chaos-old-1")
+    assert impact.openings == {"old-1/db: OPEN": 1, "new-1/db: OPEN": 4}
+    assert impact.refused == {}
