@@ -931,6 +931,8 @@ async def test_a_terminated_run_without_workers_gets_a_rebuilt_report(
         await wait_phase(handle, P.RUNNING)
         await redis_client.hset(impact_key(handle.id, "affected"), "svc-1", 7)
         await redis_client.hset(impact_key(handle.id, "seen"), "svc-1", 9)
+        await redis_client.hset(impact_key(handle.id, "refused"), "svc-1", 5)
+        await redis_client.hset(impact_key(handle.id, "openings"), "svc-1/demo-db: OPEN", 6)
     await handle.terminate(reason="worker lost")
     plane = FaultPlane.from_url(redis_url)
     try:
@@ -944,6 +946,8 @@ async def test_a_terminated_run_without_workers_gets_a_rebuilt_report(
     assert report.reason == "terminated: worker lost"
     assert report.name == sc.name and report.injected_at is not None
     assert report.calls_affected == {"svc-1": 7} and report.instances_saw_fault == 1
+    assert report.calls_refused == {"svc-1": 5}
+    assert report.breaker_openings == {"svc-1/demo-db: OPEN": 6}
     assert any("no worker answered" in w for w in report.warnings)
     assert report.cleanup.method == "expired"
     assert later.cleanup.confirmed is True and later.fault_active_s is not None
