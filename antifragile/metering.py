@@ -63,6 +63,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections import Counter
@@ -164,6 +165,26 @@ WRITER_MARK_TTL_S = 7 * 24 * 3600.0
 """Default lifetime of a writer's high-water mark after its last batch (7 days)."""
 
 
+def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
+    """Refuse a setting that is not an int >= ``minimum`` with one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{owner}.{name}: must be an integer >= {minimum} (got {value!r})")
+
+
+def _check_seconds(owner: str, name: str, value: object, *, zero_ok: bool = False) -> None:
+    """Refuse a duration that is not a finite number > 0 (>= 0 with ``zero_ok``): NaN
+    passes every ``<`` test and would silently disable a timer or a TTL."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value >= 0 if zero_ok else value > 0)
+    )
+    if not ok:
+        rule = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{owner}.{name}: must be a finite number {rule} (got {value!r})")
+
+
 class MeteringIntegration:
     """Bounded, never-blocking usage buffer flushed to a Redis Stream, each batch once.
 
@@ -219,20 +240,20 @@ class MeteringIntegration:
         def bad(name: str, value: object, rule: str) -> ConfigError:
             return ConfigError(f"MeteringIntegration.{name}: {rule} (got {value!r})")
 
-        if max_buffer < 1:
-            raise bad("max_buffer", max_buffer, "must be >= 1")
-        if flush_interval_s <= 0:
-            raise bad("flush_interval_s", flush_interval_s, "must be > 0")
+        _check_int("MeteringIntegration", "max_buffer", max_buffer, 1)
+        _check_seconds("MeteringIntegration", "flush_interval_s", flush_interval_s)
         if flush_at is None:
             flush_at = min(50_000, max(1, max_buffer // 10))
-        if not 1 <= flush_at <= max_buffer:
+        _check_int("MeteringIntegration", "flush_at", flush_at, 1)
+        if flush_at > max_buffer:
             raise bad("flush_at", flush_at, f"must be in [1, max_buffer={max_buffer}]")
-        if max_pending_keys < 1:
-            raise bad("max_pending_keys", max_pending_keys, "must be >= 1")
-        if max_batch_keys < 1:
-            raise bad("max_batch_keys", max_batch_keys, "must be >= 1")
-        if writer_mark_ttl_s <= 0:
-            raise bad("writer_mark_ttl_s", writer_mark_ttl_s, "must be > 0")
+        _check_int("MeteringIntegration", "max_pending_keys", max_pending_keys, 1)
+        _check_int("MeteringIntegration", "max_batch_keys", max_batch_keys, 1)
+        if stream_maxlen is not None:
+            # 0 would trim every entry as it is written: usage lost before anyone reads it.
+            _check_int("MeteringIntegration", "stream_maxlen", stream_maxlen, 1)
+        _check_seconds("MeteringIntegration", "stop_timeout_s", stop_timeout_s, zero_ok=True)
+        _check_seconds("MeteringIntegration", "writer_mark_ttl_s", writer_mark_ttl_s)
         self.redis_url = redis_url
         self.stream = stream
         self.max_buffer = max_buffer
@@ -659,6 +680,9 @@ class UsageConsumer:
             Default 60.
         dedupe_ttl_s: How long an applied (batch, tenant, operation) is remembered.
             Default 7 days.
+
+    Raises:
+        ConfigError: a setting out of range (the message names it and the value).
     """
 
     def __init__(
@@ -672,8 +696,11 @@ class UsageConsumer:
         claim_idle_s: float | None = 60.0,
         dedupe_ttl_s: float = DEDUPE_TTL_S,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"UsageConsumer.batch_size: must be >= 1 (got {batch_size!r})")
+        _check_int("UsageConsumer", "batch_size", batch_size, 1)
+        if claim_idle_s is not None:
+            _check_seconds("UsageConsumer", "claim_idle_s", claim_idle_s, zero_ok=True)
+        # 0 (or NaN) would forget every applied batch at once: a duplicate billed twice.
+        _check_seconds("UsageConsumer", "dedupe_ttl_s", dedupe_ttl_s)
         self.client = client
         self.stream = stream
         self.group = group

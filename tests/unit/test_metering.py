@@ -387,3 +387,70 @@ async def test_a_tiny_key_bound_with_a_source_still_writes_everything(
     s = m.stats()
     assert (s.recorded, s.written, s.buffered) == (100, 100, 0)
     assert s.batches >= 25  # at most two pairs per batch
+
+
+# ------------------------------------------------------------------ review: bad settings
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_buffer", 0),
+        ("max_buffer", -5),
+        ("max_buffer", 1.5),
+        ("max_buffer", "10"),
+        ("flush_at", 0),
+        ("flush_at", -1),
+        ("flush_at", 2.5),
+        ("max_pending_keys", 0),
+        ("max_pending_keys", -1),
+        ("max_batch_keys", 0),
+        ("flush_interval_s", 0),
+        ("flush_interval_s", NAN),
+        ("flush_interval_s", INF),
+        ("writer_mark_ttl_s", NAN),
+        ("writer_mark_ttl_s", INF),
+        ("writer_mark_ttl_s", 0),
+        ("stop_timeout_s", NAN),
+        ("stop_timeout_s", -1),
+        ("stream_maxlen", 0),
+        ("stream_maxlen", -1),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_field_and_value(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        MeteringIntegration(**{field: value})  # type: ignore[arg-type]
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"MeteringIntegration.{field}:" in message
+    assert repr(value) in message
+
+
+def test_flush_at_above_max_buffer_names_both() -> None:
+    with pytest.raises(ConfigError, match=r"flush_at: must be in \[1, max_buffer=10\] \(got 11\)"):
+        MeteringIntegration(max_buffer=10, flush_at=11)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("batch_size", 0),
+        ("claim_idle_s", -1),
+        ("claim_idle_s", NAN),
+        ("dedupe_ttl_s", 0),
+        ("dedupe_ttl_s", NAN),
+        ("dedupe_ttl_s", -1),
+    ],
+)
+def test_a_bad_consumer_setting_is_one_line_naming_the_field_and_value(
+    field: str, value: object
+) -> None:
+    client = aioredis.Redis()  # never connects: construction only
+    with pytest.raises(ConfigError) as err:
+        UsageConsumer(client, **{field: value})  # type: ignore[arg-type]
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"UsageConsumer.{field}:" in message
+    assert repr(value) in message
