@@ -732,8 +732,22 @@ class UsageConsumer:
         Raises:
             redis.RedisError: Redis failed; nothing half-applied (retry the call).
         """
-        await self._ensure_group()
         added: dict[tuple[str, str], list[int]] = {}
+        try:
+            await self._consume(added, block_ms)
+        except ResponseError as exc:
+            # The group is gone: Redis restarted without persistence, or the stream was
+            # deleted. Create it again (from the start of what the stream now holds)
+            # instead of failing every call until this process restarts.
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("metering: group %s of %s was gone; created again", self.group, self.stream)
+            self._group_ready = False
+            await self._consume(added, block_ms)
+        return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
+
+    async def _consume(self, added: dict[tuple[str, str], list[int]], block_ms: int | None) -> None:
+        await self._ensure_group()
         # (1) Ours, delivered before a crash or restart and never applied.
         start = "0"
         while True:
@@ -779,7 +793,6 @@ class UsageConsumer:
                 break
             await self._apply(messages, added)
             block = None
-        return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
 
     async def _apply(self, messages: list[Any], added: dict[tuple[str, str], list[int]]) -> None:
         args: list[Any] = [self.group, int(time.time() * 1000), int(self.dedupe_ttl_s * 1000)]

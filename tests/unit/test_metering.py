@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as redis_exceptions
 
 from antifragile.errors import ConfigError
 from antifragile.metering import (
@@ -454,3 +455,47 @@ def test_a_bad_consumer_setting_is_one_line_naming_the_field_and_value(
     assert "\n" not in message
     assert f"UsageConsumer.{field}:" in message
     assert repr(value) in message
+
+
+# ------------------------------------------------------------------ review: Redis restarts
+
+
+async def consume_when_reachable(reader: UsageConsumer) -> dict[tuple[str, str], UsageTotal]:
+    """consume(), retrying only broken connections (the pool's old sockets) for 10 s."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            return await reader.consume()
+        except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+
+
+async def test_a_consumer_survives_redis_losing_its_group(own_redis: RestartableRedis) -> None:
+    # Redis restarted without persistence (or the stream was deleted): the group is gone.
+    # The long-running billing consumer must create it again, not fail with NOGROUP on
+    # every call until someone restarts it.
+    writer = MeteringIntegration(own_redis.url, stream="regroup")
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        reader = UsageConsumer(client, "regroup")
+        for _ in range(10):
+            writer.record_usage("t", "op")
+        assert await writer.flush()
+        assert (await reader.consume())[("t", "op")].count == 10
+        own_redis.stop()
+        own_redis.start()  # no persistence: stream, group and ledger are gone
+        for _ in range(5):
+            writer.record_usage("t", "op")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await writer.flush():
+            assert asyncio.get_running_loop().time() < deadline
+        assert (await consume_when_reachable(reader))[("t", "op")].count == 5
+        await client.delete("regroup")  # deleted by hand: the same
+        for _ in range(3):
+            writer.record_usage("t", "op")
+        assert await writer.flush()
+        assert (await reader.consume())[("t", "op")].count == 3
+    finally:
+        await writer.stop()
+        await client.aclose()
