@@ -418,7 +418,7 @@ class MeteringIntegration:
             if not await self._write_pending():
                 return False
             if not self._backlog or self._batches == batches:
-                return not self._buf
+                return not self._buf and not self._backlog
 
     async def _run(self) -> None:
         backoff = 0.0
@@ -442,7 +442,7 @@ class MeteringIntegration:
             progress = self._batches > batches
             if ok:
                 backoff = 0.0
-                if self._stopping and not self._buf:
+                if self._stopping and not self._buf and not self._backlog:
                     return
                 if self._stopping and not progress:
                     await asyncio.sleep(0.01)  # never spin without awaiting
@@ -479,9 +479,12 @@ class MeteringIntegration:
         if harvested:
             for source in sources:
                 self._harvest_source(source)
+        # Usage left in a source is a backlog too: flush() and stop() must not report
+        # "nothing left" (and stop must not return) before it is harvested and written.
+        skipped = bool(sources) and not harvested and any(s.pending_usage() for s in sources)
         buf = self._buf
         if not buf:
-            self._backlog = False
+            self._backlog = skipped
             return
         self._buf = []
         held = self._held_keys()
@@ -508,7 +511,7 @@ class MeteringIntegration:
             folded += count
         self._taken += folded
         self._pending_events += folded
-        self._backlog = bool(leftover)
+        self._backlog = bool(leftover) or skipped
         if leftover:
             # Kept in the raw buffer (bounded by max_buffer) until pairs are written.
             leftover.extend(self._buf)

@@ -499,3 +499,36 @@ async def test_a_consumer_survives_redis_losing_its_group(own_redis: Restartable
     finally:
         await writer.stop()
         await client.aclose()
+
+
+@pytest.mark.parametrize("started", [False, True])
+async def test_stop_writes_what_a_source_counted_while_the_key_bound_was_full(
+    own_redis: RestartableRedis, started: bool
+) -> None:
+    # Redis down with the key bound full: the source keeps counting in place. When Redis
+    # returns, stop() wrote the held pairs and returned, leaving the source's count
+    # unwritten (recorded 9, written 6): usage lost at every shutdown after an outage.
+    own_redis.stop()
+    m = MeteringIntegration(own_redis.url, stream="held", max_pending_keys=2, stop_timeout_s=5)
+    src = CountingSource()
+    m.add_source(src)
+    m.record_usage("t", "op")
+    src.n = 5
+    assert not await m.flush()  # Redis down: both pairs held, the bound is full
+    src.n += 3  # counted in place: no room to harvest
+    own_redis.start()
+    if started:
+        await m.start()
+    else:
+        ok = await m.flush()
+        assert ok == (m.stats().buffered == 0)  # True only when nothing is left
+    await m.stop()
+    s = m.stats()
+    assert (s.recorded, s.written, s.buffered, s.dropped) == (9, 9, 0, 0), s
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        usage = await read_usage(client, "held")
+        assert usage[("t", "guard:x")].count == 8
+        assert usage[("t", "op")].count == 1
+    finally:
+        await client.aclose()
