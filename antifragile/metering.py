@@ -39,7 +39,10 @@ Exactly once, end to end:
   ``(batch, tenant, operation)`` kept for ``dedupe_ttl_s``, and adds it to the group's
   ledger hashes. Entries delivered before a crash are re-read by the restarted consumer
   (its own pending entries) or claimed from a dead one (``XAUTOCLAIM``), and counted
-  once. :func:`read_usage` without a group sums the whole stream, also dropping repeated
+  once. A lost reply of the apply script is retried with the same call token, and Redis
+  answers with the outcome of the run that happened (``{stream}:billed:{group}:receipts``
+  keeps each consumer's last one), so what it applied is returned by a call too.
+  :func:`read_usage` without a group sums the whole stream, also dropping repeated
   batches.
 
 Every key derives from the stream name, so on Redis Cluster a hash-tagged stream name
@@ -73,7 +76,9 @@ from itertools import islice, repeat
 from typing import Any, NamedTuple, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from antifragile.constants import REDIS_METERING_STREAM
 from antifragile.errors import ConfigError
@@ -624,17 +629,25 @@ def sum_entries(
 
 
 # Apply entries to a group's ledger, each at most once.
-# KEYS[1] stream, KEYS[2] units ledger, KEYS[3] count ledger, KEYS[4] processed record.
-# ARGV[1] group, ARGV[2] now (ms), ARGV[3] record TTL (ms), then per entry:
-# id, batch ('' = none), ledger field ('' = unreadable), units, count.
+# KEYS[1] stream, KEYS[2] units ledger, KEYS[3] count ledger, KEYS[4] processed record,
+# KEYS[5] receipts (hash: consumer -> "{token}:{flags}" of its last call).
+# ARGV[1] group, ARGV[2] now (ms), ARGV[3] record TTL (ms), ARGV[4] consumer, ARGV[5] call
+# token, then per entry: id, batch ('' = none), ledger field ('' = unreadable), units, count.
 # An entry counts only if it was still pending for the group (XACK returns 1: no other
 # consumer applied it) and its (batch, field) was not applied before (a duplicate).
+# Returns one '0'/'1' flag per entry. A call repeated with the token of the consumer's
+# last call (its reply was lost) returns that call's flags and changes nothing.
 _APPLY_LUA = """
+local receipt = redis.call('HGET', KEYS[5], ARGV[4])
+local prefix = ARGV[5] .. ':'
+if receipt and string.sub(receipt, 1, #prefix) == prefix then
+  return string.sub(receipt, #prefix + 1)
+end
 local now = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
 local applied = {}
-for i = 4, #ARGV, 5 do
-  local ok = 0
+for i = 6, #ARGV, 5 do
+  local ok = '0'
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 and ARGV[i + 2] ~= '' then
     local fresh = 1
     if ARGV[i + 1] ~= '' then
@@ -643,13 +656,18 @@ for i = 4, #ARGV, 5 do
     if fresh == 1 then
       redis.call('HINCRBY', KEYS[2], ARGV[i + 2], ARGV[i + 3])
       redis.call('HINCRBY', KEYS[3], ARGV[i + 2], ARGV[i + 4])
-      ok = 1
+      ok = '1'
     end
   end
   applied[#applied + 1] = ok
 end
-return applied
+local flags = table.concat(applied)
+redis.call('HSET', KEYS[5], ARGV[4], prefix .. flags)
+return flags
 """
+
+_APPLY_ATTEMPTS = 4
+"""Tries of one apply call inside ``consume()`` (0.35 s of backoff in all)."""
 
 DEDUPE_TTL_S = 7 * 24 * 3600.0
 """Default time a consumer group remembers an applied (batch, tenant, operation)."""
@@ -712,6 +730,9 @@ class UsageConsumer:
         self.claim_idle_s = claim_idle_s
         self.dedupe_ttl_s = dedupe_ttl_s
         self._keys = ledger_keys(stream, group)
+        self._receipts = f"{stream}:billed:{group}:receipts"
+        # The last apply call whose reply never arrived: (args with its token, entries).
+        self._unconfirmed: tuple[list[Any], list[tuple[str, str, int, int] | None]] | None = None
         self._script = client.register_script(_APPLY_LUA)
         self._group_ready = False
 
@@ -733,7 +754,11 @@ class UsageConsumer:
                 do not wait.
 
         Raises:
-            redis.RedisError: Redis failed; nothing half-applied (retry the call).
+            redis.RedisError: Redis failed; nothing half-applied (retry the call). When
+                the reply of an apply was lost even after retries, that apply may have
+                happened: the next ``consume()`` of this object returns its usage (the
+                ledger counts it once either way; after a crash of this process, only
+                the ledger - :meth:`totals` - has it).
         """
         added: dict[tuple[str, str], list[int]] = {}
         try:
@@ -751,6 +776,9 @@ class UsageConsumer:
 
     async def _consume(self, added: dict[tuple[str, str], list[int]], block_ms: int | None) -> None:
         await self._ensure_group()
+        # (0) The call whose reply was lost last time: its usage is returned now.
+        if self._unconfirmed is not None:
+            await self._send(added)
         # (1) Ours, delivered before a crash or restart and never applied.
         start = "0"
         while True:
@@ -798,7 +826,13 @@ class UsageConsumer:
             block = None
 
     async def _apply(self, messages: list[Any], added: dict[tuple[str, str], list[int]]) -> None:
-        args: list[Any] = [self.group, int(time.time() * 1000), int(self.dedupe_ttl_s * 1000)]
+        args: list[Any] = [
+            self.group,
+            int(time.time() * 1000),
+            int(self.dedupe_ttl_s * 1000),
+            self.consumer,
+            secrets.token_hex(8),
+        ]
         decoded: list[tuple[str, str, int, int] | None] = []
         for msg_id, fields in messages:
             try:
@@ -813,12 +847,31 @@ class UsageConsumer:
                 continue
             args += (msg_id, batch, json.dumps([tenant, operation]), units, count)
             decoded.append((tenant, operation, units, count))
+        self._unconfirmed = (args, decoded)
+        await self._send(added)
+
+    async def _send(self, added: dict[tuple[str, str], list[int]]) -> None:
+        """Run the unconfirmed apply call; a lost reply is retried with the same token.
+
+        The script ran or it did not; a retry with the same token returns the flags of
+        the run whose reply was lost (and applies nothing twice), so the usage it applied
+        is returned by this call - or, when every retry fails, by the next one.
+        """
+        assert self._unconfirmed is not None
+        args, decoded = self._unconfirmed
         units_key, count_key, processed_key = self._keys
-        applied = await self._script(
-            keys=[self.stream, units_key, count_key, processed_key], args=args
-        )
-        for entry, ok in zip(decoded, applied, strict=True):
-            if entry is None or not int(ok):
+        keys = [self.stream, units_key, count_key, processed_key, self._receipts]
+        for attempt in range(_APPLY_ATTEMPTS):
+            try:
+                flags = _s(await self._script(keys=keys, args=args))
+                break
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if attempt == _APPLY_ATTEMPTS - 1:
+                    raise  # kept in _unconfirmed: the next consume() sends it again
+                await asyncio.sleep(0.05 * 2**attempt)
+        self._unconfirmed = None
+        for entry, ok in zip(decoded, flags, strict=True):
+            if entry is None or ok != "1":
                 continue
             tenant, operation, units, count = entry
             slot = added.setdefault((tenant, operation), [0, 0])
@@ -852,7 +905,10 @@ async def read_usage(
     Without ``group`` the whole stream is summed (``XRANGE``), each batch once. With
     ``group``, a :class:`UsageConsumer` applies what the group has not applied yet
     and the usage added by this call is returned: every event is returned by exactly
-    one call, across calls, restarts and redeliveries.
+    one call, across calls, redeliveries and lost replies (retried inside the call).
+    A call that raises may still have applied usage it could not confirm: the group's
+    ledger (:meth:`UsageConsumer.totals`) counts it; keep one :class:`UsageConsumer`
+    to have the next call return it.
     """
     if group is not None:
         reader = UsageConsumer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 
 import pytest
 import redis.asyncio as aioredis
@@ -532,3 +533,48 @@ async def test_stop_writes_what_a_source_counted_while_the_key_bound_was_full(
         assert usage[("t", "op")].count == 1
     finally:
         await client.aclose()
+
+
+async def test_a_lost_apply_reply_is_still_returned_by_exactly_one_call(
+    own_redis: RestartableRedis,
+) -> None:
+    # read_usage(group=...) promises every event is returned by exactly one call. Redis
+    # applied a chunk but the reply was lost: the call raised, and the next call found
+    # everything acknowledged and returned nothing - a caller summing returns billed 0
+    # for 10 events (the ledger said 10).
+    proxy = LostReplyProxy(own_redis.port)
+    await proxy.start()
+    direct = aioredis.Redis.from_url(own_redis.url)
+    via_proxy = aioredis.Redis.from_url(proxy.url)
+    try:
+        for i in range(10):
+            await direct.xadd(
+                "lostack",
+                {"tenant": "t", "operation": "op", "units": 2, "count": 1, "batch": f"w:n:{i}"},
+            )
+        billed = Counter[tuple[str, str]]()
+        # A one-shot reader per call (read_usage): the retry must happen inside the call.
+        proxy.lose_replies(1)
+        got = await read_usage(via_proxy, "lostack", group="billing")
+        assert proxy.lost == 1
+        billed.update({k: v.units for k, v in got.items()})
+        # A long-lived reader whose every retry inside the call fails: the next call
+        # returns what the lost one applied.
+        for i in range(10, 15):
+            await direct.xadd(
+                "lostack",
+                {"tenant": "t", "operation": "op", "units": 2, "count": 1, "batch": f"w:n:{i}"},
+            )
+        reader = UsageConsumer(via_proxy, "lostack", consumer="long")
+        proxy.lose_replies(100)
+        with pytest.raises((redis_exceptions.ConnectionError, redis_exceptions.TimeoutError)):
+            await reader.consume()
+        proxy.heal()  # the network is back
+        billed.update({k: v.units for k, v in (await reader.consume()).items()})
+        assert await reader.consume() == {}
+        assert billed == {("t", "op"): 30}
+        assert (await reader.totals())[("t", "op")] == UsageTotal("t", "op", 30, 15)
+    finally:
+        await via_proxy.aclose()
+        await direct.aclose()
+        await proxy.close()
