@@ -695,7 +695,8 @@ class UsageConsumer:
         client: Redis holding the stream.
         stream: Stream key. Default ``af:metering``.
         group: Consumer group (one ledger per group). Default ``"billing"``.
-        consumer: This consumer's name in the group. Default ``"reader"``.
+        consumer: This consumer's name in the group, unique among the consumers running
+            at the same time (the same name again after a restart). Default ``"reader"``.
         batch_size: Entries per read. Default 1,000.
         claim_idle_s: Claim other consumers' entries pending this long; None: never.
             Default 60.

@@ -294,11 +294,23 @@ async def test_sampler_records_snapshots_while_started() -> None:
         ({"degraded_threshold": 0.4}, "degraded_threshold"),
         ({"stabilization_window_s": -1}, "stabilization_window_s"),
         ({"history_size": 0}, "history_size"),
+        # NaN passes every comparison: a NaN window never let DEGRADED -> HEALTHY through
+        # (and armed a timer for NaN seconds); history_size 2.5 failed later in deque().
+        ({"stabilization_window_s": float("nan")}, "stabilization_window_s"),
+        ({"stabilization_window_s": float("inf")}, "stabilization_window_s"),
+        ({"history_interval_s": float("nan")}, "history_interval_s"),
+        ({"history_interval_s": float("inf")}, "history_interval_s"),
+        ({"history_interval_s": 0}, "history_interval_s"),
+        ({"history_size": 2.5}, "history_size"),
+        ({"critical_threshold": float("nan")}, "critical_threshold"),
+        ({"degraded_threshold": float("nan")}, "degraded_threshold"),
     ],
 )
 def test_config_errors_name_field(kwargs: dict[str, float], field: str) -> None:
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match=field) as err:
         HealthAggregatorConfig(**kwargs)  # type: ignore[arg-type]
+    assert repr(next(iter(kwargs.values()))) in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("weight", [0, -1, float("nan"), float("inf")])
