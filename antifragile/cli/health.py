@@ -41,7 +41,7 @@ _RANK = {"HEALTHY": 0, "UNKNOWN": 1, "DEGRADED": 2, "CRITICAL": 3}
 
 
 class RedisUnreachable(Exception):
-    """Redis did not answer; the message names the URL."""
+    """Redis did not answer (or refused the reads); the message names the URL."""
 
 
 DEFAULT_FORGET_AFTER_S = 3600.0
@@ -54,9 +54,13 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
     are included as ``{"instance", "status": "UNKNOWN", "reason", "published_at"}``.
 
     Raises:
-        RedisUnreachable: Redis did not answer.
+        RedisUnreachable: Redis did not answer, refused a read (e.g. a key of the wrong
+            type, missing permissions) or ``url`` is malformed.
     """
-    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise RedisUnreachable(f"bad Redis URL {url!r}: {exc}") from None
     try:
         keys = sorted(client.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500))
         members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
@@ -70,6 +74,8 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
                 try:
                     doc = json.loads(raw)
                 except ValueError:
+                    doc = None
+                if not isinstance(doc, dict):  # not JSON, or JSON but not an object
                     doc = {"status": "UNKNOWN", "error": "unreadable snapshot"}
                 doc.setdefault("instance", key.decode()[len(REDIS_HEALTH_KEY_PREFIX) :])
                 docs.append(doc)
@@ -88,6 +94,8 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
         return sorted(docs, key=lambda d: str(d.get("instance")))
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnreachable(f"cannot reach Redis at {url}: {exc}") from None
+    except redis.RedisError as exc:  # WRONGTYPE, NOPERM, ...: one line, not a traceback
+        raise RedisUnreachable(f"Redis at {url} refused to list health: {exc}") from None
     finally:
         client.close()
 
@@ -101,6 +109,16 @@ def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
         "redis_url": url,
         "fleet": {"instances": len(docs), "status": worst or "UNKNOWN"},
         "instances": docs,
+    }
+
+
+def unreachable_document(url: str, message: str) -> dict[str, Any]:
+    """The ``--json`` document when Redis cannot be read: nothing is known."""
+    return {
+        "redis_url": url,
+        "error": message,
+        "fleet": {"instances": 0, "status": "UNKNOWN"},
+        "instances": [],
     }
 
 
@@ -162,7 +180,8 @@ def health_command(
         bool, typer.Option("--json", help="Print one JSON document instead of tables.")
     ] = False,
     interval: Annotated[
-        float, typer.Option(help="Seconds between refreshes with --watch.", min=0.1)
+        float,
+        typer.Option(help="Seconds between refreshes with --watch.", min=0.1, max=86400),
     ] = 2.0,
     forget_after: Annotated[
         float,
@@ -173,7 +192,9 @@ def health_command(
 ) -> None:
     """Fleet health from Redis: per instance and per breaker, state, score and status.
 
-    Instances whose snapshot expired without a clean stop are listed as UNKNOWN.
+    Instances whose snapshot expired without a clean stop are listed as UNKNOWN. When
+    Redis cannot be read: one line ``error: ...`` on stderr and exit code 2 (with
+    ``--json``, also a JSON document with an ``error`` field on stdout).
     """
     url = load_settings().redis_url
     try:
@@ -195,7 +216,10 @@ def health_command(
                 else:
                     live.update(render(read_fleet(url, forget_after)), refresh=True)
     except RedisUnreachable as exc:
-        err_console.print(str(exc), markup=False)
+        message = " ".join(str(exc).split())  # one line, whatever the driver said
+        if json_out:  # a script reading stdout still gets one JSON document
+            typer.echo(json.dumps(unreachable_document(url, message)))
+        err_console.print(f"error: {message}", markup=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         return

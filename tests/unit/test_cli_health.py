@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -132,3 +135,101 @@ async def test_a_runtime_publishes_membership_and_a_clean_stop_withdraws_it(
         assert not await client.exists(health_key("svc-9"))
     finally:
         await client.aclose()
+
+
+# ------------------------------------------------------------------ review: first incident
+
+
+def run_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``antifragile`` entry point (its error handling included)."""
+    env = {**os.environ, "ANTIFRAGILE_REDIS_URL": url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "antifragile", "health", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_redis_down_is_one_error_line_exit_2_and_json_stays_json(json_out: bool) -> None:
+    # An SRE's first incident: Redis is down. The line said "cannot reach ..." without the
+    # "error:" every other command prints, and --json printed nothing on stdout at all.
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli(url, *(["--json"] if json_out else []))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach Redis at " + url)
+    assert "Traceback" not in result.stderr + result.stdout
+    if json_out:
+        doc = json.loads(result.stdout)
+        assert doc["error"].startswith("cannot reach Redis")
+        assert doc["fleet"] == {"instances": 0, "status": "UNKNOWN"}
+        assert doc["instances"] == []
+    else:
+        assert result.stdout == ""
+
+
+def test_a_malformed_redis_url_is_one_line_not_a_traceback() -> None:
+    result = run_cli("redis://127.0.0.1:notaport/0")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_foreign_keys_under_the_health_prefix_never_crash_the_listing(
+    own_redis: RestartableRedis,
+) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.set(health_key("list-doc"), "[1, 2]")  # JSON, but not a snapshot
+        client.set(health_key("garbage"), "not json")
+        client.set(health_key("ok-1"), json.dumps({"status": "HEALTHY", "health_score": 1.0}))
+        result = run_cli(own_redis.url, "--json")
+        assert result.returncode == 0, result.stderr
+        by_instance = {i["instance"]: i for i in json.loads(result.stdout)["instances"]}
+        assert by_instance["list-doc"]["status"] == "UNKNOWN"
+        assert by_instance["garbage"]["error"] == "unreadable snapshot"
+        assert by_instance["ok-1"]["status"] == "HEALTHY"
+        client.set(HEALTH_MEMBERS_KEY, "not a sorted set")  # WRONGTYPE from Redis
+        result = run_cli(own_redis.url)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "WRONGTYPE" in lines[0] and lines[0].startswith("error: ")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--forget-after", "nan"],
+        ["--forget-after", "-1"],
+        ["--forget-after", "soon"],
+        ["--watch", "--interval", "inf"],
+        ["--watch", "--interval", "1e400"],
+        ["--watch", "--interval", "0"],
+    ],
+)
+def test_bad_flag_values_are_one_line_exit_2(args: list[str]) -> None:
+    # --interval inf was accepted and crashed in time.sleep with an OverflowError.
+    result = run_cli(f"redis://127.0.0.1:{free_port()}/0", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert args[-2] in lines[0]
+
+
+def test_forget_after_inf_keeps_every_member(own_redis: RestartableRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.zadd(HEALTH_MEMBERS_KEY, {"ancient-1": 1.0})  # published in 1970
+        result = run_cli(own_redis.url, "--json", "--forget-after", "inf")
+        assert result.returncode == 0, result.stderr
+        assert [i["instance"] for i in json.loads(result.stdout)["instances"]] == ["ancient-1"]
+    finally:
+        client.close()
