@@ -108,7 +108,8 @@ class MeteringStats:
         recorded: Events handed to ``record``/``record_usage`` or counted by sources.
         written: Events confirmed written to the stream (once each).
         buffered: Events waiting (raw buffer, aggregate, in-flight batch).
-        dropped: Events refused because the buffer was full.
+        dropped: Events refused because the buffer was full, or malformed (see
+            ``invalid``).
         batches: Batches confirmed stored.
         write_errors: Failed stream writes (each retried).
         last_error: Text of the last write error, empty if none.
@@ -116,6 +117,8 @@ class MeteringStats:
             in-flight batch; never above ``max_pending_keys``.
         resent_batches: Retried batches that Redis had already stored (a lost reply);
             written once, counted once.
+        invalid: Of ``dropped``, malformed records (tenant or operation not a string,
+            units not an integer - an integral float such as 2.0 is taken as 2).
     """
 
     recorded: int
@@ -127,6 +130,7 @@ class MeteringStats:
     last_error: str
     pending_keys: int = 0
     resent_batches: int = 0
+    invalid: int = 0
 
 
 class CounterSource(Protocol):
@@ -279,6 +283,7 @@ class MeteringIntegration:
         self._script_client: Any = None
         self._buf: list[tuple[str, str, int]] = []
         self._dropped = 0
+        self._invalid = 0
         self._taken = 0  # events moved out of the raw buffer / sources by the flusher
         self._written = 0
         self._pending: dict[tuple[str, str], list[int]] = {}
@@ -371,6 +376,7 @@ class MeteringIntegration:
             last_error=self._last_error,
             pending_keys=len(self._pending) + (len(inflight) if inflight else 0),
             resent_batches=self._resent,
+            invalid=self._invalid,
         )
 
     # ------------------------------------------------------------------ flusher
@@ -500,9 +506,17 @@ class MeteringIntegration:
         leftover: list[tuple[str, str, int]] = []
         folded = 0
         # Counter hashes whole (tenant, operation, units) tuples in C; the distinct
-        # ones are then folded per (tenant, operation) in Python.
-        for item, count in Counter(buf).items():
-            tenant, operation, units = item
+        # ones are then checked and folded per (tenant, operation) in Python.
+        try:
+            counted = Counter(buf)
+        except TypeError:  # an unhashable field somewhere: find it the slow way
+            counted = Counter(self._hashable(buf))
+        for item, count in counted.items():
+            checked = _valid_item(item)
+            if checked is None:
+                self._refuse(item, count)
+                continue
+            tenant, operation, units = checked
             slot = pending.get((tenant, operation))
             if slot is None:
                 if held >= room:
@@ -521,6 +535,30 @@ class MeteringIntegration:
             # Kept in the raw buffer (bounded by max_buffer) until pairs are written.
             leftover.extend(self._buf)
             self._buf = leftover
+
+    def _hashable(self, buf: list[Any]) -> list[Any]:
+        kept = []
+        for item in buf:
+            try:
+                hash(item)
+            except TypeError:
+                self._refuse(item, 1)
+                continue
+            kept.append(item)
+        return kept
+
+    def _refuse(self, item: object, count: int) -> None:
+        # A malformed record never reaches the stream, where it would be billed as
+        # nothing (or break a reader): it is counted dropped, and said once in a while.
+        self._dropped += count
+        self._invalid += count
+        if self._invalid == count or self._invalid % 1000 < count:
+            log.warning(
+                "metering: %d malformed usage record(s) dropped (want str tenant, str "
+                "operation, integer units), e.g. %r",
+                self._invalid,
+                item,
+            )
 
     def _take_batch(self) -> None:
         pending = self._pending
@@ -606,17 +644,38 @@ def decode_entry(fields: dict[Any, Any]) -> tuple[str, str, int, int, str]:
         KeyError / ValueError: not a metering entry.
     """
     f = {_s(k): _s(v) for k, v in fields.items()}
-    return f["tenant"], f["operation"], int(f["units"]), int(f["count"]), f.get("batch", "")
+    units, count = _integer(f["units"]), _integer(f["count"])
+    return f["tenant"], f["operation"], units, count, f.get("batch", "")
+
+
+def _integer(text: str) -> int:
+    # Writers before the drain checked units stored an integral float as "2.0": that is
+    # 2, not an unreadable entry (1.5 still is).
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def sum_entries(
     entries: Iterable[dict[Any, Any]],
 ) -> dict[tuple[str, str], UsageTotal]:
-    """Sum decoded entries per (tenant, operation), dropping re-sent duplicate batches."""
+    """Sum decoded entries per (tenant, operation), dropping re-sent duplicate batches.
+
+    An unreadable entry is skipped with a warning (as :class:`UsageConsumer` does): one
+    foreign or malformed entry must not make the whole stream unreadable.
+    """
     seen: set[tuple[str, str, str]] = set()
     acc: dict[tuple[str, str], list[int]] = {}
     for fields in entries:
-        tenant, operation, units, count, batch = decode_entry(fields)
+        try:
+            tenant, operation, units, count, batch = decode_entry(fields or {})
+        except (KeyError, ValueError, OverflowError):
+            log.warning("metering: unreadable entry skipped: %r", fields)
+            continue
         if batch:
             key = (batch, tenant, operation)
             if key in seen:
@@ -677,6 +736,20 @@ def ledger_keys(stream: str, group: str) -> tuple[str, str, str]:
     """``(units, count, processed)`` keys of a consumer group's ledger on ``stream``."""
     prefix = f"{stream}:billed:{group}"
     return f"{prefix}:units", f"{prefix}:count", f"{prefix}:processed"
+
+
+def _valid_item(item: object) -> tuple[str, str, int] | None:
+    """``(tenant, operation, units)`` with integer units, or None when malformed."""
+    if not isinstance(item, tuple) or len(item) != 3:
+        return None
+    tenant, operation, units = item
+    if not isinstance(tenant, str) or not isinstance(operation, str):
+        return None
+    if isinstance(units, int):
+        return tenant, operation, int(units)
+    if isinstance(units, float) and units.is_integer():
+        return tenant, operation, int(units)
+    return None
 
 
 class UsageConsumer:

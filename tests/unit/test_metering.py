@@ -578,3 +578,48 @@ async def test_a_lost_apply_reply_is_still_returned_by_exactly_one_call(
         await via_proxy.aclose()
         await direct.aclose()
         await proxy.close()
+
+
+# ------------------------------------------------------------------ review: malformed records
+
+
+async def test_one_malformed_record_neither_destroys_the_buffer_nor_breaks_the_readers(
+    own_redis: RestartableRedis,
+) -> None:
+    # record() never raises, so a caller bug reaches the flusher: units=None (or a list as
+    # tenant) made the drain raise after swapping the buffer out - the 10 good events
+    # vanished (recorded 0, written 0). units=2.0 was stored as "2.0": counted written,
+    # then skipped as unreadable by the billing consumer, and read_usage() without a
+    # group raised ValueError for the whole stream, for ever.
+    m = MeteringIntegration(own_redis.url, stream="malformed")
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        for _ in range(10):
+            m.record_usage("t", "op")
+        m.record_usage("t", "op", None)  # type: ignore[arg-type]
+        m.record_usage(["t"], "op")  # type: ignore[arg-type]
+        m.record_usage("t", "op", 1.5)  # type: ignore[arg-type]
+        m.record(("t", "op"))  # type: ignore[arg-type]
+        m.record_usage("t", "big", 2.0)  # type: ignore[arg-type]
+        assert await m.flush()
+        s = m.stats()
+        check_accounting(m)
+        assert (s.recorded, s.written, s.dropped, s.invalid, s.buffered) == (15, 11, 4, 4, 0)
+        assert await read_usage(client, "malformed") == {
+            ("t", "op"): UsageTotal("t", "op", 10, 10),
+            ("t", "big"): UsageTotal("t", "big", 2, 1),
+        }
+        assert (await read_usage(client, "malformed", group="billing"))[("t", "big")].units == 2
+        # Entries an older writer stored: "2.0" is 2; "1.5" and a foreign entry are
+        # skipped, and the rest of the stream still reads.
+        await client.xadd("old", {"tenant": "t", "operation": "op", "units": "2.0", "count": 1})
+        await client.xadd("old", {"tenant": "t", "operation": "op", "units": "1.5", "count": 1})
+        await client.xadd("old", {"something": "else"})
+        await client.xadd("old", {"tenant": "t", "operation": "op", "units": 3, "count": 1})
+        assert await read_usage(client, "old") == {("t", "op"): UsageTotal("t", "op", 5, 2)}
+        assert await read_usage(client, "old", group="g") == {
+            ("t", "op"): UsageTotal("t", "op", 5, 2)
+        }
+    finally:
+        await m.stop()
+        await client.aclose()
