@@ -301,6 +301,10 @@ class MeteringIntegration:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # One writer of the in-flight batch at a time: two (the flusher and a flush(), or
+        # two flush() calls) sent one sequence twice and took the next one in between, so
+        # the high-water mark skipped a batch that was never stored.
+        self._write_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ hot path
 
@@ -421,15 +425,17 @@ class MeteringIntegration:
             )
 
     async def flush(self) -> bool:
-        """Drain and write now (also usable without ``start``); True if nothing is left."""
+        """Drain and write now (also usable without ``start``, and safe to call while
+        the flusher runs or from several tasks at once); True if nothing is left."""
         self._connect()
-        while True:
-            self._drain()
-            batches = self._batches
-            if not await self._write_pending():
-                return False
-            if not self._backlog or self._batches == batches:
-                return not self._buf and not self._backlog
+        async with self._write_lock:
+            while True:
+                self._drain()
+                batches = self._batches
+                if not await self._write_pending():
+                    return False
+                if not self._backlog or self._batches == batches:
+                    return not self._buf and not self._backlog
 
     async def _run(self) -> None:
         backoff = 0.0
@@ -444,8 +450,9 @@ class MeteringIntegration:
             self._wake.clear()
             batches = self._batches
             try:
-                self._drain()
-                ok = await self._write_pending()
+                async with self._write_lock:
+                    self._drain()
+                    ok = await self._write_pending()
             except Exception as exc:  # a bug here must not kill metering
                 log.exception("metering flush failed")
                 self._last_error = repr(exc)

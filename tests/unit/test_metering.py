@@ -623,3 +623,28 @@ async def test_one_malformed_record_neither_destroys_the_buffer_nor_breaks_the_r
     finally:
         await m.stop()
         await client.aclose()
+
+
+async def test_concurrent_flushes_store_every_batch_once(own_redis: RestartableRedis) -> None:
+    # flush() from several tasks (or while the flusher runs) sent the in-flight sequence
+    # twice and took the next batch in between: the high-water mark then skipped a batch
+    # Redis never stored - stats said written 200, the stream held 197.
+    m = MeteringIntegration(own_redis.url, stream="together", max_batch_keys=1)
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        for i in range(200):
+            m.record_usage("t", f"op{i}")
+        assert await asyncio.gather(*(m.flush() for _ in range(4))) == [True] * 4
+        await m.start()  # and the flusher with them
+        for i in range(200):
+            m.record_usage("t", f"op{i}")
+        assert all(await asyncio.gather(*(m.flush() for _ in range(4))))
+        await m.stop()
+        s = m.stats()
+        assert (s.recorded, s.written, s.buffered) == (400, 400, 0)
+        assert (s.batches, s.resent_batches) == (400, 0)
+        usage = await read_usage(client, "together")
+        assert sum(u.count for u in usage.values()) == 400
+        assert await client.xlen("together") == 400
+    finally:
+        await client.aclose()
