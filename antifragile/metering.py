@@ -814,6 +814,9 @@ class UsageConsumer:
         self._receipts = f"{stream}:billed:{group}:receipts"
         # The last apply call whose reply never arrived: (args with its token, entries).
         self._unconfirmed: tuple[list[Any], list[tuple[str, str, int, int] | None]] | None = None
+        # One consume() at a time per object: the receipt of a lost reply is per consumer
+        # name, and a concurrent call's apply would replace it before the retry.
+        self._lock = asyncio.Lock()
         self._script = client.register_script(_APPLY_LUA)
         self._group_ready = False
 
@@ -842,6 +845,13 @@ class UsageConsumer:
                 the ledger - :meth:`totals` - has it).
         """
         added: dict[tuple[str, str], list[int]] = {}
+        async with self._lock:
+            await self._consume_once(added, block_ms)
+        return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
+
+    async def _consume_once(
+        self, added: dict[tuple[str, str], list[int]], block_ms: int | None
+    ) -> None:
         try:
             await self._consume(added, block_ms)
         except ResponseError as exc:
@@ -853,7 +863,6 @@ class UsageConsumer:
             log.warning("metering: group %s of %s was gone; created again", self.group, self.stream)
             self._group_ready = False
             await self._consume(added, block_ms)
-        return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
 
     async def _consume(self, added: dict[tuple[str, str], list[int]], block_ms: int | None) -> None:
         await self._ensure_group()

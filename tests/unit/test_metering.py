@@ -648,3 +648,32 @@ async def test_concurrent_flushes_store_every_batch_once(own_redis: RestartableR
         assert await client.xlen("together") == 400
     finally:
         await client.aclose()
+
+
+async def test_concurrent_consume_calls_with_a_lost_reply_return_every_event_once(
+    own_redis: RestartableRedis,
+) -> None:
+    # Two consume() of one object at once: the second apply replaced the consumer's
+    # receipt while the first one's lost reply was being retried, so the retry found
+    # its entries acknowledged and neither call returned them.
+    proxy = LostReplyProxy(own_redis.port)
+    await proxy.start()
+    direct = aioredis.Redis.from_url(own_redis.url)
+    via_proxy = aioredis.Redis.from_url(proxy.url)
+    try:
+        reader = UsageConsumer(via_proxy, "together-c", batch_size=5)
+        await reader.consume()  # creates the group
+        for i in range(40):
+            await direct.xadd(
+                "together-c",
+                {"tenant": "t", "operation": "op", "units": 1, "count": 1, "batch": f"w:n:{i}"},
+            )
+        proxy.lose_replies(1)
+        results = await asyncio.gather(*(reader.consume() for _ in range(4)))
+        assert proxy.lost == 1
+        assert sum(r[("t", "op")].count for r in results if r) == 40
+        assert (await reader.totals())[("t", "op")].count == 40
+    finally:
+        await via_proxy.aclose()
+        await direct.aclose()
+        await proxy.close()
