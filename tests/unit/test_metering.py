@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -677,3 +678,43 @@ async def test_concurrent_consume_calls_with_a_lost_reply_return_every_event_onc
         await via_proxy.aclose()
         await direct.aclose()
         await proxy.close()
+
+
+class SlowConsumer(UsageConsumer):
+    """Reads its entries, then stalls before applying them until released."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _apply(self, messages: list[Any], added: dict[tuple[str, str], list[int]]) -> None:
+        self.holding.set()
+        await self.release.wait()
+        await super()._apply(messages, added)
+
+
+async def test_entries_claimed_from_a_slow_live_consumer_are_billed_once(
+    own_redis: RestartableRedis,
+) -> None:
+    # A is alive but slow: B claims its pending entries (XAUTOCLAIM) and applies them;
+    # then A wakes up and applies the same entries. Billed once, returned once.
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        for i in range(20):
+            await client.xadd(
+                "race", {"tenant": "t", "operation": "op", "units": 3, "count": 1, "batch": f"b{i}"}
+            )
+        slow = SlowConsumer(client, "race", consumer="a", claim_idle_s=None)
+        task = asyncio.create_task(slow.consume())
+        await asyncio.wait_for(slow.holding.wait(), 10)
+        fast = UsageConsumer(client, "race", consumer="b", claim_idle_s=0)
+        got_fast = await asyncio.gather(fast.consume(), fast.consume())
+        slow.release.set()
+        got_slow = await asyncio.wait_for(task, 10)
+        returned = [r[("t", "op")].units for r in (*got_fast, got_slow) if r]
+        assert sum(returned) == 60
+        assert (await fast.totals())[("t", "op")] == UsageTotal("t", "op", 60, 20)
+        assert (await client.xpending("race", "billing"))["pending"] == 0
+    finally:
+        await client.aclose()
