@@ -80,6 +80,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from antifragile.aio import cancel_and_wait
 from antifragile.constants import REDIS_METERING_STREAM
 from antifragile.errors import ConfigError
 
@@ -400,9 +401,16 @@ class MeteringIntegration:
         if self._task is not None:
             if self._wake is not None:
                 self._wake.set()
+            # Not wait_for(task): a cancellation landing as the flusher's own wait ends is
+            # swallowed there (Python 3.11), and the flusher - retrying for ever - was then
+            # awaited for ever. Wait, then cancel until it has ended.
             try:
-                await asyncio.wait_for(self._task, self.stop_timeout_s)
-            except TimeoutError:
+                done, _ = await asyncio.wait({self._task}, timeout=self.stop_timeout_s)
+            except asyncio.CancelledError:
+                self._task.cancel()  # stop() itself cancelled: do not leave the flusher
+                raise
+            if not done:
+                await cancel_and_wait([self._task])
                 log.warning(
                     "metering: stop timed out with %d events buffered", self.stats().buffered
                 )

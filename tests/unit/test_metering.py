@@ -718,3 +718,20 @@ async def test_entries_claimed_from_a_slow_live_consumer_are_billed_once(
         assert (await client.xpending("race", "billing"))["pending"] == 0
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("redis_url", [None, "redis://127.0.0.1:1/0"])
+async def test_stop_with_a_zero_timeout_returns_and_keeps_the_events(redis_url: str | None) -> None:
+    # stop() woke the flusher and cancelled it in the same loop iteration: the flusher's
+    # own wait_for(wake.wait()) finished and swallowed the cancellation (Python 3.11), so
+    # the flusher retried for ever and stop() never returned.
+    m = MeteringIntegration(redis_url, stop_timeout_s=0)
+    await m.start()
+    for _ in range(5):
+        m.record_usage("t", "op")
+    await asyncio.sleep(0.05)  # the flusher is waiting for its next round
+    await asyncio.wait_for(m.stop(), 30)  # a bound for the test only
+    assert m._task is None
+    s = m.stats()
+    assert (s.recorded, s.buffered) == (5, 5)
+    check_accounting(m)
