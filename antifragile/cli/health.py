@@ -20,6 +20,7 @@ import typer
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from antifragile.cli._common import console, err_console, load_settings
 from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
@@ -122,6 +123,10 @@ def unreachable_document(url: str, message: str) -> dict[str, Any]:
     }
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())  # one line, whatever the driver said
+
+
 def _styled(text: str, style: str | None) -> str:
     return f"[{style}]{text}[/{style}]" if style else text
 
@@ -194,7 +199,9 @@ def health_command(
 
     Instances whose snapshot expired without a clean stop are listed as UNKNOWN. When
     Redis cannot be read: one line ``error: ...`` on stderr and exit code 2 (with
-    ``--json``, also a JSON document with an ``error`` field on stdout).
+    ``--json``, also a JSON document with an ``error`` field on stdout). With
+    ``--watch`` that holds for the first read; later failures are shown (an error
+    document per refresh with ``--json``, JSON lines only) and retried.
     """
     url = load_settings().redis_url
     try:
@@ -205,18 +212,33 @@ def health_command(
         if not watch:
             console.print(render(read_fleet(url, forget_after)))
             return
-        with Live(
-            render(read_fleet(url, forget_after)), console=console, auto_refresh=False
-        ) as live:
+        docs = read_fleet(url, forget_after)  # unreachable at the start: exit 2
+        if json_out:
+            # JSON lines only (no table around them), the first one at once; a moment
+            # without Redis is an error document and an error line, and the watch goes on.
+            doc = fleet_document(url, docs)
+            while True:
+                typer.echo(json.dumps(doc, default=str))
+                time.sleep(interval)
+                try:
+                    doc = fleet_document(url, read_fleet(url, forget_after))
+                except RedisUnreachable as exc:
+                    err_console.print(f"error: {_one_line(exc)} (retrying)", markup=False)
+                    doc = unreachable_document(url, _one_line(exc))
+        with Live(render(docs), console=console, auto_refresh=False) as live:
+            shown = render(docs)
             while True:
                 time.sleep(interval)
-                if json_out:
-                    docs = read_fleet(url, forget_after)
-                    typer.echo(json.dumps(fleet_document(url, docs), default=str))
-                else:
-                    live.update(render(read_fleet(url, forget_after)), refresh=True)
+                try:
+                    shown = render(read_fleet(url, forget_after))
+                    live.update(shown, refresh=True)
+                except RedisUnreachable as exc:
+                    # A blip must not end the watch an SRE keeps open during an incident:
+                    # say so above the last tables read, and keep trying.
+                    note = Text(f"error: {_one_line(exc)} (retrying every {interval:g}s)")
+                    live.update(Group(note, shown), refresh=True)
     except RedisUnreachable as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the driver said
+        message = _one_line(exc)
         if json_out:  # a script reading stdout still gets one JSON document
             typer.echo(json.dumps(unreachable_document(url, message)))
         err_console.print(f"error: {message}", markup=False)

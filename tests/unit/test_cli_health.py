@@ -233,3 +233,49 @@ def test_forget_after_inf_keeps_every_member(own_redis: RestartableRedis) -> Non
         assert [i["instance"] for i in json.loads(result.stdout)["instances"]] == ["ancient-1"]
     finally:
         client.close()
+
+
+def test_watch_json_is_json_lines_only_and_outlives_a_redis_blip(
+    own_redis: RestartableRedis,
+) -> None:
+    # --watch --json printed a rich table among its JSON lines (and its first document
+    # only after one interval), and a Redis blip ended the watch with exit 2 - the
+    # moment an SRE needs it most.
+    redis.Redis.from_url(own_redis.url).set(
+        health_key("w-1"), json.dumps({"status": "HEALTHY", "health_score": 1.0}), ex=600
+    )
+    env = {**os.environ, "ANTIFRAGILE_REDIS_URL": own_redis.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "antifragile", "health", "--watch", "--json", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    seen: list[dict[str, object]] = []
+
+    def next_doc() -> dict[str, object]:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line, proc.stderr.read() if proc.stderr else ""
+        doc: dict[str, object] = json.loads(line)  # every line is one JSON document
+        seen.append(doc)
+        return doc
+
+    try:
+        assert next_doc()["fleet"] == {"instances": 1, "status": "HEALTHY"}
+        own_redis.stop()
+        deadline = time.monotonic() + 30
+        while "error" not in next_doc():
+            assert time.monotonic() < deadline
+        own_redis.start()  # empty again: no instances, but no error
+        while "error" in next_doc():
+            assert time.monotonic() < deadline
+        assert proc.poll() is None  # still watching
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    for line in out.splitlines():
+        json.loads(line)
+    assert "Traceback" not in err
+    assert any(line.startswith("error: cannot reach Redis") for line in err.splitlines())
