@@ -221,7 +221,8 @@ class MeteringIntegration:
         instance_id: Writer name stored in every entry. Default ``"local"``; batch ids
             are unique even when several writers share it.
         redis_client: A ready ``redis.asyncio.Redis`` to use instead of ``redis_url``.
-        stop_timeout_s: How long ``stop()`` keeps retrying a final flush. Default 5.
+        stop_timeout_s: How long ``stop()`` keeps retrying a final flush (0: none - what
+            is buffered stays buffered, see ``stats()``). Default 5.
         writer_mark_ttl_s: How long Redis keeps this writer's high-water mark after its
             last batch: a batch retried later than this after a lost reply could be
             stored twice (and is then dropped by :class:`UsageConsumer` within its own
