@@ -56,8 +56,8 @@ Redis returns. ``stop()`` flushes.
 Accounting is exact: every recorded event is in exactly one stage - written to the
 stream, buffered (raw buffer, aggregate or in-flight batch) or dropped - so
 ``stats()`` always satisfies ``recorded == written + buffered + dropped``. ``stats()``
-reads counters only, so it is safe from another thread (the Prometheus scrape thread);
-there the counters may come from slightly different instants.
+reads counters only, so it is safe from another thread (the Prometheus scrape thread),
+and consistent there too (a read overlapping a move between stages is taken again).
 """
 
 from __future__ import annotations
@@ -286,6 +286,9 @@ class MeteringIntegration:
         self._buf: list[tuple[str, str, int]] = []
         self._dropped = 0
         self._invalid = 0
+        # Even while no stage-to-stage move is under way (a seqlock for stats() readers
+        # on other threads; the loop's thread never reads in the middle of a move).
+        self._version = 0
         self._taken = 0  # events moved out of the raw buffer / sources by the flusher
         self._written = 0
         self._pending: dict[tuple[str, str], list[int]] = {}
@@ -357,8 +360,12 @@ class MeteringIntegration:
     def remove_source(self, source: CounterSource) -> None:
         """Harvest ``source`` one last time and stop harvesting it."""
         if source in self._sources:
-            self._harvest_source(source)
-            self._sources.remove(source)
+            self._version += 1
+            try:
+                self._harvest_source(source)
+                self._sources.remove(source)
+            finally:
+                self._version += 1
 
     # ------------------------------------------------------------------ accounting
 
@@ -366,8 +373,21 @@ class MeteringIntegration:
         """Current counters; ``recorded == written + buffered + dropped`` always holds.
 
         Reads counters only (no iteration over the aggregate), so it is O(sources) and
-        safe to call from another thread.
+        safe to call from another thread (the Prometheus scrape thread): the flusher
+        moves events between stages in short marked sections, and a read that overlaps
+        one is taken again, so every read is consistent and ``recorded``, ``written``
+        and ``dropped`` never go down from one read to the next.
         """
+        for _ in range(10_000):
+            version = self._version
+            if not version & 1:
+                snapshot = self._read_stats()
+                if self._version == version:
+                    return snapshot
+            time.sleep(0)  # a move is under way on the loop's thread: let it finish
+        return self._read_stats()
+
+    def _read_stats(self) -> MeteringStats:
         raw = len(self._buf)
         unharvested = sum(s.pending_usage() for s in tuple(self._sources))
         held = self._pending_events + self._inflight_events
@@ -497,6 +517,13 @@ class MeteringIntegration:
     def _drain(self) -> None:
         """Move source counters and raw events into the (tenant, operation) aggregate,
         never holding more than ``max_pending_keys`` pairs (aggregate + in-flight)."""
+        self._version += 1  # odd: counters in motion (see stats())
+        try:
+            self._drain_marked()
+        finally:
+            self._version += 1
+
+    def _drain_marked(self) -> None:
         pending = self._pending
         bound = self.max_pending_keys
         sources = self._sources
@@ -577,6 +604,13 @@ class MeteringIntegration:
             )
 
     def _take_batch(self) -> None:
+        self._version += 1
+        try:
+            self._take_batch_marked()
+        finally:
+            self._version += 1
+
+    def _take_batch_marked(self) -> None:
         pending = self._pending
         if len(pending) <= self.max_batch_keys:
             batch, self._pending = pending, {}
@@ -633,10 +667,12 @@ class MeteringIntegration:
                 return False
             if not int(stored):
                 self._resent += 1  # stored by an attempt whose reply was lost
+            self._version += 1
             self._written += self._inflight_events
             self._inflight_events = 0
             self._batches += 1
             self._inflight = None
+            self._version += 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -735,3 +735,48 @@ async def test_stop_with_a_zero_timeout_returns_and_keeps_the_events(redis_url: 
     s = m.stats()
     assert (s.recorded, s.buffered) == (5, 5)
     check_accounting(m)
+
+
+async def test_counters_read_from_another_thread_never_go_down(
+    own_redis: RestartableRedis,
+) -> None:
+    # Prometheus reads stats() on its scrape thread and exports recorded/written/dropped
+    # as counters: a counter that goes down is read as a process restart (a reset), and
+    # rate() shows a bogus spike. recorded was summed from fields a drain changes one
+    # after the other (buffer swapped out, then taken counted), so a read in between
+    # dipped. Each read must also satisfy recorded == written + buffered + dropped.
+    m = MeteringIntegration(own_redis.url, stream="mono", flush_interval_s=0.001)
+    src = CountingSource()
+    m.add_source(src)
+    await m.start()
+    done = threading.Event()
+    problems: list[str] = []
+
+    def scrape() -> None:
+        last = None
+        while not done.is_set():
+            s = m.stats()
+            if s.recorded != s.written + s.buffered + s.dropped:
+                problems.append(f"inconsistent {s}")
+            if last is not None and (
+                s.recorded < last.recorded or s.written < last.written or s.dropped < last.dropped
+            ):
+                problems.append(f"went down: {last} -> {s}")
+            last = s
+
+    reader = threading.Thread(target=scrape)
+    reader.start()
+    try:
+        for i in range(60_000):
+            m.record_usage("t", f"op{i % 5000}")
+            if i % 100 == 0:
+                src.n += 7
+                await asyncio.sleep(0)
+            if i == 30_000:
+                own_redis.stop()  # and while writes fail
+    finally:
+        done.set()
+        reader.join(10)
+        m.stop_timeout_s = 0.1
+        await m.stop()
+    assert problems[:3] == []
