@@ -12,6 +12,7 @@ Register it with ``app.command("health")(health_command)``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ import redis
 import typer
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -127,6 +129,22 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())  # one line, whatever the driver said
 
 
+def _number(value: Any) -> float | None:
+    """A finite number from a snapshot field, or None (absent, null, text, NaN...)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _count(value: Any) -> str:
+    number = _number(value)
+    return "-" if number is None else f"{number:g}"
+
+
 def _styled(text: str, style: str | None) -> str:
     return f"[{style}]{text}[/{style}]" if style else text
 
@@ -143,38 +161,49 @@ def render(docs: list[dict[str, Any]]) -> Group | str:
     for col in ("instance", "breaker", "state", "failures", "failure rate", "weight"):
         breakers.add_column(col)
     for doc in docs:
+        # Snapshots come from other processes (or anything that wrote af:health:*): every
+        # field is read defensively, and every name is escaped (a breaker "db[/x]" is not
+        # rich markup), so one odd snapshot never takes the table down.
+        instance = escape(str(doc.get("instance")))
         status = str(doc.get("status", "UNKNOWN"))
         pending = doc.get("pending_status")
         shown = status + (f" (-> {pending})" if pending else "")
         if doc.get("reason"):
             shown += f" ({doc['reason']})"
-        published = doc.get("published_at")
-        age = f"{max(0.0, now - float(published)):.1f}s" if published else "-"
-        score = doc.get("health_score")
+        published = _number(doc.get("published_at"))
+        age = f"{max(0.0, now - published):.1f}s" if published else "-"
+        score = _number(doc.get("health_score"))
         instances.add_row(
-            str(doc.get("instance")),
-            _styled(shown, _STATUS_STYLE.get(status)),
-            f"{float(score):.2f}" if score is not None else "-",
+            instance,
+            _styled(escape(shown), _STATUS_STYLE.get(status)),
+            f"{score:.2f}" if score is not None else "-",
             *(
                 ("-", "-", "-")  # an expired snapshot: nothing is known
                 if "total_breakers" not in doc
                 else (
-                    str(doc.get("total_breakers", 0)),
-                    str(int(doc.get("open_breakers", 0)) + int(doc.get("forced_open_breakers", 0))),
-                    str(doc.get("half_open_breakers", 0)),
+                    _count(doc.get("total_breakers", 0)),
+                    _count(
+                        (_number(doc.get("open_breakers")) or 0)
+                        + (_number(doc.get("forced_open_breakers")) or 0)
+                    ),
+                    _count(doc.get("half_open_breakers", 0)),
                 )
             ),
             age,
         )
-        for name, b in sorted((doc.get("circuit_details") or {}).items()):
+        details = doc.get("circuit_details")
+        for name, b in sorted((details if isinstance(details, dict) else {}).items()):
+            b = b if isinstance(b, dict) else {"state": b}
             state = str(b.get("state", "?"))
+            rate = _number(b.get("failure_rate", 0.0))
+            weight = _number(b.get("weight", 1.0))
             breakers.add_row(
-                str(doc.get("instance")),
-                name,
-                _styled(state, _STATE_STYLE.get(state)),
-                str(b.get("consecutive_failures", 0)),
-                f"{float(b.get('failure_rate', 0.0)):.0%}",
-                f"{float(b.get('weight', 1.0)):g}",
+                instance,
+                escape(str(name)),
+                _styled(escape(state), _STATE_STYLE.get(state)),
+                _count(b.get("consecutive_failures", 0)),
+                f"{rate:.0%}" if rate is not None else "-",
+                f"{weight:g}" if weight is not None else "-",
             )
     return Group(instances, breakers)
 

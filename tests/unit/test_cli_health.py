@@ -279,3 +279,48 @@ def test_watch_json_is_json_lines_only_and_outlives_a_redis_blip(
         json.loads(line)
     assert "Traceback" not in err
     assert any(line.startswith("error: cannot reach Redis") for line in err.splitlines())
+
+
+def test_odd_snapshot_fields_and_markup_in_names_never_crash_the_table(
+    own_redis: RestartableRedis,
+) -> None:
+    # A breaker or instance named "svc[/x]" was read as rich markup (MarkupError), and a
+    # snapshot with "published_at": "x" or a list of circuit details raised in render().
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.set(
+            health_key("svc[/x]"),
+            json.dumps(
+                {
+                    "status": "DEGRADED",
+                    "health_score": 0.5,
+                    "total_breakers": 2,
+                    "open_breakers": 1,
+                    "circuit_details": {
+                        "db[primary]": {"state": "CLOSED", "weight": 1},
+                        "q[/bold]": {"state": "OPEN", "failure_rate": 1.0},
+                    },
+                }
+            ),
+        )
+        client.set(
+            health_key("odd"),
+            json.dumps(
+                {
+                    "status": "HEALTHY",
+                    "health_score": "abc",
+                    "published_at": "x",
+                    "total_breakers": "?",
+                    "open_breakers": None,
+                    "circuit_details": {"a": "OPEN", "b": {"failure_rate": "x"}},
+                }
+            ),
+        )
+        client.set(health_key("listy"), json.dumps({"status": "HEALTHY", "circuit_details": [1]}))
+        result = run_cli(own_redis.url)
+        assert result.returncode == 0, result.stderr
+        for text in ("svc[/x]", "db[primary]", "q[/bold]", "odd", "listy", "0.50"):
+            assert text in result.stdout
+        assert "Traceback" not in result.stderr
+    finally:
+        client.close()
