@@ -168,8 +168,9 @@ def render(docs: list[dict[str, Any]]) -> Group | str:
         status = str(doc.get("status", "UNKNOWN"))
         pending = doc.get("pending_status")
         shown = status + (f" (-> {pending})" if pending else "")
-        if doc.get("reason"):
-            shown += f" ({doc['reason']})"
+        for why in ("reason", "error"):  # expired, or unreadable
+            if doc.get(why):
+                shown += f" ({doc[why]})"
         published = _number(doc.get("published_at"))
         age = f"{max(0.0, now - published):.1f}s" if published else "-"
         score = _number(doc.get("health_score"))

@@ -319,6 +319,11 @@ def test_odd_snapshot_fields_and_markup_in_names_never_crash_the_table(
         client.set(health_key("listy"), json.dumps({"status": "HEALTHY", "circuit_details": [1]}))
         result = run_cli(own_redis.url)
         assert result.returncode == 0, result.stderr
+        client.set(health_key("garbled"), "not json")
+        result = run_cli(own_redis.url)
+        for text in ("svc[/x]", "db[primary]", "q[/bold]", "odd", "listy", "0.50"):
+            assert text in result.stdout
+        assert "UNKNOWN (unreadable snapshot)" in result.stdout
         for text in ("svc[/x]", "db[primary]", "q[/bold]", "odd", "listy", "0.50"):
             assert text in result.stdout
         assert "Traceback" not in result.stderr
