@@ -882,16 +882,31 @@ class UsageConsumer:
             block_ms: Wait up to this long for new entries when there are none. Default:
                 do not wait.
 
+        Calls on one object run one at a time. When Redis fails after this call applied
+        some usage, the call returns that usage (and logs the failure) rather than
+        raising it away; the next call goes on where this one stopped.
+
         Raises:
-            redis.RedisError: Redis failed; nothing half-applied (retry the call). When
-                the reply of an apply was lost even after retries, that apply may have
-                happened: the next ``consume()`` of this object returns its usage (the
-                ledger counts it once either way; after a crash of this process, only
-                the ledger - :meth:`totals` - has it).
+            redis.RedisError: Redis failed before this call applied anything; nothing
+                half-applied (retry the call). When the reply of an apply was lost even
+                after retries, that apply may have happened: the next ``consume()`` of
+                this object returns its usage (the ledger counts it once either way;
+                after a crash of this process, only the ledger - :meth:`totals` - has it).
         """
         added: dict[tuple[str, str], list[int]] = {}
         async with self._lock:
-            await self._consume_once(added, block_ms)
+            try:
+                await self._consume_once(added, block_ms)
+            except (RedisError, OSError) as exc:
+                if not added:
+                    raise
+                # Applied and confirmed before the failure: returned by no later call.
+                log.warning(
+                    "metering: consume of %s stopped early (%s: %s); returning what it applied",
+                    self.stream,
+                    type(exc).__name__,
+                    exc,
+                )
         return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
 
     async def _consume_once(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import Counter
 from typing import Any
@@ -780,3 +781,43 @@ async def test_counters_read_from_another_thread_never_go_down(
         m.stop_timeout_s = 0.1
         await m.stop()
     assert problems[:3] == []
+
+
+class CutAfterFirstChunk(UsageConsumer):
+    """Its connection is cut (CLIENT KILL) right after its first chunk was applied."""
+
+    def __init__(self, *args: Any, killer: aioredis.Redis, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.killer = killer
+        self.cut = False
+
+    async def _apply(self, messages: list[Any], added: dict[tuple[str, str], list[int]]) -> None:
+        await super()._apply(messages, added)
+        if not self.cut:
+            self.cut = True
+            await self.killer.client_kill_filter(_type="normal", skipme=True)
+
+
+async def test_usage_applied_before_a_failure_later_in_the_call_is_still_returned(
+    own_redis: RestartableRedis,
+) -> None:
+    # consume() applied a chunk (confirmed), then Redis failed on the next read: the call
+    # raised, and that chunk - acknowledged and in the ledger - was returned by no call.
+    direct = aioredis.Redis.from_url(own_redis.url)
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        for i in range(12):
+            await direct.xadd(
+                "cut", {"tenant": "t", "operation": "op", "units": 1, "count": 1, "batch": f"b{i}"}
+            )
+        reader = CutAfterFirstChunk(client, "cut", batch_size=5, killer=direct)
+        returned = 0
+        for _ in range(5):
+            with contextlib.suppress(redis_exceptions.ConnectionError):
+                returned += sum(t.count for t in (await reader.consume()).values())
+        assert reader.cut
+        assert (await reader.totals())[("t", "op")].count == 12
+        assert returned == 12
+    finally:
+        await client.aclose()
+        await direct.aclose()
