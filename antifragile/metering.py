@@ -45,6 +45,13 @@ Exactly once, end to end:
   :func:`read_usage` without a group sums the whole stream, also dropping repeated
   batches.
 
+Durability is Redis's: a batch counts as written once Redis confirmed it. With an
+append-only file on the default ``appendfsync everysec``, a Redis process killed
+(SIGKILL, OOM killer) may lose batches it had confirmed - seen in our tests: 301 of
+1,250 events confirmed, then gone after a restart - because Redis postpones the file
+write while a background fsync runs and replies anyway. Where usage must survive a Redis
+crash, run it with ``appendfsync always`` (or replicas and ``WAIT``).
+
 Every key derives from the stream name, so on Redis Cluster a hash-tagged stream name
 (``{af}:metering``) keeps them in one slot.
 

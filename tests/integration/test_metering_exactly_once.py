@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
 from antifragile.metering import MeteringIntegration, UsageConsumer, UsageTotal, read_usage
@@ -131,6 +132,26 @@ async def test_two_writers_one_id_lost_replies_and_a_consumer_restart_bill_exact
             await proxy.close()
 
 
+def start_durable_redis(port: int, data: Path, log: Path) -> ServerProcess:
+    """Redis with an append-only file fsynced before every reply (``appendfsync
+    always``). With the default ``everysec`` a SIGKILL may lose writes Redis already
+    confirmed (the file write is postponed while a background fsync runs): that is
+    Redis's durability, which no client can make up for."""
+    server = start_redis(port, data_dir=data, log_path=log)
+    deadline = time.monotonic() + 30
+    client = SyncRedis(port=port)
+    try:
+        while True:
+            try:
+                client.config_set("appendfsync", "always")
+                return server
+            except RedisError:  # still loading the file
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+    finally:
+        client.close()
+
+
 async def test_redis_sigkilled_with_aof_a_writer_cancelled_mid_write_and_restarted(
     tmp_path: Path,
 ) -> None:
@@ -140,7 +161,7 @@ async def test_redis_sigkilled_with_aof_a_writer_cancelled_mid_write_and_restart
     and the returns of consume() all equal what was recorded."""
     port = free_port()
     data = tmp_path / "aof"
-    server = start_redis(port, data_dir=data, log_path=tmp_path / "redis.log")
+    server = start_durable_redis(port, data, tmp_path / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
     stream = "aof-metering"
     recorded = 0
@@ -169,7 +190,7 @@ async def test_redis_sigkilled_with_aof_a_writer_cancelled_mid_write_and_restart
             os.kill(server.pid, signal.SIGKILL)
             server.proc.wait()
             await asyncio.sleep(0.02)
-            server = start_redis(port, data_dir=data, log_path=tmp_path / f"redis{round_}.log")
+            server = start_durable_redis(port, data, tmp_path / f"redis{round_}.log")
         # Freeze Redis with a batch in flight, stop the writer (its flusher is cancelled
         # mid-write), thaw: the cancelled script runs; the same writer retries it once.
         await flush(writer)
