@@ -223,7 +223,9 @@ class MeteringIntegration:
             the raw buffer (which then drops when full). Each counter source (a guard)
             reserves one pair (so the bound must exceed their number). Default 100,000.
         max_batch_keys: Pairs written by one script call. Default 10,000.
-        stream_maxlen: Approximate ``MAXLEN ~`` trim of the stream; None = no trim.
+        stream_maxlen: Approximate ``MAXLEN ~`` trim of the stream (>= 1); None = no
+            trim. Entries trimmed before a consumer applied them are never billed (the
+            consumer logs each one), so keep it well above the consumer's lag.
             Default None.
         instance_id: Writer name stored in every entry. Default ``"local"``; batch ids
             are unique even when several writers share it.
