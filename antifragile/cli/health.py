@@ -15,6 +15,7 @@ import json
 import math
 import time
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import typer
@@ -63,7 +64,7 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
     try:
         client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     except ValueError as exc:  # e.g. a port that is not a number
-        raise RedisUnreachable(f"bad Redis URL {url!r}: {exc}") from None
+        raise RedisUnreachable(f"bad Redis URL {shown_url(url)!r}: {exc}") from None
     try:
         keys = sorted(client.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500))
         members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
@@ -96,11 +97,32 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
                 )
         return sorted(docs, key=lambda d: str(d.get("instance")))
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"cannot reach Redis at {url}: {exc}") from None
+        raise RedisUnreachable(f"cannot reach Redis at {shown_url(url)}: {exc}") from None
     except redis.RedisError as exc:  # WRONGTYPE, NOPERM, ...: one line, not a traceback
-        raise RedisUnreachable(f"Redis at {url} refused to list health: {exc}") from None
+        raise RedisUnreachable(f"Redis at {shown_url(url)} refused to list health: {exc}") from None
     finally:
         client.close()
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: what may be printed or logged."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # malformed (e.g. a port that is not a number): hide the userinfo
+        return url.rsplit("@", 1)[-1] if "@" in url else url
+    if parts.query:  # redis-py also takes ?password=...
+        query = "&".join(
+            f"{k}=***" if k.lower() == "password" else (f"{k}={v}" if v or "=" in item else k)
+            for item in parts.query.split("&")
+            for k, _, v in [item.partition("=")]
+        )
+        parts = parts._replace(query=query)
+    if password is not None:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return urlunsplit(parts)
 
 
 def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -109,7 +131,7 @@ def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
         (str(d.get("status", "UNKNOWN")) for d in docs), key=lambda s: _RANK.get(s, 1), default=None
     )
     return {
-        "redis_url": url,
+        "redis_url": shown_url(url),
         "fleet": {"instances": len(docs), "status": worst or "UNKNOWN"},
         "instances": docs,
     }
@@ -118,7 +140,7 @@ def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
 def unreachable_document(url: str, message: str) -> dict[str, Any]:
     """The ``--json`` document when Redis cannot be read: nothing is known."""
     return {
-        "redis_url": url,
+        "redis_url": shown_url(url),
         "error": message,
         "fleet": {"instances": 0, "status": "UNKNOWN"},
         "instances": [],

@@ -329,3 +329,36 @@ def test_odd_snapshot_fields_and_markup_in_names_never_crash_the_table(
         assert "Traceback" not in result.stderr
     finally:
         client.close()
+
+
+def test_the_redis_password_never_reaches_the_output(own_redis: RestartableRedis) -> None:
+    # The URL was printed as given: `health --json` put the password in every document,
+    # and "cannot reach Redis at redis://:secret@..." put it in stderr (and CI logs).
+    secret = "s3cret-pw"
+    down = f"redis://:{secret}@127.0.0.1:{free_port()}/0"
+    for args in ([], ["--json"]):
+        result = run_cli(down, *args)
+        assert result.returncode == 2
+        assert secret not in result.stdout + result.stderr
+        assert "redis://:***@127.0.0.1" in result.stderr
+    bad_port = run_cli(f"redis://:{secret}@127.0.0.1:notaport/0")
+    assert bad_port.returncode == 2 and secret not in bad_port.stderr
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.config_set("requirepass", secret)
+        authed = redis.Redis.from_url(f"redis://:{secret}@127.0.0.1:{own_redis.port}/0")
+        authed.set(health_key("p-1"), json.dumps({"status": "HEALTHY"}))
+        for url in (
+            f"redis://:{secret}@127.0.0.1:{own_redis.port}/0",
+            f"redis://127.0.0.1:{own_redis.port}/0?password={secret}",
+        ):
+            result = run_cli(url, "--json")
+            assert result.returncode == 0, result.stderr
+            doc = json.loads(result.stdout)
+            assert [i["instance"] for i in doc["instances"]] == ["p-1"]
+            assert secret not in result.stdout + result.stderr
+            assert "***" in doc["redis_url"]
+        authed.config_set("requirepass", "")
+        authed.close()
+    finally:
+        client.close()
