@@ -609,3 +609,33 @@ def test_property_reported_status_obeys_the_anti_flapping_rules(
             assert report.status is report.computed_status
             computed_since = clock.now - window  # registration reports at once
         last = report
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 999), min_size=1, max_size=12),
+    kinds=st.data(),
+    abort_below=st.integers(0, 100),
+)
+def test_property_the_chaos_guard_trips_exactly_below_its_threshold(
+    weights: list[int], kinds: st.DataObject, abort_below: int
+) -> None:
+    # The published float score against the guard's float threshold: a score exactly
+    # equal to abort_below never trips it (both are the same decimal rounded once), and
+    # any score below it does. Checked for weights with up to three decimals.
+    threshold = Fraction(abort_below, 100)
+    clock = FakeClock()
+    h = HealthAggregator(HealthAggregatorConfig(stabilization_window_s=0), clock=clock)
+    states = kinds.draw(
+        st.lists(st.sampled_from("CHO"), min_size=len(weights), max_size=len(weights))
+    )
+    for i, (w, kind) in enumerate(zip(weights, states, strict=True)):
+        b = CircuitBreaker(f"b{i}", clock=clock)
+        h.register_circuit_breaker(b.name, b, weight=w / 1000)
+        if kind in "HO":
+            b._transition(CircuitState.OPEN, "t")
+        if kind == "H":
+            b._transition(CircuitState.HALF_OPEN, "t")
+    published = h.get_system_health().health_score
+    trips = health_trips_guard(published, True, float(threshold))
+    assert trips == (h.exact_health_score < threshold) or threshold == 0
