@@ -698,14 +698,24 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+MAX_ENTRY_VALUE = 2**53
+"""Largest ``units``/``count`` of one stream entry that readers accept (larger ones are
+unreadable: skipped with a warning)."""
+
+
 def decode_entry(fields: dict[Any, Any]) -> tuple[str, str, int, int, str]:
     """Decode one stream entry into ``(tenant, operation, units, count, batch)``.
 
     Raises:
-        KeyError / ValueError: not a metering entry.
+        KeyError / ValueError: not a metering entry (or a value beyond
+            :data:`MAX_ENTRY_VALUE`).
     """
     f = {_s(k): _s(v) for k, v in fields.items()}
     units, count = _integer(f["units"]), _integer(f["count"])
+    # Beyond this a ledger HINCRBY fails inside the apply script, which Redis does not
+    # roll back (the entries before it stayed applied while the call raised).
+    if abs(units) > MAX_ENTRY_VALUE or not 0 <= count <= MAX_ENTRY_VALUE:
+        raise ValueError(f"units {units} or count {count} out of range")
     return f["tenant"], f["operation"], units, count, f.get("batch", "")
 
 
@@ -806,11 +816,11 @@ def _valid_item(item: object) -> tuple[str, str, int] | None:
     tenant, operation, units = item
     if not isinstance(tenant, str) or not isinstance(operation, str):
         return None
-    if isinstance(units, int):
-        return tenant, operation, int(units)
     if isinstance(units, float) and units.is_integer():
+        units = int(units)
+    if isinstance(units, int) and abs(units) <= MAX_ENTRY_VALUE:
         return tenant, operation, int(units)
-    return None
+    return None  # not an integer, or beyond what a reader accepts
 
 
 class UsageConsumer:

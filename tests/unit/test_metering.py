@@ -603,10 +603,11 @@ async def test_one_malformed_record_neither_destroys_the_buffer_nor_breaks_the_r
         m.record_usage("t", "op", 1.5)  # type: ignore[arg-type]
         m.record(("t", "op"))  # type: ignore[arg-type]
         m.record_usage("t", "big", 2.0)  # type: ignore[arg-type]
+        m.record_usage("t", "op", 10**20)  # no reader could bill it
         assert await m.flush()
         s = m.stats()
         check_accounting(m)
-        assert (s.recorded, s.written, s.dropped, s.invalid, s.buffered) == (15, 11, 4, 4, 0)
+        assert (s.recorded, s.written, s.dropped, s.invalid, s.buffered) == (16, 11, 5, 5, 0)
         assert await read_usage(client, "malformed") == {
             ("t", "op"): UsageTotal("t", "op", 10, 10),
             ("t", "big"): UsageTotal("t", "big", 2, 1),
@@ -821,3 +822,26 @@ async def test_usage_applied_before_a_failure_later_in_the_call_is_still_returne
     finally:
         await client.aclose()
         await direct.aclose()
+
+
+async def test_an_entry_whose_units_overflow_the_ledger_is_skipped_not_half_applied(
+    own_redis: RestartableRedis,
+) -> None:
+    # units = 10**20 read as an int, then HINCRBY failed inside the apply script: Redis
+    # does not roll a script back, so the entries before it were acknowledged and billed
+    # while the call raised - they were returned by no call.
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        for i, units in enumerate([1, 2, 10**20, 4]):
+            await client.xadd(
+                "huge",
+                {"tenant": "t", "operation": "op", "units": units, "count": 1, "batch": f"b{i}"},
+            )
+        reader = UsageConsumer(client, "huge")
+        got = await reader.consume()
+        assert got == {("t", "op"): UsageTotal("t", "op", 7, 3)}
+        assert await reader.consume() == {}
+        assert await reader.totals() == {("t", "op"): UsageTotal("t", "op", 7, 3)}
+        assert await read_usage(client, "huge") == {("t", "op"): UsageTotal("t", "op", 7, 3)}
+    finally:
+        await client.aclose()
