@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -362,3 +363,35 @@ def test_the_redis_password_never_reaches_the_output(own_redis: RestartableRedis
         authed.close()
     finally:
         client.close()
+
+
+def test_watch_tables_outlive_a_redis_blip(own_redis: RestartableRedis) -> None:
+    # The table view of --watch ended with exit 2 at the first failed refresh.
+    redis.Redis.from_url(own_redis.url).set(
+        health_key("w-2"), json.dumps({"status": "HEALTHY", "health_score": 1.0}), ex=600
+    )
+    env = {**os.environ, "ANTIFRAGILE_REDIS_URL": own_redis.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "antifragile", "health", "--watch", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        time.sleep(1.0)  # let it start watching (not an assertion on timing)
+        assert proc.poll() is None
+        own_redis.stop()
+        deadline = time.monotonic() + 3.0  # many failed refreshes at 0.1 s
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        own_redis.start()
+        time.sleep(0.5)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the watch ends cleanly
+        out, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err
+    assert proc.returncode == 0, err
+    assert "no instances are publishing health" in out  # Redis came back empty
