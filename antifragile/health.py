@@ -133,6 +133,10 @@ def status_for_score(
     return SystemHealthStatus.CRITICAL
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True, slots=True)
 class HealthAggregatorConfig:
     """Thresholds, anti-flapping and history of a :class:`HealthAggregator`.
@@ -165,12 +169,16 @@ class HealthAggregatorConfig:
                 self.degraded_threshold,
                 f"must be in [critical_threshold={self.critical_threshold}, 1]",
             )
-        if self.stabilization_window_s < 0:
-            raise bad("stabilization_window_s", self.stabilization_window_s, "must be >= 0")
-        if self.history_size < 1:
-            raise bad("history_size", self.history_size, "must be >= 1")
-        if self.history_interval_s <= 0:
-            raise bad("history_interval_s", self.history_interval_s, "must be > 0")
+        # NaN passes every comparison: a NaN window would never let a status through.
+        window = self.stabilization_window_s
+        if not (_is_number(window) and math.isfinite(window) and window >= 0):
+            raise bad("stabilization_window_s", window, "must be a finite number >= 0")
+        size = self.history_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise bad("history_size", size, "must be an integer >= 1")
+        interval = self.history_interval_s
+        if not (_is_number(interval) and math.isfinite(interval) and interval > 0):
+            raise bad("history_interval_s", interval, "must be a finite number > 0")
 
 
 class BreakerHealth(BaseModel):

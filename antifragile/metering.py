@@ -39,8 +39,18 @@ Exactly once, end to end:
   ``(batch, tenant, operation)`` kept for ``dedupe_ttl_s``, and adds it to the group's
   ledger hashes. Entries delivered before a crash are re-read by the restarted consumer
   (its own pending entries) or claimed from a dead one (``XAUTOCLAIM``), and counted
-  once. :func:`read_usage` without a group sums the whole stream, also dropping repeated
+  once. A lost reply of the apply script is retried with the same call token, and Redis
+  answers with the outcome of the run that happened (``{stream}:billed:{group}:receipts``
+  keeps each consumer's last one), so what it applied is returned by a call too.
+  :func:`read_usage` without a group sums the whole stream, also dropping repeated
   batches.
+
+Durability is Redis's: a batch counts as written once Redis confirmed it. With an
+append-only file on the default ``appendfsync everysec``, a Redis process killed
+(SIGKILL, OOM killer) may lose batches it had confirmed - seen in our tests: 301 of
+1,250 events confirmed, then gone after a restart - because Redis postpones the file
+write while a background fsync runs and replies anyway. Where usage must survive a Redis
+crash, run it with ``appendfsync always`` (or replicas and ``WAIT``).
 
 Every key derives from the stream name, so on Redis Cluster a hash-tagged stream name
 (``{af}:metering``) keeps them in one slot.
@@ -53,8 +63,8 @@ Redis returns. ``stop()`` flushes.
 Accounting is exact: every recorded event is in exactly one stage - written to the
 stream, buffered (raw buffer, aggregate or in-flight batch) or dropped - so
 ``stats()`` always satisfies ``recorded == written + buffered + dropped``. ``stats()``
-reads counters only, so it is safe from another thread (the Prometheus scrape thread);
-there the counters may come from slightly different instants.
+reads counters only, so it is safe from another thread (the Prometheus scrape thread),
+and consistent there too (a read overlapping a move between stages is taken again).
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections import Counter
@@ -72,8 +83,11 @@ from itertools import islice, repeat
 from typing import Any, NamedTuple, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from antifragile.aio import cancel_and_wait
 from antifragile.constants import REDIS_METERING_STREAM
 from antifragile.errors import ConfigError
 
@@ -102,7 +116,8 @@ class MeteringStats:
         recorded: Events handed to ``record``/``record_usage`` or counted by sources.
         written: Events confirmed written to the stream (once each).
         buffered: Events waiting (raw buffer, aggregate, in-flight batch).
-        dropped: Events refused because the buffer was full.
+        dropped: Events refused because the buffer was full, or malformed (see
+            ``invalid``).
         batches: Batches confirmed stored.
         write_errors: Failed stream writes (each retried).
         last_error: Text of the last write error, empty if none.
@@ -110,6 +125,8 @@ class MeteringStats:
             in-flight batch; never above ``max_pending_keys``.
         resent_batches: Retried batches that Redis had already stored (a lost reply);
             written once, counted once.
+        invalid: Of ``dropped``, malformed records (tenant or operation not a string,
+            units not an integer - an integral float such as 2.0 is taken as 2).
     """
 
     recorded: int
@@ -121,6 +138,7 @@ class MeteringStats:
     last_error: str
     pending_keys: int = 0
     resent_batches: int = 0
+    invalid: int = 0
 
 
 class CounterSource(Protocol):
@@ -164,6 +182,26 @@ WRITER_MARK_TTL_S = 7 * 24 * 3600.0
 """Default lifetime of a writer's high-water mark after its last batch (7 days)."""
 
 
+def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
+    """Refuse a setting that is not an int >= ``minimum`` with one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{owner}.{name}: must be an integer >= {minimum} (got {value!r})")
+
+
+def _check_seconds(owner: str, name: str, value: object, *, zero_ok: bool = False) -> None:
+    """Refuse a duration that is not a finite number > 0 (>= 0 with ``zero_ok``): NaN
+    passes every ``<`` test and would silently disable a timer or a TTL."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value >= 0 if zero_ok else value > 0)
+    )
+    if not ok:
+        rule = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{owner}.{name}: must be a finite number {rule} (got {value!r})")
+
+
 class MeteringIntegration:
     """Bounded, never-blocking usage buffer flushed to a Redis Stream, each batch once.
 
@@ -185,12 +223,15 @@ class MeteringIntegration:
             the raw buffer (which then drops when full). Each counter source (a guard)
             reserves one pair (so the bound must exceed their number). Default 100,000.
         max_batch_keys: Pairs written by one script call. Default 10,000.
-        stream_maxlen: Approximate ``MAXLEN ~`` trim of the stream; None = no trim.
+        stream_maxlen: Approximate ``MAXLEN ~`` trim of the stream (>= 1); None = no
+            trim. Entries trimmed before a consumer applied them are never billed (the
+            consumer logs each one), so keep it well above the consumer's lag.
             Default None.
         instance_id: Writer name stored in every entry. Default ``"local"``; batch ids
             are unique even when several writers share it.
         redis_client: A ready ``redis.asyncio.Redis`` to use instead of ``redis_url``.
-        stop_timeout_s: How long ``stop()`` keeps retrying a final flush. Default 5.
+        stop_timeout_s: How long ``stop()`` keeps retrying a final flush (0: none - what
+            is buffered stays buffered, see ``stats()``). Default 5.
         writer_mark_ttl_s: How long Redis keeps this writer's high-water mark after its
             last batch: a batch retried later than this after a lost reply could be
             stored twice (and is then dropped by :class:`UsageConsumer` within its own
@@ -219,20 +260,20 @@ class MeteringIntegration:
         def bad(name: str, value: object, rule: str) -> ConfigError:
             return ConfigError(f"MeteringIntegration.{name}: {rule} (got {value!r})")
 
-        if max_buffer < 1:
-            raise bad("max_buffer", max_buffer, "must be >= 1")
-        if flush_interval_s <= 0:
-            raise bad("flush_interval_s", flush_interval_s, "must be > 0")
+        _check_int("MeteringIntegration", "max_buffer", max_buffer, 1)
+        _check_seconds("MeteringIntegration", "flush_interval_s", flush_interval_s)
         if flush_at is None:
             flush_at = min(50_000, max(1, max_buffer // 10))
-        if not 1 <= flush_at <= max_buffer:
+        _check_int("MeteringIntegration", "flush_at", flush_at, 1)
+        if flush_at > max_buffer:
             raise bad("flush_at", flush_at, f"must be in [1, max_buffer={max_buffer}]")
-        if max_pending_keys < 1:
-            raise bad("max_pending_keys", max_pending_keys, "must be >= 1")
-        if max_batch_keys < 1:
-            raise bad("max_batch_keys", max_batch_keys, "must be >= 1")
-        if writer_mark_ttl_s <= 0:
-            raise bad("writer_mark_ttl_s", writer_mark_ttl_s, "must be > 0")
+        _check_int("MeteringIntegration", "max_pending_keys", max_pending_keys, 1)
+        _check_int("MeteringIntegration", "max_batch_keys", max_batch_keys, 1)
+        if stream_maxlen is not None:
+            # 0 would trim every entry as it is written: usage lost before anyone reads it.
+            _check_int("MeteringIntegration", "stream_maxlen", stream_maxlen, 1)
+        _check_seconds("MeteringIntegration", "stop_timeout_s", stop_timeout_s, zero_ok=True)
+        _check_seconds("MeteringIntegration", "writer_mark_ttl_s", writer_mark_ttl_s)
         self.redis_url = redis_url
         self.stream = stream
         self.max_buffer = max_buffer
@@ -253,6 +294,10 @@ class MeteringIntegration:
         self._script_client: Any = None
         self._buf: list[tuple[str, str, int]] = []
         self._dropped = 0
+        self._invalid = 0
+        # Even while no stage-to-stage move is under way (a seqlock for stats() readers
+        # on other threads; the loop's thread never reads in the middle of a move).
+        self._version = 0
         self._taken = 0  # events moved out of the raw buffer / sources by the flusher
         self._written = 0
         self._pending: dict[tuple[str, str], list[int]] = {}
@@ -270,6 +315,10 @@ class MeteringIntegration:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # One writer of the in-flight batch at a time: two (the flusher and a flush(), or
+        # two flush() calls) sent one sequence twice and took the next one in between, so
+        # the high-water mark skipped a batch that was never stored.
+        self._write_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ hot path
 
@@ -320,8 +369,12 @@ class MeteringIntegration:
     def remove_source(self, source: CounterSource) -> None:
         """Harvest ``source`` one last time and stop harvesting it."""
         if source in self._sources:
-            self._harvest_source(source)
-            self._sources.remove(source)
+            self._version += 1
+            try:
+                self._harvest_source(source)
+                self._sources.remove(source)
+            finally:
+                self._version += 1
 
     # ------------------------------------------------------------------ accounting
 
@@ -329,8 +382,21 @@ class MeteringIntegration:
         """Current counters; ``recorded == written + buffered + dropped`` always holds.
 
         Reads counters only (no iteration over the aggregate), so it is O(sources) and
-        safe to call from another thread.
+        safe to call from another thread (the Prometheus scrape thread): the flusher
+        moves events between stages in short marked sections, and a read that overlaps
+        one is taken again, so every read is consistent and ``recorded``, ``written``
+        and ``dropped`` never go down from one read to the next.
         """
+        for _ in range(10_000):
+            version = self._version
+            if not version & 1:
+                snapshot = self._read_stats()
+                if self._version == version:
+                    return snapshot
+            time.sleep(0)  # a move is under way on the loop's thread: let it finish
+        return self._read_stats()
+
+    def _read_stats(self) -> MeteringStats:
         raw = len(self._buf)
         unharvested = sum(s.pending_usage() for s in tuple(self._sources))
         held = self._pending_events + self._inflight_events
@@ -345,6 +411,7 @@ class MeteringIntegration:
             last_error=self._last_error,
             pending_keys=len(self._pending) + (len(inflight) if inflight else 0),
             resent_batches=self._resent,
+            invalid=self._invalid,
         )
 
     # ------------------------------------------------------------------ flusher
@@ -364,9 +431,16 @@ class MeteringIntegration:
         if self._task is not None:
             if self._wake is not None:
                 self._wake.set()
+            # Not wait_for(task): a cancellation landing as the flusher's own wait ends is
+            # swallowed there (Python 3.11), and the flusher - retrying for ever - was then
+            # awaited for ever. Wait, then cancel until it has ended.
             try:
-                await asyncio.wait_for(self._task, self.stop_timeout_s)
-            except TimeoutError:
+                done, _ = await asyncio.wait({self._task}, timeout=self.stop_timeout_s)
+            except asyncio.CancelledError:
+                self._task.cancel()  # stop() itself cancelled: do not leave the flusher
+                raise
+            if not done:
+                await cancel_and_wait([self._task])
                 log.warning(
                     "metering: stop timed out with %d events buffered", self.stats().buffered
                 )
@@ -389,15 +463,17 @@ class MeteringIntegration:
             )
 
     async def flush(self) -> bool:
-        """Drain and write now (also usable without ``start``); True if nothing is left."""
+        """Drain and write now (also usable without ``start``, and safe to call while
+        the flusher runs or from several tasks at once); True if nothing is left."""
         self._connect()
-        while True:
-            self._drain()
-            batches = self._batches
-            if not await self._write_pending():
-                return False
-            if not self._backlog or self._batches == batches:
-                return not self._buf
+        async with self._write_lock:
+            while True:
+                self._drain()
+                batches = self._batches
+                if not await self._write_pending():
+                    return False
+                if not self._backlog or self._batches == batches:
+                    return not self._buf and not self._backlog
 
     async def _run(self) -> None:
         backoff = 0.0
@@ -412,8 +488,9 @@ class MeteringIntegration:
             self._wake.clear()
             batches = self._batches
             try:
-                self._drain()
-                ok = await self._write_pending()
+                async with self._write_lock:
+                    self._drain()
+                    ok = await self._write_pending()
             except Exception as exc:  # a bug here must not kill metering
                 log.exception("metering flush failed")
                 self._last_error = repr(exc)
@@ -421,7 +498,7 @@ class MeteringIntegration:
             progress = self._batches > batches
             if ok:
                 backoff = 0.0
-                if self._stopping and not self._buf:
+                if self._stopping and not self._buf and not self._backlog:
                     return
                 if self._stopping and not progress:
                     await asyncio.sleep(0.01)  # never spin without awaiting
@@ -449,6 +526,13 @@ class MeteringIntegration:
     def _drain(self) -> None:
         """Move source counters and raw events into the (tenant, operation) aggregate,
         never holding more than ``max_pending_keys`` pairs (aggregate + in-flight)."""
+        self._version += 1  # odd: counters in motion (see stats())
+        try:
+            self._drain_marked()
+        finally:
+            self._version += 1
+
+    def _drain_marked(self) -> None:
         pending = self._pending
         bound = self.max_pending_keys
         sources = self._sources
@@ -458,9 +542,12 @@ class MeteringIntegration:
         if harvested:
             for source in sources:
                 self._harvest_source(source)
+        # Usage left in a source is a backlog too: flush() and stop() must not report
+        # "nothing left" (and stop must not return) before it is harvested and written.
+        skipped = bool(sources) and not harvested and any(s.pending_usage() for s in sources)
         buf = self._buf
         if not buf:
-            self._backlog = False
+            self._backlog = skipped
             return
         self._buf = []
         held = self._held_keys()
@@ -471,9 +558,17 @@ class MeteringIntegration:
         leftover: list[tuple[str, str, int]] = []
         folded = 0
         # Counter hashes whole (tenant, operation, units) tuples in C; the distinct
-        # ones are then folded per (tenant, operation) in Python.
-        for item, count in Counter(buf).items():
-            tenant, operation, units = item
+        # ones are then checked and folded per (tenant, operation) in Python.
+        try:
+            counted = Counter(buf)
+        except TypeError:  # an unhashable field somewhere: find it the slow way
+            counted = Counter(self._hashable(buf))
+        for item, count in counted.items():
+            checked = _valid_item(item)
+            if checked is None:
+                self._refuse(item, count)
+                continue
+            tenant, operation, units = checked
             slot = pending.get((tenant, operation))
             if slot is None:
                 if held >= room:
@@ -487,13 +582,44 @@ class MeteringIntegration:
             folded += count
         self._taken += folded
         self._pending_events += folded
-        self._backlog = bool(leftover)
+        self._backlog = bool(leftover) or skipped
         if leftover:
             # Kept in the raw buffer (bounded by max_buffer) until pairs are written.
             leftover.extend(self._buf)
             self._buf = leftover
 
+    def _hashable(self, buf: list[Any]) -> list[Any]:
+        kept = []
+        for item in buf:
+            try:
+                hash(item)
+            except TypeError:
+                self._refuse(item, 1)
+                continue
+            kept.append(item)
+        return kept
+
+    def _refuse(self, item: object, count: int) -> None:
+        # A malformed record never reaches the stream, where it would be billed as
+        # nothing (or break a reader): it is counted dropped, and said once in a while.
+        self._dropped += count
+        self._invalid += count
+        if self._invalid == count or self._invalid % 1000 < count:
+            log.warning(
+                "metering: %d malformed usage record(s) dropped (want str tenant, str "
+                "operation, integer units), e.g. %r",
+                self._invalid,
+                item,
+            )
+
     def _take_batch(self) -> None:
+        self._version += 1
+        try:
+            self._take_batch_marked()
+        finally:
+            self._version += 1
+
+    def _take_batch_marked(self) -> None:
         pending = self._pending
         if len(pending) <= self.max_batch_keys:
             batch, self._pending = pending, {}
@@ -550,10 +676,12 @@ class MeteringIntegration:
                 return False
             if not int(stored):
                 self._resent += 1  # stored by an attempt whose reply was lost
+            self._version += 1
             self._written += self._inflight_events
             self._inflight_events = 0
             self._batches += 1
             self._inflight = None
+            self._version += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,24 +698,55 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+MAX_ENTRY_VALUE = 2**53
+"""Largest ``units``/``count`` of one stream entry that readers accept (larger ones are
+unreadable: skipped with a warning)."""
+
+
 def decode_entry(fields: dict[Any, Any]) -> tuple[str, str, int, int, str]:
     """Decode one stream entry into ``(tenant, operation, units, count, batch)``.
 
     Raises:
-        KeyError / ValueError: not a metering entry.
+        KeyError / ValueError: not a metering entry (or a value beyond
+            :data:`MAX_ENTRY_VALUE`).
     """
     f = {_s(k): _s(v) for k, v in fields.items()}
-    return f["tenant"], f["operation"], int(f["units"]), int(f["count"]), f.get("batch", "")
+    units, count = _integer(f["units"]), _integer(f["count"])
+    # Beyond this a ledger HINCRBY fails inside the apply script, which Redis does not
+    # roll back (the entries before it stayed applied while the call raised).
+    if abs(units) > MAX_ENTRY_VALUE or not 0 <= count <= MAX_ENTRY_VALUE:
+        raise ValueError(f"units {units} or count {count} out of range")
+    return f["tenant"], f["operation"], units, count, f.get("batch", "")
+
+
+def _integer(text: str) -> int:
+    # Writers before the drain checked units stored an integral float as "2.0": that is
+    # 2, not an unreadable entry (1.5 still is).
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def sum_entries(
     entries: Iterable[dict[Any, Any]],
 ) -> dict[tuple[str, str], UsageTotal]:
-    """Sum decoded entries per (tenant, operation), dropping re-sent duplicate batches."""
+    """Sum decoded entries per (tenant, operation), dropping re-sent duplicate batches.
+
+    An unreadable entry is skipped with a warning (as :class:`UsageConsumer` does): one
+    foreign or malformed entry must not make the whole stream unreadable.
+    """
     seen: set[tuple[str, str, str]] = set()
     acc: dict[tuple[str, str], list[int]] = {}
     for fields in entries:
-        tenant, operation, units, count, batch = decode_entry(fields)
+        try:
+            tenant, operation, units, count, batch = decode_entry(fields or {})
+        except (KeyError, ValueError, OverflowError):
+            log.warning("metering: unreadable entry skipped: %r", fields)
+            continue
         if batch:
             key = (batch, tenant, operation)
             if key in seen:
@@ -600,17 +759,25 @@ def sum_entries(
 
 
 # Apply entries to a group's ledger, each at most once.
-# KEYS[1] stream, KEYS[2] units ledger, KEYS[3] count ledger, KEYS[4] processed record.
-# ARGV[1] group, ARGV[2] now (ms), ARGV[3] record TTL (ms), then per entry:
-# id, batch ('' = none), ledger field ('' = unreadable), units, count.
+# KEYS[1] stream, KEYS[2] units ledger, KEYS[3] count ledger, KEYS[4] processed record,
+# KEYS[5] receipts (hash: consumer -> "{token}:{flags}" of its last call).
+# ARGV[1] group, ARGV[2] now (ms), ARGV[3] record TTL (ms), ARGV[4] consumer, ARGV[5] call
+# token, then per entry: id, batch ('' = none), ledger field ('' = unreadable), units, count.
 # An entry counts only if it was still pending for the group (XACK returns 1: no other
 # consumer applied it) and its (batch, field) was not applied before (a duplicate).
+# Returns one '0'/'1' flag per entry. A call repeated with the token of the consumer's
+# last call (its reply was lost) returns that call's flags and changes nothing.
 _APPLY_LUA = """
+local receipt = redis.call('HGET', KEYS[5], ARGV[4])
+local prefix = ARGV[5] .. ':'
+if receipt and string.sub(receipt, 1, #prefix) == prefix then
+  return string.sub(receipt, #prefix + 1)
+end
 local now = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
 local applied = {}
-for i = 4, #ARGV, 5 do
-  local ok = 0
+for i = 6, #ARGV, 5 do
+  local ok = '0'
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 and ARGV[i + 2] ~= '' then
     local fresh = 1
     if ARGV[i + 1] ~= '' then
@@ -619,13 +786,18 @@ for i = 4, #ARGV, 5 do
     if fresh == 1 then
       redis.call('HINCRBY', KEYS[2], ARGV[i + 2], ARGV[i + 3])
       redis.call('HINCRBY', KEYS[3], ARGV[i + 2], ARGV[i + 4])
-      ok = 1
+      ok = '1'
     end
   end
   applied[#applied + 1] = ok
 end
-return applied
+local flags = table.concat(applied)
+redis.call('HSET', KEYS[5], ARGV[4], prefix .. flags)
+return flags
 """
+
+_APPLY_ATTEMPTS = 4
+"""Tries of one apply call inside ``consume()`` (0.35 s of backoff in all)."""
 
 DEDUPE_TTL_S = 7 * 24 * 3600.0
 """Default time a consumer group remembers an applied (batch, tenant, operation)."""
@@ -635,6 +807,20 @@ def ledger_keys(stream: str, group: str) -> tuple[str, str, str]:
     """``(units, count, processed)`` keys of a consumer group's ledger on ``stream``."""
     prefix = f"{stream}:billed:{group}"
     return f"{prefix}:units", f"{prefix}:count", f"{prefix}:processed"
+
+
+def _valid_item(item: object) -> tuple[str, str, int] | None:
+    """``(tenant, operation, units)`` with integer units, or None when malformed."""
+    if not isinstance(item, tuple) or len(item) != 3:
+        return None
+    tenant, operation, units = item
+    if not isinstance(tenant, str) or not isinstance(operation, str):
+        return None
+    if isinstance(units, float) and units.is_integer():
+        units = int(units)
+    if isinstance(units, int) and abs(units) <= MAX_ENTRY_VALUE:
+        return tenant, operation, int(units)
+    return None  # not an integer, or beyond what a reader accepts
 
 
 class UsageConsumer:
@@ -653,12 +839,16 @@ class UsageConsumer:
         client: Redis holding the stream.
         stream: Stream key. Default ``af:metering``.
         group: Consumer group (one ledger per group). Default ``"billing"``.
-        consumer: This consumer's name in the group. Default ``"reader"``.
+        consumer: This consumer's name in the group, unique among the consumers running
+            at the same time (the same name again after a restart). Default ``"reader"``.
         batch_size: Entries per read. Default 1,000.
         claim_idle_s: Claim other consumers' entries pending this long; None: never.
             Default 60.
         dedupe_ttl_s: How long an applied (batch, tenant, operation) is remembered.
             Default 7 days.
+
+    Raises:
+        ConfigError: a setting out of range (the message names it and the value).
     """
 
     def __init__(
@@ -672,8 +862,11 @@ class UsageConsumer:
         claim_idle_s: float | None = 60.0,
         dedupe_ttl_s: float = DEDUPE_TTL_S,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"UsageConsumer.batch_size: must be >= 1 (got {batch_size!r})")
+        _check_int("UsageConsumer", "batch_size", batch_size, 1)
+        if claim_idle_s is not None:
+            _check_seconds("UsageConsumer", "claim_idle_s", claim_idle_s, zero_ok=True)
+        # 0 (or NaN) would forget every applied batch at once: a duplicate billed twice.
+        _check_seconds("UsageConsumer", "dedupe_ttl_s", dedupe_ttl_s)
         self.client = client
         self.stream = stream
         self.group = group
@@ -682,6 +875,12 @@ class UsageConsumer:
         self.claim_idle_s = claim_idle_s
         self.dedupe_ttl_s = dedupe_ttl_s
         self._keys = ledger_keys(stream, group)
+        self._receipts = f"{stream}:billed:{group}:receipts"
+        # The last apply call whose reply never arrived: (args with its token, entries).
+        self._unconfirmed: tuple[list[Any], list[tuple[str, str, int, int] | None]] | None = None
+        # One consume() at a time per object: the receipt of a lost reply is per consumer
+        # name, and a concurrent call's apply would replace it before the retry.
+        self._lock = asyncio.Lock()
         self._script = client.register_script(_APPLY_LUA)
         self._group_ready = False
 
@@ -702,11 +901,53 @@ class UsageConsumer:
             block_ms: Wait up to this long for new entries when there are none. Default:
                 do not wait.
 
+        Calls on one object run one at a time. When Redis fails after this call applied
+        some usage, the call returns that usage (and logs the failure) rather than
+        raising it away; the next call goes on where this one stopped.
+
         Raises:
-            redis.RedisError: Redis failed; nothing half-applied (retry the call).
+            redis.RedisError: Redis failed before this call applied anything; nothing
+                half-applied (retry the call). When the reply of an apply was lost even
+                after retries, that apply may have happened: the next ``consume()`` of
+                this object returns its usage (the ledger counts it once either way;
+                after a crash of this process, only the ledger - :meth:`totals` - has it).
         """
-        await self._ensure_group()
         added: dict[tuple[str, str], list[int]] = {}
+        async with self._lock:
+            try:
+                await self._consume_once(added, block_ms)
+            except (RedisError, OSError) as exc:
+                if not added:
+                    raise
+                # Applied and confirmed before the failure: returned by no later call.
+                log.warning(
+                    "metering: consume of %s stopped early (%s: %s); returning what it applied",
+                    self.stream,
+                    type(exc).__name__,
+                    exc,
+                )
+        return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
+
+    async def _consume_once(
+        self, added: dict[tuple[str, str], list[int]], block_ms: int | None
+    ) -> None:
+        try:
+            await self._consume(added, block_ms)
+        except ResponseError as exc:
+            # The group is gone: Redis restarted without persistence, or the stream was
+            # deleted. Create it again (from the start of what the stream now holds)
+            # instead of failing every call until this process restarts.
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("metering: group %s of %s was gone; created again", self.group, self.stream)
+            self._group_ready = False
+            await self._consume(added, block_ms)
+
+    async def _consume(self, added: dict[tuple[str, str], list[int]], block_ms: int | None) -> None:
+        await self._ensure_group()
+        # (0) The call whose reply was lost last time: its usage is returned now.
+        if self._unconfirmed is not None:
+            await self._send(added)
         # (1) Ours, delivered before a crash or restart and never applied.
         start = "0"
         while True:
@@ -752,10 +993,15 @@ class UsageConsumer:
                 break
             await self._apply(messages, added)
             block = None
-        return {k: UsageTotal(k[0], k[1], u, c) for k, (u, c) in added.items()}
 
     async def _apply(self, messages: list[Any], added: dict[tuple[str, str], list[int]]) -> None:
-        args: list[Any] = [self.group, int(time.time() * 1000), int(self.dedupe_ttl_s * 1000)]
+        args: list[Any] = [
+            self.group,
+            int(time.time() * 1000),
+            int(self.dedupe_ttl_s * 1000),
+            self.consumer,
+            secrets.token_hex(8),
+        ]
         decoded: list[tuple[str, str, int, int] | None] = []
         for msg_id, fields in messages:
             try:
@@ -770,12 +1016,31 @@ class UsageConsumer:
                 continue
             args += (msg_id, batch, json.dumps([tenant, operation]), units, count)
             decoded.append((tenant, operation, units, count))
+        self._unconfirmed = (args, decoded)
+        await self._send(added)
+
+    async def _send(self, added: dict[tuple[str, str], list[int]]) -> None:
+        """Run the unconfirmed apply call; a lost reply is retried with the same token.
+
+        The script ran or it did not; a retry with the same token returns the flags of
+        the run whose reply was lost (and applies nothing twice), so the usage it applied
+        is returned by this call - or, when every retry fails, by the next one.
+        """
+        assert self._unconfirmed is not None
+        args, decoded = self._unconfirmed
         units_key, count_key, processed_key = self._keys
-        applied = await self._script(
-            keys=[self.stream, units_key, count_key, processed_key], args=args
-        )
-        for entry, ok in zip(decoded, applied, strict=True):
-            if entry is None or not int(ok):
+        keys = [self.stream, units_key, count_key, processed_key, self._receipts]
+        for attempt in range(_APPLY_ATTEMPTS):
+            try:
+                flags = _s(await self._script(keys=keys, args=args))
+                break
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if attempt == _APPLY_ATTEMPTS - 1:
+                    raise  # kept in _unconfirmed: the next consume() sends it again
+                await asyncio.sleep(0.05 * 2**attempt)
+        self._unconfirmed = None
+        for entry, ok in zip(decoded, flags, strict=True):
+            if entry is None or ok != "1":
                 continue
             tenant, operation, units, count = entry
             slot = added.setdefault((tenant, operation), [0, 0])
@@ -809,7 +1074,10 @@ async def read_usage(
     Without ``group`` the whole stream is summed (``XRANGE``), each batch once. With
     ``group``, a :class:`UsageConsumer` applies what the group has not applied yet
     and the usage added by this call is returned: every event is returned by exactly
-    one call, across calls, restarts and redeliveries.
+    one call, across calls, redeliveries and lost replies (retried inside the call).
+    A call that raises may still have applied usage it could not confirm: the group's
+    ledger (:meth:`UsageConsumer.totals`) counts it; keep one :class:`UsageConsumer`
+    to have the next call return it.
     """
     if group is not None:
         reader = UsageConsumer(

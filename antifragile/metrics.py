@@ -8,7 +8,10 @@ Prometheus exporter (see :func:`temporal_runtime_with_metrics`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import TYPE_CHECKING
 
@@ -176,11 +179,29 @@ class MetricsServer:
     def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
         self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
         self.port = int(self._httpd.server_port)
+        # Where close() knocks to wake the server's select(): any-address binds are
+        # reachable on loopback.
+        self._knock_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        self._closed = False
         log.info("prometheus metrics on %s:%d/metrics", host, self.port)
 
     def close(self) -> None:
-        """Stop serving and free the port."""
-        self._httpd.shutdown()
+        """Stop serving and free the port; idempotent.
+
+        Called on the event loop's thread (``Runtime.stop``), so it must not wait out the
+        server thread's select() poll (0.5 s, during which the loop was blocked): the
+        shutdown runs on a helper thread while ``close`` knocks on the port, which wakes
+        the select() at once.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        stopper = threading.Thread(target=self._httpd.shutdown, name="metrics-shutdown")
+        stopper.start()
+        while stopper.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection((self._knock_host, self.port), timeout=0.1).close()
+            stopper.join(0.01)
         self._httpd.server_close()
 
 

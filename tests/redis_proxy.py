@@ -31,6 +31,10 @@ class LostReplyProxy:
         """Lose the replies of the next ``n`` script calls (after Redis ran them)."""
         self._armed += n
 
+    def heal(self) -> None:
+        """Lose no more replies (the network is back)."""
+        self._armed = 0
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -12,14 +12,18 @@ Register it with ``app.command("health")(health_command)``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import typer
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from antifragile.cli._common import console, err_console, load_settings
 from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
@@ -41,7 +45,7 @@ _RANK = {"HEALTHY": 0, "UNKNOWN": 1, "DEGRADED": 2, "CRITICAL": 3}
 
 
 class RedisUnreachable(Exception):
-    """Redis did not answer; the message names the URL."""
+    """Redis did not answer (or refused the reads); the message names the URL."""
 
 
 DEFAULT_FORGET_AFTER_S = 3600.0
@@ -54,9 +58,13 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
     are included as ``{"instance", "status": "UNKNOWN", "reason", "published_at"}``.
 
     Raises:
-        RedisUnreachable: Redis did not answer.
+        RedisUnreachable: Redis did not answer, refused a read (e.g. a key of the wrong
+            type, missing permissions) or ``url`` is malformed.
     """
-    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise RedisUnreachable(f"bad Redis URL {shown_url(url)!r}: {exc}") from None
     try:
         keys = sorted(client.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500))
         members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
@@ -70,6 +78,8 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
                 try:
                     doc = json.loads(raw)
                 except ValueError:
+                    doc = None
+                if not isinstance(doc, dict):  # not JSON, or JSON but not an object
                     doc = {"status": "UNKNOWN", "error": "unreadable snapshot"}
                 doc.setdefault("instance", key.decode()[len(REDIS_HEALTH_KEY_PREFIX) :])
                 docs.append(doc)
@@ -87,9 +97,32 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
                 )
         return sorted(docs, key=lambda d: str(d.get("instance")))
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"cannot reach Redis at {url}: {exc}") from None
+        raise RedisUnreachable(f"cannot reach Redis at {shown_url(url)}: {exc}") from None
+    except redis.RedisError as exc:  # WRONGTYPE, NOPERM, ...: one line, not a traceback
+        raise RedisUnreachable(f"Redis at {shown_url(url)} refused to list health: {exc}") from None
     finally:
         client.close()
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: what may be printed or logged."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # malformed (e.g. a port that is not a number): hide the userinfo
+        return url.rsplit("@", 1)[-1] if "@" in url else url
+    if parts.query:  # redis-py also takes ?password=...
+        query = "&".join(
+            f"{k}=***" if k.lower() == "password" else (f"{k}={v}" if v or "=" in item else k)
+            for item in parts.query.split("&")
+            for k, _, v in [item.partition("=")]
+        )
+        parts = parts._replace(query=query)
+    if password is not None:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return urlunsplit(parts)
 
 
 def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -98,10 +131,40 @@ def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
         (str(d.get("status", "UNKNOWN")) for d in docs), key=lambda s: _RANK.get(s, 1), default=None
     )
     return {
-        "redis_url": url,
+        "redis_url": shown_url(url),
         "fleet": {"instances": len(docs), "status": worst or "UNKNOWN"},
         "instances": docs,
     }
+
+
+def unreachable_document(url: str, message: str) -> dict[str, Any]:
+    """The ``--json`` document when Redis cannot be read: nothing is known."""
+    return {
+        "redis_url": shown_url(url),
+        "error": message,
+        "fleet": {"instances": 0, "status": "UNKNOWN"},
+        "instances": [],
+    }
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())  # one line, whatever the driver said
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a snapshot field, or None (absent, null, text, NaN...)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _count(value: Any) -> str:
+    number = _number(value)
+    return "-" if number is None else f"{number:g}"
 
 
 def _styled(text: str, style: str | None) -> str:
@@ -120,38 +183,50 @@ def render(docs: list[dict[str, Any]]) -> Group | str:
     for col in ("instance", "breaker", "state", "failures", "failure rate", "weight"):
         breakers.add_column(col)
     for doc in docs:
+        # Snapshots come from other processes (or anything that wrote af:health:*): every
+        # field is read defensively, and every name is escaped (a breaker "db[/x]" is not
+        # rich markup), so one odd snapshot never takes the table down.
+        instance = escape(str(doc.get("instance")))
         status = str(doc.get("status", "UNKNOWN"))
         pending = doc.get("pending_status")
         shown = status + (f" (-> {pending})" if pending else "")
-        if doc.get("reason"):
-            shown += f" ({doc['reason']})"
-        published = doc.get("published_at")
-        age = f"{max(0.0, now - float(published)):.1f}s" if published else "-"
-        score = doc.get("health_score")
+        for why in ("reason", "error"):  # expired, or unreadable
+            if doc.get(why):
+                shown += f" ({doc[why]})"
+        published = _number(doc.get("published_at"))
+        age = f"{max(0.0, now - published):.1f}s" if published else "-"
+        score = _number(doc.get("health_score"))
         instances.add_row(
-            str(doc.get("instance")),
-            _styled(shown, _STATUS_STYLE.get(status)),
-            f"{float(score):.2f}" if score is not None else "-",
+            instance,
+            _styled(escape(shown), _STATUS_STYLE.get(status)),
+            f"{score:.2f}" if score is not None else "-",
             *(
                 ("-", "-", "-")  # an expired snapshot: nothing is known
                 if "total_breakers" not in doc
                 else (
-                    str(doc.get("total_breakers", 0)),
-                    str(int(doc.get("open_breakers", 0)) + int(doc.get("forced_open_breakers", 0))),
-                    str(doc.get("half_open_breakers", 0)),
+                    _count(doc.get("total_breakers", 0)),
+                    _count(
+                        (_number(doc.get("open_breakers")) or 0)
+                        + (_number(doc.get("forced_open_breakers")) or 0)
+                    ),
+                    _count(doc.get("half_open_breakers", 0)),
                 )
             ),
             age,
         )
-        for name, b in sorted((doc.get("circuit_details") or {}).items()):
+        details = doc.get("circuit_details")
+        for name, b in sorted((details if isinstance(details, dict) else {}).items()):
+            b = b if isinstance(b, dict) else {"state": b}
             state = str(b.get("state", "?"))
+            rate = _number(b.get("failure_rate", 0.0))
+            weight = _number(b.get("weight", 1.0))
             breakers.add_row(
-                str(doc.get("instance")),
-                name,
-                _styled(state, _STATE_STYLE.get(state)),
-                str(b.get("consecutive_failures", 0)),
-                f"{float(b.get('failure_rate', 0.0)):.0%}",
-                f"{float(b.get('weight', 1.0)):g}",
+                instance,
+                escape(str(name)),
+                _styled(escape(state), _STATE_STYLE.get(state)),
+                _count(b.get("consecutive_failures", 0)),
+                f"{rate:.0%}" if rate is not None else "-",
+                f"{weight:g}" if weight is not None else "-",
             )
     return Group(instances, breakers)
 
@@ -162,7 +237,8 @@ def health_command(
         bool, typer.Option("--json", help="Print one JSON document instead of tables.")
     ] = False,
     interval: Annotated[
-        float, typer.Option(help="Seconds between refreshes with --watch.", min=0.1)
+        float,
+        typer.Option(help="Seconds between refreshes with --watch.", min=0.1, max=86400),
     ] = 2.0,
     forget_after: Annotated[
         float,
@@ -173,7 +249,11 @@ def health_command(
 ) -> None:
     """Fleet health from Redis: per instance and per breaker, state, score and status.
 
-    Instances whose snapshot expired without a clean stop are listed as UNKNOWN.
+    Instances whose snapshot expired without a clean stop are listed as UNKNOWN. When
+    Redis cannot be read: one line ``error: ...`` on stderr and exit code 2 (with
+    ``--json``, also a JSON document with an ``error`` field on stdout). With
+    ``--watch`` that holds for the first read; later failures are shown (an error
+    document per refresh with ``--json``, JSON lines only) and retried.
     """
     url = load_settings().redis_url
     try:
@@ -184,18 +264,36 @@ def health_command(
         if not watch:
             console.print(render(read_fleet(url, forget_after)))
             return
-        with Live(
-            render(read_fleet(url, forget_after)), console=console, auto_refresh=False
-        ) as live:
+        docs = read_fleet(url, forget_after)  # unreachable at the start: exit 2
+        if json_out:
+            # JSON lines only (no table around them), the first one at once; a moment
+            # without Redis is an error document and an error line, and the watch goes on.
+            doc = fleet_document(url, docs)
+            while True:
+                typer.echo(json.dumps(doc, default=str))
+                time.sleep(interval)
+                try:
+                    doc = fleet_document(url, read_fleet(url, forget_after))
+                except RedisUnreachable as exc:
+                    err_console.print(f"error: {_one_line(exc)} (retrying)", markup=False)
+                    doc = unreachable_document(url, _one_line(exc))
+        with Live(render(docs), console=console, auto_refresh=False) as live:
+            shown = render(docs)
             while True:
                 time.sleep(interval)
-                if json_out:
-                    docs = read_fleet(url, forget_after)
-                    typer.echo(json.dumps(fleet_document(url, docs), default=str))
-                else:
-                    live.update(render(read_fleet(url, forget_after)), refresh=True)
+                try:
+                    shown = render(read_fleet(url, forget_after))
+                    live.update(shown, refresh=True)
+                except RedisUnreachable as exc:
+                    # A blip must not end the watch an SRE keeps open during an incident:
+                    # say so above the last tables read, and keep trying.
+                    note = Text(f"error: {_one_line(exc)} (retrying every {interval:g}s)")
+                    live.update(Group(note, shown), refresh=True)
     except RedisUnreachable as exc:
-        err_console.print(str(exc), markup=False)
+        message = _one_line(exc)
+        if json_out:  # a script reading stdout still gets one JSON document
+            typer.echo(json.dumps(unreachable_document(url, message)))
+        err_console.print(f"error: {message}", markup=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         return

@@ -13,7 +13,12 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig
+from antifragile.breaker import (
+    LEGAL_TRANSITIONS,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitState,
+)
 from antifragile.bridge import Bridge, health_key
 from antifragile.chaos.logic import health_trips_guard
 from antifragile.chaos.plane import FaultPlane
@@ -294,11 +299,23 @@ async def test_sampler_records_snapshots_while_started() -> None:
         ({"degraded_threshold": 0.4}, "degraded_threshold"),
         ({"stabilization_window_s": -1}, "stabilization_window_s"),
         ({"history_size": 0}, "history_size"),
+        # NaN passes every comparison: a NaN window never let DEGRADED -> HEALTHY through
+        # (and armed a timer for NaN seconds); history_size 2.5 failed later in deque().
+        ({"stabilization_window_s": float("nan")}, "stabilization_window_s"),
+        ({"stabilization_window_s": float("inf")}, "stabilization_window_s"),
+        ({"history_interval_s": float("nan")}, "history_interval_s"),
+        ({"history_interval_s": float("inf")}, "history_interval_s"),
+        ({"history_interval_s": 0}, "history_interval_s"),
+        ({"history_size": 2.5}, "history_size"),
+        ({"critical_threshold": float("nan")}, "critical_threshold"),
+        ({"degraded_threshold": float("nan")}, "degraded_threshold"),
     ],
 )
 def test_config_errors_name_field(kwargs: dict[str, float], field: str) -> None:
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match=field) as err:
         HealthAggregatorConfig(**kwargs)  # type: ignore[arg-type]
+    assert repr(next(iter(kwargs.values()))) in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("weight", [0, -1, float("nan"), float("inf")])
@@ -522,3 +539,103 @@ def test_property_status_is_the_exact_comparison_of_decimal_weights(
     report = h.get_system_health()
     assert report.status is want
     assert report.health_score == float(exact)
+
+
+# --------------------------------------------------------------- review: anti-flapping model
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("advance"), st.sampled_from([0.0, 0.5, 1.0, 1.999, 2.0, 2.001, 5.0])),
+            st.tuples(st.just("set"), st.integers(0, 3), st.sampled_from("CHOF")),
+            st.tuples(st.just("unregister"), st.integers(0, 3)),
+            st.tuples(st.just("register"), st.integers(0, 3)),
+        ),
+        max_size=40,
+    ),
+    weights=st.lists(st.sampled_from([0.1, 0.3, 1 / 3, 0.7, 1.0]), min_size=4, max_size=4),
+)
+def test_property_reported_status_obeys_the_anti_flapping_rules(
+    ops: list[tuple], weights: list[float]
+) -> None:
+    # The documented rules, checked against the observed history of the computed status:
+    # CRITICAL is reported at once; any other reported change (other than by
+    # registration) needs the computed status to have held for the whole window; and a
+    # computed status that held for the whole window is the reported one.
+    window = 2.0
+    clock = FakeClock()
+    h = HealthAggregator(HealthAggregatorConfig(stabilization_window_s=window), clock=clock)
+    bs = [
+        CircuitBreaker(f"b{i}", CircuitBreakerConfig(open_duration_s=10**6), clock=clock)
+        for i in range(4)
+    ]
+    for b, w in zip(bs, weights, strict=True):
+        h.register_circuit_breaker(b.name, b, weight=w)
+    computed_since = clock.now  # when the computed status last changed
+    last = h.get_system_health()
+    for op in ops:
+        # Unregistering an unknown name changes nothing; registering replaces (a change).
+        configuration = op[0] == "register" or (
+            op[0] == "unregister" and bs[op[1]].name in h.breakers
+        )
+        if op[0] == "advance":
+            clock.advance(op[1])
+        elif op[0] == "set":  # one legal transition per step (or none)
+            b = bs[op[1]]
+            new = {"C": CircuitState.CLOSED, "H": CircuitState.HALF_OPEN}.get(op[2])
+            new = new or {"O": CircuitState.OPEN, "F": CircuitState.FORCED_OPEN}[op[2]]
+            if new in LEGAL_TRANSITIONS[b._state]:
+                b._transition(new, "t")
+        elif op[0] == "unregister":
+            h.unregister_circuit_breaker(bs[op[1]].name)
+        else:
+            h.register_circuit_breaker(bs[op[1]].name, bs[op[1]], weight=weights[op[1]])
+        report = h.get_system_health()
+        assert report.status is h.status
+        if report.computed_status is not last.computed_status:
+            computed_since = clock.now
+        held = clock.now - computed_since
+        if report.computed_status is C:
+            assert report.status is C
+        elif held >= window:
+            assert report.status is report.computed_status
+        if report.status is not last.status and not configuration:
+            assert report.status is C or (
+                report.status is report.computed_status and held >= window
+            ), (op, last, report)
+        if configuration:
+            assert report.status is report.computed_status
+            computed_since = clock.now - window  # registration reports at once
+        last = report
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 999), min_size=1, max_size=12),
+    kinds=st.data(),
+    abort_below=st.integers(0, 100),
+)
+def test_property_the_chaos_guard_trips_exactly_below_its_threshold(
+    weights: list[int], kinds: st.DataObject, abort_below: int
+) -> None:
+    # The published float score against the guard's float threshold: a score exactly
+    # equal to abort_below never trips it (both are the same decimal rounded once), and
+    # any score below it does. Checked for weights with up to three decimals.
+    threshold = Fraction(abort_below, 100)
+    clock = FakeClock()
+    h = HealthAggregator(HealthAggregatorConfig(stabilization_window_s=0), clock=clock)
+    states = kinds.draw(
+        st.lists(st.sampled_from("CHO"), min_size=len(weights), max_size=len(weights))
+    )
+    for i, (w, kind) in enumerate(zip(weights, states, strict=True)):
+        b = CircuitBreaker(f"b{i}", clock=clock)
+        h.register_circuit_breaker(b.name, b, weight=w / 1000)
+        if kind in "HO":
+            b._transition(CircuitState.OPEN, "t")
+        if kind == "H":
+            b._transition(CircuitState.HALF_OPEN, "t")
+    published = h.get_system_health().health_score
+    trips = health_trips_guard(published, True, float(threshold))
+    assert trips == (h.exact_health_score < threshold) or threshold == 0

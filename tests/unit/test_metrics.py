@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socketserver
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig
 from antifragile.health import HealthAggregator, HealthAggregatorConfig
 from antifragile.metering import MeteringIntegration
-from antifragile.metrics import RuntimeCollector, WorkflowCountCollector
+from antifragile.metrics import RuntimeCollector, WorkflowCountCollector, serve
 from antifragile.processes import free_port
 from antifragile.runtime import Runtime
 from antifragile.settings import Settings
@@ -262,3 +265,88 @@ def test_the_collector_is_built_from_the_parts_it_reads(clock: FakeClock) -> Non
     assert sample(registry, "antifragile_health_status", instance="p", status="DEGRADED") == 1.0
     assert sample(registry, "antifragile_breaker_state", instance="p", dependency="db") == 3.0
     assert sample(registry, "antifragile_metering_recorded_total", instance="p") is None
+
+
+async def test_scrapes_in_a_loop_while_the_loop_changes_breakers_and_during_shutdown() -> None:
+    # A real Prometheus HTTP scrape, over and over on its own thread, while the event loop
+    # trips and recovers breakers, adds guards and records usage - then stops the
+    # runtime under it. Every scrape must parse; nothing may run on the scrape thread.
+    port = free_port()
+    metering = MeteringIntegration(stop_timeout_s=0)  # buffers only: nothing to wait for
+    runtime = Runtime(
+        Settings(metrics_port=port), instance_id="stress", bridge=False, metering=metering
+    )
+    cfg = CircuitBreakerConfig(failure_threshold=1, open_duration_s=0.001)
+    guards = [runtime.guard(f"g{i}", breaker_config=cfg) for i in range(4)]
+    loop_thread = threading.get_ident()
+    foreign: list[str] = []
+    for g in guards:
+        g.breaker.on_state_change(
+            lambda c: foreign.append(c.new.value) if threading.get_ident() != loop_thread else None
+        )
+    runtime.health.on_health_change(
+        lambda r: foreign.append("health") if threading.get_ident() != loop_thread else None
+    )
+    stop = threading.Event()
+    scrapes: list[str] = []
+    errors: list[BaseException] = []
+
+    def scraper() -> None:
+        while not stop.is_set():
+            try:
+                text = scrape(port)
+            except urllib.error.HTTPError as exc:  # a collector raised: HTTP 500
+                errors.append(exc)
+                return
+            except OSError:
+                continue  # not listening yet, or closing/closed: refused is fine
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            scrapes.append(text)
+
+    async def ok() -> None:
+        return None
+
+    await runtime.start()
+    thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(scrapes) < 15:
+            assert asyncio.get_running_loop().time() < deadline, (len(scrapes), errors)
+            for i, g in enumerate(guards):
+                with contextlib.suppress(Exception):
+                    await g.call(fail if i % 2 else ok)
+                metering.record_usage("t", f"op{i}")
+            runtime.guard(f"extra{len(scrapes) % 7}")
+            await asyncio.sleep(0.001)  # let the scrape thread have the GIL now and then
+        await runtime.stop()  # scrapes continue against a closing server
+    finally:
+        stop.set()
+        thread.join(10)
+        await runtime.stop()
+    assert errors == []
+    assert foreign == []
+    for text in scrapes:
+        assert 'antifragile_health_score{instance="stress"}' in text
+        assert re.search(r'antifragile_breaker_state\{dependency="g0",instance="stress"\}', text)
+
+
+def test_closing_the_server_does_not_wait_out_its_poll_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Runtime.stop() closes the server on the event loop's thread, and close() waited for
+    # the server thread's select() to time out (0.5 s) - the loop stood still meanwhile.
+    # With a poll interval of an hour, close() must still return at once.
+    monkeypatch.setattr(socketserver.BaseServer.serve_forever, "__defaults__", (3600.0,))
+    registry = CollectorRegistry()
+    server = serve(registry, 0, host="127.0.0.1")
+    assert "python_info" not in scrape(server.port)  # serving (an empty registry)
+    closer = threading.Thread(target=server.close, daemon=True)
+    closer.start()
+    closer.join(60)  # a bound for the test only: unfixed, this waits an hour
+    assert not closer.is_alive()
+    server.close()  # idempotent
+    with pytest.raises(OSError):
+        scrape(server.port)
