@@ -26,7 +26,7 @@ from antifragile.chaos.logic import (
 from antifragile.chaos.plane import FaultConflictError, FaultPlane
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import KIND_RECOVERY
-from antifragile.hashing import hash_matches, redact_hash
+from antifragile.hashing import hash_matches, mismatch_message
 from antifragile.models.chaos import (
     CheckExperimentInput,
     CheckHaltInput,
@@ -103,8 +103,7 @@ class ChaosActivities:
     def _check_hash(self, given: str) -> None:
         if not hash_matches(given, self._settings.constitutional_hash):
             raise ApplicationError(
-                f"constitutional hash mismatch: got {redact_hash(given)}, "
-                f"worker expects {redact_hash(self._settings.constitutional_hash)}",
+                mismatch_message(given),
                 type=HASH_MISMATCH_ERROR,
                 non_retryable=True,
             )
