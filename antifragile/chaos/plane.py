@@ -77,6 +77,37 @@ def impact_key(experiment_id: str, what: str) -> str:
     return f"af:chaos:{experiment_id}:{what}"
 
 
+_INJECT_SCRIPT = """
+-- KEYS: halt switch, lease index, this lease. ARGV: experiment id, lease JSON, TTL ms,
+-- lease key prefix, blast-radius targets...
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'halted'} end
+local mine = {}
+for i = 5, #ARGV do mine[ARGV[i]] = true end
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if id ~= ARGV[1] then
+    local raw = redis.call('GET', ARGV[4] .. id)
+    if raw then
+      local ok, other = pcall(cjson.decode, raw)
+      if ok and type(other) == 'table' and type(other['blast_radius']) == 'table' then
+        for _, t in ipairs(other['blast_radius']) do
+          if mine[t] then return {'conflict', id, t} end
+        end
+      end
+    else
+      redis.call('SREM', KEYS[2], id)
+    end
+  end
+end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {'ok'}
+"""
+"""Atomic injection (Redis runs a script alone): halt check, conflict check, write.
+
+The other leases are read through the index rather than declared as keys: fine on a
+single Redis (the fault plane's), which is what this module supports."""
+
+
 class FaultConflictError(AntifragileError):
     """Another experiment's lease already covers a target of this blast radius."""
 
@@ -214,20 +245,29 @@ class FaultPlane:
         Raises:
             FaultConflictError: another experiment's lease covers a target of this one.
         """
-        if (await self.halt_status()).halted:
+        # One script: the halt check, the conflict check over every live lease and the
+        # write happen atomically, so two experiments injecting on one target at the
+        # same moment cannot both pass (a check-then-set from the client could).
+        result = await self._r.eval(
+            _INJECT_SCRIPT,
+            3,
+            REDIS_HALT_KEY,
+            INDEX_KEY,
+            fault_key(spec.experiment_id),
+            spec.experiment_id,
+            spec.model_dump_json(),
+            spec.ttl_ms,
+            REDIS_FAULT_KEY_PREFIX,
+            *spec.blast_radius,
+        )
+        verdict = [str(_decode(v)) for v in result]
+        if verdict[0] == "halted":
             return False
-        mine = set(spec.blast_radius)
-        for other, (other_spec, _) in (await self.active_leases()).items():
-            if other != spec.experiment_id and mine & set(other_spec.blast_radius):
-                overlap = ", ".join(sorted(mine & set(other_spec.blast_radius)))
-                raise FaultConflictError(
-                    f"experiment {other} already injects a fault on {overlap}; "
-                    "one fault per target at a time"
-                )
-        pipe = self._r.pipeline(transaction=True)
-        pipe.set(fault_key(spec.experiment_id), spec.model_dump_json(), px=spec.ttl_ms)
-        pipe.sadd(INDEX_KEY, spec.experiment_id)
-        await pipe.execute()
+        if verdict[0] == "conflict":
+            raise FaultConflictError(
+                f"experiment {verdict[1]} already injects a fault on {verdict[2]}; "
+                "one fault per target at a time"
+            )
         await self._publish({"op": "install", "spec": spec.model_dump(mode="json")})
         return True
 

@@ -268,3 +268,56 @@ def test_process_score_is_the_aggregate_of_processes_guarding_a_target() -> None
     # Without an overall score, the targets' breakers are all there is.
     assert snapshot_process_score({"breakers": {"db": "OPEN"}}, ["db"]) == 0.0
     assert snapshot_process_score({"score": 0.8}, ["db"]) == 0.8
+
+
+async def test_concurrent_injections_on_one_target_let_exactly_one_pass(redis_url: str) -> None:
+    """Twenty experiments inject on one target at the same moment, each from its own
+    connection (as twenty activity attempts on different workers would): one lease is
+    written, every other experiment is refused, and no lease but the winner's exists."""
+    target = f"race-{uuid.uuid4().hex[:6]}"
+    planes = [FaultPlane.from_url(redis_url) for _ in range(20)]
+    specs = [spec(target=target, blast_radius=[target]) for _ in planes]
+    # Each plane's connection is open before the race, so all start together.
+    await asyncio.gather(*(p.halt_status() for p in planes))
+    try:
+        results = await asyncio.gather(
+            *(p.inject(s) for p, s in zip(planes, specs, strict=True)), return_exceptions=True
+        )
+        winners = [s for s, r in zip(specs, results, strict=True) if r is True]
+        refused = [r for r in results if isinstance(r, FaultConflictError)]
+        assert len(winners) == 1 and len(refused) == 19, results
+        leases = await planes[0].active_leases()
+        mine = [i for i, (sp, _) in leases.items() if target in sp.blast_radius]
+        assert mine == [winners[0].experiment_id]
+    finally:
+        for s in specs:
+            await planes[0].remove(s.experiment_id)
+        for p in planes:
+            await p.close()
+
+
+async def test_a_conflict_on_any_member_of_the_blast_radius_refuses_the_whole_lease(
+    plane: FaultPlane,
+) -> None:
+    a, b, c = (f"br-{uuid.uuid4().hex[:6]}" for _ in range(3))
+    first = spec(target=a, blast_radius=[a, b])
+    second = spec(target=c, blast_radius=[c, b])
+    assert await plane.inject(first)
+    with pytest.raises(FaultConflictError, match=b):
+        await plane.inject(second)
+    assert second.experiment_id not in await plane.active_leases()
+    await plane.remove(first.experiment_id)
+    assert await plane.inject(second)  # the target is free again
+    await plane.remove(second.experiment_id)
+
+
+async def test_a_halt_set_before_an_injection_is_never_overtaken(
+    plane: FaultPlane, redis_url: str
+) -> None:
+    raw = aioredis.from_url(redis_url)
+    s = spec()
+    await raw.set(REDIS_HALT_KEY, json.dumps({"reason": "quiet"}))
+    assert not await plane.inject(s)
+    assert await raw.exists(fault_key(s.experiment_id)) == 0
+    await raw.delete(REDIS_HALT_KEY)
+    await raw.aclose()
