@@ -29,6 +29,7 @@ import json
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +66,14 @@ IMPACT_KEY_TTL_S = 7 * 24 * 3600
 
 INSTANCE_MAX_AGE_S = 30.0
 """An instance not seen for this long is not offered for instance_count selection."""
+
+REMOVED_MEMORY_S = 300.0
+"""How long a subscriber remembers an experiment removed on purpose. A stale read can
+only be one started before the removal (a resync, bounded by its socket timeout of 2 s,
+or a message published before it): minutes are ample, and memory stays bounded."""
+
+REMOVED_MAX = 10_000
+"""At most this many removed ids are remembered (the oldest are forgotten first)."""
 
 
 def fault_key(experiment_id: str) -> str:
@@ -482,8 +491,10 @@ class FaultSubscriber:
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Experiments removed on purpose: a stale read (a resync racing a removal) must
-        # never bring one back. Experiment ids are never reused.
-        self._removed: set[str] = set()
+        # never bring one back. Experiment ids are never reused. Remembered for
+        # REMOVED_MEMORY_S (at most REMOVED_MAX ids), so a service that lives for months
+        # does not keep every id it ever saw: id -> when it was removed (clock).
+        self._removed: OrderedDict[str, float] = OrderedDict()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -535,8 +546,9 @@ class FaultSubscriber:
         self._set_halted(halt.halted)
         for experiment_id in list(self.faults):
             if experiment_id not in leases:
-                self._removed.add(experiment_id)
+                self._forget_removed(experiment_id)
                 self._drop(experiment_id, "lease gone")
+        self._prune_removed()
         for spec, pttl_ms in leases.values():
             self._apply_lease(spec, pttl_ms)
 
@@ -579,6 +591,25 @@ class FaultSubscriber:
             spec.chaos_type,
             ", ".join(spec.blast_radius),
         )
+
+    def _forget_removed(self, experiment_id: str) -> None:
+        """Remember that ``experiment_id`` was removed on purpose (for a while)."""
+        self._removed[experiment_id] = self._clock()
+        self._removed.move_to_end(experiment_id)
+        self._prune_removed()
+
+    def _prune_removed(self) -> None:
+        horizon = self._clock() - REMOVED_MEMORY_S
+        while self._removed:
+            oldest, at = next(iter(self._removed.items()))
+            if at > horizon and len(self._removed) <= REMOVED_MAX:
+                break
+            del self._removed[oldest]
+
+    @property
+    def removed_remembered(self) -> int:
+        """How many removed experiment ids are remembered now (bounded; for tests)."""
+        return len(self._removed)
 
     def _renew_local(self, experiment_id: str, ttl_ms: int) -> None:
         fault = self.faults.get(experiment_id)
@@ -634,7 +665,7 @@ class FaultSubscriber:
             elif op == "renew":
                 self._renew_local(str(msg["experiment_id"]), int(msg["ttl_ms"]))
             elif op == "remove":
-                self._removed.add(str(msg["experiment_id"]))
+                self._forget_removed(str(msg["experiment_id"]))
                 self._drop(str(msg["experiment_id"]), "lease removed")
             elif op == "halt":
                 self._set_halted(True)

@@ -14,6 +14,8 @@ import redis.asyncio as aioredis
 
 from antifragile.breaker import CircuitBreaker, CircuitState
 from antifragile.chaos.plane import (
+    REMOVED_MAX,
+    REMOVED_MEMORY_S,
     FaultConflictError,
     FaultPlane,
     FaultSubscriber,
@@ -26,7 +28,7 @@ from antifragile.constants import REDIS_HALT_KEY
 from antifragile.fault_table import FaultTable
 from antifragile.guard import Guard
 from antifragile.models.chaos import FaultSpec
-from tests.unit.conftest import RestartableRedis
+from tests.unit.conftest import FakeClock, RestartableRedis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -321,3 +323,32 @@ async def test_a_halt_set_before_an_injection_is_never_overtaken(
     assert await raw.exists(fault_key(s.experiment_id)) == 0
     await raw.delete(REDIS_HALT_KEY)
     await raw.aclose()
+
+
+async def test_removed_ids_are_forgotten_after_a_while_and_never_pile_up(
+    clock: FakeClock,
+) -> None:
+    """A long-lived service: removed experiment ids stay only as long as a stale read
+    could bring one back, and never more than REMOVED_MAX of them (no Redis needed)."""
+    table = FaultTable()
+    sub = FaultSubscriber(table, "redis://127.0.0.1:1/0", instance_id="long", clock=clock)
+    s = spec(ttl_ms=600_000)
+    install = json.dumps({"op": "install", "spec": s.model_dump(mode="json")})
+    sub.handle_message(install)
+    assert table.get(s.target) is not None
+    sub.handle_message(json.dumps({"op": "remove", "experiment_id": s.experiment_id}))
+    assert table.get(s.target) is None and sub.removed_remembered == 1
+    clock.advance(REMOVED_MEMORY_S / 2)
+    sub.handle_message(install)  # a stale install within the window: still refused
+    assert table.get(s.target) is None
+    for i in range(REMOVED_MAX + 500):  # a burst: the cap holds
+        sub.handle_message(json.dumps({"op": "remove", "experiment_id": f"chaos-burst-{i}"}))
+    assert sub.removed_remembered == REMOVED_MAX
+    for i in range(1000):  # then experiments a second apart, for a long time
+        clock.advance(1.0)
+        sub.handle_message(json.dumps({"op": "remove", "experiment_id": f"chaos-old-{i}"}))
+    # Only the last REMOVED_MEMORY_S seconds' worth is remembered.
+    assert int(REMOVED_MEMORY_S) - 1 <= sub.removed_remembered <= int(REMOVED_MEMORY_S)
+    clock.advance(REMOVED_MEMORY_S + 1)
+    sub.handle_message(json.dumps({"op": "remove", "experiment_id": "chaos-last"}))
+    assert sub.removed_remembered == 1
