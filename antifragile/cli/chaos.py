@@ -506,17 +506,13 @@ async def _stop_through_temporal(
         out.reached, out.error = False, str(exc)
         return out
     problems: list[str] = []
-    try:
-        out.paused = await _pause_schedules(client, reason)
-    except RPCError as exc:
-        problems.append(f"schedules not paused: {exc.message}")
     handles: list[WorkflowHandle[Any, Any]] = []
-    try:
-        running = [wf async for wf in client.list_workflows(RUNNING_QUERY, limit=1000)]
-    except RPCError as exc:
-        out.reached = False
-        out.error = f"running experiments not listed at {settings.temporal_address}: {exc.message}"
-        return out
+
+    async def _pause() -> None:
+        try:
+            out.paused = await _pause_schedules(client, reason)
+        except RPCError as exc:
+            problems.append(f"schedules not paused: {exc.message}")
 
     async def _signal(wf_id: str, run_id: str | None) -> None:
         h = client.get_workflow_handle(wf_id, run_id=run_id)
@@ -530,8 +526,20 @@ async def _stop_through_temporal(
         handles.append(h)
         out.signalled.append(wf_id)
 
-    # All at once: the stop reaches the last experiment as soon as the first.
-    await asyncio.gather(*(_signal(wf.id, wf.run_id) for wf in running))
+    async def _stop_running() -> None:
+        try:
+            running = [wf async for wf in client.list_workflows(RUNNING_QUERY, limit=1000)]
+        except RPCError as exc:
+            out.reached = False
+            problems.append(
+                f"running experiments not listed at {settings.temporal_address}: {exc.message}"
+            )
+            return
+        # All at once: the stop reaches the last experiment as soon as the first.
+        await asyncio.gather(*(_signal(wf.id, wf.run_id) for wf in running))
+
+    # Schedules are paused alongside, never ahead of the experiments' stop.
+    await asyncio.gather(_stop_running(), _pause())
     out.left = await _wait_cleaned(handles, wait_s)
     out.error = "; ".join(problems)
     return out
@@ -550,7 +558,7 @@ async def _stop_all(
         fail(f"nothing stopped: {halt_error}; {temporal.error}")
     done = ["halt switch set" if not halt_error else "halt switch NOT set"]
     if temporal_down:
-        done.append("no experiment signalled, no schedule paused")
+        done.append(f"no experiment signalled, {temporal.paused} schedule(s) paused")
     else:
         cleaned = len(temporal.signalled) - len(temporal.left)
         done.append(

@@ -243,7 +243,7 @@ async def test_stop_all_with_temporal_unreachable_still_writes_the_halt_which_en
     code, out, err = await cli(env, "chaos", "stop", "--all", "--reason", "incident")
     stopped_at = loop.time()
     assert code == 1, (out, err)
-    assert "halt switch set; no experiment signalled" in out, out
+    assert "halt switch set; no experiment signalled, 0 schedule(s) paused" in out, out
     assert one_line(err) and f"cannot reach Temporal at {temporal}" in err, err
     plane = FaultPlane.from_url(own_redis.url)
     assert (await plane.halt_status()).reason == "incident"
