@@ -1,8 +1,10 @@
 """``antifragile chaos …``: run, follow, stop and schedule chaos experiments.
 
 Exit codes: 0 the experiment COMPLETED (or the command did what it says); 1 it ended
-ABORTED, STOPPED or FAILED; 2 bad input, a target outside the worker policy, or the
-halt switch set.
+ABORTED, STOPPED or FAILED, or an emergency command did only part of its work (``stop
+--all`` or ``resume`` with Redis or Temporal unreachable: it says what it did and did not
+do); 2 bad input, a target outside the worker policy, the halt switch set, or a server
+the command needs unreachable (one line naming its address).
 """
 
 from __future__ import annotations
