@@ -42,7 +42,9 @@ from antifragile.chaos.plane import FaultPlane
 from antifragile.chaos.scenario import ChaosScenario, ChaosType, ResourceType, load_scenario
 from antifragile.cli._common import (
     ServerUnreachable,
+    connection_reason,
     console,
+    display_url,
     err_console,
     fail,
     first_value,
@@ -490,6 +492,8 @@ async def _write_halt(settings: Settings, reason: str, by: str) -> str:
         return ""
     except ServerUnreachable as exc:
         return str(exc)
+    except Exception as exc:  # an emergency path: whatever failed, the Temporal path runs on
+        return f"Redis at {display_url(settings.redis_url)}: {connection_reason(exc)}"
     finally:
         await _close_quietly(plane)
 
@@ -507,23 +511,30 @@ async def _stop_through_temporal(
     except TemporalUnavailableError as exc:
         out.reached, out.error = False, str(exc)
         return out
+    except Exception as exc:  # e.g. an unreadable TLS file: the halt switch still goes out
+        out.reached = False
+        out.error = f"cannot reach Temporal at {settings.temporal_address}: {exc}"
+        return out
     problems: list[str] = []
     handles: list[WorkflowHandle[Any, Any]] = []
 
     async def _pause() -> None:
         try:
             out.paused = await _pause_schedules(client, reason)
-        except RPCError as exc:
-            problems.append(f"schedules not paused: {exc.message}")
+        except Exception as exc:
+            why = exc.message if isinstance(exc, RPCError) else connection_reason(exc)
+            problems.append(f"schedules not paused: {why}")
 
     async def _signal(wf_id: str, run_id: str | None) -> None:
         h = client.get_workflow_handle(wf_id, run_id=run_id)
         try:
             await h.signal(SIGNAL_EMERGENCY_STOP, signal)
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: it ended meanwhile
-                out.not_signalled.append(wf_id)
-                problems.append(f"{wf_id} not signalled: {exc.message}")
+        except Exception as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+                return  # it ended meanwhile
+            why = exc.message if isinstance(exc, RPCError) else connection_reason(exc)
+            out.not_signalled.append(wf_id)
+            problems.append(f"{wf_id} not signalled: {why}")
             return
         handles.append(h)
         out.signalled.append(wf_id)
@@ -531,11 +542,10 @@ async def _stop_through_temporal(
     async def _stop_running() -> None:
         try:
             running = [wf async for wf in client.list_workflows(RUNNING_QUERY, limit=1000)]
-        except RPCError as exc:
+        except Exception as exc:
+            why = exc.message if isinstance(exc, RPCError) else connection_reason(exc)
             out.reached = False
-            problems.append(
-                f"running experiments not listed at {settings.temporal_address}: {exc.message}"
-            )
+            problems.append(f"running experiments not listed at {settings.temporal_address}: {why}")
             return
         # All at once: the stop reaches the last experiment as soon as the first.
         await asyncio.gather(*(_signal(wf.id, wf.run_id) for wf in running))
