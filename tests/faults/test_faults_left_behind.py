@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
+from antifragile.chaos.plane import FaultPlane
 from antifragile.processes import ServerProcess
 from bench._chaos_stack import ChaosStack, chaos_stack
 from bench.faults import starter_kill_trial, worker_kill_trial
@@ -42,6 +43,9 @@ async def stack(
         temporal_address=f"127.0.0.1:{dev_server.port}",
         redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
     ) as started:
+        plane = FaultPlane.from_url(started.redis_url)
+        await plane.clear_halt()  # another module's halt must not end these experiments
+        await plane.close()
         yield started
 
 
