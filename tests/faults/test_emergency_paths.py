@@ -16,6 +16,7 @@ unreachable).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -190,13 +191,18 @@ async def test_every_chaos_command_names_the_unreachable_server_in_one_line_exit
 
 
 async def test_with_only_redis_unreachable_commands_that_need_it_name_it_and_exit_2(
-    ready: Stack,
+    ready: Stack, temporal_client: Client, tmp_path: Path
 ) -> None:
     redis = f"redis://{dead_address()}/0"
     env = {**ready.env, "ANTIFRAGILE_REDIS_URL": redis}
+    name = f"emerg-{uuid.uuid4().hex[:6]}"
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"name: {name}\nchaos_type: LATENCY\ntarget: {DB}\nduration_s: 5\n")
     for args in (
         ["chaos", "resume"],
         ["chaos", "start", "--type", "latency", "--target", DB],
+        ["chaos", "run", str(scenario)],
+        ["chaos", "schedule", str(scenario), "--cron", "0 3 * * 1"],
     ):
         code, out, err = await cli(env, *args)
         assert code == 2 and one_line(err) and f"cannot reach Redis at {redis}" in err, (
@@ -205,6 +211,11 @@ async def test_with_only_redis_unreachable_commands_that_need_it_name_it_and_exi
             out,
             err,
         )
+    # Nothing was started or scheduled without the halt switch read.
+    started = [w.id async for w in temporal_client.list_workflows(f'TaskQueue="{ready.queue}"')]
+    assert not [w for w in started if "latency-" in w or name in w], started
+    schedules = [s.id async for s in await temporal_client.list_schedules()]
+    assert f"chaos-schedule-{name}" not in schedules
 
 
 async def test_stop_all_with_redis_down_stops_the_experiment_through_temporal(
