@@ -29,7 +29,7 @@ from temporalio.client import Client, WorkflowHandle
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import FaultPlane
 from antifragile.constants import REDIS_HALT_KEY, SIGNAL_EMERGENCY_STOP
-from antifragile.models.chaos import ChaosOutcome
+from antifragile.models.chaos import ChaosOutcome, ChaosReport
 from antifragile.processes import ServerProcess, free_port, start_redis
 from tests.helpers import run_cli_batch
 from tests.integration.chaos_support import (
@@ -303,3 +303,53 @@ async def test_the_halt_survives_a_redis_restart_and_a_worker_restart(
         assert demo.target(DB)["fault"] is None
     finally:
         await plane.close()
+
+
+async def test_stop_all_with_the_dev_server_down_halts_and_the_experiment_stops_once_it_is_back(
+    own_redis: AofRedis, tmp_path: Path
+) -> None:
+    """The reverse with a real outage: a private dev server, SIGKILLed mid-experiment."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from antifragile.processes import start_temporal_dev_server
+
+    if own_redis.server is None:
+        own_redis.start()
+    await _clear_halt(own_redis.url)
+    db = tmp_path / "temporal.db"
+    server = start_temporal_dev_server(db_file=db, log_path=tmp_path / "temporal.log")
+    port = server.port
+    target = "emerg-db2"
+    try:
+        with chaos_stack(
+            port, own_redis.port, tmp_path, [target], lease_ttl_s=LEASE_TTL_S, instance="emerg-2"
+        ) as stack:
+            demo = stack.demo
+            await eventually(lambda: demo.status()["plane_connected"], timeout=30, what="demo")
+            client = await Client.connect(
+                f"127.0.0.1:{port}", data_converter=pydantic_data_converter
+            )
+            sc = chaos_scenario("emerg2", target=target, chaos_type="ERROR", duration_s=60)
+            handle = await start_experiment(client, sc, task_queue=stack.queue)
+            await eventually(lambda: demo.target(target)["fault"] == handle.id, timeout=30)
+            server.proc.kill()  # Temporal is gone: nothing can signal the experiment now
+            server.proc.wait(10)
+            code, out, err = await cli(stack.env, "chaos", "stop", "--all", "--reason", "outage")
+            assert code == 1, (out, err)
+            assert "halt switch set; no experiment signalled" in out, out
+            assert one_line(err) and f"cannot reach Temporal at 127.0.0.1:{port}" in err, err
+            await eventually(lambda: demo.target(target)["fault"] is None, timeout=3)
+            # Temporal back (same port, same database): the experiment's next renewal meets
+            # the halt switch and it ends STOPPED, with its cleanup done.
+            server = start_temporal_dev_server(port, db_file=db, log_path=tmp_path / "t2.log")
+            client = await Client.connect(
+                f"127.0.0.1:{port}", data_converter=pydantic_data_converter
+            )
+            report = await asyncio.wait_for(
+                client.get_workflow_handle(handle.id, result_type=ChaosReport).result(), 90
+            )
+            assert report.outcome is ChaosOutcome.STOPPED, report.reason
+            assert "halt switch" in report.reason and report.cleanup.attempted, report
+    finally:
+        server.stop()
+        await _clear_halt(own_redis.url)
