@@ -4,9 +4,10 @@ unreachable).
 
 - Every chaos command with Redis or Temporal unreachable: one line naming the address,
   exit 2, no traceback (``chaos resume`` used to print a traceback and exit 1).
-- ``chaos stop --all`` with Redis down still stops every running experiment through
-  Temporal; with Temporal unreachable it still writes the halt switch, which alone ends
-  the fault at every call site. Either way it says what it did and did not do, exit 1.
+- ``chaos stop --all`` with Redis down (SIGKILLed) still stops every running experiment
+  through Temporal; with Temporal unreachable (a dead address, and a private dev server
+  SIGKILLed mid-experiment) it still writes the halt switch, which alone ends the fault at
+  every call site. Either way it says what it did and did not do, exit 1.
 - With Redis down, the call site drops the fault by itself when its lease runs out.
 - The halt switch survives a Redis restart (AOF) and a worker restart: a new experiment
   started after both is stopped before it injects anything. (The halt pausing schedules is
