@@ -30,7 +30,10 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from antifragile.chaos.scenario import ChaosScenario
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -285,7 +288,7 @@ async def chaos_stack(
             server.stop()
 
 
-def error_scenario(target: str, name: str, duration_s: float = 120.0) -> object:
+def error_scenario(target: str, name: str, duration_s: float = 120.0) -> ChaosScenario:
     """An ERROR experiment failing every call to ``target``; the health guard is off (the
     damage is the point here)."""
     from antifragile.chaos.scenario import ChaosScenario

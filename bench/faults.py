@@ -90,7 +90,7 @@ async def worker_kill_trial(
 
     scenario = error_scenario(stack.target, f"faults-w-{uuid.uuid4().hex[:6]}", duration_s=60)
     started = time.time()
-    handle = await start_experiment(client, scenario, task_queue=stack.task_queue)  # type: ignore[arg-type]
+    handle = await start_experiment(client, scenario, task_queue=stack.task_queue)
     trial = Trial("worker", handle.id)
     await wait_all(stack.guarded, lambda p: p.faulted and p.fault_at >= started, 60, "fault")
     await asyncio.sleep(rng.uniform(0, lease_ttl_s / 3))  # anywhere in a renewal cycle

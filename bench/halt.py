@@ -42,7 +42,7 @@ async def _trial(stack: ChaosStack, client: Any, plane: Any, n: int) -> tuple[fl
     await plane.clear_halt()
     started = time.time()
     scenario = error_scenario(stack.target, f"halt-{n}-{uuid.uuid4().hex[:4]}")
-    handle = await start_experiment(client, scenario, task_queue=stack.task_queue)  # type: ignore[arg-type]
+    handle = await start_experiment(client, scenario, task_queue=stack.task_queue)
     await wait_all(
         stack.guarded, lambda p: p.faulted and p.fault_at >= started, 60, "fault everywhere"
     )
