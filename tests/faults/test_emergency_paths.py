@@ -354,3 +354,21 @@ async def test_stop_all_with_the_dev_server_down_halts_and_the_experiment_stops_
     finally:
         server.stop()
         await _clear_halt(own_redis.url)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:s3cret@cache:6380/1", "redis://:***@cache:6380/1"),
+        ("rediss://ops:s3cret@cache/0", "rediss://ops:***@cache/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_a_redis_url_in_an_error_never_shows_its_password(url: str, shown: str) -> None:
+    from antifragile.cli._common import display_url, redis_unreachable
+
+    assert display_url(url) == shown
+    message = str(redis_unreachable(url, ConnectionRefusedError(111, "Connection refused")))
+    assert message == f"cannot reach Redis at {shown}: connection refused"
+    assert "s3cret" not in message
