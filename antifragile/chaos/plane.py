@@ -14,7 +14,8 @@ Controller side (:class:`FaultPlane`, used by activities and the CLI):
 Service side (:class:`FaultSubscriber`): keeps the process's
 :class:`~antifragile.fault_table.FaultTable` in step with the leases. It loads the
 current leases on start, follows the channel, and re-reads the leases every
-``resync_interval_s`` (so a missed message is repaired). Each installed fault carries a
+``resync_interval_s`` (so a missed message is repaired; a re-read overtaken by a halt,
+resume, install or removal message is not applied, so it can never undo one). Each installed fault carries a
 local expiry (now + the lease's remaining TTL) that only a renewal seen by this process
 extends: when Redis, the worker or the workflow is gone, the fault is dropped by the
 process itself when its lease would have expired — on a timer, and on the next call at
@@ -495,6 +496,9 @@ class FaultSubscriber:
         # REMOVED_MEMORY_S (at most REMOVED_MAX ids), so a service that lives for months
         # does not keep every id it ever saw: id -> when it was removed (clock).
         self._removed: OrderedDict[str, float] = OrderedDict()
+        # Counts messages that change the plane (not renewals): a resync applies what it
+        # read only if none arrived meanwhile.
+        self._epoch = 0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -535,6 +539,7 @@ class FaultSubscriber:
         """Re-read halt switch and leases from Redis and reconcile the local table."""
         assert self._redis is not None
         plane = FaultPlane(self._redis)
+        epoch = self._epoch
         halt = await plane.halt_status()
         leases = await plane.active_leases()
         now = time.time()
@@ -543,6 +548,11 @@ class FaultSubscriber:
         pipe.zremrangebyscore(INSTANCES_KEY, 0, now - 24 * 3600)  # forget long-gone processes
         await pipe.execute()
         self.connected = True
+        if self._epoch != epoch:
+            # A halt, resume, install or removal was applied while this read was under
+            # way: the read may predate it (a halt undone, a dropped fault reinstalled, a
+            # new fault taken for a removed one). The next resync reconciles.
+            return
         self._set_halted(halt.halted)
         for experiment_id in list(self.faults):
             if experiment_id not in leases:
@@ -659,6 +669,8 @@ class FaultSubscriber:
         try:
             msg = json.loads(raw)
             op = msg.get("op")
+            if op in ("install", "remove", "halt", "resume"):
+                self._epoch += 1
             if op == "install":
                 spec = FaultSpec.model_validate(msg["spec"])
                 self._apply_lease(spec, spec.ttl_ms)

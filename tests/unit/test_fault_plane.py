@@ -352,3 +352,54 @@ async def test_removed_ids_are_forgotten_after_a_while_and_never_pile_up(
     clock.advance(REMOVED_MEMORY_S + 1)
     sub.handle_message(json.dumps({"op": "remove", "experiment_id": "chaos-last"}))
     assert sub.removed_remembered == 1
+
+
+@pytest.fixture
+async def quiet_subscriber(redis_url: str) -> AsyncIterator[FaultSubscriber]:
+    """A started subscriber whose periodic resync does not run during the test."""
+    sub = FaultSubscriber(
+        FaultTable(), redis_url, instance_id=f"q-{uuid.uuid4().hex[:6]}", resync_interval_s=3600
+    )
+    await sub.start()
+    await eventually(lambda: sub.connected)
+    await asyncio.sleep(0.2)  # the listener's first resync is over
+    yield sub
+    await sub.stop()
+
+
+async def test_a_halt_message_seen_during_a_resync_is_not_undone_by_its_older_view(
+    plane: FaultPlane, quiet_subscriber: FaultSubscriber
+) -> None:
+    """The resync read Redis before the halt was written (here: the halt key is never
+    written, which is what such a read returns); the halt message arrives while it runs.
+    The resync must not clear the halt nor reinstall the fault the halt just dropped."""
+    sub = quiet_subscriber
+    s = spec()
+    await plane.inject(s)
+    await eventually(lambda: sub.table.get(s.target) is not None)
+    resync = asyncio.create_task(sub.resync())
+    await asyncio.sleep(0)  # the resync is waiting for Redis now
+    sub.handle_message(json.dumps({"op": "halt", "reason": "incident"}))
+    assert sub.table.get(s.target) is None
+    await resync
+    assert sub.halted and sub.table.get(s.target) is None
+    sub.handle_message(json.dumps({"op": "resume"}))
+    await plane.remove(s.experiment_id)
+
+
+async def test_an_install_seen_during_a_resync_is_not_taken_for_a_removed_lease(
+    plane: FaultPlane, quiet_subscriber: FaultSubscriber
+) -> None:
+    """The resync read the leases before this one was written; its install message arrives
+    while the resync runs. The fault stays (and is not remembered as removed)."""
+    sub = quiet_subscriber
+    s = spec()
+    resync = asyncio.create_task(sub.resync())
+    await asyncio.sleep(0)
+    sub.handle_message(json.dumps({"op": "install", "spec": s.model_dump(mode="json")}))
+    await resync
+    assert sub.table.get(s.target) is not None
+    await plane.inject(s)  # the lease the message announced
+    await sub.resync()
+    assert sub.table.get(s.target) is not None and sub.removed_remembered == 0
+    await plane.remove(s.experiment_id)
