@@ -17,9 +17,10 @@ current leases on start, follows the channel, and re-reads the leases every
 ``resync_interval_s`` (so a missed message is repaired; a re-read overtaken by a halt,
 resume, install or removal message is not applied, so it can never undo one). Each
 installed fault carries a local expiry (now + the lease's remaining TTL) that only a
-renewal seen by this process extends: when Redis, the worker or the workflow is gone, the fault is dropped by the
-process itself when its lease would have expired — on a timer, and on the next call at
-the latest. Nothing here runs on the call path; the guard only reads its fault attribute.
+renewal seen by this process extends: when Redis, the worker or the workflow is gone, the
+fault is dropped by the process itself when its lease would have expired — on a timer,
+and on the next call at the latest. Nothing here runs on the call path; the guard only
+reads its fault attribute.
 """
 
 from __future__ import annotations
