@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -79,6 +80,7 @@ async def run(trials: int, processes: int) -> int:
 
     from antifragile.chaos.plane import FaultPlane
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-halt-") as tmp:
         async with chaos_stack(processes, Path(tmp), lease_ttl_s=15.0) as stack:
             client = await Client.connect(
@@ -91,11 +93,13 @@ async def run(trials: int, processes: int) -> int:
             finally:
                 await plane.clear_halt()
                 await plane.close()
+    load = os.getloadavg()[0]
     from_cmd = [r[0] for r in results]
     from_halt = [r[1] for r in results]
     print(
         f"chaos stop --all under a running ERROR experiment: {processes} guarded processes, "
-        f"{trials} trials"
+        f"{trials} trials; {os.cpu_count()} cores, load average {load_before:.1f} before, "
+        f"{load:.1f} after"
     )
     print(
         f"{'until no process sees an injected error':44} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
