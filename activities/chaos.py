@@ -30,7 +30,7 @@ from antifragile.chaos.logic import (
 from antifragile.chaos.plane import FaultConflictError, FaultPlane
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import KIND_RECOVERY
-from antifragile.hashing import hash_matches, redact_hash
+from antifragile.hashing import hash_matches, mismatch_message
 from antifragile.models.chaos import (
     CheckExperimentInput,
     CheckHaltInput,
@@ -122,8 +122,7 @@ class ChaosActivities:
                 else " (required by the worker policy's chaos.require_hash_validation)"
             )
             raise ApplicationError(
-                f"constitutional hash mismatch: got {redact_hash(given)}, "
-                f"worker expects {redact_hash(self._settings.constitutional_hash)}{by}",
+                mismatch_message(given) + by,
                 type=HASH_MISMATCH_ERROR,
                 non_retryable=True,
             )

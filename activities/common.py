@@ -9,7 +9,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from antifragile.approvals import signature_digest, verify_decision
-from antifragile.hashing import hash_matches, redact_hash
+from antifragile.hashing import hash_matches, mismatch_message
 from antifragile.models.recovery import (
     AuthorizeApproverInput,
     AuthorizeApproverResult,
@@ -42,12 +42,11 @@ class CommonActivities:
         """Compare the request's hash to the worker's in constant time.
 
         Raises:
-            ApplicationError: non-retryable, on mismatch; shows at most 8 hex digits.
+            ApplicationError: non-retryable, on mismatch; shows no part of the worker's hash.
         """
         if not hash_matches(data.constitutional_hash, self._settings.constitutional_hash):
             raise ApplicationError(
-                f"constitutional hash mismatch: got {redact_hash(data.constitutional_hash)}, "
-                f"worker expects {redact_hash(self._settings.constitutional_hash)}",
+                mismatch_message(data.constitutional_hash),
                 type=HASH_MISMATCH_ERROR,
                 non_retryable=True,
             )

@@ -10,9 +10,10 @@ number of guarded services) and wakes a background task. That task:
   :class:`~antifragile.models.recovery.RecoveryRequest`;
 * on CLOSED signals ``health_changed`` (healthy) to ``recovery-{service}`` so a waiting
   recovery probes at once (a missing or finished workflow is fine);
-* on every change signals ``health_changed`` to running chaos experiments targeting the
-  service (``AfKind="chaos" AND AfService=... AND ExecutionStatus="Running"``, listed
-  at most every ``chaos_cache_s``).
+* on every change signals ``health_changed`` to running chaos experiments whose blast
+  radius includes the service: their target (``AfService`` of
+  ``AfKind="chaos" AND ExecutionStatus="Running"``, listed at most every
+  ``chaos_cache_s``) or another member, read from their fault lease in Redis.
 
 Temporal unreachable: the intent stays in the dict (a newer one for the same service
 replaces it), the task retries with exponential backoff, and the service keeps working.
@@ -160,7 +161,11 @@ class Bridge:
         self._wake: asyncio.Event | None = None
         self._publish_wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._chaos_cache: dict[str, tuple[float, list[str]]] = {}
+        self._chaos_running: dict[str, str] = {}
+        """Running chaos experiment id -> its target, as last listed."""
+        self._chaos_listed_at: float | None = None
+        self._chaos_blast: dict[str, frozenset[str]] = {}
+        """Running chaos experiment id -> its blast radius (from its fault lease)."""
         self._chaos_listing_broken = False
         self.failures = 0
         """Temporal operations that failed and were retried (for tests and metrics)."""
@@ -329,24 +334,55 @@ class Bridge:
                     raise
 
     async def _running_chaos(self, client: Client, name: str) -> list[str]:
+        """Running chaos experiments whose blast radius includes ``name``.
+
+        One visibility query lists every running experiment with its target
+        (``AfService``), reused for ``chaos_cache_s`` by every service. The other members
+        of a blast radius are read from the experiment's fault lease in Redis and
+        remembered while the experiment runs, so a change during recovery verification
+        (after the lease is gone) still reaches it.
+        """
         if self._chaos_listing_broken:
             return []
         now = time.monotonic()
-        cached = self._chaos_cache.get(name)
-        if cached is not None and now - cached[0] < self.chaos_cache_s:
-            return cached[1]
-        query = f'AfKind="{KIND_CHAOS}" AND AfService="{name}" AND ExecutionStatus="Running"'
+        if self._chaos_listed_at is None or now - self._chaos_listed_at >= self.chaos_cache_s:
+            query = f'AfKind="{KIND_CHAOS}" AND ExecutionStatus="Running"'
+            running: dict[str, str] = {}
+            try:
+                async for wf in client.list_workflows(query, limit=1000):
+                    target = wf.search_attributes.get("AfService")
+                    running[wf.id] = str(target[0] if isinstance(target, list) and target else "")
+            except RPCError as exc:
+                if exc.status is RPCStatusCode.INVALID_ARGUMENT:
+                    # Search attributes not registered on this server: no chaos to notify.
+                    log.warning("bridge: cannot list chaos experiments (%s); skipping", exc)
+                    self._chaos_listing_broken = True
+                    return []
+                raise
+            await self._learn_blast_radius(running)
+            self._chaos_running, self._chaos_listed_at = running, now
+        return sorted(
+            wid
+            for wid, target in self._chaos_running.items()
+            if target == name or name in self._chaos_blast.get(wid, ())
+        )
+
+    async def _learn_blast_radius(self, running: dict[str, str]) -> None:
+        """Remember the blast radius of running experiments from their leases in Redis."""
+        # Bounded: only experiments still running are remembered.
+        self._chaos_blast = {k: v for k, v in self._chaos_blast.items() if k in running}
+        if self._redis is None or all(k in self._chaos_blast for k in running):
+            return
+        from antifragile.chaos.plane import FaultPlane
+
         try:
-            ids = [wf.id async for wf in client.list_workflows(query, limit=100)]
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.INVALID_ARGUMENT:
-                # Search attributes not registered on this server: no chaos to notify.
-                log.warning("bridge: cannot list chaos experiments (%s); skipping", exc)
-                self._chaos_listing_broken = True
-                return []
-            raise
-        self._chaos_cache[name] = (now, ids)
-        return ids
+            leases = await asyncio.wait_for(FaultPlane(self._redis).active_leases(), 1.0)
+        except Exception as exc:  # Redis down: the targets still get their signals
+            log.debug("bridge: fault leases not read (%s)", exc)
+            return
+        for wid, (spec, _) in leases.items():
+            if wid in running:
+                self._chaos_blast[wid] = frozenset(spec.blast_radius)
 
     # ------------------------------------------------------------------ Redis snapshots
 

@@ -15,11 +15,13 @@ Controller side (:class:`FaultPlane`, used by activities and the CLI):
 Service side (:class:`FaultSubscriber`): keeps the process's
 :class:`~antifragile.fault_table.FaultTable` in step with the leases. It loads the
 current leases on start, follows the channel, and re-reads the leases every
-``resync_interval_s`` (so a missed message is repaired). Each installed fault carries a
-local expiry (now + the lease's remaining TTL) that only a renewal seen by this process
-extends: when Redis, the worker or the workflow is gone, the fault is dropped by the
-process itself when its lease would have expired — on a timer, and on the next call at
-the latest. Nothing here runs on the call path; the guard only reads its fault attribute.
+``resync_interval_s`` (so a missed message is repaired; a re-read overtaken by a halt,
+resume, install or removal message is not applied, so it can never undo one). Each
+installed fault carries a local expiry (now + the lease's remaining TTL) that only a
+renewal seen by this process extends: when Redis, the worker or the workflow is gone, the
+fault is dropped by the process itself when its lease would have expired — on a timer,
+and on the next call at the latest. Nothing here runs on the call path; the guard only
+reads its fault attribute.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,6 +71,14 @@ IMPACT_KEY_TTL_S = 7 * 24 * 3600
 INSTANCE_MAX_AGE_S = 30.0
 """An instance not seen for this long is not offered for instance_count selection."""
 
+REMOVED_MEMORY_S = 300.0
+"""How long a subscriber remembers an experiment removed on purpose. A stale read can
+only be one started before the removal (a resync, bounded by its socket timeout of 2 s,
+or a message published before it): minutes are ample, and memory stays bounded."""
+
+REMOVED_MAX = 10_000
+"""At most this many removed ids are remembered (the oldest are forgotten first)."""
+
 
 def fault_key(experiment_id: str) -> str:
     """Redis key of an experiment's fault lease."""
@@ -77,6 +88,37 @@ def fault_key(experiment_id: str) -> str:
 def impact_key(experiment_id: str, what: str) -> str:
     """Redis key of an experiment's impact counters (``affected``, ``seen``, ``breakers``)."""
     return f"af:chaos:{experiment_id}:{what}"
+
+
+_INJECT_SCRIPT = """
+-- KEYS: halt switch, lease index, this lease. ARGV: experiment id, lease JSON, TTL ms,
+-- lease key prefix, blast-radius targets...
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'halted'} end
+local mine = {}
+for i = 5, #ARGV do mine[ARGV[i]] = true end
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if id ~= ARGV[1] then
+    local raw = redis.call('GET', ARGV[4] .. id)
+    if raw then
+      local ok, other = pcall(cjson.decode, raw)
+      if ok and type(other) == 'table' and type(other['blast_radius']) == 'table' then
+        for _, t in ipairs(other['blast_radius']) do
+          if mine[t] then return {'conflict', id, t} end
+        end
+      end
+    else
+      redis.call('SREM', KEYS[2], id)
+    end
+  end
+end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {'ok'}
+"""
+"""Atomic injection (Redis runs a script alone): halt check, conflict check, write.
+
+The other leases are read through the index rather than declared as keys: fine on a
+single Redis (the fault plane's), which is what this module supports."""
 
 
 class FaultConflictError(AntifragileError):
@@ -220,20 +262,29 @@ class FaultPlane:
         Raises:
             FaultConflictError: another experiment's lease covers a target of this one.
         """
-        if (await self.halt_status()).halted:
+        # One script: the halt check, the conflict check over every live lease and the
+        # write happen atomically, so two experiments injecting on one target at the
+        # same moment cannot both pass (a check-then-set from the client could).
+        result = await self._r.eval(
+            _INJECT_SCRIPT,
+            3,
+            REDIS_HALT_KEY,
+            INDEX_KEY,
+            fault_key(spec.experiment_id),
+            spec.experiment_id,
+            spec.model_dump_json(),
+            spec.ttl_ms,
+            REDIS_FAULT_KEY_PREFIX,
+            *spec.blast_radius,
+        )
+        verdict = [str(_decode(v)) for v in result]
+        if verdict[0] == "halted":
             return False
-        mine = set(spec.blast_radius)
-        for other, (other_spec, _) in (await self.active_leases()).items():
-            if other != spec.experiment_id and mine & set(other_spec.blast_radius):
-                overlap = ", ".join(sorted(mine & set(other_spec.blast_radius)))
-                raise FaultConflictError(
-                    f"experiment {other} already injects a fault on {overlap}; "
-                    "one fault per target at a time"
-                )
-        pipe = self._r.pipeline(transaction=True)
-        pipe.set(fault_key(spec.experiment_id), spec.model_dump_json(), px=spec.ttl_ms)
-        pipe.sadd(INDEX_KEY, spec.experiment_id)
-        await pipe.execute()
+        if verdict[0] == "conflict":
+            raise FaultConflictError(
+                f"experiment {verdict[1]} already injects a fault on {verdict[2]}; "
+                "one fault per target at a time"
+            )
         await self._publish({"op": "install", "spec": spec.model_dump(mode="json")})
         return True
 
@@ -458,8 +509,13 @@ class FaultSubscriber:
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Experiments removed on purpose: a stale read (a resync racing a removal) must
-        # never bring one back. Experiment ids are never reused.
-        self._removed: set[str] = set()
+        # never bring one back. Experiment ids are never reused. Remembered for
+        # REMOVED_MEMORY_S (at most REMOVED_MAX ids), so a service that lives for months
+        # does not keep every id it ever saw: id -> when it was removed (clock).
+        self._removed: OrderedDict[str, float] = OrderedDict()
+        # Counts messages that change the plane (not renewals): a resync applies what it
+        # read only if none arrived meanwhile.
+        self._epoch = 0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -500,6 +556,7 @@ class FaultSubscriber:
         """Re-read halt switch and leases from Redis and reconcile the local table."""
         assert self._redis is not None
         plane = FaultPlane(self._redis)
+        epoch = self._epoch
         halt = await plane.halt_status()
         leases = await plane.active_leases()
         now = time.time()
@@ -508,11 +565,17 @@ class FaultSubscriber:
         pipe.zremrangebyscore(INSTANCES_KEY, 0, now - 24 * 3600)  # forget long-gone processes
         await pipe.execute()
         self.connected = True
+        if self._epoch != epoch:
+            # A halt, resume, install or removal was applied while this read was under
+            # way: the read may predate it (a halt undone, a dropped fault reinstalled, a
+            # new fault taken for a removed one). The next resync reconciles.
+            return
         self._set_halted(halt.halted)
         for experiment_id in list(self.faults):
             if experiment_id not in leases:
-                self._removed.add(experiment_id)
+                self._forget_removed(experiment_id)
                 self._drop(experiment_id, "lease gone")
+        self._prune_removed()
         for spec, pttl_ms in leases.values():
             self._apply_lease(spec, pttl_ms)
 
@@ -555,6 +618,25 @@ class FaultSubscriber:
             spec.chaos_type,
             ", ".join(spec.blast_radius),
         )
+
+    def _forget_removed(self, experiment_id: str) -> None:
+        """Remember that ``experiment_id`` was removed on purpose (for a while)."""
+        self._removed[experiment_id] = self._clock()
+        self._removed.move_to_end(experiment_id)
+        self._prune_removed()
+
+    def _prune_removed(self) -> None:
+        horizon = self._clock() - REMOVED_MEMORY_S
+        while self._removed:
+            oldest, at = next(iter(self._removed.items()))
+            if at > horizon and len(self._removed) <= REMOVED_MAX:
+                break
+            del self._removed[oldest]
+
+    @property
+    def removed_remembered(self) -> int:
+        """How many removed experiment ids are remembered now (bounded; for tests)."""
+        return len(self._removed)
 
     def _renew_local(self, experiment_id: str, ttl_ms: int) -> None:
         fault = self.faults.get(experiment_id)
@@ -604,13 +686,15 @@ class FaultSubscriber:
         try:
             msg = json.loads(raw)
             op = msg.get("op")
+            if op in ("install", "remove", "halt", "resume"):
+                self._epoch += 1
             if op == "install":
                 spec = FaultSpec.model_validate(msg["spec"])
                 self._apply_lease(spec, spec.ttl_ms)
             elif op == "renew":
                 self._renew_local(str(msg["experiment_id"]), int(msg["ttl_ms"]))
             elif op == "remove":
-                self._removed.add(str(msg["experiment_id"]))
+                self._forget_removed(str(msg["experiment_id"]))
                 self._drop(str(msg["experiment_id"]), "lease removed")
             elif op == "halt":
                 self._set_halted(True)

@@ -128,3 +128,69 @@ async def approval_signal(
         )
         data["signed_at"] = signed_at
     return parse_model(ApprovalSignal, data, "decision")
+
+
+# --- servers that do not answer ---------------------------------------------------------
+
+
+class ServerUnreachable(AntifragileError):
+    """A server the command needs did not answer: one line naming its address, exit 2."""
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (a Redis URL may carry one)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}{port}"))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def connection_reason(exc: BaseException) -> str:
+    """A short reason for a failed connection: ``connection refused``, ``timed out`` …"""
+    text = str(exc)
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(chain) < 5:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    refused = ("onnection refused", "Error 111 ", "Connect call failed")
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or any(r in text for r in refused):
+        return "connection refused"
+    if isinstance(exc, TimeoutError) or "imed out" in text or "Timeout" in type(exc).__name__:
+        return "timed out"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:160]
+
+
+def redis_unreachable(url: str, exc: BaseException) -> ServerUnreachable:
+    """The one-line error for a Redis at ``url`` that did not answer."""
+    return ServerUnreachable(f"cannot reach Redis at {display_url(url)}: {connection_reason(exc)}")
+
+
+def is_redis_connection_error(exc: BaseException) -> bool:
+    """True for errors that mean "no usable Redis there": refused, timed out, gone, a
+    server that does not speak Redis, refused credentials (any Redis or socket error)."""
+    from redis.exceptions import RedisError
+
+    return isinstance(exc, RedisError | OSError)
+
+
+async def reaching_redis(url: str, operation: Coroutine[Any, Any, T], timeout_s: float = 5.0) -> T:
+    """Await ``operation`` (Redis calls on ``url``) within ``timeout_s``.
+
+    Raises:
+        ServerUnreachable: (exit 2) Redis refused the connection, timed out or went away.
+    """
+    try:
+        return await asyncio.wait_for(operation, timeout_s)
+    except Exception as exc:
+        if is_redis_connection_error(exc):
+            raise redis_unreachable(url, exc) from None
+        raise

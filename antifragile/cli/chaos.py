@@ -1,13 +1,17 @@
 """``antifragile chaos …``: run, follow, stop and schedule chaos experiments.
 
 Exit codes: 0 the experiment COMPLETED (or the command did what it says); 1 it ended
-ABORTED, STOPPED or FAILED; 2 bad input, a target outside the worker policy, or the
-halt switch set.
+ABORTED, STOPPED or FAILED, or an emergency command did only part of its work (``stop
+--all`` or ``resume`` with Redis or Temporal unreachable: it says what it did and did not
+do); 2 bad input, a target outside the worker policy, the halt switch set, or a server
+the command needs unreachable (one line naming its address).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,14 +49,18 @@ from antifragile.chaos.logic import cap_duration, policy_refusal
 from antifragile.chaos.plane import FaultPlane
 from antifragile.chaos.scenario import ChaosScenario, ChaosType, ResourceType, load_scenario
 from antifragile.cli._common import (
+    ServerUnreachable,
     approval_signal,
+    connection_reason,
     console,
+    display_url,
     err_console,
     fail,
     first_value,
     load_settings,
     parse_duration_s,
     print_json,
+    reaching_redis,
     run,
 )
 from antifragile.constants import (
@@ -68,11 +76,12 @@ from antifragile.models.chaos import (
     ChaosReport,
     ChaosStatus,
     EmergencyStopSignal,
+    HaltStatus,
 )
 from antifragile.models.common import Decision
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
-from antifragile.temporal_client import connect
+from antifragile.temporal_client import TemporalUnavailableError, connect
 
 app = typer.Typer(
     help="Chaos experiments as durable workflows: run, follow, stop, schedule.",
@@ -82,6 +91,8 @@ app = typer.Typer(
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 SCHEDULE_PREFIX = "chaos-schedule-"
 HALT_NOTE = "paused by the chaos halt switch"
+REDIS_TIMEOUT_S = 3.0
+"""Longest wait for Redis in a command: an emergency path never hangs on it."""
 CLEANED = frozenset(
     {
         ChaosPhase.VERIFYING_RECOVERY,
@@ -126,14 +137,22 @@ def _file_data(path: Path) -> dict[str, Any]:
     return dict(raw)
 
 
-async def _refuse_if_halted(settings: Settings) -> None:
-    plane = FaultPlane.from_url(settings.redis_url, timeout_s=3.0)
+async def _read_halt(settings: Settings) -> HaltStatus:
+    """The halt switch; an unreachable Redis is one line naming it (exit 2)."""
+    plane = FaultPlane.from_url(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
     try:
-        halt = await plane.halt_status()
-    except Exception as exc:
-        fail(f"cannot read the halt switch at {settings.redis_url}: {exc}", code=1)
+        return await reaching_redis(settings.redis_url, plane.halt_status(), REDIS_TIMEOUT_S)
     finally:
+        await _close_quietly(plane)
+
+
+async def _close_quietly(plane: FaultPlane) -> None:
+    with contextlib.suppress(Exception):
         await plane.close()
+
+
+async def _refuse_if_halted(settings: Settings) -> None:
+    halt = await _read_halt(settings)
     if halt.halted:
         fail(
             f"the chaos halt switch is set ({halt.reason or 'no reason'}"
@@ -672,6 +691,128 @@ async def _wait_cleaned(handles: list[WorkflowHandle[Any, Any]], timeout_s: floa
     return sorted(pending)
 
 
+@dataclass
+class _TemporalStop:
+    """What ``stop --all`` did through Temporal."""
+
+    signalled: list[str] = field(default_factory=list)
+    not_signalled: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    paused: int = 0
+    reached: bool = True
+    """False: Temporal did not answer, nothing was signalled or paused."""
+    error: str = ""
+    """Why it could not do (all of) it; empty when it could."""
+
+
+async def _write_halt(settings: Settings, reason: str, by: str) -> str:
+    """Set the halt switch; returns why it could not ("" when it was written)."""
+    plane = FaultPlane.from_url(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
+    try:
+        await reaching_redis(settings.redis_url, plane.set_halt(reason, by=by), REDIS_TIMEOUT_S)
+        return ""
+    except ServerUnreachable as exc:
+        return str(exc)
+    except Exception as exc:  # an emergency path: whatever failed, the Temporal path runs on
+        return f"Redis at {display_url(settings.redis_url)}: {connection_reason(exc)}"
+    finally:
+        await _close_quietly(plane)
+
+
+async def _stop_through_temporal(
+    settings: Settings, signal: EmergencyStopSignal, reason: str, wait_s: float
+) -> _TemporalStop:
+    """Pause the chaos schedules and signal ``emergency_stop`` to every running experiment.
+
+    Never raises for an unreachable or failing server: what was not done is in ``error``.
+    """
+    out = _TemporalStop()
+    try:
+        client = await connect(settings)
+    except TemporalUnavailableError as exc:
+        out.reached, out.error = False, str(exc)
+        return out
+    except Exception as exc:  # e.g. an unreadable TLS file: the halt switch still goes out
+        out.reached = False
+        out.error = f"cannot reach Temporal at {settings.temporal_address}: {exc}"
+        return out
+    problems: list[str] = []
+    handles: list[WorkflowHandle[Any, Any]] = []
+
+    async def _pause() -> None:
+        try:
+            out.paused = await _pause_schedules(client, reason)
+        except Exception as exc:
+            why = exc.message if isinstance(exc, RPCError) else connection_reason(exc)
+            problems.append(f"schedules not paused: {why}")
+
+    async def _signal(wf_id: str, run_id: str | None) -> None:
+        h = client.get_workflow_handle(wf_id, run_id=run_id)
+        try:
+            await h.signal(SIGNAL_EMERGENCY_STOP, signal)
+        except Exception as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+                return  # it ended meanwhile
+            why = exc.message if isinstance(exc, RPCError) else connection_reason(exc)
+            out.not_signalled.append(wf_id)
+            problems.append(f"{wf_id} not signalled: {why}")
+            return
+        handles.append(h)
+        out.signalled.append(wf_id)
+
+    async def _stop_running() -> None:
+        try:
+            running = [wf async for wf in client.list_workflows(RUNNING_QUERY, limit=1000)]
+        except Exception as exc:
+            why = exc.message if isinstance(exc, RPCError) else connection_reason(exc)
+            out.reached = False
+            problems.append(f"running experiments not listed at {settings.temporal_address}: {why}")
+            return
+        # All at once: the stop reaches the last experiment as soon as the first.
+        await asyncio.gather(*(_signal(wf.id, wf.run_id) for wf in running))
+
+    # Schedules are paused alongside, never ahead of the experiments' stop.
+    await asyncio.gather(_stop_running(), _pause())
+    out.left = await _wait_cleaned(handles, wait_s)
+    out.error = "; ".join(problems)
+    return out
+
+
+async def _stop_all(
+    settings: Settings, signal: EmergencyStopSignal, reason: str, by: str, wait_s: float
+) -> None:
+    """Halt switch and Temporal, independently: either one alone still stops the faults."""
+    halt_error, temporal = await asyncio.gather(
+        _write_halt(settings, reason, by),
+        _stop_through_temporal(settings, signal, reason, wait_s),
+    )
+    temporal_down = not temporal.reached
+    if halt_error and temporal_down:
+        fail(f"nothing stopped: {halt_error}; {temporal.error}")
+    done = ["halt switch set" if not halt_error else "halt switch NOT set"]
+    if temporal_down:
+        done.append(f"no experiment signalled, {temporal.paused} schedule(s) paused")
+    else:
+        cleaned = len(temporal.signalled) - len(temporal.left)
+        done.append(
+            f"{len(temporal.signalled)} experiment(s) signalled, {cleaned} cleaned up; "
+            f"{temporal.paused} schedule(s) paused"
+        )
+    console.print("; ".join(done))
+    not_done = []
+    if halt_error:
+        not_done.append(f"halt switch not written ({halt_error})")
+    if temporal.error:
+        not_done.append(temporal.error)
+    if temporal.left:
+        not_done.append(
+            f"not cleaned up within {wait_s:g}s: {', '.join(temporal.left)} "
+            "(their faults still end with their lease TTL at every call site)"
+        )
+    if not_done:
+        fail("partial stop: " + "; ".join(not_done), code=1)
+
+
 @app.command("stop")
 def stop(
     experiment_id: Annotated[str | None, typer.Argument(help="Experiment to stop.")] = None,
@@ -682,7 +823,12 @@ def stop(
     by: Annotated[str, typer.Option("--by", help="Who stops it.")] = "cli",
     timeout: Annotated[str, typer.Option(help="How long to wait for cleanup.")] = "60s",
 ) -> None:
-    """Emergency stop: remove the fault now; returns once cleanup is done."""
+    """Emergency stop: remove the fault now; returns once cleanup is done.
+
+    ``--all`` sets the halt switch (Redis) and signals every running experiment
+    (Temporal) independently: with one of them unreachable the other is still done, the
+    command says what was and was not done, and exits 1. Both unreachable: exit 2.
+    """
     if not reason.strip():
         fail("--reason: say why the experiment is stopped")
     if all_ == (experiment_id is not None):
@@ -692,34 +838,11 @@ def stop(
     signal = EmergencyStopSignal(reason=reason, by=by)
 
     async def _go() -> None:
-        client = await connect(settings)
         if all_:
-            plane = FaultPlane.from_url(settings.redis_url)
-            try:
-                # First the halt switch: every process drops every fault at once, before
-                # any workflow has even seen its signal.
-                await plane.set_halt(reason, by=by)
-            finally:
-                await plane.close()
-            paused = await _pause_schedules(client, reason)
-            handles = []
-            async for wf in client.list_workflows(RUNNING_QUERY, limit=1000):
-                h = client.get_workflow_handle(wf.id, run_id=wf.run_id)
-                try:
-                    await h.signal(SIGNAL_EMERGENCY_STOP, signal)
-                    handles.append(h)
-                except RPCError as exc:
-                    if exc.status != RPCStatusCode.NOT_FOUND:
-                        raise
-            left = await _wait_cleaned(handles, wait_s)
-            console.print(
-                f"halt switch set; {len(handles)} experiment(s) signalled, "
-                f"{len(handles) - len(left)} cleaned up; {paused} schedule(s) paused"
-            )
-            if left:
-                fail(f"not cleaned up within {timeout}: {', '.join(left)}", code=1)
+            await _stop_all(settings, signal, reason, by, wait_s)
             return
         assert experiment_id is not None
+        client = await connect(settings)
         h = await _handle(client, experiment_id)
         desc = await h.describe()
         if desc.status != WorkflowExecutionStatus.RUNNING:
@@ -736,22 +859,27 @@ def stop(
 
 @app.command("resume")
 def resume() -> None:
-    """Clear the halt switch and resume schedules it paused."""
+    """Clear the halt switch and resume schedules it paused.
+
+    Redis unreachable: nothing is done (exit 2). Temporal unreachable: the halt switch is
+    cleared, the schedules stay paused (exit 1; run it again to resume them).
+    """
     settings = load_settings()
 
     async def _go() -> None:
-        plane = FaultPlane.from_url(settings.redis_url)
+        plane = FaultPlane.from_url(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
         try:
-            was = await plane.clear_halt()
+            was = await reaching_redis(settings.redis_url, plane.clear_halt(), REDIS_TIMEOUT_S)
         finally:
-            await plane.close()
-        resumed = 0
+            await _close_quietly(plane)
+        state = "cleared" if was else "was not set"
         try:
             client = await connect(settings)
             resumed = await _unpause_schedules(client)
-        except Exception as exc:  # the halt switch is what matters; schedules are a bonus
-            err_console.print(f"warning: schedules not resumed: {exc}")
-        state = "cleared" if was else "was not set"
+        except (TemporalUnavailableError, RPCError) as exc:
+            console.print(f"halt switch {state}; schedules not resumed")
+            why = exc.message if isinstance(exc, RPCError) else str(exc)
+            fail(f"schedules not resumed: {why}", code=1)
         console.print(f"halt switch {state}; {resumed} schedule(s) resumed")
 
     run(_go())
@@ -804,12 +932,7 @@ def schedule(
     async def _go() -> None:
         client = await connect(settings)
         sid = f"{SCHEDULE_PREFIX}{scenario.name}"
-        halted = False
-        plane = FaultPlane.from_url(settings.redis_url)
-        try:
-            halted = (await plane.halt_status()).halted
-        finally:
-            await plane.close()
+        halted = (await _read_halt(settings)).halted
         action = ScheduleActionStartWorkflow(
             WORKFLOW_TYPE,
             ChaosExperimentInput(scenario=scenario),

@@ -14,6 +14,8 @@ import redis.asyncio as aioredis
 
 from antifragile.breaker import CircuitBreaker, CircuitOpenError, CircuitState
 from antifragile.chaos.plane import (
+    REMOVED_MAX,
+    REMOVED_MEMORY_S,
     FaultConflictError,
     FaultPlane,
     FaultSubscriber,
@@ -27,7 +29,7 @@ from antifragile.constants import REDIS_HALT_KEY
 from antifragile.fault_table import FaultTable
 from antifragile.guard import Guard
 from antifragile.models.chaos import FaultSpec
-from tests.unit.conftest import RestartableRedis
+from tests.unit.conftest import FakeClock, RestartableRedis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -317,3 +319,136 @@ async def test_a_breaker_listed_by_an_older_process_counts_as_one_opening(
     impact = await plane.impact("chaos-old-1")
     assert impact.openings == {"old-1/db: OPEN": 1, "new-1/db: OPEN": 4}
     assert impact.refused == {}
+
+
+async def test_concurrent_injections_on_one_target_let_exactly_one_pass(redis_url: str) -> None:
+    """Twenty experiments inject on one target at the same moment, each from its own
+    connection (as twenty activity attempts on different workers would): one lease is
+    written, every other experiment is refused, and no lease but the winner's exists."""
+    target = f"race-{uuid.uuid4().hex[:6]}"
+    planes = [FaultPlane.from_url(redis_url) for _ in range(20)]
+    specs = [spec(target=target, blast_radius=[target]) for _ in planes]
+    # Each plane's connection is open before the race, so all start together.
+    await asyncio.gather(*(p.halt_status() for p in planes))
+    try:
+        results = await asyncio.gather(
+            *(p.inject(s) for p, s in zip(planes, specs, strict=True)), return_exceptions=True
+        )
+        winners = [s for s, r in zip(specs, results, strict=True) if r is True]
+        refused = [r for r in results if isinstance(r, FaultConflictError)]
+        assert len(winners) == 1 and len(refused) == 19, results
+        leases = await planes[0].active_leases()
+        mine = [i for i, (sp, _) in leases.items() if target in sp.blast_radius]
+        assert mine == [winners[0].experiment_id]
+    finally:
+        for s in specs:
+            await planes[0].remove(s.experiment_id)
+        for p in planes:
+            await p.close()
+
+
+async def test_a_conflict_on_any_member_of_the_blast_radius_refuses_the_whole_lease(
+    plane: FaultPlane,
+) -> None:
+    a, b, c = (f"br-{uuid.uuid4().hex[:6]}" for _ in range(3))
+    first = spec(target=a, blast_radius=[a, b])
+    second = spec(target=c, blast_radius=[c, b])
+    assert await plane.inject(first)
+    with pytest.raises(FaultConflictError, match=b):
+        await plane.inject(second)
+    assert second.experiment_id not in await plane.active_leases()
+    await plane.remove(first.experiment_id)
+    assert await plane.inject(second)  # the target is free again
+    await plane.remove(second.experiment_id)
+
+
+async def test_a_halt_set_before_an_injection_is_never_overtaken(
+    plane: FaultPlane, redis_url: str
+) -> None:
+    raw = aioredis.from_url(redis_url)
+    s = spec()
+    await raw.set(REDIS_HALT_KEY, json.dumps({"reason": "quiet"}))
+    assert not await plane.inject(s)
+    assert await raw.exists(fault_key(s.experiment_id)) == 0
+    await raw.delete(REDIS_HALT_KEY)
+    await raw.aclose()
+
+
+async def test_removed_ids_are_forgotten_after_a_while_and_never_pile_up(
+    clock: FakeClock,
+) -> None:
+    """A long-lived service: removed experiment ids stay only as long as a stale read
+    could bring one back, and never more than REMOVED_MAX of them (no Redis needed)."""
+    table = FaultTable()
+    sub = FaultSubscriber(table, "redis://127.0.0.1:1/0", instance_id="long", clock=clock)
+    s = spec(ttl_ms=600_000)
+    install = json.dumps({"op": "install", "spec": s.model_dump(mode="json")})
+    sub.handle_message(install)
+    assert table.get(s.target) is not None
+    sub.handle_message(json.dumps({"op": "remove", "experiment_id": s.experiment_id}))
+    assert table.get(s.target) is None and sub.removed_remembered == 1
+    clock.advance(REMOVED_MEMORY_S / 2)
+    sub.handle_message(install)  # a stale install within the window: still refused
+    assert table.get(s.target) is None
+    for i in range(REMOVED_MAX + 500):  # a burst: the cap holds
+        sub.handle_message(json.dumps({"op": "remove", "experiment_id": f"chaos-burst-{i}"}))
+    assert sub.removed_remembered == REMOVED_MAX
+    for i in range(1000):  # then experiments a second apart, for a long time
+        clock.advance(1.0)
+        sub.handle_message(json.dumps({"op": "remove", "experiment_id": f"chaos-old-{i}"}))
+    # Only the last REMOVED_MEMORY_S seconds' worth is remembered.
+    assert int(REMOVED_MEMORY_S) - 1 <= sub.removed_remembered <= int(REMOVED_MEMORY_S)
+    clock.advance(REMOVED_MEMORY_S + 1)
+    sub.handle_message(json.dumps({"op": "remove", "experiment_id": "chaos-last"}))
+    assert sub.removed_remembered == 1
+
+
+@pytest.fixture
+async def quiet_subscriber(redis_url: str) -> AsyncIterator[FaultSubscriber]:
+    """A started subscriber whose periodic resync does not run during the test."""
+    sub = FaultSubscriber(
+        FaultTable(), redis_url, instance_id=f"q-{uuid.uuid4().hex[:6]}", resync_interval_s=3600
+    )
+    await sub.start()
+    await eventually(lambda: sub.connected)
+    await asyncio.sleep(0.2)  # the listener's first resync is over
+    yield sub
+    await sub.stop()
+
+
+async def test_a_halt_message_seen_during_a_resync_is_not_undone_by_its_older_view(
+    plane: FaultPlane, quiet_subscriber: FaultSubscriber
+) -> None:
+    """The resync read Redis before the halt was written (here: the halt key is never
+    written, which is what such a read returns); the halt message arrives while it runs.
+    The resync must not clear the halt nor reinstall the fault the halt just dropped."""
+    sub = quiet_subscriber
+    s = spec()
+    await plane.inject(s)
+    await eventually(lambda: sub.table.get(s.target) is not None)
+    resync = asyncio.create_task(sub.resync())
+    await asyncio.sleep(0)  # the resync is waiting for Redis now
+    sub.handle_message(json.dumps({"op": "halt", "reason": "incident"}))
+    assert sub.table.get(s.target) is None
+    await resync
+    assert sub.halted and sub.table.get(s.target) is None
+    sub.handle_message(json.dumps({"op": "resume"}))
+    await plane.remove(s.experiment_id)
+
+
+async def test_an_install_seen_during_a_resync_is_not_taken_for_a_removed_lease(
+    plane: FaultPlane, quiet_subscriber: FaultSubscriber
+) -> None:
+    """The resync read the leases before this one was written; its install message arrives
+    while the resync runs. The fault stays (and is not remembered as removed)."""
+    sub = quiet_subscriber
+    s = spec()
+    resync = asyncio.create_task(sub.resync())
+    await asyncio.sleep(0)
+    sub.handle_message(json.dumps({"op": "install", "spec": s.model_dump(mode="json")}))
+    await resync
+    assert sub.table.get(s.target) is not None
+    await plane.inject(s)  # the lease the message announced
+    await sub.resync()
+    assert sub.table.get(s.target) is not None and sub.removed_remembered == 0
+    await plane.remove(s.experiment_id)
