@@ -51,11 +51,15 @@ class ScriptedService:
         self.healthy_on_attempt = healthy_on_attempt
         self.probes = 0
         self.actions: list[int] = []
+        self.up = False
+        """Set by a test: the service is back, every probe from now on is healthy."""
 
     @activity.defn(name="probe_service")
     async def probe_service(self, data: ProbeInput) -> ProbeResult:
         self.probes += 1
-        healthy = self.healthy_on_attempt is not None and self.probes >= self.healthy_on_attempt
+        healthy = self.up or (
+            self.healthy_on_attempt is not None and self.probes >= self.healthy_on_attempt
+        )
         return ProbeResult(healthy=healthy, detail="ok" if healthy else "connection refused")
 
     @activity.defn(name="run_recovery_action")
@@ -202,7 +206,7 @@ async def test_approval_from_a_name_outside_the_policy_is_refused_and_recorded(
 async def test_manual_strategy_runs_no_attempt_before_approval(
     env: WorkflowEnvironment, running
 ) -> None:
-    service = ScriptedService(healthy_on_attempt=1)
+    service = ScriptedService(healthy_on_attempt=None)
     async with running(service) as queue:
         handle = await start_recovery(
             env.client, request(strategy=RecoveryStrategy.MANUAL), task_queue=queue
@@ -211,10 +215,15 @@ async def test_manual_strategy_runs_no_attempt_before_approval(
         await env.sleep(timedelta(hours=2))
         status = await handle.query("status", result_type=RecoveryStatus)
         assert status.state is RecoveryState.AWAITING_APPROVAL
-        assert status.attempt == 0 and service.probes == 0 and service.actions == []
+        assert status.attempt == 0 and service.actions == []
+        # Only the slow watch probes (every max_delay, 60 s) ran: no action, no attempt.
+        assert 100 <= status.watch_probes == service.probes <= 121
+        service.up = True
         await handle.signal("approve", ApprovalSignal(approver="oncall"))
         result = await handle.result()
     assert result.state is RecoveryState.SUCCEEDED
+    assert result.attempts == 1 and service.actions == [1]
+    assert not result.status.recovered_while_awaiting_approval
 
 
 async def test_health_changed_wakes_a_waiting_recovery_to_probe_at_once(
