@@ -326,6 +326,13 @@ class RecoveryWorkflow:
                 start_to_close_timeout=timedelta(seconds=self._request.probe_timeout_s + 10),
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=CRASH_RETRY if self._v2 else SHORT_RETRY,
+                # A cancelled recovery closes only once its probe has stopped: no probe
+                # outlives the workflow that asked for it.
+                cancellation_type=(
+                    workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                    if self._v2
+                    else workflow.ActivityCancellationType.TRY_CANCEL
+                ),
                 summary=summary,
             )
             result = probe.healthy, probe.detail
