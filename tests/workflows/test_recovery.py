@@ -8,11 +8,15 @@ validation and approver checks are the real activities. Integration tests use re
 from __future__ import annotations
 
 import asyncio
+import http.server
 import itertools
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -24,6 +28,7 @@ from temporalio.worker import Worker
 
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
+from antifragile.approvals import sign_decision
 from antifragile.constants import SA_PRIORITY
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
 from antifragile.models.recovery import (
@@ -690,3 +695,138 @@ async def test_an_action_that_never_completes_counts_as_a_failed_attempt_not_a_f
     assert "action did not complete" in status.attempts[0].detail
     keys = {(attempt, key) for attempt, _, key in service.tries}
     assert len(service.tries) == 6 and len(keys) == 2, "3 tries per attempt, one key each"
+
+
+async def test_actions_carry_one_idempotency_key_per_attempt_to_commands_and_webhooks(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "keys.log"
+    received: list[str] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(self.headers.get("Idempotency-Key", ""))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    note = [
+        sys.executable,
+        "-c",
+        f"import os; open({str(ledger)!r}, 'a').write(os.environ['ANTIFRAGILE_IDEMPOTENCY_KEY']"
+        " + '\\n')",
+    ]
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig(
+            commands={"note": note}, webhook_url=f"http://127.0.0.1:{server.server_port}/hook"
+        )
+    )
+    settings = Settings()
+    common, rec = CommonActivities(settings, policy), RecoveryActivities(settings, policy)
+    handles = []
+    try:
+        for action in ("command:note", "webhook"):
+            service = ScriptedService(healthy_on_attempt=2)
+            queue = f"tq-{uuid.uuid4().hex[:8]}"
+            async with Worker(
+                env.client,
+                task_queue=queue,
+                workflows=[RecoveryWorkflow],
+                workflow_runner=workflow_runner(strict=True),
+                activities=[
+                    common.validate_constitutional_hash,
+                    common.authorize_approver,
+                    service.probe_service,
+                    rec.run_recovery_action,
+                ],
+            ):
+                handle = await start_recovery(
+                    env.client,
+                    request(action=action, strategy=RecoveryStrategy.IMMEDIATE),
+                    task_queue=queue,
+                )
+                assert (await handle.result()).attempts == 2
+                handles.append(handle)
+    finally:
+        server.shutdown()
+    for keys, handle in ((ledger.read_text().split(), handles[0]), (received, handles[1])):
+        assert keys == [f"{handle.id}/{handle.result_run_id}/{n}" for n in (1, 2)]
+
+
+# --- signed approvals (issue 10: approvals you can trust) ----------------------------------
+
+
+APPROVER_KEY = "a-test-key-of-32-bytes-for-alice"
+
+
+async def test_unsigned_forged_and_reused_approvals_are_refused_and_recorded(
+    env: WorkflowEnvironment, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AF_TEST_ALICE_KEY", APPROVER_KEY)
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig(approvers={"alice": {"key_env": "AF_TEST_ALICE_KEY"}})
+    )
+    service = ScriptedService(healthy_on_attempt=None)
+    async with running(service, policy) as queue:
+        handle = await start_recovery(
+            env.client,
+            request(policy=RecoveryPolicy(max_retry_attempts=1)),
+            task_queue=queue,
+        )
+
+        def signed(decision: str, key: str = APPROVER_KEY) -> ApprovalSignal:
+            at = datetime.now(UTC)
+            signature = sign_decision(
+                key.encode(),
+                workflow_id=handle.id,
+                first_run_id=handle.result_run_id or "",
+                decision=decision,
+                approver="alice",
+                signed_at=at,
+            )
+            return ApprovalSignal(approver="alice", signature=signature, signed_at=at)
+
+        async def decided(count: int) -> RecoveryStatus:
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                status = await handle.query("status", result_type=RecoveryStatus)
+                if len(status.decisions) >= count or asyncio.get_running_loop().time() > deadline:
+                    return status
+                await asyncio.sleep(0.05)
+
+        await wait_state(handle, RecoveryState.AWAITING_APPROVAL)
+        good = signed("approved")
+        await handle.signal("approve", ApprovalSignal(approver="alice"))  # unsigned
+        await handle.signal("approve", signed("approved", key="m" * 32))  # forged
+        await handle.signal("approve", signed("rejected"))  # signed for another decision
+        await handle.signal("approve", good)
+        await decided(4)
+        # The approved round (one attempt) fails and escalates again: the same signature
+        # cannot approve twice.
+        status = await wait_state(handle, RecoveryState.AWAITING_APPROVAL)
+        while status.attempt < 2:
+            status = await wait_state(handle, RecoveryState.AWAITING_APPROVAL)
+        await handle.signal("approve", good)
+        await decided(5)
+        await handle.signal("reject", signed("rejected"))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        status = await handle.query("status", result_type=RecoveryStatus)
+    assert [d.decision for d in status.decisions] == [
+        Decision.REFUSED,
+        Decision.REFUSED,
+        Decision.REFUSED,
+        Decision.APPROVED,
+        Decision.REFUSED,
+        Decision.REJECTED,
+    ]
+    reasons = [d.reason for d in status.decisions]
+    assert "must sign" in reasons[0]
+    assert reasons[1] and reasons[2] and APPROVER_KEY not in " ".join(reasons)
+    assert "already used" in reasons[4]
+    assert status.attempt == 2 and status.state is RecoveryState.FAILED
