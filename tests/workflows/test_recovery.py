@@ -830,3 +830,31 @@ async def test_unsigned_forged_and_reused_approvals_are_refused_and_recorded(
     assert reasons[1] and reasons[2] and APPROVER_KEY not in " ".join(reasons)
     assert "already used" in reasons[4]
     assert status.attempt == 2 and status.state is RecoveryState.FAILED
+
+
+class CrashingProbe(ScriptedService):
+    """The probe's worker "dies" on its first try; the retry on a live worker answers."""
+
+    def __init__(self) -> None:
+        super().__init__(healthy_on_attempt=None)
+        self.up = True
+        self.tries: list[int] = []
+
+    @activity.defn(name="probe_service")
+    async def probe_service(self, data: ProbeInput) -> ProbeResult:
+        self.tries.append(activity.info().attempt)
+        if activity.info().attempt == 1:
+            await asyncio.sleep(3600)  # a dead worker: never heartbeats, never answers
+        return await super().probe_service(data)
+
+
+async def test_a_probe_whose_worker_dies_is_retried_in_the_same_attempt(
+    env: WorkflowEnvironment, running
+) -> None:
+    service = CrashingProbe()
+    async with running(service) as queue:
+        handle = await start_recovery(env.client, request(), task_queue=queue)
+        result = await handle.result()
+    assert result.state is RecoveryState.SUCCEEDED
+    assert [(a.number, a.outcome) for a in result.status.attempts] == [(1, "healthy")]
+    assert service.tries == [1, 2] and service.actions == [1], "the action ran once"
