@@ -39,6 +39,7 @@ from antifragile.models.recovery import (
     RecoveryPolicy,
     RecoveryRequest,
     RecoveryResult,
+    RecoveryResume,
     RecoveryState,
     RecoveryStatus,
     RecoveryStrategy,
@@ -634,14 +635,13 @@ async def test_a_wake_up_during_a_watch_probe_runs_another_probe_at_once(
         handle = await start_recovery(env.client, request(policy=policy), task_queue=queue)
         await wait_state(handle, RecoveryState.AWAITING_APPROVAL)
         await handle.signal("health_changed", HealthChangedSignal(service="x", healthy=False))
-        started = await env.get_current_time()
         # The first watch probe is due in an hour; it runs unhealthy while the service
-        # comes back, and the wake-up it misses runs a second probe right after it.
-        result = await handle.result()
-        ended = await env.get_current_time()
-    assert result.status.recovered_while_awaiting_approval
-    assert result.status.watch_probes == 2
-    assert (ended - started) < timedelta(hours=1, minutes=5)
+        # comes back, and the wake-up it misses runs a second probe right after it: the
+        # clock is not moved again, so an hour's wait would never end here.
+        await env.sleep(timedelta(hours=1, seconds=1))
+        status = await wait_state(handle, RecoveryState.SUCCEEDED)
+    assert status.recovered_while_awaiting_approval
+    assert status.watch_probes == 2 and service.probes == 3
 
 
 # --- crash-safe steps (issue 10, item 3) ---------------------------------------------------
@@ -858,3 +858,42 @@ async def test_a_probe_whose_worker_dies_is_retried_in_the_same_attempt(
     assert result.state is RecoveryState.SUCCEEDED
     assert [(a.number, a.outcome) for a in result.status.attempts] == [(1, "healthy")]
     assert service.tries == [1, 2] and service.actions == [1], "the action ran once"
+
+
+async def test_a_run_continued_as_new_while_awaiting_approval_keeps_what_it_carried(
+    env: WorkflowEnvironment, running
+) -> None:
+    service = ScriptedService(healthy_on_attempt=None)
+    carried = RecoveryResume(
+        attempts_in_round=1, awaiting_approval=True, waiting_reported=True, priority=4
+    )
+    req = request(policy=RecoveryPolicy(max_retry_attempts=1)).model_copy(
+        update={"resume": carried}
+    )
+    wid = f"recovery-{req.service}"
+    async with running(service) as queue:
+        parent, child = await start_orchestrated(env, queue, req)
+        await wait_state(child, RecoveryState.AWAITING_APPROVAL)
+        await child.signal("approve", ApprovalSignal(approver="oncall"))
+        # The orchestrator already knew it waited: only the resume is new to it.
+        assert await parent_log(parent, 1) == [f"resuming {wid} at priority 4"]
+        service.up = True
+        await parent.signal(RecoveryParent.grant)
+        log = await parent.result()
+    assert log == [f"resuming {wid} at priority 4", "granted", "attempt 1 ok", "child SUCCEEDED"]
+
+
+async def test_a_wake_up_carried_over_continue_as_new_runs_the_probe_at_once(
+    env: WorkflowEnvironment, running
+) -> None:
+    service = ScriptedService(healthy_on_attempt=None)
+    service.up = True
+    carried = RecoveryResume(awaiting_approval=True, wake_pending=True, watch_probes=3)
+    policy = RecoveryPolicy(initial_delay_ms=3_600_000, max_delay_ms=3_600_000)
+    req = request(policy=policy).model_copy(update={"resume": carried})
+    async with running(service) as queue:
+        handle = await start_recovery(env.client, req, task_queue=queue)
+        # The clock does not move while the test polls: only an immediate probe ends it.
+        status = await wait_state(handle, RecoveryState.SUCCEEDED)
+    assert status.recovered_while_awaiting_approval
+    assert status.watch_probes == 4 and status.attempt == 0
