@@ -398,6 +398,7 @@ class RecoveryWorkflow:
     async def _await_approval_v2(self) -> None:
         """Wait for a person, holding no slot; watch probes may end it SUCCEEDED."""
         reason = self._enter_awaiting_approval()
+        waiting_for = self._waiting_for
         if self._parent_id is not None and not self._waiting_reported:
             self._waiting_reported = True
             await self._tell_orchestrator(
@@ -438,8 +439,13 @@ class RecoveryWorkflow:
                         f"probe {self._watch_probes} found it healthy ({detail}); no approval "
                         "needed",
                     )
-                self._publish()
                 next_watch = _now_ms() + interval
+                due = workflow.now() + timedelta(milliseconds=interval)
+                self._waiting_for = (
+                    f"{waiting_for}; watch probe {self._watch_probes}: {detail}; next watch "
+                    f"probe at {due:%Y-%m-%d %H:%M:%S} UTC, sooner if health_changed arrives"
+                )
+                self._publish()
                 if not self._inbox and workflow.info().is_continue_as_new_suggested():
                     await self._continue_as_new()
                 continue

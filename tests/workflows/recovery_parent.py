@@ -44,7 +44,11 @@ class RecoveryParent:
     async def run(self, request: RecoveryRequest) -> list[str]:
         """Run the child to its end; returns the log, ending with the child's outcome."""
         child = await workflow.start_child_workflow(
-            RecoveryWorkflow.run, request, id=f"recovery-{request.service}"
+            RecoveryWorkflow.run,
+            request,
+            id=f"recovery-{request.service}",
+            # As the orchestrator: its recoveries outlive it.
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
         )
         outcome: list[str] = []
 

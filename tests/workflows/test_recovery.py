@@ -242,6 +242,8 @@ async def test_manual_strategy_runs_no_attempt_before_approval(
         assert status.attempt == 0 and service.actions == []
         # Only the slow watch probes (every max_delay, 60 s) ran: no action, no attempt.
         assert 100 <= status.watch_probes == service.probes <= 121
+        assert status.waiting_for.startswith("approval before the first attempt")
+        assert f"watch probe {status.watch_probes}: connection refused" in status.waiting_for
         service.up = True
         await handle.signal("approve", ApprovalSignal(approver="oncall"))
         result = await handle.result()
@@ -897,3 +899,20 @@ async def test_a_wake_up_carried_over_continue_as_new_runs_the_probe_at_once(
         status = await wait_state(handle, RecoveryState.SUCCEEDED)
     assert status.recovered_while_awaiting_approval
     assert status.watch_probes == 4 and status.attempt == 0
+
+
+async def test_an_orchestrated_recovery_whose_orchestrator_is_gone_goes_on_without_a_slot(
+    env: WorkflowEnvironment, running
+) -> None:
+    service = ScriptedService(healthy_on_attempt=None)
+    req = request(strategy=RecoveryStrategy.MANUAL)
+    async with running(service) as queue:
+        parent, child = await start_orchestrated(env, queue, req)
+        await wait_state(child, RecoveryState.AWAITING_APPROVAL)
+        await parent_log(parent, 1)
+        await parent.terminate(reason="orchestrator lost")
+        service.up = True
+        await child.signal("approve", ApprovalSignal(approver="oncall"))
+        result = await child.result()
+    # Nobody can grant a slot: the recovery is not left waiting for ever.
+    assert result.state is RecoveryState.SUCCEEDED and result.attempts == 1
