@@ -373,7 +373,8 @@ class RecoveryWorkflow:
         self._move(RecoveryState.AWAITING_APPROVAL)
         self._next_attempt_at = None
         if self._attempt_count:
-            reason = f"{self._failures_in_round} attempts failed"
+            failed = self._failures_in_round
+            reason = f"{failed} attempt{'' if failed == 1 else 's'} failed"
             self._waiting_for = (
                 f"approval: {self._failures_in_round} attempts failed "
                 f"(last: {self._last_error or 'unhealthy'}); approve for "

@@ -520,7 +520,7 @@ async def test_a_healthy_report_while_awaiting_approval_ends_it_recovered_withou
         log = await parent.result()
         result = await child.result()
     # The watch probe is not an attempt: the retry budget hears of attempt 1 only.
-    assert log == ["attempt 1 failed", f"waiting {wid}: 1 attempts failed", "child SUCCEEDED"]
+    assert log == ["attempt 1 failed", f"waiting {wid}: 1 attempt failed", "child SUCCEEDED"]
     assert result.state is RecoveryState.SUCCEEDED and result.attempts == 1
     assert "recovered while awaiting approval" in result.message
     assert result.status.recovered_while_awaiting_approval
