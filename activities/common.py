@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities._heartbeat import heartbeating
 from antifragile.approvals import signature_digest, verify_decision
 from antifragile.hashing import hash_matches, mismatch_message
 from antifragile.models.recovery import (
@@ -98,7 +99,7 @@ class CommonActivities:
 
     @activity.defn(name="probe_service")
     async def probe_service(self, data: ProbeInput) -> ProbeResult:
-        """Probe a service; unhealthy is a result, not an error.
+        """Probe a service; unhealthy is a result, not an error. Heartbeats meanwhile.
 
         ``probe:NAME`` is resolved here, from the worker policy and environment
         (``antifragile.named_targets``); the resolved URL never leaves this function.
@@ -112,7 +113,8 @@ class CommonActivities:
         except NamedTargetError as exc:
             raise ApplicationError(str(exc), type=NAMED_TARGET_ERROR, non_retryable=True) from None
         try:
-            outcome = await probe(target.url, data.timeout_s)
+            async with heartbeating():
+                outcome = await probe(target.url, data.timeout_s)
         except Exception as exc:
             # Whatever failed, its message may quote the resolved URL: redact, drop the chain.
             message = target.redact(f"probe failed: {exc.__class__.__name__}: {exc}")
