@@ -212,6 +212,21 @@ class ChaosPolicyConfig(BaseModel):
     lease_ttl_s: float = Field(default=15.0, gt=0.0, le=3600.0)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what a YAML error is, on one line, never quoting the file's text.
+
+    PyYAML's own message includes a snippet of the offending line, which may hold a literal
+    secret (a probe's password, a webhook token), and spans several lines.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or exc.__class__.__name__
+        if mark is not None:
+            return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+        return str(what)
+    return exc.__class__.__name__
+
+
 class WorkerPolicy(BaseModel):
     """The whole worker policy file.
 
@@ -239,7 +254,9 @@ class WorkerPolicy(BaseModel):
         except OSError as exc:
             raise ConfigError(f"policy file {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"policy file {path}: not valid YAML ({exc})") from None
+            raise ConfigError(
+                f"policy file {path}: not valid YAML ({_yaml_problem(exc)})"
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"policy file {path}: expected a mapping at the top level")
         try:

@@ -325,3 +325,29 @@ def test_a_bad_policy_entry_never_shows_its_value(tmp_path: Path, text: str) -> 
         load(tmp_path, text)
     assert SECRET not in str(info.value)
     assert "recovery." in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a tab where YAML wants spaces, on the line after a literal password
+        f"recovery:\n  probes:\n    cache: redis://:{SECRET}@h:6379/0\n\tbad: x\n",
+        # an unclosed flow mapping that holds a token
+        f'recovery:\n  webhooks:\n    pager: {{url: "https://h/x?token={SECRET}", '
+        f"headers: {{Authorization: Bearer {SECRET}}}\n",
+        # a bad indentation inside a webhook's headers
+        f"recovery:\n  webhooks:\n    pager:\n      url: https://h/x\n      headers:\n"
+        f"        Authorization: Bearer {SECRET}\n       X: y\n",
+    ],
+)
+def test_a_yaml_error_is_one_line_with_its_place_and_never_quotes_the_file(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        WorkerPolicy.load(path)
+    message = str(info.value)
+    assert SECRET not in message and SECRET[:7] not in message
+    assert "\n" not in message
+    assert "not valid YAML (line " in message and ", column " in message
