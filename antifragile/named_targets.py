@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from antifragile.errors import AntifragileError
 from antifragile.models.common import (
@@ -27,6 +26,7 @@ from antifragile.models.common import (
     PROBE_REF_PREFIX,
     credential_in_url,
     credential_refusal,
+    url_credentials,
 )
 from antifragile.policy import PLACEHOLDER, RecoveryPolicyConfig
 
@@ -97,19 +97,8 @@ def expand(text: str, environ: Mapping[str, str], where: str) -> tuple[str, list
 
 
 def _url_secrets(url: str) -> list[str]:
-    """The user-info and credential-like query values of ``url`` (raw and unquoted)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return []
-    found: list[str] = []
-    for value in (parts.username, parts.password):
-        if value:
-            found += [value, unquote(value)]
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if value and credential_in_url(f"x://h/?{name}=") is not None:
-            found += [value, unquote(value)]
-    return found
+    """The user-info and credential-like parameter values of ``url`` (raw and unquoted)."""
+    return url_credentials(url)
 
 
 def _secrets(values: list[str]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.errors import CREDENTIAL_ERROR, ConfigError, describe_validation_error
-from antifragile.models.common import credential_in_url
+from antifragile.models.common import credential_in_url, redact_url
 from antifragile.models.recovery import RecoveryRequest
 from antifragile.named_targets import (
     REDACTED,
@@ -44,6 +44,16 @@ CREDENTIAL_PROBES = [
     f"https://svc/health?x=1&API-Key={SECRET}",
     f"https://svc/health?X-Amz-Signature={SECRET}",
     f"redis://cache:6379/0?password={SECRET}",
+    # found by the edge review: each of these went through before
+    f"http://ops:{SECRET}@[::1/health",  # urlsplit refuses it: judged from the raw text
+    f"http:///ops:{SECRET}@svc/health",
+    f"https://svc/health#access_token={SECRET}",  # OAuth implicit flow: the fragment
+    f"https://svc/health;jsessionid={SECRET}",
+    f"https://svc/health?Authorization=Bearer%20{SECRET}",
+    f"https://svc/health?passphrase={SECRET}",
+    f"https://svc/health?X-Amz-Credential={SECRET}",
+    f"https://svc/health?to%6Ben={SECRET}",
+    f"https://svc/health?to\tken={SECRET}",
 ]
 
 
@@ -110,7 +120,35 @@ def test_histories_written_before_the_rule_still_decode() -> None:
         "action": "webhook:https://hooks.example/x",
     }
     request = RecoveryRequest.model_validate_json(json.dumps(old))
-    assert request.probe == old["probe"]
+    # … with the credential redacted, so nothing the workflow shows or passes on repeats it
+    assert request.probe == "redis://***@cache:6379/0"
+    assert request.action == old["action"]
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_PROBES)
+def test_a_credential_decoded_from_json_is_redacted_and_still_refused_by_the_worker(
+    url: str,
+) -> None:
+    # A hand-written signal or start input (``temporal workflow signal --input …``) is
+    # decoded from JSON like a history: let through, but never with the credential in it.
+    if url.startswith("ftp://"):
+        pytest.skip("a bad scheme is refused in JSON too")
+    request = RecoveryRequest.model_validate_json(json.dumps({"service": "s", "probe": url}))
+    assert SECRET not in request.probe and "***" in request.probe
+    assert SECRET not in request.model_dump_json()
+    with pytest.raises(NamedTargetError, match="refused: a credential"):
+        resolve_probe(RecoveryPolicyConfig(), request.probe)
+
+
+@pytest.mark.parametrize(
+    "url", [f"https://hooks.example/x?token={SECRET}", f"https://u:{SECRET}@hooks.example/x"]
+)
+def test_a_webhook_url_decoded_from_json_is_redacted_and_refused(url: str) -> None:
+    raw = {"service": "s", "probe": "tcp://h:1", "action": f"webhook:{url}"}
+    request = RecoveryRequest.model_validate_json(json.dumps(raw))
+    assert SECRET not in request.action and request.action.startswith("webhook:https://")
+    with pytest.raises(NamedTargetError, match="refused: a credential"):
+        resolve_webhook(RecoveryPolicyConfig(), request.action.removeprefix("webhook:"))
 
 
 def test_chaos_steady_state_probes_follow_the_same_rule() -> None:
@@ -127,6 +165,16 @@ def test_credential_detection_never_returns_the_value() -> None:
     assert credential_in_url(f"http://h/?Token={SECRET}") == "query parameter 'Token'"
     assert credential_in_url("http://h/health?verbose=1&limit=2") is None
     assert credential_in_url("tcp://h:1") is None
+    assert credential_in_url("http://h/users/@me?session=1#top") is None
+
+
+def test_redacted_urls_keep_their_shape() -> None:
+    assert redact_url(f"redis://default:{SECRET}@cache:6379/0") == "redis://***@cache:6379/0"
+    assert (
+        redact_url(f"https://h/x?a=1&token={SECRET}#access_token={SECRET}")
+        == "https://h/x?a=1&token=***#access_token=***"
+    )
+    assert redact_url("https://h/health?verbose=1") == "https://h/health?verbose=1"
 
 
 # --- the policy --------------------------------------------------------------------------

@@ -22,13 +22,21 @@ from typing import Any
 import pytest
 import redis
 from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
 from antifragile import binaries
-from antifragile.constants import QUERY_QUEUE, orchestrator_workflow_id, recovery_workflow_id
-from antifragile.models.orchestrator import QueueView
+from antifragile.constants import (
+    ORCHESTRATOR_WORKFLOW_TYPE,
+    QUERY_QUEUE,
+    SIGNAL_REQUEST_RECOVERY,
+    orchestrator_workflow_id,
+    recovery_workflow_id,
+)
+from antifragile.models.orchestrator import OrchestratorInput, QueueView
 from antifragile.models.recovery import (
     ProbeInput,
     RecoveryActionInput,
@@ -297,3 +305,80 @@ def test_the_search_finds_a_secret_that_is_there() -> None:
     assert PASSWORD not in history  # base64 hides it from a plain search …
     with pytest.raises(AssertionError, match="leaked"):
         assert_no_secret("a history", readable(history))  # … not from this one
+
+
+# --- a request written by hand, bypassing the CLI and the API --------------------------------
+
+
+async def test_a_hand_written_request_with_a_credential_is_never_echoed_nor_used(
+    time_skipping_env: WorkflowEnvironment,
+    start_worker: WorkerFactory,
+    task_queue: str,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``temporal workflow signal --name request_recovery --input '{"request": …}'``.
+
+    The payload is decoded from JSON, where the CLI's refusal does not apply (old histories
+    must replay). The signal itself is the sender's own doing and stays in the
+    orchestrator's history as sent; nothing the system writes after it repeats the
+    password, and the worker never calls the URL.
+    """
+    client = time_skipping_env.client
+    caplog.set_level(logging.DEBUG)
+    service = "hand-written"
+    probe = f"http://ops:{PASSWORD}@127.0.0.1:{receiver.port}/health?token={TOKEN}"
+    raw = {
+        "request": {
+            "service": service,
+            "probe": probe,
+            "strategy": "immediate",
+            "policy": {"max_retry_attempts": 1},
+        }
+    }
+    orchestrator_id = orchestrator_workflow_id(task_queue)
+    async with start_worker(client, task_queue, policy=WorkerPolicy()):
+        orchestrator = await client.start_workflow(
+            ORCHESTRATOR_WORKFLOW_TYPE,
+            OrchestratorInput(),
+            id=orchestrator_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal=SIGNAL_REQUEST_RECOVERY,
+            start_signal_args=[raw],  # a dict: sent as written, never validated here
+        )
+        handle = client.get_workflow_handle(
+            recovery_workflow_id(service), result_type=RecoveryResult
+        )
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            # Admission creates the workflow a moment after the request; the refused probe
+            # counts as a failed attempt, which escalates (one attempt per round).
+            with contextlib.suppress(RPCError):
+                status = await handle.query("status", result_type=RecoveryStatus)
+                if status.state is RecoveryState.AWAITING_APPROVAL or status.state.terminal:
+                    break
+            assert asyncio.get_running_loop().time() < deadline, "no attempt was made"
+            await asyncio.sleep(0.2)
+        status = await handle.query("status", result_type=RecoveryStatus)
+        metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        queue = await orchestrator.query(QUERY_QUEUE, result_type=QueueView)
+        desc = await handle.describe()
+        orchestrator_history = readable((await orchestrator.fetch_history()).to_json())
+        texts = {
+            "the recovery's history": readable((await handle.fetch_history()).to_json()),
+            "the status query": status.model_dump_json(),
+            "the queue query": queue.model_dump_json(),
+            "the summary and static details": f"{await desc.static_summary()} "
+            f"{await desc.static_details()}",
+            "the current details": metadata.current_details,
+            "the worker's logs": caplog.text,
+        }
+        await orchestrator.terminate("test over")
+    assert "refused: a credential" in (status.last_error or ""), status
+    assert status.probe.startswith("http://***@127.0.0.1:") and "token=***" in status.probe
+    assert not receiver.calls, "the worker called a URL with a credential in it"
+    for where, text in texts.items():
+        assert_no_secret(where, text)
+    # The sender's own signal is the one place in history that holds what they sent.
+    assert orchestrator_history.count(PASSWORD) == 1, "the orchestrator repeated the password"
