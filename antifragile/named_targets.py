@@ -178,3 +178,41 @@ def resolve_webhook(
     # Every header value is treated as secret: Authorization, X-Api-Key and the like.
     secrets = _secrets(used + list(headers.values()) + _url_secrets(url))
     return Resolved(url=url, headers=headers, label=f"webhook:{name}", secrets=secrets)
+
+
+WORKER_SECRET_ENV = ("ANTIFRAGILE_TEMPORAL_API_KEY", "ANTIFRAGILE_APPROVER_KEY")
+"""Environment variables of the worker that always hold secrets."""
+
+
+def approver_key_envs(policy: RecoveryPolicyConfig) -> set[str]:
+    """The environment variables holding approvers' signing keys (and the CLI's own)."""
+    names = {c.key_env for c in policy.approvers.values() if c.key_env}
+    return names | {"ANTIFRAGILE_APPROVER_KEY"}
+
+
+def environment_secrets(
+    policy: RecoveryPolicyConfig, environ: Mapping[str, str] | None = None
+) -> Resolved:
+    """Every secret value the worker's environment holds for the policy, to redact.
+
+    The values of every ``${VAR}`` of the policy's webhooks and probes, of the approvers'
+    key variables, of the worker's own secrets (Temporal API key, approver key) and the
+    credentials of ``ANTIFRAGILE_REDIS_URL``. A recovery command runs with the worker's
+    environment, and its output is recorded: this is what must never appear in it.
+
+    Args:
+        policy: The worker policy's recovery section.
+        environ: The environment; None reads ``os.environ``.
+
+    Returns:
+        A :class:`Resolved` with no URL, used for its :meth:`Resolved.redact`.
+    """
+    env = os.environ if environ is None else environ
+    templates = list(policy.probes.values())
+    for hook in policy.webhooks.values():
+        templates += [hook.url, *hook.headers.values()]
+    names = {var for text in templates for var in PLACEHOLDER.findall(text)}
+    names |= approver_key_envs(policy) | set(WORKER_SECRET_ENV)
+    values = [env.get(name, "") for name in names]
+    values += url_credentials(env.get("ANTIFRAGILE_REDIS_URL", ""))
+    return Resolved(url="", label="environment", secrets=_secrets(values))

@@ -14,6 +14,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -151,8 +152,21 @@ def post_webhook(
     return None if 200 <= status < 300 else f"webhook answered HTTP {status}"
 
 
-async def run_command(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run an operator-defined command without a shell; (exit code, output tail)."""
+async def run_command(
+    argv: list[str],
+    env: dict[str, str],
+    timeout: float,
+    redact: Callable[[str], str] | None = None,
+) -> tuple[int, str]:
+    """Run an operator-defined command without a shell; (exit code, output tail).
+
+    Args:
+        argv: The command and its arguments.
+        env: Its whole environment.
+        timeout: Seconds before it is killed (exit code -9).
+        redact: Applied to the whole output before its last 500 characters are kept, so a
+            secret cut in two by the tail is still found.
+    """
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
@@ -166,5 +180,6 @@ async def run_command(argv: list[str], env: dict[str, str], timeout: float) -> t
         proc.kill()
         await proc.wait()
         return -9, f"timed out after {timeout:.0f}s"
-    tail = out.decode(errors="replace").strip()[-500:]
+    text = out.decode(errors="replace")
+    tail = (redact(text) if redact else text).strip()[-500:]
     return proc.returncode if proc.returncode is not None else -1, tail

@@ -47,7 +47,7 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
+from antifragile.policy import ApproverConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.processes import free_port
 from antifragile.recovery_client import request_recovery
 from antifragile.settings import Settings
@@ -233,6 +233,60 @@ async def test_a_named_webhook_gets_its_headers_and_answers_are_redacted(
     assert receiver.calls[0]["path"] == f"/hook?sig={TOKEN}"
     assert receiver.calls[0]["body"] == {"service": "cache", "attempt": 1, "reason": ""}
     assert_no_secret("the action's result", result.model_dump_json())
+
+
+APPROVER_KEY_ENV_NAME = "AF_TEST_ALICE_KEY"
+APPROVER_KEY = "alice-key-Qw3-never-in-history"
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        # a careless script (or `curl -v`) printing its configuration on failure
+        f'echo "token=${TOKEN_ENV} pw=${PASSWORD_ENV}"; exit 3',
+        # the tail kept is the last 500 characters: a secret cut in two by it
+        f'printf "%s" "${TOKEN_ENV}"; printf "x%.0s" $(seq 1 490); exit 3',
+    ],
+)
+async def test_a_failing_command_never_records_a_secret_of_the_environment(
+    auth_redis: int,
+    receiver: Receiver,
+    secrets_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    script: str,
+) -> None:
+    monkeypatch.setenv(APPROVER_KEY_ENV_NAME, APPROVER_KEY)
+    policy = policy_for(auth_redis, receiver.port)
+    policy.recovery.commands["noisy"] = ["sh", "-c", script]
+    policy.recovery.approvers["alice"] = ApproverConfig(key_env=APPROVER_KEY_ENV_NAME)
+    result = await ActivityEnvironment().run(
+        RecoveryActivities(Settings(), policy).run_recovery_action,
+        RecoveryActionInput(service="cache", action="command:noisy", attempt=1),
+    )
+    assert not result.ok and "exited 3" in result.detail, result.detail
+    assert "***" in result.detail, result.detail
+    assert_no_secret("the command's recorded output", result.detail)
+    assert TOKEN[-8:] not in result.detail, result.detail
+
+
+async def test_a_command_never_gets_an_approvers_key(
+    auth_redis: int, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With an approver's key a command could sign approvals: it stays with the worker.
+    monkeypatch.setenv(APPROVER_KEY_ENV_NAME, APPROVER_KEY)
+    monkeypatch.setenv("ANTIFRAGILE_APPROVER_KEY", APPROVER_KEY)
+    policy = policy_for(auth_redis, receiver.port)
+    policy.recovery.approvers["alice"] = ApproverConfig(key_env=APPROVER_KEY_ENV_NAME)
+    policy.recovery.commands["keys"] = [
+        "sh",
+        "-c",
+        f'test -z "${APPROVER_KEY_ENV_NAME}" && test -z "$ANTIFRAGILE_APPROVER_KEY"',
+    ]
+    result = await ActivityEnvironment().run(
+        RecoveryActivities(Settings(), policy).run_recovery_action,
+        RecoveryActionInput(service="cache", action="command:keys", attempt=1),
+    )
+    assert result.ok, "a command was given an approver's key"
 
 
 # --- a whole recovery through the orchestrator -----------------------------------------------
