@@ -49,6 +49,19 @@ async def _probe_tcp(url: str, timeout: float) -> str | None:
     return None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: the 3xx answer itself is the result (urllib raises HTTPError)."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_NO_REDIRECT = urllib.request.build_opener(_NoRedirect)
+"""A webhook's opener. urllib follows a 302 after a POST as a GET without the body (the
+call then looks delivered) and sends every header along, to any host: a webhook's
+``Authorization`` would reach whoever the receiver redirects to."""
+
+
 def _http_get(url: str, timeout: float) -> str | None:
     headers = {"User-Agent": "antifragile-probe"}
     parts = urlsplit(url)
@@ -56,12 +69,18 @@ def _http_get(url: str, timeout: float) -> str | None:
         # urllib does not use user-info itself: send it as HTTP Basic auth (a named probe
         # of the worker policy, e.g. https://${USER}:${PASS}@host/health).
         creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+        auth = "Basic " + base64.b64encode(creds.encode()).decode()
         host = parts.hostname or ""
         netloc = f"[{host}]" if ":" in host else host
         netloc += f":{parts.port}" if parts.port else ""
         url = urlunsplit(parts._replace(netloc=netloc))
+    else:
+        auth = ""
     req = urllib.request.Request(url, method="GET", headers=headers)
+    if auth:
+        # Unredirected: a redirect (followed, e.g. /health -> /health/) never carries the
+        # credential on, possibly to another host.
+        req.add_unredirected_header("Authorization", auth)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status = int(resp.status)
@@ -126,7 +145,9 @@ def post_webhook(
             defaults ``Content-Type: application/json`` and ``User-Agent``.
 
     Returns:
-        None on a 2xx answer, else a one-line reason (never the URL or a header value).
+        None on a 2xx answer, else a one-line reason (never the URL or a header value). A
+        redirect is not followed (it is a failure): following it would turn the POST into
+        a GET and hand the headers to wherever it points.
     """
     body = json.dumps(payload).encode()
     try:
@@ -140,9 +161,11 @@ def post_webhook(
                 **(headers or {}),
             },
         )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _NO_REDIRECT.open(req, timeout=timeout) as resp:
             status = int(resp.status)
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            return f"webhook answered HTTP {exc.code} (a redirect: webhooks follow none)"
         return f"webhook answered HTTP {exc.code}"
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         return f"webhook failed: {getattr(exc, 'reason', exc)}"

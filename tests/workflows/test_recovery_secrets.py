@@ -115,6 +115,12 @@ class Receiver:
                 self.send_response(200)
                 self.end_headers()
 
+            def do_GET(self) -> None:
+                calls.append({"path": self.path, "headers": dict(self.headers), "body": None})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -287,6 +293,73 @@ async def test_a_command_never_gets_an_approvers_key(
         RecoveryActionInput(service="cache", action="command:keys", attempt=1),
     )
     assert result.ok, "a command was given an approver's key"
+
+
+class Redirector:
+    """A real HTTP server answering every request with a 302 to ``target``."""
+
+    def __init__(self, target: str) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_a_redirect_never_carries_a_webhooks_or_probes_credential_elsewhere(
+    receiver: Receiver, secrets_env: None
+) -> None:
+    # The receiver answers a redirect to another host (``localhost`` is not 127.0.0.1 for
+    # urllib): it must not get the token, nor a GET made of the POST that counts as sent.
+    other = f"http://localhost:{receiver.port}/elsewhere"
+    redirector = Redirector(other)
+    try:
+        policy = WorkerPolicy(
+            recovery=RecoveryPolicyConfig.model_validate(
+                {
+                    "webhooks": {
+                        "pager": {
+                            "url": f"http://127.0.0.1:{redirector.port}/hook",
+                            "headers": {"Authorization": f"Bearer ${{{TOKEN_ENV}}}"},
+                        }
+                    },
+                    "probes": {
+                        "web": f"http://ops:${{{PASSWORD_ENV}}}@127.0.0.1:{redirector.port}/h"
+                    },
+                }
+            )
+        )
+        env = ActivityEnvironment()
+        action = await env.run(
+            RecoveryActivities(Settings(), policy).run_recovery_action,
+            RecoveryActionInput(service="svc", action="webhook:pager", attempt=1),
+        )
+        assert not action.ok and "HTTP 302" in action.detail, action.detail
+        assert not receiver.calls, "the webhook followed a redirect with its headers"
+        probe = await env.run(
+            CommonActivities(Settings(), policy).probe_service,
+            ProbeInput(service="svc", url="probe:web"),
+        )
+        # A probe may follow a redirect (/health -> /health/), without the credential.
+        assert probe.healthy, probe.detail
+        assert [c["path"] for c in receiver.calls] == ["/elsewhere"]
+        assert "Authorization" not in receiver.calls[0]["headers"], "the probe's password went on"
+    finally:
+        redirector.close()
 
 
 # --- a whole recovery through the orchestrator -----------------------------------------------
