@@ -107,19 +107,27 @@ async def approval_signal(
     import os
     from datetime import UTC, datetime
 
-    from antifragile.approvals import APPROVER_KEY_ENV, MIN_KEY_BYTES, sign_decision
+    from antifragile.approvals import (
+        APPROVER_KEY_ENV,
+        MIN_KEY_BYTES,
+        key_from_env,
+        sign_decision,
+    )
     from antifragile.models.common import ApprovalSignal
 
     key = os.environ.get(APPROVER_KEY_ENV, "") if key is None else key
     data: dict[str, Any] = {"approver": approver, "note": note}
-    if key:
-        if len(key.encode()) < MIN_KEY_BYTES:
+    key_bytes = key_from_env(key)
+    if key_bytes:
+        if len(key_bytes) < MIN_KEY_BYTES:
             fail(f"{APPROVER_KEY_ENV}: a key must be at least {MIN_KEY_BYTES} bytes")
+        if any(ord(c) < 32 or ord(c) == 127 for c in approver):
+            fail("--by: an approver's name must be one line of printable characters")
         description = await handle.describe()
         first_run_id = description.raw_description.workflow_execution_info.first_run_id
         signed_at = datetime.now(UTC).replace(microsecond=0)
         data["signature"] = sign_decision(
-            key.encode(),
+            key_bytes,
             workflow_id=handle.id,
             first_run_id=first_run_id or description.run_id,
             decision=decision,
