@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import re
+import signal
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
+from temporalio.service import RPCError
 
 from antifragile.errors import AntifragileError, ConfigError, describe_validation_error
 from antifragile.settings import Settings
@@ -40,9 +51,76 @@ def load_settings() -> Settings:
         fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc)}")
 
 
+@functools.cache
+def cli_runtime() -> Runtime:
+    """The Temporal core runtime of a client-only command: its own logs kept off the terminal.
+
+    By default the core writes a WARN line to stdout for every retried call, so a command
+    waiting on a server that went away printed dozens of them (on stdout, even with
+    ``--json``) before its one-line error. Here only core errors are kept, and they go to
+    Python logging (stderr) instead.
+    """
+    import logging
+
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+            )
+        )
+    )
+
+
+def unreachable(settings: Settings, exc: RPCError, after: str = "") -> NoReturn:
+    """Stop a command whose Temporal went away mid-way, as a fresh command would (exit 2).
+
+    Args:
+        settings: The address and namespace tried.
+        exc: The error of the call that could not reach the server.
+        after: What happened to the operation, appended to the line.
+    """
+    text = exc.message or str(exc)
+    why = (
+        "connection refused"
+        if "onnection refused" in text or "ConnectionRefused" in text
+        else (text.splitlines() or ["unavailable"])[0][:160]
+    )
+    fail(
+        f"cannot reach Temporal at {settings.temporal_address} "
+        f"(namespace {settings.temporal_namespace}): {why}{after}"
+    )
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine to completion."""
-    return asyncio.run(coro)
+    """Run a command's coroutine to completion; Ctrl-C always ends it as KeyboardInterrupt.
+
+    asyncio turns Ctrl-C into a cancellation of the command, and raises KeyboardInterrupt
+    only if the command then ends cancelled. Some SDK calls end a cancellation with their
+    own error instead (an update in flight raises ``WorkflowUpdateRPCTimeoutOrCancelledError``),
+    which escaped as a traceback with exit 1: here any ending after Ctrl-C is the interrupt.
+    """
+    interrupted = False
+
+    async def _main() -> T:
+        task = asyncio.current_task()
+
+        def _on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            if task is not None:
+                task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, _on_sigint)
+        return await coro
+
+    try:
+        return asyncio.run(_main())
+    except BaseException:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def print_json(data: Any) -> None:
