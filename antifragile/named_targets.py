@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote
 
 from antifragile.errors import AntifragileError
 from antifragile.models.common import (
@@ -96,6 +98,49 @@ def expand(text: str, environ: Mapping[str, str], where: str) -> tuple[str, list
     return PLACEHOLDER.sub(_one, text), used
 
 
+_TEMPLATE_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*@)")
+
+
+def expand_url(template: str, environ: Mapping[str, str], where: str) -> tuple[str, list[str]]:
+    """:func:`expand` for a URL: a value placed in its user-info is percent-encoded.
+
+    A password read from the environment is raw (``pa/ss@wo#rd``); put as is into
+    ``redis://:${PASS}@host`` it would end the user-info early and send part of it as the
+    host, path or fragment. Encoded, it arrives whole (clients decode user-info). Keep the
+    raw value in the variable, not an encoded one.
+
+    Returns:
+        The URL and the values used, raw and encoded (to redact).
+    """
+    match = _TEMPLATE_USERINFO.match(template)
+    if match is None:
+        return expand(template, environ, where)
+    userinfo, used = expand(match.group(2), _Quoted(environ), where)
+    rest, more = expand(template[match.end() :], environ, where)
+    used += more + [unquote(v) for v in used]
+    return match.group(1) + userinfo + rest, used
+
+
+class _Quoted(Mapping[str, str]):
+    """``environ`` with every value percent-encoded (nothing kept as is)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def __getitem__(self, key: str) -> str:
+        return quote(self._environ[key], safe="")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._environ.get(key)
+        return default if value is None else quote(value, safe="")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
+
+
 def _url_secrets(url: str) -> list[str]:
     """The user-info and credential-like parameter values of ``url`` (raw and unquoted)."""
     return url_credentials(url)
@@ -131,7 +176,8 @@ def resolve_probe(
         raise NamedTargetError(
             f"probe {name!r} is not defined in the worker policy (recovery.probes: {known})"
         )
-    url, used = expand(template, os.environ if environ is None else environ, f"probe {name!r}")
+    env = os.environ if environ is None else environ
+    url, used = expand_url(template, env, f"probe {name!r}")
     return Resolved(url=url, label=ref, secrets=_secrets(used + _url_secrets(url)))
 
 
@@ -169,7 +215,7 @@ def resolve_webhook(
         )
     env = os.environ if environ is None else environ
     where = f"webhook {name!r}"
-    url, used = expand(hook.url, env, where)
+    url, used = expand_url(hook.url, env, where)
     headers: dict[str, str] = {}
     for header, template in hook.headers.items():
         value, more = expand(template, env, f"{where} header {header}")

@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,11 +60,10 @@ PASSWORD_ENV = "AF_TEST_CACHE_PASSWORD"
 TOKEN_ENV = "AF_TEST_HOOK_TOKEN"
 
 
-@pytest.fixture(scope="module")
-def auth_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A real redis-server that answers only with ``PASSWORD``; yields its port."""
+@contextlib.contextmanager
+def redis_with_password(password: str, log: Path) -> Iterator[int]:
+    """A real redis-server that answers only with ``password``; yields its port."""
     port = free_port()
-    log = tmp_path_factory.mktemp("auth-redis") / "redis.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [
@@ -77,14 +77,14 @@ def auth_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 "--appendonly",
                 "no",
                 "--requirepass",
-                PASSWORD,
+                password,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     try:
-        client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD)
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
         for _ in range(200):
             try:
                 if client.ping():
@@ -97,6 +97,14 @@ def auth_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def auth_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real redis-server that answers only with ``PASSWORD``; yields its port."""
+    log = tmp_path_factory.mktemp("auth-redis") / "redis.log"
+    with redis_with_password(PASSWORD, log) as port:
+        yield port
 
 
 class Receiver:
@@ -360,6 +368,27 @@ async def test_a_redirect_never_carries_a_webhooks_or_probes_credential_elsewher
         assert "Authorization" not in receiver.calls[0]["headers"], "the probe's password went on"
     finally:
         redirector.close()
+
+
+@pytest.mark.parametrize("password", ["pa/ss@wo#rd", "p:w?x%41 y"])
+async def test_a_raw_password_with_url_characters_authenticates_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    # The variable holds the raw password (as a secret store gives it); put as is into the
+    # URL, '/', '@', '#' or '?' cut it short and sent the rest as host, path or fragment.
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    with redis_with_password(password, tmp_path / "redis.log") as port:
+        policy = WorkerPolicy(
+            recovery=RecoveryPolicyConfig.model_validate(
+                {"probes": {"cache": f"redis://:${{{PASSWORD_ENV}}}@127.0.0.1:{port}/0"}}
+            )
+        )
+        result = await ActivityEnvironment().run(
+            CommonActivities(Settings(), policy).probe_service,
+            ProbeInput(service="cache", url="probe:cache"),
+        )
+    assert result.healthy, result.detail
+    assert password not in result.detail
 
 
 # --- a whole recovery through the orchestrator -----------------------------------------------
