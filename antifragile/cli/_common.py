@@ -48,7 +48,9 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc)}")
+        # A Redis URL and an API key carry secrets: their errors never show the value.
+        secret = (("redis_url",), ("temporal_api_key",))
+        fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc, secret)}")
 
 
 @functools.cache

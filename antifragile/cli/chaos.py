@@ -55,6 +55,7 @@ from antifragile.models.chaos import (
     ChaosStatus,
     EmergencyStopSignal,
 )
+from antifragile.models.common import redact_url
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
@@ -116,7 +117,7 @@ async def _refuse_if_halted(settings: Settings) -> None:
     try:
         halt = await plane.halt_status()
     except Exception as exc:
-        fail(f"cannot read the halt switch at {settings.redis_url}: {exc}", code=1)
+        fail(f"cannot read the halt switch at {redact_url(settings.redis_url)}: {exc}", code=1)
     finally:
         await plane.close()
     if halt.halted:

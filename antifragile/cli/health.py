@@ -24,6 +24,7 @@ from rich.table import Table
 from antifragile.cli._common import console, err_console, load_settings
 from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
 from antifragile.health import HEALTH_MEMBERS_KEY
+from antifragile.models.common import redact_url
 
 _STATUS_STYLE = {
     "HEALTHY": "green",
@@ -87,7 +88,7 @@ def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list
                 )
         return sorted(docs, key=lambda d: str(d.get("instance")))
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"cannot reach Redis at {url}: {exc}") from None
+        raise RedisUnreachable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     finally:
         client.close()
 
@@ -98,7 +99,7 @@ def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
         (str(d.get("status", "UNKNOWN")) for d in docs), key=lambda s: _RANK.get(s, 1), default=None
     )
     return {
-        "redis_url": url,
+        "redis_url": redact_url(url),
         "fleet": {"instances": len(docs), "status": worst or "UNKNOWN"},
         "instances": docs,
     }

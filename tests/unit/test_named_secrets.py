@@ -399,3 +399,22 @@ def test_a_yaml_error_is_one_line_with_its_place_and_never_quotes_the_file(
     assert SECRET not in message and SECRET[:7] not in message
     assert "\n" not in message
     assert "not valid YAML (line " in message and ", column " in message
+
+
+# --- the worker's own Redis URL ----------------------------------------------------------------
+
+
+async def test_the_cli_never_prints_the_password_of_its_redis_url() -> None:
+    # A dead Redis with a password, and a mistyped one: `health` printed the URL whole (and
+    # `--json` put it in its document); a bad setting echoed it twice.
+    base = {"PATH": "/usr/bin:/bin", "ANTIFRAGILE_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    cases = [
+        ({"ANTIFRAGILE_REDIS_URL": f"redis://:{SECRET}@127.0.0.1:1/0"}, ["health"]),
+        ({"ANTIFRAGILE_REDIS_URL": f"redis://:{SECRET}@127.0.0.1:1/0"}, ["health", "--json"]),
+        ({"ANTIFRAGILE_REDIS_URL": f"redis//:{SECRET}@h:6379"}, ["recovery", "status", "x"]),
+    ]
+    for extra, command in cases:
+        (result,) = await run_cli_batch({**base, **extra}, [command])
+        assert result.code != 0, result
+        assert SECRET not in result.stdout + result.stderr, (command, result)
+        assert "\n" not in result.stderr.strip(), result.stderr
