@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from antifragile.errors import AntifragileError
 from antifragile.models.common import (
@@ -69,31 +68,42 @@ class Resolved:
         return text
 
 
-def expand(text: str, environ: Mapping[str, str], where: str) -> tuple[str, list[str]]:
+def expand(
+    text: str, environ: Mapping[str, str], where: str, *, encode: bool = False
+) -> tuple[str, list[str]]:
     """Replace every ``${VAR}`` in ``text`` from ``environ``.
 
     Args:
         text: A policy value.
         environ: The worker's environment.
         where: The policy entry, for the error message (e.g. ``recovery.probes.cache``).
+        encode: Percent-encode every value (for a URL's user-info).
 
     Returns:
-        The expanded text and the values used (to redact).
+        The expanded text and the values used, as read and as placed (to redact).
+
+    A line break at the end of a value (a value read from a file) is dropped.
 
     Raises:
-        NamedTargetError: a variable is not set (or empty) in the worker's environment.
+        NamedTargetError: a variable is not set (or empty) in the worker's environment, or
+            holds a line break inside its value (never shown).
     """
     used: list[str] = []
 
     def _one(match: re.Match[str]) -> str:
         var = match.group(1)
-        value = environ.get(var, "")
+        # A value read from a file usually ends with a line break: it is no part of the
+        # secret (in a header it made every call fail with a bare "ValueError").
+        value = environ.get(var, "").rstrip("\r\n")
         if not value:
             raise NamedTargetError(
                 f"{where} needs ${{{var}}}, which is not set in the worker's environment"
             )
-        used.append(value)
-        return value
+        if "\n" in value or "\r" in value:
+            raise NamedTargetError(f"{where}: ${{{var}}} holds a line break inside its value")
+        placed = quote(value, safe="") if encode else value
+        used.extend({value, placed})
+        return placed
 
     return PLACEHOLDER.sub(_one, text), used
 
@@ -115,30 +125,9 @@ def expand_url(template: str, environ: Mapping[str, str], where: str) -> tuple[s
     match = _TEMPLATE_USERINFO.match(template)
     if match is None:
         return expand(template, environ, where)
-    userinfo, used = expand(match.group(2), _Quoted(environ), where)
+    userinfo, used = expand(match.group(2), environ, where, encode=True)
     rest, more = expand(template[match.end() :], environ, where)
-    used += more + [unquote(v) for v in used]
-    return match.group(1) + userinfo + rest, used
-
-
-class _Quoted(Mapping[str, str]):
-    """``environ`` with every value percent-encoded (nothing kept as is)."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def __getitem__(self, key: str) -> str:
-        return quote(self._environ[key], safe="")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self._environ.get(key)
-        return default if value is None else quote(value, safe="")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._environ)
-
-    def __len__(self) -> int:
-        return len(self._environ)
+    return match.group(1) + userinfo + rest, used + more
 
 
 def _url_secrets(url: str) -> list[str]:

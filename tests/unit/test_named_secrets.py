@@ -418,3 +418,23 @@ async def test_the_cli_never_prints_the_password_of_its_redis_url() -> None:
         assert result.code != 0, result
         assert SECRET not in result.stdout + result.stderr, (command, result)
         assert "\n" not in result.stderr.strip(), result.stderr
+
+
+def test_a_value_read_from_a_file_loses_its_line_break() -> None:
+    policy = RecoveryPolicyConfig.model_validate(
+        {
+            "webhooks": {
+                "pager": {"url": "https://h/x", "headers": {"Authorization": "Bearer ${T}"}}
+            },
+            "probes": {"cache": "redis://:${P}@cache:6379/0"},
+        }
+    )
+    hook = resolve_webhook(policy, "pager", {"T": SECRET + "\n"})
+    # A header with a line break made every call fail with a bare "ValueError".
+    assert hook.headers == {"Authorization": f"Bearer {SECRET}"}
+    assert resolve_probe(policy, "probe:cache", {"P": SECRET + "\r\n"}).url == (
+        f"redis://:{SECRET}@cache:6379/0"
+    )
+    with pytest.raises(NamedTargetError, match=r"\$\{T\} holds a line break") as info:
+        resolve_webhook(policy, "pager", {"T": f"{SECRET}\nX-Injected: 1"})
+    assert SECRET not in str(info.value)
