@@ -29,8 +29,16 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 """``${ENV_VAR}`` in a policy value: replaced by the worker's environment variable, inside
 the activity that uses it (``antifragile.named_targets``), never earlier."""
 
-SECRET_FIELDS = (("recovery", "webhooks"), ("recovery", "probes"))
-"""Policy fields whose values may hold secrets: errors about them never show the value."""
+SECRET_FIELDS = (
+    ("recovery", "webhooks"),
+    ("recovery", "probes"),
+    ("recovery", "approvers"),
+    ("recovery", "commands"),
+)
+"""Policy fields whose values may hold secrets: errors about them never show the value.
+
+Approvers: a key pasted where its variable's name belongs (``key_env: sk-live-…``).
+Commands: an argv may carry a token (``curl -H "Authorization: Bearer …"``)."""
 
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

@@ -366,6 +366,11 @@ def test_a_malformed_webhook_url_is_reported_without_quoting_it(url: str) -> Non
         f"recovery:\n  webhooks: {{x: {{url: 'https://a/', headers: {{A: 'B ${SECRET}'}}}}}}\n",
         f"recovery:\n  webhooks: {{x: {{url: 'https://a/?t={SECRET}', nope: 1}}}}\n",
         f"recovery:\n  webhooks: {{x: {{headers: {{Authorization: '{SECRET}'}}}}}}\n",
+        # found by the edge review: a key pasted where its variable's name belongs
+        f"recovery:\n  approvers: {{alice: {{key_env: 'sk-{SECRET}'}}}}\n",
+        f"recovery:\n  approvers: {{alice: {{key: '{SECRET}'}}}}\n",
+        f"recovery:\n  commands: {{hook: [curl, -H, 'Authorization: {SECRET}', 1]}}\n",
+        f"recovery:\n  commands: {{hook: 'curl -H {SECRET}'}}\n",
     ],
 )
 def test_a_bad_policy_entry_never_shows_its_value(tmp_path: Path, text: str) -> None:
