@@ -251,3 +251,53 @@ def environment_secrets(
     values = [env.get(name, "") for name in names]
     values += url_credentials(env.get("ANTIFRAGILE_REDIS_URL", ""))
     return Resolved(url="", label="environment", secrets=_secrets(values))
+
+
+def environment_problems(
+    policy: RecoveryPolicyConfig, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """What the worker's environment lacks for its policy, one line each (names, no values).
+
+    A ``${VAR}`` is resolved only when a probe or webhook is used, so a worker deployed
+    without one starts fine and fails its first recovery that needs it. The worker logs
+    these at start instead, so the operator learns it at deploy time.
+
+    Args:
+        policy: The worker policy's recovery section.
+        environ: The environment; None reads ``os.environ``.
+
+    Returns:
+        One line per unset variable (naming the entries that use it) and per approver key
+        that is unset or shorter than the minimum; empty when all is well.
+    """
+    from antifragile.approvals import MIN_KEY_BYTES, key_from_env
+
+    env = os.environ if environ is None else environ
+    users: dict[str, list[str]] = {}
+    entries = [(f"probe {n!r}", [t]) for n, t in policy.probes.items()]
+    entries += [
+        (f"webhook {n!r}", [h.url, *h.headers.values()]) for n, h in policy.webhooks.items()
+    ]
+    for where, texts in entries:
+        for text in texts:
+            for var in PLACEHOLDER.findall(text):
+                if not env.get(var, "").strip():
+                    users.setdefault(var, []).append(where)
+    problems = [
+        f"${{{var}}} is not set: {', '.join(sorted(set(wheres)))} will fail"
+        for var, wheres in sorted(users.items())
+    ]
+    for name, config in sorted(policy.approvers.items()):
+        if not config.key_env:
+            continue
+        key = key_from_env(env.get(config.key_env, ""))
+        if not key:
+            problems.append(
+                f"${config.key_env} is not set: approver {name!r} cannot approve anything"
+            )
+        elif len(key) < MIN_KEY_BYTES:
+            problems.append(
+                f"${config.key_env} is shorter than {MIN_KEY_BYTES} bytes: approver {name!r} "
+                "cannot approve anything"
+            )
+    return problems

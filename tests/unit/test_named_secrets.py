@@ -7,11 +7,14 @@ and the CLI's one-line refusal (exit 2).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from temporalio.testing import WorkflowEnvironment
 
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.errors import CREDENTIAL_ERROR, ConfigError, describe_validation_error
@@ -20,10 +23,12 @@ from antifragile.models.recovery import RecoveryRequest
 from antifragile.named_targets import (
     REDACTED,
     NamedTargetError,
+    environment_problems,
     resolve_probe,
     resolve_webhook,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
+from antifragile.settings import Settings
 from tests.helpers import run_cli_batch
 
 SECRET = "hunter2-s3cr3t"
@@ -443,3 +448,49 @@ def test_a_value_read_from_a_file_loses_its_line_break() -> None:
     with pytest.raises(NamedTargetError, match=r"\$\{T\} holds a line break") as info:
         resolve_webhook(policy, "pager", {"T": f"{SECRET}\nX-Injected: 1"})
     assert SECRET not in str(info.value)
+
+
+# --- the worker's environment, checked at start ------------------------------------------------
+
+
+def test_what_the_environment_lacks_is_named_without_values() -> None:
+    policy = RecoveryPolicyConfig.model_validate(
+        {
+            "probes": {"cache": "redis://:${CACHE_PW}@h/0", "db": "tcp://h:5432"},
+            "webhooks": {
+                "pager": {"url": "https://h/${PATH_TOKEN}", "headers": {"A": "B ${CACHE_PW}"}}
+            },
+            "approvers": {"alice": {"key_env": "ALICE_KEY"}, "bob": {"key_env": "BOB_KEY"}},
+        }
+    )
+    env = {"PATH_TOKEN": SECRET, "BOB_KEY": "short\n"}
+    assert environment_problems(policy, env) == [
+        "${CACHE_PW} is not set: probe 'cache', webhook 'pager' will fail",
+        "$ALICE_KEY is not set: approver 'alice' cannot approve anything",
+        "$BOB_KEY is shorter than 16 bytes: approver 'bob' cannot approve anything",
+    ]
+    full = {**env, "CACHE_PW": SECRET, "ALICE_KEY": "k" * 16, "BOB_KEY": "k" * 32 + "\n"}
+    assert environment_problems(policy, full) == []
+
+
+async def test_the_worker_says_at_start_what_its_environment_lacks(
+    time_skipping_env: WorkflowEnvironment,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.main import run_worker
+
+    monkeypatch.delenv("AF_TEST_UNSET_PW", raising=False)
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig.model_validate(
+            {"probes": {"cache": "redis://:${AF_TEST_UNSET_PW}@h/0"}}
+        )
+    )
+    settings = Settings(
+        temporal_address=time_skipping_env.client.service_client.config.target_host,
+        task_queue="tq-env-check",
+    )
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="antifragile.worker")
+    await run_worker(settings, policy, stop=stop, install_signal_handlers=False, on_ready=stop.set)
+    assert "worker policy: ${AF_TEST_UNSET_PW} is not set: probe 'cache' will fail" in caplog.text
