@@ -11,7 +11,7 @@ from urllib.parse import unquote_plus
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from antifragile.errors import CREDENTIAL_ERROR
+from antifragile.errors import CREDENTIAL_ERROR, TARGET_ERROR
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PROBE_SCHEMES = ("tcp", "http", "https", "redis")
@@ -42,7 +42,7 @@ _CREDENTIAL_SUFFIXES = (
 
 # The authority's user-info, read from the raw text so that a URL ``urlsplit`` refuses
 # (``http://u:p@[::1/``) or reads oddly (``http:///u:p@h/``) is judged all the same.
-_USERINFO = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*:[/\\]*)([^/\\?#]*)@")
+_USERINFO = re.compile(r"^([\x00-\x20]*[A-Za-z][A-Za-z0-9+.-]*:[/\\]*)([^/\\?#]*)@")
 # ``name=value`` after ``?``, ``&``, ``;`` (path or matrix parameters, ``;jsessionid=``) or
 # ``#`` (a fragment: OAuth's implicit flow puts ``access_token`` there).
 _PARAM = re.compile(r"([?&;#])([^=&;#?]*)=([^&;#?]*)")
@@ -156,26 +156,40 @@ def refuse_credentials(value: str, info: ValidationInfo | None, field: str) -> s
     )
 
 
+def _bad_target(message: str, value: str) -> PydanticCustomError:
+    """A malformed probe or action (``TARGET_ERROR``): its input shown only when it is safe.
+
+    A mistyped URL escapes the credential check (``redis//:PASSWORD@host`` has no scheme)
+    and is still one: an input with ``@`` or a credential-like parameter is never quoted.
+    """
+    if "@" not in value and credential_in_url(value) is None:
+        shown = repr(value)
+        message += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+    return PydanticCustomError(TARGET_ERROR, "{reason}", {"reason": message})
+
+
 def _check_probe(value: str, info: ValidationInfo) -> str:
     # Credentials first: any later error message would show the value.
     value = refuse_credentials(value, info, "probe")
     if value.startswith(PROBE_REF_PREFIX):
         if not _NAME_RE.match(value.removeprefix(PROBE_REF_PREFIX)):
-            raise ValueError(
+            raise _bad_target(
                 "probe:NAME must name a probe of the worker policy (1-100 letters, digits, "
-                "'.', '_' or '-')"
+                "'.', '_' or '-')",
+                value,
             )
         return value
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in PROBE_SCHEMES or not rest:
-        raise ValueError(
+        raise _bad_target(
             "must be probe:NAME (a probe of the worker policy) or a URL with scheme tcp://, "
-            "http://, https:// or redis://"
+            "http://, https:// or redis://",
+            value,
         )
     if scheme == "tcp":
         host, colon, port = rest.rstrip("/").rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("a tcp probe must be tcp://host:port")
+            raise _bad_target("a tcp probe must be tcp://host:port", value)
     return value
 
 
@@ -192,7 +206,8 @@ def check_action(value: str, info: ValidationInfo | None = None) -> str:
 
     Raises:
         PydanticCustomError: ``credential_in_url`` for a URL with a credential in it.
-        ValueError: any other malformed action.
+        PydanticCustomError: ``bad_target`` for any other malformed action (the input is
+            quoted only when it cannot be a mistyped URL with a credential).
     """
     kind, _, arg = value.partition(":")
     if kind == "none" and not arg:
@@ -201,15 +216,18 @@ def check_action(value: str, info: ValidationInfo | None = None) -> str:
         arg = refuse_credentials(arg, info, "webhook")
         if info is not None and info.mode == "json":
             return f"{kind}:{arg}"
-        raise ValueError(
+        raise _bad_target(
             "webhook:URL is refused: a request names a webhook of the worker policy "
-            "(recovery.webhooks: NAME: url/headers) and passes webhook:NAME"
+            "(recovery.webhooks: NAME: url/headers) and passes webhook:NAME",
+            value,
         )
     if kind == "webhook" and (not arg or _NAME_RE.match(arg)):
         return value
     if kind == "command" and arg:
         return value
-    raise ValueError("must be none, webhook:NAME or command:NAME (names from the worker policy)")
+    raise _bad_target(
+        "must be none, webhook:NAME or command:NAME (names from the worker policy)", value
+    )
 
 
 ServiceName = Annotated[str, AfterValidator(_check_name)]

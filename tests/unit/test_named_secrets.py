@@ -323,6 +323,12 @@ async def test_the_cli_refuses_credentials_with_one_line_and_exit_2() -> None:
             f"webhook:https://h/?key={SECRET}",
         ],
         ["recovery", "start", "svc", "--probe", "tcp://h:1", "--action", "webhook:https://h/x"],
+        # found by the edge review: mistyped URLs escaped the credential check and were
+        # quoted whole in the error
+        ["recovery", "start", "svc", "--probe", f"redis//:{SECRET}@cache:6379/0"],
+        ["recovery", "start", "svc", "--probe", f"\x01http://u:{SECRET}@h/"],
+        ["recovery", "start", "svc", "--probe", f"htps//h/health?token={SECRET}"],
+        ["recovery", "start", "svc", "--probe", "tcp://h:1", "--action", f"webhook//{SECRET}@h"],
     ]
     env = {"PATH": "/usr/bin:/bin", "ANTIFRAGILE_TEMPORAL_ADDRESS": "127.0.0.1:1"}
     for result in await run_cli_batch(env, commands):
@@ -332,6 +338,9 @@ async def test_the_cli_refuses_credentials_with_one_line_and_exit_2() -> None:
         assert len(lines) == 1, result.stderr
         assert SECRET not in result.stderr
         assert "worker policy" in lines[0]
+    # A mistyped value without a credential is still quoted, to help find the typo.
+    (typo,) = await run_cli_batch(env, [["recovery", "start", "svc", "--probe", "htp://h:1"]])
+    assert "(got 'htp://h:1')" in typo.stderr, typo
 
 
 # --- malformed resolved URLs never quote themselves -------------------------------------------
