@@ -107,14 +107,19 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     async def _main() -> T:
         task = asyncio.current_task()
 
+        loop = asyncio.get_running_loop()
+
         def _on_sigint() -> None:
             nonlocal interrupted
             interrupted = True
             if task is not None:
                 task.cancel()
+            # A second Ctrl-C interrupts at once, as without this handler.
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, _on_sigint)
+            loop.add_signal_handler(signal.SIGINT, _on_sigint)
         return await coro
 
     try:
