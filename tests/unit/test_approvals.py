@@ -176,3 +176,39 @@ async def test_a_name_the_cli_cannot_sign_is_one_line_not_a_traceback() -> None:
         await approval_signal(
             None, approver="al\nice", note="", decision="approved", key=KEY.decode()
         )
+
+
+async def test_a_hand_written_signal_cannot_dodge_usable_once_or_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `temporal workflow signal --input '{...}'`: the same signature in upper case, with
+    # spaces around it, or with a naive or far-future time.
+    from antifragile.models.common import ApprovalSignal
+
+    acts = acts_with_key(monkeypatch, KEY.decode())
+    now = datetime.now(UTC).replace(microsecond=0)
+    sig = sign_decision(KEY, **FIELDS, signed_at=now)
+    first = await acts.authorize_approver(
+        AuthorizeApproverInput(**FIELDS, signature=sig, signed_at=now)
+    )
+    assert first.allowed
+    for variant in (sig.upper(), f"  {sig} ", sig.upper().center(70)):
+        again = AuthorizeApproverInput(
+            **FIELDS, signature=variant, signed_at=now, used_signatures=[first.signature_digest]
+        )
+        assert (await acts.authorize_approver(again)).reason == "signature already used"
+    spaced = AuthorizeApproverInput(**FIELDS, signature=sig[:32] + " " + sig[32:], signed_at=now)
+    assert not (await acts.authorize_approver(spaced)).allowed
+    naive = ApprovalSignal.model_validate_json(
+        f'{{"approver": "al", "signature": "{sig}", "signed_at": "{now:%Y-%m-%dT%H:%M:%S}"}}'
+    )
+    refused = await acts.authorize_approver(
+        AuthorizeApproverInput(**FIELDS, signature=sig, signed_at=naive.signed_at)
+    )
+    assert refused.reason == "signature time has no timezone"
+    future = now + timedelta(seconds=301)
+    ahead = sign_decision(KEY, **FIELDS, signed_at=future)
+    late = await acts.authorize_approver(
+        AuthorizeApproverInput(**FIELDS, signature=ahead, signed_at=future)
+    )
+    assert not late.allowed and "window" in late.reason
