@@ -62,21 +62,27 @@ call then looks delivered) and sends every header along, to any host: a webhook'
 ``Authorization`` would reach whoever the receiver redirects to."""
 
 
-def _http_get(url: str, timeout: float) -> str | None:
-    headers = {"User-Agent": "antifragile-probe"}
+def _basic_auth(url: str) -> tuple[str, str]:
+    """``url`` without its user-info, and that user-info as an HTTP Basic header value.
+
+    urllib does not use user-info itself: left in the URL, it becomes part of the host name
+    (a DNS query carrying the password). A named probe or webhook of the worker policy
+    (``https://${USER}:${PASS}@host/…``) sends it as Basic auth instead; "" when none.
+    """
     parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        # urllib does not use user-info itself: send it as HTTP Basic auth (a named probe
-        # of the worker policy, e.g. https://${USER}:${PASS}@host/health).
-        creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        auth = "Basic " + base64.b64encode(creds.encode()).decode()
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        netloc += f":{parts.port}" if parts.port else ""
-        url = urlunsplit(parts._replace(netloc=netloc))
-    else:
-        auth = ""
-    req = urllib.request.Request(url, method="GET", headers=headers)
+    if parts.username is None and parts.password is None:
+        return url, ""
+    creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    auth = "Basic " + base64.b64encode(creds.encode()).decode()
+    return urlunsplit(parts._replace(netloc=netloc)), auth
+
+
+def _http_get(url: str, timeout: float) -> str | None:
+    url, auth = _basic_auth(url)
+    req = urllib.request.Request(url, method="GET", headers={"User-Agent": "antifragile-probe"})
     if auth:
         # Unredirected: a redirect (followed, e.g. /health -> /health/) never carries the
         # credential on, possibly to another host.
@@ -151,6 +157,7 @@ def post_webhook(
     """
     body = json.dumps(payload).encode()
     try:
+        url, auth = _basic_auth(url)
         req = urllib.request.Request(
             url,
             data=body,
@@ -158,6 +165,7 @@ def post_webhook(
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": "antifragile-recovery",
+                **({"Authorization": auth} if auth else {}),
                 **(headers or {}),
             },
         )

@@ -391,6 +391,26 @@ async def test_a_raw_password_with_url_characters_authenticates_whole(
     assert password not in result.detail
 
 
+async def test_a_webhook_with_user_info_sends_basic_auth_and_never_resolves_it_as_a_host(
+    receiver: Receiver, secrets_env: None
+) -> None:
+    # urllib left user-info in the host name: the call failed on a DNS query for
+    # "ops:PASSWORD@127.0.0.1", which carried the password to the resolver.
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig.model_validate(
+            {"webhooks": {"pager": f"http://ops:${{{TOKEN_ENV}}}@127.0.0.1:{receiver.port}/hook"}}
+        )
+    )
+    result = await ActivityEnvironment().run(
+        RecoveryActivities(Settings(), policy).run_recovery_action,
+        RecoveryActionInput(service="svc", action="webhook:pager", attempt=1),
+    )
+    assert result.ok, result.detail
+    expected = "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()
+    assert receiver.calls[0]["headers"]["Authorization"] == expected
+    assert receiver.calls[0]["path"] == "/hook"
+
+
 # --- a whole recovery through the orchestrator -----------------------------------------------
 
 
