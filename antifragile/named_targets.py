@@ -205,6 +205,9 @@ def resolve_webhook(
     env = os.environ if environ is None else environ
     where = f"webhook {name!r}"
     url, used = expand_url(hook.url, env, where)
+    if not url.lower().startswith(("http://", "https://")):
+        # A url given whole as ${VAR}: its scheme is known only now (never file:// etc.).
+        raise NamedTargetError(f"{where}: its url must be http:// or https:// once resolved")
     headers: dict[str, str] = {}
     for header, template in hook.headers.items():
         value, more = expand(template, env, f"{where} header {header}")

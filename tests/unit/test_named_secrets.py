@@ -503,3 +503,14 @@ async def test_the_worker_says_at_start_what_its_environment_lacks(
     caplog.set_level(logging.WARNING, logger="antifragile.worker")
     await run_worker(settings, policy, stop=stop, install_signal_handlers=False, on_ready=stop.set)
     assert "worker policy: ${AF_TEST_UNSET_PW} is not set: probe 'cache' will fail" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["file:///etc/passwd", "ftp://h/x", f"{SECRET}"])
+def test_a_webhook_url_given_whole_as_a_variable_must_resolve_to_http(value: str) -> None:
+    # urllib would "POST" to file:// or ftp:// (a file read, a crash on its status).
+    policy = RecoveryPolicyConfig.model_validate({"webhooks": {"pager": "${HOOK_URL}"}})
+    with pytest.raises(NamedTargetError, match="must be http:// or https://") as info:
+        resolve_webhook(policy, "pager", {"HOOK_URL": value})
+    assert SECRET not in str(info.value)
+    ok = resolve_webhook(policy, "pager", {"HOOK_URL": f"https://h/x?token={SECRET}"})
+    assert ok.url == f"https://h/x?token={SECRET}" and SECRET in ok.secrets
