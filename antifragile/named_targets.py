@@ -26,6 +26,7 @@ from antifragile.models.common import (
     DEFAULT_WEBHOOK,
     PROBE_REF_PREFIX,
     credential_in_url,
+    credential_name,
     credential_refusal,
     url_credentials,
 )
@@ -234,9 +235,12 @@ def environment_secrets(
     """Every secret value the worker's environment holds for the policy, to redact.
 
     The values of every ``${VAR}`` of the policy's webhooks and probes, of the approvers'
-    key variables, of the worker's own secrets (Temporal API key, approver key) and the
-    credentials of ``ANTIFRAGILE_REDIS_URL``. A recovery command runs with the worker's
-    environment, and its output is recorded: this is what must never appear in it.
+    key variables, of the worker's own secrets (Temporal API key, approver key), of every
+    variable named like a credential (``*_TOKEN``, ``*_KEY``, ``*_SECRET``,
+    ``*_PASSWORD`` …, at least 8 characters) and the credentials of every URL-valued
+    variable (``ANTIFRAGILE_REDIS_URL``, ``DATABASE_URL`` …). A recovery command runs with
+    the worker's environment, and its output is recorded: this is what must never appear
+    in it.
 
     Args:
         policy: The worker policy's recovery section.
@@ -251,9 +255,20 @@ def environment_secrets(
         templates += [hook.url, *hook.headers.values()]
     names = {var for text in templates for var in PLACEHOLDER.findall(text)}
     names |= approver_key_envs(policy) | set(WORKER_SECRET_ENV)
-    values = [env.get(name, "") for name in names]
-    values += url_credentials(env.get("ANTIFRAGILE_REDIS_URL", ""))
+    values = [env.get(name, "").rstrip("\r\n") for name in names]
+    for name, value in env.items():
+        # Beyond the policy: variables named like credentials (AWS_SECRET_ACCESS_KEY,
+        # GITHUB_TOKEN, DB_PASSWORD …; short values would garble every text) and URLs
+        # carrying one (DATABASE_URL=postgres://u:pw@…).
+        if credential_name(name) and len(value.strip()) >= MIN_GUESSED_SECRET:
+            values.append(value.strip())
+        if "://" in value:
+            values += url_credentials(value.strip())
     return Resolved(url="", label="environment", secrets=_secrets(values))
+
+
+MIN_GUESSED_SECRET = 8
+"""Shortest value of a variable named like a credential that is redacted from command output."""
 
 
 def environment_problems(

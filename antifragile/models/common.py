@@ -54,6 +54,15 @@ def _credential_param(name: str) -> bool:
     return low in _CREDENTIAL_PARAMS or low.endswith(_CREDENTIAL_SUFFIXES)
 
 
+def credential_name(name: str) -> bool:
+    """True when ``name`` (a query parameter, an environment variable) names a credential.
+
+    ``token``, ``API_KEY``, ``client-secret``, ``DB_PASSWORD``, ``X-Amz-Signature`` …:
+    compared case-insensitively, ``-`` as ``_``.
+    """
+    return _credential_param(name)
+
+
 def credential_in_url(url: str) -> str | None:
     """What in ``url`` looks like a credential, or None.
 

@@ -251,6 +251,8 @@ async def test_a_named_webhook_gets_its_headers_and_answers_are_redacted(
 
 APPROVER_KEY_ENV_NAME = "AF_TEST_ALICE_KEY"
 APPROVER_KEY = "alice-key-Qw3-never-in-history"
+AWS_SECRET = "aws-Rt5-never-in-history"
+DB_PASSWORD = "db-Lp0-never-in-history"
 
 
 @pytest.mark.parametrize(
@@ -260,6 +262,8 @@ APPROVER_KEY = "alice-key-Qw3-never-in-history"
         f'echo "token=${TOKEN_ENV} pw=${PASSWORD_ENV}"; exit 3',
         # the tail kept is the last 500 characters: a secret cut in two by it
         f'printf "%s" "${TOKEN_ENV}"; printf "x%.0s" $(seq 1 490); exit 3',
+        # secrets of the worker's environment the policy does not name
+        'echo "$AWS_SECRET_ACCESS_KEY $DATABASE_URL"; exit 3',
     ],
 )
 async def test_a_failing_command_never_records_a_secret_of_the_environment(
@@ -270,6 +274,9 @@ async def test_a_failing_command_never_records_a_secret_of_the_environment(
     script: str,
 ) -> None:
     monkeypatch.setenv(APPROVER_KEY_ENV_NAME, APPROVER_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+    monkeypatch.setenv("DATABASE_URL", f"postgres://app:{DB_PASSWORD}@db:5432/app")
+    monkeypatch.setenv("AF_TEST_USE_KEY", "1")  # short: not guessed to be a secret
     policy = policy_for(auth_redis, receiver.port)
     policy.recovery.commands["noisy"] = ["sh", "-c", script]
     policy.recovery.approvers["alice"] = ApproverConfig(key_env=APPROVER_KEY_ENV_NAME)
@@ -281,6 +288,7 @@ async def test_a_failing_command_never_records_a_secret_of_the_environment(
     assert "***" in result.detail, result.detail
     assert_no_secret("the command's recorded output", result.detail)
     assert TOKEN[-8:] not in result.detail, result.detail
+    assert AWS_SECRET not in result.detail and DB_PASSWORD not in result.detail, result.detail
 
 
 async def test_a_command_never_gets_an_approvers_key(
