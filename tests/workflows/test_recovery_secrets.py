@@ -419,6 +419,45 @@ async def test_a_webhook_with_user_info_sends_basic_auth_and_never_resolves_it_a
     assert receiver.calls[0]["path"] == "/hook"
 
 
+async def test_a_401_that_echoes_the_header_never_reaches_the_result(secrets_env: None) -> None:
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = f"bad token: {self.headers.get('Authorization')}".encode()
+            self.send_response(401, f"denied {self.headers.get('Authorization')}")
+            self.send_header("WWW-Authenticate", str(self.headers.get("Authorization")))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        policy = WorkerPolicy(
+            recovery=RecoveryPolicyConfig.model_validate(
+                {
+                    "webhooks": {
+                        "pager": {
+                            "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+                            "headers": {"Authorization": f"Bearer ${{{TOKEN_ENV}}}"},
+                        }
+                    }
+                }
+            )
+        )
+        result = await ActivityEnvironment().run(
+            RecoveryActivities(Settings(), policy).run_recovery_action,
+            RecoveryActionInput(service="svc", action="webhook:pager", attempt=1),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.detail == "webhook answered HTTP 401"
+    assert_no_secret("the action's result", result.model_dump_json())
+
+
 # --- a whole recovery through the orchestrator -----------------------------------------------
 
 
