@@ -9,7 +9,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
-from antifragile.approvals import signature_digest, verify_decision
+from antifragile.approvals import MIN_KEY_BYTES, key_from_env, signature_digest, verify_decision
 from antifragile.hashing import hash_matches, mismatch_message
 from antifragile.models.recovery import (
     AuthorizeApproverInput,
@@ -73,14 +73,21 @@ class CommonActivities:
         key_env = policy.approver_key_env(name)
         if key_env is None:
             return AuthorizeApproverResult(allowed=True)
-        key = os.environ.get(key_env, "")
+        key = key_from_env(os.environ.get(key_env, ""))
         if not key:
             # The operator named a key the worker does not have: refuse, never fall back.
             return AuthorizeApproverResult(
                 allowed=False, reason=f"the worker has no key for {name!r} (policy key_env)"
             )
+        if len(key) < MIN_KEY_BYTES:
+            # A weak key is the operator's fault, not the approver's: say so, refuse.
+            return AuthorizeApproverResult(
+                allowed=False,
+                reason=f"the worker's key for {name!r} (${key_env}) is shorter than "
+                f"{MIN_KEY_BYTES} bytes: fix the worker's environment",
+            )
         reason = verify_decision(
-            key.encode(),
+            key,
             data.signature,
             workflow_id=data.workflow_id,
             first_run_id=data.first_run_id,

@@ -11,7 +11,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
 from antifragile.models.recovery import RecoveryActionInput, RecoveryActionResult
-from antifragile.named_targets import NamedTargetError, resolve_webhook
+from antifragile.named_targets import (
+    NamedTargetError,
+    approver_key_envs,
+    environment_secrets,
+    resolve_webhook,
+)
 from antifragile.policy import WorkerPolicy
 from antifragile.probes import post_webhook, run_command
 from antifragile.settings import Settings
@@ -82,12 +87,16 @@ class RecoveryActivities:
                     type=ACTION_NOT_ALLOWED_ERROR,
                     non_retryable=True,
                 )
-            env = dict(os.environ)
+            # Approvers' keys stay with the worker: a command could sign approvals with them.
+            keys = approver_key_envs(self._policy.recovery)
+            env = {k: v for k, v in os.environ.items() if k not in keys}
             env.update({"AF_SERVICE": data.service, "AF_ATTEMPT": str(data.attempt)})
             if data.idempotency_key:
                 env[IDEMPOTENCY_KEY_ENV] = data.idempotency_key
+            # The output is recorded: it must not repeat a secret of the environment.
+            redact = environment_secrets(self._policy.recovery).redact
             async with heartbeating():
-                code, output = await run_command(list(argv), env, ACTION_TIMEOUT_S)
+                code, output = await run_command(list(argv), env, ACTION_TIMEOUT_S, redact)
             error = None if code == 0 else f"command {arg} exited {code}: {output}"
         else:  # the request model validates actions; this guards older histories
             raise ApplicationError(

@@ -69,6 +69,16 @@ def signing_message(
     return "\n".join([SIGNATURE_VERSION, *fields, _canonical_time(signed_at)]).encode()
 
 
+def key_from_env(text: str) -> bytes:
+    """An approver key as read from an environment variable, the same way on both sides.
+
+    Surrounding whitespace is dropped: a key read from a file usually ends with a newline
+    on one side (``KEY=$(cat file)`` strips it, an env file or a mounted secret may not),
+    and a signature must not depend on how each side loaded the same key.
+    """
+    return text.strip().encode()
+
+
 def check_key(key: bytes) -> bytes:
     """Return ``key`` if it is long enough to sign with.
 

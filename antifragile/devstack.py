@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from antifragile.errors import ConfigError
+from antifragile.models.common import redact_url
 from antifragile.processes import ServerProcess, port_open, start_redis, start_temporal_dev_server
 from antifragile.settings import Settings
 
@@ -100,7 +101,7 @@ class DevStack:
                 self._start_temporal()
                 notes.append(f"Temporal {self.temporal_address} (started, UI {self.ui_url})")
             if self.redis_url is not None:
-                notes.append(f"Redis {self.redis_url} (configured)")
+                notes.append(f"Redis {redact_url(self.redis_url)} (configured)")
             elif port_open("127.0.0.1", self.redis_port):
                 notes.append(f"Redis {self.effective_redis_url} (already running)")
             else:

@@ -7,6 +7,10 @@ from pydantic import ValidationError
 CREDENTIAL_ERROR = "credential_in_url"
 """Pydantic error type of a value refused for carrying a credential: its input is never shown."""
 
+TARGET_ERROR = "bad_target"
+"""Pydantic error type of a malformed probe URL or action: its input is never shown either
+(a mistyped URL, ``redis//:PASSWORD@host``, escapes the credential check but is still one)."""
+
 
 class AntifragileError(Exception):
     """Base of every error this package raises on purpose."""
@@ -35,7 +39,7 @@ def describe_validation_error(
         if err["type"] in ("extra_forbidden",):
             parts.append(f"unknown field {field!r}")
             continue
-        if err["type"] == CREDENTIAL_ERROR or any(
+        if err["type"] in (CREDENTIAL_ERROR, TARGET_ERROR) or any(
             loc[: len(prefix)] == prefix for prefix in hide_input_at
         ):
             parts.append(f"{field}: {msg}")  # never echo a credential

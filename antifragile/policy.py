@@ -29,8 +29,16 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 """``${ENV_VAR}`` in a policy value: replaced by the worker's environment variable, inside
 the activity that uses it (``antifragile.named_targets``), never earlier."""
 
-SECRET_FIELDS = (("recovery", "webhooks"), ("recovery", "probes"))
-"""Policy fields whose values may hold secrets: errors about them never show the value."""
+SECRET_FIELDS = (
+    ("recovery", "webhooks"),
+    ("recovery", "probes"),
+    ("recovery", "approvers"),
+    ("recovery", "commands"),
+)
+"""Policy fields whose values may hold secrets: errors about them never show the value.
+
+Approvers: a key pasted where its variable's name belongs (``key_env: sk-live-…``).
+Commands: an argv may carry a token (``curl -H "Authorization: Bearer …"``)."""
 
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -222,6 +230,21 @@ class ChaosPolicyConfig(BaseModel):
     min_abort_below: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what a YAML error is, on one line, never quoting the file's text.
+
+    PyYAML's own message includes a snippet of the offending line, which may hold a literal
+    secret (a probe's password, a webhook token), and spans several lines.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or exc.__class__.__name__
+        if mark is not None:
+            return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+        return str(what)
+    return exc.__class__.__name__
+
+
 class WorkerPolicy(BaseModel):
     """The whole worker policy file.
 
@@ -249,7 +272,9 @@ class WorkerPolicy(BaseModel):
         except OSError as exc:
             raise ConfigError(f"policy file {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"policy file {path}: not valid YAML ({exc})") from None
+            raise ConfigError(
+                f"policy file {path}: not valid YAML ({_yaml_problem(exc)})"
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"policy file {path}: expected a mapping at the top level")
         try:

@@ -14,6 +14,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -48,19 +49,44 @@ async def _probe_tcp(url: str, timeout: float) -> str | None:
     return None
 
 
-def _http_get(url: str, timeout: float) -> str | None:
-    headers = {"User-Agent": "antifragile-probe"}
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: the 3xx answer itself is the result (urllib raises HTTPError)."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_NO_REDIRECT = urllib.request.build_opener(_NoRedirect)
+"""A webhook's opener. urllib follows a 302 after a POST as a GET without the body (the
+call then looks delivered) and sends every header along, to any host: a webhook's
+``Authorization`` would reach whoever the receiver redirects to."""
+
+
+def _basic_auth(url: str) -> tuple[str, str]:
+    """``url`` without its user-info, and that user-info as an HTTP Basic header value.
+
+    urllib does not use user-info itself: left in the URL, it becomes part of the host name
+    (a DNS query carrying the password). A named probe or webhook of the worker policy
+    (``https://${USER}:${PASS}@host/…``) sends it as Basic auth instead; "" when none.
+    """
     parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        # urllib does not use user-info itself: send it as HTTP Basic auth (a named probe
-        # of the worker policy, e.g. https://${USER}:${PASS}@host/health).
-        creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        netloc += f":{parts.port}" if parts.port else ""
-        url = urlunsplit(parts._replace(netloc=netloc))
-    req = urllib.request.Request(url, method="GET", headers=headers)
+    if parts.username is None and parts.password is None:
+        return url, ""
+    creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    auth = "Basic " + base64.b64encode(creds.encode()).decode()
+    return urlunsplit(parts._replace(netloc=netloc)), auth
+
+
+def _http_get(url: str, timeout: float) -> str | None:
+    url, auth = _basic_auth(url)
+    req = urllib.request.Request(url, method="GET", headers={"User-Agent": "antifragile-probe"})
+    if auth:
+        # Unredirected: a redirect (followed, e.g. /health -> /health/) never carries the
+        # credential on, possibly to another host.
+        req.add_unredirected_header("Authorization", auth)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status = int(resp.status)
@@ -125,10 +151,13 @@ def post_webhook(
             defaults ``Content-Type: application/json`` and ``User-Agent``.
 
     Returns:
-        None on a 2xx answer, else a one-line reason (never the URL or a header value).
+        None on a 2xx answer, else a one-line reason (never the URL or a header value). A
+        redirect is not followed (it is a failure): following it would turn the POST into
+        a GET and hand the headers to wherever it points.
     """
     body = json.dumps(payload).encode()
     try:
+        url, auth = _basic_auth(url)
         req = urllib.request.Request(
             url,
             data=body,
@@ -136,12 +165,15 @@ def post_webhook(
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": "antifragile-recovery",
+                **({"Authorization": auth} if auth else {}),
                 **(headers or {}),
             },
         )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _NO_REDIRECT.open(req, timeout=timeout) as resp:
             status = int(resp.status)
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            return f"webhook answered HTTP {exc.code} (a redirect: webhooks follow none)"
         return f"webhook answered HTTP {exc.code}"
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         return f"webhook failed: {getattr(exc, 'reason', exc)}"
@@ -151,8 +183,21 @@ def post_webhook(
     return None if 200 <= status < 300 else f"webhook answered HTTP {status}"
 
 
-async def run_command(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run an operator-defined command without a shell; (exit code, output tail)."""
+async def run_command(
+    argv: list[str],
+    env: dict[str, str],
+    timeout: float,
+    redact: Callable[[str], str] | None = None,
+) -> tuple[int, str]:
+    """Run an operator-defined command without a shell; (exit code, output tail).
+
+    Args:
+        argv: The command and its arguments.
+        env: Its whole environment.
+        timeout: Seconds before it is killed (exit code -9).
+        redact: Applied to the whole output before its last 500 characters are kept, so a
+            secret cut in two by the tail is still found.
+    """
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
@@ -166,5 +211,6 @@ async def run_command(argv: list[str], env: dict[str, str], timeout: float) -> t
         proc.kill()
         await proc.wait()
         return -9, f"timed out after {timeout:.0f}s"
-    tail = out.decode(errors="replace").strip()[-500:]
+    text = out.decode(errors="replace")
+    tail = (redact(text) if redact else text).strip()[-500:]
     return proc.returncode if proc.returncode is not None else -1, tail

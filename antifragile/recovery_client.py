@@ -13,6 +13,7 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -198,13 +199,18 @@ async def request_recovery(
             rpc_timeout=timedelta(seconds=10),
         )
         return result
-    except RPCError as exc:
+    except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         # The server admits only a few in-flight updates per workflow (10 by default) and
         # aborts those caught by a continue-as-new: in a storm, hand the request over as
         # a signal instead. It is just as durable, only the position is unknown, and if
-        # the update did land after all the signal merges into it.
-        if exc.status in _NEVER_RETRY:
+        # the update did land after all the signal merges into it. The same when no
+        # worker took the update within the RPC timeout (the SDK raises its own error
+        # then): the orchestrator gets the signal whenever a worker runs it.
+        if isinstance(exc, RPCError) and exc.status in _NEVER_RETRY:
             raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # cancelled (Ctrl-C), not timed out
         # Collect the start operation's own copy of the error (else asyncio logs it).
         with contextlib.suppress(Exception):
             await asyncio.wait_for(start.workflow_handle(), timeout=1)

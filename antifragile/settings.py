@@ -145,9 +145,8 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"redis_url must start with redis://, rediss:// or unix://, got {value!r}"
-            )
+            # Never echo the value: a Redis URL usually carries its password.
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("constitutional_hash")

@@ -22,6 +22,7 @@ from antifragile.constants import KIND_CHAOS, KIND_RECOVERY
 from antifragile.metrics import WorkflowCountCollector, serve, temporal_runtime_with_metrics
 from antifragile.models.chaos import ChaosPhase
 from antifragile.models.recovery import RecoveryState
+from antifragile.named_targets import environment_problems
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
@@ -161,6 +162,9 @@ async def run_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, settings, policy, graceful_shutdown_timeout=_GRACE)
+    # ${VAR}s are resolved at use: say now what the environment lacks (names, no values).
+    for problem in environment_problems(policy.recovery):
+        log.warning("worker policy: %s", problem)
     async with worker:
         log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
         if on_ready:

@@ -81,6 +81,7 @@ def dev(
 ) -> None:
     """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
     from antifragile.devstack import DevStack, redis_url_from_env
+    from antifragile.models.common import redact_url
 
     _configure_logging(load_settings())
     stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
@@ -96,7 +97,7 @@ def dev(
             f"[bold green]antifragile dev stack is up[/bold green]\n"
             f"  Temporal UI   {s.ui_url}\n"
             f"  Temporal gRPC {s.temporal_address}\n"
-            f"  Redis         {s.effective_redis_url}\n"
+            f"  Redis         {redact_url(s.effective_redis_url)}\n"
             f"  Data          {s.data_dir.resolve()}\n"
             f"  Worker        task queue {s.settings().task_queue}\n\n"
             f"Try, in another terminal:\n"

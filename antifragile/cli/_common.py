@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import re
+import signal
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
+from temporalio.service import RPCError
 
 from antifragile.errors import AntifragileError, ConfigError, describe_validation_error
 from antifragile.settings import Settings
@@ -37,12 +48,86 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc)}")
+        # A Redis URL and an API key carry secrets: their errors never show the value.
+        secret = (("redis_url",), ("temporal_api_key",))
+        fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc, secret)}")
+
+
+@functools.cache
+def cli_runtime() -> Runtime:
+    """The Temporal core runtime of a client-only command: its own logs kept off the terminal.
+
+    By default the core writes a WARN line to stdout for every retried call, so a command
+    waiting on a server that went away printed dozens of them (on stdout, even with
+    ``--json``) before its one-line error. Here only core errors are kept, and they go to
+    Python logging (stderr) instead.
+    """
+    import logging
+
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+            )
+        )
+    )
+
+
+def unreachable(settings: Settings, exc: RPCError, after: str = "") -> NoReturn:
+    """Stop a command whose Temporal went away mid-way, as a fresh command would (exit 2).
+
+    Args:
+        settings: The address and namespace tried.
+        exc: The error of the call that could not reach the server.
+        after: What happened to the operation, appended to the line.
+    """
+    text = exc.message or str(exc)
+    why = (
+        "connection refused"
+        if "onnection refused" in text or "ConnectionRefused" in text
+        else (text.splitlines() or ["unavailable"])[0][:160]
+    )
+    fail(
+        f"cannot reach Temporal at {settings.temporal_address} "
+        f"(namespace {settings.temporal_namespace}): {why}{after}"
+    )
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine to completion."""
-    return asyncio.run(coro)
+    """Run a command's coroutine to completion; Ctrl-C always ends it as KeyboardInterrupt.
+
+    asyncio turns Ctrl-C into a cancellation of the command, and raises KeyboardInterrupt
+    only if the command then ends cancelled. Some SDK calls end a cancellation with their
+    own error instead (an update in flight raises ``WorkflowUpdateRPCTimeoutOrCancelledError``),
+    which escaped as a traceback with exit 1: here any ending after Ctrl-C is the interrupt.
+    """
+    interrupted = False
+
+    async def _main() -> T:
+        task = asyncio.current_task()
+
+        loop = asyncio.get_running_loop()
+
+        def _on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            if task is not None:
+                task.cancel()
+            # A second Ctrl-C interrupts at once, as without this handler.
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, _on_sigint)
+        return await coro
+
+    try:
+        return asyncio.run(_main())
+    except BaseException:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def print_json(data: Any) -> None:
@@ -107,19 +192,27 @@ async def approval_signal(
     import os
     from datetime import UTC, datetime
 
-    from antifragile.approvals import APPROVER_KEY_ENV, MIN_KEY_BYTES, sign_decision
+    from antifragile.approvals import (
+        APPROVER_KEY_ENV,
+        MIN_KEY_BYTES,
+        key_from_env,
+        sign_decision,
+    )
     from antifragile.models.common import ApprovalSignal
 
     key = os.environ.get(APPROVER_KEY_ENV, "") if key is None else key
     data: dict[str, Any] = {"approver": approver, "note": note}
-    if key:
-        if len(key.encode()) < MIN_KEY_BYTES:
+    key_bytes = key_from_env(key)
+    if key_bytes:
+        if len(key_bytes) < MIN_KEY_BYTES:
             fail(f"{APPROVER_KEY_ENV}: a key must be at least {MIN_KEY_BYTES} bytes")
+        if any(ord(c) < 32 or ord(c) == 127 for c in approver):
+            fail("--by: an approver's name must be one line of printable characters")
         description = await handle.describe()
         first_run_id = description.raw_description.workflow_execution_info.first_run_id
         signed_at = datetime.now(UTC).replace(microsecond=0)
         data["signature"] = sign_decision(
-            key.encode(),
+            key_bytes,
             workflow_id=handle.id,
             first_run_id=first_run_id or description.run_id,
             decision=decision,

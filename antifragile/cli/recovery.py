@@ -16,6 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.cli._common import (
     approval_signal,
+    cli_runtime,
     console,
     err_console,
     fail,
@@ -25,6 +26,7 @@ from antifragile.cli._common import (
     parse_model,
     print_json,
     run,
+    unreachable,
 )
 from antifragile.constants import (
     QUERY_STATUS,
@@ -184,6 +186,21 @@ def start(
     progress = _Progress(request.service, quiet=json_out)
     try:
         run(_start(settings, request, wait, json_out, timeout_s, progress))
+    except RPCError as exc:
+        if exc.status is not RPCStatusCode.UNAVAILABLE:
+            raise
+        # Temporal went away (before or while waiting): the line a fresh command would
+        # print, and what became of the request.
+        if progress.sent:
+            after = (
+                f"; stopped waiting: the recovery of {request.service} goes on when Temporal "
+                f"is back (antifragile recovery status {request.service})"
+            )
+        elif progress.sending:
+            after = f"; the request may have been queued: {_CHECK_QUEUE}"
+        else:
+            after = "; nothing was started"
+        unreachable(settings, exc, after)
     except KeyboardInterrupt:
         # Ctrl-C stops this terminal waiting, never the recovery: say so, and how to follow.
         if progress.sent:
@@ -194,9 +211,19 @@ def start(
                 f"{settings.workflow_url(recovery_workflow_id(request.service))}",
                 markup=False,
             )
+        elif progress.sending:
+            # The server may have taken the request before the answer came back.
+            err_console.print(
+                f"interrupted while the request was being sent: it may have been queued; "
+                f"{_CHECK_QUEUE}",
+                markup=False,
+            )
         else:
             err_console.print("interrupted before the request was sent: nothing was started")
         raise SystemExit(130) from None
+
+
+_CHECK_QUEUE = "see antifragile recovery queue"
 
 
 @dataclass
@@ -205,6 +232,8 @@ class _Progress:
 
     service: str
     quiet: bool = False
+    sending: bool = False
+    """The request is on its way: the server may have it even if no answer came back."""
     sent: bool = False
     state: str = ""
     last: tuple[object, ...] = ()
@@ -236,6 +265,9 @@ class _Progress:
 POLL_S = 1.0
 """How often ``start --wait`` reads the recovery's (or the queue's) state, seconds."""
 
+QUERY_TIMEOUT_S = 5.0
+"""How long ``start --wait`` waits for the orchestrator to answer a query, seconds."""
+
 
 async def _start(
     settings: Settings,
@@ -246,9 +278,12 @@ async def _start(
     progress: _Progress | None = None,
 ) -> None:
     progress = progress or _Progress(request.service, quiet=json_out)
-    client = await connect(settings)
+    client = await connect(settings, runtime=cli_runtime())
     workflow_id = recovery_workflow_id(request.service)
     before = await _run_id(client, workflow_id)
+    # --timeout counts from here: sending can take a while (an update no worker takes).
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    progress.sending = True
     result = await request_recovery(client, request, task_queue=settings.task_queue)
     progress.sent = True
     if not wait:
@@ -265,7 +300,6 @@ async def _start(
         return
     if not json_out:
         err_console.print(_describe_request(result))
-    deadline = asyncio.get_running_loop().time() + timeout_s
     run_id = before if result.state is RequestState.JOINED else None
     while run_id is None:
         # Admission starts a new run of recovery-{service}: until then, say where it waits.
@@ -317,7 +351,18 @@ async def _start(
 async def _show_queued(client: Client, settings: Settings, progress: _Progress) -> None:
     """One progress line for a request not admitted yet: its place and why it waits."""
     try:
-        view = await orchestrator_queue(client, task_queue=settings.task_queue)
+        # A query waits for a worker to answer: bounded, so the wait keeps its --timeout.
+        view = await asyncio.wait_for(
+            orchestrator_queue(client, task_queue=settings.task_queue), QUERY_TIMEOUT_S
+        )
+    except TimeoutError:
+        progress.show(
+            ("no-worker",),
+            "REQUESTED",
+            f"the orchestrator does not answer: is a worker running on task queue "
+            f"{settings.task_queue!r}? (antifragile worker)",
+        )
+        return
     except RPCError:
         progress.show(("accepted",), "REQUESTED", "handed to the orchestrator; not queued yet")
         return
@@ -435,7 +480,7 @@ def status(service: str, json_out: JsonFlag = False) -> None:
     settings = load_settings()
 
     async def _go() -> None:
-        client = await connect(settings)
+        client = await connect(settings, runtime=cli_runtime())
         _print_status(await _status(await _handle(client, service)), settings, json_out)
 
     run(_go())
@@ -453,7 +498,7 @@ def list_(
         query += f' AND AfState="{state.value}"'
 
     async def _go() -> None:
-        client = await connect(settings)
+        client = await connect(settings, runtime=cli_runtime())
         rows: list[dict[str, Any]] = []
         async for wf in client.list_workflows(query, limit=500):
             sa = wf.search_attributes
@@ -501,7 +546,7 @@ def _decide(service: str, by: str, note: str, decision: Decision) -> None:
     parse_model(ApprovalSignal, {"approver": by, "note": note}, "decision")
 
     async def _go() -> None:
-        client = await connect(settings)
+        client = await connect(settings, runtime=cli_runtime())
         handle = await _handle(client, service)
         before = await _status(handle)
         if before.state is not RecoveryState.AWAITING_APPROVAL:
@@ -563,7 +608,7 @@ def cancel(service: str) -> None:
     settings = load_settings()
 
     async def _go() -> None:
-        client = await connect(settings)
+        client = await connect(settings, runtime=cli_runtime())
         handle = await _handle(client, service)
         desc = await handle.describe()
         if desc.status != WorkflowExecutionStatus.RUNNING:
@@ -584,7 +629,7 @@ def queue(json_out: JsonFlag = False) -> None:
     settings = load_settings()
 
     async def _go() -> None:
-        client = await connect(settings)
+        client = await connect(settings, runtime=cli_runtime())
         try:
             view = await orchestrator_queue(client, task_queue=settings.task_queue)
         except RPCError as exc:

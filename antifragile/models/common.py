@@ -6,12 +6,12 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from antifragile.errors import CREDENTIAL_ERROR
+from antifragile.errors import CREDENTIAL_ERROR, TARGET_ERROR
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PROBE_SCHEMES = ("tcp", "http", "https", "redis")
@@ -23,32 +23,100 @@ worker policy; the worker resolves it (and its ``${ENV_VAR}`` credentials) in th
 
 # Query parameters that carry a credential: exact names, and names ending like these
 # (``private_token``, ``x-api-key``, ``client_secret``, ``X-Amz-Signature`` …).
-_CREDENTIAL_PARAMS = frozenset({"auth", "pass", "pwd", "jwt", "credential", "credentials"})
-_CREDENTIAL_SUFFIXES = ("token", "key", "secret", "password", "passwd", "sig", "signature")
+_CREDENTIAL_PARAMS = frozenset(
+    {"auth", "pass", "pwd", "jwt", "credential", "credentials", "authorization", "bearer"}
+)
+_CREDENTIAL_SUFFIXES = (
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "sig",
+    "signature",
+    "credential",
+    "credentials",
+    "sessionid",
+)
+
+# The authority's user-info, read from the raw text so that a URL ``urlsplit`` refuses
+# (``http://u:p@[::1/``) or reads oddly (``http:///u:p@h/``) is judged all the same.
+_USERINFO = re.compile(r"^([\x00-\x20]*[A-Za-z][A-Za-z0-9+.-]*:[/\\]*)([^/\\?#]*)@")
+# ``name=value`` after ``?``, ``&``, ``;`` (path or matrix parameters, ``;jsessionid=``) or
+# ``#`` (a fragment: OAuth's implicit flow puts ``access_token`` there).
+_PARAM = re.compile(r"([?&;#])([^=&;#?]*)=([^&;#?]*)")
+
+
+def _credential_param(name: str) -> bool:
+    # Tabs and newlines are dropped by URL parsers (WHATWG), so ``to<TAB>ken`` is ``token``.
+    low = re.sub(r"[\t\r\n]", "", unquote_plus(name)).strip().lower().replace("-", "_")
+    return low in _CREDENTIAL_PARAMS or low.endswith(_CREDENTIAL_SUFFIXES)
+
+
+def credential_name(name: str) -> bool:
+    """True when ``name`` (a query parameter, an environment variable) names a credential.
+
+    ``token``, ``API_KEY``, ``client-secret``, ``DB_PASSWORD``, ``X-Amz-Signature`` …:
+    compared case-insensitively, ``-`` as ``_``.
+    """
+    return _credential_param(name)
 
 
 def credential_in_url(url: str) -> str | None:
     """What in ``url`` looks like a credential, or None.
 
-    A user-info part (``user:password@`` or ``token@``) or a query parameter named like a
-    credential (``token``, ``access_token``, ``key``, ``api_key``, ``password``,
-    ``secret``, ``sig``, ``signature`` … compared case-insensitively, ``-`` as ``_``).
+    A user-info part (``user:password@`` or ``token@``, even in a URL that does not parse)
+    or a parameter named like a credential (``token``, ``access_token``, ``key``,
+    ``api_key``, ``password``, ``secret``, ``sig``, ``signature``, ``authorization`` …
+    compared case-insensitively, ``-`` as ``_``) in the query, the path (``;name=``) or the
+    fragment (``#access_token=``).
 
     Returns:
         A short description that never contains the credential itself, e.g.
         ``"user:password@"`` or ``"query parameter 'token'"``.
     """
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return None
-    if "@" in parts.netloc:
+    if _USERINFO.match(url):
         return "user:password@"
-    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
-        low = name.lower().replace("-", "_")
-        if low in _CREDENTIAL_PARAMS or low.endswith(_CREDENTIAL_SUFFIXES):
-            return f"query parameter {name[:40]!r}"
+    for _, name, _ in _PARAM.findall(url):
+        if _credential_param(name):
+            return f"query parameter {unquote_plus(name).strip()[:40]!r}"
     return None
+
+
+def url_credentials(url: str) -> list[str]:
+    """The credential values in ``url``: its user-info and credential-like parameter values.
+
+    Each is returned as written and percent-decoded, for redacting texts that may quote it.
+    """
+    found: list[str] = []
+    userinfo = _USERINFO.match(url)
+    if userinfo:
+        user, colon, password = userinfo.group(2).partition(":")
+        # ``user:password@``: the password (a user name like ``default`` is no secret);
+        # ``token@``: the whole user-info.
+        for part in (userinfo.group(2), password) if colon else (user,):
+            found += [part, unquote_plus(part)]
+    for _, name, value in _PARAM.findall(url):
+        if value and _credential_param(name):
+            found += [value, unquote_plus(value)]
+    return [v for v in found if v]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user-info and every credential-like parameter value as ``***``.
+
+    The URL stays recognisable (scheme, host, path, parameter names) and
+    :func:`credential_in_url` still finds what was there, so a redacted URL is refused
+    wherever the original would have been.
+    """
+    url = _USERINFO.sub(r"\1***@", url, count=1)
+
+    def _param(match: re.Match[str]) -> str:
+        sep, name, value = match.groups()
+        return f"{sep}{name}=***" if value and _credential_param(name) else match.group(0)
+
+    return _PARAM.sub(_param, url)
 
 
 def credential_refusal(field: str, what: str) -> str:
@@ -73,43 +141,64 @@ def _check_name(value: str) -> str:
     return value
 
 
-def refuse_credentials(value: str, info: ValidationInfo | None, field: str) -> None:
-    """Raise the ``credential_in_url`` error when ``value`` carries a credential.
+def refuse_credentials(value: str, info: ValidationInfo | None, field: str) -> str:
+    """Raise the ``credential_in_url`` error when new input carries a credential.
 
-    Only for new input (``info.mode == "python"``: the CLI, the API, policy-free callers).
-    Payloads decoded from JSON (``mode == "json"``: Temporal histories written before this
-    rule, the orchestrator's stored queue) are let through so that running workflows keep
-    replaying; the worker's activities refuse such a URL when they would use it.
+    Only new input (``info.mode == "python"``: the CLI, the API, policy-free callers) is
+    refused. Payloads decoded from JSON (``mode == "json"``: Temporal histories written before
+    this rule, the orchestrator's stored queue, and any signal or start input written by
+    hand) are let through so that running workflows keep replaying, but with the credential
+    replaced by ``***`` (:func:`redact_url`): whatever the workflow then shows or passes on
+    (status, summaries, details, a child's input) never repeats it, and the worker's
+    activities still refuse the URL, which still reads as carrying a credential.
+
+    Returns:
+        ``value``, redacted when decoded from JSON.
     """
-    if info is not None and info.mode == "json":
-        return
     what = credential_in_url(value)
-    if what is not None:
-        raise PydanticCustomError(
-            CREDENTIAL_ERROR, "{reason}", {"reason": credential_refusal(field, what)}
-        )
+    if what is None:
+        return value
+    if info is not None and info.mode == "json":
+        return redact_url(value)
+    raise PydanticCustomError(
+        CREDENTIAL_ERROR, "{reason}", {"reason": credential_refusal(field, what)}
+    )
+
+
+def _bad_target(message: str, value: str) -> PydanticCustomError:
+    """A malformed probe or action (``TARGET_ERROR``): its input shown only when it is safe.
+
+    A mistyped URL escapes the credential check (``redis//:PASSWORD@host`` has no scheme)
+    and is still one: an input with ``@`` or a credential-like parameter is never quoted.
+    """
+    if "@" not in value and credential_in_url(value) is None:
+        shown = repr(value)
+        message += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+    return PydanticCustomError(TARGET_ERROR, "{reason}", {"reason": message})
 
 
 def _check_probe(value: str, info: ValidationInfo) -> str:
     # Credentials first: any later error message would show the value.
-    refuse_credentials(value, info, "probe")
+    value = refuse_credentials(value, info, "probe")
     if value.startswith(PROBE_REF_PREFIX):
         if not _NAME_RE.match(value.removeprefix(PROBE_REF_PREFIX)):
-            raise ValueError(
+            raise _bad_target(
                 "probe:NAME must name a probe of the worker policy (1-100 letters, digits, "
-                "'.', '_' or '-')"
+                "'.', '_' or '-')",
+                value,
             )
         return value
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in PROBE_SCHEMES or not rest:
-        raise ValueError(
+        raise _bad_target(
             "must be probe:NAME (a probe of the worker policy) or a URL with scheme tcp://, "
-            "http://, https:// or redis://"
+            "http://, https:// or redis://",
+            value,
         )
     if scheme == "tcp":
         host, colon, port = rest.rstrip("/").rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("a tcp probe must be tcp://host:port")
+            raise _bad_target("a tcp probe must be tcp://host:port", value)
     return value
 
 
@@ -126,24 +215,28 @@ def check_action(value: str, info: ValidationInfo | None = None) -> str:
 
     Raises:
         PydanticCustomError: ``credential_in_url`` for a URL with a credential in it.
-        ValueError: any other malformed action.
+        PydanticCustomError: ``bad_target`` for any other malformed action (the input is
+            quoted only when it cannot be a mistyped URL with a credential).
     """
     kind, _, arg = value.partition(":")
     if kind == "none" and not arg:
         return value
     if kind == "webhook" and arg.startswith(("http://", "https://")):
-        refuse_credentials(arg, info, "webhook")
+        arg = refuse_credentials(arg, info, "webhook")
         if info is not None and info.mode == "json":
-            return value
-        raise ValueError(
+            return f"{kind}:{arg}"
+        raise _bad_target(
             "webhook:URL is refused: a request names a webhook of the worker policy "
-            "(recovery.webhooks: NAME: url/headers) and passes webhook:NAME"
+            "(recovery.webhooks: NAME: url/headers) and passes webhook:NAME",
+            value,
         )
     if kind == "webhook" and (not arg or _NAME_RE.match(arg)):
         return value
     if kind == "command" and arg:
         return value
-    raise ValueError("must be none, webhook:NAME or command:NAME (names from the worker policy)")
+    raise _bad_target(
+        "must be none, webhook:NAME or command:NAME (names from the worker policy)", value
+    )
 
 
 ServiceName = Annotated[str, AfterValidator(_check_name)]

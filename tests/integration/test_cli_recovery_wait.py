@@ -9,17 +9,24 @@ says why it waits, and decisions signed with ``ANTIFRAGILE_APPROVER_KEY``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from antifragile.approvals import verify_decision
-from antifragile.constants import orchestrator_workflow_id, recovery_workflow_id
+from antifragile.constants import (
+    intake_shard,
+    intake_workflow_id,
+    orchestrator_workflow_id,
+    recovery_workflow_id,
+)
 from antifragile.models.recovery import (
     RecoveryRequest,
     RecoveryResult,
@@ -27,9 +34,12 @@ from antifragile.models.recovery import (
     RecoveryStatus,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import ServerProcess
+from antifragile.processes import ServerProcess, start_temporal_dev_server
 from antifragile.recovery_client import orchestrator_queue, request_recovery
+from antifragile.settings import Settings
+from antifragile.temporal_client import connect, ensure_search_attributes
 from tests.helpers import REPO, Listener, run_cli, stack_env, wait_for
+from workers.main import build_worker
 
 pytestmark = pytest.mark.integration
 
@@ -278,3 +288,151 @@ async def test_ctrl_c_leaves_the_recovery_running_and_a_signed_approval_goes_thr
     assert reason is None, reason
     status: RecoveryStatus = result.status
     assert [d.approver for d in status.decisions] == ["alice"]
+
+
+async def test_temporal_dying_during_wait_is_one_line_and_the_exit_code_of_a_fresh_command(
+    tmp_path: Path, redis_url: str, task_queue: str
+) -> None:
+    # A server of its own, killed with SIGKILL while the CLI waits for a person.
+    server = start_temporal_dev_server(
+        db_file=tmp_path / "temporal.db", log_path=tmp_path / "server.log"
+    )
+    service = f"lost-{task_queue}"
+    env = stack_env(server, redis_url, task_queue)
+    try:
+        settings = Settings(temporal_address=f"127.0.0.1:{server.port}", task_queue=task_queue)
+        client = await connect(settings)
+        await ensure_search_attributes(client)
+        worker = build_worker(client, settings, WorkerPolicy())
+        await worker.__aenter__()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "from antifragile.cli import main; main()",
+                "recovery",
+                "start",
+                service,
+                "--probe",
+                "tcp://127.0.0.1:9",
+                "--strategy",
+                "manual",
+                "--wait",
+                cwd=REPO,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            assert proc.stderr is not None and proc.stdout is not None
+            seen = await read_until(proc.stderr, "a person is needed")
+            server.proc.kill()
+            rest = (await asyncio.wait_for(proc.stderr.read(), 90)).decode()
+            out = (await proc.stdout.read()).decode()
+            code = await proc.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker.__aexit__(None, None, None), 10)
+        fresh = await run_cli(env, "recovery", "status", service)
+    finally:
+        server.stop()
+    assert "AWAITING_APPROVAL" in seen
+    # Nothing on stdout (the core's retry warnings went there), one line on stderr.
+    assert out == "", out[-500:]
+    lines = rest.strip().splitlines()
+    assert len(lines) == 1, rest[-2000:]
+    assert lines[0].startswith(f"error: cannot reach Temporal at 127.0.0.1:{server.port} "), rest
+    assert f"the recovery of {service} goes on" in lines[0]
+    assert code == fresh.code == 2, (code, fresh.stderr)
+    assert fresh.stderr.startswith(f"error: cannot reach Temporal at 127.0.0.1:{server.port} ")
+
+
+async def test_ctrl_c_while_the_request_is_in_flight_never_says_nothing_was_started(
+    temporal_client: Client, dev_server: ServerProcess, redis_url: str, task_queue: str
+) -> None:
+    # No worker: the enqueue update waits for one, with the orchestrator already started.
+    service = f"inflight-{task_queue}"
+    env = stack_env(dev_server, redis_url, task_queue)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from antifragile.cli import main; main()",
+        "recovery",
+        "start",
+        service,
+        "--probe",
+        "tcp://127.0.0.1:9",
+        "--wait",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    orchestrator = temporal_client.get_workflow_handle(orchestrator_workflow_id(task_queue))
+
+    async def started() -> bool:
+        try:
+            await orchestrator.describe()
+        except Exception:
+            return False
+        return True
+
+    try:
+        await wait_for(started, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await end(temporal_client, task_queue)
+    assert proc.returncode == 130, err.decode()
+    assert "Traceback" not in err.decode() and "never retrieved" not in err.decode(), err.decode()
+    line = err.decode().strip().splitlines()[-1]
+    assert "nothing was started" not in line, line
+    assert line == (
+        "interrupted while the request was being sent: it may have been queued; "
+        "see antifragile recovery queue"
+    ), line
+
+
+async def test_with_no_worker_start_hands_the_request_over_and_wait_says_what_is_missing(
+    temporal_client: Client, dev_server: ServerProcess, redis_url: str, task_queue: str
+) -> None:
+    # The worker is down (a careless deploy): the enqueue update is never taken. It was a
+    # traceback after 10 s (the SDK's own timeout error escaped the signal fallback).
+    service = f"noworker-{task_queue}"
+    env = stack_env(dev_server, redis_url, task_queue)
+    try:
+        result = await run_cli(
+            env,
+            "recovery",
+            "start",
+            service,
+            "--probe",
+            "tcp://127.0.0.1:9",
+            "--wait",
+            "--timeout",
+            "12s",
+        )
+        intake = temporal_client.get_workflow_handle(
+            intake_workflow_id(orchestrator_workflow_id(task_queue), intake_shard(service))
+        )
+        history = await intake.fetch_history()
+        await intake.terminate("test over")
+    finally:
+        await end(temporal_client, task_queue)
+    assert "Traceback" not in result.stderr and "never retrieved" not in result.stderr, (
+        result.stderr[-3000:]
+    )
+    assert result.code == 1, result.stderr
+    assert f"is a worker running on task queue {task_queue!r}?" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: gave up waiting (--timeout)")
+    # The request is durable: a signal waits in its intake's history for a worker.
+    signals = [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+    assert signals, "the request was lost"

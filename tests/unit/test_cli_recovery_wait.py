@@ -138,3 +138,21 @@ async def test_a_short_key_is_refused_before_anything_is_sent() -> None:
 
     with pytest.raises(ConfigError, match="at least 16 bytes"):
         await approval_signal(None, approver="bob", note="", decision="approved", key="short")
+
+
+# --- --timeout: bad values are one line naming the flag, exit 2, before anything is sent ---------
+
+
+async def test_bad_timeouts_are_one_line_naming_the_flag_and_exit_2() -> None:
+    from tests.helpers import run_cli_batch
+
+    values = ["0", "0s", "-1", "abc", "1x", "", " ", "nan", "1e3", "-5m"]
+    base = ["recovery", "start", "svc", "--probe", "tcp://h:1", "--wait", "--timeout"]
+    # An address where nothing listens: a value that got through would say so instead.
+    env = {"PATH": "/usr/bin:/bin", "ANTIFRAGILE_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    results = await run_cli_batch(env, [[*base, value] for value in values])
+    for value, result in zip(values, results, strict=True):
+        assert result.code == 2, (value, result)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --timeout: "), (value, result)
+        assert result.stdout == ""

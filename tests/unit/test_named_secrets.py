@@ -7,23 +7,28 @@ and the CLI's one-line refusal (exit 2).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from temporalio.testing import WorkflowEnvironment
 
 from antifragile.chaos.scenario import ChaosScenario
 from antifragile.errors import CREDENTIAL_ERROR, ConfigError, describe_validation_error
-from antifragile.models.common import credential_in_url
+from antifragile.models.common import credential_in_url, redact_url
 from antifragile.models.recovery import RecoveryRequest
 from antifragile.named_targets import (
     REDACTED,
     NamedTargetError,
+    environment_problems,
     resolve_probe,
     resolve_webhook,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
+from antifragile.settings import Settings
 from tests.helpers import run_cli_batch
 
 SECRET = "hunter2-s3cr3t"
@@ -44,6 +49,16 @@ CREDENTIAL_PROBES = [
     f"https://svc/health?x=1&API-Key={SECRET}",
     f"https://svc/health?X-Amz-Signature={SECRET}",
     f"redis://cache:6379/0?password={SECRET}",
+    # found by the edge review: each of these went through before
+    f"http://ops:{SECRET}@[::1/health",  # urlsplit refuses it: judged from the raw text
+    f"http:///ops:{SECRET}@svc/health",
+    f"https://svc/health#access_token={SECRET}",  # OAuth implicit flow: the fragment
+    f"https://svc/health;jsessionid={SECRET}",
+    f"https://svc/health?Authorization=Bearer%20{SECRET}",
+    f"https://svc/health?passphrase={SECRET}",
+    f"https://svc/health?X-Amz-Credential={SECRET}",
+    f"https://svc/health?to%6Ben={SECRET}",
+    f"https://svc/health?to\tken={SECRET}",
 ]
 
 
@@ -110,7 +125,35 @@ def test_histories_written_before_the_rule_still_decode() -> None:
         "action": "webhook:https://hooks.example/x",
     }
     request = RecoveryRequest.model_validate_json(json.dumps(old))
-    assert request.probe == old["probe"]
+    # … with the credential redacted, so nothing the workflow shows or passes on repeats it
+    assert request.probe == "redis://***@cache:6379/0"
+    assert request.action == old["action"]
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_PROBES)
+def test_a_credential_decoded_from_json_is_redacted_and_still_refused_by_the_worker(
+    url: str,
+) -> None:
+    # A hand-written signal or start input (``temporal workflow signal --input …``) is
+    # decoded from JSON like a history: let through, but never with the credential in it.
+    if url.startswith("ftp://"):
+        pytest.skip("a bad scheme is refused in JSON too")
+    request = RecoveryRequest.model_validate_json(json.dumps({"service": "s", "probe": url}))
+    assert SECRET not in request.probe and "***" in request.probe
+    assert SECRET not in request.model_dump_json()
+    with pytest.raises(NamedTargetError, match="refused: a credential"):
+        resolve_probe(RecoveryPolicyConfig(), request.probe)
+
+
+@pytest.mark.parametrize(
+    "url", [f"https://hooks.example/x?token={SECRET}", f"https://u:{SECRET}@hooks.example/x"]
+)
+def test_a_webhook_url_decoded_from_json_is_redacted_and_refused(url: str) -> None:
+    raw = {"service": "s", "probe": "tcp://h:1", "action": f"webhook:{url}"}
+    request = RecoveryRequest.model_validate_json(json.dumps(raw))
+    assert SECRET not in request.action and request.action.startswith("webhook:https://")
+    with pytest.raises(NamedTargetError, match="refused: a credential"):
+        resolve_webhook(RecoveryPolicyConfig(), request.action.removeprefix("webhook:"))
 
 
 def test_chaos_steady_state_probes_follow_the_same_rule() -> None:
@@ -127,6 +170,16 @@ def test_credential_detection_never_returns_the_value() -> None:
     assert credential_in_url(f"http://h/?Token={SECRET}") == "query parameter 'Token'"
     assert credential_in_url("http://h/health?verbose=1&limit=2") is None
     assert credential_in_url("tcp://h:1") is None
+    assert credential_in_url("http://h/users/@me?session=1#top") is None
+
+
+def test_redacted_urls_keep_their_shape() -> None:
+    assert redact_url(f"redis://default:{SECRET}@cache:6379/0") == "redis://***@cache:6379/0"
+    assert (
+        redact_url(f"https://h/x?a=1&token={SECRET}#access_token={SECRET}")
+        == "https://h/x?a=1&token=***#access_token=***"
+    )
+    assert redact_url("https://h/health?verbose=1") == "https://h/health?verbose=1"
 
 
 # --- the policy --------------------------------------------------------------------------
@@ -270,6 +323,12 @@ async def test_the_cli_refuses_credentials_with_one_line_and_exit_2() -> None:
             f"webhook:https://h/?key={SECRET}",
         ],
         ["recovery", "start", "svc", "--probe", "tcp://h:1", "--action", "webhook:https://h/x"],
+        # found by the edge review: mistyped URLs escaped the credential check and were
+        # quoted whole in the error
+        ["recovery", "start", "svc", "--probe", f"redis//:{SECRET}@cache:6379/0"],
+        ["recovery", "start", "svc", "--probe", f"\x01http://u:{SECRET}@h/"],
+        ["recovery", "start", "svc", "--probe", f"htps//h/health?token={SECRET}"],
+        ["recovery", "start", "svc", "--probe", "tcp://h:1", "--action", f"webhook//{SECRET}@h"],
     ]
     env = {"PATH": "/usr/bin:/bin", "ANTIFRAGILE_TEMPORAL_ADDRESS": "127.0.0.1:1"}
     for result in await run_cli_batch(env, commands):
@@ -279,6 +338,9 @@ async def test_the_cli_refuses_credentials_with_one_line_and_exit_2() -> None:
         assert len(lines) == 1, result.stderr
         assert SECRET not in result.stderr
         assert "worker policy" in lines[0]
+    # A mistyped value without a credential is still quoted, to help find the typo.
+    (typo,) = await run_cli_batch(env, [["recovery", "start", "svc", "--probe", "htp://h:1"]])
+    assert "(got 'htp://h:1')" in typo.stderr, typo
 
 
 # --- malformed resolved URLs never quote themselves -------------------------------------------
@@ -318,6 +380,11 @@ def test_a_malformed_webhook_url_is_reported_without_quoting_it(url: str) -> Non
         f"recovery:\n  webhooks: {{x: {{url: 'https://a/', headers: {{A: 'B ${SECRET}'}}}}}}\n",
         f"recovery:\n  webhooks: {{x: {{url: 'https://a/?t={SECRET}', nope: 1}}}}\n",
         f"recovery:\n  webhooks: {{x: {{headers: {{Authorization: '{SECRET}'}}}}}}\n",
+        # found by the edge review: a key pasted where its variable's name belongs
+        f"recovery:\n  approvers: {{alice: {{key_env: 'sk-{SECRET}'}}}}\n",
+        f"recovery:\n  approvers: {{alice: {{key: '{SECRET}'}}}}\n",
+        f"recovery:\n  commands: {{hook: [curl, -H, 'Authorization: {SECRET}', 1]}}\n",
+        f"recovery:\n  commands: {{hook: 'curl -H {SECRET}'}}\n",
     ],
 )
 def test_a_bad_policy_entry_never_shows_its_value(tmp_path: Path, text: str) -> None:
@@ -325,3 +392,125 @@ def test_a_bad_policy_entry_never_shows_its_value(tmp_path: Path, text: str) -> 
         load(tmp_path, text)
     assert SECRET not in str(info.value)
     assert "recovery." in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a tab where YAML wants spaces, on the line after a literal password
+        f"recovery:\n  probes:\n    cache: redis://:{SECRET}@h:6379/0\n\tbad: x\n",
+        # an unclosed flow mapping that holds a token
+        f'recovery:\n  webhooks:\n    pager: {{url: "https://h/x?token={SECRET}", '
+        f"headers: {{Authorization: Bearer {SECRET}}}\n",
+        # a bad indentation inside a webhook's headers
+        f"recovery:\n  webhooks:\n    pager:\n      url: https://h/x\n      headers:\n"
+        f"        Authorization: Bearer {SECRET}\n       X: y\n",
+    ],
+)
+def test_a_yaml_error_is_one_line_with_its_place_and_never_quotes_the_file(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        WorkerPolicy.load(path)
+    message = str(info.value)
+    assert SECRET not in message and SECRET[:7] not in message
+    assert "\n" not in message
+    assert "not valid YAML (line " in message and ", column " in message
+
+
+# --- the worker's own Redis URL ----------------------------------------------------------------
+
+
+async def test_the_cli_never_prints_the_password_of_its_redis_url() -> None:
+    # A dead Redis with a password, and a mistyped one: `health` printed the URL whole (and
+    # `--json` put it in its document); a bad setting echoed it twice.
+    base = {"PATH": "/usr/bin:/bin", "ANTIFRAGILE_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    cases = [
+        ({"ANTIFRAGILE_REDIS_URL": f"redis://:{SECRET}@127.0.0.1:1/0"}, ["health"]),
+        ({"ANTIFRAGILE_REDIS_URL": f"redis://:{SECRET}@127.0.0.1:1/0"}, ["health", "--json"]),
+        ({"ANTIFRAGILE_REDIS_URL": f"redis//:{SECRET}@h:6379"}, ["recovery", "status", "x"]),
+    ]
+    for extra, command in cases:
+        (result,) = await run_cli_batch({**base, **extra}, [command])
+        assert result.code != 0, result
+        assert SECRET not in result.stdout + result.stderr, (command, result)
+        assert "\n" not in result.stderr.strip(), result.stderr
+
+
+def test_a_value_read_from_a_file_loses_its_line_break() -> None:
+    policy = RecoveryPolicyConfig.model_validate(
+        {
+            "webhooks": {
+                "pager": {"url": "https://h/x", "headers": {"Authorization": "Bearer ${T}"}}
+            },
+            "probes": {"cache": "redis://:${P}@cache:6379/0"},
+        }
+    )
+    hook = resolve_webhook(policy, "pager", {"T": SECRET + "\n"})
+    # A header with a line break made every call fail with a bare "ValueError".
+    assert hook.headers == {"Authorization": f"Bearer {SECRET}"}
+    assert resolve_probe(policy, "probe:cache", {"P": SECRET + "\r\n"}).url == (
+        f"redis://:{SECRET}@cache:6379/0"
+    )
+    with pytest.raises(NamedTargetError, match=r"\$\{T\} holds a line break") as info:
+        resolve_webhook(policy, "pager", {"T": f"{SECRET}\nX-Injected: 1"})
+    assert SECRET not in str(info.value)
+
+
+# --- the worker's environment, checked at start ------------------------------------------------
+
+
+def test_what_the_environment_lacks_is_named_without_values() -> None:
+    policy = RecoveryPolicyConfig.model_validate(
+        {
+            "probes": {"cache": "redis://:${CACHE_PW}@h/0", "db": "tcp://h:5432"},
+            "webhooks": {
+                "pager": {"url": "https://h/${PATH_TOKEN}", "headers": {"A": "B ${CACHE_PW}"}}
+            },
+            "approvers": {"alice": {"key_env": "ALICE_KEY"}, "bob": {"key_env": "BOB_KEY"}},
+        }
+    )
+    env = {"PATH_TOKEN": SECRET, "BOB_KEY": "short\n"}
+    assert environment_problems(policy, env) == [
+        "${CACHE_PW} is not set: probe 'cache', webhook 'pager' will fail",
+        "$ALICE_KEY is not set: approver 'alice' cannot approve anything",
+        "$BOB_KEY is shorter than 16 bytes: approver 'bob' cannot approve anything",
+    ]
+    full = {**env, "CACHE_PW": SECRET, "ALICE_KEY": "k" * 16, "BOB_KEY": "k" * 32 + "\n"}
+    assert environment_problems(policy, full) == []
+
+
+async def test_the_worker_says_at_start_what_its_environment_lacks(
+    time_skipping_env: WorkflowEnvironment,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.main import run_worker
+
+    monkeypatch.delenv("AF_TEST_UNSET_PW", raising=False)
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig.model_validate(
+            {"probes": {"cache": "redis://:${AF_TEST_UNSET_PW}@h/0"}}
+        )
+    )
+    settings = Settings(
+        temporal_address=time_skipping_env.client.service_client.config.target_host,
+        task_queue="tq-env-check",
+    )
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="antifragile.worker")
+    await run_worker(settings, policy, stop=stop, install_signal_handlers=False, on_ready=stop.set)
+    assert "worker policy: ${AF_TEST_UNSET_PW} is not set: probe 'cache' will fail" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["file:///etc/passwd", "ftp://h/x", f"{SECRET}"])
+def test_a_webhook_url_given_whole_as_a_variable_must_resolve_to_http(value: str) -> None:
+    # urllib would "POST" to file:// or ftp:// (a file read, a crash on its status).
+    policy = RecoveryPolicyConfig.model_validate({"webhooks": {"pager": "${HOOK_URL}"}})
+    with pytest.raises(NamedTargetError, match="must be http:// or https://") as info:
+        resolve_webhook(policy, "pager", {"HOOK_URL": value})
+    assert SECRET not in str(info.value)
+    ok = resolve_webhook(policy, "pager", {"HOOK_URL": f"https://h/x?token={SECRET}"})
+    assert ok.url == f"https://h/x?token={SECRET}" and SECRET in ok.secrets
