@@ -245,12 +245,14 @@ class Demo:
             return
         c = chaos_report.cleanup
         affected = sum(chaos_report.calls_affected.values())
+        ttr = chaos_report.time_to_recover_s
+        # Time to recover is only measured when health dropped; never print a made-up 0.0s.
+        recovered = f"recovered in {ttr:.1f}s" if ttr is not None else "health never dropped"
         if chaos_report.outcome is ChaosOutcome.COMPLETED and c.attempted and c.method != "expired":
             t.mark(
                 "chaos_completed",
                 f"{chaos_report.outcome.value}; {affected:,} calls affected; cleanup "
-                f"{c.method}; health lowest {chaos_report.health_lowest}; "
-                f"recovered in {chaos_report.time_to_recover_s or 0:.1f}s",
+                f"{c.method}; health lowest {chaos_report.health_lowest}; {recovered}",
             )
         else:
             t.fail(
