@@ -33,7 +33,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -118,6 +118,11 @@ FLUSH_GRACE_S = 1.0
 """Call sites publish their counters every 0.5 s: wait this long after removal."""
 CONFIRM_WINDOW_S = 120.0
 """After an unconfirmed removal and the lease TTL, keep asking Redis this long."""
+CANCEL_IN_ACTIVITY = "chaos-cancel-in-activity"
+"""Patch: a cancel that lands while an activity runs ends the experiment STOPPED. The SDK
+spends such a cancel on the activity: one that completes anyway (inject, renew) returned
+normally and the run went on for its full duration; one cancelled (TRY_CANCEL) raised an
+``ActivityError`` and the run ended FAILED or, from the probe, ABORTED."""
 SHIELDED_ENDING = "chaos-shielded-ending"
 """Patch: the ending (cleanup, verification, report) runs in a task no cancel reaches,
 removal is confirmed, and a failing measurement no longer fails the workflow."""
@@ -205,15 +210,13 @@ class ChaosExperimentWorkflow:
         except _End as end:
             outcome, reason = end.outcome, end.reason
         except asyncio.CancelledError:
-            why = workflow.cancellation_reason()
-            outcome, reason = ChaosOutcome.STOPPED, f"cancelled{': ' + why if why else ''}"
-            if self._stop is not None:  # the stop came first: it is why the run ends
-                by = f" by {self._stop.by}" if self._stop.by else ""
-                reason = f"emergency stop{by}: {self._stop.reason} (then {reason})"
-            self._note(f"cancellation received; cleaning up ({reason})")
+            outcome, reason = self._cancelled_outcome()
         except ActivityError as err:
-            outcome, reason = ChaosOutcome.FAILED, f"activity failed: {_cause(err)}"
-            self._note(reason)
+            if self._cancelled_activity(err):
+                outcome, reason = self._cancelled_outcome()
+            else:
+                outcome, reason = ChaosOutcome.FAILED, f"activity failed: {_cause(err)}"
+                self._note(reason)
         # Every path reaches this point: nothing above returns or re-raises.
         if workflow.patched(SHIELDED_ENDING):
             self._shielded_ending = True
@@ -230,6 +233,28 @@ class ChaosExperimentWorkflow:
                 if outcome is ChaosOutcome.COMPLETED:
                     outcome, reason = ChaosOutcome.STOPPED, "cancelled while verifying recovery"
         return await self._finish(outcome, reason)
+
+    def _cancelled_outcome(self) -> tuple[ChaosOutcome, str]:
+        why = workflow.cancellation_reason()
+        outcome, reason = ChaosOutcome.STOPPED, f"cancelled{': ' + why if why else ''}"
+        if self._stop is not None:  # the stop came first: it is why the run ends
+            by = f" by {self._stop.by}" if self._stop.by else ""
+            reason = f"emergency stop{by}: {self._stop.reason} (then {reason})"
+        self._note(f"cancellation received; cleaning up ({reason})")
+        return outcome, reason
+
+    def _cancelled_activity(self, err: ActivityError) -> bool:
+        """The activity failed because the workflow was cancelled (patched behaviour)."""
+        return (
+            is_cancelled_exception(err)
+            and workflow.cancellation_reason() is not None
+            and workflow.patched(CANCEL_IN_ACTIVITY)
+        )
+
+    def _check_cancel(self) -> None:
+        """Raise the cancel an activity spent (see ``CANCEL_IN_ACTIVITY``)."""
+        if workflow.cancellation_reason() is not None and workflow.patched(CANCEL_IN_ACTIVITY):
+            raise asyncio.CancelledError()
 
     async def _shielded(self, ending: Coroutine[Any, Any, ChaosReport]) -> ChaosReport:
         """Run the ending in its own task: a cancel reaches only the workflow's main task
@@ -280,6 +305,8 @@ class ChaosExperimentWorkflow:
                 summary="check policy and caps",
             )
         except ActivityError as err:
+            if self._cancelled_activity(err):
+                raise asyncio.CancelledError() from None
             raise _End(ChaosOutcome.FAILED, _cause(err)) from None
         self._duration_s = checked.effective_duration_s
         self._ttl_s = checked.lease_ttl_s
@@ -373,6 +400,7 @@ class ChaosExperimentWorkflow:
         self._lease_maybe_written = not s.dry_run
         if self._lease_maybe_written:
             await self._start_guardian()
+            self._check_cancel()  # a cancel the child's start spent: inject nothing
         sent = workflow.now()
         try:
             result = await workflow.execute_activity(
@@ -395,6 +423,8 @@ class ChaosExperimentWorkflow:
             )
         except ActivityError as err:
             self._lease_until = workflow.now() + timedelta(seconds=self._ttl_s)
+            if self._cancelled_activity(err):
+                raise asyncio.CancelledError() from None
             self._injection_failed = _cause(err)
             raise _End(ChaosOutcome.FAILED, f"injection failed: {_cause(err)}") from None
         now = workflow.now()
@@ -507,6 +537,8 @@ class ChaosExperimentWorkflow:
                 summary="renew fault lease",
             )
         except ActivityError as err:
+            if self._cancelled_activity(err):
+                raise asyncio.CancelledError() from None
             raise _End(ChaosOutcome.FAILED, f"lease renewal failed: {_cause(err)}") from None
         if result.halted:
             raise _End(ChaosOutcome.STOPPED, "halt switch set")
@@ -707,6 +739,8 @@ class ChaosExperimentWorkflow:
                 )
                 healthy, text = probe.healthy, probe.detail
             except ActivityError as err:
+                if self._cancelled_activity(err):
+                    raise asyncio.CancelledError() from None
                 healthy, text = False, _cause(err)
             details.append(f"probe {s.steady_state_probe}: {text}")
         elif health.score is None:
@@ -733,6 +767,7 @@ class ChaosExperimentWorkflow:
     # --- bookkeeping -----------------------------------------------------------------
 
     def _check_stop(self) -> None:
+        self._check_cancel()
         if self._stop is not None:
             by = f" by {self._stop.by}" if self._stop.by else ""
             raise _End(ChaosOutcome.STOPPED, f"emergency stop{by}: {self._stop.reason}")

@@ -1,0 +1,212 @@
+"""Interrupts that land while an activity of the experiment is in flight (issue 12, item 1).
+
+A cancel that arrives while an activity runs is not raised into the workflow at once: the
+SDK asks the server to cancel the activity and keeps waiting for it. An activity that does
+not heartbeat then completes normally and the cancel is spent; an activity cancelled with
+TRY_CANCEL resolves as an ``ActivityError`` whose cause is a cancellation. Either way the
+experiment must end STOPPED ("cancelled") promptly, with the fault removed and a report,
+never run on for its full duration or be reported FAILED/ABORTED.
+
+The real activities run; a gate holds the chosen one until the test has cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.chaos import ChaosActivities
+from activities.common import CommonActivities
+from antifragile.chaos.plane import fault_key
+from antifragile.models.chaos import (
+    ChaosOutcome,
+    ChaosPhase,
+    HealthMeasurement,
+    InjectFaultInput,
+    InjectFaultResult,
+    MeasureHealthInput,
+    RenewLeaseInput,
+    RenewLeaseResult,
+    ValidateScenarioInput,
+    ValidateScenarioResult,
+)
+from antifragile.models.common import ApprovalSignal
+from antifragile.models.recovery import AuthorizeApproverInput, AuthorizeApproverResult
+from antifragile.policy import ChaosPolicyConfig, WorkerPolicy
+from antifragile.settings import Settings
+from tests.workflows.test_chaos_experiment import (  # noqa: F401 (the env fixture)
+    end_guardians,
+    env,
+    phases,
+    scenario,
+    start,
+)
+from workers.main import workflow_runner
+from workflows.chaos_experiment import ChaosExperimentWorkflow
+from workflows.chaos_guardian import ChaosGuardianWorkflow
+
+pytestmark = pytest.mark.timeout(120)
+
+P = ChaosPhase
+
+
+class Gated(ChaosActivities):
+    """The real chaos activities; the one named ``gate_on`` waits for ``release`` (its
+    n-th call, counting from 1) after setting ``entered``."""
+
+    def __init__(self, settings: Settings, policy: WorkerPolicy, gate_on: str, nth: int = 1):
+        super().__init__(settings, policy)
+        self.gate_on, self.nth = gate_on, nth
+        self.calls: dict[str, int] = {}
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.common = CommonActivities(settings, policy)
+
+    async def _gate(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if name == self.gate_on and self.calls[name] == self.nth:
+            self.entered.set()
+            await self.release.wait()
+
+    @activity.defn(name="validate_chaos_scenario")
+    async def gated_validate(self, data: ValidateScenarioInput) -> ValidateScenarioResult:
+        await self._gate("validate_chaos_scenario")
+        return await self.validate_chaos_scenario(data)
+
+    @activity.defn(name="inject_fault")
+    async def gated_inject(self, data: InjectFaultInput) -> InjectFaultResult:
+        await self._gate("inject_fault")
+        return await self.inject_fault(data)
+
+    @activity.defn(name="renew_fault_lease")
+    async def gated_renew(self, data: RenewLeaseInput) -> RenewLeaseResult:
+        await self._gate("renew_fault_lease")
+        return await self.renew_fault_lease(data)
+
+    @activity.defn(name="authorize_approver")
+    async def gated_authorize(self, data: AuthorizeApproverInput) -> AuthorizeApproverResult:
+        await self._gate("authorize_approver")
+        return await self.common.authorize_approver(data)
+
+    @activity.defn(name="measure_health")
+    async def gated_measure(self, data: MeasureHealthInput) -> HealthMeasurement:
+        await self._gate("measure_health")
+        return await self.measure_health(data)
+
+
+@asynccontextmanager
+async def gated_worker(
+    server: WorkflowEnvironment, redis_url: str, gate_on: str, nth: int = 1, **policy: Any
+) -> AsyncIterator[tuple[str, Gated]]:
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    cfg = Settings(redis_url=redis_url)
+    pol = WorkerPolicy(chaos=ChaosPolicyConfig(**policy))
+    common = CommonActivities(cfg, pol)
+    chaos = Gated(cfg, pol, gate_on, nth)
+    async with Worker(
+        server.client,
+        task_queue=queue,
+        workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+        activities=[
+            common.validate_constitutional_hash,
+            chaos.gated_authorize,
+            common.probe_service,
+            chaos.gated_validate,
+            chaos.check_halt_switch,
+            chaos.gated_inject,
+            chaos.gated_renew,
+            chaos.remove_fault,
+            chaos.gated_measure,
+            chaos.collect_experiment_impact,
+            chaos.check_experiment_running,
+        ],
+    ):
+        try:
+            yield queue, chaos
+        finally:
+            chaos.release.set()
+            await end_guardians(server.client)
+    await chaos.plane.close()
+
+
+async def _entered(gate: Gated) -> None:
+    await asyncio.wait_for(gate.entered.wait(), timeout=60)
+
+
+def _no_failed_workflow_task(history: Any) -> None:
+    assert not [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]
+
+
+@pytest.mark.parametrize(
+    ("gate_on", "nth"),
+    [
+        ("validate_chaos_scenario", 1),  # during validation (TRY_CANCEL)
+        ("measure_health", 1),  # during the steady state before injection (TRY_CANCEL)
+        ("inject_fault", 1),  # during injection (waits for the activity)
+        ("renew_fault_lease", 1),  # while RUNNING, during a renewal (waits)
+        ("measure_health", 2),  # while RUNNING, during a health check (TRY_CANCEL)
+    ],
+)
+async def test_a_cancel_while_an_activity_runs_ends_stopped_with_the_fault_removed(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+    gate_on: str,
+    nth: int,
+) -> None:
+    sc = scenario(duration_s=120)
+    redis = aioredis.from_url(redis_url)
+    try:
+        async with gated_worker(env, redis_url, gate_on, nth, lease_ttl_s=6) as (queue, gate):
+            handle = await start(env.client, sc, task_queue=queue)
+            await _entered(gate)
+            await handle.cancel()
+            await asyncio.sleep(0.2)  # the cancel reaches the workflow first
+            gate.release.set()
+            report = await handle.result()
+            assert await redis.exists(fault_key(handle.id)) == 0
+        history = await handle.fetch_history()
+    finally:
+        await redis.aclose()
+    assert (await handle.describe()).status is WorkflowExecutionStatus.COMPLETED
+    _no_failed_workflow_task(history)
+    assert report.outcome is ChaosOutcome.STOPPED, report.reason
+    assert report.reason.startswith("cancelled"), report.reason
+    assert not report.injection_failed
+    injected = gate_on in ("inject_fault", "renew_fault_lease") or nth == 2
+    if injected:
+        assert report.cleanup.method == "removed" and report.cleanup.lease_removed
+        # Stopped at the cancel, not after the planned 120 s.
+        assert report.fault_active_s is not None and report.fault_active_s < 60
+    else:
+        assert report.cleanup.method == "nothing_injected"
+        assert P.INJECTING not in phases(report)
+
+
+async def test_a_cancel_while_an_approval_is_checked_ends_stopped(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """The approver's authorization is an activity too (TRY_CANCEL)."""
+    sc = scenario(duration_s=30, require_approval=True)
+    async with gated_worker(env, redis_url, "authorize_approver") as (queue, gate):
+        handle = await start(env.client, sc, task_queue=queue)
+        await handle.signal("approve", ApprovalSignal(approver="alice"))
+        await _entered(gate)
+        await handle.cancel()
+        await asyncio.sleep(0.2)
+        gate.release.set()
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.STOPPED, report.reason
+    assert report.reason.startswith("cancelled")
+    assert report.cleanup.method == "nothing_injected"
