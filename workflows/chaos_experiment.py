@@ -199,6 +199,7 @@ class ChaosExperimentWorkflow:
         self._publish()
         outcome, reason = ChaosOutcome.COMPLETED, "ran for the full duration"
         try:
+            self._check_experiment_id()
             await self._validate()
             if self._needs_approval():
                 await self._await_approval()
@@ -321,6 +322,18 @@ class ChaosExperimentWorkflow:
             f"validated: {self._duration_s:g}s on {', '.join(s.blast_radius)}, "
             f"lease TTL {self._ttl_s:g}s"
         )
+
+    def _check_experiment_id(self) -> None:
+        """The lease key, the guardian's id and the conflict check all follow
+        ``experiment_id``: one that is not this workflow's id (a hand-crafted start) would
+        take over another experiment's fault, and remove it at its end."""
+        wid = workflow.info().workflow_id
+        if self._in.experiment_id != wid:
+            raise _End(
+                ChaosOutcome.FAILED,
+                f"experiment_id {self._in.experiment_id!r} is not this workflow's id "
+                f"{wid!r}: leave it empty or equal to the workflow id",
+            )
 
     def _needs_approval(self) -> bool:
         return self._s.require_approval or self._policy_approval

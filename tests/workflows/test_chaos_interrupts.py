@@ -50,6 +50,7 @@ from tests.workflows.test_chaos_experiment import (  # noqa: F401 (the env fixtu
     phases,
     scenario,
     start,
+    wait_phase,
 )
 from workers.main import workflow_runner
 from workflows.chaos_experiment import ChaosExperimentWorkflow
@@ -210,3 +211,40 @@ async def test_a_cancel_while_an_approval_is_checked_ends_stopped(
     assert report.outcome is ChaosOutcome.STOPPED, report.reason
     assert report.reason.startswith("cancelled")
     assert report.cleanup.method == "nothing_injected"
+
+
+async def test_a_hand_crafted_input_naming_another_experiment_is_refused(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """``temporal workflow start --input`` with the ``experiment_id`` of a running
+    experiment: the lease key, the guardian's id and the conflict check all follow that
+    id, so the forged run would take over (and at its end remove) the other's fault. It is
+    refused before validation, with a report; the other experiment is untouched."""
+    from antifragile.models.chaos import ChaosExperimentInput, EmergencyStopSignal
+
+    first_sc = scenario(duration_s=60)
+    forged_sc = scenario(target=first_sc.target, duration_s=5, chaos_type="ERROR")
+    redis = aioredis.from_url(redis_url)
+    try:
+        async with gated_worker(env, redis_url, "none") as (queue, _gate):
+            first = await start(env.client, first_sc, task_queue=queue)
+            await wait_phase(first, P.RUNNING)
+            before = await redis.get(fault_key(first.id))
+            forged = await env.client.start_workflow(
+                ChaosExperimentWorkflow.run,
+                ChaosExperimentInput(scenario=forged_sc, experiment_id=first.id),
+                id=f"chaos-forged-{uuid.uuid4().hex[:6]}",
+                task_queue=queue,
+            )
+            report = await forged.result()
+            assert await redis.get(fault_key(first.id)) == before
+            await first.signal("emergency_stop", EmergencyStopSignal(reason="done", by="t"))
+            first_report = await first.result()
+    finally:
+        await redis.aclose()
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "experiment_id" in report.reason and "\n" not in report.reason
+    assert report.cleanup.method == "nothing_injected"
+    assert phases(report) == [P.VALIDATING, P.FAILED]
+    assert first_report.outcome is ChaosOutcome.STOPPED and first_report.cleanup.lease_removed
