@@ -373,6 +373,9 @@ class ChaosExperimentWorkflow:
             if check.signature_digest:  # a signature counts once
                 self._used_signatures.append(check.signature_digest)
             self._record(signal, decision)
+            # Decisions queued behind this one no longer decide anything: say so now,
+            # not at the end ("before any approval counted" would be untrue).
+            self._ignore_early_decisions(f"already {decision.value} by {signal.approver}")
             if decision is Decision.REJECTED:
                 note = f": {signal.note}" if signal.note else ""
                 raise _End(ChaosOutcome.FAILED, f"rejected by {signal.approver}{note}")

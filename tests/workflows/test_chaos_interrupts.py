@@ -40,7 +40,7 @@ from antifragile.models.chaos import (
     ValidateScenarioInput,
     ValidateScenarioResult,
 )
-from antifragile.models.common import ApprovalSignal
+from antifragile.models.common import ApprovalSignal, Decision
 from antifragile.models.recovery import AuthorizeApproverInput, AuthorizeApproverResult
 from antifragile.policy import ChaosPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
@@ -277,3 +277,31 @@ async def test_a_cancel_in_the_first_workflow_task_still_gives_a_report(
     _no_failed_workflow_task(history)
     assert report.outcome is ChaosOutcome.STOPPED, report.reason
     assert report.cleanup.method == "nothing_injected"
+
+
+async def test_an_approval_then_a_reject_queued_behind_it_is_ignored_at_once(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """Approve and reject arrive together (early, while validating, or while the approval
+    is being authorized): the first decision counts; the one queued behind it is recorded
+    as ignored at once, with why, not at the end as "ended before any approval counted"."""
+    sc = scenario(duration_s=10, require_approval=True)
+    async with gated_worker(env, redis_url, "authorize_approver") as (queue, gate):
+        handle = await start(env.client, sc, task_queue=queue)
+        await handle.signal("approve", ApprovalSignal(approver="alice"))
+        await handle.signal("reject", ApprovalSignal(approver="bob", note="too late"))
+        await _entered(gate)
+        gate.release.set()
+        status = await wait_phase(handle, P.RUNNING)
+        report = await handle.result()
+    decided = [(d.approver, d.decision, d.reason) for d in status.decisions]
+    assert decided == [
+        ("alice", Decision.APPROVED, ""),
+        ("bob", Decision.IGNORED, "already approved by alice"),
+    ]
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert [(d.approver, d.decision) for d in report.decisions] == [
+        ("alice", Decision.APPROVED),
+        ("bob", Decision.IGNORED),
+    ]
