@@ -206,13 +206,15 @@ async def rebuild_report(
     renewed = [at for at, _ in completed.get("renew_fault_lease", [])]
     removals = completed.get("remove_fault", [])
     cleanup = base.cleanup
-    if injected_at is not None and not cleanup.attempted:
+    # A dry run has an injection time (its timer ran) but never a lease.
+    leased = injected_at is not None and not s.dry_run
+    if leased and not cleanup.attempted:
         cleanup = await _rebuild_cleanup(
             client, experiment_id, removals, renewed, injected_at, ttl_s, plane, warnings
         )
-    elif injected_at is None and not cleanup.attempted:
+    elif not leased and not cleanup.attempted:
         cleanup = CleanupRecord(attempted=True, method="nothing_injected", at=ended)
-    impact_needed = injected_at is not None and not base.calls_seen and not base.calls_affected
+    impact_needed = leased and not base.calls_seen and not base.calls_affected
     if impact_needed and plane is not None:
         try:
             impact = await plane.impact(experiment_id)
@@ -230,11 +232,11 @@ async def rebuild_report(
             "reason": reason,
             "ended_at": ended,
             "injected_at": injected_at,
-            "removed_at": base.removed_at or cleanup.at if injected_at else base.removed_at,
+            "removed_at": (base.removed_at or cleanup.at) if leased else base.removed_at,
             "cleanup": cleanup,
             "fault_active_s": (
                 round(max(0.0, (end - injected_at).total_seconds()), 3)
-                if end is not None and injected_at is not None
+                if end is not None and leased and injected_at is not None
                 else base.fault_active_s
             ),
             "warnings": [

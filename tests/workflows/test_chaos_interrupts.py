@@ -305,3 +305,28 @@ async def test_an_approval_then_a_reject_queued_behind_it_is_ignored_at_once(
         ("alice", Decision.APPROVED),
         ("bob", Decision.IGNORED),
     ]
+
+
+async def test_a_terminated_dry_run_is_rebuilt_without_a_lease(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """A dry run writes no lease: its rebuilt report must not say one expired."""
+    from antifragile.chaos.client import rebuild_report
+    from antifragile.chaos.plane import FaultPlane
+
+    sc = scenario(duration_s=120, dry_run=True)
+    plane = FaultPlane.from_url(redis_url)
+    try:
+        async with gated_worker(env, redis_url, "none") as (queue, _gate):
+            handle = await start(env.client, sc, task_queue=queue)
+            await wait_phase(handle, P.RUNNING)
+            await handle.terminate(reason="operator")
+            report = await rebuild_report(env.client, handle.id, plane=plane)
+    finally:
+        await plane.close()
+    assert report.rebuilt and report.outcome is ChaosOutcome.STOPPED
+    assert report.reason == "terminated: operator"
+    assert report.cleanup.method == "nothing_injected", report.cleanup
+    assert not report.cleanup.lease_removed
+    assert report.fault_active_s is None and report.removed_at is None
