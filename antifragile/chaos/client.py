@@ -208,7 +208,7 @@ async def rebuild_report(
     cleanup = base.cleanup
     # A dry run has an injection time (its timer ran) but never a lease.
     leased = injected_at is not None and not s.dry_run
-    if leased and not cleanup.attempted:
+    if leased and injected_at is not None and not cleanup.attempted:
         cleanup = await _rebuild_cleanup(
             client, experiment_id, removals, renewed, injected_at, ttl_s, plane, warnings
         )
