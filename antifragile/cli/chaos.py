@@ -376,7 +376,14 @@ def render_report(report: ChaosReport) -> None:
     if report.injection_failed:
         head.add_row("fault", f"[red]injection failed[/red]: {report.injection_failed}")
     active = report.fault_active_s
-    head.add_row("fault active", f"{active:g}s" if active is not None else "-")
+    # An expiry Redis has not confirmed yet is the lease's bound, not a measured life.
+    bound = report.cleanup.method == "expired" and report.cleanup.confirmed is not True
+    if active is None:
+        head.add_row("fault active", "-")
+    else:
+        head.add_row(
+            "fault active", f"at most {active:g}s (lease TTL)" if bound else f"{active:g}s"
+        )
     head.add_row("injected / removed", f"{_t(report.injected_at)} / {_t(report.removed_at)}")
     confirmed = {True: "; confirmed", False: "; NOT confirmed", None: ""}[report.cleanup.confirmed]
     head.add_row(
