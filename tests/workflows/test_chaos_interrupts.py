@@ -31,6 +31,8 @@ from antifragile.chaos.plane import fault_key
 from antifragile.models.chaos import (
     ChaosOutcome,
     ChaosPhase,
+    ChaosStatus,
+    EmergencyStopSignal,
     HealthMeasurement,
     InjectFaultInput,
     InjectFaultResult,
@@ -330,3 +332,61 @@ async def test_a_terminated_dry_run_is_rebuilt_without_a_lease(
     assert report.cleanup.method == "nothing_injected", report.cleanup
     assert not report.cleanup.lease_removed
     assert report.fault_active_s is None and report.removed_at is None
+
+
+async def test_a_signature_made_for_another_experiment_is_refused(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """alice signs an approval of experiment A; it is replayed to experiment B."""
+    from antifragile.cli._common import approval_signal
+    from antifragile.policy import RecoveryPolicyConfig
+
+    key = "k" * 32
+    monkeypatch.setenv("AF_TEST_ALICE_KEY_2", key)
+    approvers = {"alice": {"key_env": "AF_TEST_ALICE_KEY_2"}}
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    cfg = Settings(redis_url=redis_url)
+    pol = WorkerPolicy(recovery=RecoveryPolicyConfig(approvers=approvers))
+    common, chaos = CommonActivities(cfg, pol), ChaosActivities(cfg, pol)
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[ChaosExperimentWorkflow, ChaosGuardianWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+        activities=[
+            common.validate_constitutional_hash,
+            common.authorize_approver,
+            chaos.validate_chaos_scenario,
+            chaos.check_halt_switch,
+            chaos.inject_fault,
+            chaos.renew_fault_lease,
+            chaos.remove_fault,
+            chaos.measure_health,
+            chaos.collect_experiment_impact,
+        ],
+    ):
+        a = await start(env.client, scenario(duration_s=5, require_approval=True), queue)
+        b = await start(env.client, scenario(duration_s=5, require_approval=True), queue)
+        await wait_phase(a, P.AWAITING_APPROVAL)
+        await wait_phase(b, P.AWAITING_APPROVAL)
+        for_a = await approval_signal(a, approver="alice", note="", decision="approved", key=key)
+        await b.signal("approve", for_a)
+        await b.signal("reject", ApprovalSignal(approver="bob", note="stranger"))
+        await a.signal("approve", for_a)
+        report_a = await a.result()
+        for _ in range(200):
+            status = await b.query("status", result_type=ChaosStatus)
+            if len(status.decisions) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await b.signal("emergency_stop", EmergencyStopSignal(reason="test over", by="t"))
+        report_b = await b.result()
+    await chaos.plane.close()
+    await end_guardians(env.client)
+    assert [d.decision for d in report_b.decisions] == [Decision.REFUSED, Decision.REFUSED]
+    assert "another" in report_b.decisions[0].reason or "signature" in report_b.decisions[0].reason
+    assert report_b.outcome is ChaosOutcome.STOPPED and report_b.injected_at is None
+    assert report_a.outcome is ChaosOutcome.COMPLETED
+    assert [d.decision for d in report_a.decisions] == [Decision.APPROVED]
