@@ -106,6 +106,8 @@ def _at(event: Any) -> datetime:
 
 
 async def _decode(client: Client, payloads: Any, kind: type[Any]) -> Any:
+    if not payloads.payloads:  # e.g. a workflow started without input
+        return None
     values = await client.data_converter.decode(list(payloads.payloads), [kind])
     return values[0] if values else None
 
@@ -241,8 +243,13 @@ async def rebuild_report(
             ),
             "warnings": [
                 *base.warnings,
-                f"rebuilt from history and Redis: the workflow ended {status.name} "
-                "without a report",
+                (
+                    "rebuilt from history and Redis: the workflow still runs in Temporal, "
+                    "but no worker answered"
+                    if status == WorkflowExecutionStatus.RUNNING
+                    else f"rebuilt from history and Redis: the workflow ended {status.name} "
+                    "without a report"
+                ),
                 *warnings,
             ],
             "rebuilt": True,

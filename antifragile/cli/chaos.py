@@ -21,6 +21,7 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -494,12 +495,13 @@ def status(experiment_id: str, json_out: JsonFlag = False) -> None:
 
     async def _go() -> None:
         client = await connect(settings)
-        handle = await _handle(client, experiment_id)
-        desc = await handle.describe()
+        handle, desc = await _experiment(client, experiment_id)
+        st: ChaosStatus | None = None
         if desc.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
-            st: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
-        else:
-            # Ended without a report: its last phase is stale; say how it really ended.
+            st = await _query_status(handle)
+        if st is None:
+            # Ended without a report (its last phase is stale), or no worker answers:
+            # say how it really ended, or that it is still running.
             st = _status_of(await _rebuilt(client, settings, experiment_id))
         if json_out:
             print_json(st)
@@ -516,8 +518,7 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
 
     async def _go() -> None:
         client = await connect(settings)
-        handle = await _handle(client, experiment_id)
-        desc = await handle.describe()
+        handle, desc = await _experiment(client, experiment_id)
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             rep: ChaosReport = await handle.result()
         elif desc.status == WorkflowExecutionStatus.RUNNING:
@@ -534,17 +535,49 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
     run(_go())
 
 
+async def _experiment(
+    client: Client, experiment_id: str
+) -> tuple[WorkflowHandle[Any, Any], WorkflowExecutionDescription]:
+    """The handle and description of a chaos experiment; anything else is one line, exit 2.
+
+    A workflow terminated before its first task has no ``AfKind`` yet: its type decides.
+    """
+    handle = await _handle(client, experiment_id)
+    desc = await handle.describe()
+    if desc.workflow_type != WORKFLOW_TYPE:
+        fail(f"{experiment_id!r} is not a chaos experiment (workflow type {desc.workflow_type})")
+    return handle, desc
+
+
+async def _query_status(handle: WorkflowHandle[Any, Any]) -> ChaosStatus | None:
+    """The ``status`` query, or None when no worker answers in time (a lost worker)."""
+    try:
+        status: ChaosStatus = await handle.query(
+            "status", result_type=ChaosStatus, rpc_timeout=REBUILD_QUERY_TIMEOUT
+        )
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        return None
+    return status
+
+
 async def _rebuilt(client: Client, settings: Settings, experiment_id: str) -> ChaosReport:
     plane = FaultPlane.from_url(settings.redis_url, timeout_s=3.0)
     try:
         return await rebuild_report(client, experiment_id, plane=plane)
+    except ValueError as exc:  # pydantic's ValidationError too: not an experiment's input
+        fail(f"{experiment_id}: no chaos experiment input in its history ({type(exc).__name__})")
     finally:
         await plane.close()
 
 
 def _status_of(report: ChaosReport) -> ChaosStatus:
     """A status line-up of an ended experiment, from its (rebuilt) report."""
-    phase = ChaosPhase(report.outcome.value) if report.outcome else ChaosPhase.FAILED
+    if report.outcome is not None:
+        phase = ChaosPhase(report.outcome.value)
+    elif report.phases:  # still running, no worker answered: the last phase known
+        phase = report.phases[-1].phase
+    else:  # from history alone
+        phase = ChaosPhase.RUNNING if report.injected_at else ChaosPhase.VALIDATING
     return ChaosStatus(
         experiment_id=report.experiment_id,
         name=report.name,
@@ -558,7 +591,7 @@ def _status_of(report: ChaosReport) -> ChaosStatus:
         injected_at=report.injected_at,
         duration_s=report.effective_duration_s,
         lowest_health=report.health_lowest,
-        stop_reason=report.reason,
+        stop_reason=report.reason if report.outcome is not None else "",
         warnings=report.warnings,
         decisions=report.decisions,
         events=report.events,
@@ -575,8 +608,14 @@ def _decide(experiment_id: str, by: str, note: str, decision: Decision) -> None:
 
     async def _go() -> None:
         client = await connect(settings)
-        handle = await _handle(client, experiment_id)
-        before: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+        handle, desc = await _experiment(client, experiment_id)
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            ended = desc.status.name if desc.status else "closed"
+            fail(f"nothing awaits approval in {experiment_id} (it has ended: {ended})")
+        found = await _query_status(handle)
+        if found is None:
+            fail(f"{experiment_id}: no worker answered; is a worker running on its task queue?")
+        before = found
         if not before.approval_needed and before.phase is not ChaosPhase.VALIDATING:
             fail(f"nothing awaits approval in {experiment_id} (phase {before.phase.value})")
         signal = await approval_signal(handle, approver=by, note=note, decision=decision.value)
