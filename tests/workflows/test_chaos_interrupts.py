@@ -109,9 +109,14 @@ class Gated(ChaosActivities):
 
 @asynccontextmanager
 async def gated_worker(
-    server: WorkflowEnvironment, redis_url: str, gate_on: str, nth: int = 1, **policy: Any
+    server: WorkflowEnvironment,
+    redis_url: str,
+    gate_on: str,
+    nth: int = 1,
+    queue: str = "",
+    **policy: Any,
 ) -> AsyncIterator[tuple[str, Gated]]:
-    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    queue = queue or f"tq-{uuid.uuid4().hex[:8]}"
     cfg = Settings(redis_url=redis_url)
     pol = WorkerPolicy(chaos=ChaosPolicyConfig(**policy))
     common = CommonActivities(cfg, pol)
@@ -390,3 +395,30 @@ async def test_a_signature_made_for_another_experiment_is_refused(
     assert report_b.outcome is ChaosOutcome.STOPPED and report_b.injected_at is None
     assert report_a.outcome is ChaosOutcome.COMPLETED
     assert [d.decision for d in report_a.decisions] == [Decision.APPROVED]
+
+
+@pytest.mark.parametrize("required", [True, False])
+async def test_an_approval_sent_before_any_worker_ran_is_remembered_or_ignored_with_why(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+    required: bool,
+) -> None:
+    """Decided: an approval that arrives before AWAITING_APPROVAL (here before the workflow
+    ran any code) is kept, because validation may still find that the worker policy
+    requires approval; it counts once the experiment awaits approval. When neither the
+    scenario nor the policy requires approval it is recorded ignored, with why."""
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    sc = scenario(duration_s=5, require_approval=required)
+    handle = await start(env.client, sc, queue)
+    await handle.signal("approve", ApprovalSignal(approver="alice", note="early"))
+    async with gated_worker(env, redis_url, "none", queue=queue):
+        report = await handle.result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    [decision] = report.decisions
+    assert (decision.approver, decision.note) == ("alice", "early")
+    if required:
+        assert decision.decision is Decision.APPROVED
+        assert P.AWAITING_APPROVAL in phases(report)
+    else:
+        assert decision.decision is Decision.IGNORED
+        assert decision.reason == "this experiment needs no approval"
