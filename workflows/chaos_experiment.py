@@ -445,6 +445,9 @@ class ChaosExperimentWorkflow:
             raise _End(ChaosOutcome.FAILED, f"injection failed: {_cause(err)}") from None
         now = workflow.now()
         self._instances_guarding = result.instances_guarding
+        if result.warning:  # a dry run the preflight would have refused
+            self._warnings.append(result.warning)
+            self._note(f"warning: {result.warning}")
         if result.halted:
             self._lease_maybe_written = False
             raise _End(ChaosOutcome.STOPPED, result.detail or "halt switch set")

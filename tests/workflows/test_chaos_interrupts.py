@@ -422,3 +422,18 @@ async def test_an_approval_sent_before_any_worker_ran_is_remembered_or_ignored_w
     else:
         assert decision.decision is Decision.IGNORED
         assert decision.reason == "this experiment needs no approval"
+
+
+async def test_a_dry_run_on_a_target_nobody_guards_runs_but_warns(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """``--dry-run`` walks every phase even when nobody guards the target (the preflight
+    refusal would be wrong for a rehearsal), but says so in the report's warnings."""
+    sc = scenario(target=f"typo-{uuid.uuid4().hex[:6]}", allow_unguarded=False, dry_run=True)
+    async with gated_worker(env, redis_url, "none") as (queue, _gate):
+        report = await (await start(env.client, sc, queue)).result()
+    assert report.outcome is ChaosOutcome.COMPLETED
+    [warning] = [w for w in report.warnings if "no live process guards" in w]
+    assert warning.startswith("dry run: ") and sc.target in warning
+    assert report.instances_guarding == 0
