@@ -49,6 +49,8 @@ from antifragile.settings import Settings
 from tests.workflows.test_chaos_experiment import (  # noqa: F401 (the env fixture)
     end_guardians,
     env,
+    own_env,
+    own_redis,
     phases,
     scenario,
     start,
@@ -437,3 +439,30 @@ async def test_a_dry_run_on_a_target_nobody_guards_runs_but_warns(
     [warning] = [w for w in report.warnings if "no live process guards" in w]
     assert warning.startswith("dry run: ") and sc.target in warning
     assert report.instances_guarding == 0
+
+
+async def test_redis_unreachable_at_injection_ends_failed_with_one_clear_report(
+    own_env: WorkflowEnvironment,  # noqa: F811
+    own_redis: Any,  # noqa: F811
+) -> None:
+    """Redis dies between the steady-state check and the injection (the preflight reads
+    the fleet registry): one outcome, FAILED, and a report that says nothing was injected
+    and that Redis could not confirm it; never a stuck workflow."""
+    sc = scenario(duration_s=30)
+    async with gated_worker(own_env, own_redis.url, "inject_fault", lease_ttl_s=3) as (
+        queue,
+        gate,
+    ):
+        handle = await start(own_env.client, sc, queue)
+        await _entered(gate)
+        own_redis.kill()
+        gate.release.set()
+        report = await asyncio.wait_for(handle.result(), 90)
+        history = await handle.fetch_history()
+    _no_failed_workflow_task(history)
+    assert report.outcome is ChaosOutcome.FAILED
+    assert report.reason.startswith("injection failed: ") and "\n" not in report.reason
+    assert report.injected_at is None and report.fault_active_s is None
+    assert report.cleanup.method == "injection_failed" and not report.cleanup.lease_removed
+    assert report.cleanup.confirmed is False  # Redis never answered again
+    assert P.VERIFYING_RECOVERY not in phases(report)
