@@ -466,3 +466,44 @@ async def test_redis_unreachable_at_injection_ends_failed_with_one_clear_report(
     assert report.cleanup.method == "injection_failed" and not report.cleanup.lease_removed
     assert report.cleanup.confirmed is False  # Redis never answered again
     assert P.VERIFYING_RECOVERY not in phases(report)
+
+
+async def test_stand_down_sent_to_an_experiment_changes_nothing(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """``stand_down`` is the guardian's signal; sent to the experiment by mistake (UI,
+    ``temporal workflow signal``) it is not handled and the run goes on to its end."""
+    sc = scenario(duration_s=10)
+    async with gated_worker(env, redis_url, "none") as (queue, _gate):
+        handle = await start(env.client, sc, queue)
+        await wait_phase(handle, P.RUNNING)
+        await handle.signal("stand_down")
+        report = await handle.result()
+        history = await handle.fetch_history()
+    _no_failed_workflow_task(history)
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.cleanup.method == "removed" and report.cleanup.lease_removed
+
+
+async def test_terminated_while_awaiting_approval_is_rebuilt_with_nothing_injected(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    from antifragile.chaos.client import rebuild_report
+    from antifragile.chaos.plane import FaultPlane
+
+    sc = scenario(duration_s=10, require_approval=True)
+    plane = FaultPlane.from_url(redis_url)
+    try:
+        async with gated_worker(env, redis_url, "none") as (queue, _gate):
+            handle = await start(env.client, sc, queue)
+            await wait_phase(handle, P.AWAITING_APPROVAL)
+            await handle.terminate(reason="changed my mind")
+            report = await rebuild_report(env.client, handle.id, plane=plane)
+    finally:
+        await plane.close()
+    assert report.rebuilt and report.outcome is ChaosOutcome.STOPPED
+    assert report.reason == "terminated: changed my mind"
+    assert report.cleanup.method == "nothing_injected" and report.injected_at is None
+    assert report.fault_active_s is None and report.removed_at is None
