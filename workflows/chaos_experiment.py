@@ -614,7 +614,8 @@ class ChaosExperimentWorkflow:
         if self._shielded_ending and self._injection_failed and not removed:
             # The injection failed before writing anything: there was no fault to remove.
             method, ended = "injection_failed", now
-            detail = detail or f"nothing to remove: {self._injection_failed}"
+            # The reason is the report's already: do not repeat it here.
+            detail = detail or "nothing to remove: the injection wrote no lease"
         self._cleanup_record = CleanupRecord(
             attempted=True,
             lease_removed=removed,

@@ -375,7 +375,7 @@ def render_report(report: ChaosReport) -> None:
         f"{report.effective_duration_s:g}s planned (requested {report.requested_duration_s:g}s)",
     )
     if report.injection_failed:
-        head.add_row("fault", f"[red]injection failed[/red]: {report.injection_failed}")
+        head.add_row("injection", f"[red]failed[/red]: {report.injection_failed}")
     active = report.fault_active_s
     # An expiry Redis has not confirmed yet is the lease's bound, not a measured life.
     bound = report.cleanup.method == "expired" and report.cleanup.confirmed is not True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from antifragile.cli.chaos import console, render_report
@@ -49,3 +50,24 @@ def test_a_confirmed_removal_or_expiry_is_the_fault_s_real_life() -> None:
         done = CleanupRecord(attempted=True, method=method, confirmed=True)
         text = _text(_report(done, 15.3))
         assert "15.3s" in text and "at most" not in text
+
+
+def test_a_failed_injection_is_its_own_line_and_said_once() -> None:
+    cleanup = CleanupRecord(
+        attempted=True,
+        method="injection_failed",
+        confirmed=True,
+        detail="nothing to remove: the injection wrote no lease",
+    )
+    report = _report(cleanup, 0.0).model_copy(
+        update={
+            "outcome": ChaosOutcome.FAILED,
+            "reason": "injection failed: no live process guards demo-dbb",
+            "injection_failed": "no live process guards demo-dbb",
+            "injected_at": None,
+            "fault_active_s": None,
+        }
+    )
+    text = _text(report)
+    assert re.search(r"^injection +failed: no live process guards demo-dbb", text, re.M), text
+    assert text.count("no live process guards demo-dbb") == 2  # outcome and injection
