@@ -385,7 +385,9 @@ def render_report(report: ChaosReport) -> None:
         head.add_row(
             "fault active", f"at most {active:g}s (lease TTL)" if bound else f"{active:g}s"
         )
-    head.add_row("injected / removed", f"{_t(report.injected_at)} / {_t(report.removed_at)}")
+    # Nothing was written: the cleanup's time is not a removal.
+    removed = None if report.injected_at is None else report.removed_at
+    head.add_row("injected / removed", f"{_t(report.injected_at)} / {_t(removed)}")
     confirmed = {True: "; confirmed", False: "; NOT confirmed", None: ""}[report.cleanup.confirmed]
     head.add_row(
         "cleanup",

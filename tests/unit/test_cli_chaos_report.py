@@ -65,9 +65,11 @@ def test_a_failed_injection_is_its_own_line_and_said_once() -> None:
             "reason": "injection failed: no live process guards demo-dbb",
             "injection_failed": "no live process guards demo-dbb",
             "injected_at": None,
+            "removed_at": T0 + timedelta(seconds=1),
             "fault_active_s": None,
         }
     )
     text = _text(report)
+    assert re.search(r"^injected / removed +- / -", text, re.M), text
     assert re.search(r"^injection +failed: no live process guards demo-dbb", text, re.M), text
     assert text.count("no live process guards demo-dbb") == 2  # outcome and injection
