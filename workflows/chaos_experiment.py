@@ -33,7 +33,12 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -123,6 +128,9 @@ CANCEL_IN_ACTIVITY = "chaos-cancel-in-activity"
 spends such a cancel on the activity: one that completes anyway (inject, renew) returned
 normally and the run went on for its full duration; one cancelled (TRY_CANCEL) raised an
 ``ActivityError`` and the run ended FAILED or, from the probe, ABORTED."""
+OTHER_FAILURES = "chaos-other-failures"
+"""Patch: a Temporal failure that is not an activity's (the guardian child's start) ends
+the experiment with cleanup and a report instead of failing the workflow."""
 SHIELDED_ENDING = "chaos-shielded-ending"
 """Patch: the ending (cleanup, verification, report) runs in a task no cancel reaches,
 removal is confirmed, and a failing measurement no longer fails the workflow."""
@@ -217,6 +225,17 @@ class ChaosExperimentWorkflow:
                 outcome, reason = self._cancelled_outcome()
             else:
                 outcome, reason = ChaosOutcome.FAILED, f"activity failed: {_cause(err)}"
+                self._note(reason)
+        except FailureError as err:
+            # Not an activity: the guardian child could not start (its id is taken), or
+            # its start was cancelled. Before this patch the workflow failed (or ended
+            # CANCELED) with no cleanup and no report.
+            if not workflow.patched(OTHER_FAILURES):
+                raise
+            if is_cancelled_exception(err):
+                outcome, reason = self._cancelled_outcome()
+            else:
+                outcome, reason = ChaosOutcome.FAILED, f"{type(err).__name__}: {err}"
                 self._note(reason)
         # Every path reaches this point: nothing above returns or re-raises.
         if workflow.patched(SHIELDED_ENDING):

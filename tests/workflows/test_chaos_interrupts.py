@@ -507,3 +507,32 @@ async def test_terminated_while_awaiting_approval_is_rebuilt_with_nothing_inject
     assert report.reason == "terminated: changed my mind"
     assert report.cleanup.method == "nothing_injected" and report.injected_at is None
     assert report.fault_active_s is None and report.removed_at is None
+
+
+async def test_a_taken_guardian_id_ends_failed_with_cleanup_and_a_report(
+    env: WorkflowEnvironment,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """Someone runs a workflow under the guardian's id (``{experiment}-guardian``) before
+    the experiment injects: the guardian cannot start. The experiment must not inject
+    without its guardian, and must still end with a report (it failed the workflow)."""
+    sc = scenario(duration_s=10)
+    redis = aioredis.from_url(redis_url)
+    try:
+        async with gated_worker(env, redis_url, "none") as (queue, _gate):
+            eid = f"chaos-{sc.name}-{uuid.uuid4().hex[:8]}"
+            squatter = await env.client.start_workflow(
+                "Nothing", id=f"{eid}-guardian", task_queue="nobody"
+            )
+            from antifragile.chaos.client import start_experiment
+
+            handle = await start_experiment(env.client, sc, task_queue=queue, experiment_id=eid)
+            report = await handle.result()
+            await squatter.terminate("test over")
+            assert await redis.exists(fault_key(eid)) == 0
+    finally:
+        await redis.aclose()
+    assert (await handle.describe()).status is WorkflowExecutionStatus.COMPLETED
+    assert report.outcome is ChaosOutcome.FAILED
+    assert "WorkflowAlreadyStarted" in report.reason, report.reason
+    assert report.injected_at is None and not report.cleanup.lease_removed
