@@ -431,11 +431,11 @@ class ChaosExperimentWorkflow:
         self._move(ChaosPhase.INJECTING)
         self._check_stop()
         s = self._s
+        if not s.dry_run:
+            await self._start_guardian()  # a failed start: no lease, nothing to clean
+            self._check_cancel()  # a cancel the child's start spent: inject nothing
         # From here the lease may exist even if the activity fails: cleanup must run.
         self._lease_maybe_written = not s.dry_run
-        if self._lease_maybe_written:
-            await self._start_guardian()
-            self._check_cancel()  # a cancel the child's start spent: inject nothing
         sent = workflow.now()
         try:
             result = await workflow.execute_activity(

@@ -536,3 +536,5 @@ async def test_a_taken_guardian_id_ends_failed_with_cleanup_and_a_report(
     assert report.outcome is ChaosOutcome.FAILED
     assert "WorkflowAlreadyStarted" in report.reason, report.reason
     assert report.injected_at is None and not report.cleanup.lease_removed
+    assert report.cleanup.method == "nothing_injected"
+    assert P.VERIFYING_RECOVERY not in phases(report)
