@@ -21,6 +21,18 @@ reaches only the workflow's main task, which notes it and keeps waiting, so noth
 the ending short. A removal Redis cannot confirm is waited out (lease TTL) and then asked
 again until Redis answers or ``CONFIRM_WINDOW_S`` passes; a health measurement that fails
 while verifying recovery is noted and retried until ``recovery_timeout_s``, never fatal.
+
+A cancel that lands while an activity runs is spent on that activity by the SDK (patch
+``chaos-cancel-in-activity``): the run checks ``workflow.cancellation_reason()`` at every
+stop check and treats an activity cancelled by it as the cancel, so it ends STOPPED
+instead of running on or ending FAILED. A start input whose ``experiment_id`` is not the
+workflow id is refused, and a Temporal failure that is not an activity's (the guardian's
+start, patch ``chaos-other-failures``) ends with cleanup and a report like any other.
+
+Approvals: a decision that arrives before AWAITING_APPROVAL is kept (validation may find
+that the policy requires approval) and decided there; if nothing requires approval it is
+recorded ignored. The first accepted decision counts; any queued behind it is recorded
+ignored at once; later ones are ignored with the phase they arrived in.
 """
 
 from __future__ import annotations
