@@ -15,10 +15,12 @@ from antifragile.constants import KIND_CHAOS, chaos_workflow_id
 from antifragile.models.chaos import (
     ChaosExperimentInput,
     ChaosOutcome,
+    ChaosPhase,
     ChaosReport,
     CleanupRecord,
     GuardianResult,
     InjectFaultResult,
+    PhaseRecord,
     RemoveFaultResult,
     ValidateScenarioResult,
 )
@@ -228,8 +230,14 @@ async def rebuild_report(
         except Exception as exc:
             warnings.append(f"impact not read from Redis: {type(exc).__name__}: {exc}")
     end = cleanup.fault_ended_at
+    phases = [p.model_copy() for p in base.phases]
+    if outcome is not None and phases and not phases[-1].phase.terminal:
+        # The run stopped in this phase: close it, and end where the workflow did.
+        phases[-1].left_at = phases[-1].left_at or ended
+        phases.append(PhaseRecord(phase=ChaosPhase(outcome.value), entered_at=ended))
     return base.model_copy(
         update={
+            "phases": phases,
             "outcome": outcome,
             "reason": reason,
             "ended_at": ended,

@@ -324,7 +324,8 @@ def render_status(status: ChaosStatus, settings: Settings) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_row("experiment", status.experiment_id)
     head.add_row("phase", f"[bold]{status.phase.value}[/bold]")
-    head.add_row("fault", f"{status.chaos_type.value}: {status.parameters}")
+    params = f": {status.parameters}" if status.parameters else ""  # rebuilt: unknown
+    head.add_row("fault", f"{status.chaos_type.value}{params}")
     head.add_row("blast radius", ", ".join(status.blast_radius))
     active = "; ".join(f"{', '.join(f.targets)} on {f.instances}" for f in status.faults_active)
     if status.injection_failed:

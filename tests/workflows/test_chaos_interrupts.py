@@ -339,6 +339,8 @@ async def test_a_terminated_dry_run_is_rebuilt_without_a_lease(
     assert report.cleanup.method == "nothing_injected", report.cleanup
     assert not report.cleanup.lease_removed
     assert report.fault_active_s is None and report.removed_at is None
+    # The phases end where the workflow did, closed.
+    assert phases(report)[-2:][-1] is P.STOPPED and report.phases[-2].left_at is not None
 
 
 async def test_a_signature_made_for_another_experiment_is_refused(
@@ -507,6 +509,8 @@ async def test_terminated_while_awaiting_approval_is_rebuilt_with_nothing_inject
     assert report.reason == "terminated: changed my mind"
     assert report.cleanup.method == "nothing_injected" and report.injected_at is None
     assert report.fault_active_s is None and report.removed_at is None
+    # The phases end where the workflow did, closed.
+    assert phases(report)[-2:][-1] is P.STOPPED and report.phases[-2].left_at is not None
 
 
 async def test_a_taken_guardian_id_ends_failed_with_cleanup_and_a_report(
