@@ -206,13 +206,14 @@ class ChaosActivities:
             return InjectFaultResult(
                 injected=False, halted=True, detail=f"halt switch set: {halt.reason}"
             )
-        guarding = await self._preflight(data.experiment_id, scenario, instances)
+        guarding, unguarded = await self._preflight(data.experiment_id, scenario, instances)
         if scenario.dry_run:
             return InjectFaultResult(
                 injected=False,
                 placement=placement,
                 detail="dry run: no lease written",
                 instances_guarding=guarding,
+                warning=f"dry run: {unguarded}" if unguarded else "",
             )
         try:
             written = await self.plane.inject(spec)
@@ -232,8 +233,9 @@ class ChaosActivities:
 
     async def _preflight(
         self, experiment_id: str, scenario: ChaosScenario, instances: list[str] | None
-    ) -> int:
-        """Live processes guarding the blast radius; refuses when there are none."""
+    ) -> tuple[int, str]:
+        """Live processes guarding the blast radius, and the refusal a dry run or
+        ``allow_unguarded`` lets through ("" when guarded); refuses when there are none."""
         live = await self.plane.known_instances()
         snapshots = await self.plane.instance_snapshots(live)
         selected = {
@@ -245,7 +247,7 @@ class ChaosActivities:
         refusal = unguarded_refusal(pre, scenario.blast_radius)
         if refusal and not scenario.allow_unguarded and not scenario.dry_run:
             raise ApplicationError(refusal, type=UNGUARDED_TARGET_ERROR, non_retryable=True)
-        return pre.count
+        return pre.count, "" if scenario.allow_unguarded else (refusal or "")
 
     @activity.defn(name="renew_fault_lease")
     async def renew_fault_lease(self, data: RenewLeaseInput) -> RenewLeaseResult:

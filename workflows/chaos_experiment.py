@@ -21,6 +21,18 @@ reaches only the workflow's main task, which notes it and keeps waiting, so noth
 the ending short. A removal Redis cannot confirm is waited out (lease TTL) and then asked
 again until Redis answers or ``CONFIRM_WINDOW_S`` passes; a health measurement that fails
 while verifying recovery is noted and retried until ``recovery_timeout_s``, never fatal.
+
+A cancel that lands while an activity runs is spent on that activity by the SDK (patch
+``chaos-cancel-in-activity``): the run checks ``workflow.cancellation_reason()`` at every
+stop check and treats an activity cancelled by it as the cancel, so it ends STOPPED
+instead of running on or ending FAILED. A start input whose ``experiment_id`` is not the
+workflow id is refused, and a Temporal failure that is not an activity's (the guardian's
+start, patch ``chaos-other-failures``) ends with cleanup and a report like any other.
+
+Approvals: a decision that arrives before AWAITING_APPROVAL is kept (validation may find
+that the policy requires approval) and decided there; if nothing requires approval it is
+recorded ignored. The first accepted decision counts; any queued behind it is recorded
+ignored at once; later ones are ignored with the phase they arrived in.
 """
 
 from __future__ import annotations
@@ -33,7 +45,12 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -118,6 +135,14 @@ FLUSH_GRACE_S = 1.0
 """Call sites publish their counters every 0.5 s: wait this long after removal."""
 CONFIRM_WINDOW_S = 120.0
 """After an unconfirmed removal and the lease TTL, keep asking Redis this long."""
+CANCEL_IN_ACTIVITY = "chaos-cancel-in-activity"
+"""Patch: a cancel that lands while an activity runs ends the experiment STOPPED. The SDK
+spends such a cancel on the activity: one that completes anyway (inject, renew) returned
+normally and the run went on for its full duration; one cancelled (TRY_CANCEL) raised an
+``ActivityError`` and the run ended FAILED or, from the probe, ABORTED."""
+OTHER_FAILURES = "chaos-other-failures"
+"""Patch: a Temporal failure that is not an activity's (the guardian child's start) ends
+the experiment with cleanup and a report instead of failing the workflow."""
 SHIELDED_ENDING = "chaos-shielded-ending"
 """Patch: the ending (cleanup, verification, report) runs in a task no cancel reaches,
 removal is confirmed, and a failing measurement no longer fails the workflow."""
@@ -194,6 +219,7 @@ class ChaosExperimentWorkflow:
         self._publish()
         outcome, reason = ChaosOutcome.COMPLETED, "ran for the full duration"
         try:
+            self._check_experiment_id()
             await self._validate()
             if self._needs_approval():
                 await self._await_approval()
@@ -205,15 +231,24 @@ class ChaosExperimentWorkflow:
         except _End as end:
             outcome, reason = end.outcome, end.reason
         except asyncio.CancelledError:
-            why = workflow.cancellation_reason()
-            outcome, reason = ChaosOutcome.STOPPED, f"cancelled{': ' + why if why else ''}"
-            if self._stop is not None:  # the stop came first: it is why the run ends
-                by = f" by {self._stop.by}" if self._stop.by else ""
-                reason = f"emergency stop{by}: {self._stop.reason} (then {reason})"
-            self._note(f"cancellation received; cleaning up ({reason})")
+            outcome, reason = self._cancelled_outcome()
         except ActivityError as err:
-            outcome, reason = ChaosOutcome.FAILED, f"activity failed: {_cause(err)}"
-            self._note(reason)
+            if self._cancelled_activity(err):
+                outcome, reason = self._cancelled_outcome()
+            else:
+                outcome, reason = ChaosOutcome.FAILED, f"activity failed: {_cause(err)}"
+                self._note(reason)
+        except FailureError as err:
+            # Not an activity: the guardian child could not start (its id is taken), or
+            # its start was cancelled. Before this patch the workflow failed (or ended
+            # CANCELED) with no cleanup and no report.
+            if not workflow.patched(OTHER_FAILURES):
+                raise
+            if is_cancelled_exception(err):
+                outcome, reason = self._cancelled_outcome()
+            else:
+                outcome, reason = ChaosOutcome.FAILED, f"{type(err).__name__}: {err}"
+                self._note(reason)
         # Every path reaches this point: nothing above returns or re-raises.
         if workflow.patched(SHIELDED_ENDING):
             self._shielded_ending = True
@@ -230,6 +265,28 @@ class ChaosExperimentWorkflow:
                 if outcome is ChaosOutcome.COMPLETED:
                     outcome, reason = ChaosOutcome.STOPPED, "cancelled while verifying recovery"
         return await self._finish(outcome, reason)
+
+    def _cancelled_outcome(self) -> tuple[ChaosOutcome, str]:
+        why = workflow.cancellation_reason()
+        outcome, reason = ChaosOutcome.STOPPED, f"cancelled{': ' + why if why else ''}"
+        if self._stop is not None:  # the stop came first: it is why the run ends
+            by = f" by {self._stop.by}" if self._stop.by else ""
+            reason = f"emergency stop{by}: {self._stop.reason} (then {reason})"
+        self._note(f"cancellation received; cleaning up ({reason})")
+        return outcome, reason
+
+    def _cancelled_activity(self, err: ActivityError) -> bool:
+        """The activity failed because the workflow was cancelled (patched behaviour)."""
+        return (
+            is_cancelled_exception(err)
+            and workflow.cancellation_reason() is not None
+            and workflow.patched(CANCEL_IN_ACTIVITY)
+        )
+
+    def _check_cancel(self) -> None:
+        """Raise the cancel an activity spent (see ``CANCEL_IN_ACTIVITY``)."""
+        if workflow.cancellation_reason() is not None and workflow.patched(CANCEL_IN_ACTIVITY):
+            raise asyncio.CancelledError()
 
     async def _shielded(self, ending: Coroutine[Any, Any, ChaosReport]) -> ChaosReport:
         """Run the ending in its own task: a cancel reaches only the workflow's main task
@@ -280,6 +337,8 @@ class ChaosExperimentWorkflow:
                 summary="check policy and caps",
             )
         except ActivityError as err:
+            if self._cancelled_activity(err):
+                raise asyncio.CancelledError() from None
             raise _End(ChaosOutcome.FAILED, _cause(err)) from None
         self._duration_s = checked.effective_duration_s
         self._ttl_s = checked.lease_ttl_s
@@ -294,6 +353,18 @@ class ChaosExperimentWorkflow:
             f"validated: {self._duration_s:g}s on {', '.join(s.blast_radius)}, "
             f"lease TTL {self._ttl_s:g}s"
         )
+
+    def _check_experiment_id(self) -> None:
+        """The lease key, the guardian's id and the conflict check all follow
+        ``experiment_id``: one that is not this workflow's id (a hand-crafted start) would
+        take over another experiment's fault, and remove it at its end."""
+        wid = workflow.info().workflow_id
+        if self._in.experiment_id != wid:
+            raise _End(
+                ChaosOutcome.FAILED,
+                f"experiment_id {self._in.experiment_id!r} is not this workflow's id "
+                f"{wid!r}: leave it empty or equal to the workflow id",
+            )
 
     def _needs_approval(self) -> bool:
         return self._s.require_approval or self._policy_approval
@@ -333,6 +404,9 @@ class ChaosExperimentWorkflow:
             if check.signature_digest:  # a signature counts once
                 self._used_signatures.append(check.signature_digest)
             self._record(signal, decision)
+            # Decisions queued behind this one no longer decide anything: say so now,
+            # not at the end ("before any approval counted" would be untrue).
+            self._ignore_early_decisions(f"already {decision.value} by {signal.approver}")
             if decision is Decision.REJECTED:
                 note = f": {signal.note}" if signal.note else ""
                 raise _End(ChaosOutcome.FAILED, f"rejected by {signal.approver}{note}")
@@ -369,10 +443,11 @@ class ChaosExperimentWorkflow:
         self._move(ChaosPhase.INJECTING)
         self._check_stop()
         s = self._s
+        if not s.dry_run:
+            await self._start_guardian()  # a failed start: no lease, nothing to clean
+            self._check_cancel()  # a cancel the child's start spent: inject nothing
         # From here the lease may exist even if the activity fails: cleanup must run.
         self._lease_maybe_written = not s.dry_run
-        if self._lease_maybe_written:
-            await self._start_guardian()
         sent = workflow.now()
         try:
             result = await workflow.execute_activity(
@@ -395,10 +470,15 @@ class ChaosExperimentWorkflow:
             )
         except ActivityError as err:
             self._lease_until = workflow.now() + timedelta(seconds=self._ttl_s)
+            if self._cancelled_activity(err):
+                raise asyncio.CancelledError() from None
             self._injection_failed = _cause(err)
             raise _End(ChaosOutcome.FAILED, f"injection failed: {_cause(err)}") from None
         now = workflow.now()
         self._instances_guarding = result.instances_guarding
+        if result.warning:  # a dry run the preflight would have refused
+            self._warnings.append(result.warning)
+            self._note(f"warning: {result.warning}")
         if result.halted:
             self._lease_maybe_written = False
             raise _End(ChaosOutcome.STOPPED, result.detail or "halt switch set")
@@ -507,6 +587,8 @@ class ChaosExperimentWorkflow:
                 summary="renew fault lease",
             )
         except ActivityError as err:
+            if self._cancelled_activity(err):
+                raise asyncio.CancelledError() from None
             raise _End(ChaosOutcome.FAILED, f"lease renewal failed: {_cause(err)}") from None
         if result.halted:
             raise _End(ChaosOutcome.STOPPED, "halt switch set")
@@ -563,7 +645,8 @@ class ChaosExperimentWorkflow:
         if self._shielded_ending and self._injection_failed and not removed:
             # The injection failed before writing anything: there was no fault to remove.
             method, ended = "injection_failed", now
-            detail = detail or f"nothing to remove: {self._injection_failed}"
+            # The reason is the report's already: do not repeat it here.
+            detail = detail or "nothing to remove: the injection wrote no lease"
         self._cleanup_record = CleanupRecord(
             attempted=True,
             lease_removed=removed,
@@ -707,6 +790,8 @@ class ChaosExperimentWorkflow:
                 )
                 healthy, text = probe.healthy, probe.detail
             except ActivityError as err:
+                if self._cancelled_activity(err):
+                    raise asyncio.CancelledError() from None
                 healthy, text = False, _cause(err)
             details.append(f"probe {s.steady_state_probe}: {text}")
         elif health.score is None:
@@ -733,6 +818,7 @@ class ChaosExperimentWorkflow:
     # --- bookkeeping -----------------------------------------------------------------
 
     def _check_stop(self) -> None:
+        self._check_cancel()
         if self._stop is not None:
             by = f" by {self._stop.by}" if self._stop.by else ""
             raise _End(ChaosOutcome.STOPPED, f"emergency stop{by}: {self._stop.reason}")

@@ -15,10 +15,12 @@ from antifragile.constants import KIND_CHAOS, chaos_workflow_id
 from antifragile.models.chaos import (
     ChaosExperimentInput,
     ChaosOutcome,
+    ChaosPhase,
     ChaosReport,
     CleanupRecord,
     GuardianResult,
     InjectFaultResult,
+    PhaseRecord,
     RemoveFaultResult,
     ValidateScenarioResult,
 )
@@ -106,6 +108,8 @@ def _at(event: Any) -> datetime:
 
 
 async def _decode(client: Client, payloads: Any, kind: type[Any]) -> Any:
+    if not payloads.payloads:  # e.g. a workflow started without input
+        return None
     values = await client.data_converter.decode(list(payloads.payloads), [kind])
     return values[0] if values else None
 
@@ -206,13 +210,15 @@ async def rebuild_report(
     renewed = [at for at, _ in completed.get("renew_fault_lease", [])]
     removals = completed.get("remove_fault", [])
     cleanup = base.cleanup
-    if injected_at is not None and not cleanup.attempted:
+    # A dry run has an injection time (its timer ran) but never a lease.
+    leased = injected_at is not None and not s.dry_run
+    if leased and injected_at is not None and not cleanup.attempted:
         cleanup = await _rebuild_cleanup(
             client, experiment_id, removals, renewed, injected_at, ttl_s, plane, warnings
         )
-    elif injected_at is None and not cleanup.attempted:
+    elif not leased and not cleanup.attempted:
         cleanup = CleanupRecord(attempted=True, method="nothing_injected", at=ended)
-    impact_needed = injected_at is not None and not base.calls_seen and not base.calls_affected
+    impact_needed = leased and not base.calls_seen and not base.calls_affected
     if impact_needed and plane is not None:
         try:
             impact = await plane.impact(experiment_id)
@@ -225,23 +231,34 @@ async def rebuild_report(
         except Exception as exc:
             warnings.append(f"impact not read from Redis: {type(exc).__name__}: {exc}")
     end = cleanup.fault_ended_at
+    phases = [p.model_copy() for p in base.phases]
+    if outcome is not None and phases and not phases[-1].phase.terminal:
+        # The run stopped in this phase: close it, and end where the workflow did.
+        phases[-1].left_at = phases[-1].left_at or ended
+        phases.append(PhaseRecord(phase=ChaosPhase(outcome.value), entered_at=ended))
     return base.model_copy(
         update={
+            "phases": phases,
             "outcome": outcome,
             "reason": reason,
             "ended_at": ended,
             "injected_at": injected_at,
-            "removed_at": base.removed_at or cleanup.at if injected_at else base.removed_at,
+            "removed_at": (base.removed_at or cleanup.at) if leased else base.removed_at,
             "cleanup": cleanup,
             "fault_active_s": (
                 round(max(0.0, (end - injected_at).total_seconds()), 3)
-                if end is not None and injected_at is not None
+                if end is not None and leased and injected_at is not None
                 else base.fault_active_s
             ),
             "warnings": [
                 *base.warnings,
-                f"rebuilt from history and Redis: the workflow ended {status.name} "
-                "without a report",
+                (
+                    "rebuilt from history and Redis: the workflow still runs in Temporal, "
+                    "but no worker answered"
+                    if status == WorkflowExecutionStatus.RUNNING
+                    else f"rebuilt from history and Redis: the workflow ended {status.name} "
+                    "without a report"
+                ),
                 *warnings,
             ],
             "rebuilt": True,

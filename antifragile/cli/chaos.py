@@ -25,6 +25,7 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -342,7 +343,8 @@ def render_status(status: ChaosStatus, settings: Settings) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_row("experiment", status.experiment_id)
     head.add_row("phase", f"[bold]{status.phase.value}[/bold]")
-    head.add_row("fault", f"{status.chaos_type.value}: {status.parameters}")
+    params = f": {status.parameters}" if status.parameters else ""  # rebuilt: unknown
+    head.add_row("fault", f"{status.chaos_type.value}{params}")
     head.add_row("blast radius", ", ".join(status.blast_radius))
     active = "; ".join(f"{', '.join(f.targets)} on {f.instances}" for f in status.faults_active)
     if status.injection_failed:
@@ -403,10 +405,19 @@ def render_report(report: ChaosReport) -> None:
         f"{report.effective_duration_s:g}s planned (requested {report.requested_duration_s:g}s)",
     )
     if report.injection_failed:
-        head.add_row("fault", f"[red]injection failed[/red]: {report.injection_failed}")
+        head.add_row("injection", f"[red]failed[/red]: {report.injection_failed}")
     active = report.fault_active_s
-    head.add_row("fault active", f"{active:g}s" if active is not None else "-")
-    head.add_row("injected / removed", f"{_t(report.injected_at)} / {_t(report.removed_at)}")
+    # An expiry Redis has not confirmed yet is the lease's bound, not a measured life.
+    bound = report.cleanup.method == "expired" and report.cleanup.confirmed is not True
+    if active is None:
+        head.add_row("fault active", "-")
+    else:
+        head.add_row(
+            "fault active", f"at most {active:g}s (lease TTL)" if bound else f"{active:g}s"
+        )
+    # Nothing was written: the cleanup's time is not a removal.
+    removed = None if report.injected_at is None else report.removed_at
+    head.add_row("injected / removed", f"{_t(report.injected_at)} / {_t(removed)}")
     confirmed = {True: "; confirmed", False: "; NOT confirmed", None: ""}[report.cleanup.confirmed]
     head.add_row(
         "cleanup",
@@ -519,12 +530,13 @@ def status(experiment_id: str, json_out: JsonFlag = False) -> None:
 
     async def _go() -> None:
         client = await connect(settings)
-        handle = await _handle(client, experiment_id)
-        desc = await handle.describe()
+        handle, desc = await _experiment(client, experiment_id)
+        st: ChaosStatus | None = None
         if desc.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
-            st: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
-        else:
-            # Ended without a report: its last phase is stale; say how it really ended.
+            st = await _query_status(handle)
+        if st is None:
+            # Ended without a report (its last phase is stale), or no worker answers:
+            # say how it really ended, or that it is still running.
             st = _status_of(await _rebuilt(client, settings, experiment_id))
         if json_out:
             print_json(st)
@@ -541,8 +553,7 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
 
     async def _go() -> None:
         client = await connect(settings)
-        handle = await _handle(client, experiment_id)
-        desc = await handle.describe()
+        handle, desc = await _experiment(client, experiment_id)
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             rep: ChaosReport = await handle.result()
         elif desc.status == WorkflowExecutionStatus.RUNNING:
@@ -559,17 +570,49 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
     run(_go())
 
 
+async def _experiment(
+    client: Client, experiment_id: str
+) -> tuple[WorkflowHandle[Any, Any], WorkflowExecutionDescription]:
+    """The handle and description of a chaos experiment; anything else is one line, exit 2.
+
+    A workflow terminated before its first task has no ``AfKind`` yet: its type decides.
+    """
+    handle = await _handle(client, experiment_id)
+    desc = await handle.describe()
+    if desc.workflow_type != WORKFLOW_TYPE:
+        fail(f"{experiment_id!r} is not a chaos experiment (workflow type {desc.workflow_type})")
+    return handle, desc
+
+
+async def _query_status(handle: WorkflowHandle[Any, Any]) -> ChaosStatus | None:
+    """The ``status`` query, or None when no worker answers in time (a lost worker)."""
+    try:
+        status: ChaosStatus = await handle.query(
+            "status", result_type=ChaosStatus, rpc_timeout=REBUILD_QUERY_TIMEOUT
+        )
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        return None
+    return status
+
+
 async def _rebuilt(client: Client, settings: Settings, experiment_id: str) -> ChaosReport:
     plane = FaultPlane.from_url(settings.redis_url, timeout_s=3.0)
     try:
         return await rebuild_report(client, experiment_id, plane=plane)
+    except ValueError as exc:  # pydantic's ValidationError too: not an experiment's input
+        fail(f"{experiment_id}: no chaos experiment input in its history ({type(exc).__name__})")
     finally:
         await plane.close()
 
 
 def _status_of(report: ChaosReport) -> ChaosStatus:
     """A status line-up of an ended experiment, from its (rebuilt) report."""
-    phase = ChaosPhase(report.outcome.value) if report.outcome else ChaosPhase.FAILED
+    if report.outcome is not None:
+        phase = ChaosPhase(report.outcome.value)
+    elif report.phases:  # still running, no worker answered: the last phase known
+        phase = report.phases[-1].phase
+    else:  # from history alone
+        phase = ChaosPhase.RUNNING if report.injected_at else ChaosPhase.VALIDATING
     return ChaosStatus(
         experiment_id=report.experiment_id,
         name=report.name,
@@ -583,7 +626,7 @@ def _status_of(report: ChaosReport) -> ChaosStatus:
         injected_at=report.injected_at,
         duration_s=report.effective_duration_s,
         lowest_health=report.health_lowest,
-        stop_reason=report.reason,
+        stop_reason=report.reason if report.outcome is not None else "",
         warnings=report.warnings,
         decisions=report.decisions,
         events=report.events,
@@ -600,8 +643,14 @@ def _decide(experiment_id: str, by: str, note: str, decision: Decision) -> None:
 
     async def _go() -> None:
         client = await connect(settings)
-        handle = await _handle(client, experiment_id)
-        before: ChaosStatus = await handle.query("status", result_type=ChaosStatus)
+        handle, desc = await _experiment(client, experiment_id)
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            ended = desc.status.name if desc.status else "closed"
+            fail(f"nothing awaits approval in {experiment_id} (it has ended: {ended})")
+        found = await _query_status(handle)
+        if found is None:
+            fail(f"{experiment_id}: no worker answered; is a worker running on its task queue?")
+        before = found
         if not before.approval_needed and before.phase is not ChaosPhase.VALIDATING:
             fail(f"nothing awaits approval in {experiment_id} (phase {before.phase.value})")
         signal = await approval_signal(handle, approver=by, note=note, decision=decision.value)

@@ -364,6 +364,8 @@ class InjectFaultResult(StrictModel):
     detail: str = ""
     instances_guarding: int | None = None
     """Live processes of the fleet registry guarding the blast radius (preflight)."""
+    warning: str = ""
+    """What the preflight would have refused, for a dry run (which only warns)."""
 
 
 class RenewLeaseInput(StrictModel):

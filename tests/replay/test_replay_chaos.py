@@ -17,6 +17,7 @@ from tests.replay.record_chaos_history import (
     WORKFLOW_ID,
 )
 from tests.replay.record_chaos_history_v2 import FIXTURES
+from tests.replay.record_chaos_history_v3 import FIXTURES as FIXTURES_V3
 from workers.main import workflow_runner
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
@@ -50,7 +51,7 @@ async def test_recorded_guardian_history_replays() -> None:
     await replayer.replay_workflow(history)
 
 
-EXPERIMENT_IDS = {Path(HISTORY).name: WORKFLOW_ID, **FIXTURES}
+EXPERIMENT_IDS = {Path(HISTORY).name: WORKFLOW_ID, **FIXTURES, **FIXTURES_V3}
 """Every stored experiment fixture and the workflow id it was recorded under."""
 
 
@@ -69,3 +70,21 @@ async def test_every_recorded_experiment_history_replays(name: str) -> None:
         data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)
+
+
+def _patches(name: str, workflow_id: str) -> set[str]:
+    history = WorkflowHistory.from_json(workflow_id, (Path(HISTORY).parent / name).read_text())
+    found: set[str] = set()
+    for e in history.events:
+        if e.HasField("marker_recorded_event_attributes"):
+            for payloads in e.marker_recorded_event_attributes.details.values():
+                found.update(p.data.decode(errors="replace") for p in payloads.payloads)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_IDS))
+def test_only_the_v3_fixtures_carry_the_cancel_in_activity_patch(name: str) -> None:
+    """The v3 fixtures were recorded on the patched path (their replay checks the new
+    branch); the older ones have no marker (their replay checks the old branch)."""
+    patched = any("chaos-cancel-in-activity" in p for p in _patches(name, EXPERIMENT_IDS[name]))
+    assert patched is (name in FIXTURES_V3)
