@@ -516,7 +516,8 @@ class OrchestratorCore:
                 seq, enqueued_at = awaiting.seq, awaiting.enqueued_at
             request = awaiting.request or request
             index = awaiting.index or index
-            priority = min(priority, awaiting.priority)
+            if awaiting.index or awaiting.request is not None:  # else its priority is a guess
+                priority = min(priority, awaiting.priority)
         if seq == self.next_seq:
             self.next_seq += 1
         self.queue.push(
