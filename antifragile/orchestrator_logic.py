@@ -83,6 +83,7 @@ from antifragile.models.orchestrator import (
     OrchestratorInput,
     OrchestratorLimits,
     QueueChangeResult,
+    QueueView,
     RecoveryOutcome,
     RequestState,
     RunningRecovery,
@@ -897,6 +898,40 @@ def ignored_settings(kept: RecoveryRequest | None, new: RecoveryRequest) -> list
             IgnoredSetting(setting="constitutional_hash", requested="(differs)", kept="(its own)")
         )
     return ignored
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``7m``, ``3.5h`` (never negative)."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def why_waiting(view: QueueView, now: datetime) -> str:
+    """Why requests wait, from a queue view read at ``now`` ("" when nothing waits).
+
+    Names the cause: a retry-budget pause (with its end), the admission rate limit, or
+    every slot busy and by whom (with how long each has run, computed at ``now``, not at
+    the orchestrator's last update).
+    """
+    if not view.waiting_total:
+        return ""
+    if view.paused:
+        return view.pause_reason or "admissions paused"
+    throttle = view.throttle_reason or view.pause_reason
+    if throttle:
+        return throttle
+    if len(view.running) >= view.max_concurrent:
+        shown = [
+            f"{r.service} ({format_duration((now - r.admitted_at).total_seconds())})"
+            for r in view.running[:5]
+        ]
+        more = f" and {len(view.running) - 5} more" if len(view.running) > 5 else ""
+        return f"all {view.max_concurrent} slots busy: " + ", ".join(shown) + more
+    return "a slot is free: being admitted"
 
 
 def admission_order_violations(records: list[AdmissionRecord]) -> int:

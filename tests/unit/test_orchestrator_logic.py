@@ -11,8 +11,10 @@ import pytest
 from antifragile.constants import INTAKE_SHARDS, intake_shard, intake_workflow_id
 from antifragile.models.orchestrator import (
     OrchestratorLimits,
+    QueueView,
     RecoveryOutcome,
     RequestState,
+    RunningView,
 )
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest, RecoveryStrategy
 from antifragile.orchestrator_logic import (
@@ -26,6 +28,7 @@ from antifragile.orchestrator_logic import (
     queue_rank,
     to_ms,
     unpack_input,
+    why_waiting,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -571,3 +574,63 @@ def test_ignored_settings_never_show_the_constitutional_hash() -> None:
     [item] = ignored_settings(kept, new)
     assert item.setting == "constitutional_hash" and "f" * 16 not in item.model_dump_json()
     assert ignored_settings(None, new) == []
+
+
+# --- the queue tells the truth --------------------------------------------------------
+
+
+def view_of(c: OrchestratorCore, now: datetime, **extra: object) -> QueueView:
+    running = [
+        RunningView(
+            service=r.service,
+            workflow_id=r.workflow_id,
+            run_id=None,
+            priority=r.priority,
+            enqueued_at=r.enqueued_at,
+            admitted_at=r.admitted_at,
+            running_s=0,
+            waited_s=0,
+        )
+        for r in c.running.values()
+    ]
+    fields: dict[str, object] = {
+        "running": running,
+        "waiting": [],
+        "waiting_total": len(c.queue),
+        "max_concurrent": c.limits.max_concurrent,
+        "paused": c.paused,
+        "pause_reason": c.pause_reason or c.throttle_reason,
+        "throttle_reason": c.throttle_reason,
+        "limits": c.limits,
+        "admitted_total": c.admitted_total,
+        "finished": {},
+        "recent_admissions": [],
+        "runs": 1,
+        "history_length": 1,
+    }
+    fields.update(extra)
+    return QueueView.model_validate(fields)
+
+
+def test_why_waiting_names_the_busy_slots_with_times_computed_when_read() -> None:
+    c = core(max_concurrent=2)
+    for name in "abc":
+        c.enqueue(req(name), T0)
+    c.next_admissions(T0)
+    view = view_of(c, T0)
+    assert why_waiting(view, at(30)) == "all 2 slots busy: a (30s), b (30s)"
+    assert why_waiting(view, at(600)) == "all 2 slots busy: a (10m), b (10m)"
+
+
+def test_why_waiting_names_the_rate_limit_and_the_retry_budget() -> None:
+    c = core(max_concurrent=5, max_admissions_per_minute=1)
+    c.enqueue(req("a"), T0)
+    c.enqueue(req("b"), T0)
+    c.next_admissions(T0)
+    assert why_waiting(view_of(c, T0), T0).startswith("admission rate limit: 1 admissions")
+    p = attempt_core(max_concurrent=5, budget_min_samples=1, retry_budget=0.5)
+    p.attempt_finished(False, T0)
+    p.enqueue(req("a"), T0)
+    p.next_admissions(T0)
+    assert why_waiting(view_of(p, T0), T0).startswith("retry budget exceeded: 1 of 1")
+    assert why_waiting(view_of(core(), T0), T0) == "", "nothing waits"
