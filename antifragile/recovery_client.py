@@ -108,7 +108,14 @@ ORCHESTRATOR_SUMMARY = "Recovery orchestrator: fleet-wide priority queue of reco
 ORCHESTRATOR_DETAILS = (
     "Admits recoveries by priority (lower first, then first come first served) within "
     "the worker policy's `max_concurrent` slots, `max_admissions_per_minute` and "
-    "`retry_budget`. Query `queue` for running and waiting recoveries."
+    "`retry_budget`.\n\n"
+    "**Slots follow work, not waiting:** a recovery that waits for a person gives its slot "
+    "back at once; approved, it is queued again with its original arrival (ahead of later "
+    "requests of the same priority) and resumes when a slot is free.\n\n"
+    "**Retry budget:** when more than `retry_budget` of the attempts of the last "
+    "`budget_window_s` failed (at least `budget_min_samples` of them), new admissions "
+    "pause until the ratio drops; running recoveries go on.\n\n"
+    "Query `queue` for running, waiting and awaiting-approval recoveries."
 )
 
 
