@@ -703,3 +703,32 @@ async def test_the_pause_ends_when_the_failed_attempts_leave_the_window(
         assert not view.paused
     [new] = [a for a in view.recent_admissions if o.short(a.service) == "new"]
     assert new.admitted_at >= until
+
+
+async def test_recoveries_awaiting_approval_are_carried_across_continue_as_new(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(max_concurrent=1, max_history_events=60, aging_interval_s=0) as o:
+        await o.request("a", priority=2)
+        await o.wait(lambda v: o.running(v) == ["a"])
+        await o.request("b", priority=1)
+        await waiting_for_person(o, "a")
+        await o.wait(lambda v: o.running(v) == ["b"])
+        shorts = [f"w{i:02d}" for i in range(20)]
+        for short in shorts:
+            await o.request(short, priority=2)
+        view = await o.wait(lambda v: v.runs >= 2 and v.waiting_total == 20)
+        assert [o.short(a.service) for a in view.awaiting_approval] == ["a"]
+        # Resumed in the new run: ahead of every later request of its priority.
+        await resuming(o, "a", priority=2)
+        view = await o.wait(lambda v: o.waiting(v)[:1] == ["a"])
+        await o.heal("b")
+        await o.wait(lambda v: o.running(v) == ["a"])
+        await wait_for_value(lambda: signals_received(o, "a", SIGNAL_SLOT_GRANTED), 1)
+        # Its close is noticed although an earlier run started it: the slot comes back.
+        await o.heal("a")
+        view = await o.wait(lambda v: o.running(v) == ["w00"])
+        assert view.finished.get("succeeded") == 2
+        await o.heal(*shorts)
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 22, timeout=60)
+    assert max(a.running for a in view.recent_admissions) <= 1
