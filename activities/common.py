@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities._heartbeat import heartbeating
 from antifragile.approvals import signature_digest, verify_decision
 from antifragile.hashing import hash_matches, redact_hash
 from antifragile.models.recovery import (
@@ -95,8 +96,9 @@ class CommonActivities:
 
     @activity.defn(name="probe_service")
     async def probe_service(self, data: ProbeInput) -> ProbeResult:
-        """Probe a service; unhealthy is a result, not an error."""
-        outcome = await probe(data.url, data.timeout_s)
+        """Probe a service; unhealthy is a result, not an error. Heartbeats meanwhile."""
+        async with heartbeating():
+            outcome = await probe(data.url, data.timeout_s)
         return ProbeResult(
             healthy=outcome.healthy, detail=outcome.detail, latency_ms=outcome.latency_ms
         )

@@ -9,6 +9,7 @@ import time
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities._heartbeat import heartbeating
 from antifragile.models.recovery import RecoveryActionInput, RecoveryActionResult
 from antifragile.policy import WorkerPolicy
 from antifragile.probes import post_webhook, run_command
@@ -18,6 +19,11 @@ ACTION_NOT_ALLOWED_ERROR = "RecoveryActionNotAllowed"
 """ApplicationError type when an action names something the policy does not define."""
 
 ACTION_TIMEOUT_S = 60.0
+
+IDEMPOTENCY_KEY_ENV = "ANTIFRAGILE_IDEMPOTENCY_KEY"
+"""Environment variable that carries an action's idempotency key to a policy command."""
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+"""HTTP header that carries an action's idempotency key to a webhook."""
 
 
 class RecoveryActivities:
@@ -33,6 +39,10 @@ class RecoveryActivities:
 
         A failing action is a result (``ok`` false: the attempt failed); an action the
         policy does not allow raises a non-retryable error, which ends the recovery.
+        Heartbeats while it runs, so a worker crash is noticed and the action retried
+        elsewhere with the same ``idempotency_key`` (``ANTIFRAGILE_IDEMPOTENCY_KEY`` for a
+        command, header ``Idempotency-Key`` for a webhook): the receiver can tell a retry
+        of an attempt from the next attempt.
         """
         start = time.perf_counter()
         kind, _, arg = data.action.partition(":")
@@ -53,7 +63,11 @@ class RecoveryActivities:
                 "attempt": data.attempt,
                 "reason": data.reason,
             }
-            error = await asyncio.to_thread(post_webhook, url, payload, ACTION_TIMEOUT_S)
+            headers = {IDEMPOTENCY_KEY_HEADER: data.idempotency_key} if data.idempotency_key else {}
+            async with heartbeating():
+                error = await asyncio.to_thread(
+                    post_webhook, url, payload, ACTION_TIMEOUT_S, headers=headers
+                )
         elif kind == "command":
             argv = self._policy.recovery.commands.get(arg)
             if argv is None:
@@ -65,7 +79,10 @@ class RecoveryActivities:
                 )
             env = dict(os.environ)
             env.update({"AF_SERVICE": data.service, "AF_ATTEMPT": str(data.attempt)})
-            code, output = await run_command(list(argv), env, ACTION_TIMEOUT_S)
+            if data.idempotency_key:
+                env[IDEMPOTENCY_KEY_ENV] = data.idempotency_key
+            async with heartbeating():
+                code, output = await run_command(list(argv), env, ACTION_TIMEOUT_S)
             error = None if code == 0 else f"command {arg} exited {code}: {output}"
         else:  # the request model validates actions; this guards older histories
             raise ApplicationError(

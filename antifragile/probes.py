@@ -86,14 +86,24 @@ async def probe(url: str, timeout: float) -> ProbeOutcome:
     return ProbeOutcome(error is None, error or "healthy", round(latency, 2))
 
 
-def post_webhook(url: str, payload: dict[str, object], timeout: float) -> str | None:
-    """POST ``payload`` as JSON; None on 2xx, else what went wrong."""
+def post_webhook(
+    url: str,
+    payload: dict[str, object],
+    timeout: float,
+    *,
+    headers: dict[str, str] | None = None,
+) -> str | None:
+    """POST ``payload`` as JSON (plus ``headers``); None on 2xx, else what went wrong."""
     body = json.dumps(payload).encode()
     req = urllib.request.Request(
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "antifragile-recovery"},
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "antifragile-recovery",
+            **(headers or {}),
+        },
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

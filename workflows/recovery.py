@@ -5,16 +5,37 @@ Healthy ends it SUCCEEDED; otherwise the strategy's delay passes on a durable ti
 (cut short by ``health_changed``) and the next attempt runs. When a round of
 ``max_retry_attempts`` is used up the recovery waits for a person: ``approve`` grants a
 fresh round, ``reject`` ends it FAILED. MANUAL starts by waiting for approval.
+
+Since patch ``recovery-v2`` (runs started by older code keep their old path, so their
+histories replay unchanged):
+
+- A healthy ``health_changed`` is remembered from whenever it arrives until a probe that
+  began after it has run (:class:`~antifragile.recovery_logic.WakeTracker`): one that lands
+  during hash validation, the action or the probe cuts the next backoff short.
+- While it waits for a person, a pending wake-up, and a slow watch probe every
+  ``max_delay_ms`` (at least 10 s), run the probe; healthy ends it SUCCEEDED, "recovered
+  while awaiting approval".
+- An action or probe interrupted by a worker crash is retried on another worker inside the
+  same attempt (heartbeats), with the same idempotency key; if it still cannot complete, the
+  attempt counts as failed. Only a refusal (hash mismatch, an action the policy does not
+  define) or a rejection ends a recovery FAILED.
+- Orchestrated (started as a child of the orchestrator): it tells the orchestrator, by
+  workflow id only, when it waits for a person (``recovery_waiting``: its slot is free),
+  when it is approved (``recovery_resuming``; it then waits for ``slot_granted`` before its
+  next attempt), and after every attempt (``attempt_finished``, for the retry budget).
+- Approvals are checked with the workflow id, first run id, decision and signature; each
+  accepted signature's digest is remembered (across continue-as-new) so it works once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
@@ -25,15 +46,25 @@ with workflow.unsafe.imports_passed_through():
         SA_STATE,
         SA_STRATEGY,
         SIGNAL_APPROVE,
+        SIGNAL_ATTEMPT_FINISHED,
         SIGNAL_HEALTH_CHANGED,
         SIGNAL_JOIN,
+        SIGNAL_RECOVERY_RESUMING,
+        SIGNAL_RECOVERY_WAITING,
         SIGNAL_REJECT,
+        SIGNAL_SLOT_GRANTED,
     )
     from antifragile.models.common import (
         ApprovalRecord,
         ApprovalSignal,
         Decision,
         HealthChangedSignal,
+    )
+    from antifragile.models.orchestrator import (
+        AttemptFinished,
+        RecoveryResuming,
+        RecoveryWaiting,
+        SlotGranted,
     )
     from antifragile.models.recovery import (
         AttemptRecord,
@@ -53,11 +84,46 @@ with workflow.unsafe.imports_passed_through():
         ValidateHashInput,
         ValidateHashResult,
     )
-    from antifragile.recovery_logic import NextStep, after_failed_attempt, check_transition
+    from antifragile.recovery_logic import (
+        NextStep,
+        WaitStep,
+        WakeTracker,
+        after_failed_attempt,
+        check_transition,
+        idempotency_key,
+        next_step_awaiting_approval,
+        watch_interval_ms,
+    )
+
+PATCH_V2 = "recovery-v2"
+"""Patch of remembered wake-ups, watch probes, crash-safe steps and orchestrator signals.
+
+Decided once, at the start of a run: runs whose history predates it keep the old path.
+"""
 
 SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+# Checks that must eventually answer (hash, approver) retry until a worker does: a worker
+# outage delays a recovery, it never fails one. Refusals are non-retryable errors.
+UNTIL_ANSWERED = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=0,
+)
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+"""A crashed worker's action or probe is noticed this long after its last heartbeat (the
+activities heartbeat every second) and then retried on another worker."""
+# Sized for worker crashes: each try waits at most HEARTBEAT_TIMEOUT to be noticed, so three
+# tries survive two crashes in one attempt; then the attempt counts as failed.
+CRASH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+)
+ACTION_TIMEOUT = timedelta(seconds=90)
 # Attempts carried in history are capped: the full count stays exact in `attempt`.
 MAX_ATTEMPT_RECORDS = 200
+# Signatures are valid for minutes; remembering the last ones is enough to refuse reuse.
+MAX_USED_SIGNATURES = 200
 
 
 class _Finished(Exception):
@@ -87,7 +153,16 @@ class RecoveryWorkflow:
             request.resume is None and request.strategy is RecoveryStrategy.MANUAL
         )
         self._inbox: list[tuple[Decision, ApprovalSignal]] = []
-        self._wake = False
+        self._wakes = WakeTracker()
+        if resume.wake_pending:
+            self._wakes.wake()
+        self._used_signatures = list(resume.used_signatures)
+        self._waiting_reported = resume.waiting_reported
+        self._watch_probes = resume.watch_probes
+        self._recovered_while_waiting = False
+        self._slot: SlotGranted | None = None
+        self._parent_id: str | None = None
+        self._v2 = False
         self._next_attempt_at: datetime | None = None
         self._waiting_for = ""
         self._last_error = ""
@@ -99,12 +174,21 @@ class RecoveryWorkflow:
     @workflow.run
     async def run(self, request: RecoveryRequest) -> RecoveryResult:
         """Recover ``request.service``; raises ApplicationError when it ends FAILED."""
+        self._v2 = workflow.patched(PATCH_V2)
+        parent = workflow.info().parent
+        if self._v2 and parent is not None:
+            # Only the orchestrator starts recoveries as children. By workflow id, never
+            # run id: the orchestrator continues as new.
+            self._parent_id = parent.workflow_id
         self._publish()
         try:
             await self._validate_hash()
             while True:
                 if self._awaiting_approval:
-                    await self._await_approval()
+                    if self._v2:
+                        await self._await_approval_v2()
+                    else:
+                        await self._await_approval_v1()
                 if await self._attempt():
                     raise _Finished(
                         RecoveryState.SUCCEEDED,
@@ -115,11 +199,20 @@ class RecoveryWorkflow:
                     request.policy,
                     self._failures_in_round,
                     jitter_key=request.service,
+                    wake_pending=self._v2 and self._wakes.pending,
                 )
                 if step.step is NextStep.ESCALATE:
                     self._awaiting_approval = True
                     continue
-                await self._backoff(step.delay_ms)
+                if step.cut_short:
+                    self._move(RecoveryState.WAITING_BACKOFF)
+                    workflow.logger.info(
+                        "a health_changed during attempt %d cuts the %d ms backoff short",
+                        self._attempt_count,
+                        step.nominal_ms,
+                    )
+                else:
+                    await self._backoff(step.delay_ms)
                 if workflow.info().is_continue_as_new_suggested():
                     await self._continue_as_new()
         except _Finished as done:
@@ -142,7 +235,7 @@ class RecoveryWorkflow:
                 ),
                 result_type=ValidateHashResult,
                 start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=SHORT_RETRY,
+                retry_policy=UNTIL_ANSWERED,
                 summary="validate constitutional hash",
             )
         except ActivityError as err:
@@ -159,6 +252,7 @@ class RecoveryWorkflow:
         self._waiting_for = f"attempt {number}: action {self._request.action}, then probe"
         self._publish()
         started = workflow.now()
+        info = workflow.info()
         outcome, detail = "healthy", ""
         try:
             action = await workflow.execute_activity(
@@ -168,37 +262,29 @@ class RecoveryWorkflow:
                     action=self._request.action,
                     attempt=number,
                     reason=self._request.reason,
+                    idempotency_key=idempotency_key(
+                        info.workflow_id, info.first_execution_run_id, number
+                    ),
                 ),
                 result_type=RecoveryActionResult,
-                start_to_close_timeout=timedelta(seconds=90),
-                # An action may not be idempotent: never repeat it behind the user's back.
-                retry_policy=RetryPolicy(maximum_attempts=1),
+                start_to_close_timeout=ACTION_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                # A retry repeats the action with the same idempotency key, so its
+                # receiver can tell it from a new attempt.
+                retry_policy=CRASH_RETRY,
                 summary=f"attempt {number}: {self._request.action}",
             )
+            if not action.ok:
+                outcome, detail = "action_failed", action.detail
         except ActivityError as err:
             _reraise_cancellation(err)
-            raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
-        if not action.ok:
-            outcome, detail = "action_failed", action.detail
-        else:
-            try:
-                probe = await workflow.execute_activity(
-                    "probe_service",
-                    ProbeInput(
-                        service=self._request.service,
-                        url=self._request.probe,
-                        timeout_s=self._request.probe_timeout_s,
-                    ),
-                    result_type=ProbeResult,
-                    start_to_close_timeout=timedelta(seconds=self._request.probe_timeout_s + 10),
-                    retry_policy=SHORT_RETRY,
-                    summary=f"attempt {number}: probe {self._request.probe}",
-                )
-                outcome, detail = ("healthy" if probe.healthy else "unhealthy"), probe.detail
-            except ActivityError as err:
-                _reraise_cancellation(err)
-                # A probe that cannot even run proves nothing: count it as unhealthy.
-                outcome, detail = "unhealthy", _cause_message(err)
+            if not self._v2 or _is_refusal(err):
+                raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
+            # Crashed or timed out on every try: this attempt failed, the recovery goes on.
+            outcome, detail = "action_failed", f"action did not complete: {_cause_message(err)}"
+        if outcome == "healthy":
+            healthy, detail = await self._probe(f"attempt {number}: probe {self._request.probe}")
+            outcome = "healthy" if healthy else "unhealthy"
         duration = int((workflow.now() - started).total_seconds() * 1000)
         self._attempts.append(
             AttemptRecord(
@@ -210,11 +296,52 @@ class RecoveryWorkflow:
             )
         )
         del self._attempts[:-MAX_ATTEMPT_RECORDS]
-        if outcome == "healthy":
-            return True
-        self._failures_in_round += 1
-        self._last_error = detail
-        return False
+        if outcome != "healthy":
+            self._failures_in_round += 1
+            self._last_error = detail
+        await self._tell_orchestrator(
+            SIGNAL_ATTEMPT_FINISHED,
+            AttemptFinished(
+                service=self._request.service,
+                workflow_id=info.workflow_id,
+                attempt=number,
+                succeeded=outcome == "healthy",
+                at=workflow.now(),
+            ),
+        )
+        return outcome == "healthy"
+
+    async def _probe(self, summary: str) -> tuple[bool, str]:
+        """Run the probe; (healthy, detail). Wake-ups that arrived before it are spent."""
+        token = self._wakes.probe_started()
+        try:
+            probe = await workflow.execute_activity(
+                "probe_service",
+                ProbeInput(
+                    service=self._request.service,
+                    url=self._request.probe,
+                    timeout_s=self._request.probe_timeout_s,
+                ),
+                result_type=ProbeResult,
+                start_to_close_timeout=timedelta(seconds=self._request.probe_timeout_s + 10),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=CRASH_RETRY if self._v2 else SHORT_RETRY,
+                # A cancelled recovery closes only once its probe has stopped: no probe
+                # outlives the workflow that asked for it.
+                cancellation_type=(
+                    workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                    if self._v2
+                    else workflow.ActivityCancellationType.TRY_CANCEL
+                ),
+                summary=summary,
+            )
+            result = probe.healthy, probe.detail
+        except ActivityError as err:
+            _reraise_cancellation(err)
+            # A probe that cannot even run proves nothing: count it as unhealthy.
+            result = False, _cause_message(err)
+        self._wakes.probe_finished(token)
+        return result
 
     async def _backoff(self, delay_ms: int) -> None:
         self._move(RecoveryState.WAITING_BACKOFF)
@@ -226,53 +353,185 @@ class RecoveryWorkflow:
             f"{self._next_attempt_at:%Y-%m-%d %H:%M:%S} UTC, sooner if health_changed arrives"
         )
         self._publish()
-        self._wake = False
+        if not self._v2:
+            # Old path: a wake-up counted only if it arrived during the backoff itself.
+            self._wakes.forget()
         try:
             await workflow.wait_condition(
-                lambda: self._wake,
+                lambda: self._wakes.pending,
                 timeout=timedelta(milliseconds=delay_ms),
                 timeout_summary=f"backoff {delay_ms} ms before attempt {self._attempt_count + 1}",
             )
             workflow.logger.info("health_changed cut the backoff short")
         except TimeoutError:
             pass
-        self._wake = False
+        if not self._v2:
+            self._wakes.forget()
 
-    async def _await_approval(self) -> None:
+    def _enter_awaiting_approval(self) -> str:
+        """Move to AWAITING_APPROVAL; returns why, one line."""
         self._move(RecoveryState.AWAITING_APPROVAL)
         self._next_attempt_at = None
         if self._attempt_count:
+            failed = self._failures_in_round
+            reason = f"{failed} attempt{'' if failed == 1 else 's'} failed"
             self._waiting_for = (
                 f"approval: {self._failures_in_round} attempts failed "
                 f"(last: {self._last_error or 'unhealthy'}); approve for "
                 f"{self._request.policy.max_retry_attempts} more, or reject"
             )
         else:
+            reason = "manual strategy"
             self._waiting_for = "approval before the first attempt (manual strategy)"
         self._publish()
+        return reason
+
+    async def _await_approval_v1(self) -> None:
+        self._enter_awaiting_approval()
         while True:
             await workflow.wait_condition(lambda: bool(self._inbox))
             decision, signal = self._inbox.pop(0)
-            check = await workflow.execute_activity(
-                "authorize_approver",
-                AuthorizeApproverInput(approver=signal.approver),
-                result_type=AuthorizeApproverResult,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=SHORT_RETRY,
-                summary=f"authorize {signal.approver}",
+            if await self._authorized(decision, signal):
+                break
+        self._awaiting_approval = False
+        self._failures_in_round = 0
+
+    async def _await_approval_v2(self) -> None:
+        """Wait for a person, holding no slot; watch probes may end it SUCCEEDED."""
+        reason = self._enter_awaiting_approval()
+        waiting_for = self._waiting_for
+        if self._parent_id is not None and not self._waiting_reported:
+            self._waiting_reported = True
+            await self._tell_orchestrator(
+                SIGNAL_RECOVERY_WAITING,
+                RecoveryWaiting(
+                    service=self._request.service,
+                    workflow_id=workflow.info().workflow_id,
+                    reason=reason,
+                ),
             )
-            if not check.allowed:
-                self._record(signal, Decision.REFUSED, check.reason)
+        interval = watch_interval_ms(self._request.policy)
+        next_watch = _now_ms() + interval
+        while True:
+            step = next_step_awaiting_approval(
+                decisions_waiting=bool(self._inbox),
+                wake_pending=self._wakes.pending,
+                now_ms=_now_ms(),
+                next_watch_ms=next_watch,
+            )
+            if step.step is WaitStep.SLEEP:
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: bool(self._inbox) or self._wakes.pending,
+                        timeout=timedelta(milliseconds=step.sleep_ms),
+                        timeout_summary="watch probe while awaiting approval",
+                    )
                 continue
-            self._record(signal, decision)
-            if decision is Decision.REJECTED:
-                raise _Finished(
-                    RecoveryState.FAILED,
-                    f"rejected by {signal.approver}" + (f": {signal.note}" if signal.note else ""),
+            if step.step is WaitStep.PROBE:
+                self._watch_probes += 1
+                healthy, detail = await self._probe(
+                    f"watch probe {self._watch_probes} while awaiting approval"
                 )
-            self._awaiting_approval = False
-            self._failures_in_round = 0
-            return
+                if healthy:
+                    self._recovered_while_waiting = True
+                    raise _Finished(
+                        RecoveryState.SUCCEEDED,
+                        f"{self._request.service} recovered while awaiting approval: watch "
+                        f"probe {self._watch_probes} found it healthy ({detail}); no approval "
+                        "needed",
+                    )
+                next_watch = _now_ms() + interval
+                due = workflow.now() + timedelta(milliseconds=interval)
+                self._waiting_for = (
+                    f"{waiting_for}; watch probe {self._watch_probes}: {detail}; next watch "
+                    f"probe at {due:%Y-%m-%d %H:%M:%S} UTC, sooner if health_changed arrives"
+                )
+                self._publish()
+                if not self._inbox and workflow.info().is_continue_as_new_suggested():
+                    await self._continue_as_new()
+                continue
+            decision, signal = self._inbox.pop(0)
+            if await self._authorized(decision, signal):
+                break
+        self._awaiting_approval = False
+        self._failures_in_round = 0
+        self._waiting_reported = False
+        if self._parent_id is not None:
+            await self._wait_for_slot()
+
+    async def _authorized(self, decision: Decision, signal: ApprovalSignal) -> bool:
+        """Check one decision with the worker policy; True when an approval took effect.
+
+        Raises:
+            _Finished: an authorized rejection ends the recovery FAILED.
+        """
+        info = workflow.info()
+        check = await workflow.execute_activity(
+            "authorize_approver",
+            AuthorizeApproverInput(
+                approver=signal.approver,
+                workflow_id=info.workflow_id,
+                first_run_id=info.first_execution_run_id,
+                decision=decision.value,
+                signature=signal.signature,
+                signed_at=signal.signed_at,
+                used_signatures=list(self._used_signatures),
+            ),
+            result_type=AuthorizeApproverResult,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=UNTIL_ANSWERED,
+            summary=f"authorize {signal.approver}",
+        )
+        if not check.allowed:
+            self._record(signal, Decision.REFUSED, check.reason)
+            return False
+        if check.signature_digest:
+            self._used_signatures.append(check.signature_digest)
+            del self._used_signatures[:-MAX_USED_SIGNATURES]
+        self._record(signal, decision)
+        if decision is Decision.REJECTED:
+            raise _Finished(
+                RecoveryState.FAILED,
+                f"rejected by {signal.approver}" + (f": {signal.note}" if signal.note else ""),
+            )
+        return True
+
+    async def _wait_for_slot(self) -> None:
+        """Approved and orchestrated: queue for a slot again and wait until it is granted."""
+        self._move(RecoveryState.SCHEDULED)
+        self._slot = None
+        self._waiting_for = (
+            f"a slot: approved, queued again at priority {self._priority} (slots are held "
+            "by running attempts only)"
+        )
+        self._publish()
+        told = await self._tell_orchestrator(
+            SIGNAL_RECOVERY_RESUMING,
+            RecoveryResuming(
+                service=self._request.service,
+                workflow_id=workflow.info().workflow_id,
+                priority=self._priority,
+            ),
+        )
+        if told:
+            await workflow.wait_condition(lambda: self._slot is not None)
+
+    async def _tell_orchestrator(self, name: str, payload: object) -> bool:
+        """Signal the orchestrator (orchestrated recoveries only); True when delivered.
+
+        A missing orchestrator never stops a recovery: it is logged and the recovery goes
+        on as if started directly.
+        """
+        if self._parent_id is None:
+            return False
+        try:
+            await workflow.get_external_workflow_handle(self._parent_id).signal(name, payload)
+        except FailureError as err:
+            if isinstance(err, CancelledError):
+                raise asyncio.CancelledError() from err
+            workflow.logger.warning("could not signal %s to the orchestrator: %s", name, err)
+            return False
+        return True
 
     async def _finish(self, state: RecoveryState, message: str) -> RecoveryResult:
         self._move(state)
@@ -299,6 +558,10 @@ class RecoveryWorkflow:
             attempts_in_round=self._failures_in_round,
             awaiting_approval=self._awaiting_approval,
             priority=self._priority,
+            waiting_reported=self._waiting_reported,
+            wake_pending=self._wakes.pending,
+            used_signatures=self._used_signatures,
+            watch_probes=self._watch_probes,
         )
         workflow.continue_as_new(self._request.model_copy(update={"resume": resume}))
 
@@ -348,6 +611,8 @@ class RecoveryWorkflow:
             f"{req.policy.max_retry_attempts})",
             f"Waiting for: {self._waiting_for or '-'}",
         ]
+        if self._watch_probes:
+            lines.append(f"Watch probes while awaiting approval: {self._watch_probes}")
         if self._last_error:
             lines.append(f"Last error: {self._last_error}")
         workflow.set_current_details("\n\n".join(lines))
@@ -376,7 +641,12 @@ class RecoveryWorkflow:
     def health_changed(self, signal: HealthChangedSignal) -> None:
         """A process saw the service healthy again: probe now instead of sleeping on."""
         if signal.healthy:
-            self._wake = True
+            self._wakes.wake()
+
+    @workflow.signal(name=SIGNAL_SLOT_GRANTED)
+    def slot_granted(self, signal: SlotGranted) -> None:
+        """The orchestrator gives a resumed recovery its slot again: the next attempt runs."""
+        self._slot = signal
 
     @workflow.signal(name=SIGNAL_JOIN)
     def join(self, signal: JoinSignal) -> None:
@@ -408,13 +678,27 @@ class RecoveryWorkflow:
             joins=self._joins,
             reason=req.reason,
             requested_by=req.requested_by,
+            watch_probes=self._watch_probes,
+            recovered_while_awaiting_approval=self._recovered_while_waiting,
+            orchestrated=self._parent_id is not None,
         )
+
+
+def _now_ms() -> int:
+    """Workflow time in integer milliseconds (decisions compare integers exactly)."""
+    return int(workflow.now().timestamp() * 1000)
 
 
 def _reraise_cancellation(err: ActivityError) -> None:
     """An activity cancelled because the workflow was cancelled is the workflow's cancel."""
     if isinstance(err.cause, CancelledError):
         raise asyncio.CancelledError() from err
+
+
+def _is_refusal(err: ActivityError) -> bool:
+    """The activity refused (non-retryable: hash mismatch, action not allowed), not crashed."""
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and cause.non_retryable
 
 
 def _cause_message(err: ActivityError) -> str:

@@ -101,6 +101,14 @@ class RecoveryResume(StrictModel):
     rounds_granted: int = 0
     awaiting_approval: bool = False
     priority: int = 1
+    waiting_reported: bool = False
+    """The orchestrator was told this recovery waits for a person (send it once)."""
+    wake_pending: bool = False
+    """A ``health_changed`` arrived that no probe has answered yet."""
+    used_signatures: list[str] = Field(default_factory=list)
+    """Digests of signed decisions already accepted (each signature is usable once)."""
+    watch_probes: int = 0
+    """Watch probes run while awaiting approval, over all runs."""
 
 
 class RecoveryRequest(StrictModel):
@@ -181,6 +189,13 @@ class RecoveryStatus(StrictModel):
     joins: int = 0
     reason: str = ""
     requested_by: str = ""
+    watch_probes: int = 0
+    """Probes run while awaiting approval (no action; they are not attempts)."""
+    recovered_while_awaiting_approval: bool = False
+    """It ended SUCCEEDED because a watch probe found the service healthy while a person
+    was awaited: nobody needs to act."""
+    orchestrated: bool = False
+    """Started by the orchestrator: it holds a slot only while it runs attempts."""
 
 
 class RecoveryResult(StrictModel):
@@ -216,6 +231,9 @@ class RecoveryActionInput(StrictModel):
     action: str
     attempt: int
     reason: str = ""
+    idempotency_key: str = ""
+    """Same for every retry of this attempt's action, new for the next attempt; passed to
+    commands as ``ANTIFRAGILE_IDEMPOTENCY_KEY`` and to webhooks as ``Idempotency-Key``."""
 
 
 class RecoveryActionResult(StrictModel):

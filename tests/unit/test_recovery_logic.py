@@ -1,4 +1,5 @@
-"""Pure recovery decisions: delays per strategy, escalation, legal state moves."""
+"""Pure recovery decisions: delays per strategy, escalation, legal state moves, wake-ups,
+watch probes while awaiting approval, idempotency keys."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import pytest
 from antifragile.models.recovery import RecoveryPolicy, RecoveryState, RecoveryStrategy
 from antifragile.recovery_logic import (
     LEGAL_TRANSITIONS,
+    MIN_WATCH_INTERVAL_MS,
+    AwaitingStep,
     IllegalTransitionError,
     NextStep,
+    WaitStep,
+    WakeTracker,
     after_failed_attempt,
     backoff_delay_ms,
     check_transition,
+    idempotency_key,
+    next_step_awaiting_approval,
+    watch_interval_ms,
 )
 
 S = RecoveryStrategy
@@ -88,3 +96,105 @@ def test_illegal_transitions_are_refused() -> None:
         check_transition(RecoveryState.SUCCEEDED, RecoveryState.IN_PROGRESS)
     with pytest.raises(IllegalTransitionError):
         check_transition(RecoveryState.WAITING_BACKOFF, RecoveryState.SUCCEEDED)
+
+
+# --- wake-ups: remembered until a probe that began after them has run ---------------------
+
+
+def test_a_wake_up_before_a_probe_begins_is_spent_by_that_probe() -> None:
+    wakes = WakeTracker()
+    wakes.wake()  # during hash validation or the action
+    assert wakes.pending
+    token = wakes.probe_started()
+    wakes.probe_finished(token)
+    assert not wakes.pending
+
+
+def test_a_wake_up_during_a_probe_survives_it_and_the_next_probe_spends_it() -> None:
+    wakes = WakeTracker()
+    token = wakes.probe_started()
+    wakes.wake()  # the probe may already have looked
+    wakes.probe_finished(token)
+    assert wakes.pending
+    token = wakes.probe_started()
+    wakes.probe_finished(token)
+    assert not wakes.pending
+
+
+def test_many_wake_ups_are_one_pending_wake_up_and_forget_drops_them() -> None:
+    wakes = WakeTracker()
+    for _ in range(3):
+        wakes.wake()
+    wakes.probe_finished(wakes.probe_started())
+    assert not wakes.pending
+    wakes.wake()
+    wakes.forget()
+    assert not wakes.pending
+
+
+def test_an_old_probe_token_never_revives_spent_wake_ups() -> None:
+    wakes = WakeTracker()
+    old = wakes.probe_started()
+    wakes.wake()
+    wakes.probe_finished(wakes.probe_started())
+    wakes.probe_finished(old)
+    assert not wakes.pending and wakes.spent == 1
+
+
+def test_a_pending_wake_up_cuts_the_backoff_to_zero_but_never_skips_an_escalation() -> None:
+    policy = RecoveryPolicy(max_retry_attempts=3, initial_delay_ms=1000)
+    cut = after_failed_attempt(S.LINEAR_BACKOFF, policy, 2, jitter_key="", wake_pending=True)
+    assert (cut.step, cut.delay_ms, cut.nominal_ms, cut.cut_short) == (
+        NextStep.BACKOFF,
+        0,
+        2000,
+        True,
+    )
+    plain = after_failed_attempt(S.LINEAR_BACKOFF, policy, 2, jitter_key="")
+    assert (plain.delay_ms, plain.cut_short) == (2000, False)
+    immediate = after_failed_attempt(S.IMMEDIATE, policy, 1, jitter_key="", wake_pending=True)
+    assert (immediate.delay_ms, immediate.cut_short) == (0, False), "nothing to cut"
+    last = after_failed_attempt(S.LINEAR_BACKOFF, policy, 3, jitter_key="", wake_pending=True)
+    assert last.step is NextStep.ESCALATE
+
+
+# --- awaiting approval: decisions first, then wake-ups and the slow watch probe -----------
+
+
+@pytest.mark.parametrize(
+    ("decisions", "wake", "now", "expected"),
+    [
+        (True, True, 10_000, AwaitingStep(WaitStep.DECIDE)),
+        (False, True, 0, AwaitingStep(WaitStep.PROBE)),
+        (False, False, 9_999, AwaitingStep(WaitStep.SLEEP, 1)),
+        (False, False, 10_000, AwaitingStep(WaitStep.PROBE)),  # due exactly now: probe
+        (False, False, 0, AwaitingStep(WaitStep.SLEEP, 10_000)),
+    ],
+)
+def test_next_step_awaiting_approval(
+    decisions: bool, wake: bool, now: int, expected: AwaitingStep
+) -> None:
+    step = next_step_awaiting_approval(
+        decisions_waiting=decisions, wake_pending=wake, now_ms=now, next_watch_ms=10_000
+    )
+    assert step == expected
+
+
+def test_watch_probes_follow_max_delay_but_never_busy_loop() -> None:
+    assert watch_interval_ms(RecoveryPolicy(max_delay_ms=60_000)) == 60_000
+    assert watch_interval_ms(RecoveryPolicy(initial_delay_ms=0, max_delay_ms=0)) == (
+        MIN_WATCH_INTERVAL_MS
+    )
+
+
+def test_awaiting_approval_may_end_succeeded_or_wait_for_a_slot_again() -> None:
+    assert check_transition(RecoveryState.AWAITING_APPROVAL, RecoveryState.SUCCEEDED)
+    assert check_transition(RecoveryState.AWAITING_APPROVAL, RecoveryState.SCHEDULED)
+    assert check_transition(RecoveryState.SCHEDULED, RecoveryState.IN_PROGRESS)
+
+
+def test_idempotency_keys_repeat_within_an_attempt_and_differ_between_attempts_and_runs() -> None:
+    first = idempotency_key("recovery-db", "run-a", 1)
+    assert first == idempotency_key("recovery-db", "run-a", 1) == "recovery-db/run-a/1"
+    assert first != idempotency_key("recovery-db", "run-a", 2)
+    assert first != idempotency_key("recovery-db", "run-b", 1), "a later recovery of db"
