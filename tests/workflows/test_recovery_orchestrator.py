@@ -43,6 +43,7 @@ from antifragile.constants import (
     SIGNAL_HEALTH_CHANGED,
     SIGNAL_RECOVERY_RESUMING,
     SIGNAL_RECOVERY_WAITING,
+    SIGNAL_REQUEST_RECOVERIES,
     SIGNAL_SLOT_GRANTED,
     UPDATE_REMOVE,
     UPDATE_REPRIORITISE,
@@ -223,10 +224,14 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 OrchestraFactory = Callable[..., Any]
 
 
-def signal_count(history: Any) -> int:
-    """Signals in a fetched history."""
+def signal_count(history: Any, name: str = SIGNAL_REQUEST_RECOVERIES) -> int:
+    """Signals named ``name`` in a fetched history (recoveries also report their attempts
+    to the orchestrator; those are not requests)."""
     return sum(
-        1 for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+        1
+        for e in history.events
+        if e.HasField("workflow_execution_signaled_event_attributes")
+        and e.workflow_execution_signaled_event_attributes.signal_name == name
     )
 
 
@@ -452,7 +457,8 @@ async def test_a_slot_comes_back_when_a_recovery_is_terminated_or_cancelled(
 async def test_continue_as_new_keeps_the_queue_and_the_running_set(
     env: WorkflowEnvironment, orchestra: OrchestraFactory
 ) -> None:
-    async with orchestra(max_concurrent=2, max_history_events=60) as o:
+    # Recoveries report their (failing) attempts; the retry budget is not under test here.
+    async with orchestra(max_concurrent=2, max_history_events=60, retry_budget=1.0) as o:
         handle = env.client.get_workflow_handle(o.orchestrator_id)
         await o.request("run0", priority=0)
         await o.request("run1", priority=0)
@@ -658,11 +664,14 @@ async def test_failed_attempts_above_the_budget_pause_new_admissions_until_succe
     async with orchestra(
         max_concurrent=5, retry_budget=0.5, budget_min_samples=4, budget_window_s=600
     ) as o:
-        o.fleet.healthy.add(o.name("new"))
-        await o.request("first")
-        await o.wait(lambda v: o.running(v) == ["first"])
-        for i, ok in enumerate([True, False, False, False]):
-            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "first", i + 1, ok))
+        o.fleet.healthy.update([o.name("warm"), o.name("new")])
+        await o.request("warm")  # one successful attempt
+        await o.wait(lambda v: v.budget is not None and v.budget.attempts == 1)
+        await o.request("first")  # its first attempt fails; the next is 10 minutes away
+        await o.wait(lambda v: v.budget is not None and v.budget.attempts == 2)
+        assert o.running(await o.view()) == ["first"]
+        for i in (2, 3):
+            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "gone", i, False))
         view = await o.wait(lambda v: v.paused)
         assert "3 of 4 attempts failed" in view.pause_reason
         assert view.paused_until is not None and view.budget is not None
@@ -676,9 +685,9 @@ async def test_failed_attempts_above_the_budget_pause_new_admissions_until_succe
         desc = await o.client.get_workflow_handle(o.orchestrator_id).describe()
         assert desc.typed_search_attributes.get(SA_STATE) == "PAUSED"
         # Two successes: 3 of 6 failed, within the 50% budget: admissions resume.
-        for i in (5, 6):
-            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "first", i, True))
-        view = await o.wait(lambda v: v.finished.get("succeeded") == 1)
+        for i in (4, 5):
+            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "gone", i, True))
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 2)
         assert not view.paused and view.pause_reason == ""
 
 
@@ -708,7 +717,9 @@ async def test_the_pause_ends_when_the_failed_attempts_leave_the_window(
 async def test_recoveries_awaiting_approval_are_carried_across_continue_as_new(
     orchestra: OrchestraFactory,
 ) -> None:
-    async with orchestra(max_concurrent=1, max_history_events=60, aging_interval_s=0) as o:
+    async with orchestra(
+        max_concurrent=1, max_history_events=60, aging_interval_s=0, retry_budget=1.0
+    ) as o:
         await o.request("a", priority=2)
         await o.wait(lambda v: o.running(v) == ["a"])
         await o.request("b", priority=1)
