@@ -296,6 +296,7 @@ class AllFail:
     observed_s: float = 0.0
     admissions_during: int = 0
     attempts_during: int = 0
+    probes_during: int = 0
     awaiting_at_end: int = 0
     still_paused: bool = False
 
@@ -358,7 +359,9 @@ async def run_all_fail(
                     view = await orchestrator_queue(client, task_queue=FAIL_QUEUE)
             result.observed_s = time.perf_counter() - pause_started
             result.admissions_during = view.admitted_total - result.admitted_before
-            result.attempts_during = target.dead_hits - hits_at_pause
+            result.probes_during = target.dead_hits - hits_at_pause
+            counted_end = view.budget.attempts if view.budget else 0
+            result.attempts_during = counted_end - result.counted_before
             result.awaiting_at_end = len(view.awaiting_approval)
             result.still_paused = view.paused
         orchestrator_id = orchestrator_workflow_id(FAIL_QUEUE)
@@ -383,7 +386,7 @@ def report_all_fail(r: AllFail) -> None:
         sys.stdout.flush()
         return
     print(f"  first report -> admissions paused         {r.to_pause_s:8.2f} s")
-    print(f"  attempts before the pause (probe side)    {r.attempts_before:8d}")
+    print(f"  probes answered before the pause          {r.attempts_before:8d}")
     print(f"  attempts counted by the budget at pause   {r.counted_before:8d}")
     print(f"  admissions before the pause               {r.admitted_before:8d}  (of {r.n:,})")
     print(
@@ -393,6 +396,7 @@ def report_all_fail(r: AllFail) -> None:
     during = f"{r.admissions_during:8d}  (in {r.observed_s:.0f} s)"
     print(f"  admissions during the pause               {during}")
     print(f"  attempts during the pause (running ones)  {r.attempts_during:8d}")
+    print(f"  probes during the pause (incl. watch)     {r.probes_during:8d}")
     print(f"  awaiting approval at the end (no slot)    {r.awaiting_at_end:8d}")
     print(f"  still paused at the end                   {r.still_paused}")
     sys.stdout.flush()
