@@ -344,7 +344,8 @@ def _print_queued(view: QueueView, service: str, json_out: bool) -> None:
     head.add_row("state", "[bold]QUEUED[/bold] (waiting for a recovery slot)")
     head.add_row("position", f"{where.position} of {view.waiting_total}")
     head.add_row("priority", str(where.priority))
-    head.add_row("waiting for", f"{format_duration(waited)} (since {_when(where.since)})")
+    since = f" (since {where.since:%H:%M:%S} UTC)" if where.since else ""
+    head.add_row("waiting for", f"{format_duration(waited)}{since}")
     head.add_row("why waiting", why or "-")
     console.print(head)
 
