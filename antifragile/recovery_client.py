@@ -31,6 +31,7 @@ from antifragile.constants import (
     ORCHESTRATOR_WORKFLOW_TYPE,
     QUERY_QUEUE,
     SA_KIND,
+    SA_PRIORITY,
     SIGNAL_JOIN,
     SIGNAL_REQUEST_RECOVERIES,
     UPDATE_ENQUEUE,
@@ -45,10 +46,12 @@ from antifragile.models.orchestrator import (
     EnqueueResult,
     IntakeInput,
     OrchestratorInput,
+    QueueQuery,
     QueueView,
     RequestState,
 )
 from antifragile.models.recovery import JoinSignal, RecoveryRequest, RecoveryResult
+from antifragile.orchestrator_logic import ignored_settings
 
 
 def recovery_summary(request: RecoveryRequest) -> str:
@@ -112,7 +115,14 @@ ORCHESTRATOR_SUMMARY = "Recovery orchestrator: fleet-wide priority queue of reco
 ORCHESTRATOR_DETAILS = (
     "Admits recoveries by priority (lower first, then first come first served) within "
     "the worker policy's `max_concurrent` slots, `max_admissions_per_minute` and "
-    "`retry_budget`. Query `queue` for running and waiting recoveries."
+    "`retry_budget`.\n\n"
+    "**Slots follow work, not waiting:** a recovery that waits for a person gives its slot "
+    "back at once; approved, it is queued again with its original arrival (ahead of later "
+    "requests of the same priority) and resumes when a slot is free.\n\n"
+    "**Retry budget:** when more than `retry_budget` of the attempts of the last "
+    "`budget_window_s` failed (at least `budget_min_samples` of them), new admissions "
+    "pause until the ratio drops; running recoveries go on.\n\n"
+    "Query `queue` for running, waiting and awaiting-approval recoveries."
 )
 
 
@@ -120,6 +130,14 @@ async def running_recovery(
     client: Client, service: str
 ) -> WorkflowHandle[object, RecoveryResult] | None:
     """The handle of ``recovery-{service}`` when its latest run is running, else None."""
+    found = await _running(client, service)
+    return found[0] if found else None
+
+
+async def _running(
+    client: Client, service: str
+) -> tuple[WorkflowHandle[object, RecoveryResult], int | None] | None:
+    """The running recovery of ``service`` and its current priority (AfPriority), if any."""
     handle = client.get_workflow_handle(recovery_workflow_id(service), result_type=RecoveryResult)
     try:
         desc = await handle.describe()
@@ -127,7 +145,30 @@ async def running_recovery(
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
-    return handle if desc.status == WorkflowExecutionStatus.RUNNING else None
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return None
+    return handle, desc.typed_search_attributes.get(SA_PRIORITY)
+
+
+async def running_request(
+    client: Client, handle: WorkflowHandle[Any, Any]
+) -> RecoveryRequest | None:
+    """The request the current run of a recovery runs (its input), read from history.
+
+    Reading history needs no worker (a query would). None when it cannot be read.
+    """
+    try:
+        async for event in handle.fetch_history_events(page_size=1):
+            started = event.workflow_execution_started_event_attributes
+            if not started.input.payloads:
+                return None
+            [request] = await client.data_converter.decode(
+                list(started.input.payloads), [RecoveryRequest]
+            )
+            return request if isinstance(request, RecoveryRequest) else None
+    except (RPCError, ValueError):
+        return None
+    return None
 
 
 async def request_recovery(
@@ -163,24 +204,34 @@ async def request_recovery(
     In a storm the server refuses more than a few concurrent updates per workflow; the
     request then goes as a signal-with-start (state ``accepted``, position unknown).
 
+    A request that joins or merges reports what it did not change: ``previous_priority``
+    and ``ignored`` (its settings that differ from the existing recovery's, e.g. another
+    strategy: one recovery runs per service and keeps its own settings).
+
     Returns:
-        Where the request stands: queued (with its position), merged, running, joined
-        or accepted.
+        Where the request stands: queued (with its position), merged, running, joined,
+        awaiting approval (joined a recovery waiting for a person) or accepted.
 
     Raises:
         temporalio.client.WorkflowUpdateFailedError: the orchestrator refused it (full).
     """
     orchestrator_id = orchestrator_id or orchestrator_workflow_id(task_queue)
-    running = await running_recovery(client, request.service)
-    if running is not None:
+    found = await _running(client, request.service)
+    if found is not None:
+        running, previous = found
         await running.signal(
             SIGNAL_JOIN,
             JoinSignal(
                 priority=request.priority, reason=request.reason, requested_by=request.requested_by
             ),
         )
+        kept = await running_request(client, running) if want_position else None
         return EnqueueResult(
-            service=request.service, state=RequestState.JOINED, priority=request.priority
+            service=request.service,
+            state=RequestState.JOINED,
+            priority=request.priority if previous is None else min(previous, request.priority),
+            previous_priority=previous,
+            ignored=ignored_settings(kept, request),
         )
     if not want_position:
         return await _signal_request(client, request, orchestrator_id, task_queue)
@@ -409,11 +460,19 @@ def _intake_start(orchestrator_id: str, shard: int, task_queue: str) -> dict[str
 
 
 async def orchestrator_queue(
-    client: Client, *, task_queue: str = DEFAULT_TASK_QUEUE, orchestrator_id: str | None = None
+    client: Client,
+    *,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+    orchestrator_id: str | None = None,
+    service: str | None = None,
 ) -> QueueView:
-    """The orchestrator's ``queue`` query: running and waiting recoveries, pause reason."""
+    """The orchestrator's ``queue`` query: running, waiting and awaiting-approval
+    recoveries, and why admissions wait; with ``service``, also where it stands
+    (``QueueView.lookup``), however long the queue."""
     orchestrator_id = orchestrator_id or orchestrator_workflow_id(task_queue)
-    view: QueueView = await client.get_workflow_handle(orchestrator_id).query(
-        QUERY_QUEUE, result_type=QueueView
-    )
+    handle = client.get_workflow_handle(orchestrator_id)
+    if service is None:
+        view: QueueView = await handle.query(QUERY_QUEUE, result_type=QueueView)
+    else:
+        view = await handle.query(QUERY_QUEUE, QueueQuery(service=service), result_type=QueueView)
     return view

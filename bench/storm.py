@@ -21,12 +21,21 @@ Printed per N:
 - the largest history of any orchestrator run (continue-as-new keeps it bounded);
 - CPU seconds per recovery of this process (worker + driver + probe server) and of the
   dev server.
+
+The storms above measure admission overhead, so their retry budget is off (every
+recovery fails its first attempt by design: 50% of attempts fail). A second scenario,
+``--all-fail N`` (default 200; 0 skips it), keeps the default budget (10% of attempts
+over 5 minutes, at least 10 attempts) and makes every probe fail: each recovery makes 3
+attempts, then waits for a person (holding no slot). It prints the attempts made before
+the orchestrator paused new admissions, and the admissions (and attempts of recoveries
+already running) during the pause.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import resource
@@ -45,7 +54,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
-from antifragile.constants import orchestrator_workflow_id
+from antifragile.constants import orchestrator_workflow_id, recovery_workflow_id
 from antifragile.models.orchestrator import AdmissionRecord
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
 from antifragile.orchestrator_logic import admission_order_violations
@@ -56,7 +65,9 @@ from antifragile.settings import Settings
 from workers.main import build_worker
 
 BACKOFF = RecoveryPolicy(initial_delay_ms=200, max_delay_ms=200, max_retry_attempts=10)
+DEAD_POLICY = RecoveryPolicy(initial_delay_ms=200, max_delay_ms=200, max_retry_attempts=3)
 TASK_QUEUE = "storm"
+FAIL_QUEUE = "storm-all-fail"
 
 
 @dataclass
@@ -69,9 +80,14 @@ class ProbeTarget:
     peak: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    dead_hits: int = 0
+
     def answer(self, service: str) -> int:
-        """503 on a service's first probe, 200 afterwards."""
+        """503 on a service's first probe, 200 afterwards; ``dead-*`` services: always 503."""
         with self.lock:
+            if service.startswith("dead"):
+                self.dead_hits += 1
+                return 503
             self.hits[service] += 1
             if self.hits[service] == 1:
                 self.recovering.add(service)
@@ -265,7 +281,135 @@ def report(r: Result) -> None:
     sys.stdout.flush()
 
 
-async def bench(sizes: list[int], cap: int, baseline: bool = True) -> list[Result]:
+@dataclass
+class AllFail:
+    n: int
+    cap: int
+    paused: bool = False
+    to_pause_s: float = 0.0
+    attempts_before: int = 0
+    counted_before: int = 0
+    admitted_before: int = 0
+    running_at_pause: int = 0
+    awaiting_at_pause: int = 0
+    reason: str = ""
+    observed_s: float = 0.0
+    admissions_during: int = 0
+    attempts_during: int = 0
+    probes_during: int = 0
+    awaiting_at_end: int = 0
+    still_paused: bool = False
+
+
+async def run_all_fail(
+    client: Client, target: ProbeTarget, url: str, n: int, cap: int, observe_s: float
+) -> AllFail:
+    """N recoveries whose every probe fails, default retry budget: when does it pause?"""
+    result = AllFail(n=n, cap=cap)
+    names = [f"dead{n}-{i:05d}" for i in range(n)]
+    policy = WorkerPolicy(
+        recovery=RecoveryPolicyConfig(max_concurrent=cap, max_admissions_per_minute=10**9)
+    )
+    worker = build_worker(
+        client,
+        Settings(task_queue=FAIL_QUEUE),
+        policy,
+        max_concurrent_activities=200,
+        max_concurrent_workflow_tasks=100,
+    )
+    async with worker:
+        hits0 = target.dead_hits
+        started = time.perf_counter()
+
+        async def report(i: int) -> None:
+            await request_recovery(
+                client,
+                RecoveryRequest(
+                    service=names[i], probe=f"{url}/svc/{names[i]}", policy=DEAD_POLICY
+                ),
+                task_queue=FAIL_QUEUE,
+                want_position=False,
+            )
+
+        await bounded(n, 200, report)
+        deadline = started + 180
+        while time.perf_counter() < deadline:
+            try:
+                view = await orchestrator_queue(client, task_queue=FAIL_QUEUE)
+            except RPCError:
+                await asyncio.sleep(0.5)
+                continue
+            if view.paused:
+                result.paused = True
+                result.to_pause_s = time.perf_counter() - started
+                result.attempts_before = target.dead_hits - hits0
+                result.counted_before = view.budget.attempts if view.budget else 0
+                result.admitted_before = view.admitted_total
+                result.running_at_pause = len(view.running)
+                result.awaiting_at_pause = len(view.awaiting_approval)
+                result.reason = view.pause_reason
+                break
+            await asyncio.sleep(0.1)
+        if result.paused:
+            hits_at_pause = target.dead_hits
+            pause_started = time.perf_counter()
+            while time.perf_counter() - pause_started < observe_s:
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(RPCError):
+                    view = await orchestrator_queue(client, task_queue=FAIL_QUEUE)
+            result.observed_s = time.perf_counter() - pause_started
+            result.admissions_during = view.admitted_total - result.admitted_before
+            result.probes_during = target.dead_hits - hits_at_pause
+            counted_end = view.budget.attempts if view.budget else 0
+            result.attempts_during = counted_end - result.counted_before
+            result.awaiting_at_end = len(view.awaiting_approval)
+            result.still_paused = view.paused
+        orchestrator_id = orchestrator_workflow_id(FAIL_QUEUE)
+        await _terminate(client, [orchestrator_id, *(recovery_workflow_id(s) for s in names)])
+    return result
+
+
+async def _terminate(client: Client, ids: list[str]) -> None:
+    async def one(i: int) -> None:
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(ids[i]).terminate("bench over")
+
+    await bounded(len(ids), 100, one)
+
+
+def report_all_fail(r: AllFail) -> None:
+    print(
+        f"\n=== every probe fails: N={r.n:,}  cap={r.cap}, retry budget 10% (min 10 attempts) ==="
+    )
+    if not r.paused:
+        print("  admissions never paused within 180 s (do recoveries report attempt_finished?)")
+        sys.stdout.flush()
+        return
+    print(f"  first report -> admissions paused         {r.to_pause_s:8.2f} s")
+    print(f"  probes answered before the pause          {r.attempts_before:8d}")
+    print(f"  attempts counted by the budget at pause   {r.counted_before:8d}")
+    print(f"  admissions before the pause               {r.admitted_before:8d}  (of {r.n:,})")
+    print(
+        f"  running / awaiting approval at the pause  {r.running_at_pause} / {r.awaiting_at_pause}"
+    )
+    print(f"  pause reason: {r.reason}")
+    during = f"{r.admissions_during:8d}  (in {r.observed_s:.0f} s)"
+    print(f"  admissions during the pause               {during}")
+    print(f"  attempts during the pause (running ones)  {r.attempts_during:8d}")
+    print(f"  probes during the pause (incl. watch)     {r.probes_during:8d}")
+    print(f"  awaiting approval at the end (no slot)    {r.awaiting_at_end:8d}")
+    print(f"  still paused at the end                   {r.still_paused}")
+    sys.stdout.flush()
+
+
+async def bench(
+    sizes: list[int],
+    cap: int,
+    baseline: bool = True,
+    all_fail: int = 0,
+    observe_s: float = 20.0,
+    fail_cap: int = 20,
+) -> list[Result]:
     target = ProbeTarget()
     probe_server = start_probe_server(target)
     url = f"http://127.0.0.1:{probe_server.server_address[1]}"
@@ -285,7 +429,9 @@ async def bench(sizes: list[int], cap: int, baseline: bool = True) -> list[Resul
         try:
             client = await _connect(server.port)
             policy = WorkerPolicy(
-                recovery=RecoveryPolicyConfig(max_concurrent=cap, max_admissions_per_minute=10**9)
+                recovery=RecoveryPolicyConfig(
+                    max_concurrent=cap, max_admissions_per_minute=10**9, retry_budget=1.0
+                )
             )
             worker = build_worker(
                 client,
@@ -306,8 +452,13 @@ async def bench(sizes: list[int], cap: int, baseline: bool = True) -> list[Resul
                     r.baseline_cpu_per_recovery_ms = base_cpu
                     report(r)
                     results.append(r)
-                await client.get_workflow_handle(orchestrator_workflow_id(TASK_QUEUE)).terminate(
-                    "bench over"
+                if sizes:
+                    await client.get_workflow_handle(
+                        orchestrator_workflow_id(TASK_QUEUE)
+                    ).terminate("bench over")
+            if all_fail:
+                report_all_fail(
+                    await run_all_fail(client, target, url, all_fail, fail_cap, observe_s)
                 )
         finally:
             server.stop()
@@ -335,9 +486,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the direct-start baseline (no ratio; halves a 10,000 run's time)",
     )
+    parser.add_argument(
+        "--all-fail", type=int, default=200, help="every-probe-fails scenario size (0: skip)"
+    )
+    parser.add_argument("--fail-cap", type=int, default=20, help="its max_concurrent")
+    parser.add_argument("--observe", type=float, default=20.0, help="seconds to watch the pause")
+    parser.add_argument("--only-all-fail", action="store_true", help="skip the storms")
     args = parser.parse_args(argv)
     sizes = args.n or ([100, 1_000, 10_000] if args.full else [100, 1_000])
-    results = asyncio.run(bench(sizes, args.cap, baseline=not args.no_baseline))
+    if args.only_all_fail:
+        sizes = []
+    results = asyncio.run(
+        bench(
+            sizes,
+            args.cap,
+            baseline=not args.no_baseline,
+            all_fail=args.all_fail,
+            observe_s=args.observe,
+            fail_cap=args.fail_cap,
+        )
+    )
     bad = [r for r in results if r.out_of_order or max(r.peak_probe, r.peak_recorded) > r.cap]
     return 1 if bad else 0
 

@@ -15,6 +15,17 @@ back when the recovery closes in any way:
   recovery someone started outside the queue, by the ``await_recovery_end`` activity,
   which long-polls the server for the workflow's close and heartbeats meanwhile.
 
+Waiting for a person holds no slot. An admitted recovery that begins waiting for approval
+signals ``recovery_waiting``: its slot is freed at once and it is listed as awaiting
+approval (it still runs, and its close is still watched: it then just leaves the list).
+Approved, it signals ``recovery_resuming`` and is queued again with its original arrival;
+on admission it gets ``slot_granted`` instead of a new child (the rule is documented in
+:mod:`antifragile.orchestrator_logic`).
+
+Retry budget. Recoveries report every attempt (``attempt_finished``); above the budget,
+new admissions pause while running recoveries go on. Runs recorded before this rule
+(no ``attempt-retry-budget`` patch marker) keep counting finished recoveries on replay.
+
 Continue-as-new. When the server suggests it or the run's history reaches
 ``max_history_events``, the run waits for in-flight child starts and handlers, then
 continues as new carrying the queue, the running set, the rate window and the budget.
@@ -38,9 +49,13 @@ with workflow.unsafe.imports_passed_through():
         QUERY_QUEUE,
         SA_KIND,
         SA_STATE,
+        SIGNAL_ATTEMPT_FINISHED,
         SIGNAL_JOIN,
+        SIGNAL_RECOVERY_RESUMING,
+        SIGNAL_RECOVERY_WAITING,
         SIGNAL_REQUEST_RECOVERIES,
         SIGNAL_REQUEST_RECOVERY,
+        SIGNAL_SLOT_GRANTED,
         STATE_ACTIVE,
         STATE_PAUSED,
         STATE_THROTTLED,
@@ -51,6 +66,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from antifragile.models.orchestrator import (
         AdmissionRecord,
+        AttemptFinished,
+        AwaitingView,
         EnqueueBatch,
         EnqueueRecovery,
         EnqueueResult,
@@ -58,14 +75,18 @@ with workflow.unsafe.imports_passed_through():
         OrchestratorInput,
         OrchestratorLimits,
         QueueChangeResult,
+        QueueQuery,
         QueueView,
         RecoveryFinished,
         RecoveryOutcome,
+        RecoveryResuming,
+        RecoveryWaiting,
         RemoveRecovery,
         Reprioritise,
         RequestState,
         RunningRecovery,
         RunningView,
+        SlotGranted,
         WaitingRecovery,
         WaitingView,
         WatchedRecovery,
@@ -88,6 +109,8 @@ with workflow.unsafe.imports_passed_through():
     from antifragile.recovery_client import recovery_details, recovery_summary
     from workflows.recovery import RecoveryWorkflow
 
+ATTEMPT_BUDGET_PATCH = "attempt-retry-budget"
+"""Runs with this patch marker count attempts for the retry budget (older: recoveries)."""
 MAX_WAITING_VIEW = 200
 """Waiting requests the ``queue`` query lists (the total is always given)."""
 WATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
@@ -115,12 +138,15 @@ class RecoveryOrchestratorWorkflow:
         self._published_state = ""
         self._last = Admissions()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Recoveries this run started and awaits as children: service -> admission index.
+        self._children: dict[str, int] = {}
 
     # --- run -------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, data: OrchestratorInput) -> None:
         """Admit requests forever; continues as new before the history grows large."""
+        self._use_attempt_budget()
         limits = await workflow.execute_activity(
             "load_orchestrator_limits",
             LoadLimitsInput(),
@@ -130,14 +156,17 @@ class RecoveryOrchestratorWorkflow:
             summary="load limits from the worker policy",
         )
         self._core.set_limits(limits)
-        for running in list(self._core.running.values()):
-            self._carry_watch(running)
+        for watched in self._tracked():
+            self._carry_watch(watched)
         self._spawn(self._reconcile())
         while True:
             self._dirty = False
             now = workflow.now()
             decided = self._core.next_admissions(now)
             for entry, record in zip(decided.admit, decided.records, strict=True):
+                if entry.resumed:
+                    self._grant(entry.service)
+                    continue
                 self._starting_services.add(entry.service)
                 self._spawn(self._run_child(entry, record))
             self._last = decided
@@ -176,15 +205,18 @@ class RecoveryOrchestratorWorkflow:
             # ends, and learns of the request's priority like any duplicate would.
             self._starting_services.discard(service)
             self._forward_join(request)
-            self._carry_watch(self._core.running[service])
+            self._carry_watch(_watched(self._core.running[service]))
             return
         self._core.started(service, handle.first_execution_run_id)
         self._starting_services.discard(service)
+        self._children[service] = record.index
         try:
             await handle
             outcome, detail = RecoveryOutcome.SUCCEEDED, ""
         except ChildWorkflowError as err:
             outcome, detail = outcome_of_failure(err.cause)
+        if self._children.get(service) == record.index:
+            del self._children[service]
         self._finish(
             RecoveryFinished(service=service, outcome=outcome, detail=detail, index=record.index)
         )
@@ -196,7 +228,7 @@ class RecoveryOrchestratorWorkflow:
         them as children, so one activity long-polls them all and reports closes.
         """
         while True:
-            watched = [w for w in self._carried.values() if w.service in self._core.running]
+            watched = [w for w in self._carried.values() if self._core.tracks(w.service)]
             self._carried = {w.service: w for w in watched}
             if not watched:
                 return
@@ -214,16 +246,27 @@ class RecoveryOrchestratorWorkflow:
                 self._carried.pop(finished.service, None)
                 self._finish(finished)
 
-    def _carry_watch(self, running: RunningRecovery) -> None:
+    def _carry_watch(self, watched: WatchedRecovery) -> None:
         start = not self._carried
-        self._carried[running.service] = WatchedRecovery(
-            service=running.service,
-            workflow_id=running.workflow_id,
-            run_id=running.run_id,
-            index=running.index,
-        )
+        self._carried[watched.service] = watched
         if start:
             self._spawn(self._watch_carried())
+
+    def _tracked(self) -> list[WatchedRecovery]:
+        """Every recovery whose close this orchestrator must notice (slot or not)."""
+        return [
+            WatchedRecovery(service=service, workflow_id=wid, run_id=run_id, index=index)
+            for service, wid, run_id, index in self._core.tracked()
+        ]
+
+    def _ensure_watched(self, service: str) -> None:
+        """Watch ``service``'s recovery unless this run awaits it as a child already."""
+        if service in self._children or service in self._carried:
+            return
+        for watched in self._tracked():
+            if watched.service == service:
+                self._carry_watch(watched)
+                return
 
     async def _reconcile(self) -> None:
         """Safety net: every ``reconcile_interval_s`` ask the server which have closed.
@@ -236,13 +279,7 @@ class RecoveryOrchestratorWorkflow:
                 timedelta(seconds=self._core.limits.reconcile_interval_s),
                 summary="reconcile running recoveries",
             )
-            watched = [
-                WatchedRecovery(
-                    service=r.service, workflow_id=r.workflow_id, run_id=r.run_id, index=r.index
-                )
-                for r in self._core.running.values()
-                if r.service not in self._starting_services
-            ]
+            watched = [w for w in self._tracked() if w.service not in self._starting_services]
             if not watched:
                 continue
             result = await workflow.execute_activity(
@@ -288,6 +325,32 @@ class RecoveryOrchestratorWorkflow:
             workflow.logger.info("join for %s not delivered: %s", request.service, err)
         finally:
             self._forwarding -= 1
+
+    def _grant(self, service: str) -> None:
+        """Give a resumed recovery its slot back (a signal; nothing new starts)."""
+        self._forwarding += 1
+        self._spawn(self._send_grant(service))
+        self._ensure_watched(service)
+
+    async def _send_grant(self, service: str) -> None:
+        running = self._core.running.get(service)
+        try:
+            if running is None:
+                return
+            await workflow.get_external_workflow_handle(running.workflow_id).signal(
+                SIGNAL_SLOT_GRANTED,
+                SlotGranted(admitted_at=running.admitted_at, running=len(self._core.running)),
+            )
+        except FailureError as err:
+            # It closed meanwhile: its close report (child or watch) returns the slot.
+            workflow.logger.info("slot_granted for %s not delivered: %s", service, err)
+        finally:
+            self._forwarding -= 1
+
+    def _use_attempt_budget(self) -> bool:
+        """True in runs that count attempts for the retry budget (see the module doc)."""
+        self._core.count_attempts = workflow.patched(ATTEMPT_BUDGET_PATCH)
+        return self._core.count_attempts
 
     # --- continue-as-new -------------------------------------------------------------
 
@@ -343,6 +406,18 @@ class RecoveryOrchestratorWorkflow:
             lines.append(f"Next: {nxt.service} (priority {nxt.priority})")
         if self._last.reason:
             lines.append(f"Why waiting: {self._last.reason}")
+        elif core.queue and len(core.running) >= core.limits.max_concurrent:
+            lines.append("Why waiting: all slots busy: " + ", ".join(sorted(core.running)[:10]))
+        if core.awaiting:
+            names = ", ".join(sorted(core.awaiting)[:10])
+            more = f" and {len(core.awaiting) - 10} more" if len(core.awaiting) > 10 else ""
+            lines.append(f"Awaiting approval (no slot held): {names}{more}")
+        if core.count_attempts and core.budget_samples:
+            lines.append(
+                f"Retry budget: {core.budget_failed} of {len(core.budget_samples)} attempts "
+                f"failed in the last {core.limits.budget_window_s:g}s "
+                f"(limit {core.limits.retry_budget:.0%})"
+            )
         workflow.set_current_details("\n\n".join(lines))
 
     # --- messages --------------------------------------------------------------------
@@ -380,8 +455,44 @@ class RecoveryOrchestratorWorkflow:
             if request.priority < running.priority:
                 running.priority = request.priority
                 self._forward_join(request)
+        elif (
+            result.state is RequestState.AWAITING_APPROVAL
+            or (result.state is RequestState.MERGED and self._core.tracks(request.service))
+        ) and request.priority < (result.previous_priority or 0):
+            # Its recovery runs (without a slot): it learns of the more urgent priority.
+            self._forward_join(request)
         self._dirty = True
         return result
+
+    @workflow.signal(name=SIGNAL_RECOVERY_WAITING)
+    def recovery_waiting(self, data: RecoveryWaiting) -> None:
+        """A recovery waits for a person: its slot is free at once; it is listed as such."""
+        freed = self._core.recovery_waiting(
+            data.service, data.workflow_id, data.reason, workflow.now()
+        )
+        workflow.logger.info(
+            "%s awaits approval (%s)%s", data.service, data.reason or "-", ": slot freed" * freed
+        )
+        self._ensure_watched(data.service)
+        self._dirty = True
+
+    @workflow.signal(name=SIGNAL_RECOVERY_RESUMING)
+    def recovery_resuming(self, data: RecoveryResuming) -> None:
+        """An approved recovery needs a slot again: queued with its original arrival."""
+        if self._core.recovery_resuming(
+            data.service, data.workflow_id, data.priority, workflow.now()
+        ):
+            self._grant(data.service)  # it still held its slot
+        else:
+            self._ensure_watched(data.service)
+        self._dirty = True
+
+    @workflow.signal(name=SIGNAL_ATTEMPT_FINISHED)
+    def attempt_finished(self, data: AttemptFinished) -> None:
+        """One attempt of a recovery ended: a sample of the fleet-wide retry budget."""
+        if self._use_attempt_budget():
+            self._core.attempt_finished(data.succeeded, workflow.now())
+            self._dirty = True
 
     @workflow.update(name=UPDATE_REPRIORITISE)
     def reprioritise(self, data: Reprioritise) -> QueueChangeResult:
@@ -404,11 +515,11 @@ class RecoveryOrchestratorWorkflow:
 
     @remove.validator
     def _validate_remove(self, data: RemoveRecovery) -> None:
-        self._core.check_waiting(data.service)
+        self._core.check_removable(data.service)
 
     @workflow.query(name=QUERY_QUEUE)
-    def queue(self) -> QueueView:
-        """Running and waiting recoveries, positions, and why admissions wait."""
+    def queue(self, data: QueueQuery | None = None) -> QueueView:
+        """Running, waiting and awaiting-approval recoveries, and why admissions wait."""
         core = self._core
         now = workflow.now()
         now_ms = to_ms(now)
@@ -423,6 +534,7 @@ class RecoveryOrchestratorWorkflow:
                 admitted_at=r.admitted_at,
                 running_s=(now - r.admitted_at).total_seconds(),
                 waited_s=(r.admitted_at - r.enqueued_at).total_seconds(),
+                resumed=r.resumed,
             )
             for r in sorted(core.running.values(), key=lambda r: r.admitted_at)
         ]
@@ -439,8 +551,19 @@ class RecoveryOrchestratorWorkflow:
                 merges=e.merges,
                 requested_by=e.request.requested_by,
                 reason=e.request.reason,
+                resumed=e.resumed,
             )
             for i, e in enumerate(core.queue.ordered(MAX_WAITING_VIEW), start=1)
+        ]
+        awaiting = [
+            AwaitingView(
+                service=a.service,
+                workflow_id=a.workflow_id,
+                priority=a.priority,
+                since=a.since,
+                reason=a.reason,
+            )
+            for a in sorted(core.awaiting.values(), key=lambda a: a.since)
         ]
         return QueueView(
             running=running,
@@ -456,4 +579,18 @@ class RecoveryOrchestratorWorkflow:
             recent_admissions=list(core.recent_admissions),
             runs=core.runs,
             history_length=workflow.info().get_current_history_length(),
+            awaiting_approval=awaiting,
+            as_of=now,
+            throttle_reason=core.throttle_reason,
+            budget=core.budget_view() if core.count_attempts else None,
+            lookup=core.where(data.service) if data is not None and data.service else None,
         )
+
+
+def _watched(running: RunningRecovery) -> WatchedRecovery:
+    return WatchedRecovery(
+        service=running.service,
+        workflow_id=running.workflow_id,
+        run_id=running.run_id,
+        index=running.index,
+    )

@@ -43,6 +43,7 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
+from antifragile.orchestrator_logic import format_duration, why_waiting
 from antifragile.recovery_client import orchestrator_queue, request_recovery, running_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
@@ -452,19 +453,51 @@ def _url(settings: Settings) -> str:
 def _describe_request(result: EnqueueResult) -> str:
     service = f"[bold]{result.service}[/bold]"
     if result.state is RequestState.JOINED:
-        return f"{service} is already recovering: joined it (priority {result.priority})"
-    if result.state is RequestState.RUNNING:
-        return f"{service} already holds a recovery slot (priority {result.priority})"
-    if result.state is RequestState.ACCEPTED:
+        line = f"{service} is already recovering: joined it" + _join_detail(result)
+    elif result.state is RequestState.RUNNING:
+        line = f"{service} already holds a recovery slot: joined it" + _join_detail(result)
+    elif result.state is RequestState.AWAITING_APPROVAL:
+        line = (
+            f"{service}'s recovery waits for a person (no slot held): joined it"
+            + _join_detail(result)
+            + f"\n  approve it with `antifragile recovery approve {result.service} --by NAME`"
+        )
+    elif result.state is RequestState.ACCEPTED:
         return f"{service} handed to the busy orchestrator (priority {result.priority})"
-    verb = "queued" if result.state is RequestState.QUEUED else "merged into its waiting request"
-    line = (
-        f"{service} {verb}: position {result.position} of {result.waiting}, priority "
-        f"{result.priority}; running {result.running}/{result.max_concurrent}"
-    )
-    if result.paused_reason:
+    else:
+        verb = (
+            "queued" if result.state is RequestState.QUEUED else "merged into its waiting request"
+        )
+        line = (
+            f"{service} {verb}: position {result.position} of {result.waiting}, priority "
+            f"{result.priority}; running {result.running}/{result.max_concurrent}"
+        )
+        if result.state is RequestState.MERGED:
+            line += _ignored_lines(result)
+    if result.paused_reason and result.state in (RequestState.QUEUED, RequestState.MERGED):
         line += f"\n  admissions wait: {result.paused_reason}"
     return line
+
+
+def _join_detail(result: EnqueueResult) -> str:
+    """What a joining request kept (priority) and what it ignored (other settings)."""
+    previous = result.previous_priority
+    if previous is None or previous == result.priority:
+        kept = f" (priority {result.priority})"
+    else:
+        kept = f" (priority {result.priority}, was {previous})"
+    return kept + _ignored_lines(result)
+
+
+def _ignored_lines(result: EnqueueResult) -> str:
+    if not result.ignored:
+        return ""
+    parts = [f"{i.setting} {i.requested} (it keeps {i.kept})" for i in result.ignored]
+    return (
+        "\n  ignored, one recovery per service keeps its own settings: "
+        + "; ".join(parts)
+        + "\n  to change them, cancel it and start again"
+    )
 
 
 def _print_status(status: RecoveryStatus, settings: Settings, json_out: bool) -> None:
@@ -476,14 +509,73 @@ def _print_status(status: RecoveryStatus, settings: Settings, json_out: bool) ->
 
 @app.command("status")
 def status(service: str, json_out: JsonFlag = False) -> None:
-    """Show SERVICE's recovery: state, attempts, next attempt, decisions."""
+    """Show SERVICE's recovery: state, attempts, next attempt, decisions (or its place in
+    the queue while it waits for a slot)."""
     settings = load_settings()
 
     async def _go() -> None:
         client = await connect(settings, runtime=cli_runtime())
-        _print_status(await _status(await _handle(client, service)), settings, json_out)
+        handle = client.get_workflow_handle(recovery_workflow_id(service))
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            desc = None
+        if desc is None or desc.status != WorkflowExecutionStatus.RUNNING:
+            # Not running: it may be waiting in the queue for a slot (a new run).
+            view = await _queue_view(client, settings, service)
+            if view is not None and view.lookup is not None and view.lookup.state == "waiting":
+                _print_queued(view, service, json_out)
+                return
+        if desc is None:
+            fail(f"no recovery found for service {service!r}")
+        _print_status(await _status(handle), settings, json_out)
 
     run(_go())
+
+
+async def _queue_view(client: Client, settings: Settings, service: str | None) -> QueueView | None:
+    """The orchestrator's queue (with ``service`` looked up); None without an orchestrator."""
+    try:
+        return await orchestrator_queue(client, task_queue=settings.task_queue, service=service)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+def _print_queued(view: QueueView, service: str, json_out: bool) -> None:
+    """A service whose request waits for a slot: position, wait so far, why."""
+    where = view.lookup
+    assert where is not None
+    now = datetime.now(UTC)
+    waited = (now - where.since).total_seconds() if where.since else 0.0
+    why = why_waiting(view, now)
+    if json_out:
+        print_json(
+            {
+                "service": service,
+                "state": "QUEUED",
+                "position": where.position,
+                "waiting_total": view.waiting_total,
+                "priority": where.priority,
+                "enqueued_at": where.since.isoformat() if where.since else None,
+                "waited_s": round(waited, 1),
+                "resumed_after_approval": where.resumed,
+                "why_waiting": why,
+            }
+        )
+        return
+    head = Table.grid(padding=(0, 2))
+    head.add_row("service", service)
+    head.add_row("state", "[bold]QUEUED[/bold] (waiting for a recovery slot)")
+    head.add_row("position", f"{where.position} of {view.waiting_total}")
+    head.add_row("priority", str(where.priority))
+    since = f" (since {where.since:%H:%M:%S} UTC)" if where.since else ""
+    head.add_row("waiting for", f"{format_duration(waited)}{since}")
+    head.add_row("why waiting", why or "-")
+    console.print(head)
 
 
 @app.command("list")
@@ -491,7 +583,8 @@ def list_(
     state: Annotated[RecoveryState | None, typer.Option(case_sensitive=False)] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """List recoveries, newest first (optionally only those in STATE)."""
+    """List recoveries, newest first (optionally only those in STATE); requests still
+    waiting in the queue for a slot come first, as QUEUED."""
     settings = load_settings()
     query = 'AfKind="recovery"'
     if state:
@@ -500,6 +593,22 @@ def list_(
     async def _go() -> None:
         client = await connect(settings, runtime=cli_runtime())
         rows: list[dict[str, Any]] = []
+        view = None if state else await _queue_view(client, settings, None)
+        for w in view.waiting if view else []:
+            rows.append(
+                {
+                    "service": w.service,
+                    "state": "QUEUED",
+                    "strategy": None,
+                    "priority": w.priority,
+                    "workflow_status": None,
+                    "started": None,
+                    "enqueued_at": w.enqueued_at.isoformat(),
+                    "position": w.position,
+                    "workflow_id": recovery_workflow_id(w.service),
+                    "run_id": None,
+                }
+            )
         async for wf in client.list_workflows(query, limit=500):
             sa = wf.search_attributes
             rows.append(
@@ -521,6 +630,16 @@ def list_(
         for col in ("service", "state", "strategy", "priority", "started", "workflow"):
             table.add_column(col)
         for r in rows:
+            if r["state"] == "QUEUED":
+                table.add_row(
+                    str(r["service"]),
+                    f"QUEUED #{r['position']}",
+                    "-",
+                    str(r["priority"]),
+                    "-",
+                    f"waiting since {r['enqueued_at'][11:19]}",
+                )
+                continue
             table.add_row(
                 str(r["service"]),
                 str(r["state"]),
@@ -529,6 +648,9 @@ def list_(
                 r["started"][:19],
                 str(r["workflow_status"]),
             )
+        if view is not None and view.waiting_total > len(view.waiting):
+            more = view.waiting_total - len(view.waiting)
+            table.caption = f"… and {more} more queued (antifragile recovery queue)"
         console.print(table)
 
     run(_go())
@@ -637,35 +759,44 @@ def queue(json_out: JsonFlag = False) -> None:
                 fail("no recovery orchestrator yet: `antifragile recovery start` creates it")
             raise
         if json_out:
-            print_json(view)
+            now = datetime.now(UTC)
+            print_json(
+                {
+                    **view.model_dump(mode="json"),
+                    "read_at": now,
+                    "why_waiting": why_waiting(view, now),
+                }
+            )
         else:
             render_queue(view)
 
     run(_go())
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def render_queue(view: QueueView) -> None:
-    """Print the orchestrator's queue as rich tables."""
+def render_queue(view: QueueView, now: datetime | None = None) -> None:
+    """Print the orchestrator's queue as rich tables; durations are computed at ``now``
+    (default: the moment of printing) from the view's timestamps."""
+    now = now or datetime.now(UTC)
     head = Table.grid(padding=(0, 2))
     state = "PAUSED" if view.paused else ("THROTTLED" if view.pause_reason else "ACTIVE")
     head.add_row("state", f"[bold]{state}[/bold]")
     head.add_row("running", f"{len(view.running)} of {view.max_concurrent} slots")
     head.add_row("waiting", str(view.waiting_total))
-    head.add_row("why waiting", view.pause_reason or "-")
+    head.add_row("awaiting approval", f"{len(view.awaiting_approval)} (no slot held)")
+    head.add_row("why waiting", why_waiting(view, now) or "-")
+    limits = view.limits
     head.add_row(
         "limits",
-        f"{view.limits.max_admissions_per_minute}/min admissions, retry budget "
-        f"{view.limits.retry_budget:.0%}, aging 1 level per {_ago(view.limits.aging_interval_s)}",
+        f"{limits.max_admissions_per_minute}/min admissions, retry budget "
+        f"{limits.retry_budget:.0%} of attempts over {format_duration(limits.budget_window_s)}"
+        f", aging 1 level per {format_duration(limits.aging_interval_s)}",
     )
+    if view.budget is not None:
+        head.add_row(
+            "retry budget",
+            f"{view.budget.failed} of {view.budget.attempts} attempts failed in the window"
+            f" (pauses above {limits.retry_budget:.0%} once {view.budget.min_samples} made)",
+        )
     finished = ", ".join(f"{k} {v}" for k, v in sorted(view.finished.items())) or "none"
     head.add_row("admitted", f"{view.admitted_total} (finished: {finished})")
     console.print(head)
@@ -674,7 +805,11 @@ def render_queue(view: QueueView) -> None:
         table.add_column(col)
     for r in view.running:
         table.add_row(
-            r.service, str(r.priority), _ago(r.running_s), _ago(r.waited_s), r.workflow_id
+            r.service + (" (resumed)" if r.resumed else ""),
+            str(r.priority),
+            format_duration((now - r.admitted_at).total_seconds()),
+            format_duration((r.admitted_at - r.enqueued_at).total_seconds()),
+            r.workflow_id,
         )
     console.print(table)
     table = Table(title="waiting", title_justify="left")
@@ -683,13 +818,25 @@ def render_queue(view: QueueView) -> None:
     for w in view.waiting:
         table.add_row(
             str(w.position),
-            w.service,
+            w.service + (" (approved, resuming)" if w.resumed else ""),
             str(w.priority),
             f"{w.effective_priority:g}",
-            _ago(w.waited_s),
+            format_duration((now - w.enqueued_at).total_seconds()),
             w.requested_by or "-",
             w.reason or "-",
         )
     console.print(table)
     if view.waiting_total > len(view.waiting):
         console.print(f"… and {view.waiting_total - len(view.waiting)} more waiting")
+    table = Table(title="awaiting approval (no slot held)", title_justify="left")
+    for col in ("service", "priority", "waiting for a person", "why", "approve with"):
+        table.add_column(col)
+    for a in view.awaiting_approval:
+        table.add_row(
+            a.service,
+            str(a.priority),
+            format_duration((now - a.since).total_seconds()),
+            a.reason or "-",
+            f"antifragile recovery approve {a.service} --by NAME",
+        )
+    console.print(table)

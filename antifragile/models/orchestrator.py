@@ -25,13 +25,13 @@ class OrchestratorLimits(StrictModel):
     Attributes:
         max_concurrent: Recoveries that may run at once (slots). Default 5.
         max_admissions_per_minute: New admissions in any sliding 60 s window. Default 60.
-        retry_budget: Share of failed recoveries in the budget window above which
-            admissions pause. Default 0.1.
-        budget_window_s: How far back the retry budget looks. Default 300.
-        budget_min_samples: Finished recoveries needed before the budget can pause
+        retry_budget: Share of failed attempts (fleet-wide, over the budget window) above
+            which new admissions pause. Default 0.1.
+        budget_window_s: How far back the retry budget looks (sliding). Default 300.
+        budget_min_samples: Attempts needed in the window before the budget can pause
             anything, so one early failure does not stop the fleet. Default 10.
-        budget_cooldown_s: How long admissions pause when the budget is exceeded.
-            Default 60.
+        budget_cooldown_s: Only for orchestrator runs recorded before the attempt budget
+            (they counted finished recoveries and paused for this long). Default 60.
         aging_interval_s: Waiting this long is worth one priority level (0: no aging).
             Default 600.
         reconcile_interval_s: How often the orchestrator asks the server which of its
@@ -66,6 +66,9 @@ class WaitingRecovery(StrictModel):
         seq: Arrival number; ties of rank are first come, first served.
         enqueued_at: When it first arrived (workflow time); aging counts from here.
         merges: How many later requests were merged into this one.
+        resumed: True for a recovery that already runs and was approved after waiting for
+            a person: its admission signals ``slot_granted`` instead of starting a child.
+        resume_index: Admission number of that recovery (0: unknown to this orchestrator).
     """
 
     request: RecoveryRequest
@@ -73,6 +76,8 @@ class WaitingRecovery(StrictModel):
     seq: int
     enqueued_at: datetime
     merges: int = 0
+    resumed: bool = False
+    resume_index: int = 0
 
     @property
     def service(self) -> str:
@@ -93,6 +98,9 @@ class RunningRecovery(StrictModel):
         seq: Arrival number of its request.
         enqueued_at: When its request arrived.
         admitted_at: When it got its slot.
+        request: The request it runs (None in runs recorded before it was kept); a later
+            request for the same service is compared with it.
+        resumed: True when the slot was granted to a recovery resuming after approval.
     """
 
     service: str
@@ -103,6 +111,40 @@ class RunningRecovery(StrictModel):
     seq: int
     enqueued_at: datetime
     admitted_at: datetime
+    request: RecoveryRequest | None = None
+    resumed: bool = False
+
+
+class AwaitingRecovery(StrictModel):
+    """A recovery that waits for a person: it still runs, and holds no slot.
+
+    Attributes:
+        service: The service being recovered.
+        workflow_id: ``recovery-{service}``.
+        run_id: First run id of the recovery, when known.
+        index: Admission number it held its slot under (0: not admitted by this
+            orchestrator); a close report about it names this number.
+        priority: Its priority; on approval it is queued again at it.
+        seq: Arrival number of its first request: on approval it goes ahead of every
+            request of the same priority that arrived after it.
+        enqueued_at: When its first request arrived.
+        admitted_at: When it last got a slot (None: never by this orchestrator).
+        since: When it began waiting for a person.
+        reason: Why it waits (from the recovery).
+        request: The request it runs, when known.
+    """
+
+    service: str
+    workflow_id: str
+    run_id: str | None = None
+    index: int = 0
+    priority: int
+    seq: int
+    enqueued_at: datetime
+    admitted_at: datetime | None = None
+    since: datetime
+    reason: str = ""
+    request: RecoveryRequest | None = None
 
 
 class RecoveryOutcome(StrEnum):
@@ -138,7 +180,8 @@ class RecoveryOutcome(StrEnum):
 
 
 class BudgetSample(StrictModel):
-    """One finished recovery, as the retry budget remembers it."""
+    """One attempt (or, in runs recorded before the attempt budget, one finished
+    recovery), as the retry budget remembers it."""
 
     at_ms: int
     failed: bool
@@ -177,6 +220,7 @@ class OrchestratorCarry(StrictModel):
     Attributes:
         waiting: The queue, in admission order.
         running: Recoveries holding a slot; the next run watches them to the end.
+        awaiting: Recoveries waiting for a person (no slot); watched to the end too.
         admission_times_ms: Admissions of the last minute (rate limit).
         budget_samples: Finished recoveries in the budget window (retry budget).
         budget_reset_ms: Samples before this instant no longer count (set when a pause
@@ -192,6 +236,7 @@ class OrchestratorCarry(StrictModel):
 
     waiting: list[WaitingRecovery] = Field(default_factory=list)
     running: list[RunningRecovery] = Field(default_factory=list)
+    awaiting: list[AwaitingRecovery] = Field(default_factory=list)
     admission_times_ms: list[int] = Field(default_factory=list)
     budget_samples: list[BudgetSample] = Field(default_factory=list)
     budget_reset_ms: int = 0
@@ -255,6 +300,23 @@ class RequestState(StrEnum):
     """A recovery of the service was already running outside the queue; it was joined."""
     ACCEPTED = "accepted"
     """Handed to the orchestrator as a signal (storms, the bridge); position not known."""
+    AWAITING_APPROVAL = "awaiting_approval"
+    """The service's recovery waits for a person (it holds no slot); the request joined it."""
+
+
+class IgnoredSetting(StrictModel):
+    """A setting of a request that joined (or merged into) an existing recovery and was
+    not applied: the existing recovery keeps its own.
+
+    Attributes:
+        setting: Which setting (e.g. ``strategy``, ``probe``, ``max_attempts``).
+        requested: The value the request asked for.
+        kept: The value the existing recovery keeps.
+    """
+
+    setting: str
+    requested: str
+    kept: str
 
 
 class EnqueueResult(StrictModel):
@@ -269,6 +331,10 @@ class EnqueueResult(StrictModel):
         running: Recoveries holding a slot.
         max_concurrent: Slots.
         paused_reason: Why admissions are paused or throttled, if they are.
+        previous_priority: For a request that joined or merged: the priority the
+            existing recovery (or request) had before (None otherwise).
+        ignored: For a request that joined or merged: its settings that differ from the
+            existing recovery's, which keeps its own (one recovery per service).
     """
 
     service: str
@@ -279,6 +345,8 @@ class EnqueueResult(StrictModel):
     running: int = 0
     max_concurrent: int = 0
     paused_reason: str = ""
+    previous_priority: int | None = None
+    ignored: list[IgnoredSetting] = Field(default_factory=list)
 
 
 class Reprioritise(StrictModel):
@@ -314,8 +382,23 @@ class QueueChangeResult(StrictModel):
 # --- query ----------------------------------------------------------------------------
 
 
+class QueueQuery(StrictModel):
+    """Optional argument of the ``queue`` query.
+
+    Attributes:
+        service: Also report where this service stands (``QueueView.lookup``), however
+            long the queue is.
+    """
+
+    service: str | None = None
+
+
 class RunningView(StrictModel):
-    """A running recovery as the ``queue`` query shows it."""
+    """A running recovery as the ``queue`` query shows it.
+
+    ``running_s`` and ``waited_s`` are as of ``QueueView.as_of`` (the orchestrator's last
+    workflow task); readers compute durations from the timestamps at read time.
+    """
 
     service: str
     workflow_id: str
@@ -325,6 +408,61 @@ class RunningView(StrictModel):
     admitted_at: datetime
     running_s: float
     waited_s: float
+    resumed: bool = False
+
+
+class AwaitingView(StrictModel):
+    """A recovery waiting for a person, as the ``queue`` query shows it (no slot held).
+
+    Attributes:
+        since: When it began waiting for a person.
+        reason: Why it waits.
+    """
+
+    service: str
+    workflow_id: str
+    priority: int
+    since: datetime
+    reason: str = ""
+
+
+class BudgetView(StrictModel):
+    """The retry budget as of the query.
+
+    Attributes:
+        failed: Failed attempts in the window.
+        attempts: Attempts in the window.
+        window_s: The sliding window.
+        retry_budget: The limit (failed share above which new admissions pause).
+        min_samples: Attempts needed before the budget can pause anything.
+    """
+
+    failed: int
+    attempts: int
+    window_s: float
+    retry_budget: float
+    min_samples: int
+
+
+class ServiceInQueue(StrictModel):
+    """Where one service stands in the orchestrator (``QueueView.lookup``).
+
+    Attributes:
+        service: The service.
+        state: ``waiting``, ``running``, ``awaiting_approval`` or ``unknown``.
+        position: 1-based place in the queue while waiting (0 otherwise).
+        priority: Its priority (0 when unknown).
+        since: When it arrived (waiting), got its slot (running) or began waiting for a
+            person (awaiting_approval).
+        resumed: Waiting again for a slot after approval.
+    """
+
+    service: str
+    state: str
+    position: int = 0
+    priority: int = 0
+    since: datetime | None = None
+    resumed: bool = False
 
 
 class WaitingView(StrictModel):
@@ -344,6 +482,7 @@ class WaitingView(StrictModel):
     merges: int
     requested_by: str
     reason: str
+    resumed: bool = False
 
 
 class QueueView(StrictModel):
@@ -363,6 +502,12 @@ class QueueView(StrictModel):
         recent_admissions: The most recent admissions, oldest first.
         runs: Runs of the orchestrator (continue-as-new count + 1).
         history_length: Events in the current run's history.
+        awaiting_approval: Recoveries waiting for a person; they hold no slot.
+        as_of: The orchestrator's time of this answer (its last workflow task); durations
+            in the view are as of then, readers compute their own from the timestamps.
+        throttle_reason: Why admissions wait for the rate limit ("" when they do not).
+        budget: The retry budget's window as of ``as_of``.
+        lookup: Where ``QueueQuery.service`` stands, when asked.
     """
 
     running: list[RunningView]
@@ -378,6 +523,11 @@ class QueueView(StrictModel):
     recent_admissions: list[AdmissionRecord]
     runs: int
     history_length: int
+    awaiting_approval: list[AwaitingView] = Field(default_factory=list)
+    as_of: datetime | None = None
+    throttle_reason: str = ""
+    budget: BudgetView | None = None
+    lookup: ServiceInQueue | None = None
 
 
 # --- activities -----------------------------------------------------------------------

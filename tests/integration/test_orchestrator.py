@@ -127,7 +127,9 @@ async def test_fifty_recoveries_with_a_cap_of_three_run_three_at_most_in_priorit
     priorities = {name: rng.randint(0, 9) for name in names}
     orchestrator_id = f"recovery-orchestrator-{prefix}"
     services = Services(temporal_client, orchestrator_id, names)
-    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=3))
+    # Every recovery fails its first attempt by design (half of all attempts): the retry
+    # budget would rightly pause admissions; it is not what this test measures.
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=3, retry_budget=1.0))
     async with start_worker(temporal_client, task_queue, policy=policy):
         for name in names:
             await request_recovery(
@@ -408,3 +410,70 @@ async def test_a_storm_from_hundreds_of_processes_reaches_the_orchestrator_throu
     # Not one per request: 23-25 on the development machine; an intake forwards again
     # for what arrived during its last forward, so a slower machine sees a few more.
     assert signals <= len(names) // 4
+
+
+async def test_the_cli_tells_the_truth_about_queued_services_and_joins(
+    dev_server: Any, temporal_client: Client, start_worker: Any, task_queue: str
+) -> None:
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
+    probe = f"tcp://127.0.0.1:{free_port()}"
+    slow = ["--initial-delay", "10m", "--max-delay", "10m"]
+    cli = [dev_server.port, task_queue, "recovery"]
+    async with start_worker(temporal_client, task_queue, policy=policy):
+        try:
+            for short in ("a", "b"):
+                code, out, err = await _cli(
+                    *cli, "start", f"{prefix}-{short}", "--probe", probe, *slow
+                )
+                assert code == 0, err
+            await wait_view(
+                temporal_client,
+                orchestrator_workflow_id(task_queue),
+                lambda v: v.waiting_total == 1,
+            )
+            # A queued service is known to `status` (exit 0, with its place and why)...
+            code, out, err = await _cli(*cli, "status", f"{prefix}-b", "--json")
+            assert code == 0, err
+            shown = json.loads(out)
+            assert (shown["state"], shown["position"]) == ("QUEUED", 1)
+            assert shown["why_waiting"].startswith(f"all 1 slots busy: {prefix}-a")
+            code, out, err = await _cli(*cli, "status", f"{prefix}-b")
+            assert code == 0 and "QUEUED" in out and "position" in out, err
+            # ... and to `list`.
+            code, out, err = await _cli(*cli, "list", "--json")
+            assert code == 0, err
+            rows = {r["service"]: r for r in json.loads(out)}
+            assert rows[f"{prefix}-b"]["state"] == "QUEUED"
+            assert rows[f"{prefix}-a"]["state"] != "QUEUED"
+            # Durations are computed when the queue is read, not when it last changed.
+            await asyncio.sleep(3)
+            code, out, err = await _cli(*cli, "queue")
+            assert code == 0, err
+            [row] = [line for line in out.splitlines() if f"{prefix}-a " in line and "│" in line]
+            running_for = row.split("│")[3].strip()
+            assert running_for.endswith("s") and int(running_for[:-1]) >= 3, row
+            assert f"all 1 slots busy: {prefix}-a" in " ".join(out.split())
+            # A request that joins the running recovery says what it ignored.
+            code, out, err = await _cli(
+                *cli, "start", f"{prefix}-a", "--probe", probe, "--strategy", "immediate"
+            )
+            assert code == 0, err
+            flat = " ".join(out.split())
+            assert "joined it" in flat
+            assert "strategy immediate (it keeps exponential_backoff)" in flat
+            code, out, err = await _cli(
+                *cli, "start", f"{prefix}-a", "--probe", probe, *slow, "--json"
+            )
+            assert code == 0, err
+            joined = json.loads(out)
+            assert joined["state"] == "joined" and joined["ignored"] == []
+        finally:
+            for short in ("a", "b"):
+                with contextlib.suppress(RPCError):
+                    await temporal_client.get_workflow_handle(
+                        recovery_workflow_id(f"{prefix}-{short}")
+                    ).terminate("test over")
+            await temporal_client.get_workflow_handle(
+                orchestrator_workflow_id(task_queue)
+            ).terminate("over")

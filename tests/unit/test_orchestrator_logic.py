@@ -11,20 +11,24 @@ import pytest
 from antifragile.constants import INTAKE_SHARDS, intake_shard, intake_workflow_id
 from antifragile.models.orchestrator import (
     OrchestratorLimits,
+    QueueView,
     RecoveryOutcome,
     RequestState,
+    RunningView,
 )
-from antifragile.models.recovery import RecoveryRequest
+from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest, RecoveryStrategy
 from antifragile.orchestrator_logic import (
     PACK_THRESHOLD,
     OrchestratorCore,
     QueueError,
     admission_order_violations,
     effective_priority,
+    ignored_settings,
     pack_input,
     queue_rank,
     to_ms,
     unpack_input,
+    why_waiting,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -300,3 +304,333 @@ def test_a_service_always_goes_to_the_same_intake_shard_in_range() -> None:
     # CRC-32, not Python's salted hash: the same in every process, for ever.
     assert intake_shard("payments-db") == 4
     assert intake_workflow_id("recovery-orchestrator", 7) == "recovery-orchestrator-intake-07"
+
+
+# --- slots follow work, not waiting ---------------------------------------------------
+
+
+def attempt_core(**limits: object) -> OrchestratorCore:
+    c = core(**limits)
+    c.count_attempts = True
+    return c
+
+
+def escalate(c: OrchestratorCore, service: str, now: datetime) -> bool:
+    return c.recovery_waiting(service, f"recovery-{service}", "3 attempts failed", now)
+
+
+def test_a_recovery_waiting_for_a_person_frees_its_slot_at_once() -> None:
+    c = core(max_concurrent=2)
+    for name in ["dead1", "dead2", "live1", "live2"]:
+        c.enqueue(req(name), T0)
+    assert admitted(c, T0) == ["dead1", "dead2"]
+    assert escalate(c, "dead1", at(5)) and escalate(c, "dead2", at(6))
+    assert sorted(c.awaiting) == ["dead1", "dead2"] and c.running == {}
+    assert admitted(c, at(6)) == ["live1", "live2"]
+    assert c.awaiting["dead1"].reason == "3 attempts failed"
+    assert c.where("dead1").state == "awaiting_approval"
+
+
+def test_a_repeated_waiting_report_frees_nothing_more() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("a"), T0)
+    c.enqueue(req("b"), T0)
+    admitted(c, T0)
+    assert escalate(c, "a", at(1))
+    assert admitted(c, at(1)) == ["b"]
+    assert not escalate(c, "a", at(2)), "a duplicate must not free b's slot"
+    assert list(c.running) == ["b"]
+
+
+def test_a_close_while_awaiting_approval_leaves_the_list_without_freeing_a_slot() -> None:
+    c = core(max_concurrent=1)
+    for name in ["a", "b", "c"]:
+        c.enqueue(req(name), T0)
+    admitted(c, T0)
+    index = c.running["a"].index
+    escalate(c, "a", at(1))
+    assert admitted(c, at(1)) == ["b"]
+    # It recovered by itself (or was rejected): the close is reported with its index.
+    assert c.finish("a", RecoveryOutcome.SUCCEEDED, at(2), index)
+    assert "a" not in c.awaiting and list(c.running) == ["b"]
+    assert admitted(c, at(2)) == [], "b still holds the only slot"
+    assert not c.finish("a", RecoveryOutcome.SUCCEEDED, at(3), index), "reported once"
+    assert c.finished == {"succeeded": 1}
+
+
+def test_an_approved_recovery_goes_ahead_of_later_requests_of_the_same_priority() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("old", 2), T0)
+    admitted(c, T0)
+    escalate(c, "old", at(1))
+    for name in ["x", "y"]:
+        c.enqueue(req(name, 2), at(2))
+    c.enqueue(req("urgent", 1), at(2))
+    assert admitted(c, at(2)) == ["urgent"]
+    assert not c.recovery_resuming("old", "recovery-old", 2, at(3))
+    assert [e.service for e in c.queue.ordered()] == ["old", "x", "y"]
+    assert c.where("old").position == 1 and c.where("old").resumed
+    c.finish("urgent", RecoveryOutcome.SUCCEEDED, at(4))
+    decided = c.next_admissions(at(4))
+    assert [e.service for e in decided.admit] == ["old"] and decided.admit[0].resumed
+    running = c.running["old"]
+    assert running.resumed and running.seq == 1 and running.index == 1, "keeps its identity"
+    # Its original child reports its close under the original admission number.
+    assert c.finish("old", RecoveryOutcome.SUCCEEDED, at(5), 1)
+    assert admitted(c, at(5)) == ["x"]
+
+
+def test_a_resumed_recovery_keeps_its_rank_with_aging_too() -> None:
+    c = core(max_concurrent=1, aging_interval_s=600)
+    c.enqueue(req("old", 3), T0)
+    admitted(c, T0)
+    escalate(c, "old", at(1))
+    c.enqueue(req("later", 3), at(100))
+    c.recovery_resuming("old", "recovery-old", 3, at(200))
+    assert [e.service for e in c.queue.ordered()] == ["old", "later"]
+
+
+def test_a_resumed_recovery_waits_for_a_slot_but_not_for_a_budget_pause_or_the_rate() -> None:
+    c = attempt_core(
+        max_concurrent=2, budget_min_samples=2, retry_budget=0.5, max_admissions_per_minute=2
+    )
+    c.enqueue(req("a"), T0)
+    c.enqueue(req("b"), T0)
+    admitted(c, T0)
+    escalate(c, "a", at(1))
+    c.enqueue(req("new"), at(1))
+    for _ in range(2):
+        c.attempt_finished(False, at(1))
+    decided = c.next_admissions(at(1))
+    assert decided.paused and decided.admit == []
+    c.recovery_resuming("a", "recovery-a", 1, at(2))
+    decided = c.next_admissions(at(2))
+    assert decided.paused and [e.service for e in decided.admit] == ["a"]
+    assert "new" in c.queue, "new admissions stay paused"
+    # Slots are a hard cap even for approved recoveries.
+    c.enqueue(req("c"), at(2))
+    c.finish("a", RecoveryOutcome.SUCCEEDED, at(3))
+    escalate(c, "b", at(3))
+    c.recovery_resuming("b", "recovery-b", 1, at(3))
+    assert [e.service for e in c.next_admissions(at(3)).admit] == ["b"]
+
+
+def test_resuming_while_still_holding_the_slot_is_granted_at_once() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("a"), T0)
+    admitted(c, T0)
+    assert c.recovery_resuming("a", "recovery-a", 1, at(1))
+    assert list(c.running) == ["a"] and len(c.queue) == 0
+
+
+def test_a_resumed_recovery_cannot_be_dropped_from_the_queue_but_can_be_reprioritised() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("a"), T0)
+    c.enqueue(req("b"), T0)
+    admitted(c, T0)
+    escalate(c, "a", at(1))
+    admitted(c, at(1))
+    c.recovery_resuming("a", "recovery-a", 1, at(2))
+    with pytest.raises(QueueError, match="cancel it"):
+        c.remove("a")
+    assert c.reprioritise("a", 0).position == 1
+    # It is cancelled meanwhile: its close takes it out of the queue.
+    assert c.finish("a", RecoveryOutcome.CANCELLED, at(3), 1)
+    assert len(c.queue) == 0
+
+
+def test_a_request_for_a_service_awaiting_approval_joins_it_and_keeps_the_urgent_priority() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("a", 4), T0)
+    admitted(c, T0)
+    escalate(c, "a", at(1))
+    other = RecoveryRequest(
+        service="a", priority=2, probe="tcp://127.0.0.1:9", strategy=RecoveryStrategy.IMMEDIATE
+    )
+    result = c.enqueue(other, at(2))
+    assert result.state is RequestState.AWAITING_APPROVAL and result.priority == 2
+    assert result.previous_priority == 4 and len(c.queue) == 0
+    assert [(i.setting, i.requested, i.kept) for i in result.ignored] == [
+        ("strategy", "immediate", "exponential_backoff")
+    ]
+    c.recovery_resuming("a", "recovery-a", 4, at(3))
+    assert c.queue.get("a").priority == 2  # type: ignore[union-attr]
+
+
+def test_an_unknown_recovery_waiting_for_a_person_is_listed_and_tracked() -> None:
+    c = core()
+    assert not escalate(c, "stray", T0)
+    assert "stray" in c.awaiting and c.tracks("stray")
+    c.recovery_resuming("stray", "recovery-stray", 3, at(1))
+    entry = c.queue.get("stray")
+    assert entry is not None and entry.resumed and entry.priority == 3
+    assert [row[0] for row in c.tracked()] == ["stray"]
+
+
+def test_the_carry_keeps_recoveries_awaiting_approval_and_resumed_ones() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("a"), T0)
+    c.enqueue(req("b"), T0)
+    admitted(c, T0)
+    escalate(c, "a", at(1))
+    admitted(c, at(1))
+    escalate(c, "b", at(2))
+    c.recovery_resuming("b", "recovery-b", 1, at(3))
+    restored = OrchestratorCore.restore(unpack_input(pack_input(c.carry(), c.limits)), c.limits)
+    assert list(restored.awaiting) == ["a"]
+    entry = restored.queue.get("b")
+    assert entry is not None and entry.resumed and entry.resume_index == 2
+    assert [e.service for e in restored.queue.resumed()] == ["b"]
+
+
+# --- the retry budget counts attempts -------------------------------------------------
+
+
+def test_failed_attempts_above_the_budget_pause_new_admissions_and_say_until_when() -> None:
+    c = attempt_core(max_concurrent=10, retry_budget=0.5, budget_min_samples=4, budget_window_s=60)
+    for i in range(4):
+        c.attempt_finished(i == 0, at(i))  # 3 of 4 failed
+    c.enqueue(req("a"), at(10))
+    decided = c.next_admissions(at(10))
+    assert decided.paused and decided.admit == []
+    # Leaving the window (a sample at t counts up to t + 60 s): at 60.001 s the success
+    # of 0 s leaves; 3 of 3 failed, but fewer than the minimum of 4: the pause ends then.
+    assert decided.wake_at_ms == to_ms(at(60)) + 1
+    assert "3 of 4 attempts failed" in decided.reason and "until 00:01:00 UTC" in decided.reason
+    assert c.next_admissions(at(60)).paused
+    assert [e.service for e in c.next_admissions(at(60.001)).admit] == ["a"]
+
+
+def test_the_pause_lasts_until_enough_failures_leave_the_window() -> None:
+    c = attempt_core(max_concurrent=10, retry_budget=0.5, budget_min_samples=2, budget_window_s=60)
+    for i, ok in enumerate([True, False, False, False, True]):
+        c.attempt_finished(ok, at(i))  # 3 of 5 failed
+    c.enqueue(req("a"), at(10))
+    # 0 s leaves: 3 of 4 (over); 1 s leaves: 2 of 3 (over); 2 s leaves: 1 of 2 (= 50%, within).
+    assert c.next_admissions(at(10)).wake_at_ms == to_ms(at(62)) + 1
+    assert c.next_admissions(at(62)).paused
+    assert not c.next_admissions(at(62.001)).paused
+
+
+def test_successes_bring_the_ratio_down_and_admissions_resume_before_the_window_ends() -> None:
+    c = attempt_core(max_concurrent=10, retry_budget=0.5, budget_min_samples=2)
+    c.attempt_finished(False, T0)
+    c.attempt_finished(False, at(1))
+    c.enqueue(req("a"), at(2))
+    assert c.next_admissions(at(2)).paused
+    c.attempt_finished(True, at(3))
+    assert c.next_admissions(at(3)).paused, "2 of 3 is still above 50%"
+    c.attempt_finished(True, at(4))
+    decided = c.next_admissions(at(4))
+    assert not decided.paused and [e.service for e in decided.admit] == ["a"]
+    assert c.pause_reason == ""
+
+
+def test_the_budget_threshold_is_compared_exactly() -> None:
+    c = attempt_core(retry_budget=0.1, budget_min_samples=10)
+    assert not c.over_budget(1, 10), "exactly 10% is within a 10% budget"
+    assert c.over_budget(2, 19)
+    assert not c.over_budget(9, 9 - 1), "fewer attempts than the minimum never pause"
+
+
+def test_attempts_are_not_counted_by_runs_recorded_before_the_attempt_budget() -> None:
+    c = core(max_concurrent=10, budget_min_samples=1, retry_budget=0.1)
+    c.attempt_finished(False, T0)
+    assert len(c.budget_samples) == 0
+    c2 = attempt_core(max_concurrent=10, budget_min_samples=1, retry_budget=0.1)
+    c2.enqueue(req("a"), T0)
+    admitted(c2, T0)
+    c2.finish("a", RecoveryOutcome.FAILED, at(1))
+    assert len(c2.budget_samples) == 0, "the attempt budget does not count closes"
+
+
+# --- a joining request says what it kept and what it ignored -------------------------
+
+
+def test_a_merge_and_a_join_report_the_settings_that_were_not_applied() -> None:
+    c = core(max_concurrent=1)
+    c.enqueue(req("run"), T0)
+    admitted(c, T0)
+    c.enqueue(req("wait", 3), T0)
+    different = RecoveryRequest(
+        service="wait",
+        priority=1,
+        probe="tcp://127.0.0.1:10",
+        strategy=RecoveryStrategy.IMMEDIATE,
+        policy=RecoveryPolicy(max_retry_attempts=3),
+        action="command:restart",
+    )
+    merged = c.enqueue(different, at(1))
+    assert merged.state is RequestState.MERGED and merged.previous_priority == 3
+    assert {i.setting for i in merged.ignored} == {"strategy", "probe", "max_attempts", "action"}
+    same = c.enqueue(req("run", 0), at(1))
+    assert same.state is RequestState.RUNNING and same.ignored == []
+    assert same.previous_priority == 1 and same.priority == 0
+
+
+def test_ignored_settings_never_show_the_constitutional_hash() -> None:
+    kept = req("a")
+    new = kept.model_copy(update={"constitutional_hash": "f" * 16})
+    [item] = ignored_settings(kept, new)
+    assert item.setting == "constitutional_hash" and "f" * 16 not in item.model_dump_json()
+    assert ignored_settings(None, new) == []
+
+
+# --- the queue tells the truth --------------------------------------------------------
+
+
+def view_of(c: OrchestratorCore, now: datetime, **extra: object) -> QueueView:
+    running = [
+        RunningView(
+            service=r.service,
+            workflow_id=r.workflow_id,
+            run_id=None,
+            priority=r.priority,
+            enqueued_at=r.enqueued_at,
+            admitted_at=r.admitted_at,
+            running_s=0,
+            waited_s=0,
+        )
+        for r in c.running.values()
+    ]
+    fields: dict[str, object] = {
+        "running": running,
+        "waiting": [],
+        "waiting_total": len(c.queue),
+        "max_concurrent": c.limits.max_concurrent,
+        "paused": c.paused,
+        "pause_reason": c.pause_reason or c.throttle_reason,
+        "throttle_reason": c.throttle_reason,
+        "limits": c.limits,
+        "admitted_total": c.admitted_total,
+        "finished": {},
+        "recent_admissions": [],
+        "runs": 1,
+        "history_length": 1,
+    }
+    fields.update(extra)
+    return QueueView.model_validate(fields)
+
+
+def test_why_waiting_names_the_busy_slots_with_times_computed_when_read() -> None:
+    c = core(max_concurrent=2)
+    for name in "abc":
+        c.enqueue(req(name), T0)
+    c.next_admissions(T0)
+    view = view_of(c, T0)
+    assert why_waiting(view, at(30)) == "all 2 slots busy: a (30s), b (30s)"
+    assert why_waiting(view, at(600)) == "all 2 slots busy: a (10m), b (10m)"
+
+
+def test_why_waiting_names_the_rate_limit_and_the_retry_budget() -> None:
+    c = core(max_concurrent=5, max_admissions_per_minute=1)
+    c.enqueue(req("a"), T0)
+    c.enqueue(req("b"), T0)
+    c.next_admissions(T0)
+    assert why_waiting(view_of(c, T0), T0).startswith("admission rate limit: 1 admissions")
+    p = attempt_core(max_concurrent=5, budget_min_samples=1, retry_budget=0.5)
+    p.attempt_finished(False, T0)
+    p.enqueue(req("a"), T0)
+    p.next_admissions(T0)
+    assert why_waiting(view_of(p, T0), T0).startswith("retry budget exceeded: 1 of 1")
+    assert why_waiting(view_of(core(), T0), T0) == "", "nothing waits"

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ import pytest_asyncio
 from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -38,7 +39,12 @@ from antifragile.constants import (
     QUERY_QUEUE,
     SA_STATE,
     SEARCH_ATTRIBUTES,
+    SIGNAL_ATTEMPT_FINISHED,
     SIGNAL_HEALTH_CHANGED,
+    SIGNAL_RECOVERY_RESUMING,
+    SIGNAL_RECOVERY_WAITING,
+    SIGNAL_REQUEST_RECOVERIES,
+    SIGNAL_SLOT_GRANTED,
     UPDATE_REMOVE,
     UPDATE_REPRIORITISE,
     intake_workflow_id,
@@ -46,9 +52,12 @@ from antifragile.constants import (
 )
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.orchestrator import (
+    AttemptFinished,
     OrchestratorLimits,
     QueueChangeResult,
     QueueView,
+    RecoveryResuming,
+    RecoveryWaiting,
     RemoveRecovery,
     Reprioritise,
     RequestState,
@@ -215,10 +224,14 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 OrchestraFactory = Callable[..., Any]
 
 
-def signal_count(history: Any) -> int:
-    """Signals in a fetched history."""
+def signal_count(history: Any, name: str = SIGNAL_REQUEST_RECOVERIES) -> int:
+    """Signals named ``name`` in a fetched history (recoveries also report their attempts
+    to the orchestrator; those are not requests)."""
     return sum(
-        1 for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+        1
+        for e in history.events
+        if e.HasField("workflow_execution_signaled_event_attributes")
+        and e.workflow_execution_signaled_event_attributes.signal_name == name
     )
 
 
@@ -348,33 +361,6 @@ async def test_admission_rate_limit_spreads_admissions_over_minutes(
     assert (times[4] - times[2]).total_seconds() >= 60
 
 
-async def test_retry_budget_pauses_admissions_then_resumes_after_the_cooldown(
-    env: WorkflowEnvironment, orchestra: OrchestraFactory
-) -> None:
-    async with orchestra(
-        max_concurrent=10,
-        retry_budget=0.5,
-        budget_min_samples=3,
-        budget_window_s=600,
-        budget_cooldown_s=300,
-    ) as o:
-        # A wrong constitutional hash fails a recovery at once: three failures of three.
-        for i in range(3):
-            await o.request(f"bad{i}", constitutional_hash="0" * 16)
-        view = await o.wait(lambda v: v.finished.get("failed") == 3 and v.paused)
-        assert "retry budget exceeded: 3 of 3" in view.pause_reason
-        o.fleet.healthy.add(o.name("good"))
-        await o.request("good")
-        await asyncio.sleep(0.5)
-        view = await o.view()
-        assert o.waiting(view) == ["good"] and view.running == []
-        desc = await env.client.get_workflow_handle(o.orchestrator_id).describe()
-        assert desc.typed_search_attributes.get(SA_STATE) == "PAUSED"
-        await env.sleep(timedelta(seconds=301))
-        view = await o.wait(lambda v: v.finished.get("succeeded") == 1)
-        assert not view.paused and view.pause_reason == ""
-
-
 async def test_one_failure_below_the_minimum_sample_does_not_pause(
     orchestra: OrchestraFactory,
 ) -> None:
@@ -471,7 +457,8 @@ async def test_a_slot_comes_back_when_a_recovery_is_terminated_or_cancelled(
 async def test_continue_as_new_keeps_the_queue_and_the_running_set(
     env: WorkflowEnvironment, orchestra: OrchestraFactory
 ) -> None:
-    async with orchestra(max_concurrent=2, max_history_events=60) as o:
+    # Recoveries report their (failing) attempts; the retry budget is not under test here.
+    async with orchestra(max_concurrent=2, max_history_events=60, retry_budget=1.0) as o:
         handle = env.client.get_workflow_handle(o.orchestrator_id)
         await o.request("run0", priority=0)
         await o.request("run1", priority=0)
@@ -528,3 +515,231 @@ async def test_a_burst_of_fire_and_forget_requests_reaches_the_orchestrator_as_a
         history = await env.client.get_workflow_handle(o.orchestrator_id).fetch_history()
         assert 1 <= signal_count(history) <= 2 * INTAKE_SHARDS
         await o.heal("blocker")
+
+
+# --- slots follow work; the attempt retry budget ------------------------------------
+# The orchestrated recovery's side of these messages is RecoveryWorkflow's; here the test
+# plays that side, signalling the orchestrator exactly as a recovery does (by workflow id).
+
+
+async def signal_orchestrator(o: Orchestra, name: str, payload: Any) -> None:
+    await o.client.get_workflow_handle(o.orchestrator_id).signal(name, payload)
+
+
+async def waiting_for_person(o: Orchestra, short: str) -> None:
+    service = o.name(short)
+    await signal_orchestrator(
+        o,
+        SIGNAL_RECOVERY_WAITING,
+        RecoveryWaiting(
+            service=service, workflow_id=recovery_workflow_id(service), reason="3 attempts failed"
+        ),
+    )
+
+
+async def resuming(o: Orchestra, short: str, priority: int = 1) -> None:
+    service = o.name(short)
+    await signal_orchestrator(
+        o,
+        SIGNAL_RECOVERY_RESUMING,
+        RecoveryResuming(
+            service=service, workflow_id=recovery_workflow_id(service), priority=priority
+        ),
+    )
+
+
+async def signals_received(o: Orchestra, short: str, name: str) -> int:
+    history = await o.client.get_workflow_handle(
+        recovery_workflow_id(o.name(short))
+    ).fetch_history()
+    return sum(
+        1
+        for e in history.events
+        if e.HasField("workflow_execution_signaled_event_attributes")
+        and e.workflow_execution_signaled_event_attributes.signal_name == name
+    )
+
+
+async def current_details(o: Orchestra) -> str:
+    metadata = await o.client.get_workflow_handle(o.orchestrator_id).query(
+        "__temporal_workflow_metadata", result_type=WorkflowMetadata
+    )
+    return str(metadata.current_details)
+
+
+def attempt(o: Orchestra, short: str, number: int, ok: bool) -> AttemptFinished:
+    service = o.name(short)
+    return AttemptFinished(
+        service=service,
+        workflow_id=recovery_workflow_id(service),
+        attempt=number,
+        succeeded=ok,
+        at=datetime.now(UTC),
+    )
+
+
+async def wait_for_value(read: Callable[[], Any], want: Any, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await read()) != want:
+        assert asyncio.get_running_loop().time() < deadline, f"{got!r} != {want!r}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_recovery_waiting_for_a_person_gives_its_slot_to_the_next_request(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(max_concurrent=1, aging_interval_s=0) as o:
+        await o.request("stuck", priority=2)
+        await o.wait(lambda v: o.running(v) == ["stuck"])
+        await o.request("next", priority=2)
+        await waiting_for_person(o, "stuck")
+        view = await o.wait(lambda v: o.running(v) == ["next"])
+        assert [o.short(a.service) for a in view.awaiting_approval] == ["stuck"]
+        assert view.awaiting_approval[0].reason == "3 attempts failed"
+        # Approved: it queues again ahead of a later request of the same priority.
+        await o.request("later", priority=2)
+        await resuming(o, "stuck", priority=2)
+        view = await o.wait(lambda v: o.waiting(v) == ["stuck", "later"])
+        assert view.waiting[0].resumed and view.awaiting_approval == []
+        await o.heal("next")
+        view = await o.wait(lambda v: o.running(v) == ["stuck"])
+        assert view.running[0].resumed
+        # Admission of a resumed recovery is a signal to it, not a second recovery.
+        await wait_for_value(lambda: signals_received(o, "stuck", SIGNAL_SLOT_GRANTED), 1)
+        await o.heal("stuck")
+        view = await o.wait(lambda v: o.running(v) == ["later"])
+        await o.heal("later")
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 3)
+    assert max(a.running for a in view.recent_admissions) == 1
+    assert o.admitted(view) == ["stuck", "next", "stuck", "later"]
+
+
+async def test_a_recovery_that_recovers_while_awaiting_approval_leaves_the_list_only(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(max_concurrent=1) as o:
+        await o.request("a")
+        await o.wait(lambda v: o.running(v) == ["a"])
+        await o.request("b")
+        await waiting_for_person(o, "a")
+        await o.wait(lambda v: o.running(v) == ["b"])
+        await o.request("c")
+        await o.heal("a")  # recovered by itself: its close must not free b's slot
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 1)
+        assert view.awaiting_approval == [] and o.running(view) == ["b"]
+        assert o.waiting(view) == ["c"]
+        # A repeated waiting report is harmless too.
+        await waiting_for_person(o, "b")
+        await waiting_for_person(o, "b")
+        view = await o.wait(lambda v: o.running(v) == ["c"])
+        assert [o.short(a.service) for a in view.awaiting_approval] == ["b"]
+
+
+async def test_a_request_for_a_service_awaiting_approval_joins_it_and_holds_no_slot(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(max_concurrent=1) as o:
+        await o.request("a", priority=4)
+        await o.wait(lambda v: o.running(v) == ["a"])
+        await waiting_for_person(o, "a")
+        await o.wait(lambda v: len(v.awaiting_approval) == 1 and v.running == [])
+        # Through the intake (fire-and-forget), as a bridge would ask.
+        accepted = await request_recovery(
+            o.client,
+            RecoveryRequest(service=o.name("a"), priority=2, probe="tcp://127.0.0.1:9"),
+            task_queue=o.queue,
+            orchestrator_id=o.orchestrator_id,
+            want_position=False,
+        )
+        assert accepted.state in (RequestState.ACCEPTED, RequestState.JOINED)
+        await o.request("b")
+        view = await o.wait(lambda v: o.running(v) == ["b"])
+        assert [o.short(a.service) for a in view.awaiting_approval] == ["a"]
+        assert view.waiting_total == 0
+
+
+async def test_failed_attempts_above_the_budget_pause_new_admissions_until_successes(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(
+        max_concurrent=5, retry_budget=0.5, budget_min_samples=4, budget_window_s=600
+    ) as o:
+        o.fleet.healthy.update([o.name("warm"), o.name("new")])
+        await o.request("warm")  # one successful attempt
+        await o.wait(lambda v: v.budget is not None and v.budget.attempts == 1)
+        await o.request("first")  # its first attempt fails; the next is 10 minutes away
+        await o.wait(lambda v: v.budget is not None and v.budget.attempts == 2)
+        assert o.running(await o.view()) == ["first"]
+        for i in (2, 3):
+            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "gone", i, False))
+        view = await o.wait(lambda v: v.paused)
+        assert "3 of 4 attempts failed" in view.pause_reason
+        assert view.paused_until is not None and view.budget is not None
+        assert (view.budget.failed, view.budget.attempts) == (3, 4)
+        await o.request("new")
+        await asyncio.sleep(0.5)
+        view = await o.view()
+        assert o.waiting(view) == ["new"] and o.running(view) == ["first"], "running goes on"
+        details = await current_details(o)
+        assert "retry budget exceeded" in details and "until" in details
+        desc = await o.client.get_workflow_handle(o.orchestrator_id).describe()
+        assert desc.typed_search_attributes.get(SA_STATE) == "PAUSED"
+        # Two successes: 3 of 6 failed, within the 50% budget: admissions resume.
+        for i in (4, 5):
+            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "gone", i, True))
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 2)
+        assert not view.paused and view.pause_reason == ""
+
+
+async def test_the_pause_ends_when_the_failed_attempts_leave_the_window(
+    orchestra: OrchestraFactory,
+) -> None:
+    # Real seconds, not skipped time: skipping time right after another test left its
+    # terminated recoveries behind makes the time-skipping server's sleep time out.
+    async with orchestra(
+        max_concurrent=5, retry_budget=0.5, budget_min_samples=3, budget_window_s=6
+    ) as o:
+        o.fleet.healthy.update([o.name("warm"), o.name("new")])
+        await o.request("warm")  # starts the orchestrator
+        await o.wait(lambda v: v.finished.get("succeeded") == 1)
+        for i in range(3):
+            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "gone", i + 1, False))
+        await o.request("new")
+        view = await o.wait(lambda v: v.paused and v.waiting_total == 1)
+        until = view.paused_until
+        assert until is not None
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 2, timeout=30)
+        assert not view.paused
+    [new] = [a for a in view.recent_admissions if o.short(a.service) == "new"]
+    assert new.admitted_at >= until
+
+
+async def test_recoveries_awaiting_approval_are_carried_across_continue_as_new(
+    orchestra: OrchestraFactory,
+) -> None:
+    async with orchestra(
+        max_concurrent=1, max_history_events=60, aging_interval_s=0, retry_budget=1.0
+    ) as o:
+        await o.request("a", priority=2)
+        await o.wait(lambda v: o.running(v) == ["a"])
+        await o.request("b", priority=1)
+        await waiting_for_person(o, "a")
+        await o.wait(lambda v: o.running(v) == ["b"])
+        shorts = [f"w{i:02d}" for i in range(20)]
+        for short in shorts:
+            await o.request(short, priority=2)
+        view = await o.wait(lambda v: v.runs >= 2 and v.waiting_total == 20)
+        assert [o.short(a.service) for a in view.awaiting_approval] == ["a"]
+        # Resumed in the new run: ahead of every later request of its priority.
+        await resuming(o, "a", priority=2)
+        view = await o.wait(lambda v: o.waiting(v)[:1] == ["a"])
+        await o.heal("b")
+        await o.wait(lambda v: o.running(v) == ["a"])
+        await wait_for_value(lambda: signals_received(o, "a", SIGNAL_SLOT_GRANTED), 1)
+        # Its close is noticed although an earlier run started it: the slot comes back.
+        await o.heal("a")
+        view = await o.wait(lambda v: o.running(v) == ["w00"])
+        assert view.finished.get("succeeded") == 2
+        await o.heal(*shorts)
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 22, timeout=60)
+    assert max(a.running for a in view.recent_admissions) <= 1
