@@ -50,6 +50,17 @@ Retry budget (Google SRE book, ch. 22)
     is when the ratio would drop if no further attempt were reported (old attempts
     leaving the window); every new attempt recomputes it.
 
+    A pause bounds retries, it never stalls the queue (the SRE book's budget throttles
+    retries, never to zero). While it holds, the orchestrator makes *probe admissions*:
+    the highest-ranked waiting request is admitted when no probe admission made during
+    this pause still holds a slot (and a slot is free, and the admission rate allows it),
+    so at most one new recovery at a time runs under a pause. Its attempts count like any
+    others: if they succeed they bring the ratio down and end the pause; if it escalates
+    (its slot is freed) or closes, the next probe admission follows; in an outage where
+    every probe fails, the queue moves one recovery at a time. When the pause ends, the
+    recoveries admitted as probes become ordinary running ones (a later pause makes its
+    own probe admission).
+
     Orchestrator runs recorded before this rule (without the ``attempt-retry-budget``
     patch) counted finished recoveries instead (FAILED and TIMED_OUT failed, SUCCEEDED
     succeeded) and paused for ``budget_cooldown_s``, then forgot the samples; replaying
@@ -229,7 +240,8 @@ class Admissions:
     Attributes:
         admit: Requests to start now, in order (already moved to running).
         records: The admission record of each, in the same order.
-        paused: True while the retry budget holds admissions.
+        paused: True while the retry budget holds admissions (probe admissions, one at a
+            time, may still be in ``admit``).
         reason: Why nothing (more) can be admitted now while requests wait ("" if none).
         wake_at_ms: When to decide again even if nothing happens (None: on events only).
     """
@@ -622,13 +634,21 @@ class OrchestratorCore:
         pause = self._budget_pause(now_ms)
         if pause is not None:
             self._admit_resumed(decided, now, now_ms)
+            wake_at_ms = pause.wake_at_ms
+            if self.count_attempts:
+                rate_wake = self._admit_probe(decided, now, now_ms)
+                if rate_wake is not None and (wake_at_ms is None or rate_wake < wake_at_ms):
+                    wake_at_ms = rate_wake
             return Admissions(
                 decided.admit,
                 decided.records,
                 paused=True,
-                reason=pause.reason,
-                wake_at_ms=pause.wake_at_ms,
+                reason=self.pause_reason,
+                wake_at_ms=wake_at_ms,
             )
+        for running in self.running.values():
+            # The pause is over: its probe admissions are ordinary recoveries now.
+            running.probe = False
         limits = self.limits
         while self.queue and len(self.running) < limits.max_concurrent:
             head = self.queue.peek()
@@ -652,6 +672,41 @@ class OrchestratorCore:
             decided.records.append(self._admit(entry, now, now_ms))
         return decided
 
+    def probe_holder(self) -> RunningRecovery | None:
+        """The probe admission of the current pause that still holds a slot, if any."""
+        for running in self.running.values():
+            if running.probe:
+                return running
+        return None
+
+    def _admit_probe(self, decided: Admissions, now: datetime, now_ms: int) -> int | None:
+        """Under a pause, admit the head of the queue as the pause's probe admission.
+
+        Only when no probe admission of this pause holds a slot, a slot is free and the
+        admission rate allows it. Sets :attr:`pause_reason` to say what the pause does
+        now. Returns when the rate limit lets the next admission in, if it is what holds
+        the probe admission back (None otherwise).
+        """
+        base = self.pause_reason
+        until = f"{from_ms(self.paused_until_ms or 0):%H:%M:%S} UTC"
+        self.pause_reason = (
+            f"{base}; admitting one recovery at a time until {until}, sooner if attempts succeed"
+        )
+        holder = self.probe_holder()
+        if holder is not None:
+            self.pause_reason += f" (probe admission running: {holder.service})"
+            return None
+        head = self.queue.peek()
+        if head is None or head.resumed or len(self.running) >= self.limits.max_concurrent:
+            return None
+        if len(self.admission_times_ms) >= self.limits.max_admissions_per_minute:
+            return self.admission_times_ms[0] + RATE_WINDOW_MS
+        entry = self.queue.pop()
+        decided.admit.append(entry)
+        decided.records.append(self._admit(entry, now, now_ms, probe=True))
+        self.pause_reason += f" (probe admission running: {entry.service})"
+        return None
+
     def _admit_resumed(self, decided: Admissions, now: datetime, now_ms: int) -> None:
         """Admit recoveries resumed after approval while slots are free (in queue order)."""
         for entry in self.queue.resumed():
@@ -661,7 +716,9 @@ class OrchestratorCore:
             decided.admit.append(entry)
             decided.records.append(self._admit(entry, now, now_ms))
 
-    def _admit(self, entry: WaitingRecovery, now: datetime, now_ms: int) -> AdmissionRecord:
+    def _admit(
+        self, entry: WaitingRecovery, now: datetime, now_ms: int, probe: bool = False
+    ) -> AdmissionRecord:
         if not entry.resumed:
             # The rate limit protects the server from a storm of starts; a resumed
             # recovery starts nothing (it gets a signal).
@@ -678,6 +735,7 @@ class OrchestratorCore:
             admitted_at=now,
             request=entry.request,
             resumed=entry.resumed,
+            probe=probe,
         )
         record = AdmissionRecord(
             index=self.admitted_total,
@@ -741,8 +799,7 @@ class OrchestratorCore:
         self.paused_until_ms = until
         self.pause_reason = (
             f"retry budget exceeded: {failed} of {total} attempts failed in the last "
-            f"{limits.budget_window_s:g}s (budget {limits.retry_budget:.0%}); new admissions "
-            f"paused until {from_ms(until):%H:%M:%S} UTC, sooner if attempts succeed"
+            f"{limits.budget_window_s:g}s (budget {limits.retry_budget:.0%})"
         )
         return Admissions(paused=True, reason=self.pause_reason, wake_at_ms=until)
 

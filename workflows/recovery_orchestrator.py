@@ -535,6 +535,7 @@ class RecoveryOrchestratorWorkflow:
                 running_s=(now - r.admitted_at).total_seconds(),
                 waited_s=(r.admitted_at - r.enqueued_at).total_seconds(),
                 resumed=r.resumed,
+                probe=r.probe,
             )
             for r in sorted(core.running.values(), key=lambda r: r.admitted_at)
         ]

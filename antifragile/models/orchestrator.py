@@ -101,6 +101,9 @@ class RunningRecovery(StrictModel):
         request: The request it runs (None in runs recorded before it was kept); a later
             request for the same service is compared with it.
         resumed: True when the slot was granted to a recovery resuming after approval.
+        probe: True for the probe admission of the current retry-budget pause (the one
+            new recovery admitted at a time while the pause holds; see
+            :mod:`antifragile.orchestrator_logic`). Cleared when the pause ends.
     """
 
     service: str
@@ -113,6 +116,7 @@ class RunningRecovery(StrictModel):
     admitted_at: datetime
     request: RecoveryRequest | None = None
     resumed: bool = False
+    probe: bool = False
 
 
 class AwaitingRecovery(StrictModel):
@@ -409,6 +413,8 @@ class RunningView(StrictModel):
     running_s: float
     waited_s: float
     resumed: bool = False
+    probe: bool = False
+    """Admitted as the probe admission of a retry-budget pause (one at a time)."""
 
 
 class AwaitingView(StrictModel):

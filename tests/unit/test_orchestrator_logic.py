@@ -491,14 +491,16 @@ def test_failed_attempts_above_the_budget_pause_new_admissions_and_say_until_whe
     for i in range(4):
         c.attempt_finished(i == 0, at(i))  # 3 of 4 failed
     c.enqueue(req("a"), at(10))
+    c.enqueue(req("b"), at(10))
     decided = c.next_admissions(at(10))
-    assert decided.paused and decided.admit == []
+    assert decided.paused and [e.service for e in decided.admit] == ["a"], "one probe admission"
     # Leaving the window (a sample at t counts up to t + 60 s): at 60.001 s the success
     # of 0 s leaves; 3 of 3 failed, but fewer than the minimum of 4: the pause ends then.
     assert decided.wake_at_ms == to_ms(at(60)) + 1
-    assert "3 of 4 attempts failed" in decided.reason and "until 00:01:00 UTC" in decided.reason
+    assert "3 of 4 attempts failed" in decided.reason
+    assert "admitting one recovery at a time until 00:01:00 UTC" in decided.reason
     assert c.next_admissions(at(60)).paused
-    assert [e.service for e in c.next_admissions(at(60.001)).admit] == ["a"]
+    assert [e.service for e in c.next_admissions(at(60.001)).admit] == ["b"]
 
 
 def test_the_pause_lasts_until_enough_failures_leave_the_window() -> None:
@@ -517,13 +519,17 @@ def test_successes_bring_the_ratio_down_and_admissions_resume_before_the_window_
     c.attempt_finished(False, T0)
     c.attempt_finished(False, at(1))
     c.enqueue(req("a"), at(2))
-    assert c.next_admissions(at(2)).paused
+    c.enqueue(req("b"), at(2))
+    decided = c.next_admissions(at(2))
+    assert decided.paused and [e.service for e in decided.admit] == ["a"]
     c.attempt_finished(True, at(3))
-    assert c.next_admissions(at(3)).paused, "2 of 3 is still above 50%"
+    decided = c.next_admissions(at(3))
+    assert decided.paused and decided.admit == [], "2 of 3 is still above 50%"
     c.attempt_finished(True, at(4))
     decided = c.next_admissions(at(4))
-    assert not decided.paused and [e.service for e in decided.admit] == ["a"]
+    assert not decided.paused and [e.service for e in decided.admit] == ["b"]
     assert c.pause_reason == ""
+    assert not c.running["a"].probe, "after the pause, a probe admission is an ordinary one"
 
 
 def test_the_budget_threshold_is_compared_exactly() -> None:
@@ -542,6 +548,162 @@ def test_attempts_are_not_counted_by_runs_recorded_before_the_attempt_budget() -
     admitted(c2, T0)
     c2.finish("a", RecoveryOutcome.FAILED, at(1))
     assert len(c2.budget_samples) == 0, "the attempt budget does not count closes"
+
+
+# --- a pause bounds retries without stalling the queue: probe admissions ---------------
+
+
+def outage(c: OrchestratorCore, failed: int, ok: int, now: datetime) -> None:
+    """Report ``failed`` failed and ``ok`` succeeded attempts at ``now``."""
+    for i in range(failed + ok):
+        c.attempt_finished(i >= failed, now)
+
+
+def paused_with_queue(**limits: object) -> OrchestratorCore:
+    """Default budget (10%, at least 10 attempts), 3 slots, 6 of 10 attempts failed,
+    requests p1..p4 waiting (priority = their number)."""
+    c = attempt_core(max_concurrent=3, **limits)
+    outage(c, 6, 4, T0)
+    for i in (3, 1, 4, 2):
+        c.enqueue(req(f"p{i}", i), T0)
+    return c
+
+
+def _paused_no_probe(c: OrchestratorCore) -> list[str]:
+    return admitted(c, at(1))
+
+
+def _paused_probe_running(c: OrchestratorCore) -> list[str]:
+    admitted(c, at(1))
+    return admitted(c, at(2))
+
+
+def _probe_escalates(c: OrchestratorCore) -> list[str]:
+    admitted(c, at(1))
+    c.attempt_finished(False, at(2))
+    assert escalate(c, "p1", at(2)), "an escalating probe admission frees its slot"
+    return admitted(c, at(2))
+
+
+def _probe_closes_failed(c: OrchestratorCore) -> list[str]:
+    admitted(c, at(1))
+    c.attempt_finished(False, at(2))
+    c.finish("p1", RecoveryOutcome.FAILED, at(2))
+    return admitted(c, at(2))
+
+
+def _probe_succeeds_but_ratio_still_over(c: OrchestratorCore) -> list[str]:
+    admitted(c, at(1))
+    c.attempt_finished(True, at(2))  # 6 of 11: still over 10%
+    c.finish("p1", RecoveryOutcome.SUCCEEDED, at(2))
+    return admitted(c, at(2))
+
+
+def _ratio_drops(c: OrchestratorCore) -> list[str]:
+    admitted(c, at(1))
+    outage(c, 0, 50, at(2))  # 6 of 60 = 10%: not above the budget
+    return admitted(c, at(2))
+
+
+def _slots_full(c: OrchestratorCore) -> list[str]:
+    c.set_limits(c.limits.model_copy(update={"max_concurrent": 0}))
+    return admitted(c, at(1))
+
+
+def _rate_limit_full(c: OrchestratorCore) -> list[str]:
+    c.set_limits(c.limits.model_copy(update={"max_admissions_per_minute": 1}))
+    c.admission_times_ms.append(to_ms(at(0.5)))
+    decided = c.next_admissions(at(1))
+    assert decided.wake_at_ms == to_ms(at(60.5)), "wakes when the rate allows a probe"
+    return [e.service for e in decided.admit]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected", "still_paused"),
+    [
+        (_paused_no_probe, ["p1"], True),
+        (_paused_probe_running, [], True),
+        (_probe_escalates, ["p2"], True),
+        (_probe_closes_failed, ["p2"], True),
+        (_probe_succeeds_but_ratio_still_over, ["p2"], True),
+        (_ratio_drops, ["p2", "p3"], False),
+        (_slots_full, [], True),
+        (_rate_limit_full, [], True),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+)
+def test_a_pause_admits_one_recovery_at_a_time(
+    scenario: object, expected: list[str], still_paused: bool
+) -> None:
+    c = paused_with_queue()
+    assert callable(scenario)
+    assert scenario(c) == expected
+    assert c.paused is still_paused
+    probes = [r.service for r in c.running.values() if r.probe]
+    assert len(probes) <= 1, "never more than one probe admission of a pause holds a slot"
+    if not still_paused:
+        assert probes == [] and c.pause_reason == ""
+
+
+@pytest.mark.parametrize(
+    ("failed", "ok", "paused", "admits"),
+    [
+        (9, 0, False, 3),  # 9 attempts: fewer than the minimum of 10, whatever failed
+        (10, 0, True, 1),  # exactly the minimum: counted
+        (1, 9, False, 3),  # exactly 10%: at the budget is not above it
+        (2, 9, True, 1),  # 2 of 11 = 18%
+        (2, 18, False, 3),  # 2 of 20 = 10% again
+        (3, 26, True, 1),  # 3 of 29 = 10.3%
+    ],
+)
+def test_the_pause_threshold_and_minimum_are_compared_exactly(
+    failed: int, ok: int, paused: bool, admits: int
+) -> None:
+    c = attempt_core(max_concurrent=3)
+    outage(c, failed, ok, T0)
+    for name in "abcd":
+        c.enqueue(req(name), T0)
+    decided = c.next_admissions(T0)
+    assert decided.paused is paused and len(decided.admit) == admits
+
+
+def test_an_outage_where_every_probe_fails_moves_one_recovery_at_a_time() -> None:
+    c = attempt_core(max_concurrent=5, max_admissions_per_minute=1_000)
+    outage(c, 10, 0, T0)
+    for i in range(20):
+        c.enqueue(req(f"s{i:02d}", i), T0)
+    order: list[str] = []
+    for step in range(20):
+        now = at(1 + step)
+        decided = c.next_admissions(now)
+        assert decided.paused and len(decided.admit) == 1 and len(c.running) == 1
+        service = decided.admit[0].service
+        order.append(service)
+        for _ in range(3):
+            c.attempt_finished(False, now)
+        escalate(c, service, now)
+    assert order == [f"s{i:02d}" for i in range(20)], "in priority order"
+    assert "admitting one recovery at a time" in c.pause_reason
+
+
+def test_a_new_pause_makes_its_own_probe_admission() -> None:
+    c = paused_with_queue()
+    assert admitted(c, at(1)) == ["p1"]
+    outage(c, 0, 50, at(2))
+    assert admitted(c, at(2)) == ["p2", "p3"], "pause over: p1 holds an ordinary slot"
+    outage(c, 60, 0, at(3))
+    c.finish("p2", RecoveryOutcome.SUCCEEDED, at(3))
+    assert admitted(c, at(3)) == ["p4"], "p1 was the last pause's probe, not this one's"
+    assert [r.service for r in c.running.values() if r.probe] == ["p4"]
+
+
+def test_the_probe_admission_is_carried_across_continue_as_new() -> None:
+    c = paused_with_queue()
+    admitted(c, at(1))
+    restored = OrchestratorCore.restore(c.carry(), c.limits)
+    restored.count_attempts = True
+    assert restored.running["p1"].probe
+    assert admitted(restored, at(2)) == [], "the carried probe admission still holds its slot"
 
 
 # --- a joining request says what it kept and what it ignored -------------------------
@@ -631,6 +793,10 @@ def test_why_waiting_names_the_rate_limit_and_the_retry_budget() -> None:
     p = attempt_core(max_concurrent=5, budget_min_samples=1, retry_budget=0.5)
     p.attempt_finished(False, T0)
     p.enqueue(req("a"), T0)
+    p.enqueue(req("b"), T0)
     p.next_admissions(T0)
-    assert why_waiting(view_of(p, T0), T0).startswith("retry budget exceeded: 1 of 1")
+    shown = why_waiting(view_of(p, T0), T0)
+    assert shown.startswith("retry budget exceeded: 1 of 1")
+    assert "admitting one recovery at a time until" in shown
+    assert shown.endswith("(probe admission running: a)")
     assert why_waiting(view_of(core(), T0), T0) == "", "nothing waits"
