@@ -23,7 +23,8 @@ on admission it gets ``slot_granted`` instead of a new child (the rule is docume
 :mod:`antifragile.orchestrator_logic`).
 
 Retry budget. Recoveries report every attempt (``attempt_finished``); above the budget,
-new admissions pause while running recoveries go on. Runs recorded before this rule
+new admissions pause while running recoveries go on, except one probe admission at a time
+(the queue keeps moving, slowly, and the probe's attempts can end the pause). Runs recorded before this rule
 (no ``attempt-retry-budget`` patch marker) keep counting finished recoveries on replay.
 
 Continue-as-new. When the server suggests it or the run's history reaches
@@ -406,6 +407,8 @@ class RecoveryOrchestratorWorkflow:
             lines.append(f"Next: {nxt.service} (priority {nxt.priority})")
         if self._last.reason:
             lines.append(f"Why waiting: {self._last.reason}")
+        elif core.paused:
+            lines.append(f"Retry budget pause: {core.pause_reason}")
         elif core.queue and len(core.running) >= core.limits.max_concurrent:
             lines.append("Why waiting: all slots busy: " + ", ".join(sorted(core.running)[:10]))
         if core.awaiting:

@@ -784,6 +784,9 @@ def render_queue(view: QueueView, now: datetime | None = None) -> None:
     head.add_row("waiting", str(view.waiting_total))
     head.add_row("awaiting approval", f"{len(view.awaiting_approval)} (no slot held)")
     head.add_row("why waiting", why_waiting(view, now) or "-")
+    if view.paused and not view.waiting_total:
+        # Nothing waits, but the pause still governs the next request: say so.
+        head.add_row("retry budget pause", view.pause_reason)
     limits = view.limits
     head.add_row(
         "limits",
@@ -805,7 +808,9 @@ def render_queue(view: QueueView, now: datetime | None = None) -> None:
         table.add_column(col)
     for r in view.running:
         table.add_row(
-            r.service + (" (resumed)" if r.resumed else ""),
+            r.service
+            + (" (resumed)" if r.resumed else "")
+            + (" (probe admission)" if r.probe else ""),
             str(r.priority),
             format_duration((now - r.admitted_at).total_seconds()),
             format_duration((r.admitted_at - r.enqueued_at).total_seconds()),

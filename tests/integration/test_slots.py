@@ -7,9 +7,11 @@ arrive together (one batch, as a bridge in a storm sends them) with shuffled pri
 all succeed within a minute, admitted in priority order, never more than two running, while
 the two escalated ones still wait for approval and hold no slot.
 
-The retry budget is not what this scenario tests: six of its sixteen attempts fail by
-design, above the default 10% budget, which would (rightly) pause the ten. Its policy sets
-``retry_budget: 1.0`` (never exceeded); the budget has its own tests.
+The retry budget is left at its default (10% of at least 10 attempts over 5 minutes): six
+of the first ten attempts fail by design, so after four of the live ones succeed the
+budget pauses new admissions. The pause bounds retries without stalling the queue: it
+admits one recovery at a time (a probe admission), so the rest still recover within the
+minute, in priority order, and the pause still holds at the end (6 of 16 failed).
 """
 
 from __future__ import annotations
@@ -65,15 +67,23 @@ async def cli(port: int, task_queue: str, *args: str) -> tuple[int, str, str]:
 
 
 async def until(
-    client: Client, task_queue: str, check: Any, timeout: float, peaks: list[int]
+    client: Client,
+    task_queue: str,
+    check: Any,
+    timeout: float,
+    peaks: list[int],
+    probes: list[int] | None = None,
 ) -> QueueView:
-    """Poll the queue until ``check(view)``; record the running count seen each time."""
+    """Poll the queue until ``check(view)``; record the running count (and the number of
+    probe admissions running) seen each time."""
     deadline = asyncio.get_running_loop().time() + timeout
     view: QueueView | None = None
     while True:
         with contextlib.suppress(RPCError):
             view = await orchestrator_queue(client, task_queue=task_queue)
             peaks.append(len(view.running))
+            if probes is not None and view.paused:
+                probes.append(sum(r.probe for r in view.running))
             if check(view):
                 return view
         if asyncio.get_running_loop().time() > deadline:
@@ -93,8 +103,10 @@ async def test_escalated_recoveries_hold_no_slot_and_the_rest_of_the_fleet_recov
     listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     up = f"tcp://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
     down = f"tcp://127.0.0.1:{free_port()}"
-    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=2, retry_budget=1.0))
+    policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=2))
+    assert policy.recovery.retry_budget == 0.1, "the default budget is what this scenario tests"
     peaks: list[int] = []
+    probes: list[int] = []
     orchestrator_id = orchestrator_workflow_id(task_queue)
     run = (dev_server.port, task_queue)
     async with start_worker(temporal_client, task_queue, policy=policy):
@@ -145,6 +157,7 @@ async def test_escalated_recoveries_hold_no_slot_and_the_rest_of_the_fleet_recov
                 lambda v: v.finished.get("succeeded", 0) >= len(live),
                 timeout=60,
                 peaks=peaks,
+                probes=probes,
             )
             took = asyncio.get_running_loop().time() - started
             assert took < 60
@@ -160,6 +173,11 @@ async def test_escalated_recoveries_hold_no_slot_and_the_rest_of_the_fleet_recov
             assert admission_order_violations(view.recent_admissions) == 0
             assert max(r.running for r in view.recent_admissions) <= 2
             assert max(peaks) <= 2
+            # The budget did pause (6 of 16 attempts failed) and it admitted one at a time.
+            assert view.paused and view.budget is not None
+            assert (view.budget.failed, view.budget.attempts) == (6, 16)
+            assert "admitting one recovery at a time" in view.pause_reason
+            assert max(probes, default=0) <= 1
 
             # The escalated ones still wait for a person, and hold no slot.
             code, out, err = await cli(*run, "recovery", "queue", "--json")
@@ -170,6 +188,7 @@ async def test_escalated_recoveries_hold_no_slot_and_the_rest_of_the_fleet_recov
             code, out, err = await cli(*run, "recovery", "queue")
             assert code == 0, err
             assert "awaiting approval" in out and all(s in out for s in dead)
+            assert "retry budget exceeded" in out, out
             for service in dead:
                 status = await temporal_client.get_workflow_handle(
                     recovery_workflow_id(service)

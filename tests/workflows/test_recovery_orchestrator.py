@@ -664,7 +664,7 @@ async def test_failed_attempts_above_the_budget_pause_new_admissions_until_succe
     async with orchestra(
         max_concurrent=5, retry_budget=0.5, budget_min_samples=4, budget_window_s=600
     ) as o:
-        o.fleet.healthy.update([o.name("warm"), o.name("new")])
+        o.fleet.healthy.update([o.name("warm"), o.name("n1"), o.name("n2")])
         await o.request("warm")  # one successful attempt
         await o.wait(lambda v: v.budget is not None and v.budget.attempts == 1)
         await o.request("first")  # its first attempt fails; the next is 10 minutes away
@@ -676,19 +676,43 @@ async def test_failed_attempts_above_the_budget_pause_new_admissions_until_succe
         assert "3 of 4 attempts failed" in view.pause_reason
         assert view.paused_until is not None and view.budget is not None
         assert (view.budget.failed, view.budget.attempts) == (3, 4)
-        await o.request("new")
-        await asyncio.sleep(0.5)
-        view = await o.view()
-        assert o.waiting(view) == ["new"] and o.running(view) == ["first"], "running goes on"
-        details = await current_details(o)
-        assert "retry budget exceeded" in details and "until" in details
         desc = await o.client.get_workflow_handle(o.orchestrator_id).describe()
         assert desc.typed_search_attributes.get(SA_STATE) == "PAUSED"
-        # Two successes: 3 of 6 failed, within the 50% budget: admissions resume.
-        for i in (4, 5):
-            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "gone", i, True))
-        view = await o.wait(lambda v: v.finished.get("succeeded") == 2)
-        assert not view.paused and view.pause_reason == ""
+        await o.wait(lambda v: v.budget is not None and v.budget.attempts == 4)
+
+        # Under the pause, one new recovery at a time (a probe admission). Its first
+        # attempt fails too and it backs off, holding its slot: the next waits although
+        # three slots are free.
+        await o.request("p1", priority=2)
+        await o.request("p2", priority=1)
+        view = await o.wait(lambda v: v.budget is not None and v.budget.attempts == 5)
+        await asyncio.sleep(0.5)
+        view = await o.view()
+        assert o.running(view) == ["first", "p1"] and o.waiting(view) == ["p2"], "running goes on"
+        assert [o.short(r.service) for r in view.running if r.probe] == ["p1"]
+        assert "admitting one recovery at a time until" in view.pause_reason
+        assert view.pause_reason.endswith(f"(probe admission running: {o.name('p1')})")
+        details = await current_details(o)
+        assert "retry budget exceeded" in details and "admitting one recovery at a time" in details
+
+        # The probe admission escalates (waits for a person, frees its slot): the next
+        # one is admitted, still one at a time.
+        await waiting_for_person(o, "p1")
+        view = await o.wait(lambda v: o.running(v) == ["first", "p2"])
+        assert view.paused and [o.short(r.service) for r in view.running if r.probe] == ["p2"]
+        await o.wait(lambda v: v.budget is not None and v.budget.attempts == 6)  # 5 of 6 failed
+
+        # Successes bring the ratio down: 5 of 10 failed, within the 50% budget, and
+        # admissions are normal again (both new ones at once).
+        for i in range(4):
+            await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "back", i + 1, True))
+        view = await o.wait(lambda v: not v.paused)
+        assert view.pause_reason == "" and not any(r.probe for r in view.running)
+        await o.request("n1")
+        await o.request("n2")
+        view = await o.wait(lambda v: v.finished.get("succeeded") == 3)
+        assert not view.paused
+        assert o.admitted(view) == ["warm", "first", "p1", "p2", "n1", "n2"]
 
 
 async def test_the_pause_ends_when_the_failed_attempts_leave_the_window(
@@ -704,8 +728,17 @@ async def test_the_pause_ends_when_the_failed_attempts_leave_the_window(
         await o.wait(lambda v: v.finished.get("succeeded") == 1)
         for i in range(3):
             await signal_orchestrator(o, SIGNAL_ATTEMPT_FINISHED, attempt(o, "gone", i + 1, False))
+        await o.wait(lambda v: v.paused)
+        # The pause's probe admission: its attempt fails and it backs off for 10 minutes,
+        # holding its slot, so "new" waits for the failures to leave the window.
+        await o.request("blocker")
         await o.request("new")
-        view = await o.wait(lambda v: v.paused and v.waiting_total == 1)
+        view = await o.wait(
+            lambda v: (
+                v.paused and v.waiting_total == 1 and v.budget is not None and v.budget.attempts == 5
+            )
+        )
+        assert o.running(view) == ["blocker"]
         until = view.paused_until
         assert until is not None
         view = await o.wait(lambda v: v.finished.get("succeeded") == 2, timeout=30)
