@@ -27,8 +27,10 @@ recovery fails its first attempt by design: 50% of attempts fail). A second scen
 ``--all-fail N`` (default 200; 0 skips it), keeps the default budget (10% of attempts
 over 5 minutes, at least 10 attempts) and makes every probe fail: each recovery makes 3
 attempts, then waits for a person (holding no slot). It prints the attempts made before
-the orchestrator paused new admissions, and the admissions (and attempts of recoveries
-already running) during the pause.
+the orchestrator paused new admissions, and during the pause the admissions (one at a
+time: probe admissions, each waiting for the previous one to escalate), the peak of
+recoveries running and of probe admissions running at once (at most 1), and the attempts
+of recoveries running.
 """
 
 from __future__ import annotations
@@ -297,6 +299,9 @@ class AllFail:
     admissions_during: int = 0
     attempts_during: int = 0
     probes_during: int = 0
+    peak_running_during: int = 0
+    peak_probe_admissions: int = 0
+    running_at_end: int = 0
     awaiting_at_end: int = 0
     still_paused: bool = False
 
@@ -354,9 +359,17 @@ async def run_all_fail(
             hits_at_pause = target.dead_hits
             pause_started = time.perf_counter()
             while time.perf_counter() - pause_started < observe_s:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.25)
                 with contextlib.suppress(RPCError):
                     view = await orchestrator_queue(client, task_queue=FAIL_QUEUE)
+                    if view.paused:
+                        result.peak_running_during = max(
+                            result.peak_running_during, len(view.running)
+                        )
+                        result.peak_probe_admissions = max(
+                            result.peak_probe_admissions, sum(r.probe for r in view.running)
+                        )
+            result.running_at_end = len(view.running)
             result.observed_s = time.perf_counter() - pause_started
             result.admissions_during = view.admitted_total - result.admitted_before
             result.probes_during = target.dead_hits - hits_at_pause
@@ -394,7 +407,13 @@ def report_all_fail(r: AllFail) -> None:
     )
     print(f"  pause reason: {r.reason}")
     during = f"{r.admissions_during:8d}  (in {r.observed_s:.0f} s)"
-    print(f"  admissions during the pause               {during}")
+    print(f"  admissions during the pause (1 at a time) {during}")
+    print(
+        f"  peak running during the pause             {r.peak_running_during:8d}"
+        "  (includes those admitted before it)"
+    )
+    print(f"  peak probe admissions running at once     {r.peak_probe_admissions:8d}")
+    print(f"  running at the end                        {r.running_at_end:8d}")
     print(f"  attempts during the pause (running ones)  {r.attempts_during:8d}")
     print(f"  probes during the pause (incl. watch)     {r.probes_during:8d}")
     print(f"  awaiting approval at the end (no slot)    {r.awaiting_at_end:8d}")
