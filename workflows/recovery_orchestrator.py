@@ -24,8 +24,9 @@ on admission it gets ``slot_granted`` instead of a new child (the rule is docume
 
 Retry budget. Recoveries report every attempt (``attempt_finished``); above the budget,
 new admissions pause while running recoveries go on, except one probe admission at a time
-(the queue keeps moving, slowly, and the probe's attempts can end the pause). Runs recorded before this rule
-(no ``attempt-retry-budget`` patch marker) keep counting finished recoveries on replay.
+(the queue keeps moving, slowly, and the probe's attempts can end the pause). Runs
+recorded before this rule (no ``attempt-retry-budget`` patch marker) keep counting
+finished recoveries on replay.
 
 Continue-as-new. When the server suggests it or the run's history reaches
 ``max_history_events``, the run waits for in-flight child starts and handlers, then

@@ -26,7 +26,8 @@ class OrchestratorLimits(StrictModel):
         max_concurrent: Recoveries that may run at once (slots). Default 5.
         max_admissions_per_minute: New admissions in any sliding 60 s window. Default 60.
         retry_budget: Share of failed attempts (fleet-wide, over the budget window) above
-            which new admissions pause. Default 0.1.
+            which new admissions pause: then one new recovery at a time is admitted (a
+            probe admission). Default 0.1.
         budget_window_s: How far back the retry budget looks (sliding). Default 300.
         budget_min_samples: Attempts needed in the window before the budget can pause
             anything, so one early failure does not stop the fleet. Default 10.

@@ -457,7 +457,8 @@ async def test_a_slot_comes_back_when_a_recovery_is_terminated_or_cancelled(
 async def test_continue_as_new_keeps_the_queue_and_the_running_set(
     env: WorkflowEnvironment, orchestra: OrchestraFactory
 ) -> None:
-    # Recoveries report their (failing) attempts; the retry budget is not under test here.
+    # Recoveries report their (failing) attempts; the retry budget is not under test here
+    # (its pause would admit one at a time: the two slots, and the time, would not be).
     async with orchestra(max_concurrent=2, max_history_events=60, retry_budget=1.0) as o:
         handle = env.client.get_workflow_handle(o.orchestrator_id)
         await o.request("run0", priority=0)
@@ -735,7 +736,10 @@ async def test_the_pause_ends_when_the_failed_attempts_leave_the_window(
         await o.request("new")
         view = await o.wait(
             lambda v: (
-                v.paused and v.waiting_total == 1 and v.budget is not None and v.budget.attempts == 5
+                v.paused
+                and v.waiting_total == 1
+                and v.budget is not None
+                and v.budget.attempts == 5
             )
         )
         assert o.running(view) == ["blocker"]
@@ -750,9 +754,8 @@ async def test_the_pause_ends_when_the_failed_attempts_leave_the_window(
 async def test_recoveries_awaiting_approval_are_carried_across_continue_as_new(
     orchestra: OrchestraFactory,
 ) -> None:
-    async with orchestra(
-        max_concurrent=1, max_history_events=60, aging_interval_s=0, retry_budget=1.0
-    ) as o:
+    # Default retry budget: with one slot, a pause's one-at-a-time admissions change nothing.
+    async with orchestra(max_concurrent=1, max_history_events=60, aging_interval_s=0) as o:
         await o.request("a", priority=2)
         await o.wait(lambda v: o.running(v) == ["a"])
         await o.request("b", priority=1)
