@@ -700,7 +700,11 @@ class OrchestratorCore:
         if head is None or head.resumed or len(self.running) >= self.limits.max_concurrent:
             return None
         if len(self.admission_times_ms) >= self.limits.max_admissions_per_minute:
-            return self.admission_times_ms[0] + RATE_WINDOW_MS
+            wake = self.admission_times_ms[0] + RATE_WINDOW_MS
+            self.pause_reason += (
+                f" (admission rate limit: next probe admission at {from_ms(wake):%H:%M:%S} UTC)"
+            )
+            return wake
         entry = self.queue.pop()
         decided.admit.append(entry)
         decided.records.append(self._admit(entry, now, now_ms, probe=True))

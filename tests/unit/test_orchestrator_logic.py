@@ -615,6 +615,7 @@ def _rate_limit_full(c: OrchestratorCore) -> list[str]:
     c.admission_times_ms.append(to_ms(at(0.5)))
     decided = c.next_admissions(at(1))
     assert decided.wake_at_ms == to_ms(at(60.5)), "wakes when the rate allows a probe"
+    assert decided.reason.endswith("(admission rate limit: next probe admission at 00:01:00 UTC)")
     return [e.service for e in decided.admit]
 
 
