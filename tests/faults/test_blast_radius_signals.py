@@ -58,6 +58,9 @@ async def test_a_neighbour_in_the_blast_radius_reaches_the_experiment_by_signal(
             "blast_radius": [target, neighbour],
             "duration_s": 60,
             "abort_below_health": 0.0,  # keep it running: the test reads the timeline
+            # This runtime runs without the fault plane (only its bridge matters here), so
+            # it is not in the fleet registry the preflight reads.
+            "allow_unguarded": True,
         }
     )
     runtime = Runtime(
