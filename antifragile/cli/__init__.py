@@ -67,6 +67,19 @@ def load_command(name: str) -> Any:
     return typer.main.get_group(holder).commands[name]
 
 
+def preload() -> None:
+    """Import every command's modules now, Temporal names included.
+
+    For a process that imports the CLI once and then forks a child per command line
+    (``tests/cli_batch.py``): the children pay no import.
+    """
+    for name in LAZY_COMMANDS:
+        load_command(name)
+    from antifragile.cli import chaos
+
+    chaos._import_temporal()
+
+
 class _Placeholder(TyperCommand):
     """Stands for a lazily imported command in the root's help listing."""
 
@@ -343,4 +356,4 @@ def main(argv: list[str] | None = None) -> None:
     _exit(code)
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "preload"]
