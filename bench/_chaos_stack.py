@@ -53,7 +53,11 @@ async def _child(target: str, instance: str, interval_s: float) -> None:
     runtime = Runtime(instance_id=instance, metering=False, bridge=False)
     guard = runtime.guard(
         target,
-        breaker_config=CircuitBreakerConfig(failure_exceptions=(_NeverRaised,)),
+        # The breaker never opens: a breaker counts injected errors as failures unless
+        # they are ignored, and an open breaker hides the injected errors being timed.
+        breaker_config=CircuitBreakerConfig(
+            failure_exceptions=(_NeverRaised,), ignored_exceptions=(InjectedFault,)
+        ),
         recovery=False,
     )
     await runtime.start()
