@@ -8,6 +8,7 @@ since ``sys.modules`` of the test process has everything imported already.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
@@ -119,7 +120,8 @@ main(["chaos", "stop", "--all", "--reason", "lazy test", "--timeout", "1s"])
 async def test_stop_all_writes_the_halt_before_importing_temporalio(redis_url: str) -> None:
     from antifragile.chaos.plane import FaultPlane
 
-    proc = subprocess.run(
+    proc = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", _STOP_ALL],
         cwd=REPO,
         env=_env(ANTIFRAGILE_REDIS_URL=redis_url),
