@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING, Any
 
-from temporalio.common import SearchAttributeKey
+if TYPE_CHECKING:
+    from temporalio.common import SearchAttributeKey
 
 DEFAULT_TASK_QUEUE = "antifragile"
 DEMO_TASK_QUEUE = "antifragile-demo"
@@ -60,12 +62,39 @@ def chaos_workflow_id(name: str, short_id: str) -> str:
 
 
 # Custom search attributes, registered by the dev stack, the tests and the compose stack.
-SA_KIND = SearchAttributeKey.for_keyword("AfKind")
-SA_SERVICE = SearchAttributeKey.for_keyword("AfService")
-SA_STATE = SearchAttributeKey.for_keyword("AfState")
-SA_STRATEGY = SearchAttributeKey.for_keyword("AfStrategy")
-SA_CHAOS_TYPE = SearchAttributeKey.for_keyword("AfChaosType")
-SA_PRIORITY = SearchAttributeKey.for_int("AfPriority")
+# Their keys are built on first use (module __getattr__ below): temporalio, ~0.1 s to
+# import, stays out of processes that only need names (the CLI's `chaos stop --all`).
+if TYPE_CHECKING:
+    SA_KIND: SearchAttributeKey[str]
+    SA_SERVICE: SearchAttributeKey[str]
+    SA_STATE: SearchAttributeKey[str]
+    SA_STRATEGY: SearchAttributeKey[str]
+    SA_CHAOS_TYPE: SearchAttributeKey[str]
+    SA_PRIORITY: SearchAttributeKey[int]
+
+_SEARCH_ATTRIBUTE_KEYS = {
+    "SA_KIND": ("AfKind", "keyword"),
+    "SA_SERVICE": ("AfService", "keyword"),
+    "SA_STATE": ("AfState", "keyword"),
+    "SA_STRATEGY": ("AfStrategy", "keyword"),
+    "SA_CHAOS_TYPE": ("AfChaosType", "keyword"),
+    "SA_PRIORITY": ("AfPriority", "int"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    spec = _SEARCH_ATTRIBUTE_KEYS.get(name)
+    if spec is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from temporalio.common import SearchAttributeKey
+
+    attr, kind = spec
+    key = (
+        SearchAttributeKey.for_int(attr) if kind == "int" else SearchAttributeKey.for_keyword(attr)
+    )
+    globals()[name] = key  # built once; later reads find it without this function
+    return key
+
 
 SEARCH_ATTRIBUTES: dict[str, str] = {
     "AfKind": "Keyword",

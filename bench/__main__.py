@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark in turn and print its figures.
 
 ``python -m bench [--full] [NAME ...]`` — NAME is a module of this package (inprocess,
-bridge, storm, bus, halt, faults); ``--full`` runs the large sizes. ``python -m bench halt``
+bridge, storm, bus, halt, faults, cli); ``--full`` runs the large sizes. ``python -m bench halt``
 runs only the halt measurement.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["inprocess", "bridge", "storm", "bus", "halt", "faults"]
+BENCHES = ["inprocess", "bridge", "storm", "bus", "halt", "faults", "cli"]
 
 
 def main(argv: list[str]) -> int:

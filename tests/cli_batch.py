@@ -46,7 +46,9 @@ def run_one(argv: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import antifragile.cli  # noqa: F401 - imported once, before any fork
+    import antifragile.cli
+
+    antifragile.cli.preload()  # every command's modules imported once, before any fork
 
     commands = json.load(sys.stdin)
     results = [run_one(list(argv)) for argv in commands]

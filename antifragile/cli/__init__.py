@@ -6,21 +6,116 @@ Errors are one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from temporalio.service import RPCError
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
-from antifragile.cli import chaos, recovery
-from antifragile.cli._common import CommandFailed, console, err_console, load_settings, run
-from antifragile.cli.health import health_command
-from antifragile.errors import AntifragileError, describe_validation_error
-from antifragile.settings import Settings
+if TYPE_CHECKING:
+    from antifragile.settings import Settings
+
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    # name: (module, attribute, help shown by `antifragile --help`). The module is imported
+    # only when the command runs (or its own --help is asked): `antifragile --help` and every
+    # other command skip temporalio, redis and the models (~1 s on a busy machine).
+    "health": (
+        "antifragile.cli.health",
+        "health_command",
+        "Fleet health from Redis: per instance and per breaker, state, score and status.",
+    ),
+    "recovery": (
+        "antifragile.cli.recovery",
+        "app",
+        "Start, follow, approve and cancel durable recoveries.",
+    ),
+    "chaos": (
+        "antifragile.cli.chaos",
+        "app",
+        "Chaos experiments as durable workflows: run, follow, stop, schedule.",
+    ),
+}
+"""Commands whose module is imported on first use; tests pin the help texts to the modules'."""
+_COMMAND_ORDER = ("health", "worker", "setup", "dev", "demo", "recovery", "chaos")
+"""The order of ``antifragile --help``, as when every command was registered up front."""
+
+
+def load_command(name: str) -> Any:
+    """The click command of the lazily registered ``name``: imports its module.
+
+    Args:
+        name: A key of :data:`LAZY_COMMANDS`.
+
+    Returns:
+        A ``click.Command`` (``health``) or ``click.Group`` (``recovery``, ``chaos``).
+    """
+    module, attr, _ = LAZY_COMMANDS[name]
+    target = getattr(importlib.import_module(module), attr)
+    # Registered on a stand-in root exactly as on the real one, so the command is built
+    # (options, help, no completion flags) as if it had been registered up front.
+    holder = typer.Typer(add_completion=False)
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:  # a command function of the root app
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+def preload() -> None:
+    """Import every command's modules now, Temporal names included.
+
+    For a process that imports the CLI once and then forks a child per command line
+    (``tests/cli_batch.py``): the children pay no import.
+    """
+    for name in LAZY_COMMANDS:
+        load_command(name)
+    from antifragile.cli import chaos
+
+    chaos._import_temporal()
+
+
+class _Placeholder(TyperCommand):
+    """Stands for a lazily imported command in the root's help listing."""
+
+
+class LazyGroup(TyperGroup):
+    """The root group: sub-commands of :data:`LAZY_COMMANDS` are imported when resolved."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, (_, _, help_text) in LAZY_COMMANDS.items():
+            self.commands.setdefault(name, _Placeholder(name=name, help=help_text))
+        order = {name: i for i, name in enumerate(_COMMAND_ORDER)}
+        self.commands = dict(
+            sorted(self.commands.items(), key=lambda kv: order.get(kv[0], len(order)))
+        )
+        self._listing = False
+
+    @contextmanager
+    def _listing_commands(self) -> Iterator[None]:
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = self.commands.get(cmd_name)
+        if isinstance(command, _Placeholder) and not self._listing:
+            command = self.commands[cmd_name] = load_command(cmd_name)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        # The listing needs only names and one-line helps: no sub-command module imported.
+        with self._listing_commands():
+            super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
     name="antifragile",
@@ -28,15 +123,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LazyGroup,
 )
-app.add_typer(recovery.app, name="recovery")
-app.command("health")(health_command)
-app.add_typer(chaos.app, name="chaos")
 
 
 @app.command("worker")
 def worker() -> None:
     """Run a worker for every workflow and activity until SIGTERM/SIGINT."""
+    from antifragile.cli._common import err_console, load_settings, run
     from antifragile.policy import WorkerPolicy
     from workers.main import run_worker  # the CLI is where workers are reached
 
@@ -53,6 +147,7 @@ def worker() -> None:
 @app.command("setup")
 def setup() -> None:
     """Register antifragile's search attributes in the configured namespace (idempotent)."""
+    from antifragile.cli._common import console, load_settings, run
     from antifragile.temporal_client import connect, ensure_search_attributes
 
     settings = load_settings()
@@ -80,6 +175,7 @@ def dev(
     ),
 ) -> None:
     """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
+    from antifragile.cli._common import console, err_console, load_settings, run
     from antifragile.devstack import DevStack, redis_url_from_env
     from antifragile.models.common import redact_url
 
@@ -135,7 +231,7 @@ def demo(
     import asyncio
     import signal as signals
 
-    from antifragile.cli._common import parse_duration_s
+    from antifragile.cli._common import console, err_console, load_settings, parse_duration_s, run
     from antifragile.demo.runner import run_demo
     from antifragile.demo.stack import DemoOptions
 
@@ -195,14 +291,41 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _exit(code: int) -> None:
-    from antifragile.tracing import shutdown_tracing
-
-    shutdown_tracing()  # os._exit skips atexit: flush spans first (no-op without tracing)
+    tracing = sys.modules.get("antifragile.tracing")
+    if tracing is not None:  # never imported: no tracing was set up, nothing to flush
+        tracing.shutdown_tracing()  # os._exit skips atexit: flush spans first
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit skips interpreter finalization, where the Temporal core runtime can crash
     # at exit (sdk-python #300); everything worth flushing is flushed above.
     os._exit(code)
+
+
+def _failure_code(exc: Exception) -> int:
+    """Print a command's failure as one line and return its exit code; re-raise others.
+
+    The error types are imported here, on the way out, so that a command that does not use
+    pydantic or temporalio never imports them.
+    """
+    from pydantic import ValidationError
+
+    from antifragile.cli._common import CommandFailed, err_console
+    from antifragile.errors import AntifragileError, describe_validation_error
+
+    if isinstance(exc, CommandFailed):
+        err_console.print(f"error: {exc}")
+        return 1
+    if isinstance(exc, AntifragileError):
+        err_console.print(f"error: {exc}")
+        return 2
+    if isinstance(exc, ValidationError):
+        err_console.print(f"error: {describe_validation_error(exc)}")
+        return 2
+    service = sys.modules.get("temporalio.service")  # not imported: exc is no RPCError
+    if service is not None and isinstance(exc, service.RPCError):
+        err_console.print(f"error: Temporal refused the request: {exc.message}")
+        return 1
+    raise exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,28 +338,22 @@ def main(argv: list[str] | None = None) -> None:
         # Usage errors (bad flag, bad choice): one line, not a box, exit 2.
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if str(message).strip():
+            from antifragile.cli._common import err_console
+
             err_console.print(f"error: {' '.join(str(message).split())}")
         code = int(getattr(exc, "exit_code", 2))
     except typer.Abort:
+        from antifragile.cli._common import err_console
+
         err_console.print("aborted")
         code = 130
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except CommandFailed as exc:
-        err_console.print(f"error: {exc}")
-        code = 1
-    except AntifragileError as exc:
-        err_console.print(f"error: {exc}")
-        code = 2
-    except ValidationError as exc:
-        err_console.print(f"error: {describe_validation_error(exc)}")
-        code = 2
-    except RPCError as exc:
-        err_console.print(f"error: Temporal refused the request: {exc.message}")
-        code = 1
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        code = _failure_code(exc)
     _exit(code)
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "preload"]

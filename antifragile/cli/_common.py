@@ -10,21 +10,17 @@ import re
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
-from temporalio.runtime import (
-    LogForwardingConfig,
-    LoggingConfig,
-    Runtime,
-    TelemetryConfig,
-    TelemetryFilter,
-)
-from temporalio.service import RPCError
 
 from antifragile.errors import AntifragileError, ConfigError, describe_validation_error
 from antifragile.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: a command that never reaches Temporal skips them
+    from temporalio.runtime import Runtime
+    from temporalio.service import RPCError
 
 T = TypeVar("T")
 
@@ -63,6 +59,14 @@ def cli_runtime() -> Runtime:
     Python logging (stderr) instead.
     """
     import logging
+
+    from temporalio.runtime import (
+        LogForwardingConfig,
+        LoggingConfig,
+        Runtime,
+        TelemetryConfig,
+        TelemetryFilter,
+    )
 
     return Runtime(
         telemetry=TelemetryConfig(

@@ -11,41 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    WorkflowExecutionDescription,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowHandle,
-    WorkflowQueryFailedError,
-    WorkflowQueryRejectedError,
-)
-from temporalio.exceptions import CancelledError as CancelledError_
-from temporalio.exceptions import TerminatedError
-from temporalio.exceptions import TimeoutError as TimeoutError_
-from temporalio.service import RPCError, RPCStatusCode
 
-from antifragile.chaos.client import (
-    REBUILD_QUERY_TIMEOUT,
-    RUNNING_QUERY,
-    WORKFLOW_TYPE,
-    experiment_details,
-    experiment_summary,
-    rebuild_report,
-    start_experiment,
-)
 from antifragile.chaos.logic import cap_duration, policy_refusal
 from antifragile.chaos.plane import FaultPlane
 from antifragile.chaos.scenario import ChaosScenario, ChaosType, ResourceType, load_scenario
@@ -82,18 +56,110 @@ from antifragile.models.chaos import (
 from antifragile.models.common import Decision
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
-from antifragile.temporal_client import TemporalUnavailableError, connect
+
+if TYPE_CHECKING:  # bound at run time by _import_temporal (see there)
+    from temporalio.client import (
+        Client,
+        Schedule,
+        ScheduleActionStartWorkflow,
+        ScheduleOverlapPolicy,
+        SchedulePolicy,
+        ScheduleSpec,
+        WorkflowExecutionDescription,
+        WorkflowExecutionStatus,
+        WorkflowFailureError,
+        WorkflowHandle,
+        WorkflowQueryFailedError,
+        WorkflowQueryRejectedError,
+    )
+    from temporalio.exceptions import CancelledError as CancelledError_
+    from temporalio.exceptions import TerminatedError
+    from temporalio.exceptions import TimeoutError as TimeoutError_
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from antifragile.chaos.client import (
+        REBUILD_QUERY_TIMEOUT,
+        RUNNING_QUERY,
+        WORKFLOW_TYPE,
+        experiment_details,
+        experiment_summary,
+        rebuild_report,
+        start_experiment,
+    )
+    from antifragile.temporal_client import TemporalUnavailableError, connect
+
+_temporal_lock = threading.Lock()
+
+
+def _import_temporal() -> None:
+    """Bind this module's Temporal names (temporalio and the chaos client), once.
+
+    They cost ~0.3 s of imports. Every command but ``stop`` binds them before it runs (the
+    group's callback); ``stop --all`` binds them in a thread while it writes the halt
+    switch, so the switch is in Redis before temporalio is imported. Thread-safe.
+    """
+    global Client, Schedule, ScheduleActionStartWorkflow, ScheduleOverlapPolicy
+    global SchedulePolicy, ScheduleSpec, WorkflowExecutionStatus, WorkflowFailureError
+    global WorkflowExecutionDescription
+    global WorkflowHandle, WorkflowQueryFailedError, WorkflowQueryRejectedError
+    global CancelledError_, TerminatedError, TimeoutError_, RPCError, RPCStatusCode
+    global REBUILD_QUERY_TIMEOUT, RUNNING_QUERY, WORKFLOW_TYPE, experiment_details
+    global experiment_summary, rebuild_report, start_experiment
+    global TemporalUnavailableError, connect
+    with _temporal_lock:
+        if "connect" in globals():
+            return
+        from temporalio.client import (
+            Client,
+            Schedule,
+            ScheduleActionStartWorkflow,
+            ScheduleOverlapPolicy,
+            SchedulePolicy,
+            ScheduleSpec,
+            WorkflowExecutionDescription,
+            WorkflowExecutionStatus,
+            WorkflowFailureError,
+            WorkflowHandle,
+            WorkflowQueryFailedError,
+            WorkflowQueryRejectedError,
+        )
+        from temporalio.exceptions import CancelledError as CancelledError_
+        from temporalio.exceptions import TerminatedError
+        from temporalio.exceptions import TimeoutError as TimeoutError_
+        from temporalio.service import RPCError, RPCStatusCode
+
+        from antifragile.chaos.client import (
+            REBUILD_QUERY_TIMEOUT,
+            RUNNING_QUERY,
+            WORKFLOW_TYPE,
+            experiment_details,
+            experiment_summary,
+            rebuild_report,
+            start_experiment,
+        )
+        from antifragile.temporal_client import TemporalUnavailableError, connect
+
 
 app = typer.Typer(
     help="Chaos experiments as durable workflows: run, follow, stop, schedule.",
     no_args_is_help=True,
 )
 
+
+@app.callback()
+def _before_command(ctx: typer.Context) -> None:
+    # `stop` binds the Temporal names itself, after starting its Redis write (see above).
+    if ctx.invoked_subcommand != "stop":
+        _import_temporal()
+
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 SCHEDULE_PREFIX = "chaos-schedule-"
 HALT_NOTE = "paused by the chaos halt switch"
 REDIS_TIMEOUT_S = 3.0
 """Longest wait for Redis in a command: an emergency path never hangs on it."""
+HALT_FIRST_S = 0.5
+"""``stop --all``: longest wait for the halt write before the Temporal path starts."""
 CLEANED = frozenset(
     {
         ChaosPhase.VERIFYING_RECOVERY,
@@ -769,14 +835,29 @@ async def _write_halt(settings: Settings, reason: str, by: str) -> str:
 
 
 async def _stop_through_temporal(
-    settings: Settings, signal: EmergencyStopSignal, reason: str, wait_s: float
+    settings: Settings,
+    signal: EmergencyStopSignal,
+    reason: str,
+    wait_s: float,
+    halt_written: asyncio.Event | None = None,
 ) -> _TemporalStop:
     """Pause the chaos schedules and signal ``emergency_stop`` to every running experiment.
+
+    Args:
+        halt_written: Set once the halt switch's write ended (either way): temporalio is
+            imported only then, or after ``HALT_FIRST_S``, whichever comes first, so that a
+            reachable Redis gets the switch ~0.3 s sooner and a hung one delays Temporal
+            by at most that much.
 
     Never raises for an unreachable or failing server: what was not done is in ``error``.
     """
     out = _TemporalStop()
+    if halt_written is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(halt_written.wait(), HALT_FIRST_S)
     try:
+        # In a thread: the event loop (a Redis write still going) keeps running meanwhile.
+        await asyncio.to_thread(_import_temporal)
         client = await connect(settings)
     except TemporalUnavailableError as exc:
         out.reached, out.error = False, str(exc)
@@ -831,9 +912,16 @@ async def _stop_all(
     settings: Settings, signal: EmergencyStopSignal, reason: str, by: str, wait_s: float
 ) -> None:
     """Halt switch and Temporal, independently: either one alone still stops the faults."""
+    halt_written = asyncio.Event()
+
+    async def _halt() -> str:
+        try:
+            return await _write_halt(settings, reason, by)
+        finally:
+            halt_written.set()
+
     halt_error, temporal = await asyncio.gather(
-        _write_halt(settings, reason, by),
-        _stop_through_temporal(settings, signal, reason, wait_s),
+        _halt(), _stop_through_temporal(settings, signal, reason, wait_s, halt_written)
     )
     temporal_down = not temporal.reached
     if halt_error and temporal_down:
@@ -891,6 +979,7 @@ def stop(
             await _stop_all(settings, signal, reason, by, wait_s)
             return
         assert experiment_id is not None
+        _import_temporal()
         client = await connect(settings)
         h = await _handle(client, experiment_id)
         desc = await h.describe()
