@@ -28,8 +28,9 @@ most one round per interval and the first change after a quiet period goes out a
 
 A recovery request normally goes to the service's intake, which forwards it to the
 orchestrator: the intakes keep a storm from many processes a few signals to the
-orchestrator, at the price of a workflow task and a forward (about 30 ms of the ~200 ms
-from breaker to recovery). So the first request fleet-wide in a quiet second skips the
+orchestrator, at the price of a workflow task and a forward activity (on a quiet dev
+server about 15 ms of the ~70 ms from breaker to the recovery's first activity, see
+``bench/bridge.py``). So the first request fleet-wide in a quiet second skips the
 intake: the bridge takes a token in Redis (``SET NX`` with a TTL of
 ``direct_interval_s``, one key per task queue), and only its holder signals the
 orchestrator directly; every other request, and every request while Redis does not

@@ -199,7 +199,7 @@ async def request_recovery(
     (``request_recoveries``, up to :data:`MAX_SIGNAL_BATCH` each).
 
     ``direct`` (with ``want_position`` False) skips the intake: one signal-with-start
-    of the orchestrator itself, a workflow task and a forward sooner (about 30 ms). Only
+    of the orchestrator itself, a workflow task and a forward sooner (~15 ms). Only
     for a request known to be rare fleet-wide (the bridge takes a fleet-wide token for
     it, at most one a second): anything else goes through the intakes, which are what
     keeps a storm a few signals to the orchestrator.
