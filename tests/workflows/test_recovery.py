@@ -19,8 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -28,6 +30,7 @@ from temporalio.worker import Worker
 
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
+from antifragile import binaries
 from antifragile.approvals import sign_decision
 from antifragile.constants import SA_PRIORITY
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
@@ -49,6 +52,7 @@ from antifragile.models.recovery import (
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery_client import start_recovery
 from antifragile.settings import Settings
+from antifragile.temporal_client import ensure_search_attributes
 from tests.workflows.recovery_parent import RecoveryParent
 from workers.main import workflow_runner
 from workflows.recovery import RecoveryWorkflow
@@ -78,9 +82,17 @@ class ScriptedService:
         return RecoveryActionResult(ok=True, detail="ok")
 
 
-@pytest.fixture
-def env(time_skipping_env: WorkflowEnvironment) -> WorkflowEnvironment:
-    return time_skipping_env
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own: an activity another module left in
+    flight on a shared server stops it from skipping time, and these tests skip hours."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    await ensure_search_attributes(environment.client)
+    yield environment
+    await environment.shutdown()
 
 
 @pytest.fixture
