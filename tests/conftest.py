@@ -22,12 +22,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from antifragile import binaries
 from antifragile.policy import WorkerPolicy
 from antifragile.processes import ServerProcess, start_redis, start_temporal_dev_server
 from antifragile.settings import Settings
-from antifragile.temporal_client import ensure_search_attributes
-from tests.helpers import REPO, WorkerProcess
+from tests.helpers import REPO, WorkerProcess, time_skipping_server
 from workers.main import build_worker
 
 
@@ -51,15 +49,8 @@ def pytest_runtest_makereport(
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """The time-skipping test server, with our custom search attributes registered."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binaries.temporal_test_server(),
-        data_converter=pydantic_data_converter,
-    )
-    # The test server knows no custom search attributes: upserting an unknown one fails
-    # every workflow task, so register them before any workflow runs.
-    await ensure_search_attributes(env.client)
-    yield env
-    await env.shutdown()
+    async with time_skipping_server() as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

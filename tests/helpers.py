@@ -7,16 +7,20 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.processes import ServerProcess, free_port
+
+if TYPE_CHECKING:
+    from temporalio.testing import WorkflowEnvironment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,3 +204,29 @@ def client_of_its_own(client: Client) -> Client:
     return Client(
         client.service_client, namespace=client.namespace, data_converter=client.data_converter
     )
+
+
+@asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server with our custom search attributes registered.
+
+    The test server knows no custom search attributes: upserting an unknown one fails every
+    workflow task, so they are registered before any workflow runs. Modules that skip long
+    spans take a server of their own: a workflow another module left waiting on an activity
+    no worker serves keeps a shared server from skipping time.
+    """
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    from antifragile import binaries
+    from antifragile.temporal_client import ensure_search_attributes
+
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binaries.temporal_test_server(),
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        await ensure_search_attributes(environment.client)
+        yield environment
+    finally:
+        await environment.shutdown()

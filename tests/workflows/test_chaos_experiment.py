@@ -14,21 +14,17 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
-from antifragile import binaries
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import FaultPlane, fault_key
 from antifragile.chaos.scenario import ChaosScenario
-from antifragile.constants import REDIS_HALT_KEY, REDIS_HEALTH_KEY_PREFIX, SEARCH_ATTRIBUTES
+from antifragile.constants import REDIS_HALT_KEY, REDIS_HEALTH_KEY_PREFIX
 from antifragile.models.chaos import (
     ChaosOutcome,
     ChaosPhase,
@@ -39,6 +35,7 @@ from antifragile.models.chaos import (
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
 from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
+from tests.helpers import time_skipping_server
 from workers.main import workflow_runner
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
@@ -84,21 +81,8 @@ async def end_guardians(client: Any) -> None:
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server of this module's own: experiments leave guardian children
     behind, and their timers must never slow the time skipping of other modules' tests."""
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binaries.temporal_test_server(),
-        data_converter=pydantic_data_converter,
-    )
-    await environment.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=environment.client.namespace,
-            search_attributes={
-                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
-                for name, kind in SEARCH_ATTRIBUTES.items()
-            },
-        )
-    )
-    yield environment
-    await environment.shutdown()
+    async with time_skipping_server() as environment:
+        yield environment
 
 
 @pytest.fixture
@@ -607,21 +591,8 @@ async def own_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server of the test's own: a workflow terminated with an activity in
     flight (other tests do that) can keep a shared test server from skipping time, and
     these tests wait out minutes of retries and timers."""
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binaries.temporal_test_server(),
-        data_converter=pydantic_data_converter,
-    )
-    await environment.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=environment.client.namespace,
-            search_attributes={
-                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
-                for name, kind in SEARCH_ATTRIBUTES.items()
-            },
-        )
-    )
-    yield environment
-    await environment.shutdown()
+    async with time_skipping_server() as environment:
+        yield environment
 
 
 @pytest.fixture

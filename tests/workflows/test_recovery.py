@@ -22,7 +22,6 @@ import pytest
 import pytest_asyncio
 from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -30,7 +29,6 @@ from temporalio.worker import Worker
 
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
-from antifragile import binaries
 from antifragile.approvals import sign_decision
 from antifragile.constants import SA_PRIORITY
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
@@ -52,7 +50,7 @@ from antifragile.models.recovery import (
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery_client import start_recovery
 from antifragile.settings import Settings
-from antifragile.temporal_client import ensure_search_attributes
+from tests.helpers import time_skipping_server
 from tests.workflows.recovery_parent import RecoveryParent
 from workers.main import workflow_runner
 from workflows.recovery import RecoveryWorkflow
@@ -86,13 +84,8 @@ class ScriptedService:
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server of this module's own: an activity another module left in
     flight on a shared server stops it from skipping time, and these tests skip hours."""
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binaries.temporal_test_server(),
-        data_converter=pydantic_data_converter,
-    )
-    await ensure_search_attributes(environment.client)
-    yield environment
-    await environment.shutdown()
+    async with time_skipping_server() as environment:
+        yield environment
 
 
 @pytest.fixture
@@ -249,8 +242,9 @@ async def test_manual_strategy_runs_no_attempt_before_approval(
         )
         status = await wait_state(handle, RecoveryState.AWAITING_APPROVAL)
         # Ten minutes, not hours: each watch probe is an activity round trip, and a long
-        # skip on a loaded machine strained the shared time-skipping server.
-        await env.sleep(timedelta(minutes=10))
+        # skip on a loaded machine strained the shared time-skipping server. Half a minute
+        # more, so the sleep never ends exactly as a watch probe (every 60 s) starts.
+        await env.sleep(timedelta(minutes=10, seconds=30))
         status = await handle.query("status", result_type=RecoveryStatus)
         assert status.state is RecoveryState.AWAITING_APPROVAL
         assert status.attempt == 0 and service.actions == []
@@ -258,9 +252,12 @@ async def test_manual_strategy_runs_no_attempt_before_approval(
         assert 8 <= status.watch_probes == service.probes <= 11
         assert status.waiting_for.startswith("approval before the first attempt")
         assert f"watch probe {status.watch_probes}: connection refused" in status.waiting_for
-        service.up = True
-        await handle.signal("approve", ApprovalSignal(approver="oncall"))
-        result = await handle.result()
+        # No skipping from here: a skipped minute would let the next watch probe find the
+        # service up before the approval lands (that path has its own test).
+        with env.auto_time_skipping_disabled():
+            service.up = True
+            await handle.signal("approve", ApprovalSignal(approver="oncall"))
+            result = await handle.result()
     assert result.state is RecoveryState.SUCCEEDED
     assert result.attempts == 1 and service.actions == [1]
     assert not result.status.recovered_while_awaiting_approval

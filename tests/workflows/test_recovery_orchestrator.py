@@ -22,8 +22,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio import activity
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -33,12 +31,10 @@ from temporalio.worker import Worker
 
 from activities.common import CommonActivities
 from activities.orchestrator import OrchestratorActivities
-from antifragile import binaries
 from antifragile.constants import (
     INTAKE_SHARDS,
     QUERY_QUEUE,
     SA_STATE,
-    SEARCH_ATTRIBUTES,
     SIGNAL_ATTEMPT_FINISHED,
     SIGNAL_HEALTH_CHANGED,
     SIGNAL_RECOVERY_RESUMING,
@@ -76,6 +72,7 @@ from antifragile.orchestrator_logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery_client import request_recovery
 from antifragile.settings import Settings
+from tests.helpers import time_skipping_server
 from workers.main import workflow_runner
 from workflows.recovery import RecoveryWorkflow
 from workflows.recovery_intake import RecoveryIntakeWorkflow
@@ -204,21 +201,8 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     serves; other modules can leave such workflows behind on the shared server, and these
     tests skip minutes (rate window, cool-down, aging).
     """
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binaries.temporal_test_server(),
-        data_converter=pydantic_data_converter,
-    )
-    await environment.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=environment.client.namespace,
-            search_attributes={
-                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
-                for name, kind in SEARCH_ATTRIBUTES.items()
-            },
-        )
-    )
-    yield environment
-    await environment.shutdown()
+    async with time_skipping_server() as environment:
+        yield environment
 
 
 OrchestraFactory = Callable[..., Any]
