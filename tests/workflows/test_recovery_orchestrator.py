@@ -495,10 +495,13 @@ async def test_a_burst_of_fire_and_forget_requests_reaches_the_orchestrator_as_a
         assert {r.state for r in results} == {RequestState.ACCEPTED}
         view = await o.wait(lambda v: v.waiting_total == 300)
         assert set(o.waiting(view)) <= set(shorts)
-        # One process: one signal per intake; an intake forwards what it holds in one
-        # activity, so at most a second one for what arrived during the first.
+        # An intake forwards everything it holds in one activity, so a burst arrives as one
+        # signal per intake plus one per forward that found more waiting. How many forwards
+        # a slow machine needs depends on how long the 300 signal-with-starts take (CI saw
+        # 33 for 16 intakes), so the bound is on the batching, not on the timing: on average
+        # at least four requests per signal, where unbatched forwarding would send 300.
         history = await env.client.get_workflow_handle(o.orchestrator_id).fetch_history()
-        assert 1 <= signal_count(history) <= 2 * INTAKE_SHARDS
+        assert 1 <= signal_count(history) <= len(shorts) // 4
         await o.heal("blocker")
 
 
