@@ -28,7 +28,6 @@ from antifragile.chaos.logic import (
     unguarded_refusal,
 )
 from antifragile.chaos.plane import FaultConflictError, FaultPlane
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import KIND_RECOVERY
 from antifragile.hashing import hash_matches, mismatch_message
 from antifragile.models.chaos import (
@@ -52,6 +51,7 @@ from antifragile.models.chaos import (
     ValidateScenarioInput,
     ValidateScenarioResult,
 )
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 

@@ -9,8 +9,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
-from antifragile.approvals import MIN_KEY_BYTES, key_from_env, signature_digest, verify_decision
-from antifragile.hashing import hash_matches, mismatch_message
+from antifragile.hashing import (
+    MIN_KEY_BYTES,
+    hash_matches,
+    key_from_env,
+    mismatch_message,
+    signature_digest,
+    verify_decision,
+)
 from antifragile.models.recovery import (
     AuthorizeApproverInput,
     AuthorizeApproverResult,
@@ -19,9 +25,9 @@ from antifragile.models.recovery import (
     ValidateHashInput,
     ValidateHashResult,
 )
-from antifragile.named_targets import NamedTargetError, resolve_probe
 from antifragile.policy import WorkerPolicy
-from antifragile.probes import probe
+from antifragile.recovery.named_targets import NamedTargetError, resolve_probe
+from antifragile.recovery.probes import probe
 from antifragile.settings import Settings
 
 NAMED_TARGET_ERROR = "NamedTargetError"
@@ -57,7 +63,7 @@ class CommonActivities:
     async def authorize_approver(self, data: AuthorizeApproverInput) -> AuthorizeApproverResult:
         """Allow a decision if the policy allows its approver and, when keyed, its signature.
 
-        An approver the policy lists with ``key_env`` must sign (``antifragile.approvals``):
+        An approver the policy lists with ``key_env`` must sign (``antifragile.hashing``):
         the signature is checked in constant time against the key in the worker's
         environment, within ``recovery.approval_window_s`` of the worker's clock, and is
         refused if its digest is in ``used_signatures``. Without keys, names are advisory.
@@ -109,7 +115,7 @@ class CommonActivities:
         """Probe a service; unhealthy is a result, not an error. Heartbeats meanwhile.
 
         ``probe:NAME`` is resolved here, from the worker policy and environment
-        (``antifragile.named_targets``); the resolved URL never leaves this function.
+        (``antifragile.recovery.named_targets``); the resolved URL never leaves this function.
 
         Raises:
             ApplicationError: non-retryable, ``NamedTargetError``: an unknown name, a

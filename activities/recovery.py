@@ -11,14 +11,14 @@ from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
 from antifragile.models.recovery import RecoveryActionInput, RecoveryActionResult
-from antifragile.named_targets import (
+from antifragile.policy import WorkerPolicy
+from antifragile.recovery.named_targets import (
     NamedTargetError,
     approver_key_envs,
     environment_secrets,
     resolve_webhook,
 )
-from antifragile.policy import WorkerPolicy
-from antifragile.probes import post_webhook, run_command
+from antifragile.recovery.probes import post_webhook, run_command
 from antifragile.settings import Settings
 
 ACTION_NOT_ALLOWED_ERROR = "RecoveryActionNotAllowed"
@@ -43,7 +43,7 @@ class RecoveryActivities:
     async def run_recovery_action(self, data: RecoveryActionInput) -> RecoveryActionResult:
         """Run ``none``, ``webhook[:NAME]`` or ``command:NAME`` (of the worker policy only).
 
-        A webhook's URL and headers are resolved here (``antifragile.named_targets``); they
+        A webhook's URL and headers are resolved here (``antifragile.recovery.named_targets``); they
         and any secret in them never reach the result.
 
         A failing action is a result (``ok`` false: the attempt failed); an action the

@@ -11,20 +11,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from antifragile.breaker import (
+    from antifragile.inprocess.breaker import (
         CircuitBreaker,
         CircuitBreakerConfig,
         CircuitOpenError,
         CircuitState,
     )
-    from antifragile.guard import Guard
-    from antifragile.health import (
+    from antifragile.inprocess.guard import Guard
+    from antifragile.inprocess.health import (
         HealthAggregator,
         HealthAggregatorConfig,
         SystemHealthReport,
         SystemHealthStatus,
     )
-    from antifragile.metering import MeteringIntegration, UsageEvent
+    from antifragile.inprocess.metering import MeteringIntegration, UsageEvent
+    from antifragile.inprocess.runtime import Runtime
     from antifragile.models.recovery import (
         RecoveryPolicy,
         RecoveryRequest,
@@ -34,28 +35,27 @@ if TYPE_CHECKING:
         RecoveryStrategy,
     )
     from antifragile.policy import WorkerPolicy
-    from antifragile.runtime import Runtime
     from antifragile.settings import Settings
 
 _EXPORTS: dict[str, str] = {
-    "CircuitBreaker": "antifragile.breaker",
-    "CircuitBreakerConfig": "antifragile.breaker",
-    "CircuitOpenError": "antifragile.breaker",
-    "CircuitState": "antifragile.breaker",
-    "Guard": "antifragile.guard",
-    "HealthAggregator": "antifragile.health",
-    "HealthAggregatorConfig": "antifragile.health",
-    "SystemHealthReport": "antifragile.health",
-    "SystemHealthStatus": "antifragile.health",
-    "MeteringIntegration": "antifragile.metering",
-    "UsageEvent": "antifragile.metering",
+    "CircuitBreaker": "antifragile.inprocess.breaker",
+    "CircuitBreakerConfig": "antifragile.inprocess.breaker",
+    "CircuitOpenError": "antifragile.inprocess.breaker",
+    "CircuitState": "antifragile.inprocess.breaker",
+    "Guard": "antifragile.inprocess.guard",
+    "HealthAggregator": "antifragile.inprocess.health",
+    "HealthAggregatorConfig": "antifragile.inprocess.health",
+    "SystemHealthReport": "antifragile.inprocess.health",
+    "SystemHealthStatus": "antifragile.inprocess.health",
+    "MeteringIntegration": "antifragile.inprocess.metering",
+    "UsageEvent": "antifragile.inprocess.metering",
     "RecoveryPolicy": "antifragile.models.recovery",
     "RecoveryRequest": "antifragile.models.recovery",
     "RecoveryResult": "antifragile.models.recovery",
     "RecoveryState": "antifragile.models.recovery",
     "RecoveryStatus": "antifragile.models.recovery",
     "RecoveryStrategy": "antifragile.models.recovery",
-    "Runtime": "antifragile.runtime",
+    "Runtime": "antifragile.inprocess.runtime",
     "Settings": "antifragile.settings",
     "WorkerPolicy": "antifragile.policy",
 }

@@ -21,13 +21,13 @@ from pydantic import (
     model_validator,
 )
 
-from antifragile.approvals import DEFAULT_WINDOW_S
 from antifragile.errors import ConfigError, describe_validation_error
+from antifragile.hashing import DEFAULT_WINDOW_S
 from antifragile.models.common import DEFAULT_WEBHOOK, PROBE_SCHEMES
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 """``${ENV_VAR}`` in a policy value: replaced by the worker's environment variable, inside
-the activity that uses it (``antifragile.named_targets``), never earlier."""
+the activity that uses it (``antifragile.recovery.named_targets``), never earlier."""
 
 SECRET_FIELDS = (
     ("recovery", "webhooks"),
@@ -113,7 +113,7 @@ class RecoveryPolicyConfig(BaseModel):
     Attributes:
         approvers: Who may approve or reject, for recoveries and chaos experiments: a list of
             names, or ``{NAME: {key_env: VAR}}`` to require decisions signed with the key in
-            the worker's environment variable ``VAR`` (see ``antifragile.approvals``).
+            the worker's environment variable ``VAR`` (see ``antifragile.hashing``).
             Normalised to ``{NAME: ApproverConfig}``. Empty (default): any named approver.
         approval_window_s: How far a signed decision's time may be from the worker's clock,
             seconds. Default 300.

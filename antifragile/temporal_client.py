@@ -62,7 +62,7 @@ async def connect(
     settings = settings or Settings()
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     if interceptors is None:
-        from antifragile.tracing import interceptors_from_settings
+        from antifragile.telemetry import interceptors_from_settings
 
         interceptors = interceptors_from_settings(settings)
     tls = tls_config(settings)

@@ -3,7 +3,7 @@
 - :func:`chaos_stack`: a Temporal dev server and a Redis (started here, loopback only), a
   worker (``python -m workers``, killable and restartable) and N guarded processes.
 - A guarded process (``python -m bench._chaos_stack child``) embeds a
-  :class:`~antifragile.runtime.Runtime` guarding one target and calls it in a loop. It
+  :class:`~antifragile.inprocess.runtime.Runtime` guarding one target and calls it in a loop. It
   prints one line per change of what its calls see, with wall-clock times (all processes
   share the machine's clock):
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from antifragile.chaos.scenario import ChaosScenario
+    from antifragile.models.chaos_scenario import ChaosScenario
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,9 +46,9 @@ class _NeverRaised(Exception):
 
 
 async def _child(target: str, instance: str, interval_s: float) -> None:
-    from antifragile.breaker import CircuitBreakerConfig
-    from antifragile.chaos.faults import InjectedFault
-    from antifragile.runtime import Runtime
+    from antifragile.inprocess.breaker import CircuitBreakerConfig
+    from antifragile.inprocess.faults import InjectedFault
+    from antifragile.inprocess.runtime import Runtime
 
     runtime = Runtime(instance_id=instance, metering=False, bridge=False)
     # The bench measures how fast faults reach and leave call sites, not the breaker: an
@@ -220,7 +220,7 @@ async def chaos_stack(
 ) -> AsyncIterator[ChaosStack]:
     """Servers (unless given), a worker and ``processes`` guarded processes, all stopped
     on exit."""
-    from antifragile.processes import start_redis, start_temporal_dev_server
+    from antifragile.stack.processes import start_redis, start_temporal_dev_server
 
     servers = []
     if temporal_address is None:
@@ -296,7 +296,7 @@ async def chaos_stack(
 def error_scenario(target: str, name: str, duration_s: float = 120.0) -> ChaosScenario:
     """An ERROR experiment failing every call to ``target``; the health guard is off (the
     damage is the point here)."""
-    from antifragile.chaos.scenario import ChaosScenario
+    from antifragile.models.chaos_scenario import ChaosScenario
 
     return ChaosScenario.model_validate(
         {

@@ -49,12 +49,12 @@ from temporalio.worker import (
     Worker,
 )
 
-from antifragile.breaker import CircuitBreakerConfig
 from antifragile.constants import intake_shard, intake_workflow_id, orchestrator_workflow_id
+from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.runtime import Runtime
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import start_redis, start_temporal_dev_server
-from antifragile.runtime import Runtime
 from antifragile.settings import Settings
+from antifragile.stack.processes import start_redis, start_temporal_dev_server
 from bench._temporal_baseline import (
     BenchChildWorkflow,
     BenchIdleWorkflow,

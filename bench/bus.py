@@ -79,11 +79,11 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from antifragile.breaker import CircuitBreakerConfig, StateChange
 from antifragile.demo.agent_bus import AgentBus, drive
-from antifragile.processes import start_redis, start_temporal_dev_server
-from antifragile.runtime import Runtime
+from antifragile.inprocess.breaker import CircuitBreakerConfig, StateChange
+from antifragile.inprocess.runtime import Runtime
 from antifragile.settings import Settings
+from antifragile.stack.processes import start_redis, start_temporal_dev_server
 
 DEFAULT_RATE = 50_000
 SEED_RATE = 6_310.0
@@ -348,7 +348,7 @@ async def degraded(
 ) -> tuple[Sample, Evidence]:
     """The guarded bus while a chaos experiment fails half of its Redis writes."""
     from antifragile.chaos.client import start_experiment
-    from antifragile.chaos.scenario import ChaosScenario
+    from antifragile.models.chaos_scenario import ChaosScenario
 
     scenario = ChaosScenario.model_validate(
         {

@@ -50,9 +50,9 @@ def make_contenders() -> dict[str, Timed]:
     import circuitbreaker
     import pybreaker
 
-    from antifragile.breaker import CircuitBreaker
-    from antifragile.guard import Guard
-    from antifragile.metering import MeteringIntegration, UsageEvent
+    from antifragile.inprocess.breaker import CircuitBreaker
+    from antifragile.inprocess.guard import Guard
+    from antifragile.inprocess.metering import MeteringIntegration, UsageEvent
 
     pc = time.perf_counter_ns
     metering = MeteringIntegration(max_buffer=10_000_000, flush_at=10_000_000)
@@ -228,7 +228,7 @@ def report_overheads(per_call: dict[str, list[float]]) -> dict[str, tuple[float,
 
 
 def measure_record(samples: int, batch: int) -> tuple[float, float, float]:
-    from antifragile.metering import MeteringIntegration, UsageEvent
+    from antifragile.inprocess.metering import MeteringIntegration, UsageEvent
 
     m = MeteringIntegration(max_buffer=10_000_000, flush_at=10_000_000)
     ev = UsageEvent("tenant-1", "op")
@@ -261,8 +261,8 @@ def measure_record(samples: int, batch: int) -> tuple[float, float, float]:
 async def measure_sustained(seconds: float) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from antifragile.metering import MeteringIntegration, UsageEvent, read_usage
-    from antifragile.processes import start_redis
+    from antifragile.inprocess.metering import MeteringIntegration, UsageEvent, read_usage
+    from antifragile.stack.processes import start_redis
 
     server = start_redis()
     url = f"redis://127.0.0.1:{server.port}/0"

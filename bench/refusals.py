@@ -23,10 +23,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from antifragile.breaker import CircuitBreaker, CircuitOpenError
-from antifragile.chaos.faults import build_fault
-from antifragile.fault_table import FaultTable
-from antifragile.guard import Guard
+from antifragile.inprocess.breaker import CircuitBreaker, CircuitOpenError
+from antifragile.inprocess.fault_table import FaultTable
+from antifragile.inprocess.faults import build_fault
+from antifragile.inprocess.guard import Guard
 from antifragile.models.chaos import FaultSpec
 
 Timed = Callable[[int], Awaitable[int]]

@@ -59,11 +59,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from antifragile.constants import orchestrator_workflow_id, recovery_workflow_id
 from antifragile.models.orchestrator import AdmissionRecord
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
-from antifragile.orchestrator_logic import admission_order_violations
+from antifragile.orchestrator.logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import ServerProcess, start_temporal_dev_server
-from antifragile.recovery_client import orchestrator_queue, request_recovery, start_recovery
+from antifragile.recovery.client import orchestrator_queue, request_recovery, start_recovery
 from antifragile.settings import Settings
+from antifragile.stack.processes import ServerProcess, start_temporal_dev_server
 from workers.main import build_worker
 
 BACKOFF = RecoveryPolicy(initial_delay_ms=200, max_delay_ms=200, max_retry_attempts=10)

@@ -23,8 +23,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from antifragile.policy import WorkerPolicy
-from antifragile.processes import ServerProcess, start_redis, start_temporal_dev_server
 from antifragile.settings import Settings
+from antifragile.stack.processes import ServerProcess, start_redis, start_temporal_dev_server
 from tests.helpers import REPO, WorkerProcess, time_skipping_server
 from workers.main import build_worker
 

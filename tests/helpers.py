@@ -17,7 +17,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from antifragile.processes import ServerProcess, free_port
+from antifragile.stack.processes import ServerProcess, free_port
 
 if TYPE_CHECKING:
     from temporalio.testing import WorkflowEnvironment
@@ -176,7 +176,7 @@ async def temporal_signal(
     Returns:
         (exit code, stderr)
     """
-    from antifragile import binaries
+    from antifragile.stack import binaries
 
     proc = await asyncio.create_subprocess_exec(
         binaries.temporal_cli(),
@@ -218,7 +218,7 @@ async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
-    from antifragile import binaries
+    from antifragile.stack import binaries
     from antifragile.temporal_client import ensure_search_attributes
 
     environment = await WorkflowEnvironment.start_time_skipping(

@@ -19,14 +19,18 @@ from activities.common import CommonActivities
 from activities.orchestrator import OrchestratorActivities
 from activities.recovery import RecoveryActivities
 from antifragile.constants import KIND_CHAOS, KIND_RECOVERY
-from antifragile.metrics import WorkflowCountCollector, serve, temporal_runtime_with_metrics
+from antifragile.inprocess.metrics import (
+    WorkflowCountCollector,
+    serve,
+    temporal_runtime_with_metrics,
+)
 from antifragile.models.chaos import ChaosPhase
 from antifragile.models.recovery import RecoveryState
-from antifragile.named_targets import environment_problems
 from antifragile.policy import WorkerPolicy
+from antifragile.recovery.named_targets import environment_problems
 from antifragile.settings import Settings
+from antifragile.telemetry import shutdown_tracing
 from antifragile.temporal_client import connect
-from antifragile.tracing import shutdown_tracing
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
 from workflows.recovery import RecoveryWorkflow

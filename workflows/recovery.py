@@ -10,7 +10,7 @@ Since patch ``recovery-v2`` (runs started by older code keep their old path, so 
 histories replay unchanged):
 
 - A healthy ``health_changed`` is remembered from whenever it arrives until a probe that
-  began after it has run (:class:`~antifragile.recovery_logic.WakeTracker`): one that lands
+  began after it has run (:class:`~antifragile.recovery.logic.WakeTracker`): one that lands
   during hash validation, the action or the probe cuts the next backoff short.
 - While it waits for a person, a pending wake-up, and a slow watch probe every
   ``max_delay_ms`` (at least 10 s), run the probe; healthy ends it SUCCEEDED, "recovered
@@ -84,7 +84,7 @@ with workflow.unsafe.imports_passed_through():
         ValidateHashInput,
         ValidateHashResult,
     )
-    from antifragile.recovery_logic import (
+    from antifragile.recovery.logic import (
         NextStep,
         WaitStep,
         WakeTracker,

@@ -1,7 +1,7 @@
 """RecoveryOrchestratorWorkflow: the fleet-wide, durable priority queue in front of recoveries.
 
 Singleton (workflow id ``recovery-orchestrator``). Every decision is made by
-:class:`antifragile.orchestrator_logic.OrchestratorCore`; this class only feeds it events
+:class:`antifragile.orchestrator.logic.OrchestratorCore`; this class only feeds it events
 (requests, recoveries ending, timers) and carries out what it decides.
 
 Slots. An admitted request becomes a child RecoveryWorkflow ``recovery-{service}`` with
@@ -20,7 +20,7 @@ signals ``recovery_waiting``: its slot is freed at once and it is listed as awai
 approval (it still runs, and its close is still watched: it then just leaves the list).
 Approved, it signals ``recovery_resuming`` and is queued again with its original arrival;
 on admission it gets ``slot_granted`` instead of a new child (the rule is documented in
-:mod:`antifragile.orchestrator_logic`).
+:mod:`antifragile.orchestrator.logic`).
 
 Retry budget. Recoveries report every attempt (``attempt_finished``); above the budget,
 new admissions pause while running recoveries go on, except one probe admission at a time
@@ -96,7 +96,7 @@ with workflow.unsafe.imports_passed_through():
         WatchRecoveriesResult,
     )
     from antifragile.models.recovery import JoinSignal, RecoveryRequest
-    from antifragile.orchestrator_logic import (
+    from antifragile.orchestrator.logic import (
         Admissions,
         OrchestratorCore,
         QueueError,
@@ -108,7 +108,7 @@ with workflow.unsafe.imports_passed_through():
         unpack_input,
         wake_delay,
     )
-    from antifragile.recovery_client import recovery_details, recovery_summary
+    from antifragile.recovery.client import recovery_details, recovery_summary
     from workflows.recovery import RecoveryWorkflow
 
 ATTEMPT_BUDGET_PATCH = "attempt-retry-budget"

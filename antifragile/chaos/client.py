@@ -10,7 +10,6 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from antifragile.chaos.logic import instances_that_saw
 from antifragile.chaos.plane import FaultPlane
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import KIND_CHAOS, chaos_workflow_id
 from antifragile.models.chaos import (
     ChaosExperimentInput,
@@ -24,6 +23,7 @@ from antifragile.models.chaos import (
     RemoveFaultResult,
     ValidateScenarioResult,
 )
+from antifragile.models.chaos_scenario import ChaosScenario
 
 WORKFLOW_TYPE = "ChaosExperimentWorkflow"
 

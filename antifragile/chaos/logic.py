@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from antifragile.chaos.scenario import HARD_MAX_DURATION_S, ChaosScenario
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase
+from antifragile.models.chaos_scenario import HARD_MAX_DURATION_S, ChaosScenario
 
 P = ChaosPhase
 

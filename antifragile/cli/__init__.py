@@ -176,8 +176,8 @@ def dev(
 ) -> None:
     """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
     from antifragile.cli._common import console, err_console, load_settings, run
-    from antifragile.devstack import DevStack, redis_url_from_env
     from antifragile.models.common import redact_url
+    from antifragile.stack.devstack import DevStack, redis_url_from_env
 
     _configure_logging(load_settings())
     stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
@@ -200,7 +200,7 @@ def dev(
             f"  {prefix}.venv/bin/antifragile recovery start payments "
             f"--probe tcp://127.0.0.1:{s.redis_port if s.redis_url is None else 6379} --wait\n"
             f"  {prefix}.venv/bin/antifragile recovery queue\n"
-            f"  {prefix}.venv/bin/python -m antifragile.demo_service --targets demo-db\n"
+            f"  {prefix}.venv/bin/python -m antifragile.demo.guarded_service --targets demo-db\n"
             f"  {prefix}.venv/bin/antifragile chaos start --type latency --target demo-db "
             f"--duration 30s --wait\n\n"
             f"Ctrl-C stops everything started here."
@@ -285,13 +285,13 @@ def demo(
 
 
 def _configure_logging(settings: Settings) -> None:
-    from antifragile.logs import configure_logging
+    from antifragile.telemetry import configure_logging
 
     configure_logging(settings=settings)
 
 
 def _exit(code: int) -> None:
-    tracing = sys.modules.get("antifragile.tracing")
+    tracing = sys.modules.get("antifragile.telemetry")
     if tracing is not None:  # never imported: no tracing was set up, nothing to flush
         tracing.shutdown_tracing()  # os._exit skips atexit: flush spans first
     sys.stdout.flush()

@@ -181,7 +181,7 @@ async def approval_signal(
 
     The key comes from ``ANTIFRAGILE_APPROVER_KEY`` unless given. Without one the decision is
     unsigned (the policy decides whether that is enough). The signature binds the workflow id
-    and its first run id, read from the server (``antifragile.approvals``).
+    and its first run id, read from the server (``antifragile.hashing``).
 
     Args:
         handle: A ``temporalio.client.WorkflowHandle`` of the workflow to decide.
@@ -196,7 +196,7 @@ async def approval_signal(
     import os
     from datetime import UTC, datetime
 
-    from antifragile.approvals import (
+    from antifragile.hashing import (
         APPROVER_KEY_ENV,
         MIN_KEY_BYTES,
         key_from_env,

@@ -22,7 +22,6 @@ from rich.table import Table
 
 from antifragile.chaos.logic import cap_duration, policy_refusal
 from antifragile.chaos.plane import FaultPlane
-from antifragile.chaos.scenario import ChaosScenario, ChaosType, ResourceType, load_scenario
 from antifragile.cli._common import (
     ServerUnreachable,
     approval_signal,
@@ -53,6 +52,7 @@ from antifragile.models.chaos import (
     EmergencyStopSignal,
     HaltStatus,
 )
+from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ResourceType, load_scenario
 from antifragile.models.common import Decision
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
@@ -177,7 +177,7 @@ CLEANED = frozenset(
 
 def _prepare(settings: Settings, data: dict[str, Any], source: str) -> ChaosScenario:
     """Validate a scenario against the model and the local copy of the worker policy."""
-    from antifragile.chaos.scenario import parse_scenario
+    from antifragile.models.chaos_scenario import parse_scenario
 
     data.setdefault("constitutional_hash", settings.constitutional_hash)
     scenario = parse_scenario(data, source)

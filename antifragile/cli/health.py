@@ -1,8 +1,8 @@
 """``antifragile health [--watch] [--json]``: fleet health from the snapshots in Redis.
 
 Every runtime publishes ``af:health:{instance}`` (JSON, with a TTL) and keeps itself in
-the fleet's member set ``af:health-members`` - see :mod:`antifragile.bridge` and
-:func:`antifragile.health.publish_snapshot`. This command reads them all and shows, per
+the fleet's member set ``af:health-members`` - see :mod:`antifragile.inprocess.bridge` and
+:func:`antifragile.inprocess.health.publish_snapshot`. This command reads them all and shows, per
 instance and per breaker, the state, score and status. A member whose snapshot expired
 (it did not stop cleanly: it died, hangs, or lost Redis) and that published within
 ``--forget-after`` seconds is listed as UNKNOWN, with the age of its last snapshot.
@@ -15,9 +15,7 @@ import json
 import math
 import time
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
-import redis
 import typer
 from rich.console import Group
 from rich.live import Live
@@ -26,8 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from antifragile.cli._common import console, err_console, load_settings
-from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
-from antifragile.health import HEALTH_MEMBERS_KEY
+from antifragile.fleet_health import DEFAULT_FORGET_AFTER_S, RedisUnreachable, read_fleet, shown_url
 
 _STATUS_STYLE = {
     "HEALTHY": "green",
@@ -42,87 +39,6 @@ _STATE_STYLE = {
     "FORCED_OPEN": "magenta",
 }
 _RANK = {"HEALTHY": 0, "UNKNOWN": 1, "DEGRADED": 2, "CRITICAL": 3}
-
-
-class RedisUnreachable(Exception):
-    """Redis did not answer (or refused the reads); the message names the URL."""
-
-
-DEFAULT_FORGET_AFTER_S = 3600.0
-
-
-def read_fleet(url: str, forget_after_s: float = DEFAULT_FORGET_AFTER_S) -> list[dict[str, Any]]:
-    """All health snapshots in Redis at ``url``, sorted by instance.
-
-    Members whose snapshot expired, last published within ``forget_after_s`` seconds,
-    are included as ``{"instance", "status": "UNKNOWN", "reason", "published_at"}``.
-
-    Raises:
-        RedisUnreachable: Redis did not answer, refused a read (e.g. a key of the wrong
-            type, missing permissions) or ``url`` is malformed.
-    """
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    except ValueError as exc:  # e.g. a port that is not a number
-        raise RedisUnreachable(f"bad Redis URL {shown_url(url)!r}: {exc}") from None
-    try:
-        keys = sorted(client.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500))
-        members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
-            HEALTH_MEMBERS_KEY, time.time() - forget_after_s, "+inf", withscores=True
-        )
-        docs: list[dict[str, Any]] = []
-        if keys:
-            for key, raw in zip(keys, client.mget(keys), strict=True):
-                if raw is None:
-                    continue  # expired between SCAN and MGET
-                try:
-                    doc = json.loads(raw)
-                except ValueError:
-                    doc = None
-                if not isinstance(doc, dict):  # not JSON, or JSON but not an object
-                    doc = {"status": "UNKNOWN", "error": "unreadable snapshot"}
-                doc.setdefault("instance", key.decode()[len(REDIS_HEALTH_KEY_PREFIX) :])
-                docs.append(doc)
-        live = {str(d.get("instance")) for d in docs}
-        for member, last in members:
-            instance = member.decode()
-            if instance not in live:
-                docs.append(
-                    {
-                        "instance": instance,
-                        "status": "UNKNOWN",
-                        "reason": "health snapshot expired",
-                        "published_at": last,
-                    }
-                )
-        return sorted(docs, key=lambda d: str(d.get("instance")))
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"cannot reach Redis at {shown_url(url)}: {exc}") from None
-    except redis.RedisError as exc:  # WRONGTYPE, NOPERM, ...: one line, not a traceback
-        raise RedisUnreachable(f"Redis at {shown_url(url)} refused to list health: {exc}") from None
-    finally:
-        client.close()
-
-
-def shown_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``: what may be printed or logged."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # malformed (e.g. a port that is not a number): hide the userinfo
-        return url.rsplit("@", 1)[-1] if "@" in url else url
-    if parts.query:  # redis-py also takes ?password=...
-        query = "&".join(
-            f"{k}=***" if k.lower() == "password" else (f"{k}={v}" if v or "=" in item else k)
-            for item in parts.query.split("&")
-            for k, _, v in [item.partition("=")]
-        )
-        parts = parts._replace(query=query)
-    if password is not None:
-        userinfo, host = parts.netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        parts = parts._replace(netloc=f"{user}:***@{host}")
-    return urlunsplit(parts)
 
 
 def fleet_document(url: str, docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -43,8 +43,8 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.orchestrator_logic import format_duration, why_waiting
-from antifragile.recovery_client import orchestrator_queue, request_recovery, running_recovery
+from antifragile.orchestrator.logic import format_duration, why_waiting
+from antifragile.recovery.client import orchestrator_queue, request_recovery, running_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 
@@ -659,7 +659,7 @@ def list_(
 def _decide(service: str, by: str, note: str, decision: Decision) -> None:
     """Send an approve/reject, signed with ``ANTIFRAGILE_APPROVER_KEY`` when it is set.
 
-    The signature (``antifragile.approvals``) binds the workflow id, its first run id, the
+    The signature (``antifragile.hashing``) binds the workflow id, its first run id, the
     decision, the approver and the time; the worker checks it when the policy gives the
     approver a key. Without a key the decision is unsigned and the name is advisory.
     """

@@ -22,9 +22,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from antifragile.breaker import CircuitBreakerConfig, CircuitOpenError, CircuitState
-from antifragile.guard import ConcurrencyLimitError, Guard
-from antifragile.runtime import Runtime
+from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitOpenError, CircuitState
+from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
+from antifragile.inprocess.runtime import Runtime
 
 PERSIST_ERRORS = (
     CircuitOpenError,

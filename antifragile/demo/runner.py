@@ -36,9 +36,7 @@ import redis.asyncio as aioredis
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
-from antifragile.breaker import CircuitBreakerConfig, CircuitState, StateChange
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario, ChaosType, ErrorKind
 from antifragile.constants import (
     intake_shard,
     intake_workflow_id,
@@ -49,8 +47,11 @@ from antifragile.demo.agent_bus import AgentBus
 from antifragile.demo.service import HealthEndpoint, Load, audit_stream, rate_over
 from antifragile.demo.stack import DemoOptions, DemoStack
 from antifragile.demo.timeline import DemoResult, StepTimeout, Timeline, render_summary, wait_until
-from antifragile.health import status_for_score
+from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState, StateChange
+from antifragile.inprocess.health import status_for_score
+from antifragile.inprocess.runtime import Runtime
 from antifragile.models.chaos import ChaosOutcome, ChaosReport
+from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ErrorKind
 from antifragile.models.recovery import (
     RecoveryPolicy,
     RecoveryRequest,
@@ -60,8 +61,7 @@ from antifragile.models.recovery import (
     RecoveryStrategy,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery_client import request_recovery
-from antifragile.runtime import Runtime
+from antifragile.recovery.client import request_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect, ensure_search_attributes
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from antifragile.constants import DEMO_TASK_QUEUE
-from antifragile.devstack import DevStack
 from antifragile.errors import ConfigError
-from antifragile.processes import ServerProcess
 from antifragile.settings import Settings
+from antifragile.stack.devstack import DevStack
+from antifragile.stack.processes import ServerProcess
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Contracts of the chaos experiment workflow: input, result, signals, query, activities.
 
-The scenario itself lives in :mod:`antifragile.chaos.scenario`; the fault lease the
+The scenario itself lives in :mod:`antifragile.models.chaos_scenario`; the fault lease the
 controller writes to Redis (:class:`FaultSpec`) is defined here because activities
 write it and every service process reads it.
 """
@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from antifragile.chaos.scenario import ChaosScenario, ChaosType, ErrorKind, ResourceType
+from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ErrorKind, ResourceType
 from antifragile.models.common import ApprovalRecord, StrictModel
 
 

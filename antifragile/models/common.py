@@ -277,7 +277,7 @@ class ApprovalSignal(StrictModel):
     Attributes:
         approver: Who decides. Required, non-empty.
         note: Free text kept with the decision.
-        signature: Hex HMAC-SHA256 of the decision (``antifragile.approvals``); "" when
+        signature: Hex HMAC-SHA256 of the decision (``antifragile.hashing``); "" when
             unsigned. Required when the policy gives this approver a key.
         signed_at: When the decision was signed (UTC); None when unsigned.
     """

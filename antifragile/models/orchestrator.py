@@ -104,7 +104,7 @@ class RunningRecovery(StrictModel):
         resumed: True when the slot was granted to a recovery resuming after approval.
         probe: True for the probe admission of the current retry-budget pause (the one
             new recovery admitted at a time while the pause holds; see
-            :mod:`antifragile.orchestrator_logic`). Cleared when the pause ends.
+            :mod:`antifragile.orchestrator.logic`). Cleared when the pause ends.
     """
 
     service: str
@@ -285,7 +285,7 @@ class EnqueueBatch(StrictModel):
     """Payload of the ``request_recoveries`` signal: requests in arrival order.
 
     Fire-and-forget requests from one process are sent together (see
-    :func:`~antifragile.recovery_client.request_recovery`), so a storm costs the
+    :func:`~antifragile.recovery.client.request_recovery`), so a storm costs the
     orchestrator a few signals instead of one per service.
     """
 

@@ -18,9 +18,9 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario, ChaosType
 from antifragile.constants import recovery_workflow_id
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
+from antifragile.models.chaos_scenario import ChaosScenario, ChaosType
 from antifragile.models.common import Decision
 from antifragile.models.recovery import (
     RecoveryRequest,
@@ -29,8 +29,8 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.processes import ServerProcess
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
+from antifragile.stack.processes import ServerProcess
 from tests.helpers import (
     Listener,
     WorkerProcess,

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from antifragile.breaker import CircuitBreakerConfig, CircuitState
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import SIGNAL_EMERGENCY_STOP
+from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState
+from antifragile.inprocess.runtime import Runtime
 from antifragile.models.chaos import (
     ChaosOutcome,
     ChaosPhase,
@@ -28,7 +28,7 @@ from antifragile.models.chaos import (
     ChaosStatus,
     EmergencyStopSignal,
 )
-from antifragile.runtime import Runtime
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.settings import Settings
 from tests.helpers import wait_for
 

@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import fault_key
 from antifragile.models.chaos import ChaosPhase, ChaosReport, ChaosStatus
-from antifragile.processes import ServerProcess, start_redis
+from antifragile.stack.processes import ServerProcess, start_redis
 from tests.helpers import workflow_task_failures
 from tests.integration.chaos_support import chaos_scenario, chaos_stack, eventually
 

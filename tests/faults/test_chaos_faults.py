@@ -23,10 +23,10 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import fault_key
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import REDIS_HALT_KEY
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
-from antifragile.processes import ServerProcess
+from antifragile.models.chaos_scenario import ChaosScenario
+from antifragile.stack.processes import ServerProcess
 from tests.helpers import run_cli_batch, temporal_signal, wait_for, workflow_task_failures
 from tests.integration.chaos_support import (
     Demo,

@@ -31,7 +31,7 @@ from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import FaultPlane
 from antifragile.constants import REDIS_HALT_KEY, SIGNAL_EMERGENCY_STOP
 from antifragile.models.chaos import ChaosOutcome, ChaosReport
-from antifragile.processes import ServerProcess, free_port, start_redis
+from antifragile.stack.processes import ServerProcess, free_port, start_redis
 from tests.helpers import run_cli_batch
 from tests.integration.chaos_support import (
     Stack,
@@ -312,7 +312,7 @@ async def test_stop_all_with_the_dev_server_down_halts_and_the_experiment_stops_
     """The reverse with a real outage: a private dev server, SIGKILLed mid-experiment."""
     from temporalio.contrib.pydantic import pydantic_data_converter
 
-    from antifragile.processes import start_temporal_dev_server
+    from antifragile.stack.processes import start_temporal_dev_server
 
     if own_redis.server is None:
         own_redis.start()

@@ -22,7 +22,7 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from antifragile.chaos.plane import FaultPlane
-from antifragile.processes import ServerProcess
+from antifragile.stack.processes import ServerProcess
 from bench._chaos_stack import ChaosStack, chaos_stack
 from bench.faults import starter_kill_trial, worker_kill_trial
 

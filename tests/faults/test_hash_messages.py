@@ -16,9 +16,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.chaos import ChaosActivities
 from activities.common import HASH_MISMATCH_ERROR, CommonActivities
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.hashing import mismatch_message
 from antifragile.models.chaos import InjectFaultInput, RenewLeaseInput
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.models.recovery import ValidateHashInput
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings

@@ -27,8 +27,8 @@ from antifragile.models.recovery import (
     RecoveryState,
     RecoveryStrategy,
 )
-from antifragile.processes import ServerProcess
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
+from antifragile.stack.processes import ServerProcess
 from tests.helpers import Listener, WorkerProcess, stack_env, wait_for, workflow_task_failures
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario, ChaosType
 from antifragile.constants import recovery_workflow_id
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
+from antifragile.models.chaos_scenario import ChaosScenario, ChaosType
 from antifragile.models.recovery import (
     RecoveryPolicy,
     RecoveryRequest,
@@ -25,8 +25,8 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.processes import ServerProcess, free_port, start_temporal_dev_server
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
+from antifragile.stack.processes import ServerProcess, free_port, start_temporal_dev_server
 from tests.helpers import (
     Listener,
     WorkerProcess,

@@ -19,10 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from antifragile.chaos.plane import FaultPlane
-from antifragile.chaos.scenario import ChaosType
-from antifragile.metering import read_usage
+from antifragile.inprocess.metering import read_usage
 from antifragile.models.chaos import FaultSpec
-from antifragile.processes import ServerProcess, start_redis
+from antifragile.models.chaos_scenario import ChaosType
+from antifragile.stack.processes import ServerProcess, start_redis
 from tests.helpers import stack_env
 from tests.integration.chaos_support import Demo, eventually
 

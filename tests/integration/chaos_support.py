@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from antifragile.chaos.scenario import ChaosScenario
+from antifragile.models.chaos_scenario import ChaosScenario
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ class Demo(ChildProcess):
         super().__init__(
             [
                 "-m",
-                "antifragile.demo_service",
+                "antifragile.demo.guarded_service",
                 "--targets",
                 ",".join(targets),
                 "--instance-id",

@@ -16,13 +16,13 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from antifragile.breaker import CircuitBreakerConfig, CircuitState
 from antifragile.constants import KIND_CHAOS, SA_KIND, SA_SERVICE, recovery_workflow_id
+from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState
+from antifragile.inprocess.runtime import Runtime
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryStatus
-from antifragile.processes import free_port
-from antifragile.runtime import Runtime
 from antifragile.settings import Settings
+from antifragile.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from antifragile.breaker import CircuitBreakerConfig
 from antifragile.constants import (
     SIGNAL_REQUEST_RECOVERIES,
     intake_shard,
@@ -20,9 +19,10 @@ from antifragile.constants import (
     orchestrator_workflow_id,
     recovery_workflow_id,
 )
-from antifragile.processes import free_port
-from antifragile.recovery_client import orchestrator_queue
-from antifragile.runtime import Runtime
+from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.runtime import Runtime
+from antifragile.recovery.client import orchestrator_queue
+from antifragile.stack.processes import free_port
 from tests.integration.test_bridge import Boom, eventually, fail, runtime_for
 
 pytestmark = pytest.mark.integration

@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import REDIS_HALT_KEY
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
-from antifragile.processes import ServerProcess
+from antifragile.models.chaos_scenario import ChaosScenario
+from antifragile.stack.processes import ServerProcess
 from tests.integration.chaos_support import (
     Demo,
     Stack,
@@ -407,8 +407,8 @@ async def test_redis_killed_mid_experiment_then_status_and_report_are_right(
     import os
 
     from antifragile.policy import ChaosPolicyConfig, WorkerPolicy
-    from antifragile.processes import start_redis
     from antifragile.settings import Settings
+    from antifragile.stack.processes import start_redis
 
     redis = start_redis(log_path=tmp_path / "redis.log")
     servers = [redis]

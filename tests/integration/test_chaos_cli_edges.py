@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import Client
 
 from antifragile.models.chaos import ChaosExperimentInput
-from antifragile.processes import ServerProcess
+from antifragile.stack.processes import ServerProcess
 from tests.integration.chaos_support import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -22,7 +22,7 @@ from temporalio.client import Client
 from antifragile.chaos.client import start_experiment
 from antifragile.constants import REDIS_HALT_KEY
 from antifragile.models.chaos import ChaosOutcome, ChaosReport
-from antifragile.processes import ServerProcess
+from antifragile.stack.processes import ServerProcess
 from tests.integration.chaos_support import (
     Stack,
     chaos_scenario,

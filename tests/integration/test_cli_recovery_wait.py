@@ -20,13 +20,13 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from antifragile.approvals import verify_decision
 from antifragile.constants import (
     intake_shard,
     intake_workflow_id,
     orchestrator_workflow_id,
     recovery_workflow_id,
 )
+from antifragile.hashing import verify_decision
 from antifragile.models.recovery import (
     RecoveryRequest,
     RecoveryResult,
@@ -34,9 +34,9 @@ from antifragile.models.recovery import (
     RecoveryStatus,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import ServerProcess, start_temporal_dev_server
-from antifragile.recovery_client import orchestrator_queue, request_recovery
+from antifragile.recovery.client import orchestrator_queue, request_recovery
 from antifragile.settings import Settings
+from antifragile.stack.processes import ServerProcess, start_temporal_dev_server
 from antifragile.temporal_client import connect, ensure_search_attributes
 from tests.helpers import REPO, Listener, run_cli, stack_env, wait_for
 from workers.main import build_worker

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from antifragile.demo.timeline import STEPS
-from antifragile.processes import free_port, port_open
+from antifragile.stack.processes import free_port, port_open
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from antifragile import binaries
-from antifragile.processes import free_port, port_open
+from antifragile.stack import binaries
+from antifragile.stack.processes import free_port, port_open
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration

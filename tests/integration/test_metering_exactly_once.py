@@ -24,8 +24,13 @@ import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
-from antifragile.metering import MeteringIntegration, UsageConsumer, UsageTotal, read_usage
-from antifragile.processes import ServerProcess, free_port, start_redis
+from antifragile.inprocess.metering import (
+    MeteringIntegration,
+    UsageConsumer,
+    UsageTotal,
+    read_usage,
+)
+from antifragile.stack.processes import ServerProcess, free_port, start_redis
 from tests.redis_proxy import LostReplyProxy
 
 pytestmark = pytest.mark.integration

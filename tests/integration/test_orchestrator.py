@@ -35,10 +35,10 @@ from antifragile.models.recovery import (
     RecoveryState,
     RecoveryStatus,
 )
-from antifragile.orchestrator_logic import admission_order_violations
+from antifragile.orchestrator.logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import free_port
-from antifragile.recovery_client import orchestrator_queue, request_recovery
+from antifragile.recovery.client import orchestrator_queue, request_recovery
+from antifragile.stack.processes import free_port
 from tests.helpers import client_of_its_own, wait_for
 
 pytestmark = pytest.mark.integration

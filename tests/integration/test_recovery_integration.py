@@ -8,7 +8,6 @@ import json
 import pytest
 from temporalio.client import Client
 
-from antifragile import binaries
 from antifragile.constants import recovery_workflow_id
 from antifragile.models.recovery import (
     RecoveryPolicy,
@@ -18,8 +17,9 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
-from antifragile.processes import ServerProcess, free_port
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
+from antifragile.stack import binaries
+from antifragile.stack.processes import ServerProcess, free_port
 from tests.helpers import Listener, run_cli, stack_env, wait_for
 
 pytestmark = pytest.mark.integration

@@ -39,10 +39,10 @@ from antifragile.constants import (
 )
 from antifragile.models.orchestrator import QueueView
 from antifragile.models.recovery import RecoveryRequest, RecoveryState, RecoveryStatus
-from antifragile.orchestrator_logic import admission_order_violations
+from antifragile.orchestrator.logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import free_port
-from antifragile.recovery_client import orchestrator_queue, signal_orchestrator
+from antifragile.recovery.client import orchestrator_queue, signal_orchestrator
+from antifragile.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 

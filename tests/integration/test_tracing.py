@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from antifragile.processes import ServerProcess
+from antifragile.stack.processes import ServerProcess
 from tests.helpers import run_cli, stack_env, wait_for
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from antifragile.processes import ServerProcess, free_port
+from antifragile.stack.processes import ServerProcess, free_port
 from tests.helpers import run_cli, stack_env, wait_for
 
 pytestmark = pytest.mark.integration

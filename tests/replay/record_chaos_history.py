@@ -17,15 +17,15 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from antifragile import binaries
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import SEARCH_ATTRIBUTES
 from antifragile.models.chaos import ChaosPhase, ChaosStatus, EmergencyStopSignal
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.models.common import ApprovalSignal, HealthChangedSignal
 from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import start_redis
 from antifragile.settings import Settings
+from antifragile.stack import binaries
+from antifragile.stack.processes import start_redis
 from workers.main import all_activities
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow

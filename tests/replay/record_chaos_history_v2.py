@@ -23,14 +23,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from antifragile import binaries
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.models.chaos import ChaosPhase, ChaosStatus, EmergencyStopSignal
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.models.common import ApprovalSignal
 from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import ServerProcess, start_redis
 from antifragile.settings import Settings
+from antifragile.stack import binaries
+from antifragile.stack.processes import ServerProcess, start_redis
 from antifragile.temporal_client import ensure_search_attributes
 from workers.main import all_activities
 from workflows.chaos_experiment import ChaosExperimentWorkflow

@@ -19,10 +19,10 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from antifragile import binaries
 from antifragile.chaos.client import start_experiment
-from antifragile.chaos.scenario import ChaosScenario
-from antifragile.processes import ServerProcess, start_redis
+from antifragile.models.chaos_scenario import ChaosScenario
+from antifragile.stack import binaries
+from antifragile.stack.processes import ServerProcess, start_redis
 from antifragile.temporal_client import ensure_search_attributes
 from tests.workflows.test_chaos_interrupts import gated_worker
 

@@ -35,9 +35,9 @@ from antifragile.models.orchestrator import (
 )
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import free_port, start_temporal_dev_server
-from antifragile.recovery_client import orchestrator_queue, request_recovery
+from antifragile.recovery.client import orchestrator_queue, request_recovery
 from antifragile.settings import Settings
+from antifragile.stack.processes import free_port, start_temporal_dev_server
 from tests.replay.record_orchestrator_history import connect
 from workers.main import build_worker
 

@@ -21,7 +21,7 @@ from antifragile.models.recovery import (
     RecoveryStatus,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
 from antifragile.settings import Settings
 from tests.workflows.test_recovery import ScriptedService
 from workflows.recovery import RecoveryWorkflow
@@ -78,7 +78,7 @@ async def main() -> None:
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
-    from antifragile import binaries
+    from antifragile.stack import binaries
 
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binaries.temporal_test_server(),

@@ -31,7 +31,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.common import CommonActivities
-from antifragile.approvals import sign_decision
+from antifragile.hashing import sign_decision
 from antifragile.models.common import ApprovalSignal, HealthChangedSignal
 from antifragile.models.recovery import (
     ProbeInput,
@@ -43,7 +43,7 @@ from antifragile.models.recovery import (
     RecoveryStrategy,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
 from antifragile.settings import Settings
 from tests.workflows.recovery_parent import RecoveryParent
 from tests.workflows.test_recovery import CrashingAction, ScriptedService, WakeDuring
@@ -201,7 +201,7 @@ async def main() -> None:
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
-    from antifragile import binaries
+    from antifragile.stack import binaries
     from antifragile.temporal_client import ensure_search_attributes
 
     env = await WorkflowEnvironment.start_time_skipping(

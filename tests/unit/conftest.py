@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from antifragile.processes import ServerProcess, free_port, start_redis
+from antifragile.stack.processes import ServerProcess, free_port, start_redis
 
 
 class FakeClock:

@@ -7,9 +7,9 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from antifragile.breaker import CircuitBreakerConfig
 from antifragile.demo.agent_bus import AgentBus, decode_batch
-from antifragile.runtime import Runtime
+from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.runtime import Runtime
 from antifragile.settings import Settings
 from tests.unit.conftest import RestartableRedis
 

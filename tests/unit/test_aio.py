@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from antifragile.aio import cancel_and_wait
+from antifragile.inprocess._aio import cancel_and_wait
 
 
 async def test_a_task_that_swallows_the_first_cancellation_still_ends() -> None:

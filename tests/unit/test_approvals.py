@@ -10,7 +10,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.common import CommonActivities
-from antifragile.approvals import (
+from antifragile.hashing import (
     MIN_KEY_BYTES,
     sign_decision,
     signature_digest,

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from antifragile.breaker import (
+from antifragile.errors import ConfigError
+from antifragile.inprocess.breaker import (
     LEGAL_TRANSITIONS,
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -24,7 +25,6 @@ from antifragile.breaker import (
     StateChange,
     exact_rate,
 )
-from antifragile.errors import ConfigError
 from tests.unit.conftest import FakeClock
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from antifragile.breaker import CircuitState, StateChange
-from antifragile.bridge import Bridge, _Intent
-from antifragile.health import HealthAggregator
+from antifragile.inprocess.breaker import CircuitState, StateChange
+from antifragile.inprocess.bridge import Bridge, _Intent
+from antifragile.inprocess.health import HealthAggregator
 from antifragile.settings import Settings
 
 

@@ -20,8 +20,8 @@ from antifragile.chaos.logic import (
     select_instances,
     targets_refused,
 )
-from antifragile.chaos.scenario import ChaosScenario, ChaosType
 from antifragile.models.chaos import ChaosPhase
+from antifragile.models.chaos_scenario import ChaosScenario, ChaosType
 
 P = ChaosPhase
 

@@ -11,7 +11,7 @@ from antifragile.chaos.logic import (
     preflight_guards,
     unguarded_refusal,
 )
-from antifragile.chaos.scenario import ChaosScenario
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.policy import ChaosPolicyConfig, WorkerPolicy
 
 

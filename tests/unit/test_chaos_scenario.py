@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from antifragile.chaos.scenario import (
+from antifragile.errors import ConfigError
+from antifragile.models.chaos_scenario import (
     SCHEMA_PATH,
     ChaosScenario,
     ChaosType,
@@ -16,7 +17,6 @@ from antifragile.chaos.scenario import (
     parse_scenario,
     render_schema,
 )
-from antifragile.errors import ConfigError
 
 
 def test_defaults_follow_the_issue() -> None:
@@ -109,7 +109,7 @@ def test_bad_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
 
 def test_published_schema_equals_the_generated_one() -> None:
     assert SCHEMA_PATH.read_text() == render_schema(), (
-        "regenerate with: python -m antifragile.chaos.scenario"
+        "regenerate with: python -m antifragile.models.chaos_scenario"
     )
     schema = json.loads(SCHEMA_PATH.read_text())
     assert schema["additionalProperties"] is False

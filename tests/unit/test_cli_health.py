@@ -16,18 +16,13 @@ import redis.asyncio as aioredis
 import typer
 from typer.testing import CliRunner
 
-from antifragile.breaker import CircuitBreaker
-from antifragile.bridge import Bridge, health_key
 from antifragile.cli.health import health_command
-from antifragile.health import (
-    HEALTH_MEMBERS_KEY,
-    HealthAggregator,
-    HealthAggregatorConfig,
-    publish_snapshot,
-    withdraw_snapshot,
-)
-from antifragile.processes import free_port
+from antifragile.fleet_health import HEALTH_MEMBERS_KEY, publish_snapshot, withdraw_snapshot
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.bridge import Bridge, health_key
+from antifragile.inprocess.health import HealthAggregator, HealthAggregatorConfig
 from antifragile.settings import Settings
+from antifragile.stack.processes import free_port
 from tests.unit.conftest import RestartableRedis
 
 app = typer.Typer()

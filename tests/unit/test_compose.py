@@ -23,12 +23,12 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 import antifragile.constants as constants
-from antifragile import demo_service
 from antifragile.cli import app
-from antifragile.metrics import serve
+from antifragile.demo import guarded_service as demo_service
+from antifragile.inprocess.metrics import serve
 from antifragile.policy import WorkerPolicy
-from antifragile.processes import free_port
 from antifragile.settings import Settings
+from antifragile.stack.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("antifragile-init", "worker", "demo-service")

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.service import TLSConfig
 
-from antifragile import tracing
+from antifragile import telemetry as tracing
 from antifragile.errors import ConfigError, describe_validation_error
-from antifragile.logs import JsonFormatter, configure_logging
 from antifragile.settings import Settings
+from antifragile.telemetry import JsonFormatter, configure_logging
 from antifragile.temporal_client import tls_config
 
 

@@ -12,23 +12,22 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from antifragile.breaker import CircuitBreaker, CircuitOpenError, CircuitState
 from antifragile.chaos.plane import (
     REMOVED_MAX,
     REMOVED_MEMORY_S,
     FaultConflictError,
     FaultPlane,
-    FaultSubscriber,
     fault_key,
     impact_key,
-    snapshot_process_score,
-    snapshot_score,
 )
-from antifragile.chaos.scenario import ChaosType
 from antifragile.constants import REDIS_HALT_KEY
-from antifragile.fault_table import FaultTable
-from antifragile.guard import Guard
+from antifragile.fleet_health import snapshot_process_score, snapshot_score
+from antifragile.inprocess.breaker import CircuitBreaker, CircuitOpenError, CircuitState
+from antifragile.inprocess.fault_subscriber import FaultSubscriber
+from antifragile.inprocess.fault_table import FaultTable
+from antifragile.inprocess.guard import Guard
 from antifragile.models.chaos import FaultSpec
+from antifragile.models.chaos_scenario import ChaosType
 from tests.unit.conftest import FakeClock, RestartableRedis
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from antifragile.fault_table import Fault, FaultTable
-from antifragile.guard import Guard
+from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
+from antifragile.inprocess.fault_table import Fault, FaultTable
+from antifragile.inprocess.guard import Guard
 
 
 class FakeFault:

@@ -10,12 +10,17 @@ from typing import Any
 
 import pytest
 
-from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
-from antifragile.chaos.faults import ChaosFault, InjectedFault, ResourceFault, build_fault
-from antifragile.chaos.scenario import MEMORY_CAP_MB, ChaosType, ResourceType
-from antifragile.fault_table import FaultTable
-from antifragile.guard import ConcurrencyLimitError, Guard
+from antifragile.inprocess.breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+)
+from antifragile.inprocess.fault_table import FaultTable
+from antifragile.inprocess.faults import ChaosFault, InjectedFault, ResourceFault, build_fault
+from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
 from antifragile.models.chaos import FaultSpec
+from antifragile.models.chaos_scenario import MEMORY_CAP_MB, ChaosType, ResourceType
 
 
 def make_guard(name: str, **kw: Any) -> Guard:
@@ -275,7 +280,7 @@ async def test_latency_wait_ends_when_the_lease_expires_unrenewed() -> None:
 
 
 async def test_latency_is_capped_at_the_experiment_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    from antifragile.chaos import faults
+    from antifragile.inprocess import faults
 
     monkeypatch.setattr(faults, "MAX_INJECTED_WAIT_S", 0.1)
     fault = build_fault(spec(ChaosType.LATENCY, latency_ms=600_000))

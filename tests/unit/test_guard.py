@@ -9,14 +9,19 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, CircuitState
-from antifragile.chaos.faults import ChaosFault, build_fault
-from antifragile.chaos.scenario import ChaosType
 from antifragile.errors import ConfigError
-from antifragile.fault_table import FaultTable
-from antifragile.guard import ConcurrencyLimitError, Guard
-from antifragile.metering import MeteringIntegration
+from antifragile.inprocess.breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+)
+from antifragile.inprocess.fault_table import FaultTable
+from antifragile.inprocess.faults import ChaosFault, build_fault
+from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
+from antifragile.inprocess.metering import MeteringIntegration
 from antifragile.models.chaos import FaultSpec
+from antifragile.models.chaos_scenario import ChaosType
 from tests.unit.conftest import FakeClock
 
 
@@ -305,7 +310,7 @@ async def test_item13_removing_the_fault_ends_the_injected_wait() -> None:
 async def test_item13_end_to_end_latency_lease_under_runtime_guard_timeout(redis_url: str) -> None:
     """The issue's input: runtime.guard("x", timeout_s=0.2) + a 1,000 ms LATENCY lease."""
     from antifragile.chaos.plane import FaultPlane
-    from antifragile.runtime import Runtime
+    from antifragile.inprocess.runtime import Runtime
     from antifragile.settings import Settings
 
     name = f"x-{uuid.uuid4().hex[:6]}"
@@ -439,7 +444,7 @@ async def _random_run(seed: int) -> list[tuple[object, ...]]:
     import contextvars
     import random
 
-    from antifragile.breaker import CircuitState as S
+    from antifragile.inprocess.breaker import CircuitState as S
 
     admitted: contextvars.ContextVar[tuple[int, S]] = contextvars.ContextVar("admitted")
 

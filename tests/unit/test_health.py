@@ -13,18 +13,17 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from antifragile.breaker import (
+from antifragile.chaos.logic import health_trips_guard
+from antifragile.chaos.plane import FaultPlane
+from antifragile.errors import ConfigError
+from antifragile.inprocess.breaker import (
     LEGAL_TRANSITIONS,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitState,
 )
-from antifragile.bridge import Bridge, health_key
-from antifragile.chaos.logic import health_trips_guard
-from antifragile.chaos.plane import FaultPlane
-from antifragile.chaos.scenario import ChaosScenario
-from antifragile.errors import ConfigError
-from antifragile.health import (
+from antifragile.inprocess.bridge import Bridge, health_key
+from antifragile.inprocess.health import (
     HealthAggregator,
     HealthAggregatorConfig,
     SystemHealthReport,
@@ -33,6 +32,7 @@ from antifragile.health import (
     health_score,
     status_for_score,
 )
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.settings import Settings
 from tests.unit.conftest import FakeClock, RestartableRedis
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from antifragile.logs import JsonFormatter
+from antifragile.telemetry import JsonFormatter
 
 
 def record(**extra: object) -> logging.LogRecord:

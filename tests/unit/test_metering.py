@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
 
 from antifragile.errors import ConfigError
-from antifragile.metering import (
+from antifragile.inprocess.metering import (
     MeteringIntegration,
     UsageConsumer,
     UsageEvent,

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig
-from antifragile.health import HealthAggregator, HealthAggregatorConfig
-from antifragile.metering import MeteringIntegration
-from antifragile.metrics import RuntimeCollector, WorkflowCountCollector, serve
-from antifragile.processes import free_port
-from antifragile.runtime import Runtime
+from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig
+from antifragile.inprocess.health import HealthAggregator, HealthAggregatorConfig
+from antifragile.inprocess.metering import MeteringIntegration
+from antifragile.inprocess.metrics import RuntimeCollector, WorkflowCountCollector, serve
+from antifragile.inprocess.runtime import Runtime
 from antifragile.settings import Settings
+from antifragile.stack.processes import free_port
 from tests.unit.conftest import FakeClock
 
 

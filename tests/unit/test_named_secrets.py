@@ -1,7 +1,8 @@
 """Secrets stay in the worker: requests name probes and webhooks; URLs with credentials are refused.
 
 Covers the request models (the API), the worker policy (``recovery.probes``,
-``recovery.webhooks``, the old ``webhook_url``), the resolver (``antifragile.named_targets``)
+``recovery.webhooks``, the old ``webhook_url``), the resolver
+(``antifragile.recovery.named_targets``)
 and the CLI's one-line refusal (exit 2).
 """
 
@@ -16,18 +17,18 @@ import pytest
 from pydantic import ValidationError
 from temporalio.testing import WorkflowEnvironment
 
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.errors import CREDENTIAL_ERROR, ConfigError, describe_validation_error
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.models.common import credential_in_url, redact_url
 from antifragile.models.recovery import RecoveryRequest
-from antifragile.named_targets import (
+from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
+from antifragile.recovery.named_targets import (
     REDACTED,
     NamedTargetError,
     environment_problems,
     resolve_probe,
     resolve_webhook,
 )
-from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.helpers import run_cli_batch
 
@@ -355,7 +356,7 @@ async def test_the_cli_refuses_credentials_with_one_line_and_exit_2() -> None:
     ],
 )
 async def test_a_malformed_probe_url_is_reported_without_quoting_it(url: str) -> None:
-    from antifragile.probes import probe
+    from antifragile.recovery.probes import probe
 
     outcome = await probe(url, 1.0)
     assert not outcome.healthy
@@ -366,7 +367,7 @@ async def test_a_malformed_probe_url_is_reported_without_quoting_it(url: str) ->
     "url", [f"nope://{SECRET}/x", f"http://127.0.0.1:{SECRET}/x", f"http://[{SECRET}/x"]
 )
 def test_a_malformed_webhook_url_is_reported_without_quoting_it(url: str) -> None:
-    from antifragile.probes import post_webhook
+    from antifragile.recovery.probes import post_webhook
 
     error = post_webhook(url, {}, 1.0)
     assert error is not None and SECRET not in error, error

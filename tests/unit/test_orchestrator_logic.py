@@ -17,7 +17,7 @@ from antifragile.models.orchestrator import (
     RunningView,
 )
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest, RecoveryStrategy
-from antifragile.orchestrator_logic import (
+from antifragile.orchestrator.logic import (
     PACK_THRESHOLD,
     OrchestratorCore,
     QueueError,

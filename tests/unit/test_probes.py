@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from antifragile.probes import probe, run_command
-from antifragile.processes import ServerProcess, free_port
+from antifragile.recovery.probes import probe, run_command
+from antifragile.stack.processes import ServerProcess, free_port
 
 
 @pytest.fixture

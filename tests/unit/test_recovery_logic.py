@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from antifragile.models.recovery import RecoveryPolicy, RecoveryState, RecoveryStrategy
-from antifragile.recovery_logic import (
+from antifragile.recovery.logic import (
     LEGAL_TRANSITIONS,
     MIN_WATCH_INTERVAL_MS,
     AwaitingStep,

@@ -8,11 +8,11 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
-from antifragile.breaker import CircuitBreakerConfig, CircuitState
 from antifragile.errors import ConfigError
-from antifragile.metering import MeteringIntegration
+from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState
+from antifragile.inprocess.metering import MeteringIntegration
+from antifragile.inprocess.runtime import Runtime
 from antifragile.models.recovery import RecoveryRequest, RecoveryStrategy
-from antifragile.runtime import Runtime
 from antifragile.settings import Settings
 from tests.unit.conftest import RestartableRedis
 

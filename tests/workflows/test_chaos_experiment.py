@@ -23,7 +23,6 @@ from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
 from antifragile.chaos.client import start_experiment
 from antifragile.chaos.plane import FaultPlane, fault_key
-from antifragile.chaos.scenario import ChaosScenario
 from antifragile.constants import REDIS_HALT_KEY, REDIS_HEALTH_KEY_PREFIX
 from antifragile.models.chaos import (
     ChaosOutcome,
@@ -32,6 +31,7 @@ from antifragile.models.chaos import (
     ChaosStatus,
     EmergencyStopSignal,
 )
+from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
 from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
@@ -598,7 +598,7 @@ async def own_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def own_redis(tmp_path: Any) -> Any:
     """A redis-server of this test's own, to kill and bring back on the same port."""
-    from antifragile.processes import start_redis
+    from antifragile.stack.processes import start_redis
 
     servers = [start_redis(log_path=tmp_path / "redis.log")]
 

@@ -23,8 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.common import CommonActivities
-from antifragile.logs import JsonFormatter
-from antifragile.metrics import temporal_runtime_with_metrics
+from antifragile.inprocess.metrics import temporal_runtime_with_metrics
 from antifragile.models.recovery import (
     ProbeInput,
     ProbeResult,
@@ -34,10 +33,10 @@ from antifragile.models.recovery import (
     RecoveryState,
 )
 from antifragile.policy import WorkerPolicy
-from antifragile.processes import free_port
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
 from antifragile.settings import Settings
-from antifragile.tracing import tracer_provider, tracing_interceptor
+from antifragile.stack.processes import free_port
+from antifragile.telemetry import JsonFormatter, tracer_provider, tracing_interceptor
 from workers.main import workflow_runner
 from workflows.recovery import RecoveryWorkflow
 
@@ -155,7 +154,7 @@ async def test_connect_adds_the_tracing_interceptor_only_when_an_endpoint_is_set
 ) -> None:
     from temporalio.contrib.opentelemetry import TracingInterceptor
 
-    from antifragile import tracing
+    from antifragile import telemetry as tracing
     from antifragile.temporal_client import connect
 
     target = time_skipping_env.client.service_client.config.target_host

@@ -29,8 +29,8 @@ from temporalio.worker import Worker
 
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
-from antifragile.approvals import sign_decision
 from antifragile.constants import SA_PRIORITY
+from antifragile.hashing import sign_decision
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
 from antifragile.models.recovery import (
     ProbeInput,
@@ -48,7 +48,7 @@ from antifragile.models.recovery import (
     ValidateHashResult,
 )
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery_client import start_recovery
+from antifragile.recovery.client import start_recovery
 from antifragile.settings import Settings
 from tests.helpers import time_skipping_server
 from tests.workflows.recovery_parent import RecoveryParent

@@ -29,7 +29,6 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.common import CommonActivities
 from activities.recovery import RecoveryActivities
-from antifragile import binaries
 from antifragile.constants import (
     ORCHESTRATOR_WORKFLOW_TYPE,
     QUERY_QUEUE,
@@ -49,9 +48,10 @@ from antifragile.models.recovery import (
     RecoveryStrategy,
 )
 from antifragile.policy import ApproverConfig, RecoveryPolicyConfig, WorkerPolicy
-from antifragile.processes import free_port
-from antifragile.recovery_client import request_recovery
+from antifragile.recovery.client import request_recovery
 from antifragile.settings import Settings
+from antifragile.stack import binaries
+from antifragile.stack.processes import free_port
 from tests.conftest import WorkerFactory
 
 PASSWORD = "pw-7Kq9-never-in-history"

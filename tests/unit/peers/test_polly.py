@@ -17,7 +17,7 @@ import contextlib
 
 import pytest
 
-from antifragile.breaker import (
+from antifragile.inprocess.breaker import (
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from antifragile.breaker import (
+from antifragile.inprocess.breaker import (
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,

@@ -15,7 +15,8 @@ import asyncio
 
 import pytest
 
-from antifragile.breaker import (
+from antifragile.errors import ConfigError
+from antifragile.inprocess.breaker import (
     LEGAL_TRANSITIONS,
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -24,7 +25,6 @@ from antifragile.breaker import (
     IllegalTransitionError,
     StateChange,
 )
-from antifragile.errors import ConfigError
 from tests.unit.conftest import FakeClock
 
 OPEN, CLOSED, HALF_OPEN = CircuitState.OPEN, CircuitState.CLOSED, CircuitState.HALF_OPEN

@@ -1,8 +1,8 @@
 """A small guarded service for demos and integration tests.
 
-``python -m antifragile.demo_service --targets db,cache`` (a summary line a second; or
+``python -m antifragile.demo.guarded_service --targets db,cache`` (a summary line a second; or
 ``--status-file /tmp/demo.json`` for a JSON file rewritten every ``--report-interval``)
-embeds a :class:`~antifragile.runtime.Runtime` (fault plane, health snapshots, bridge),
+embeds a :class:`~antifragile.inprocess.runtime.Runtime` (fault plane, health snapshots, bridge),
 makes guarded calls to each target in a loop and rewrites a JSON status file a few times
 a second, so another process can watch every chaos type arrive at the call site and
 leave again:
@@ -11,7 +11,7 @@ leave again:
   ``TimeoutError``, ``CircuitOpenError``, ``ConcurrencyLimitError`` …), the latencies of
   the last calls, breaker state, calls in flight and the active fault's experiment id;
 - per process: resident memory and CPU use over the last interval;
-- with ``--meter``: one :class:`~antifragile.metering.UsageEvent` per call
+- with ``--meter``: one :class:`~antifragile.inprocess.metering.UsageEvent` per call
   (``demo_call:{target}``) on top of the guards' own ``guarded_call:{target}`` counts,
   flushed to the Redis metering stream, and the metering counters (``recorded``,
   ``written``, ``buffered``, ``dropped`` …) under ``metering`` in the status.
@@ -37,12 +37,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from antifragile.breaker import CircuitBreakerConfig
-from antifragile.guard import Guard
-from antifragile.logs import configure_logging
-from antifragile.metering import UsageEvent
-from antifragile.runtime import Runtime
+from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.guard import Guard
+from antifragile.inprocess.metering import UsageEvent
+from antifragile.inprocess.runtime import Runtime
 from antifragile.settings import Settings
+from antifragile.telemetry import configure_logging
 
 RECENT = 20
 """Latencies of this many most recent calls per target are reported."""
@@ -255,7 +255,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m antifragile.demo_service``."""
+    """Entry point: ``python -m antifragile.demo.guarded_service``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--targets", default="demo-db", help="comma-separated dependency names")
     parser.add_argument("--instance-id", default=None, help="name in the fleet")

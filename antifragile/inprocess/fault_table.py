@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from antifragile.guard import Guard
+    from antifragile.inprocess.guard import Guard
 
 log = logging.getLogger(__name__)
 

@@ -87,9 +87,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from antifragile.aio import cancel_and_wait
 from antifragile.constants import REDIS_METERING_STREAM
 from antifragile.errors import ConfigError
+from antifragile.inprocess._aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

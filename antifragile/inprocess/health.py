@@ -48,13 +48,11 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
-from antifragile.aio import cancel_and_wait
-from antifragile.breaker import CircuitBreaker, CircuitState, Clock
-from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
 from antifragile.errors import ConfigError
+from antifragile.inprocess._aio import cancel_and_wait
+from antifragile.inprocess.breaker import CircuitBreaker, CircuitState, Clock
 
 log = logging.getLogger(__name__)
 
@@ -595,50 +593,3 @@ class HealthAggregator:
             except Exception:
                 log.exception("health snapshot failed")
             await asyncio.sleep(self.config.history_interval_s)
-
-
-# ---------------------------------------------------------------------- fleet membership
-
-HEALTH_MEMBERS_KEY = "af:health-members"
-"""Sorted set: every instance that published a health snapshot, scored by the Unix time
-of its last snapshot. Outside the ``af:health:*`` pattern on purpose, so readers that
-scan snapshots never meet it."""
-
-MEMBER_FORGET_S = 7 * 24 * 3600.0
-"""Publishers drop members not heard from for this long (7 days)."""
-
-
-def snapshot_key(instance_id: str) -> str:
-    """Redis key of an instance's health snapshot: ``af:health:{instance}``."""
-    return f"{REDIS_HEALTH_KEY_PREFIX}{instance_id}"
-
-
-async def publish_snapshot(
-    client: aioredis.Redis, instance_id: str, document: str, ttl_s: float
-) -> None:
-    """Write an instance's snapshot with its TTL and mark it a fleet member, atomically.
-
-    Args:
-        client: Redis.
-        instance_id: The publishing process.
-        document: The JSON snapshot.
-        ttl_s: Seconds until the snapshot expires (then the member shows as UNKNOWN).
-
-    Raises:
-        redis.RedisError / OSError: Redis did not take the write.
-    """
-    now = time.time()
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.set(snapshot_key(instance_id), document, px=max(1, int(ttl_s * 1000)))
-        pipe.zadd(HEALTH_MEMBERS_KEY, {instance_id: now})
-        pipe.zremrangebyscore(HEALTH_MEMBERS_KEY, "-inf", now - MEMBER_FORGET_S)
-        await pipe.execute()
-
-
-async def withdraw_snapshot(client: aioredis.Redis, instance_id: str) -> None:
-    """A clean stop: remove the snapshot and the membership (the instance is not UNKNOWN,
-    it is gone)."""
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(snapshot_key(instance_id))
-        pipe.zrem(HEALTH_MEMBERS_KEY, instance_id)
-        await pipe.execute()

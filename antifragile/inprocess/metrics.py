@@ -20,14 +20,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from antifragile.breaker import CircuitState
+from antifragile.inprocess.breaker import CircuitState
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from antifragile.health import HealthAggregator
-    from antifragile.metering import MeteringIntegration
-    from antifragile.runtime import Runtime as AntifragileRuntime
+    from antifragile.inprocess.health import HealthAggregator
+    from antifragile.inprocess.metering import MeteringIntegration
+    from antifragile.inprocess.runtime import Runtime as AntifragileRuntime
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class RuntimeCollector(Collector):
     """Breakers, health, metering and faults of one in-process runtime.
 
     Built from the parts it reads (:meth:`for_runtime` takes them from a
-    :class:`~antifragile.runtime.Runtime`). A scrape runs on the Prometheus server's
+    :class:`~antifragile.inprocess.runtime.Runtime`). A scrape runs on the Prometheus server's
     thread, so it only reads snapshots: the aggregator's record of breaker states and its
     immutable status (it touches no breaker: no transition, no listener, no callback, no
     asyncio object), the fault table's size and the metering counters.

@@ -51,7 +51,7 @@ from antifragile.models.orchestrator import (
     RequestState,
 )
 from antifragile.models.recovery import JoinSignal, RecoveryRequest, RecoveryResult
-from antifragile.orchestrator_logic import ignored_settings
+from antifragile.orchestrator.logic import ignored_settings
 
 
 def recovery_summary(request: RecoveryRequest) -> str:

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from antifragile import binaries
 from antifragile.constants import SEARCH_ATTRIBUTES
 from antifragile.errors import AntifragileError
+from antifragile.stack import binaries
 
 
 class ProcessStartError(AntifragileError):

@@ -5,7 +5,7 @@ FORCED_OPEN), one transition method checked against a table of legal moves, an
 injectable monotonic clock, and listeners that can never break the call path.
 
 Semantics (kept by every call path: ``call``, ``call_sync``, ``async with``, the
-decorator and :class:`~antifragile.guard.Guard`):
+decorator and :class:`~antifragile.inprocess.guard.Guard`):
 
 * **Generations.** Every transition starts a new generation (a round). An admitted
   call carries the generation it was admitted in (its *token*). Only an outcome of the
@@ -24,8 +24,8 @@ decorator and :class:`~antifragile.guard.Guard`):
   (a trial permit is freed, nothing is decided), and so does a refusal by this same
   breaker of a call nested inside one of its own (another breaker's refusal is a
   failure). An exception of ``failure_exceptions`` is a failure, and so is an error a
-  chaos fault injected (:class:`~antifragile.chaos.faults.InjectedFault`, whatever its
-  type) or the ``TimeoutError`` of a :class:`~antifragile.guard.Guard`'s own timeout.
+  chaos fault injected (:class:`~antifragile.inprocess.faults.InjectedFault`, whatever its
+  type) or the ``TimeoutError`` of a :class:`~antifragile.inprocess.guard.Guard`'s own timeout.
   Any other ``Exception`` means the dependency answered: a success. A ``BaseException``
   that is not an ``Exception`` (cancellation, ``GeneratorExit``, ``KeyboardInterrupt``)
   counts as nothing. A call slower than ``slow_call_duration_s`` is a failure whatever
@@ -44,7 +44,7 @@ decorator and :class:`~antifragile.guard.Guard`):
 * **Configuration** is an immutable :class:`CircuitBreakerConfig`, replaced whole by
   :meth:`CircuitBreaker.reconfigure` (assigning ``breaker.config`` does the same).
 
-Call protocol (what :class:`~antifragile.guard.Guard` uses):
+Call protocol (what :class:`~antifragile.inprocess.guard.Guard` uses):
 ``token = breaker.acquire_permission()`` (raises :class:`CircuitOpenError`), then
 exactly one of ``breaker.on_success(token, duration_s)``,
 ``breaker.on_error(token, duration_s, exc)`` or ``breaker.release(token)``. Two

@@ -15,8 +15,13 @@ from pathlib import Path
 
 from antifragile.errors import ConfigError
 from antifragile.models.common import redact_url
-from antifragile.processes import ServerProcess, port_open, start_redis, start_temporal_dev_server
 from antifragile.settings import Settings
+from antifragile.stack.processes import (
+    ServerProcess,
+    port_open,
+    start_redis,
+    start_temporal_dev_server,
+)
 
 log = logging.getLogger("antifragile.dev")
 

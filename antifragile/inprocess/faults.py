@@ -1,7 +1,7 @@
 """Fault kinds enforced at the call site by a guard (one class per :class:`ChaosType`).
 
 A fault object is built from the :class:`~antifragile.models.chaos.FaultSpec` of a Redis
-lease and installed in the process's :class:`~antifragile.fault_table.FaultTable` for
+lease and installed in the process's :class:`~antifragile.inprocess.fault_table.FaultTable` for
 every target of the blast radius (the same object for all of them, so resources held
 per process are held once). The guard calls :meth:`ChaosFault.apply` before each
 guarded call while the fault is installed; no guard outside the blast radius ever sees
@@ -29,16 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from antifragile.breaker import CircuitOpenError
-from antifragile.chaos.scenario import (
+from antifragile.inprocess.breaker import CircuitOpenError
+from antifragile.inprocess.guard import ConcurrencyLimitError
+from antifragile.models.chaos import FaultSpec
+from antifragile.models.chaos_scenario import (
     HARD_MAX_DURATION_S,
     MEMORY_CAP_MB,
     ChaosType,
     ErrorKind,
     ResourceType,
 )
-from antifragile.guard import ConcurrencyLimitError
-from antifragile.models.chaos import FaultSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class GuardLike(Protocol):
     """What a fault needs from a guard: its name (the rest is read if present).
 
     Optional attributes used when the guard has them: ``breaker`` (a
-    :class:`~antifragile.breaker.CircuitBreaker`), ``timeout_s`` (float or None) and,
+    :class:`~antifragile.inprocess.breaker.CircuitBreaker`), ``timeout_s`` (float or None) and,
     for CONNECTIONS exhaustion, ``max_concurrency`` plus ``_hold_slots(n)`` returning a
     release callable.
     """

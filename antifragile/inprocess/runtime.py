@@ -28,16 +28,16 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 if TYPE_CHECKING:
-    from antifragile.metrics import MetricsServer
+    from antifragile.inprocess.metrics import MetricsServer
 
-from antifragile.breaker import CircuitBreaker, CircuitBreakerConfig, Clock
-from antifragile.bridge import Bridge, ClientFactory
-from antifragile.chaos.plane import FaultSubscriber
 from antifragile.errors import ConfigError, describe_validation_error
-from antifragile.fault_table import FaultTable
-from antifragile.guard import Guard
-from antifragile.health import HealthAggregator, HealthAggregatorConfig
-from antifragile.metering import MeteringIntegration
+from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig, Clock
+from antifragile.inprocess.bridge import Bridge, ClientFactory
+from antifragile.inprocess.fault_subscriber import FaultSubscriber
+from antifragile.inprocess.fault_table import FaultTable
+from antifragile.inprocess.guard import Guard
+from antifragile.inprocess.health import HealthAggregator, HealthAggregatorConfig
+from antifragile.inprocess.metering import MeteringIntegration
 from antifragile.models.recovery import RecoveryRequest
 from antifragile.settings import Settings
 
@@ -235,7 +235,7 @@ class Runtime:
         if self.bridge is not None:
             await self.bridge.start()
         if self.settings.metrics_port and self._metrics_server is None:
-            from antifragile.metrics import RuntimeCollector, serve
+            from antifragile.inprocess.metrics import RuntimeCollector, serve
 
             registry = CollectorRegistry()
             registry.register(RuntimeCollector.for_runtime(self))

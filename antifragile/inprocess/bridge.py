@@ -5,7 +5,7 @@ which only updates a small dict holding the latest intent per service (bounded b
 number of guarded services) and wakes a background task. That task:
 
 * on OPEN asks for the service's recovery through the recovery orchestrator
-  (:func:`~antifragile.recovery_client.request_recovery`: joins a running
+  (:func:`~antifragile.recovery.client.request_recovery`: joins a running
   ``recovery-{service}``, else queues it), using the guard's configured
   :class:`~antifragile.models.recovery.RecoveryRequest`;
 * on CLOSED signals ``health_changed`` (healthy) to ``recovery-{service}`` so a waiting
@@ -59,18 +59,19 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from antifragile.aio import cancel_and_wait
-from antifragile.breaker import CircuitState, StateChange
 from antifragile.constants import (
     KIND_CHAOS,
     REDIS_HEALTH_KEY_PREFIX,
     SIGNAL_HEALTH_CHANGED,
     recovery_workflow_id,
 )
-from antifragile.health import HealthAggregator, publish_snapshot, withdraw_snapshot
+from antifragile.fleet_health import publish_snapshot, withdraw_snapshot
+from antifragile.inprocess._aio import cancel_and_wait
+from antifragile.inprocess.breaker import CircuitState, StateChange
+from antifragile.inprocess.health import HealthAggregator
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryRequest
-from antifragile.recovery_client import request_recovery
+from antifragile.recovery.client import request_recovery
 from antifragile.settings import Settings
 
 log = logging.getLogger(__name__)

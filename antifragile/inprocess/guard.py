@@ -36,11 +36,11 @@ from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from antifragile.breaker import CircuitBreaker, CircuitOpenError, CircuitState, _resolved
 from antifragile.errors import AntifragileError, ConfigError
+from antifragile.inprocess.breaker import CircuitBreaker, CircuitOpenError, CircuitState, _resolved
 
 if TYPE_CHECKING:
-    from antifragile.fault_table import Fault
+    from antifragile.inprocess.fault_table import Fault
     from antifragile.models.recovery import RecoveryRequest
 
 R = TypeVar("R")
@@ -112,7 +112,7 @@ class _Scope:
 class Guard:
     """Breaker + fault enforcement + metering (+ optional timeout and concurrency limit).
 
-    Create guards with :meth:`antifragile.runtime.Runtime.guard`; use them as
+    Create guards with :meth:`antifragile.inprocess.runtime.Runtime.guard`; use them as
     ``async with guard:`` or ``await guard.call(coroutine_function, *args)``.
 
     Args:

@@ -288,7 +288,7 @@ def environment_problems(
         One line per unset variable (naming the entries that use it) and per approver key
         that is unset or shorter than the minimum; empty when all is well.
     """
-    from antifragile.approvals import MIN_KEY_BYTES, key_from_env
+    from antifragile.hashing import MIN_KEY_BYTES, key_from_env
 
     env = os.environ if environ is None else environ
     users: dict[str, list[str]] = {}

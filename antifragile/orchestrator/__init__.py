@@ -1,0 +1,1 @@
+"""The fleet-wide recovery queue outside its workflow: pure admission decisions."""

@@ -1,0 +1,1 @@
+"""Dev and test servers: the local Temporal + Redis stack, its processes and binaries."""
