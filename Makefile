@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE) tests bench
 	$(BIN)/ruff check $(CODE) tests bench
 	$(BIN)/mypy $(CODE)
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format $(CODE) tests bench

@@ -20,9 +20,9 @@ from antifragile.models.orchestrator import (
     WatchRecoveriesInput,
     WatchRecoveriesResult,
 )
+from antifragile.orchestrator.client import signal_orchestrator
 from antifragile.orchestrator.logic import outcome_of_failure
 from antifragile.policy import WorkerPolicy
-from antifragile.recovery.client import signal_orchestrator
 from antifragile.settings import Settings
 
 HEARTBEAT_EVERY_S = 10.0

@@ -108,7 +108,7 @@ with workflow.unsafe.imports_passed_through():
         unpack_input,
         wake_delay,
     )
-    from antifragile.recovery.client import recovery_details, recovery_summary
+    from antifragile.recovery.ui import recovery_details, recovery_summary
     from workflows.recovery import RecoveryWorkflow
 
 ATTEMPT_BUDGET_PATCH = "attempt-retry-budget"

@@ -43,8 +43,9 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
+from antifragile.orchestrator.client import orchestrator_queue, request_recovery
 from antifragile.orchestrator.logic import format_duration, why_waiting
-from antifragile.recovery.client import orchestrator_queue, request_recovery, running_recovery
+from antifragile.recovery.client import running_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect
 

@@ -60,8 +60,8 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
+from antifragile.orchestrator.client import request_recovery
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery.client import request_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect, ensure_search_attributes
 

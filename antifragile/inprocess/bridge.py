@@ -71,7 +71,7 @@ from antifragile.inprocess.breaker import CircuitState, StateChange
 from antifragile.inprocess.health import HealthAggregator
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryRequest
-from antifragile.recovery.client import request_recovery
+from antifragile.orchestrator.client import request_recovery
 from antifragile.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from antifragile.constants import (
 )
 from antifragile.inprocess.breaker import CircuitBreakerConfig
 from antifragile.inprocess.runtime import Runtime
-from antifragile.recovery.client import orchestrator_queue
+from antifragile.orchestrator.client import orchestrator_queue
 from antifragile.stack.processes import free_port
 from tests.integration.test_bridge import Boom, eventually, fail, runtime_for
 

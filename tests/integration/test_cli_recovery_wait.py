@@ -33,8 +33,8 @@ from antifragile.models.recovery import (
     RecoveryState,
     RecoveryStatus,
 )
+from antifragile.orchestrator.client import orchestrator_queue, request_recovery
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery.client import orchestrator_queue, request_recovery
 from antifragile.settings import Settings
 from antifragile.stack.processes import ServerProcess, start_temporal_dev_server
 from antifragile.temporal_client import connect, ensure_search_attributes

@@ -39,9 +39,9 @@ from antifragile.constants import (
 )
 from antifragile.models.orchestrator import QueueView
 from antifragile.models.recovery import RecoveryRequest, RecoveryState, RecoveryStatus
+from antifragile.orchestrator.client import orchestrator_queue, signal_orchestrator
 from antifragile.orchestrator.logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery.client import orchestrator_queue, signal_orchestrator
 from antifragile.stack.processes import free_port
 
 pytestmark = pytest.mark.integration

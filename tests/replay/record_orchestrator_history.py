@@ -22,8 +22,8 @@ from antifragile.constants import (
 )
 from antifragile.models.orchestrator import QueueChangeResult, RemoveRecovery, Reprioritise
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
+from antifragile.orchestrator.client import orchestrator_queue, request_recovery
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery.client import orchestrator_queue, request_recovery
 from antifragile.settings import Settings
 from antifragile.stack.processes import free_port, start_temporal_dev_server
 from workers.main import build_worker

@@ -34,8 +34,8 @@ from antifragile.models.orchestrator import (
     RecoveryWaiting,
 )
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
+from antifragile.orchestrator.client import orchestrator_queue, request_recovery
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery.client import orchestrator_queue, request_recovery
 from antifragile.settings import Settings
 from antifragile.stack.processes import free_port, start_temporal_dev_server
 from tests.replay.record_orchestrator_history import connect

@@ -29,7 +29,7 @@ from antifragile.models.orchestrator import (
     RequestState,
 )
 from antifragile.models.recovery import RecoveryRequest
-from antifragile.recovery.client import request_recovery
+from antifragile.orchestrator.client import request_recovery
 from tests.helpers import client_of_its_own
 from tests.workflows import test_recovery_orchestrator as orchestrator_tests
 from tests.workflows.test_recovery_orchestrator import (

@@ -68,9 +68,9 @@ from antifragile.models.recovery import (
     RecoveryState,
     RecoveryStatus,
 )
+from antifragile.orchestrator.client import request_recovery
 from antifragile.orchestrator.logic import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery.client import request_recovery
 from antifragile.settings import Settings
 from tests.helpers import time_skipping_server
 from workers.main import workflow_runner

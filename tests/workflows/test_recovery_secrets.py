@@ -47,8 +47,8 @@ from antifragile.models.recovery import (
     RecoveryStatus,
     RecoveryStrategy,
 )
+from antifragile.orchestrator.client import request_recovery
 from antifragile.policy import ApproverConfig, RecoveryPolicyConfig, WorkerPolicy
-from antifragile.recovery.client import request_recovery
 from antifragile.settings import Settings
 from antifragile.stack import binaries
 from antifragile.stack.processes import free_port
