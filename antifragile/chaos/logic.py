@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from antifragile._fsm import TransitionTable
 from antifragile.models.chaos import ChaosOutcome, ChaosPhase
 from antifragile.models.chaos_scenario import HARD_MAX_DURATION_S, ChaosScenario
 
@@ -18,33 +19,34 @@ P = ChaosPhase
 _ENDINGS = frozenset({P.ABORTED, P.STOPPED, P.FAILED})
 """A run can end early from any live phase (health guard, emergency stop, failure)."""
 
-LEGAL_TRANSITIONS: dict[ChaosPhase, frozenset[ChaosPhase]] = {
-    P.VALIDATING: frozenset({P.AWAITING_APPROVAL, P.STEADY_STATE_BEFORE}) | _ENDINGS,
-    P.AWAITING_APPROVAL: frozenset({P.STEADY_STATE_BEFORE}) | _ENDINGS,
-    P.STEADY_STATE_BEFORE: frozenset({P.INJECTING}) | _ENDINGS,
-    # INJECTING may go straight to cleanup: the lease may exist even if the activity failed.
-    P.INJECTING: frozenset({P.RUNNING, P.CLEANING_UP}) | _ENDINGS,
-    P.RUNNING: frozenset({P.CLEANING_UP}),
-    # Straight to COMPLETED only when nothing was injected (a dry run): nothing to verify.
-    P.CLEANING_UP: frozenset({P.VERIFYING_RECOVERY, P.COMPLETED}) | _ENDINGS,
-    P.VERIFYING_RECOVERY: frozenset({P.COMPLETED}) | _ENDINGS,
-    P.COMPLETED: frozenset(),
-    P.ABORTED: frozenset(),
-    P.STOPPED: frozenset(),
-    P.FAILED: frozenset(),
-}
+LEGAL_TRANSITIONS: TransitionTable[ChaosPhase] = TransitionTable(
+    "chaos experiment",
+    {
+        P.VALIDATING: frozenset({P.AWAITING_APPROVAL, P.STEADY_STATE_BEFORE}) | _ENDINGS,
+        P.AWAITING_APPROVAL: frozenset({P.STEADY_STATE_BEFORE}) | _ENDINGS,
+        P.STEADY_STATE_BEFORE: frozenset({P.INJECTING}) | _ENDINGS,
+        # INJECTING may go straight to cleanup: the lease may exist even if the activity failed.
+        P.INJECTING: frozenset({P.RUNNING, P.CLEANING_UP}) | _ENDINGS,
+        P.RUNNING: frozenset({P.CLEANING_UP}),
+        # Straight to COMPLETED only when nothing was injected (a dry run): nothing to verify.
+        P.CLEANING_UP: frozenset({P.VERIFYING_RECOVERY, P.COMPLETED}) | _ENDINGS,
+        P.VERIFYING_RECOVERY: frozenset({P.COMPLETED}) | _ENDINGS,
+        P.COMPLETED: frozenset(),
+        P.ABORTED: frozenset(),
+        P.STOPPED: frozenset(),
+        P.FAILED: frozenset(),
+    },
+)
 """Every legal phase move. RUNNING can only leave through CLEANING_UP: no path skips it."""
 
 
-class IllegalPhaseError(RuntimeError):
-    """A phase change the table above does not allow."""
-
-
 def check_phase_transition(current: ChaosPhase, new: ChaosPhase) -> ChaosPhase:
-    """Return ``new`` if moving there from ``current`` is legal, else raise."""
-    if new not in LEGAL_TRANSITIONS[current]:
-        raise IllegalPhaseError(f"chaos experiment cannot move from {current} to {new}")
-    return new
+    """Return ``new`` if moving there from ``current`` is legal.
+
+    Raises:
+        IllegalTransitionError: The move is not in :data:`LEGAL_TRANSITIONS`.
+    """
+    return LEGAL_TRANSITIONS.check(current, new)
 
 
 def outcome_phase(outcome: ChaosOutcome) -> ChaosPhase:

@@ -82,6 +82,7 @@ from types import AsyncGeneratorType, GeneratorType, TracebackType
 from types import CoroutineType as _CoroutineType
 from typing import Any, ParamSpec, TypeVar, overload
 
+from antifragile._fsm import IllegalTransitionError, TransitionTable
 from antifragile.errors import AntifragileError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,15 @@ _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 
-LEGAL_TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
-    _CLOSED: frozenset({_OPEN, _FORCED_OPEN}),
-    _OPEN: frozenset({_HALF_OPEN, _FORCED_OPEN, _CLOSED}),
-    _HALF_OPEN: frozenset({_CLOSED, _OPEN, _FORCED_OPEN}),
-    _FORCED_OPEN: frozenset({_CLOSED}),
-}
+LEGAL_TRANSITIONS: TransitionTable[CircuitState] = TransitionTable(
+    "circuit",
+    {
+        _CLOSED: frozenset({_OPEN, _FORCED_OPEN}),
+        _OPEN: frozenset({_HALF_OPEN, _FORCED_OPEN, _CLOSED}),
+        _HALF_OPEN: frozenset({_CLOSED, _OPEN, _FORCED_OPEN}),
+        _FORCED_OPEN: frozenset({_CLOSED}),
+    },
+)
 """Every move the breaker may make; anything else is refused by ``_transition``."""
 
 # What an exception means for the breaker (see _classify).
@@ -150,10 +154,6 @@ class CircuitOpenError(AntifragileError):
     def __str__(self) -> str:
         hint = f", retry in {self.retry_after_s:.3f}s" if self.retry_after_s is not None else ""
         return f"circuit {self.name!r} is {self.state.value}{hint}"
-
-
-class IllegalTransitionError(AntifragileError):
-    """A state change the transition table does not allow was requested."""
 
 
 def exact_rate(value: float | int | str | Decimal | Fraction) -> Fraction:
@@ -628,7 +628,7 @@ class CircuitBreaker:
         if new not in LEGAL_TRANSITIONS[old]:
             raise IllegalTransitionError(
                 f"circuit {self.name!r}: {old.value} -> {new.value} is not allowed"
-            )
+            )  # the table's own check() without the name; kept inline on the hot path
         self._state = new
         self._gen += 1  # every call admitted before this is stale from now on
         self._half_open_inflight = 0

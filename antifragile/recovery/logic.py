@@ -10,37 +10,39 @@ import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
+from antifragile._fsm import TransitionTable
 from antifragile.models.recovery import RecoveryPolicy, RecoveryState, RecoveryStrategy
 
 S = RecoveryState
 
-LEGAL_TRANSITIONS: dict[RecoveryState, frozenset[RecoveryState]] = {
-    S.SCHEDULED: frozenset({S.IN_PROGRESS, S.AWAITING_APPROVAL, S.FAILED, S.CANCELLED}),
-    S.IN_PROGRESS: frozenset(
-        {S.SUCCEEDED, S.WAITING_BACKOFF, S.AWAITING_APPROVAL, S.FAILED, S.CANCELLED}
-    ),
-    S.WAITING_BACKOFF: frozenset({S.IN_PROGRESS, S.FAILED, S.CANCELLED}),
-    # SCHEDULED again: approved, an orchestrated recovery waits for a slot before its next
-    # attempt. SUCCEEDED: a watch probe found the service healthy while a person was awaited.
-    S.AWAITING_APPROVAL: frozenset(
-        {S.IN_PROGRESS, S.SCHEDULED, S.SUCCEEDED, S.FAILED, S.CANCELLED}
-    ),
-    S.SUCCEEDED: frozenset(),
-    S.FAILED: frozenset(),
-    S.CANCELLED: frozenset(),
-}
+LEGAL_TRANSITIONS: TransitionTable[RecoveryState] = TransitionTable(
+    "recovery",
+    {
+        S.SCHEDULED: frozenset({S.IN_PROGRESS, S.AWAITING_APPROVAL, S.FAILED, S.CANCELLED}),
+        S.IN_PROGRESS: frozenset(
+            {S.SUCCEEDED, S.WAITING_BACKOFF, S.AWAITING_APPROVAL, S.FAILED, S.CANCELLED}
+        ),
+        S.WAITING_BACKOFF: frozenset({S.IN_PROGRESS, S.FAILED, S.CANCELLED}),
+        # SCHEDULED again: approved, an orchestrated recovery waits for a slot before its next
+        # attempt. SUCCEEDED: a watch probe found the service healthy while a person was awaited.
+        S.AWAITING_APPROVAL: frozenset(
+            {S.IN_PROGRESS, S.SCHEDULED, S.SUCCEEDED, S.FAILED, S.CANCELLED}
+        ),
+        S.SUCCEEDED: frozenset(),
+        S.FAILED: frozenset(),
+        S.CANCELLED: frozenset(),
+    },
+)
 """Every legal move of a recovery; anything else is a bug and is refused."""
 
 
-class IllegalTransitionError(RuntimeError):
-    """A state change the table above does not allow."""
-
-
 def check_transition(current: RecoveryState, new: RecoveryState) -> RecoveryState:
-    """Return ``new`` if moving there from ``current`` is legal, else raise."""
-    if new not in LEGAL_TRANSITIONS[current]:
-        raise IllegalTransitionError(f"recovery cannot move from {current} to {new}")
-    return new
+    """Return ``new`` if moving there from ``current`` is legal.
+
+    Raises:
+        IllegalTransitionError: The move is not in :data:`LEGAL_TRANSITIONS`.
+    """
+    return LEGAL_TRANSITIONS.check(current, new)
 
 
 def jitter_fraction(key: str, attempt: int) -> float:

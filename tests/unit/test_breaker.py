@@ -14,6 +14,7 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from antifragile._fsm import IllegalTransitionError
 from antifragile.errors import ConfigError
 from antifragile.inprocess.breaker import (
     LEGAL_TRANSITIONS,
@@ -21,7 +22,6 @@ from antifragile.inprocess.breaker import (
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
-    IllegalTransitionError,
     StateChange,
     exact_rate,
 )

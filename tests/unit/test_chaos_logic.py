@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from antifragile._fsm import IllegalTransitionError
 from antifragile.chaos.logic import (
     LEGAL_TRANSITIONS,
-    IllegalPhaseError,
     cap_duration,
     check_phase_transition,
     health_check_interval_s,
@@ -44,7 +44,7 @@ def test_happy_path_is_legal() -> None:
 def test_running_can_only_leave_through_cleanup() -> None:
     assert LEGAL_TRANSITIONS[P.RUNNING] == frozenset({P.CLEANING_UP})
     for end in (P.COMPLETED, P.ABORTED, P.STOPPED, P.FAILED):
-        with pytest.raises(IllegalPhaseError):
+        with pytest.raises(IllegalTransitionError):
             check_phase_transition(P.RUNNING, end)
 
 
@@ -55,7 +55,7 @@ def test_terminal_phases_are_final_and_every_phase_is_in_the_table() -> None:
 
 
 def test_cannot_skip_straight_to_injection() -> None:
-    with pytest.raises(IllegalPhaseError, match="VALIDATING to INJECTING"):
+    with pytest.raises(IllegalTransitionError, match="VALIDATING -> INJECTING"):
         check_phase_transition(P.VALIDATING, P.INJECTING)
 
 

@@ -15,6 +15,7 @@ import asyncio
 
 import pytest
 
+from antifragile._fsm import IllegalTransitionError
 from antifragile.errors import ConfigError
 from antifragile.inprocess.breaker import (
     LEGAL_TRANSITIONS,
@@ -22,7 +23,6 @@ from antifragile.inprocess.breaker import (
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
-    IllegalTransitionError,
     StateChange,
 )
 from tests.unit.conftest import FakeClock
