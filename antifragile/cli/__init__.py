@@ -133,16 +133,11 @@ app = typer.Typer(
 def worker() -> None:
     """Run a worker for every workflow and activity until SIGTERM/SIGINT."""
     from antifragile.cli._common import err_console, load_settings, run_command
-    from antifragile.policy import WorkerPolicy
-    from workers.main import run_worker  # the CLI is where workers are reached
+    from workers.main import prepare_worker, run_worker, worker_banner  # only the CLI
 
     settings = load_settings()
-    policy = WorkerPolicy.load(settings.policy_file)
-    _configure_logging(settings)
-    err_console.print(
-        f"worker: task queue {settings.task_queue} on {settings.temporal_address} "
-        f"(namespace {settings.temporal_namespace})"
-    )
+    policy = prepare_worker(settings)
+    err_console.print(worker_banner(settings))
     run_command(lambda s: run_worker(s, policy), settings, temporal=False)
 
 
@@ -180,6 +175,7 @@ def dev(
     from antifragile.cli._common import console, err_console, load_settings, run_command
     from antifragile.models.common import redact_url
     from antifragile.stack.devstack import DevStack, redis_url_from_env
+    from workers.main import run_worker  # wired here: the stack never imports workers
 
     settings = load_settings()
     _configure_logging(settings)
@@ -209,7 +205,7 @@ def dev(
             f"Ctrl-C stops everything started here."
         )
 
-    run_command(lambda _: stack.run(on_ready=ready), settings, temporal=False)
+    run_command(lambda _: stack.run(run_worker, on_ready=ready), settings, temporal=False)
     err_console.print("dev stack stopped")
 
 
@@ -243,6 +239,7 @@ def demo(
     )
     from antifragile.demo.runner import run_demo
     from antifragile.demo.stack import DemoOptions
+    from workers.main import build_worker  # wired here: the demo never imports workers
 
     settings = load_settings()
     env = os.environ
@@ -284,7 +281,9 @@ def demo(
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
         try:
-            result = await run_demo(options, settings, out=out, stop=stop, keeping=keeping)
+            result = await run_demo(
+                options, build_worker, settings, out=out, stop=stop, keeping=keeping
+            )
         except asyncio.CancelledError:
             err_console.print("demo interrupted; everything it started is stopped")
             return False
