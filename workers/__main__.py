@@ -1,8 +1,8 @@
-"""``python -m workers``: run the antifragile worker until SIGTERM/SIGINT."""
+"""``python -m workers``: run the antifragile worker until SIGTERM/SIGINT (no CLI involved)."""
 
 from __future__ import annotations
 
-from antifragile.cli import main
+from workers.main import main
 
 if __name__ == "__main__":
-    main(["worker"])
+    main()

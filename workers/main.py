@@ -1,16 +1,26 @@
-"""Worker wiring: every workflow and activity of antifragile on one task queue."""
+"""Worker wiring: every workflow and activity of antifragile on one task queue.
+
+Reached only from the entry points: ``antifragile worker`` / ``dev`` / ``demo`` (the CLI
+passes :func:`run_worker` or :func:`build_worker` to the dev stack and the demo) and
+``python -m workers`` (:func:`main`, without the CLI). Both entry points prepare a worker
+the same way: :func:`prepare_worker`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -19,6 +29,7 @@ from activities.common import CommonActivities
 from activities.orchestrator import OrchestratorActivities
 from activities.recovery import RecoveryActivities
 from antifragile.constants import KIND_CHAOS, KIND_RECOVERY
+from antifragile.errors import AntifragileError, ConfigError, describe_validation_error
 from antifragile.inprocess.metrics import (
     WorkflowCountCollector,
     serve,
@@ -29,7 +40,7 @@ from antifragile.models.recovery import RecoveryState
 from antifragile.policy import WorkerPolicy
 from antifragile.recovery.named_targets import environment_problems
 from antifragile.settings import Settings
-from antifragile.telemetry import shutdown_tracing
+from antifragile.telemetry import configure_logging, shutdown_tracing
 from antifragile.temporal_client import connect
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
@@ -180,3 +191,66 @@ async def run_worker(
     if settings.metrics_port:
         server.close()
     shutdown_tracing()  # flush the spans of the last tasks (no-op without tracing)
+
+
+def prepare_worker(settings: Settings) -> WorkerPolicy:
+    """Load the worker's policy and configure logging, as every worker process starts.
+
+    Shared by ``antifragile worker`` and ``python -m workers``.
+
+    Args:
+        settings: The worker's settings; ``policy_file`` names its policy (None: defaults)
+            and the logging options set its log format and level.
+
+    Returns:
+        The policy to pass to :func:`run_worker`.
+
+    Raises:
+        ConfigError: The policy file is missing or invalid.
+    """
+    policy = WorkerPolicy.load(settings.policy_file)
+    configure_logging(settings=settings)
+    return policy
+
+
+def worker_banner(settings: Settings) -> str:
+    """The line a worker process prints on stderr when it starts."""
+    return (
+        f"worker: task queue {settings.task_queue} on {settings.temporal_address} "
+        f"(namespace {settings.temporal_namespace})"
+    )
+
+
+def main() -> None:
+    """``python -m workers``: run the worker until SIGTERM/SIGINT, without the CLI.
+
+    Settings from ``ANTIFRAGILE_*``, then :func:`prepare_worker` and :func:`run_worker`, as
+    ``antifragile worker``. Exit codes as the CLI's: 0 stopped; 2 a bad setting or policy,
+    or Temporal unreachable; 1 Temporal refused a call; 130 interrupted before it polled.
+    An error is one line on stderr; a bad setting's value is never shown (it may be a
+    secret). The process ends with ``os._exit`` once output and spans are flushed: the
+    Temporal core runtime can crash in interpreter finalization (sdk-python #300).
+    """
+    code = 0
+    try:
+        try:
+            settings = Settings()
+        except ValidationError as exc:
+            # Every value hidden: a Redis URL or an API key may be what is wrong.
+            why = describe_validation_error(exc, hide_input_at=((),))
+            raise ConfigError(f"bad ANTIFRAGILE_* setting: {why}") from None
+        policy = prepare_worker(settings)
+        print(worker_banner(settings), file=sys.stderr, flush=True)
+        asyncio.run(run_worker(settings, policy))
+    except KeyboardInterrupt:
+        code = 130
+    except AntifragileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except RPCError as exc:
+        print(f"error: Temporal refused the request: {exc.message}", file=sys.stderr)
+        code = 1
+    shutdown_tracing()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -19,6 +19,8 @@ from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
 if TYPE_CHECKING:
+    from temporalio.client import Client
+
     from antifragile.settings import Settings
 
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -130,32 +132,27 @@ app = typer.Typer(
 @app.command("worker")
 def worker() -> None:
     """Run a worker for every workflow and activity until SIGTERM/SIGINT."""
-    from antifragile.cli._common import err_console, load_settings, run
-    from antifragile.policy import WorkerPolicy
-    from workers.main import run_worker  # the CLI is where workers are reached
+    from antifragile.cli._common import err_console, load_settings, run_command
+    from workers.main import prepare_worker, run_worker, worker_banner  # only the CLI
 
     settings = load_settings()
-    policy = WorkerPolicy.load(settings.policy_file)
-    _configure_logging(settings)
-    err_console.print(
-        f"worker: task queue {settings.task_queue} on {settings.temporal_address} "
-        f"(namespace {settings.temporal_namespace})"
-    )
-    run(run_worker(settings, policy))
+    policy = prepare_worker(settings)
+    err_console.print(worker_banner(settings))
+    run_command(lambda s: run_worker(s, policy), settings, temporal=False)
 
 
 @app.command("setup")
 def setup() -> None:
     """Register antifragile's search attributes in the configured namespace (idempotent)."""
-    from antifragile.cli._common import console, load_settings, run
-    from antifragile.temporal_client import connect, ensure_search_attributes
+    from antifragile.cli._common import console, load_settings, run_command
+    from antifragile.temporal_client import ensure_search_attributes
 
     settings = load_settings()
 
-    async def _go() -> list[str]:
-        return await ensure_search_attributes(await connect(settings))
+    async def _go(client: Client, _: Settings) -> list[str]:
+        return await ensure_search_attributes(client)
 
-    added = run(_go())
+    added = run_command(_go, settings)
     where = f"{settings.temporal_address} namespace {settings.temporal_namespace}"
     if added:
         console.print(f"registered {', '.join(added)} on {where}")
@@ -175,11 +172,13 @@ def dev(
     ),
 ) -> None:
     """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
-    from antifragile.cli._common import console, err_console, load_settings, run
+    from antifragile.cli._common import console, err_console, load_settings, run_command
     from antifragile.models.common import redact_url
     from antifragile.stack.devstack import DevStack, redis_url_from_env
+    from workers.main import run_worker  # wired here: the stack never imports workers
 
-    _configure_logging(load_settings())
+    settings = load_settings()
+    _configure_logging(settings)
     stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
 
     def ready(s: DevStack) -> None:
@@ -206,7 +205,7 @@ def dev(
             f"Ctrl-C stops everything started here."
         )
 
-    run(stack.run(on_ready=ready))
+    run_command(lambda _: stack.run(run_worker, on_ready=ready), settings, temporal=False)
     err_console.print("dev stack stopped")
 
 
@@ -231,9 +230,16 @@ def demo(
     import asyncio
     import signal as signals
 
-    from antifragile.cli._common import console, err_console, load_settings, parse_duration_s, run
+    from antifragile.cli._common import (
+        console,
+        err_console,
+        load_settings,
+        parse_duration_s,
+        run_command,
+    )
     from antifragile.demo.runner import run_demo
     from antifragile.demo.stack import DemoOptions
+    from workers.main import build_worker  # wired here: the demo never imports workers
 
     settings = load_settings()
     env = os.environ
@@ -253,7 +259,7 @@ def demo(
     )
     options.validate()
 
-    async def _go() -> bool:
+    async def _go(settings: Settings) -> bool:
         stop, keeping = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
@@ -275,13 +281,15 @@ def demo(
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
         try:
-            result = await run_demo(options, settings, out=out, stop=stop, keeping=keeping)
+            result = await run_demo(
+                options, build_worker, settings, out=out, stop=stop, keeping=keeping
+            )
         except asyncio.CancelledError:
             err_console.print("demo interrupted; everything it started is stopped")
             return False
         return result.ok
 
-    return 0 if run(_go()) else 1
+    return 0 if run_command(_go, settings, temporal=False) else 1
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -299,33 +307,6 @@ def _exit(code: int) -> None:
     # os._exit skips interpreter finalization, where the Temporal core runtime can crash
     # at exit (sdk-python #300); everything worth flushing is flushed above.
     os._exit(code)
-
-
-def _failure_code(exc: Exception) -> int:
-    """Print a command's failure as one line and return its exit code; re-raise others.
-
-    The error types are imported here, on the way out, so that a command that does not use
-    pydantic or temporalio never imports them.
-    """
-    from pydantic import ValidationError
-
-    from antifragile.cli._common import CommandFailed, err_console
-    from antifragile.errors import AntifragileError, describe_validation_error
-
-    if isinstance(exc, CommandFailed):
-        err_console.print(f"error: {exc}")
-        return 1
-    if isinstance(exc, AntifragileError):
-        err_console.print(f"error: {exc}")
-        return 2
-    if isinstance(exc, ValidationError):
-        err_console.print(f"error: {describe_validation_error(exc)}")
-        return 2
-    service = sys.modules.get("temporalio.service")  # not imported: exc is no RPCError
-    if service is not None and isinstance(exc, service.RPCError):
-        err_console.print(f"error: Temporal refused the request: {exc.message}")
-        return 1
-    raise exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -352,7 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:
-        code = _failure_code(exc)
+        # Imported on the way out: a command that does not use pydantic never imports it.
+        from antifragile.cli._common import failure_code
+
+        code = failure_code(exc)
     _exit(code)
 
 

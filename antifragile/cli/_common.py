@@ -1,4 +1,10 @@
-"""Helpers every CLI command shares: settings, async running, output, errors, durations."""
+"""Helpers every CLI command shares: settings, async running, output, errors, durations.
+
+A command that loads settings, maybe connects to Temporal and runs a coroutine uses
+:func:`run_command` (errors: one line and an exit code, never a traceback); a synchronous
+command wraps its body in :func:`command_errors`. The process itself ends in
+``antifragile.cli.main``: flushed, then ``os._exit``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
+import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
@@ -19,6 +26,7 @@ from antifragile.errors import AntifragileError, ConfigError, describe_validatio
 from antifragile.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: a command that never reaches Temporal skips them
+    from temporalio.client import Client
     from temporalio.runtime import Runtime
     from temporalio.service import RPCError
 
@@ -132,6 +140,151 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         if interrupted:
             raise KeyboardInterrupt from None
         raise
+
+
+def failure_code(exc: Exception) -> int:
+    """Print a command's failure as one line on stderr and return its exit code.
+
+    Known errors: :class:`CommandFailed` exits 1; any other
+    :class:`~antifragile.errors.AntifragileError` (bad input, a server that cannot be
+    reached: ``TemporalUnavailableError``, :class:`ServerUnreachable`) and a pydantic
+    ``ValidationError`` exit 2; ``temporalio.service.RPCError`` (Temporal refused the call)
+    exits 1; ``antifragile.fleet_health.RedisUnreachable`` exits 2.
+
+    Error types of temporalio and fleet_health are looked up in ``sys.modules``: an error of
+    a module never imported cannot be raised, and a command that does not use it never
+    imports it here.
+
+    Args:
+        exc: What the command raised.
+
+    Returns:
+        The exit code: 1 or 2.
+
+    Raises:
+        Exception: ``exc`` itself when it is none of the known errors (a bug: a traceback).
+    """
+    if isinstance(exc, CommandFailed):
+        err_console.print(f"error: {exc}")
+        return 1
+    if isinstance(exc, AntifragileError):
+        err_console.print(f"error: {exc}")
+        return 2
+    if isinstance(exc, ValidationError):
+        err_console.print(f"error: {describe_validation_error(exc)}")
+        return 2
+    service = sys.modules.get("temporalio.service")  # not imported: exc is no RPCError
+    if service is not None and isinstance(exc, service.RPCError):
+        err_console.print(f"error: Temporal refused the request: {exc.message}")
+        return 1
+    fleet = sys.modules.get("antifragile.fleet_health")
+    if fleet is not None and isinstance(exc, fleet.RedisUnreachable):
+        # Whatever the driver said, one line; a URL is not rich markup.
+        err_console.print(f"error: {' '.join(str(exc).split())}", markup=False)
+        return 2
+    raise exc
+
+
+@contextlib.contextmanager
+def command_errors() -> Iterator[None]:
+    """Turn the known errors of the block into one line on stderr and ``typer.Exit(code)``.
+
+    The synchronous half of :func:`run_command`, for a command with no coroutine to run
+    (``antifragile health``). Which errors and which codes: :func:`failure_code`. Others
+    propagate unchanged; so does ``KeyboardInterrupt`` (``antifragile.cli.main`` exits 130).
+
+    Raises:
+        typer.Exit: With the code of a known error, its line already printed.
+    """
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        raise typer.Exit(failure_code(exc)) from None
+
+
+@overload
+def run_command(
+    work: Callable[[Client, Settings], Coroutine[Any, Any, T]],
+    settings: Settings | None = None,
+    *,
+    temporal: Literal[True] = True,
+    quiet_core: bool = False,
+) -> T: ...
+
+
+@overload
+def run_command(
+    work: Callable[[Settings], Coroutine[Any, Any, T]],
+    settings: Settings | None = None,
+    *,
+    temporal: Literal[False],
+    quiet_core: bool = False,
+) -> T: ...
+
+
+def run_command(
+    work: Callable[..., Coroutine[Any, Any, T]],
+    settings: Settings | None = None,
+    *,
+    temporal: bool = True,
+    quiet_core: bool = False,
+) -> T:
+    """The body every command that runs a coroutine shares: settings, Temporal, errors.
+
+    1. ``settings`` or :func:`load_settings` (a bad ``ANTIFRAGILE_*``: one line, exit 2).
+    2. With ``temporal`` (default), connect to Temporal (unreachable: one line naming the
+       address and namespace, exit 2) and run ``work(client, settings)``; without,
+       ``work(settings)``.
+    3. It runs under :func:`run`: Ctrl-C ends it as ``KeyboardInterrupt`` (exit 130).
+    4. Known errors (:func:`failure_code`) become one line on stderr and
+       ``typer.Exit(code)``, never a traceback; ``antifragile.cli.main`` then flushes
+       stdout, stderr and spans and leaves with ``os._exit`` (no interpreter finalization,
+       where the Temporal core can crash: sdk-python #300).
+
+    Errors a command handles itself (``unreachable(...)`` after a partial operation,
+    ``fail(...)`` for a refused request) are caught inside ``work``: nothing that leaves
+    ``work`` can be caught around this call.
+
+    Example::
+
+        @app.command("status")
+        def status(experiment_id: str) -> None:
+            async def _go(client: Client, settings: Settings) -> None:
+                handle = client.get_workflow_handle(experiment_id)
+                console.print(await handle.query("status"))
+
+            run_command(_go)
+
+    Args:
+        work: The command's coroutine function: ``(client, settings)``, or ``(settings)``
+            with ``temporal=False``.
+        settings: Already loaded settings (a command that needed them before, e.g. to
+            configure logging); None loads them.
+        temporal: Connect to Temporal first and pass the client. Default True.
+        quiet_core: Connect with :func:`cli_runtime` (core WARN lines kept off the
+            terminal), for a command that may wait on a server that goes away. Default
+            False: the SDK's default runtime.
+
+    Returns:
+        What ``work`` returned.
+
+    Raises:
+        typer.Exit: With the code of a known error, its line already printed.
+    """
+    with command_errors():
+        loaded = settings if settings is not None else load_settings()
+
+        async def _work() -> T:
+            if not temporal:
+                return await work(loaded)
+            from antifragile.temporal_client import connect
+
+            client = await connect(loaded, runtime=cli_runtime() if quiet_core else None)
+            return await work(client, loaded)
+
+        return run(_work())
 
 
 def print_json(data: Any) -> None:

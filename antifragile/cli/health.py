@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from antifragile.cli._common import console, err_console, load_settings
+from antifragile.cli._common import command_errors, console, err_console, load_settings
 from antifragile.fleet_health import DEFAULT_FORGET_AFTER_S, RedisUnreachable, read_fleet, shown_url
 
 _STATUS_STYLE = {
@@ -172,44 +172,43 @@ def health_command(
     document per refresh with ``--json``, JSON lines only) and retried.
     """
     url = load_settings().redis_url
-    try:
-        if json_out and not watch:
-            docs = read_fleet(url, forget_after)
-            typer.echo(json.dumps(fleet_document(url, docs), indent=2, default=str))
+    with command_errors():
+        try:
+            if json_out and not watch:
+                docs = read_fleet(url, forget_after)
+                typer.echo(json.dumps(fleet_document(url, docs), indent=2, default=str))
+                return
+            if not watch:
+                console.print(render(read_fleet(url, forget_after)))
+                return
+            docs = read_fleet(url, forget_after)  # unreachable at the start: exit 2
+            if json_out:
+                # JSON lines only (no table around them), the first one at once; a moment
+                # without Redis is an error document and an error line, and the watch goes on.
+                doc = fleet_document(url, docs)
+                while True:
+                    typer.echo(json.dumps(doc, default=str))
+                    time.sleep(interval)
+                    try:
+                        doc = fleet_document(url, read_fleet(url, forget_after))
+                    except RedisUnreachable as exc:
+                        err_console.print(f"error: {_one_line(exc)} (retrying)", markup=False)
+                        doc = unreachable_document(url, _one_line(exc))
+            with Live(render(docs), console=console, auto_refresh=False) as live:
+                shown = render(docs)
+                while True:
+                    time.sleep(interval)
+                    try:
+                        shown = render(read_fleet(url, forget_after))
+                        live.update(shown, refresh=True)
+                    except RedisUnreachable as exc:
+                        # A blip must not end the watch an SRE keeps open during an incident:
+                        # say so above the last tables read, and keep trying.
+                        note = Text(f"error: {_one_line(exc)} (retrying every {interval:g}s)")
+                        live.update(Group(note, shown), refresh=True)
+        except RedisUnreachable as exc:
+            if json_out:  # a script reading stdout still gets one JSON document
+                typer.echo(json.dumps(unreachable_document(url, _one_line(exc))))
+            raise  # command_errors: the same line on stderr, exit 2
+        except KeyboardInterrupt:
             return
-        if not watch:
-            console.print(render(read_fleet(url, forget_after)))
-            return
-        docs = read_fleet(url, forget_after)  # unreachable at the start: exit 2
-        if json_out:
-            # JSON lines only (no table around them), the first one at once; a moment
-            # without Redis is an error document and an error line, and the watch goes on.
-            doc = fleet_document(url, docs)
-            while True:
-                typer.echo(json.dumps(doc, default=str))
-                time.sleep(interval)
-                try:
-                    doc = fleet_document(url, read_fleet(url, forget_after))
-                except RedisUnreachable as exc:
-                    err_console.print(f"error: {_one_line(exc)} (retrying)", markup=False)
-                    doc = unreachable_document(url, _one_line(exc))
-        with Live(render(docs), console=console, auto_refresh=False) as live:
-            shown = render(docs)
-            while True:
-                time.sleep(interval)
-                try:
-                    shown = render(read_fleet(url, forget_after))
-                    live.update(shown, refresh=True)
-                except RedisUnreachable as exc:
-                    # A blip must not end the watch an SRE keeps open during an incident:
-                    # say so above the last tables read, and keep trying.
-                    note = Text(f"error: {_one_line(exc)} (retrying every {interval:g}s)")
-                    live.update(Group(note, shown), refresh=True)
-    except RedisUnreachable as exc:
-        message = _one_line(exc)
-        if json_out:  # a script reading stdout still gets one JSON document
-            typer.echo(json.dumps(unreachable_document(url, message)))
-        err_console.print(f"error: {message}", markup=False)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        return

@@ -30,7 +30,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -73,6 +74,26 @@ APPROVER = "sre-oncall"
 """The only approver in the demo worker's policy."""
 OUTSIDER = "intern"
 """A name outside the policy's approvers: the demo shows it refused."""
+
+
+class WorkerBuilder(Protocol):
+    """What :func:`run_demo` calls to build the demo's worker (run as ``async with``).
+
+    The CLI passes ``workers.main.build_worker``: the demo never imports ``workers``, so the
+    worker is wired in one place, the entry point.
+    """
+
+    def __call__(
+        self, client: Client, settings: Settings, policy: WorkerPolicy
+    ) -> AbstractAsyncContextManager[Any]:
+        """A worker for every workflow and activity on ``settings.task_queue``.
+
+        Args:
+            client: The connected Temporal client it polls with.
+            settings: Its task queue and what its activities reach.
+            policy: Its worker policy (the demo's names one approver).
+        """
+        ...
 
 
 class Demo:
@@ -368,6 +389,7 @@ class Demo:
 
 async def run_demo(
     options: DemoOptions,
+    build_worker: WorkerBuilder,
     base: Settings | None = None,
     out: Callable[[str], None] = print,
     stop: asyncio.Event | None = None,
@@ -377,15 +399,13 @@ async def run_demo(
 
     Args:
         options: Ports, load and timing.
+        build_worker: Builds the demo's worker (the CLI passes ``workers.main.build_worker``).
         base: Settings to start from (``ANTIFRAGILE_*``); the stack's addresses and the
             demo task queue replace theirs.
         out: Where lines go (stdout).
         stop: With ``options.keep``, set to stop the stack the demo started.
         keeping: Set while the demo is over and only keeps the stack up.
     """
-    # Imported here: the core package reaches workers only from the CLI and the stacks.
-    from workers.main import build_worker
-
     options.validate()
     timeline = Timeline(out)
     stack = DemoStack(options)

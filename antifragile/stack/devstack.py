@@ -9,9 +9,10 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from antifragile.errors import ConfigError
 from antifragile.models.common import redact_url
@@ -24,6 +25,32 @@ from antifragile.stack.processes import (
 )
 
 log = logging.getLogger("antifragile.dev")
+
+
+class WorkerRunner(Protocol):
+    """What :meth:`DevStack.run` calls to run the stack's worker.
+
+    The CLI passes ``workers.main.run_worker``: the stack (and everything under the CLI)
+    never imports ``workers``, so the worker is wired in one place, the entry point.
+    """
+
+    def __call__(
+        self,
+        settings: Settings,
+        *,
+        stop: asyncio.Event,
+        install_signal_handlers: bool,
+        on_ready: Callable[[], None] | None,
+    ) -> Coroutine[Any, Any, None]:
+        """Connect to ``settings``' Temporal and poll its task queue until ``stop`` is set.
+
+        Args:
+            settings: Where the worker connects and which task queue it polls.
+            stop: Set when the worker must drain and return.
+            install_signal_handlers: False here: the stack handles SIGINT/SIGTERM itself.
+            on_ready: Called once the worker polls its task queue.
+        """
+        ...
 
 
 @dataclass
@@ -144,12 +171,21 @@ class DevStack:
             self.started.pop().stop()
 
     async def run(
-        self, on_ready: Callable[[DevStack], None] | None = None, stop: asyncio.Event | None = None
+        self,
+        run_worker: WorkerRunner,
+        on_ready: Callable[[DevStack], None] | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
-        """Start everything, run the worker until stopped, then stop everything."""
-        # Imported here: the core package only reaches workers from the CLI and dev stack.
-        from workers.main import run_worker
+        """Start everything, run the worker until stopped, then stop everything.
 
+        Args:
+            run_worker: Runs the stack's worker (the CLI passes ``workers.main.run_worker``).
+            on_ready: Called with this stack once the worker polls its task queue.
+            stop: Set to stop everything; SIGINT and SIGTERM set it too. Default: a new event.
+
+        Raises:
+            ConfigError: A port the stack needs is already in use.
+        """
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
