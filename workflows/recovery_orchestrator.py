@@ -99,15 +99,12 @@ with workflow.unsafe.imports_passed_through():
     from antifragile.orchestrator.logic import (
         Admissions,
         OrchestratorCore,
-        QueueError,
-        effective_priority,
-        from_ms,
         outcome_of_failure,
         pack_input,
-        to_ms,
         unpack_input,
         wake_delay,
     )
+    from antifragile.orchestrator.queue import QueueError, effective_priority, from_ms, to_ms
     from antifragile.recovery.ui import recovery_details, recovery_summary
     from workflows.recovery import RecoveryWorkflow
 

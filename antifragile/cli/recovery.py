@@ -44,7 +44,7 @@ from antifragile.models.recovery import (
     RecoveryStrategy,
 )
 from antifragile.orchestrator.client import orchestrator_queue, request_recovery
-from antifragile.orchestrator.logic import format_duration, why_waiting
+from antifragile.orchestrator.explain import format_duration, why_waiting
 from antifragile.recovery.client import running_recovery
 from antifragile.settings import Settings
 from antifragile.temporal_client import connect

@@ -51,7 +51,7 @@ from antifragile.models.orchestrator import (
     RequestState,
 )
 from antifragile.models.recovery import JoinSignal, RecoveryRequest
-from antifragile.orchestrator.logic import ignored_settings
+from antifragile.orchestrator.explain import ignored_settings
 from antifragile.recovery.client import running_with_priority
 
 ORCHESTRATOR_SUMMARY = "Recovery orchestrator: fleet-wide priority queue of recoveries"

@@ -69,7 +69,7 @@ from antifragile.models.recovery import (
     RecoveryStatus,
 )
 from antifragile.orchestrator.client import request_recovery
-from antifragile.orchestrator.logic import admission_order_violations
+from antifragile.orchestrator.explain import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.helpers import time_skipping_server
