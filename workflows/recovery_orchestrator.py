@@ -68,7 +68,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from antifragile.models.orchestrator import (
         AdmissionRecord,
-        AttemptFinished,
         AwaitingView,
         EnqueueBatch,
         EnqueueRecovery,
@@ -79,23 +78,26 @@ with workflow.unsafe.imports_passed_through():
         QueueChangeResult,
         QueueQuery,
         QueueView,
-        RecoveryFinished,
         RecoveryOutcome,
-        RecoveryResuming,
-        RecoveryWaiting,
         RemoveRecovery,
         Reprioritise,
         RequestState,
         RunningRecovery,
         RunningView,
-        SlotGranted,
         WaitingRecovery,
         WaitingView,
+    )
+    from antifragile.models.recovery import JoinSignal, RecoveryRequest
+    from antifragile.models.slots import (
+        AttemptFinished,
+        RecoveryFinished,
+        RecoveryResuming,
+        RecoveryWaiting,
+        SlotGranted,
         WatchedRecovery,
         WatchRecoveriesInput,
         WatchRecoveriesResult,
     )
-    from antifragile.models.recovery import JoinSignal, RecoveryRequest
     from antifragile.orchestrator.logic import (
         Admissions,
         OrchestratorCore,

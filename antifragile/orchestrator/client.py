@@ -44,13 +44,13 @@ from antifragile.models.orchestrator import (
     EnqueueBatch,
     EnqueueRecovery,
     EnqueueResult,
-    IntakeInput,
     OrchestratorInput,
     QueueQuery,
     QueueView,
     RequestState,
 )
 from antifragile.models.recovery import JoinSignal, RecoveryRequest
+from antifragile.models.recovery_intake import IntakeInput
 from antifragile.orchestrator.explain import ignored_settings
 from antifragile.recovery.client import running_with_priority
 
