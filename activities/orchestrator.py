@@ -9,13 +9,10 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from antifragile.models.orchestrator import (
-    ForwardRequestsInput,
-    ForwardRequestsResult,
-    LoadLimitsInput,
-    OrchestratorLimits,
+from antifragile.models.orchestrator import LoadLimitsInput, OrchestratorLimits, RecoveryOutcome
+from antifragile.models.recovery_intake import ForwardRequestsInput, ForwardRequestsResult
+from antifragile.models.slots import (
     RecoveryFinished,
-    RecoveryOutcome,
     WatchedRecovery,
     WatchRecoveriesInput,
     WatchRecoveriesResult,

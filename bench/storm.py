@@ -60,7 +60,7 @@ from antifragile.constants import orchestrator_workflow_id, recovery_workflow_id
 from antifragile.models.orchestrator import AdmissionRecord
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
 from antifragile.orchestrator.client import orchestrator_queue, request_recovery
-from antifragile.orchestrator.logic import admission_order_violations
+from antifragile.orchestrator.explain import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery.client import start_recovery
 from antifragile.settings import Settings

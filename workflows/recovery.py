@@ -60,12 +60,6 @@ with workflow.unsafe.imports_passed_through():
         Decision,
         HealthChangedSignal,
     )
-    from antifragile.models.orchestrator import (
-        AttemptFinished,
-        RecoveryResuming,
-        RecoveryWaiting,
-        SlotGranted,
-    )
     from antifragile.models.recovery import (
         AttemptRecord,
         AuthorizeApproverInput,
@@ -83,6 +77,12 @@ with workflow.unsafe.imports_passed_through():
         RecoveryStrategy,
         ValidateHashInput,
         ValidateHashResult,
+    )
+    from antifragile.models.slots import (
+        AttemptFinished,
+        RecoveryResuming,
+        RecoveryWaiting,
+        SlotGranted,
     )
     from antifragile.recovery.logic import (
         NextStep,

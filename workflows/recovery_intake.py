@@ -28,8 +28,8 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import QUERY_INTAKE, SIGNAL_REQUEST_RECOVERIES
-    from antifragile.models.orchestrator import (
-        EnqueueBatch,
+    from antifragile.models.orchestrator import EnqueueBatch
+    from antifragile.models.recovery_intake import (
         ForwardRequestsInput,
         ForwardRequestsResult,
         IntakeInput,

@@ -68,7 +68,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from antifragile.models.orchestrator import (
         AdmissionRecord,
-        AttemptFinished,
         AwaitingView,
         EnqueueBatch,
         EnqueueRecovery,
@@ -79,35 +78,35 @@ with workflow.unsafe.imports_passed_through():
         QueueChangeResult,
         QueueQuery,
         QueueView,
-        RecoveryFinished,
         RecoveryOutcome,
-        RecoveryResuming,
-        RecoveryWaiting,
         RemoveRecovery,
         Reprioritise,
         RequestState,
         RunningRecovery,
         RunningView,
-        SlotGranted,
         WaitingRecovery,
         WaitingView,
+    )
+    from antifragile.models.recovery import JoinSignal, RecoveryRequest
+    from antifragile.models.slots import (
+        AttemptFinished,
+        RecoveryFinished,
+        RecoveryResuming,
+        RecoveryWaiting,
+        SlotGranted,
         WatchedRecovery,
         WatchRecoveriesInput,
         WatchRecoveriesResult,
     )
-    from antifragile.models.recovery import JoinSignal, RecoveryRequest
     from antifragile.orchestrator.logic import (
         Admissions,
         OrchestratorCore,
-        QueueError,
-        effective_priority,
-        from_ms,
         outcome_of_failure,
         pack_input,
-        to_ms,
         unpack_input,
         wake_delay,
     )
+    from antifragile.orchestrator.queue import QueueError, effective_priority, from_ms, to_ms
     from antifragile.recovery.ui import recovery_details, recovery_summary
     from workflows.recovery import RecoveryWorkflow
 

@@ -1,8 +1,11 @@
-"""Contracts of the recovery orchestrator: input, carried state, updates, query, activities.
+"""Contracts of the recovery orchestrator's queue: limits, carried state, updates, query.
 
 The orchestrator (workflow id ``recovery-orchestrator``) is a durable, fleet-wide priority
 queue in front of RecoveryWorkflow: a recovery runs only while it holds one of
-``max_concurrent`` slots.
+``max_concurrent`` slots. The intake that batches fire-and-forget requests has its
+contracts in :mod:`antifragile.models.recovery_intake`; the slot protocol between a
+recovery and the orchestrator (its signals and the watcher of closes) in
+:mod:`antifragile.models.slots`.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class RunningRecovery(StrictModel):
         resumed: True when the slot was granted to a recovery resuming after approval.
         probe: True for the probe admission of the current retry-budget pause (the one
             new recovery admitted at a time while the pause holds; see
-            :mod:`antifragile.orchestrator.logic`). Cleared when the pause ends.
+            :mod:`antifragile.orchestrator.admission_control`). Cleared when the pause ends.
     """
 
     service: str
@@ -199,7 +202,7 @@ class AdmissionRecord(StrictModel):
         index: 1-based admission number over the orchestrator's whole life.
         service: Admitted service.
         priority: Its priority at admission.
-        rank: Its queue rank at admission (lower first; see orchestrator_logic).
+        rank: Its queue rank at admission (lower first; see :mod:`antifragile.orchestrator.queue`).
         seq: Its arrival number.
         seen_seq: The highest arrival number the orchestrator had seen at admission:
             every request with ``seq <= seen_seq`` still waiting then should rank after it.
@@ -477,7 +480,7 @@ class WaitingView(StrictModel):
 
     Attributes:
         position: 1-based place in the queue.
-        effective_priority: Priority after aging (see orchestrator_logic).
+        effective_priority: Priority after aging (see :mod:`antifragile.orchestrator.queue`).
     """
 
     position: int
@@ -542,200 +545,3 @@ class QueueView(StrictModel):
 
 class LoadLimitsInput(StrictModel):
     """Input of ``load_orchestrator_limits`` (nothing: the worker's policy decides)."""
-
-
-class WatchedRecovery(StrictModel):
-    """One recovery holding a slot, as a watcher activity sees it.
-
-    Attributes:
-        service: The service.
-        workflow_id: ``recovery-{service}``.
-        run_id: First run id to follow (None: the latest run).
-        index: Admission number of the slot holder; a report about an older holder of
-            the same service's slot is ignored.
-    """
-
-    service: str
-    workflow_id: str
-    run_id: str | None = None
-    index: int = 0
-
-
-class WatchRecoveriesInput(StrictModel):
-    """Input of ``watch_recoveries``.
-
-    Attributes:
-        recoveries: The recoveries to watch.
-        wait: True: return once at least one has closed (long poll, heartbeating).
-            False: report those already closed and return at once (reconcile).
-    """
-
-    recoveries: list[WatchedRecovery]
-    wait: bool = True
-
-
-class RecoveryFinished(StrictModel):
-    """How a recovery that held a slot ended.
-
-    Attributes:
-        service: The service.
-        outcome: Succeeded, failed, cancelled, terminated, timed out, ...
-        detail: A short message (the failure's, if any).
-        index: Admission number of the slot holder it is about (0: whoever holds it).
-    """
-
-    service: str
-    outcome: RecoveryOutcome
-    detail: str = ""
-    index: int = 0
-
-
-class WatchRecoveriesResult(StrictModel):
-    """Result of ``watch_recoveries``: the watched recoveries found closed."""
-
-    finished: list[RecoveryFinished] = Field(default_factory=list)
-
-
-# --- the intake (fire-and-forget requests, batched per shard) --------------------------
-
-
-class IntakeInput(StrictModel):
-    """Input of RecoveryIntakeWorkflow (``{orchestrator id}-intake-{shard}``).
-
-    Attributes:
-        orchestrator_id: The orchestrator the intake forwards to.
-        task_queue: The fleet's task queue (where the orchestrator runs if it must be
-            started).
-        pending: Requests received and not yet forwarded (carried over continue-as-new).
-        forwarded: Requests forwarded by earlier runs (for the record).
-        max_history_events: Continue-as-new once the run's history reaches this many
-            events (or when the server suggests it). Default 2,000.
-    """
-
-    orchestrator_id: str = Field(min_length=1)
-    task_queue: str = Field(min_length=1)
-    pending: list[RecoveryRequest] = Field(default_factory=list)
-    forwarded: int = Field(default=0, ge=0)
-    max_history_events: int = Field(default=2_000, ge=20)
-
-
-class IntakeResult(StrictModel):
-    """Result of an intake run that ended idle.
-
-    Attributes:
-        forwarded: Requests this intake forwarded, over all its runs since it started.
-    """
-
-    forwarded: int = 0
-
-
-class IntakeStatus(StrictModel):
-    """Result of an intake's ``intake`` query.
-
-    Attributes:
-        orchestrator_id: Where its requests go.
-        pending: Requests received and not yet forwarded.
-        forwarded: Requests forwarded so far (all runs).
-        forwards: Batches forwarded by this run.
-    """
-
-    orchestrator_id: str
-    pending: int
-    forwarded: int
-    forwards: int
-
-
-class ForwardRequestsInput(StrictModel):
-    """Input of the ``forward_recovery_requests`` activity: one batch, in arrival order.
-
-    Attributes:
-        orchestrator_id: The orchestrator to signal (started if it is not running).
-        task_queue: The fleet's task queue.
-        requests: The batch (at most one ``request_recoveries`` signal's worth).
-    """
-
-    orchestrator_id: str
-    task_queue: str
-    requests: list[RecoveryRequest] = Field(min_length=1, max_length=1000)
-
-
-class ForwardRequestsResult(StrictModel):
-    """Result of ``forward_recovery_requests``.
-
-    Attributes:
-        forwarded: Requests handed to the orchestrator (durable in its history).
-    """
-
-    forwarded: int
-
-
-# Messages between an orchestrated recovery and its orchestrator. A recovery started by the
-# orchestrator (its parent) reports to it by workflow id (never run id: the orchestrator
-# continues as new); a recovery started directly has no orchestrator and sends nothing.
-
-
-class RecoveryWaiting(StrictModel):
-    """Signal ``recovery_waiting`` (recovery → orchestrator): it now waits for a person.
-
-    Slots are held by work, never by waiting: the orchestrator frees the slot at once and
-    lists the recovery as awaiting approval until it resumes or closes.
-
-    Attributes:
-        service: The recovering service.
-        workflow_id: The recovery's workflow id.
-        reason: Why it waits, one line (e.g. "5 attempts failed", "manual strategy").
-    """
-
-    service: str
-    workflow_id: str
-    reason: str = ""
-
-
-class RecoveryResuming(StrictModel):
-    """Signal ``recovery_resuming`` (recovery → orchestrator): approved, it needs a slot again.
-
-    The orchestrator queues it at ``priority`` keeping its original arrival order, so it goes
-    ahead of later requests of the same priority, and signals ``slot_granted`` on admission.
-
-    Attributes:
-        service: The recovering service.
-        workflow_id: The recovery's workflow id.
-        priority: Its priority (lower = more urgent).
-    """
-
-    service: str
-    workflow_id: str
-    priority: int
-
-
-class SlotGranted(StrictModel):
-    """Signal ``slot_granted`` (orchestrator → recovery): the resumed recovery may run again.
-
-    Attributes:
-        admitted_at: When the orchestrator admitted it again.
-        running: Recoveries holding a slot, this one included.
-    """
-
-    admitted_at: datetime
-    running: int = 0
-
-
-class AttemptFinished(StrictModel):
-    """Signal ``attempt_finished`` (recovery → orchestrator): one attempt ended.
-
-    Feeds the fleet-wide retry budget (failed attempts / all attempts over a sliding
-    window, Google SRE book ch. 22): above ``retry_budget`` admissions pause.
-
-    Attributes:
-        service: The recovering service.
-        workflow_id: The recovery's workflow id.
-        attempt: Attempt number within the recovery (1-based, contiguous).
-        succeeded: The attempt's probe passed.
-        at: When the attempt ended (workflow time).
-    """
-
-    service: str
-    workflow_id: str
-    attempt: int = Field(ge=1)
-    succeeded: bool
-    at: datetime

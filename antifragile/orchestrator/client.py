@@ -1,5 +1,8 @@
 """Client side of the fleet-wide recovery queue: requests, signal batching, intakes, the queue.
 
+Also what needs the queue and the recoveries together: where a service's recovery stands
+(queued or running) and the list of recoveries with the queued requests first.
+
 Shared by the CLI, the runtime bridge and tests.
 """
 
@@ -8,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -39,20 +45,25 @@ from antifragile.constants import (
     intake_shard,
     intake_workflow_id,
     orchestrator_workflow_id,
+    recovery_workflow_id,
 )
 from antifragile.models.orchestrator import (
     EnqueueBatch,
     EnqueueRecovery,
     EnqueueResult,
-    IntakeInput,
     OrchestratorInput,
     QueueQuery,
     QueueView,
     RequestState,
 )
-from antifragile.models.recovery import JoinSignal, RecoveryRequest
-from antifragile.orchestrator.logic import ignored_settings
-from antifragile.recovery.client import running_with_priority
+from antifragile.models.recovery import JoinSignal, RecoveryRequest, RecoveryState, RecoveryStatus
+from antifragile.models.recovery_intake import IntakeInput
+from antifragile.orchestrator.explain import ignored_settings
+from antifragile.recovery.client import (
+    RecoveryStateError,
+    recovery_status,
+    running_with_priority,
+)
 
 ORCHESTRATOR_SUMMARY = "Recovery orchestrator: fleet-wide priority queue of recoveries"
 ORCHESTRATOR_DETAILS = (
@@ -409,3 +420,87 @@ async def orchestrator_queue(
     else:
         view = await handle.query(QUERY_QUEUE, QueueQuery(service=service), result_type=QueueView)
     return view
+
+
+async def queue_or_none(
+    client: Client, *, task_queue: str = DEFAULT_TASK_QUEUE, service: str | None = None
+) -> QueueView | None:
+    """:func:`orchestrator_queue`, or None when the orchestrator was never started."""
+    try:
+        return await orchestrator_queue(client, task_queue=task_queue, service=service)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def find_recovery(
+    client: Client, service: str, *, task_queue: str = DEFAULT_TASK_QUEUE
+) -> RecoveryStatus | QueueView:
+    """Where ``service``'s recovery stands: its status, or the queue while it waits.
+
+    A request waiting for a slot has no running recovery yet (admission starts a new run),
+    so when the latest run is not running the queue is asked first.
+
+    Returns:
+        The queue (``lookup`` says the service waits) when its request waits for a slot;
+        otherwise the latest recovery's status.
+
+    Raises:
+        RecoveryStateError: Neither a queued request nor any recovery of ``service``.
+    """
+    handle = client.get_workflow_handle(recovery_workflow_id(service))
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        desc = None
+    if desc is None or desc.status != WorkflowExecutionStatus.RUNNING:
+        # Not running: it may be waiting in the queue for a slot (a new run).
+        view = await queue_or_none(client, task_queue=task_queue, service=service)
+        if view is not None and view.lookup is not None and view.lookup.state == "waiting":
+            return view
+    if desc is None:
+        raise RecoveryStateError(f"no recovery found for service {service!r}")
+    return await recovery_status(handle)
+
+
+@dataclass(frozen=True)
+class RecoveryListing:
+    """Result of :func:`list_recoveries`.
+
+    Attributes:
+        view: The orchestrator's queue (its head is listed as QUEUED), None when it was not
+            read (a state filter) or there is no orchestrator.
+        recoveries: Recovery workflows, newest first.
+    """
+
+    view: QueueView | None
+    recoveries: list[WorkflowExecution] = field(default_factory=list)
+
+
+async def list_recoveries(
+    client: Client,
+    *,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+    state: RecoveryState | None = None,
+    limit: int = 500,
+) -> RecoveryListing:
+    """The queue's waiting requests and the recoveries (only those in ``state``, if given).
+
+    Args:
+        client: A connected client.
+        task_queue: Where the orchestrator runs.
+        state: Only recoveries in this state (the queue is then not read).
+        limit: At most this many recoveries. Default 500.
+
+    Returns:
+        The queue (None with ``state``, or without an orchestrator) and the recoveries.
+    """
+    query = 'AfKind="recovery"'
+    if state:
+        query += f' AND AfState="{state.value}"'
+    view = None if state else await queue_or_none(client, task_queue=task_queue)
+    recoveries = [wf async for wf in client.list_workflows(query, limit=limit)]
+    return RecoveryListing(view=view, recoveries=recoveries)

@@ -1,9 +1,12 @@
-"""Client-side operations on one recovery: start it directly, find its running run.
+"""Client-side operations on one recovery: start it directly, find it, read, decide, cancel.
 
 The fleet-wide queue (requests, batching, intakes) is :mod:`antifragile.orchestrator.client`.
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -16,11 +19,22 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.constants import (
+    QUERY_STATUS,
     SA_PRIORITY,
+    SIGNAL_APPROVE,
     SIGNAL_JOIN,
+    SIGNAL_REJECT,
     recovery_workflow_id,
 )
-from antifragile.models.recovery import JoinSignal, RecoveryRequest, RecoveryResult
+from antifragile.errors import AntifragileError
+from antifragile.models.common import ApprovalRecord, Decision
+from antifragile.models.recovery import (
+    JoinSignal,
+    RecoveryRequest,
+    RecoveryResult,
+    RecoveryState,
+    RecoveryStatus,
+)
 from antifragile.recovery.ui import recovery_details, recovery_summary
 
 
@@ -78,3 +92,92 @@ async def running_with_priority(
     if desc.status != WorkflowExecutionStatus.RUNNING:
         return None
     return handle, desc.typed_search_attributes.get(SA_PRIORITY)
+
+
+class RecoveryStateError(AntifragileError):
+    """The recovery asked about does not exist, or is not in the state an operation needs."""
+
+
+async def latest_recovery(client: Client, service: str) -> WorkflowHandle[Any, Any]:
+    """The handle of the latest run of ``recovery-{service}``, whatever its state.
+
+    Raises:
+        RecoveryStateError: No recovery of ``service`` was ever recorded.
+    """
+    handle = client.get_workflow_handle(recovery_workflow_id(service))
+    try:
+        await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise RecoveryStateError(f"no recovery found for service {service!r}") from None
+        raise
+    return handle
+
+
+async def recovery_status(handle: WorkflowHandle[Any, Any]) -> RecoveryStatus:
+    """The recovery's ``status`` query: state, attempts, next attempt, decisions."""
+    status: RecoveryStatus = await handle.query(QUERY_STATUS, result_type=RecoveryStatus)
+    return status
+
+
+DECISION_POLLS = 100
+STATE_POLLS = 20
+POLL_INTERVAL_S = 0.1
+
+
+async def send_decision(
+    handle: WorkflowHandle[Any, Any], decision: Decision, signal: Any, recorded: int
+) -> tuple[ApprovalRecord, RecoveryStatus] | None:
+    """Send an approve or reject and wait for the recovery to record its verdict.
+
+    The workflow checks the approver against the worker policy, so the decision it records
+    may be REFUSED. An accepted approval starts a round a moment after it is recorded: the
+    status returned is read once the recovery has left AWAITING_APPROVAL (up to 2 s).
+
+    Args:
+        handle: The recovery (awaiting approval).
+        decision: APPROVED or REJECTED (chooses the signal).
+        signal: The ``approve``/``reject`` payload (signed or not).
+        recorded: How many decisions the recovery had recorded before this one.
+
+    Returns:
+        The recorded decision and the recovery's status after it; None when nothing was
+        recorded within 10 s (polled every 0.1 s).
+    """
+    name = SIGNAL_APPROVE if decision is Decision.APPROVED else SIGNAL_REJECT
+    await handle.signal(name, signal)
+    for _ in range(DECISION_POLLS):
+        after = await recovery_status(handle)
+        if len(after.decisions) > recorded:
+            record = after.decisions[-1]
+            if record.decision is Decision.REFUSED:
+                return record, after
+            for _ in range(STATE_POLLS):
+                if after.state is not RecoveryState.AWAITING_APPROVAL:
+                    break
+                await asyncio.sleep(POLL_INTERVAL_S)
+                after = await recovery_status(handle)
+            return record, after
+        await asyncio.sleep(POLL_INTERVAL_S)
+    return None
+
+
+async def cancel_recovery(client: Client, service: str) -> str:
+    """Request the cancellation of ``service``'s running recovery (it ends CANCELLED).
+
+    Returns:
+        The recovery's workflow id.
+
+    Raises:
+        RecoveryStateError: There is no recovery of ``service``, or it is not running.
+    """
+    handle = await latest_recovery(client, service)
+    desc = await handle.describe()
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        raise RecoveryStateError(
+            f"the recovery of {service} is not running ({desc.status.name.lower()})"
+            if desc.status
+            else f"the recovery of {service} is not running"
+        )
+    await handle.cancel()
+    return handle.id

@@ -36,7 +36,7 @@ from antifragile.models.recovery import (
     RecoveryStatus,
 )
 from antifragile.orchestrator.client import orchestrator_queue, request_recovery
-from antifragile.orchestrator.logic import admission_order_violations
+from antifragile.orchestrator.explain import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.stack.processes import free_port
 from tests.helpers import client_of_its_own, wait_for

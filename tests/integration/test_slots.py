@@ -40,7 +40,7 @@ from antifragile.constants import (
 from antifragile.models.orchestrator import QueueView
 from antifragile.models.recovery import RecoveryRequest, RecoveryState, RecoveryStatus
 from antifragile.orchestrator.client import orchestrator_queue, signal_orchestrator
-from antifragile.orchestrator.logic import admission_order_violations
+from antifragile.orchestrator.explain import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.stack.processes import free_port
 

@@ -21,8 +21,8 @@ from antifragile.constants import (
     orchestrator_workflow_id,
     recovery_workflow_id,
 )
-from antifragile.models.orchestrator import IntakeResult
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
+from antifragile.models.recovery_intake import IntakeResult
 from antifragile.orchestrator.client import orchestrator_queue, request_recovery
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings

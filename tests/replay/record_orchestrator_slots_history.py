@@ -27,13 +27,9 @@ from antifragile.constants import (
     orchestrator_workflow_id,
     recovery_workflow_id,
 )
-from antifragile.models.orchestrator import (
-    AttemptFinished,
-    QueueView,
-    RecoveryResuming,
-    RecoveryWaiting,
-)
+from antifragile.models.orchestrator import QueueView
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest
+from antifragile.models.slots import AttemptFinished, RecoveryResuming, RecoveryWaiting
 from antifragile.orchestrator.client import orchestrator_queue, request_recovery
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings

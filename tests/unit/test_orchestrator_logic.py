@@ -17,19 +17,18 @@ from antifragile.models.orchestrator import (
     RunningView,
 )
 from antifragile.models.recovery import RecoveryPolicy, RecoveryRequest, RecoveryStrategy
+from antifragile.orchestrator.explain import (
+    admission_order_violations,
+    ignored_settings,
+    why_waiting,
+)
 from antifragile.orchestrator.logic import (
     PACK_THRESHOLD,
     OrchestratorCore,
-    QueueError,
-    admission_order_violations,
-    effective_priority,
-    ignored_settings,
     pack_input,
-    queue_rank,
-    to_ms,
     unpack_input,
-    why_waiting,
 )
+from antifragile.orchestrator.queue import QueueError, effective_priority, queue_rank, to_ms
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -19,13 +19,13 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_RECOVERY_WAITING,
         SIGNAL_SLOT_GRANTED,
     )
-    from antifragile.models.orchestrator import (
+    from antifragile.models.recovery import RecoveryRequest
+    from antifragile.models.slots import (
         AttemptFinished,
         RecoveryResuming,
         RecoveryWaiting,
         SlotGranted,
     )
-    from antifragile.models.recovery import RecoveryRequest
     from workflows.recovery import RecoveryWorkflow
 
 

@@ -21,14 +21,9 @@ from antifragile.constants import (
     intake_shard,
     intake_workflow_id,
 )
-from antifragile.models.orchestrator import (
-    EnqueueBatch,
-    IntakeInput,
-    IntakeResult,
-    IntakeStatus,
-    RequestState,
-)
+from antifragile.models.orchestrator import EnqueueBatch, RequestState
 from antifragile.models.recovery import RecoveryRequest
+from antifragile.models.recovery_intake import IntakeInput, IntakeResult, IntakeStatus
 from antifragile.orchestrator.client import request_recovery
 from tests.helpers import client_of_its_own
 from tests.workflows import test_recovery_orchestrator as orchestrator_tests

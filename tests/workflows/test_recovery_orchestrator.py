@@ -48,12 +48,9 @@ from antifragile.constants import (
 )
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.orchestrator import (
-    AttemptFinished,
     OrchestratorLimits,
     QueueChangeResult,
     QueueView,
-    RecoveryResuming,
-    RecoveryWaiting,
     RemoveRecovery,
     Reprioritise,
     RequestState,
@@ -68,8 +65,9 @@ from antifragile.models.recovery import (
     RecoveryState,
     RecoveryStatus,
 )
+from antifragile.models.slots import AttemptFinished, RecoveryResuming, RecoveryWaiting
 from antifragile.orchestrator.client import request_recovery
-from antifragile.orchestrator.logic import admission_order_violations
+from antifragile.orchestrator.explain import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.helpers import time_skipping_server
