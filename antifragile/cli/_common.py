@@ -186,8 +186,11 @@ def failure_code(exc: Exception) -> int:
 
 
 @contextlib.contextmanager
-def command_errors() -> Iterator[None]:
+def command_errors(passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Turn the known errors of the block into one line on stderr and ``typer.Exit(code)``.
+
+    ``passthrough`` errors propagate unchanged, for a command that reports them itself with
+    what it knows (``recovery start`` says what became of a request when Temporal goes away).
 
     The synchronous half of :func:`run_command`, for a command with no coroutine to run
     (``antifragile health``). Which errors and which codes: :func:`failure_code`. Others
@@ -200,6 +203,8 @@ def command_errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except passthrough:
+        raise
     except Exception as exc:
         raise typer.Exit(failure_code(exc)) from None
 
@@ -211,6 +216,7 @@ def run_command(
     *,
     temporal: Literal[True] = True,
     quiet_core: bool = False,
+    passthrough: tuple[type[BaseException], ...] = (),
 ) -> T: ...
 
 
@@ -221,6 +227,7 @@ def run_command(
     *,
     temporal: Literal[False],
     quiet_core: bool = False,
+    passthrough: tuple[type[BaseException], ...] = (),
 ) -> T: ...
 
 
@@ -230,6 +237,7 @@ def run_command(
     *,
     temporal: bool = True,
     quiet_core: bool = False,
+    passthrough: tuple[type[BaseException], ...] = (),
 ) -> T:
     """The body every command that runs a coroutine shares: settings, Temporal, errors.
 
@@ -266,6 +274,8 @@ def run_command(
         quiet_core: Connect with :func:`cli_runtime` (core WARN lines kept off the
             terminal), for a command that may wait on a server that goes away. Default
             False: the SDK's default runtime.
+        passthrough: Error types that propagate unchanged (see :func:`command_errors`).
+            Default none.
 
     Returns:
         What ``work`` returned.
@@ -273,7 +283,7 @@ def run_command(
     Raises:
         typer.Exit: With the code of a known error, its line already printed.
     """
-    with command_errors():
+    with command_errors(passthrough):
         loaded = settings if settings is not None else load_settings()
 
         async def _work() -> T:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from temporalio.client import Client, WorkflowFailureError
@@ -19,7 +18,6 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.cli._common import (
     approval_signal,
-    cli_runtime,
     console,
     err_console,
     fail,
@@ -27,7 +25,7 @@ from antifragile.cli._common import (
     parse_duration_s,
     parse_model,
     print_json,
-    run,
+    run_command,
     unreachable,
 )
 from antifragile.cli._render import (
@@ -65,7 +63,6 @@ from antifragile.recovery.client import (
     send_decision,
 )
 from antifragile.settings import Settings
-from antifragile.temporal_client import connect
 
 app = typer.Typer(
     help="Start, follow, approve and cancel durable recoveries.", no_args_is_help=True
@@ -74,28 +71,6 @@ app = typer.Typer(
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 
 T = TypeVar("T")
-
-
-def _run(body: Callable[[Client], Coroutine[Any, Any, T]], settings: Settings | None = None) -> T:
-    """Connect to Temporal and run one command's ``body`` with the client.
-
-    A connection failure or any error of the body is one line on stderr and an exit code,
-    mapped by the CLI's entry point (``antifragile.cli.main``).
-
-    Args:
-        body: The command's work, given the connected client.
-        settings: The command's settings (default: read from ``ANTIFRAGILE_*``).
-
-    Returns:
-        What ``body`` returns.
-    """
-    settings = settings or load_settings()
-
-    async def _go() -> T:
-        client = await connect(settings, runtime=cli_runtime())
-        return await body(client)
-
-    return run(_go())
 
 
 @app.command("start")
@@ -166,9 +141,13 @@ def start(
     )
     progress = Progress(request.service, quiet=json_out)
     try:
-        _run(
-            lambda client: _start(settings, client, request, wait, json_out, timeout_s, progress),
+        run_command(
+            lambda client, _: _start(
+                settings, client, request, wait, json_out, timeout_s, progress
+            ),
             settings,
+            quiet_core=True,
+            passthrough=(RPCError,),
         )
     except RPCError as exc:
         if exc.status is not RPCStatusCode.UNAVAILABLE:
@@ -355,8 +334,10 @@ def status(service: str, json_out: JsonFlag = False) -> None:
     """Show SERVICE's recovery: state, attempts, next attempt, decisions (or its place in
     the queue while it waits for a slot)."""
     settings = load_settings()
-    found = _run(
-        lambda client: find_recovery(client, service, task_queue=settings.task_queue), settings
+    found = run_command(
+        lambda client, _: find_recovery(client, service, task_queue=settings.task_queue),
+        settings,
+        quiet_core=True,
     )
     if isinstance(found, RecoveryStatus):
         print_status(found, settings, json_out)
@@ -372,9 +353,10 @@ def list_(
     """List recoveries, newest first (optionally only those in STATE); requests still
     waiting in the queue for a slot come first, as QUEUED."""
     settings = load_settings()
-    listing = _run(
-        lambda client: list_recoveries(client, task_queue=settings.task_queue, state=state),
+    listing = run_command(
+        lambda client, _: list_recoveries(client, task_queue=settings.task_queue, state=state),
         settings,
+        quiet_core=True,
     )
     render_listing(listing, json_out)
 
@@ -390,7 +372,7 @@ def _decide(service: str, by: str, note: str, decision: Decision) -> None:
     # Bad input (an empty name, a short key) is refused before anything is sent.
     parse_model(ApprovalSignal, {"approver": by, "note": note}, "decision")
 
-    async def _go(client: Client) -> None:
+    async def _go(client: Client, _: Settings) -> None:
         handle = await latest_recovery(client, service)
         before = await recovery_status(handle)
         if before.state is not RecoveryState.AWAITING_APPROVAL:
@@ -405,7 +387,7 @@ def _decide(service: str, by: str, note: str, decision: Decision) -> None:
             fail(f"{by} was refused: {record.reason}")
         render_decision(service, record, after)
 
-    _run(_go, settings)
+    run_command(_go, settings, quiet_core=True)
 
 
 @app.command("approve")
@@ -435,7 +417,7 @@ def reject(
 @app.command("cancel")
 def cancel(service: str) -> None:
     """Cancel SERVICE's running recovery: it ends CANCELLED."""
-    workflow_id = _run(lambda client: cancel_recovery(client, service))
+    workflow_id = run_command(lambda client, _: cancel_recovery(client, service), quiet_core=True)
     console.print(f"cancellation requested for {workflow_id}")
 
 
@@ -443,7 +425,11 @@ def cancel(service: str) -> None:
 def queue(json_out: JsonFlag = False) -> None:
     """Show the orchestrator's queue: running and waiting recoveries, and any pause."""
     settings = load_settings()
-    view = _run(lambda client: queue_or_none(client, task_queue=settings.task_queue), settings)
+    view = run_command(
+        lambda client, _: queue_or_none(client, task_queue=settings.task_queue),
+        settings,
+        quiet_core=True,
+    )
     if view is None:
         fail("no recovery orchestrator yet: `antifragile recovery start` creates it")
     print_queue(view, json_out)
