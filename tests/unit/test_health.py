@@ -573,7 +573,7 @@ def test_property_reported_status_obeys_the_anti_flapping_rules(
     ]
     for b, w in zip(bs, weights, strict=True):
         h.register_circuit_breaker(b.name, b, weight=w)
-    computed_since = clock.now  # when the computed status last changed
+    computed_since = clock.now()  # when the computed status last changed
     last = h.get_system_health()
     for op in ops:
         # Unregistering an unknown name changes nothing; registering replaces (a change).
@@ -595,8 +595,8 @@ def test_property_reported_status_obeys_the_anti_flapping_rules(
         report = h.get_system_health()
         assert report.status is h.status
         if report.computed_status is not last.computed_status:
-            computed_since = clock.now
-        held = clock.now - computed_since
+            computed_since = clock.now()
+        held = clock.now() - computed_since
         if report.computed_status is C:
             assert report.status is C
         elif held >= window:
@@ -607,7 +607,7 @@ def test_property_reported_status_obeys_the_anti_flapping_rules(
             ), (op, last, report)
         if configuration:
             assert report.status is report.computed_status
-            computed_since = clock.now - window  # registration reports at once
+            computed_since = clock.now() - window  # registration reports at once
         last = report
 
 
