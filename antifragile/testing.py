@@ -135,6 +135,7 @@ async def eventually(
     interval: float = DEFAULT_INTERVAL_S,
     *,
     retry_on: tuple[type[BaseException], ...] = (),
+    what: str = "",
 ) -> T:
     """Call ``check`` until it passes; fail with its last failure once the deadline passes.
 
@@ -153,6 +154,7 @@ async def eventually(
         interval: Pause between checks in seconds (default 0.05).
         retry_on: More exception types that mean "not yet" (e.g. a connection error
             while a server starts).
+        what: What is awaited, to open the failure message (default: nothing).
 
     Returns:
         The check's first truthy result.
@@ -188,7 +190,7 @@ async def eventually(
             last_error = None
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise AssertionError(f"not reached within {timeout:g} s: {why}") from last_error
+            raise AssertionError(_failure(what, timeout, why)) from last_error
         await asyncio.sleep(min(interval, remaining))
 
 
@@ -198,6 +200,7 @@ def eventually_sync(
     interval: float = DEFAULT_INTERVAL_S,
     *,
     retry_on: tuple[type[BaseException], ...] = (),
+    what: str = "",
 ) -> T:
     """The blocking twin of :func:`eventually`, for tests without an event loop.
 
@@ -210,6 +213,7 @@ def eventually_sync(
         timeout: Deadline in seconds from the call (``time.monotonic``; default 5.0).
         interval: Pause between checks in seconds (default 0.05).
         retry_on: More exception types that mean "not yet".
+        what: What is awaited, to open the failure message (default: nothing).
 
     Returns:
         The check's first truthy result.
@@ -236,8 +240,12 @@ def eventually_sync(
             last_error = None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"not reached within {timeout:g} s: {why}") from last_error
+            raise AssertionError(_failure(what, timeout, why)) from last_error
         time.sleep(min(interval, remaining))
+
+
+def _failure(what: str, timeout: float, why: str) -> str:
+    return f"{what + ' ' if what else ''}not reached within {timeout:g} s: {why}"
 
 
 def _check_bounds(timeout: float, interval: float) -> None:

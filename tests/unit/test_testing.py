@@ -144,8 +144,8 @@ async def test_eventually_fails_at_the_deadline_with_the_last_failure() -> None:
 
 
 async def test_eventually_says_what_a_falsy_check_returned() -> None:
-    with pytest.raises(AssertionError, match="returned None"):
-        await eventually(lambda: None, timeout=0.05, interval=0.01)
+    with pytest.raises(AssertionError, match=r"^fault gone not reached .* returned None"):
+        await eventually(lambda: None, timeout=0.05, interval=0.01, what="fault gone")
     with pytest.raises(AssertionError, match="returned 0"):
         await eventually(lambda: 0, timeout=0.05, interval=0.01)
 
@@ -224,6 +224,8 @@ def test_eventually_sync_polls_without_a_loop() -> None:
     assert eventually_sync(flaky, timeout=5, interval=0.001, retry_on=(OSError,)) == "done"
     with pytest.raises(OSError):
         eventually_sync(lambda: (_ for _ in ()).throw(OSError("x")), timeout=5)
+    with pytest.raises(AssertionError, match=r"^ready not reached"):
+        eventually_sync(lambda: 0, timeout=0, what="ready")
 
 
 # ---------------------------------------------------------------------------- breaker capture
