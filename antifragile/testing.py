@@ -101,6 +101,22 @@ class FakeClock:
         self._now += seconds
         return self._now
 
+    def set(self, seconds: float) -> None:
+        """Jump to an absolute reading, backwards too.
+
+        A real monotonic clock never goes back; this is for tests that show a reading
+        depends only on the clock (e.g. that ``retry_after()`` follows it both ways).
+
+        Args:
+            seconds: The new reading, in seconds.
+
+        Raises:
+            ValueError: If ``seconds`` is not finite.
+        """
+        if not math.isfinite(seconds):
+            raise ValueError(f"a clock reading must be finite, got {seconds!r}")
+        self._now = float(seconds)
+
     async def sleep(self, seconds: float) -> None:
         """An injectable ``sleep`` that advances the clock instead of waiting.
 

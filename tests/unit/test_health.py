@@ -34,7 +34,8 @@ from antifragile.inprocess.health import (
 )
 from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.settings import Settings
-from tests.unit.conftest import FakeClock, RestartableRedis
+from antifragile.testing import FakeClock, eventually
+from tests.unit.conftest import RestartableRedis
 
 H, D, C = SystemHealthStatus.HEALTHY, SystemHealthStatus.DEGRADED, SystemHealthStatus.CRITICAL
 
@@ -211,8 +212,7 @@ async def test_pending_status_is_reported_by_timer_without_further_changes() -> 
     h.on_health_change(lambda r: seen.append(r.status))
     b.force_open()
     b.reset()
-    await asyncio.sleep(0.08)
-    assert seen[-1] is H
+    await eventually(lambda: seen and seen[-1] is H, timeout=5)
     assert C in seen
 
 
@@ -284,7 +284,7 @@ def test_history_is_bounded_and_queryable_by_window(clock: FakeClock) -> None:
 async def test_sampler_records_snapshots_while_started() -> None:
     h = HealthAggregator(HealthAggregatorConfig(history_interval_s=0.01))
     await h.start()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(h.get_history()) >= 2, timeout=5)
     await h.stop()
     n = len(h.get_history())
     assert n >= 2

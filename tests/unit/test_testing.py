@@ -52,6 +52,15 @@ def test_fake_clock_refuses_a_non_finite_start() -> None:
         FakeClock(math.nan)
 
 
+def test_fake_clock_can_be_set_back_on_purpose() -> None:
+    clock = FakeClock()
+    clock.set(990.5)
+    assert clock() == 990.5
+    with pytest.raises(ValueError, match="finite"):
+        clock.set(math.inf)
+    assert repr(clock) == "FakeClock(990.5)"
+
+
 async def test_fake_clock_sleep_advances_instead_of_waiting() -> None:
     clock = FakeClock()
     started = time.monotonic()
