@@ -71,6 +71,7 @@ class FakeClock:
     __slots__ = ("_now",)
 
     def __init__(self, start: float = 1000.0) -> None:
+        """Start the clock at ``start`` seconds (see the class for the arguments)."""
         if not math.isfinite(start):
             raise ValueError(f"start must be finite, got {start!r}")
         self._now = float(start)
@@ -130,6 +131,7 @@ class FakeClock:
         await asyncio.sleep(0)
 
     def __repr__(self) -> str:
+        """Show the reading, e.g. ``FakeClock(1002.5)``."""
         return f"FakeClock({self._now!r})"
 
 
@@ -311,9 +313,11 @@ class BreakerChanges:
         self.changes.clear()
 
     def __len__(self) -> int:
+        """Return how many changes were recorded."""
         return len(self.changes)
 
     def __iter__(self) -> Iterator[StateChange]:
+        """Iterate over a copy of the recorded changes, oldest first."""
         return iter(list(self.changes))
 
     def attach(self) -> None:
