@@ -18,6 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.stack.processes import ServerProcess, free_port
+from antifragile.testing import eventually
 
 if TYPE_CHECKING:
     from temporalio.testing import WorkflowEnvironment
@@ -120,22 +121,21 @@ async def run_cli_batch(
 async def wait_for(
     predicate: Callable[[], Awaitable[object]], timeout: float = 30.0, interval: float = 0.1
 ) -> object:
-    """Poll ``predicate`` until it returns something truthy (a test helper, not a clock).
+    """Poll ``predicate`` until it returns something truthy (:func:`eventually`).
 
     A workflow that does not exist yet (NOT_FOUND) counts as "not yet": requests that go
     through the orchestrator start their recovery a moment later.
     """
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                value = await predicate()
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                value = None
-            if value:
-                return value
-            await asyncio.sleep(interval)
+
+    async def check() -> object:
+        try:
+            return await predicate()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return None
+
+    return await eventually(check, timeout, interval)
 
 
 async def workflow_task_failures(handle: WorkflowHandle[Any, Any]) -> int:

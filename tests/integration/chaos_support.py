@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import antifragile.testing as af_testing
 from antifragile.models.chaos_scenario import ChaosScenario
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,21 +172,13 @@ def chaos_stack(
 
 
 async def eventually(
-    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.05
 ) -> Any:
-    """Poll ``check`` (sync) until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError) as exc:
-            last_exc = exc
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s ({last_exc})")
-        await asyncio.sleep(0.05)
+    """Poll ``check`` (sync or async) until it returns something truthy; the demo's status
+    page unreachable or half-written (OSError, ValueError, KeyError) means "not yet"."""
+    return await af_testing.eventually(
+        check, timeout, interval, retry_on=(OSError, ValueError, KeyError), what=what
+    )
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

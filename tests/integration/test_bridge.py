@@ -16,6 +16,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+import antifragile.testing as af_testing
 from antifragile.constants import KIND_CHAOS, SA_KIND, SA_SERVICE, recovery_workflow_id
 from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState
 from antifragile.inprocess.runtime import Runtime
@@ -36,18 +37,9 @@ async def fail() -> None:
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
-    """Poll ``check`` until it returns a truthy value (real servers, real latency)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            value = await check()
-            if value:
-                return value
-        except RPCError:
-            pass
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+    """Poll ``check`` until it returns a truthy value (real servers, real latency: an RPC
+    error means "not yet")."""
+    return await af_testing.eventually(check, timeout, retry_on=(RPCError,))
 
 
 async def status(handle: WorkflowHandle[Any, Any]) -> RecoveryStatus:

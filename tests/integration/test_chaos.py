@@ -270,19 +270,17 @@ async def _running_id(client: Client, name: str, timeout: float = 20) -> str:
                 return wf.id
         return None
 
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (found := await find()) is None:
-        assert asyncio.get_running_loop().time() < deadline, f"{name} never started"
-        await asyncio.sleep(0.2)
+    found: str = await eventually(find, timeout, what=f"{name} started", interval=0.2)
     return found
 
 
 async def _phase(client: Client, wid: str, phase: ChaosPhase, timeout: float = 20) -> None:
     handle = client.get_workflow_handle(wid)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (await handle.query("status", result_type=ChaosStatus)).phase is not phase:
-        assert asyncio.get_running_loop().time() < deadline, f"{wid} never reached {phase}"
-        await asyncio.sleep(0.1)
+
+    async def reached() -> bool:
+        return (await handle.query("status", result_type=ChaosStatus)).phase is phase
+
+    await eventually(reached, timeout, what=f"{wid} at {phase}", interval=0.1)
 
 
 async def test_a_target_nobody_guards_is_refused_in_one_line(ready: Stack) -> None:

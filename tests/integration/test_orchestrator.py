@@ -21,6 +21,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+import antifragile.testing as af_testing
 from antifragile.constants import (
     INTAKE_SHARDS,
     QUERY_STATUS,
@@ -89,21 +90,18 @@ class Services:
 async def wait_view(
     client: Client, orchestrator_id: str, check: Any, timeout: float = 120
 ) -> QueueView:
-    deadline = asyncio.get_running_loop().time() + timeout
-    view: QueueView | None = None
-    while True:
-        try:
-            view = await orchestrator_queue(client, orchestrator_id=orchestrator_id)
-        except RPCError:
-            # Right after a worker restart a query can time out on the old worker's
-            # sticky queue before the server hands it to the new worker.
-            view = None
-        if view is not None and check(view):
-            return view
-        if asyncio.get_running_loop().time() > deadline:
-            shown = view.model_dump_json()[:2000] if view else "no answer"
-            raise AssertionError(f"condition not met: {shown}")
-        await asyncio.sleep(0.2)
+
+    async def met() -> QueueView:
+        view = await orchestrator_queue(client, orchestrator_id=orchestrator_id)
+        assert check(view), view.model_dump_json()[:2000]
+        return view
+
+    # RPCError: right after a worker restart a query can time out on the old worker's
+    # sticky queue before the server hands it to the new worker.
+    view: QueueView = await af_testing.eventually(
+        met, timeout, 0.2, retry_on=(RPCError,), what="condition"
+    )
+    return view
 
 
 async def end_queue(client: Client, orchestrator_id: str, view: QueueView) -> None:

@@ -30,6 +30,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+import antifragile.testing as af_testing
 from antifragile.constants import (
     INTAKE_SHARDS,
     QUERY_STATUS,
@@ -76,20 +77,19 @@ async def until(
 ) -> QueueView:
     """Poll the queue until ``check(view)``; record the running count (and the number of
     probe admissions running) seen each time."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    view: QueueView | None = None
-    while True:
-        with contextlib.suppress(RPCError):
-            view = await orchestrator_queue(client, task_queue=task_queue)
-            peaks.append(len(view.running))
-            if probes is not None and view.paused:
-                probes.append(sum(r.probe for r in view.running))
-            if check(view):
-                return view
-        if asyncio.get_running_loop().time() > deadline:
-            shown = view.model_dump_json()[:3000] if view else "no answer"
-            raise AssertionError(f"condition not met in {timeout:.0f}s: {shown}")
-        await asyncio.sleep(0.05)
+
+    async def met() -> QueueView:
+        view = await orchestrator_queue(client, task_queue=task_queue)
+        peaks.append(len(view.running))
+        if probes is not None and view.paused:
+            probes.append(sum(r.probe for r in view.running))
+        assert check(view), view.model_dump_json()[:3000]
+        return view
+
+    view: QueueView = await af_testing.eventually(
+        met, timeout, 0.05, retry_on=(RPCError,), what="condition"
+    )
+    return view
 
 
 async def test_escalated_recoveries_hold_no_slot_and_the_rest_of_the_fleet_recovers(

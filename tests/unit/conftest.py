@@ -1,4 +1,5 @@
-"""Fixtures of the in-process module's unit tests: a fake clock and a private Redis."""
+"""Fixtures of the in-process module's unit tests: a fake clock (the public
+:class:`antifragile.testing.FakeClock`) and a private Redis."""
 
 from __future__ import annotations
 
@@ -8,19 +9,7 @@ from pathlib import Path
 import pytest
 
 from antifragile.stack.processes import ServerProcess, free_port, start_redis
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from antifragile.testing import FakeClock
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from antifragile.inprocess.breaker import CircuitState, StateChange
 from antifragile.inprocess.bridge import Bridge, _Intent
 from antifragile.inprocess.health import HealthAggregator
 from antifragile.settings import Settings
+from antifragile.testing import eventually
 
 
 class RecordingBridge(Bridge):
@@ -38,21 +38,24 @@ async def test_flapping_breaker_is_one_round_per_interval_latest_state_wins() ->
     bridge = RecordingBridge(min_interval_s=0.3)
     await bridge.start()
     try:
+        # The bridge paces with the real monotonic clock (no clock to inject), so the
+        # rounds are timed by the stamps they carry, not by sleeping between asserts.
         t0 = time.monotonic()
         bridge.notify(change(CircuitState.OPEN))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: bridge.rounds, timeout=5)
         assert len(bridge.rounds) == 1  # at once
+        assert bridge.rounds[0][0] - t0 < 0.3  # at once: not held for the interval
         assert bridge.rounds[0][1:] == ("redis", True, CircuitState.OPEN)
         # Flapping: HALF_OPEN -> OPEN -> HALF_OPEN within the interval is one round.
         bridge.notify(change(CircuitState.HALF_OPEN, CircuitState.OPEN))
         bridge.notify(change(CircuitState.OPEN, CircuitState.HALF_OPEN))
         bridge.notify(change(CircuitState.HALF_OPEN, CircuitState.OPEN))
-        await asyncio.sleep(0.1)
-        assert len(bridge.rounds) == 1
-        await asyncio.sleep(0.35)
-        assert len(bridge.rounds) == 2
+        assert time.monotonic() - bridge.rounds[0][0] < 0.3  # still within the interval
+        await eventually(lambda: len(bridge.rounds) >= 2, timeout=5)
+        assert len(bridge.rounds) == 2 and not bridge.pending  # one round for the three
         at, _, recover, state = bridge.rounds[1]
         assert at - t0 >= 0.3
+        assert at - bridge.rounds[0][0] >= 0.3  # nothing went out within the interval
         assert state is CircuitState.HALF_OPEN  # the latest state
         assert recover is True  # the unsent recovery request of the second OPEN is kept
     finally:

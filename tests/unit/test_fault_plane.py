@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,7 +28,8 @@ from antifragile.inprocess.fault_table import FaultTable
 from antifragile.inprocess.guard import Guard
 from antifragile.models.chaos import FaultSpec
 from antifragile.models.chaos_scenario import ChaosType
-from tests.unit.conftest import FakeClock, RestartableRedis
+from antifragile.testing import FakeClock, eventually
+from tests.unit.conftest import RestartableRedis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,14 +45,6 @@ def spec(chaos_type: ChaosType = ChaosType.NETWORK_PARTITION, **kw: Any) -> Faul
     }
     base.update(kw)
     return FaultSpec.model_validate(base)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -78,11 +71,11 @@ async def test_injected_lease_reaches_the_table_and_removal_takes_it_away(
 ) -> None:
     s = spec()
     assert await plane.inject(s)
-    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    await eventually(lambda: subscriber.table.get(s.target) is not None, timeout=3)
     ttl = await plane.lease_ttl_ms(s.experiment_id)
     assert ttl is not None and 0 < ttl <= 5000
     assert await plane.remove(s.experiment_id)
-    await eventually(lambda: subscriber.table.get(s.target) is None)
+    await eventually(lambda: subscriber.table.get(s.target) is None, timeout=3)
     assert not await plane.remove(s.experiment_id)  # idempotent
 
 
@@ -104,13 +97,19 @@ async def test_renewals_keep_the_fault_and_without_them_it_expires_locally(
 ) -> None:
     s = spec(ttl_ms=600)
     await plane.inject(s)
-    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    await eventually(lambda: subscriber.table.get(s.target) is not None, timeout=3)
     for _ in range(6):
+        # Pacing, not waiting for a result: the lease's TTL runs on Redis's clock, so
+        # 1.2 s must really pass for the renewals to be what keeps the 600 ms lease.
         await asyncio.sleep(0.2)
         assert (await plane.renew(s.experiment_id, 600)).renewed
     assert subscriber.table.get(s.target) is not None
-    await asyncio.sleep(0.9)
-    assert subscriber.table.get(s.target) is None
+    await eventually(lambda: subscriber.table.get(s.target) is None, timeout=3)
+
+    async def lease_gone() -> bool:  # Redis's clock, not read by the renewal below
+        return await plane.lease_ttl_ms(s.experiment_id) is None
+
+    await eventually(lease_gone, timeout=3)
     assert (await plane.renew(s.experiment_id, 600)).missing
 
 
@@ -126,17 +125,23 @@ async def test_lease_expiry_drops_the_fault_even_when_redis_is_gone(
     try:
         s = spec(target="db", ttl_ms=1500)
         await plane.inject(s)
-        await eventually(lambda: guard.fault is not None)
+        await eventually(lambda: guard.fault is not None, timeout=3)
         await plane.close()
         own_redis.stop()  # controller and Redis both gone: nobody can remove the lease
         with pytest.raises(ConnectionError):
             await guard.call(asyncio.sleep, 0)
-        await asyncio.sleep(1.7)
-        assert guard.fault is None
-        assert not sub.connected
+
+        def expired_while_disconnected() -> bool:
+            assert guard.fault is None
+            assert not sub.connected
+            return True
+
+        await eventually(expired_while_disconnected, timeout=5)  # the lease: 1.5 s
         assert await guard.call(asyncio.sleep, 0, "ok") == "ok"
         own_redis.start()  # Redis back (empty): the fault stays gone
-        await asyncio.sleep(0.6)
+        # connected turns True at the end of a resync's reads, and the rest of that
+        # resync runs without awaiting: once it is seen, Redis's view has been applied.
+        await eventually(lambda: sub.connected, timeout=10)
         assert guard.fault is None
     finally:
         await sub.stop()
@@ -151,7 +156,7 @@ async def test_the_timer_restores_a_forced_open_breaker_without_any_call(
     async with FaultSubscriber(table, redis_url, instance_id="cb-inst", resync_interval_s=10):
         s = spec(ChaosType.CIRCUIT_BREAKER, target="cb", ttl_ms=400)
         await plane.inject(s)
-        await eventually(lambda: guard.breaker.state is CircuitState.FORCED_OPEN)
+        await eventually(lambda: guard.breaker.state is CircuitState.FORCED_OPEN, timeout=3)
         await eventually(lambda: guard.breaker.state is CircuitState.CLOSED, timeout=2)
 
 
@@ -160,15 +165,15 @@ async def test_halt_switch_drops_every_fault_and_refuses_injection_and_renewal(
 ) -> None:
     s = spec()
     await plane.inject(s)
-    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    await eventually(lambda: subscriber.table.get(s.target) is not None, timeout=3)
     await plane.set_halt("incident", by="oncall")
-    await eventually(lambda: subscriber.table.get(s.target) is None)
+    await eventually(lambda: subscriber.table.get(s.target) is None, timeout=3)
     assert subscriber.halted
     assert (await plane.halt_status()).reason == "incident"
     assert not await plane.inject(spec())
     assert (await plane.renew(s.experiment_id, 5000)).halted
     await plane.clear_halt()
-    await eventually(lambda: not subscriber.halted)
+    await eventually(lambda: not subscriber.halted, timeout=3)
     await plane.remove(s.experiment_id)
 
 
@@ -177,10 +182,10 @@ async def test_halt_set_while_a_process_was_disconnected_is_seen_on_resync(
 ) -> None:
     s = spec()
     await plane.inject(s)
-    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    await eventually(lambda: subscriber.table.get(s.target) is not None, timeout=3)
     raw = aioredis.from_url(redis_url)
     await raw.set(REDIS_HALT_KEY, json.dumps({"reason": "quiet"}))  # no message published
-    await eventually(lambda: subscriber.halted)
+    await eventually(lambda: subscriber.halted, timeout=3)
     assert subscriber.table.get(s.target) is None
     await raw.aclose()
     await plane.remove(s.experiment_id)
@@ -201,10 +206,16 @@ async def test_instance_selection_installs_only_on_chosen_instances(
 ) -> None:
     s = spec(instances=["someone-else"])
     await plane.inject(s)
-    await asyncio.sleep(0.4)
+    # A barrier instead of a sleep: a lease for this instance, published after s on the
+    # same channel, arrives after s did; then a resync reads both leases from Redis.
+    mine = spec(instances=[subscriber.instance_id])
+    await plane.inject(mine)
+    await eventually(lambda: subscriber.table.get(mine.target) is not None, timeout=3)
+    await subscriber.resync()
     assert subscriber.table.get(s.target) is None
     assert subscriber.instance_id in await plane.known_instances()
     await plane.remove(s.experiment_id)
+    await plane.remove(mine.experiment_id)
 
 
 async def test_affected_calls_are_published_per_instance(
@@ -214,12 +225,12 @@ async def test_affected_calls_are_published_per_instance(
     guard = Guard(s.target, CircuitBreaker(s.target))
     subscriber.table.attach(guard)  # type: ignore[attr-defined]
     await plane.inject(s)
-    await eventually(lambda: guard.fault is not None)
+    await eventually(lambda: guard.fault is not None, timeout=3)
     for _ in range(4):  # below the breaker's 5 consecutive failures
         with pytest.raises(RuntimeError):
             await guard.call(asyncio.sleep, 0)
     await plane.remove(s.experiment_id)
-    await eventually(lambda: guard.fault is None)
+    await eventually(lambda: guard.fault is None, timeout=3)
     await subscriber.flush()
     impact = await plane.impact(s.experiment_id)
     assert impact.affected == {subscriber.instance_id: 4}
@@ -231,9 +242,9 @@ async def test_a_removed_experiment_is_never_reinstalled_by_a_stale_read(
 ) -> None:
     s = spec()
     await plane.inject(s)
-    await eventually(lambda: subscriber.table.get(s.target) is not None)
+    await eventually(lambda: subscriber.table.get(s.target) is not None, timeout=3)
     await plane.remove(s.experiment_id)
-    await eventually(lambda: subscriber.table.get(s.target) is None)
+    await eventually(lambda: subscriber.table.get(s.target) is None, timeout=3)
     subscriber.handle_message(json.dumps({"op": "install", "spec": s.model_dump(mode="json")}))
     assert subscriber.table.get(s.target) is None
 
@@ -282,7 +293,7 @@ async def test_every_opening_and_refusal_is_published_and_read_back(
     subscriber.table.attach(guard)  # type: ignore[attr-defined]
     inst = subscriber.instance_id
     await plane.inject(s)
-    await eventually(lambda: guard.breaker.state is CircuitState.FORCED_OPEN)
+    await eventually(lambda: guard.breaker.state is CircuitState.FORCED_OPEN, timeout=3)
     for _ in range(5):
         with pytest.raises(CircuitOpenError):
             await guard.call(asyncio.sleep, 0)
@@ -296,7 +307,7 @@ async def test_every_opening_and_refusal_is_published_and_read_back(
             await guard.call(asyncio.sleep, 0)
     await subscriber.flush()  # only what is new is sent: the sums are right
     await plane.remove(s.experiment_id)
-    await eventually(lambda: guard.fault is None)
+    await eventually(lambda: guard.fault is None, timeout=3)
     await subscriber.flush()
     impact = await plane.impact(s.experiment_id)
     assert impact.affected == {inst: 8} and impact.seen == {inst: 8}
@@ -408,9 +419,19 @@ async def quiet_subscriber(redis_url: str) -> AsyncIterator[FaultSubscriber]:
     sub = FaultSubscriber(
         FaultTable(), redis_url, instance_id=f"q-{uuid.uuid4().hex[:6]}", resync_interval_s=3600
     )
+    resyncs_done = 0
+    resync = sub.resync
+
+    async def counted_resync() -> None:
+        nonlocal resyncs_done
+        await resync()
+        resyncs_done += 1
+
+    sub.resync = counted_resync  # type: ignore[method-assign]
     await sub.start()
-    await eventually(lambda: sub.connected)
-    await asyncio.sleep(0.2)  # the listener's first resync is over
+    # start's own resync, then the listener's first one (after it subscribed) are over.
+    await eventually(lambda: resyncs_done >= 2, timeout=3)
+    del sub.resync  # the tests call the real method
     yield sub
     await sub.stop()
 
@@ -424,7 +445,7 @@ async def test_a_halt_message_seen_during_a_resync_is_not_undone_by_its_older_vi
     sub = quiet_subscriber
     s = spec()
     await plane.inject(s)
-    await eventually(lambda: sub.table.get(s.target) is not None)
+    await eventually(lambda: sub.table.get(s.target) is not None, timeout=3)
     resync = asyncio.create_task(sub.resync())
     await asyncio.sleep(0)  # the resync is waiting for Redis now
     sub.handle_message(json.dumps({"op": "halt", "reason": "incident"}))

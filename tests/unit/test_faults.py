@@ -21,6 +21,7 @@ from antifragile.inprocess.faults import ChaosFault, InjectedFault, ResourceFaul
 from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
 from antifragile.models.chaos import FaultSpec
 from antifragile.models.chaos_scenario import MEMORY_CAP_MB, ChaosType, ResourceType
+from antifragile.testing import eventually
 
 
 def make_guard(name: str, **kw: Any) -> Guard:
@@ -189,11 +190,8 @@ async def test_memory_exhaustion_holds_bounded_memory_once_and_releases_it() -> 
     table = setup(fault, db, cache)
     size = int(0.1 * MEMORY_CAP_MB * 1024 * 1024)
     # Filled in a background thread, never on the event loop: the loop keeps running.
-    async with asyncio.timeout(10):
-        while True:  # a thread fills it: nothing on this loop to wait on but time
-            if fault.memory_held_bytes >= size:
-                break
-            await asyncio.sleep(0.01)
+    # A thread fills it: nothing on this loop to wait on but time.
+    await eventually(lambda: fault.memory_held_bytes >= size, timeout=10, interval=0.01)
     assert fault.memory_held_bytes == size
     table.remove("db")
     assert fault.memory_held_bytes > 0  # still held for cache

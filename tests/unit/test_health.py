@@ -34,7 +34,8 @@ from antifragile.inprocess.health import (
 )
 from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.settings import Settings
-from tests.unit.conftest import FakeClock, RestartableRedis
+from antifragile.testing import FakeClock, eventually
+from tests.unit.conftest import RestartableRedis
 
 H, D, C = SystemHealthStatus.HEALTHY, SystemHealthStatus.DEGRADED, SystemHealthStatus.CRITICAL
 
@@ -211,8 +212,7 @@ async def test_pending_status_is_reported_by_timer_without_further_changes() -> 
     h.on_health_change(lambda r: seen.append(r.status))
     b.force_open()
     b.reset()
-    await asyncio.sleep(0.08)
-    assert seen[-1] is H
+    await eventually(lambda: seen and seen[-1] is H, timeout=5)
     assert C in seen
 
 
@@ -284,7 +284,7 @@ def test_history_is_bounded_and_queryable_by_window(clock: FakeClock) -> None:
 async def test_sampler_records_snapshots_while_started() -> None:
     h = HealthAggregator(HealthAggregatorConfig(history_interval_s=0.01))
     await h.start()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(h.get_history()) >= 2, timeout=5)
     await h.stop()
     n = len(h.get_history())
     assert n >= 2
@@ -573,7 +573,7 @@ def test_property_reported_status_obeys_the_anti_flapping_rules(
     ]
     for b, w in zip(bs, weights, strict=True):
         h.register_circuit_breaker(b.name, b, weight=w)
-    computed_since = clock.now  # when the computed status last changed
+    computed_since = clock.now()  # when the computed status last changed
     last = h.get_system_health()
     for op in ops:
         # Unregistering an unknown name changes nothing; registering replaces (a change).
@@ -595,8 +595,8 @@ def test_property_reported_status_obeys_the_anti_flapping_rules(
         report = h.get_system_health()
         assert report.status is h.status
         if report.computed_status is not last.computed_status:
-            computed_since = clock.now
-        held = clock.now - computed_since
+            computed_since = clock.now()
+        held = clock.now() - computed_since
         if report.computed_status is C:
             assert report.status is C
         elif held >= window:
@@ -607,7 +607,7 @@ def test_property_reported_status_obeys_the_anti_flapping_rules(
             ), (op, last, report)
         if configuration:
             assert report.status is report.computed_status
-            computed_since = clock.now - window  # registration reports at once
+            computed_since = clock.now() - window  # registration reports at once
         last = report
 
 

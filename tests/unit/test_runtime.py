@@ -14,6 +14,7 @@ from antifragile.inprocess.metering import MeteringIntegration
 from antifragile.inprocess.runtime import Runtime
 from antifragile.models.recovery import RecoveryRequest, RecoveryStrategy
 from antifragile.settings import Settings
+from antifragile.testing import eventually
 from tests.unit.conftest import RestartableRedis
 
 
@@ -79,8 +80,9 @@ async def test_calls_keep_working_while_redis_and_temporal_are_down() -> None:
         g.breaker.force_open()
         g.breaker.reset()
         g.breaker._transition(CircuitState.OPEN, "test")
-        await asyncio.sleep(0.05)
         assert runtime.bridge is not None
+        bridge = runtime.bridge
+        await eventually(lambda: bridge.failures >= 1, timeout=5)
         assert runtime.bridge.failures >= 1
         assert runtime.bridge.pending == {"svc": CircuitState.OPEN}  # latest state only
         g.breaker.reset()

@@ -35,6 +35,7 @@ from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.models.common import ApprovalSignal, Decision, HealthChangedSignal
 from antifragile.policy import ChaosPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
+from antifragile.testing import eventually
 from tests.helpers import time_skipping_server
 from workers.main import workflow_runner
 from workflows.chaos_experiment import ChaosExperimentWorkflow
@@ -153,14 +154,14 @@ def scenario(**kw: Any) -> ChaosScenario:
 async def wait_phase(
     handle: WorkflowHandle[Any, Any], phase: ChaosPhase, timeout: float = 15
 ) -> ChaosStatus:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def reached() -> ChaosStatus:
         status = await handle.query("status", result_type=ChaosStatus)
-        if status.phase is phase:
-            return status
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"phase stayed {status.phase}, wanted {phase}")
-        await asyncio.sleep(0.05)
+        assert status.phase is phase, f"phase stayed {status.phase}, wanted {phase}"
+        return status
+
+    found: ChaosStatus = await eventually(reached, timeout)
+    return found
 
 
 def phases(report: ChaosReport) -> list[ChaosPhase]:
@@ -542,8 +543,12 @@ async def test_without_workers_the_lease_ttl_is_the_last_line(
         await wait_phase(handle, P.RUNNING)
     await handle.terminate(reason="operator pulled the plug")
     assert 0 < await redis_client.pttl(fault_key(handle.id)) <= 1000
-    await asyncio.sleep(1.1)  # real time: Redis expires the key, no controller involved
-    assert await redis_client.exists(fault_key(handle.id)) == 0
+
+    async def expired() -> bool:
+        return await redis_client.exists(fault_key(handle.id)) == 0
+
+    # Real time: Redis expires the key, no controller involved.
+    await eventually(expired, timeout=5)
     await end_guardians(env.client)
 
 

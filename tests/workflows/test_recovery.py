@@ -50,6 +50,7 @@ from antifragile.models.recovery import (
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.recovery.client import start_recovery
 from antifragile.settings import Settings
+from antifragile.testing import eventually
 from tests.helpers import time_skipping_server
 from tests.workflows.recovery_parent import RecoveryParent
 from workers.main import workflow_runner
@@ -123,19 +124,21 @@ def request(service: str | None = None, **kw: object) -> RecoveryRequest:
 async def wait_state(
     handle: WorkflowHandle, state: RecoveryState, timeout: float = 10
 ) -> RecoveryStatus:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def reached() -> RecoveryStatus:
         try:
             status: RecoveryStatus | None = await handle.query("status", result_type=RecoveryStatus)
         except RPCError as err:  # an orchestrated recovery starts a moment later
             if err.status is not RPCStatusCode.NOT_FOUND:
                 raise
             status = None
-        if status is not None and status.state is state:
-            return status
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"state stayed {status and status.state}, wanted {state}")
-        await asyncio.sleep(0.05)
+        assert status is not None and status.state is state, (
+            f"state stayed {status and status.state}, wanted {state}"
+        )
+        return status
+
+    found: RecoveryStatus = await eventually(reached, timeout)
+    return found
 
 
 async def cancel_and_wait(handle: WorkflowHandle) -> None:
@@ -420,14 +423,15 @@ async def test_cancelling_during_a_probe_ends_the_recovery_cancelled_not_failed(
 
 async def parent_log(parent: WorkflowHandle, entries: int, timeout: float = 10) -> list[str]:
     """The stand-in orchestrator's log once it has at least ``entries`` entries."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        log = await parent.query(RecoveryParent.log)
-        if len(log) >= entries:
-            return log
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the orchestrator heard only {log}")
-        await asyncio.sleep(0.05)
+    log: list[str] = []
+
+    async def heard() -> bool:
+        log[:] = await parent.query(RecoveryParent.log)
+        assert len(log) >= entries, f"the orchestrator heard only {log}"
+        return True
+
+    await eventually(heard, timeout)
+    return log
 
 
 async def start_orchestrated(

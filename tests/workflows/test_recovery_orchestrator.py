@@ -70,6 +70,7 @@ from antifragile.orchestrator.client import request_recovery
 from antifragile.orchestrator.explain import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
+from antifragile.testing import eventually
 from tests.helpers import time_skipping_server
 from workers.main import workflow_runner
 from workflows.recovery import RecoveryWorkflow
@@ -134,21 +135,16 @@ class Orchestra:
         return result
 
     async def wait(self, check: Callable[[QueueView], bool], timeout: float = 20) -> QueueView:
-        deadline = asyncio.get_running_loop().time() + timeout
-        view: QueueView | None = None
-        while True:
-            try:
-                view = await self.view()
-            except RPCError:
-                # The time-skipping server now and then lets a query time out right
-                # after a continue-as-new; the next one is answered.
-                view = None
-            if view is not None and check(view):
-                return view
-            if asyncio.get_running_loop().time() > deadline:
-                shown = view.model_dump_json() if view else "no answer"
-                raise AssertionError(f"condition not met; last view: {shown}")
-            await asyncio.sleep(0.05)
+
+        async def met() -> QueueView:
+            view = await self.view()
+            assert check(view), f"last view: {view.model_dump_json()}"
+            return view
+
+        # RPCError: the time-skipping server now and then lets a query time out right
+        # after a continue-as-new; the next one is answered.
+        found: QueueView = await eventually(met, timeout, retry_on=(RPCError,), what="condition")
+        return found
 
     async def heal(self, *shorts: str) -> None:
         """Make services healthy and wake their recoveries to probe at once."""
@@ -406,12 +402,13 @@ async def test_reprioritise_and_remove_change_the_queue_and_refuse_unknown_servi
 
 async def wait_backoff(handle: WorkflowHandle[Any, Any]) -> None:
     """Wait until a recovery sleeps between attempts (not inside an activity)."""
-    for _ in range(200):
+
+    async def backing_off() -> bool:
         status = await handle.query("status", result_type=RecoveryStatus)
-        if status.state is RecoveryState.WAITING_BACKOFF:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the recovery never reached WAITING_BACKOFF")
+        return status.state is RecoveryState.WAITING_BACKOFF
+
+    # The bound was 200 queries 0.05 s apart: about 20 s with the queries' own time.
+    await eventually(backing_off, 20.0, what="the recovery at WAITING_BACKOFF")
 
 
 @pytest.mark.parametrize("how", ["terminate", "cancel"])
@@ -565,10 +562,12 @@ def attempt(o: Orchestra, short: str, number: int, ok: bool) -> AttemptFinished:
 
 
 async def wait_for_value(read: Callable[[], Any], want: Any, timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (got := await read()) != want:
-        assert asyncio.get_running_loop().time() < deadline, f"{got!r} != {want!r}"
-        await asyncio.sleep(0.1)
+    async def equal() -> bool:
+        got = await read()
+        assert got == want, f"{got!r} != {want!r}"
+        return True
+
+    await eventually(equal, timeout, 0.1)
 
 
 async def test_a_recovery_waiting_for_a_person_gives_its_slot_to_the_next_request(
