@@ -47,10 +47,11 @@ decorator and :class:`~antifragile.inprocess.guard.Guard`):
 Call protocol (what :class:`~antifragile.inprocess.guard.Guard` uses):
 ``token = breaker.acquire_permission()`` (raises :class:`CircuitOpenError`), then
 exactly one of ``breaker.on_success(token, duration_s)``,
-``breaker.on_error(token, duration_s, exc)`` or ``breaker.release(token)``. Two
-attributes are read directly on the hot path: ``_gen`` (the current generation, which
-is the token of a call admitted while CLOSED) and ``_steady`` (True when a success of
-any generation would change nothing, so it need not be recorded).
+``breaker.on_error(token, duration_s, exc)`` or ``breaker.release(token)``. For a
+hot path, ``breaker.steady`` (True when a success of any generation would change
+nothing, so it need not be recorded) is a plain attribute, and
+:meth:`~CircuitBreaker.add_change_hook` tells a caller of every transition (a new
+``generation``: the token of calls admitted while CLOSED) and reconfiguration.
 
 Hot path design (why the code looks the way it does):
 
@@ -84,6 +85,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from antifragile._fsm import IllegalTransitionError, TransitionTable
 from antifragile.errors import AntifragileError, ConfigError
+from antifragile.inprocess._aio import resolved_future
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,20 @@ class CircuitOpenError(AntifragileError):
     def __str__(self) -> str:
         hint = f", retry in {self.retry_after_s:.3f}s" if self.retry_after_s is not None else ""
         return f"circuit {self.name!r} is {self.state.value}{hint}"
+
+
+def count_as_failure(exc: BaseException) -> BaseException:
+    """Mark ``exc`` so every breaker counts it as a failure of the dependency.
+
+    Whatever a breaker's ``failure_exceptions`` say (only ``ignored_exceptions`` still
+    exclude it): for a guard's own timeout. An exception class can carry the same mark
+    as a class attribute ``_breaker_failure = True`` (an injected chaos fault does).
+
+    Returns:
+        ``exc`` itself.
+    """
+    setattr(exc, "_breaker_failure", True)  # noqa: B010 - a mark on the instance
+    return exc
 
 
 def exact_rate(value: float | int | str | Decimal | Fraction) -> Fraction:
@@ -345,18 +361,6 @@ StateListener = Callable[[StateChange], Any]
 """A sync function or coroutine function receiving a :class:`StateChange`."""
 
 
-def _resolved(value: Any) -> asyncio.Future[Any]:
-    """A future already resolved to ``value`` (created inside a running loop).
-
-    ``async with`` needs awaitables from ``__aenter__``/``__aexit__``; when there is
-    nothing to wait for, a resolved future is the cheapest awaitable: its ``__await__``
-    is C code that returns at once, whichever loop awaits it.
-    """
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
-
-
 def _is_async_callable(fn: object) -> bool:
     """True for coroutine functions, partials of them and objects with async __call__."""
     if inspect.iscoroutinefunction(fn):
@@ -379,6 +383,12 @@ class CircuitBreaker:
         config: Thresholds; defaults as documented on :class:`CircuitBreakerConfig`.
         clock: Monotonic seconds; inject a fake one in tests.
 
+    Attributes:
+        steady: True while a success of any generation would change nothing (CLOSED,
+            full window without failures, no slow-call detection): a hot path may then
+            skip :meth:`on_success`. Read-only: a plain attribute for speed, kept by the
+            breaker.
+
     Raises:
         TypeError: ``config`` is not a :class:`CircuitBreakerConfig`.
     """
@@ -386,6 +396,7 @@ class CircuitBreaker:
     __slots__ = (
         "_async_listener_tasks",
         "_calls_in_window",
+        "_change_hooks",
         "_clock",
         "_config",
         "_consecutive",
@@ -398,7 +409,6 @@ class CircuitBreaker:
         "_gen",
         "_half_open_inflight",
         "_ignored_exc",
-        "_internal_hooks",
         "_listeners",
         "_opened_at",
         "_rate_den",
@@ -409,10 +419,10 @@ class CircuitBreaker:
         "_scopes",
         "_slow_s",
         "_state",
-        "_steady",
         "_timer",
         "_trial_since",
         "name",
+        "steady",
     )
 
     def __init__(
@@ -433,12 +443,12 @@ class CircuitBreaker:
         self._rate_failures = 0
         # True when CLOSED with a full, failure-free window and no slow-call detection:
         # then a success changes nothing and costs one attribute test.
-        self._steady = False
+        self.steady = False
         self._opened_at = 0.0
         self._trial_since = 0.0
         self._half_open_inflight = 0
         self._listeners: list[StateListener] = []
-        self._internal_hooks: list[Callable[[CircuitBreaker], None]] = []
+        self._change_hooks: list[Callable[[CircuitBreaker], None]] = []
         self._async_listener_tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         # `async with breaker:` has nowhere to keep a token per entry. While CLOSED
@@ -491,7 +501,7 @@ class CircuitBreaker:
             self._arm_trial_timer()
         self._refresh_steady()
         self._refresh_ctx_fast()
-        self._run_internal_hooks()
+        self._run_change_hooks()
 
     def _apply_config(self, config: CircuitBreakerConfig) -> None:
         if not isinstance(config, CircuitBreakerConfig):
@@ -528,6 +538,11 @@ class CircuitBreaker:
     def generation(self) -> int:
         """Number of transitions so far (the round calls are admitted in)."""
         return self._gen
+
+    @property
+    def clock(self) -> Clock:
+        """The monotonic clock the breaker reads (durations given to it come from it)."""
+        return self._clock
 
     @property
     def consecutive_failures(self) -> int:
@@ -584,26 +599,29 @@ class CircuitBreaker:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def _add_internal_hook(self, hook: Callable[[CircuitBreaker], None]) -> None:
-        """Sync hooks of this package (guard fast-path flag, health sums).
+    def add_change_hook(self, hook: Callable[[CircuitBreaker], None]) -> None:
+        """Call ``hook(breaker)`` first, synchronously, after every transition and reconfigure.
 
-        Called first, after every transition and every :meth:`reconfigure`.
+        For objects that mirror the breaker and must be current before any listener
+        runs (a guard's fast-path flag, the health aggregator's sums). A hook must be
+        cheap and must not call through the breaker; what it raises is logged.
         """
-        self._internal_hooks.append(hook)
+        self._change_hooks.append(hook)
 
-    def _remove_internal_hook(self, hook: Callable[[CircuitBreaker], None]) -> None:
-        if hook in self._internal_hooks:
-            self._internal_hooks.remove(hook)
+    def remove_change_hook(self, hook: Callable[[CircuitBreaker], None]) -> None:
+        """Stop calling a hook added with :meth:`add_change_hook` (no-op if absent)."""
+        if hook in self._change_hooks:
+            self._change_hooks.remove(hook)
 
-    def _run_internal_hooks(self) -> None:
+    def _run_change_hooks(self) -> None:
         # A copy: a hook may detach itself (Guard.close) while they run.
-        for hook in tuple(self._internal_hooks):
+        for hook in tuple(self._change_hooks):
             try:
                 hook(self)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException:
-                log.exception("circuit %r: internal hook failed", self.name)
+                log.exception("circuit %r: change hook failed", self.name)
 
     # ------------------------------------------------------------------ operator API
 
@@ -646,7 +664,7 @@ class CircuitBreaker:
         self._refresh_steady()
         self._refresh_ctx_fast()
         change = StateChange(self.name, old, new, reason, now)
-        self._run_internal_hooks()
+        self._run_change_hooks()
         # A copy: a listener may remove itself (or add one) while they run; iterating
         # the live list would skip the next listener.
         for listener in tuple(self._listeners):
@@ -725,7 +743,7 @@ class CircuitBreaker:
         self._rate_failures = 0
 
     def _refresh_steady(self) -> None:
-        self._steady = (
+        self.steady = (
             self._state is _CLOSED
             and self._slow_s is None
             and self._rate_failures == 0
@@ -784,7 +802,7 @@ class CircuitBreaker:
         slow = self._slow_s
         if slow is not None and duration_s > slow:
             self._record(token, True)
-        elif not self._steady:
+        elif not self.steady:
             self._record(token, False)
 
     def on_error(self, token: int, duration_s: float, exc: BaseException) -> None:
@@ -908,8 +926,8 @@ class CircuitBreaker:
             self._enter_tracked()
         entered = self._entered
         if entered is None:
-            entered = self._entered = _resolved(self)
-            self._exited = _resolved(None)
+            entered = self._entered = resolved_future(self)
+            self._exited = resolved_future(None)
         return entered
 
     def _enter_tracked(self) -> None:
@@ -939,7 +957,7 @@ class CircuitBreaker:
             # entries are not counted).
             self._ctx_open -= 1
             if exc is None:
-                if not self._steady:
+                if not self.steady:
                     self._record(self._gen, False)
             else:
                 self.on_error(self._gen, 0.0, exc)
@@ -1020,7 +1038,7 @@ class CircuitBreaker:
                 if not isinstance(exc, _RefusedGenerator):
                     self.on_error(token, 0.0, exc)
                 raise
-            if not self._steady:
+            if not self.steady:
                 self._record(token, False)
             return result
         clock = self._clock

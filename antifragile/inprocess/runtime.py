@@ -238,7 +238,9 @@ class Runtime:
             from antifragile.inprocess.metrics import RuntimeCollector, serve
 
             registry = CollectorRegistry()
-            registry.register(RuntimeCollector.for_runtime(self))
+            registry.register(
+                RuntimeCollector(self.instance_id, self.health, self.faults, self.metering)
+            )
             self._metrics_server = serve(registry, self.settings.metrics_port)
         if self.fault_subscriber is not None:
             await self.fault_subscriber.start()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from antifragile.inprocess.fault_table import Fault, FaultTable
-from antifragile.inprocess.guard import Guard
+from antifragile.inprocess.fault_table import FaultTable
+from antifragile.inprocess.guard import Fault, Guard
 
 
 class FakeFault:
