@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from antifragile.inprocess.breaker import CircuitOpenError, CircuitState, StateChange
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState, StateChange
 from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
 from antifragile.models.chaos import FaultSpec
 from antifragile.models.chaos_scenario import (
@@ -72,7 +72,7 @@ class InjectedFault(Exception):
     ``RuntimeError`` fail.
     """
 
-    # The breaker's failure mark (see antifragile.inprocess.breaker.count_as_failure).
+    # The breaker's failure mark (see antifragile.inprocess.breaker_outcomes.count_as_failure).
     _breaker_failure = True
 
 

@@ -34,12 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from antifragile.errors import AntifragileError, ConfigError
 from antifragile.inprocess._aio import resolved_future
-from antifragile.inprocess.breaker import (
-    CircuitBreaker,
-    CircuitOpenError,
-    CircuitState,
-    count_as_failure,
-)
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_outcomes import count_as_failure
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
 
 if TYPE_CHECKING:
     from antifragile.models.recovery import RecoveryRequest

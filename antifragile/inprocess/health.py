@@ -52,7 +52,8 @@ from pydantic import BaseModel, Field
 
 from antifragile.errors import ConfigError
 from antifragile.inprocess._aio import cancel_and_wait
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitState, Clock
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_state import CircuitState, Clock
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from antifragile.inprocess.breaker import CircuitState
+from antifragile.inprocess.breaker_state import CircuitState
 
 if TYPE_CHECKING:
     from temporalio.client import Client

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from antifragile.inprocess.metrics import MetricsServer
 
 from antifragile.errors import ConfigError, describe_validation_error
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig, Clock
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import Clock
 from antifragile.inprocess.bridge import Bridge, ClientFactory
 from antifragile.inprocess.fault_subscriber import FaultSubscriber
 from antifragile.inprocess.fault_table import FaultTable

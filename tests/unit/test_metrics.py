@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.health import HealthAggregator, HealthAggregatorConfig
 from antifragile.inprocess.metering import MeteringIntegration
 from antifragile.inprocess.metrics import RuntimeCollector, WorkflowCountCollector, serve
