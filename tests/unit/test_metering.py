@@ -13,14 +13,9 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
 
 from antifragile.errors import ConfigError
-from antifragile.inprocess.metering import (
-    MeteringIntegration,
-    UsageConsumer,
-    UsageEvent,
-    UsageTotal,
-    read_usage,
-    sum_entries,
-)
+from antifragile.inprocess.metering import MeteringIntegration, UsageEvent
+from antifragile.inprocess.usage_consumer import UsageConsumer, read_usage
+from antifragile.inprocess.usage_stream import UsageTotal, sum_entries
 from tests.redis_proxy import LostReplyProxy
 from tests.unit.conftest import RestartableRedis
 
