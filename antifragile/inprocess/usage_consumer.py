@@ -81,6 +81,9 @@ return flags
 _APPLY_ATTEMPTS = 4
 """Tries of one apply call inside ``consume()`` (0.35 s of backoff in all)."""
 
+MAX_ENTRIES_PER_CALL = 100_000
+"""Default limit of stream entries one :meth:`UsageConsumer.consume` call reads."""
+
 DEDUPE_TTL_S = 7 * 24 * 3600.0
 """Default time a consumer group remembers an applied (batch, tenant, operation)."""
 
@@ -114,6 +117,9 @@ class UsageConsumer:
             Default 60.
         dedupe_ttl_s: How long an applied (batch, tenant, operation) is remembered.
             Default 7 days.
+        max_entries_per_call: Stream entries one :meth:`consume` call reads at most
+            (the rest is left for the next call), so a call returns while writers keep
+            adding entries. Default :data:`MAX_ENTRIES_PER_CALL` (100,000).
 
     Raises:
         ConfigError: a setting out of range (the message names it and the value).
@@ -129,8 +135,10 @@ class UsageConsumer:
         batch_size: int = 1_000,
         claim_idle_s: float | None = 60.0,
         dedupe_ttl_s: float = DEDUPE_TTL_S,
+        max_entries_per_call: int = MAX_ENTRIES_PER_CALL,
     ) -> None:
         check_int("UsageConsumer", "batch_size", batch_size, 1)
+        check_int("UsageConsumer", "max_entries_per_call", max_entries_per_call, 1)
         if claim_idle_s is not None:
             check_seconds("UsageConsumer", "claim_idle_s", claim_idle_s, zero_ok=True)
         # 0 (or NaN) would forget every applied batch at once: a duplicate billed twice.
@@ -142,6 +150,8 @@ class UsageConsumer:
         self.batch_size = batch_size
         self.claim_idle_s = claim_idle_s
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.max_entries_per_call = max_entries_per_call
+        self._left = 0  # entries the running consume() may still read
         self._keys = ledger_keys(stream, group)
         self._receipts = f"{stream}:billed:{group}:receipts"
         # The last apply call whose reply never arrived: (args with its token, entries).
@@ -169,7 +179,9 @@ class UsageConsumer:
             block_ms: Wait up to this long for new entries when there are none. Default:
                 do not wait.
 
-        Calls on one object run one at a time. When Redis fails after this call applied
+        A call reads at most ``max_entries_per_call`` entries: under a steady stream of
+        new entries it returns, and the next call goes on where it stopped. Calls on
+        one object run one at a time. When Redis fails after this call applied
         some usage, the call returns that usage (and logs the failure) rather than
         raising it away; the next call goes on where this one stopped.
 
@@ -182,6 +194,7 @@ class UsageConsumer:
         """
         added: dict[tuple[str, str], list[int]] = {}
         async with self._lock:
+            self._left = self.max_entries_per_call
             try:
                 await self._consume_once(added, block_ms)
             except (RedisError, OSError) as exc:
@@ -218,42 +231,43 @@ class UsageConsumer:
             await self._send(added)
         # (1) Ours, delivered before a crash or restart and never applied.
         start = "0"
-        while True:
+        while self._left > 0:
+            count = min(self.batch_size, self._left)
             resp: Any = await self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: start}, count=self.batch_size
+                self.group, self.consumer, {self.stream: start}, count=count
             )
             messages = resp[0][1] if resp else []
             if not messages:
                 break
             await self._apply(messages, added)
             start = text(messages[-1][0])
-            if len(messages) < self.batch_size:
+            if len(messages) < count:
                 break
         # (2) A dead consumer's.
         if self.claim_idle_s is not None:
             cursor = "0-0"
-            while True:
+            while self._left > 0:
                 claimed: Any = await self.client.xautoclaim(
                     self.stream,
                     self.group,
                     self.consumer,
                     min_idle_time=int(self.claim_idle_s * 1000),
                     start_id=cursor,
-                    count=self.batch_size,
+                    count=min(self.batch_size, self._left),
                 )
                 cursor = text(claimed[0])
                 if claimed[1]:
                     await self._apply(claimed[1], added)
                 if cursor in ("0-0", "0"):
                     break
-        # (3) New.
+        # (3) New, up to this call's limit: writers may keep adding entries for ever.
         block = block_ms
-        while True:
+        while self._left > 0:
             resp = await self.client.xreadgroup(
                 self.group,
                 self.consumer,
                 {self.stream: ">"},
-                count=self.batch_size,
+                count=min(self.batch_size, self._left),
                 block=block,
             )
             messages = resp[0][1] if resp else []
@@ -263,6 +277,7 @@ class UsageConsumer:
             block = None
 
     async def _apply(self, messages: list[Any], added: dict[tuple[str, str], list[int]]) -> None:
+        self._left -= len(messages)
         args: list[Any] = [
             self.group,
             int(time.time() * 1000),
@@ -342,9 +357,10 @@ async def read_usage(
     """Read a metering stream and return usage totals per (tenant, operation).
 
     Without ``group`` the whole stream is summed (``XRANGE``), each batch once. With
-    ``group``, a :class:`UsageConsumer` applies what the group has not applied yet
-    and the usage added by this call is returned: every event is returned by exactly
-    one call, across calls, redeliveries and lost replies (retried inside the call).
+    ``group``, a :class:`UsageConsumer` applies what the group has not applied yet (at
+    most :data:`MAX_ENTRIES_PER_CALL` entries per call) and the usage added by this call
+    is returned: every event is returned by exactly one call, across calls,
+    redeliveries and lost replies (retried inside the call).
     A call that raises may still have applied usage it could not confirm: the group's
     ledger (:meth:`UsageConsumer.totals`) counts it; keep one :class:`UsageConsumer`
     to have the next call return it.
