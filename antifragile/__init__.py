@@ -11,12 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from antifragile.inprocess.breaker import (
-        CircuitBreaker,
-        CircuitBreakerConfig,
-        CircuitOpenError,
-        CircuitState,
-    )
+    from antifragile.inprocess.breaker import CircuitBreaker
+    from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+    from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
     from antifragile.inprocess.guard import Guard
     from antifragile.inprocess.health import (
         HealthAggregator,
@@ -39,9 +36,9 @@ if TYPE_CHECKING:
 
 _EXPORTS: dict[str, str] = {
     "CircuitBreaker": "antifragile.inprocess.breaker",
-    "CircuitBreakerConfig": "antifragile.inprocess.breaker",
-    "CircuitOpenError": "antifragile.inprocess.breaker",
-    "CircuitState": "antifragile.inprocess.breaker",
+    "CircuitBreakerConfig": "antifragile.inprocess.breaker_config",
+    "CircuitOpenError": "antifragile.inprocess.breaker_state",
+    "CircuitState": "antifragile.inprocess.breaker_state",
     "Guard": "antifragile.inprocess.guard",
     "HealthAggregator": "antifragile.inprocess.health",
     "HealthAggregatorConfig": "antifragile.inprocess.health",

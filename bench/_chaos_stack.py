@@ -46,7 +46,7 @@ class _NeverRaised(Exception):
 
 
 async def _child(target: str, instance: str, interval_s: float) -> None:
-    from antifragile.inprocess.breaker import CircuitBreakerConfig
+    from antifragile.inprocess.breaker_config import CircuitBreakerConfig
     from antifragile.inprocess.faults import InjectedFault
     from antifragile.inprocess.runtime import Runtime
 

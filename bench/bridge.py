@@ -50,7 +50,7 @@ from temporalio.worker import (
 )
 
 from antifragile.constants import intake_shard, intake_workflow_id, orchestrator_workflow_id
-from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.runtime import Runtime
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings

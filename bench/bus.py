@@ -80,7 +80,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from antifragile.demo.agent_bus import AgentBus, drive
-from antifragile.inprocess.breaker import CircuitBreakerConfig, StateChange
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import StateChange
 from antifragile.inprocess.runtime import Runtime
 from antifragile.settings import Settings
 from antifragile.stack.processes import start_redis, start_temporal_dev_server

@@ -261,7 +261,8 @@ def measure_record(samples: int, batch: int) -> tuple[float, float, float]:
 async def measure_sustained(seconds: float) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from antifragile.inprocess.metering import MeteringIntegration, UsageEvent, read_usage
+    from antifragile.inprocess.metering import MeteringIntegration, UsageEvent
+    from antifragile.inprocess.usage_consumer import read_usage
     from antifragile.stack.processes import start_redis
 
     server = start_redis()

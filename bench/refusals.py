@@ -23,7 +23,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitOpenError
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_state import CircuitOpenError
 from antifragile.inprocess.fault_table import FaultTable
 from antifragile.inprocess.faults import build_fault
 from antifragile.inprocess.guard import Guard

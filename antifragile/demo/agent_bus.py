@@ -22,7 +22,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitOpenError, CircuitState
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
 from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
 from antifragile.inprocess.runtime import Runtime
 

@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.guard import Guard
 from antifragile.inprocess.metering import UsageEvent
 from antifragile.inprocess.runtime import Runtime

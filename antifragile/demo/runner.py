@@ -48,7 +48,8 @@ from antifragile.demo.agent_bus import AgentBus
 from antifragile.demo.service import HealthEndpoint, Load, audit_stream, rate_over
 from antifragile.demo.stack import DemoOptions, DemoStack
 from antifragile.demo.timeline import DemoResult, StepTimeout, Timeline, render_summary, wait_until
-from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState, StateChange
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitState, StateChange
 from antifragile.inprocess.health import status_for_score
 from antifragile.inprocess.runtime import Runtime
 from antifragile.models.chaos import ChaosOutcome, ChaosReport

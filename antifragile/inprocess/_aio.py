@@ -1,4 +1,4 @@
-"""Small asyncio helpers the runtime's background tasks share."""
+"""Small asyncio helpers shared by the runtime's background tasks and its call paths."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ async def cancel_and_wait(
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
+
+
+def resolved_future(value: Any) -> asyncio.Future[Any]:
+    """A future already resolved to ``value`` (created inside a running loop).
+
+    ``async with`` needs awaitables from ``__aenter__``/``__aexit__``; when there is
+    nothing to wait for, a resolved future is the cheapest awaitable: its ``__await__``
+    is C code that returns at once, whichever loop awaits it.
+    """
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future

@@ -67,7 +67,7 @@ from antifragile.constants import (
 )
 from antifragile.fleet_health import publish_snapshot, withdraw_snapshot
 from antifragile.inprocess._aio import cancel_and_wait
-from antifragile.inprocess.breaker import CircuitState, StateChange
+from antifragile.inprocess.breaker_state import CircuitState, StateChange
 from antifragile.inprocess.health import HealthAggregator
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryRequest

@@ -1,59 +1,22 @@
 """The local fault table: which fault, if any, each guard of this process enforces.
 
 Contract shared with the chaos engine: the table maps a target (guard name) to a
-:class:`Fault`. Installing a fault hands it to the guard of that name (now, or when the
-guard is created later), so a guard's hot path only tests its own ``_fault`` attribute
-for ``None`` - no lookup at all while no fault is active. The chaos engine's Redis lease
-subscriber calls :meth:`FaultTable.install` / :meth:`FaultTable.remove`; fault kinds
-(latency, error, timeout, partition, forced-open breaker, resource exhaustion) implement
-:class:`Fault`.
+:class:`~antifragile.inprocess.guard.Fault` (declared by the guard, which calls it).
+Installing a fault hands it to the guard of that name (now, or when the guard is
+created later) with :meth:`Guard.install_fault`, so a guard's hot path only tests its
+own fault for ``None`` - no lookup at all while no fault is active. The chaos
+engine's Redis lease subscriber calls :meth:`FaultTable.install` /
+:meth:`FaultTable.remove`; fault kinds (latency, error, timeout, partition,
+forced-open breaker, resource exhaustion) implement the protocol.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from antifragile.inprocess.guard import Guard
+from antifragile.inprocess.guard import Fault, Guard
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Fault(Protocol):
-    """A fault a guard enforces while it is installed.
-
-    Optional, looked up only when the guard refuses a call while the fault is installed
-    (so a fault without it still satisfies the protocol): ``on_refused(guard, exc)``,
-    sync, told of each call the guard refused before :meth:`apply` could run - its
-    breaker was open (``CircuitOpenError``) or its ``max_concurrency`` calls were in
-    flight (``ConcurrencyLimitError``). It must not raise (what it raises is logged and
-    the call still fails with the refusal). A forced-open breaker affects calls only
-    this way.
-    """
-
-    async def apply(self, guard: Guard) -> None:
-        """Run before every guarded call, inside the breaker and the guard's timeout.
-
-        May sleep (the guard's ``timeout_s`` still bounds the whole call, so injected
-        latency times out like real latency), raise, etc. An exception raised here is
-        the call's outcome (and counts as a failure if the breaker's config says its
-        type does). A sleep should end when :meth:`on_remove` is called for the guard.
-        """
-        ...
-
-    def on_install(self, guard: Guard) -> None:
-        """Called once when the fault reaches the guard (e.g. force the breaker open)."""
-        ...
-
-    def on_remove(self, guard: Guard) -> None:
-        """Called once when the fault leaves the guard (undo whatever on_install did).
-
-        The guard no longer calls :meth:`apply`; calls already waiting inside it should
-        stop waiting and go on.
-        """
-        ...
 
 
 class FaultTable:
@@ -105,7 +68,7 @@ class FaultTable:
                 self._hand_over(guard, fault)
             except BaseException:
                 del self._faults[target]
-                guard._set_fault(None)
+                guard.install_fault(None)
                 raise
 
     def remove(self, target: str) -> Fault | None:
@@ -138,12 +101,12 @@ class FaultTable:
 
     @staticmethod
     def _hand_over(guard: Guard, fault: Fault) -> None:
-        guard._set_fault(fault)
+        guard.install_fault(fault)
         fault.on_install(guard)
 
     @staticmethod
     def _take_back(guard: Guard, fault: Fault) -> None:
-        guard._set_fault(None)
+        guard.install_fault(None)
         try:
             fault.on_remove(guard)
         except Exception:

@@ -27,10 +27,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from antifragile.inprocess.breaker import CircuitOpenError
-from antifragile.inprocess.guard import ConcurrencyLimitError
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState, StateChange
+from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
 from antifragile.models.chaos import FaultSpec
 from antifragile.models.chaos_scenario import (
     HARD_MAX_DURATION_S,
@@ -60,20 +60,7 @@ CPU_SLICE_S = 0.01
 MAX_INJECTED_WAIT_S = HARD_MAX_DURATION_S
 """Longest wait a fault injects (seconds): no experiment outlasts it."""
 
-
-class GuardLike(Protocol):
-    """What a fault needs from a guard: its name (the rest is read if present).
-
-    Optional attributes used when the guard has them: ``breaker`` (a
-    :class:`~antifragile.inprocess.breaker.CircuitBreaker`), ``timeout_s`` (float or None) and,
-    for CONNECTIONS exhaustion, ``max_concurrency`` plus ``_hold_slots(n)`` returning a
-    release callable.
-    """
-
-    @property
-    def name(self) -> str:
-        """The guarded dependency's name."""
-        ...
+_OPENED = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
 
 
 class InjectedFault(Exception):
@@ -85,7 +72,7 @@ class InjectedFault(Exception):
     ``RuntimeError`` fail.
     """
 
-    # Read by CircuitBreaker._classify (the breaker does not import the chaos package).
+    # The breaker's failure mark (see antifragile.inprocess.breaker_outcomes.count_as_failure).
     _breaker_failure = True
 
 
@@ -177,8 +164,8 @@ class ChaosFault:
         self._clock = clock
         self._targets = frozenset(spec.blast_radius)
         self._rate = spec.injection_rate
-        self._guards: dict[str, GuardLike] = {}
-        self._listeners: dict[str, Callable[[Any], None]] = {}
+        self._guards: dict[str, Guard] = {}
+        self._listeners: dict[str, Callable[[StateChange], None]] = {}
         # Set when the fault leaves a guard: ends that guard's injected waits.
         self._ended: dict[str, asyncio.Event] = {}
         # Guards whose breaker opened (or was forced open) while this fault was on them:
@@ -188,7 +175,7 @@ class ChaosFault:
 
     # --- the Fault protocol -----------------------------------------------------------
 
-    async def apply(self, guard: GuardLike) -> None:
+    async def apply(self, guard: Guard) -> None:
         """Called before each guarded call: decide whether this call is affected."""
         if guard.name not in self._targets:
             return  # never touch a guard outside the blast radius
@@ -201,7 +188,7 @@ class ChaosFault:
             return
         await self._affect(guard)
 
-    def on_refused(self, guard: GuardLike, exc: BaseException) -> None:
+    def on_refused(self, guard: Guard, exc: BaseException) -> None:
         """The guard refused a call before :meth:`apply` could run (called by the guard).
 
         Counts the call as seen and refused; as affected too when the fault is why it
@@ -224,29 +211,26 @@ class ChaosFault:
         if self._refusal_is_ours(guard, exc):
             stats.affected += 1
 
-    def on_install(self, guard: GuardLike) -> None:
+    def on_install(self, guard: Guard) -> None:
         """The fault reached ``guard``: watch its breaker, then the kind's own setup."""
         if guard.name not in self._targets:
             return
         self._guards[guard.name] = guard
         self._ended[guard.name] = asyncio.Event()
-        breaker = getattr(guard, "breaker", None)
-        if breaker is not None and hasattr(breaker, "on_state_change"):
-            stats = self.stats
-            name = guard.name
+        breaker = guard.breaker
+        stats = self.stats
+        name = guard.name
+        caused = self._caused
 
-            caused = self._caused
+        def watch(change: StateChange) -> None:
+            if change.new in _OPENED:
+                # Every opening counts (a breaker that opened six times, six):
+                # a listener hears each transition, synchronously.
+                stats.count_opening(f"{name}: {change.new.value}")
+                caused.add(name)
 
-            def watch(change: Any) -> None:
-                state = getattr(change.new, "value", str(change.new))
-                if state in ("OPEN", "FORCED_OPEN"):
-                    # Every opening counts (a breaker that opened six times, six):
-                    # a listener hears each transition, synchronously.
-                    stats.count_opening(f"{name}: {state}")
-                    caused.add(name)
-
-            breaker.on_state_change(watch)
-            self._listeners[guard.name] = watch
+        breaker.on_state_change(watch)
+        self._listeners[guard.name] = watch
         try:
             self._install(guard)
         except BaseException:
@@ -255,11 +239,11 @@ class ChaosFault:
             self._guards.pop(guard.name, None)
             self._ended.pop(guard.name, None)
             added = self._listeners.pop(guard.name, None)
-            if added is not None and breaker is not None:
+            if added is not None:
                 breaker.remove_listener(added)
             raise
 
-    def on_remove(self, guard: GuardLike) -> None:
+    def on_remove(self, guard: Guard) -> None:
         """The fault left ``guard``: undo the kind's setup, stop watching the breaker."""
         if self._guards.pop(guard.name, None) is None:
             return
@@ -271,32 +255,31 @@ class ChaosFault:
             self._uninstall(guard)
         finally:
             watch = self._listeners.pop(guard.name, None)
-            breaker = getattr(guard, "breaker", None)
-            if watch is not None and breaker is not None:
-                breaker.remove_listener(watch)
+            if watch is not None:
+                guard.breaker.remove_listener(watch)
 
     # --- kinds override these ---------------------------------------------------------
 
-    async def _affect(self, guard: GuardLike) -> None:
+    async def _affect(self, guard: Guard) -> None:
         """What an affected call suffers (default: nothing, counted)."""
         self.stats.affected += 1
 
-    def _refusal_is_ours(self, guard: GuardLike, exc: BaseException) -> bool:
+    def _refusal_is_ours(self, guard: Guard, exc: BaseException) -> bool:
         """A refused call is affected when the breaker opened under this fault.
 
         (A concurrency refusal: only when the kind holds slots, see ResourceFault.)
         """
         return isinstance(exc, CircuitOpenError) and guard.name in self._caused
 
-    def _install(self, guard: GuardLike) -> None:
+    def _install(self, guard: Guard) -> None:
         """Per-guard setup when installed (default: none)."""
 
-    def _uninstall(self, guard: GuardLike) -> None:
+    def _uninstall(self, guard: Guard) -> None:
         """Undo :meth:`_install` (default: none)."""
 
     # --- helpers ----------------------------------------------------------------------
 
-    async def _hold(self, guard: GuardLike, seconds: float) -> bool:
+    async def _hold(self, guard: Guard, seconds: float) -> bool:
         """Wait ``seconds`` (at most :data:`MAX_INJECTED_WAIT_S`) unless the fault ends first.
 
         Returns:
@@ -343,7 +326,7 @@ class ChaosFault:
 class LatencyFault(ChaosFault):
     """LATENCY: each affected call waits ``latency_ms`` ± ``jitter_ms`` first."""
 
-    async def _affect(self, guard: GuardLike) -> None:
+    async def _affect(self, guard: Guard) -> None:
         spec = self.spec
         delay_ms = float(spec.latency_ms)
         if spec.jitter_ms:
@@ -361,7 +344,7 @@ class ErrorFault(ChaosFault):
         self._kind = ERROR_CLASSES[spec.error_kind]
         self._error_rate = spec.error_rate
 
-    async def _affect(self, guard: GuardLike) -> None:
+    async def _affect(self, guard: Guard) -> None:
         if self._error_rate < 1.0 and self._rng.random() >= self._error_rate:
             return
         self.stats.affected += 1
@@ -378,9 +361,9 @@ class TimeoutFault(ChaosFault):
     ``timeout_ms`` and raises. A hang the fault's removal ends lets the call go on.
     """
 
-    async def _affect(self, guard: GuardLike) -> None:
+    async def _affect(self, guard: Guard) -> None:
         self.stats.affected += 1
-        if getattr(guard, "timeout_s", None):
+        if guard.timeout_s:
             await self._hold(guard, MAX_INJECTED_WAIT_S)
             return
         hang_s = self.spec.timeout_ms / 1000.0
@@ -395,7 +378,7 @@ class TimeoutFault(ChaosFault):
 class PartitionFault(ChaosFault):
     """NETWORK_PARTITION: an affected call fails at once with ``ConnectionError``."""
 
-    async def _affect(self, guard: GuardLike) -> None:
+    async def _affect(self, guard: Guard) -> None:
         self.stats.affected += 1
         raise injected_error(
             ConnectionError,
@@ -414,23 +397,20 @@ class BreakerFault(ChaosFault):
         super().__init__(spec, **kw)
         self._forced: set[str] = set()
 
-    def _install(self, guard: GuardLike) -> None:
-        breaker = getattr(guard, "breaker", None)
-        if breaker is None:
-            log.warning("chaos %s: guard %s has no breaker", self.spec.experiment_id, guard.name)
-            return
-        if getattr(breaker.state, "value", "") != "FORCED_OPEN":
+    def _install(self, guard: Guard) -> None:
+        breaker = guard.breaker
+        if breaker.state is not CircuitState.FORCED_OPEN:
             breaker.force_open(f"chaos {self.spec.experiment_id}")
             self._forced.add(guard.name)
 
-    def _uninstall(self, guard: GuardLike) -> None:
-        breaker = getattr(guard, "breaker", None)
-        if guard.name in self._forced and breaker is not None:
+    def _uninstall(self, guard: Guard) -> None:
+        breaker = guard.breaker
+        if guard.name in self._forced:
             self._forced.discard(guard.name)
-            if getattr(breaker.state, "value", "") == "FORCED_OPEN":
+            if breaker.state is CircuitState.FORCED_OPEN:
                 breaker.reset(f"chaos {self.spec.experiment_id} removed")
 
-    async def _affect(self, guard: GuardLike) -> None:
+    async def _affect(self, guard: Guard) -> None:
         # Reached only if the guard lets calls through its forced-open breaker.
         self.stats.affected += 1
 
@@ -464,7 +444,7 @@ class ResourceFault(ChaosFault):
         """True while the CPU burner thread runs."""
         return self._cpu_thread is not None and self._cpu_thread.is_alive()
 
-    def _install(self, guard: GuardLike) -> None:
+    def _install(self, guard: Guard) -> None:
         self._installed += 1
         if self._kind is ResourceType.CONNECTIONS:
             self._hold_slots(guard)
@@ -489,7 +469,7 @@ class ResourceFault(ChaosFault):
             )
             self._cpu_thread.start()
 
-    def _uninstall(self, guard: GuardLike) -> None:
+    def _uninstall(self, guard: Guard) -> None:
         self._installed -= 1
         release = self._slot_releases.pop(guard.name, None)
         if release is not None:
@@ -510,10 +490,9 @@ class ResourceFault(ChaosFault):
             self._cpu_stop = None
             self._cpu_thread = None
 
-    def _hold_slots(self, guard: GuardLike) -> None:
-        limit = getattr(guard, "max_concurrency", None)
-        hold = getattr(guard, "_hold_slots", None)
-        if not limit or hold is None:
+    def _hold_slots(self, guard: Guard) -> None:
+        limit = guard.max_concurrency
+        if not limit:
             log.warning(
                 "chaos %s: guard %s has no concurrency limit; CONNECTIONS holds nothing",
                 self.spec.experiment_id,
@@ -521,13 +500,13 @@ class ResourceFault(ChaosFault):
             )
             return
         count = max(1, round(limit * self._level)) if self._level > 0 else 0
-        self._slot_releases[guard.name] = hold(count)
+        self._slot_releases[guard.name] = guard.hold_slots(count)
 
-    async def _affect(self, guard: GuardLike) -> None:
+    async def _affect(self, guard: Guard) -> None:
         # The call competes for what is held; it counts as affected.
         self.stats.affected += 1
 
-    def _refusal_is_ours(self, guard: GuardLike, exc: BaseException) -> bool:
+    def _refusal_is_ours(self, guard: Guard, exc: BaseException) -> bool:
         if isinstance(exc, ConcurrencyLimitError):
             # Refused for want of a slot: the slots this fault holds are why.
             return guard.name in self._slot_releases

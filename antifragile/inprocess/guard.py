@@ -1,25 +1,21 @@
 """Guard: the one object a service wraps each dependency call with.
 
-A guard combines the dependency's circuit breaker, the fault (if any) the chaos
-engine installed for it, metering of the call, and the optional timeout and
+A guard combines the dependency's circuit breaker, the :class:`Fault` (if any) the
+chaos engine installed for it, metering of the call, and the optional timeout and
 concurrency limit that fault kinds use.
 
-Hot path: while the breaker is CLOSED and nothing else is configured (no fault, no
-timeout, no concurrency limit, no slow-call detection) a precomputed ``_plain`` flag
-is True, and a call costs the flag test, the breaker's one-attribute success check
-and one counter increment (metering counts in place; the metering flusher harvests
-the counter). Every configuration change and breaker transition recomputes the flag.
+Hot path: while the breaker is CLOSED and nothing else is configured (no fault,
+timeout, concurrency limit or slow-call detection) the ``_plain`` flag is True, and a
+call costs the flag test, the ``breaker.steady`` test and one counter increment
+(harvested by the metering flusher). The guard follows its breaker's transitions and
+reconfigurations (``add_change_hook``) to keep the flag and ``_plain_gen`` (the
+breaker's generation: the token of a call admitted while CLOSED) current.
 
-Breaker protocol: the guard admits calls with ``breaker.acquire_permission()`` (a
-token: the generation the call was admitted in) and ends each with
-``on_success(token, duration_s)``, ``on_error(token, duration_s, exc)`` or
-``release(token)``. On the plain path, where the breaker is CLOSED, the token is the
-breaker's current generation ``_gen`` and a success is skipped when the breaker is
-``_steady`` (it would change nothing): two attribute reads instead of calls.
-``guard.call`` keeps the token in a local. ``async with guard`` has nowhere to keep one
-per call on the plain path, so it counts plain entries instead: at each breaker
-transition the open ones become stale, and no plain entry is made again until every
-stale one has left - so a plain exit knows exactly which generation it belongs to.
+Breaker protocol: ``acquire_permission()`` gives a token, then one of ``on_success``,
+``on_error`` or ``release``. ``async with guard`` has nowhere to keep a token per call
+on the plain path, so it counts plain entries: at each transition the open ones become
+stale, and no plain entry is made until every stale one has left - so a plain exit
+knows its generation.
 
 Faults run inside the guard's timeout: a LATENCY fault of 1 s under a 0.2 s timeout
 makes the call raise TimeoutError at 0.2 s, as the real slow dependency would.
@@ -34,13 +30,15 @@ import math
 import numbers
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, GeneratorType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from antifragile.errors import AntifragileError, ConfigError
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitOpenError, CircuitState, _resolved
+from antifragile.inprocess._aio import resolved_future
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_outcomes import count_as_failure
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
 
 if TYPE_CHECKING:
-    from antifragile.inprocess.fault_table import Fault
     from antifragile.models.recovery import RecoveryRequest
 
 R = TypeVar("R")
@@ -50,6 +48,32 @@ log = logging.getLogger(__name__)
 _CLOSED = CircuitState.CLOSED
 
 
+@runtime_checkable
+class Fault(Protocol):
+    """A fault a guard enforces while installed (:meth:`Guard.install_fault`).
+
+    Optional: ``on_refused(guard, exc)``, sync, told of each call refused before
+    :meth:`apply` could run (``CircuitOpenError`` or ``ConcurrencyLimitError``); it must
+    not raise (what it raises is logged; the call still fails with the refusal).
+    """
+
+    async def apply(self, guard: Guard) -> None:
+        """Run before every guarded call, inside the breaker and the guard's timeout.
+
+        May sleep (``timeout_s`` bounds the whole call; :meth:`on_remove` should end
+        the sleep) or raise: an exception raised here is the call's outcome.
+        """
+        ...
+
+    def on_install(self, guard: Guard) -> None:
+        """Called once when the fault reaches the guard (e.g. force the breaker open)."""
+        ...
+
+    def on_remove(self, guard: Guard) -> None:
+        """Called once when the fault leaves: undo on_install, end waits in apply."""
+        ...
+
+
 def _sync_result(exc: BaseException, frame: dict[str, Any]) -> bool:
     """True when ``exc`` is await's TypeError on what a sync callable returned.
 
@@ -57,8 +81,7 @@ def _sync_result(exc: BaseException, frame: dict[str, Any]) -> bool:
     callable has returned (so a TypeError the callable raised itself never matches).
 
     Raises:
-        TypeError: the callable returned a generator (refused, as ``breaker.call``
-            does: only the decorator protects an iteration).
+        TypeError: the callable returned a generator (refused, as ``breaker.call`` does).
     """
     if type(exc) is not TypeError or "result" not in frame:
         return False
@@ -79,12 +102,11 @@ def _verdict(timeout: asyncio.Timeout | None, exc: BaseException) -> BaseExcepti
     """Mark ``exc`` as the guard's own timeout when that is what it is.
 
     The guard's timeout means the dependency did not answer in time: a failure whatever
-    the breaker's ``failure_exceptions`` say (only ``ignored_exceptions`` exclude it),
-    unlike a ``TimeoutError`` the dependency raised itself. The mark is read by
-    ``CircuitBreaker._classify``.
+    the breaker's ``failure_exceptions`` say (see ``count_as_failure``), unlike a
+    ``TimeoutError`` the dependency raised itself.
     """
     if timeout is not None and isinstance(exc, TimeoutError) and timeout.expired():
-        setattr(exc, "_breaker_failure", True)  # noqa: B010 - a private mark on the instance
+        count_as_failure(exc)
     return exc
 
 
@@ -131,6 +153,7 @@ class Guard:
     """
 
     __slots__ = (
+        "_clock",
         "_closed",
         "_entered",
         "_exited",
@@ -182,14 +205,14 @@ class Guard:
         self._closed = False
         self._entered: asyncio.Future[Guard] | None = None
         self._exited: asyncio.Future[None] | None = None
-        # Plain `async with` entries of the breaker's generation _plain_gen still open,
-        # and entries of older generations still open (see the module docstring).
-        self._plain_gen = breaker._gen
+        # Open plain `async with` entries of generation _plain_gen, and of older ones.
+        self._plain_gen = breaker.generation
         self._plain_open = 0
         self._plain_stale = 0
+        self._clock = breaker.clock
         self.timeout_s = timeout_s
         self.max_concurrency = max_concurrency
-        breaker._add_internal_hook(self._on_breaker_change)
+        breaker.add_change_hook(self._on_breaker_change)
         self._refresh()
 
     # ------------------------------------------------------------------ configuration
@@ -232,7 +255,7 @@ class Guard:
 
     @property
     def fault(self) -> Fault | None:
-        """The active fault (set through the runtime's FaultTable)."""
+        """The active fault (see :meth:`install_fault`)."""
         return self._fault
 
     @property
@@ -245,15 +268,20 @@ class Guard:
         """Calls that reached the dependency since the guard was created."""
         return self._harvested + self._metered
 
-    def _set_fault(self, fault: Fault | None) -> None:
+    def install_fault(self, fault: Fault | None) -> None:
+        """Enforce ``fault`` on every call from now on (None: no fault).
+
+        Called by :class:`~antifragile.inprocess.fault_table.FaultTable`, which also
+        tells the fault (``on_install``/``on_remove``); the guard only stores it.
+        """
         self._fault = fault
         self._refresh()
 
-    def _hold_slots(self, count: int) -> Callable[[], None]:
+    def hold_slots(self, count: int) -> Callable[[], None]:
         """Occupy ``count`` concurrency slots until the returned function is called.
 
-        Hook for the chaos engine's RESOURCE_EXHAUSTION/CONNECTIONS fault: held slots
-        count against ``max_concurrency`` like calls in flight. Releasing twice is a no-op.
+        For the RESOURCE_EXHAUSTION/CONNECTIONS fault: held slots count against
+        ``max_concurrency`` like calls in flight. Releasing twice is a no-op.
         """
         self._inflight += count
         released = False
@@ -267,9 +295,10 @@ class Guard:
         return release
 
     def _on_breaker_change(self, breaker: CircuitBreaker) -> None:
-        if breaker._gen != self._plain_gen:
+        generation = breaker.generation
+        if generation != self._plain_gen:
             # A new round: plain `async with` entries still open belong to the old one.
-            self._plain_gen = breaker._gen
+            self._plain_gen = generation
             self._plain_stale += self._plain_open
             self._plain_open = 0
         self._refresh()
@@ -277,8 +306,8 @@ class Guard:
     def _refresh(self) -> None:
         b = self.breaker
         self._plain = (
-            b._state is _CLOSED
-            and b._slow_s is None
+            b.state is _CLOSED
+            and b.config.slow_call_duration_s is None
             and self._fault is None
             and self._timeout_s is None
             and self._max_concurrency is None
@@ -294,7 +323,7 @@ class Guard:
         admission path: without the breaker's hook it cannot keep a fast-path flag
         current.
         """
-        self.breaker._remove_internal_hook(self._on_breaker_change)
+        self.breaker.remove_change_hook(self._on_breaker_change)
         self._closed = True
         # Plain entries still open can no longer learn of a transition: count them as
         # stale now (window only), never as deciding outcomes of a later round.
@@ -330,7 +359,7 @@ class Guard:
         """
         if self._plain:
             b = self.breaker
-            token = b._gen
+            token = self._plain_gen  # the breaker's generation: CLOSED admits at once
             try:
                 # Two statements: `result` holds what fn returned if the await refuses it.
                 result: Any = fn(*args)
@@ -342,7 +371,7 @@ class Guard:
                     b.on_error(token, 0.0, exc)
                     self._metered += 1
                     raise
-            if not b._steady:
+            if not b.steady:
                 b.on_success(token)
             self._metered += 1
             return result  # type: ignore[no-any-return]
@@ -367,8 +396,8 @@ class Guard:
         """The configured path; the breaker has already admitted the call."""
         b = self.breaker
         counted = self._take_slot(token)
-        clock = b._clock
-        timed = b._slow_s is not None
+        clock = self._clock
+        timed = b.config.slow_call_duration_s is not None
         started = clock() if timed else 0.0
         result: Any
         deadline: asyncio.Timeout | None = None
@@ -420,12 +449,10 @@ class Guard:
         return True
 
     def _tell_refused(self, exc: BaseException) -> None:
-        """Tell the active fault that this guard refused a call it never got to see.
+        """Tell the fault (its optional ``on_refused``) of a call it never got to see.
 
-        A refused call never reaches ``fault.apply``, yet it belongs to the experiment:
-        a CIRCUIT_BREAKER drill affects calls only by refusing them. Faults that count
-        refusals have ``on_refused(guard, exc)`` (optional in the :class:`Fault`
-        protocol). Whatever it raises is logged: the call's outcome stays the refusal.
+        A CIRCUIT_BREAKER drill affects calls only by refusing them. What the hook
+        raises is logged: the call's outcome stays the refusal.
         """
         hook = getattr(self._fault, "on_refused", None)
         if hook is None:
@@ -444,8 +471,8 @@ class Guard:
             # Python frame (the plain `async with` costs two awaits of these).
             entered = self._entered
             if entered is None:
-                entered = self._entered = _resolved(self)
-                self._exited = _resolved(None)
+                entered = self._entered = resolved_future(self)
+                self._exited = resolved_future(None)
             return entered
         return self._enter()
 
@@ -453,7 +480,8 @@ class Guard:
         b = self.breaker
         token = b.acquire_permission() if self._fault is None else self._admit_under_fault()
         counted = self._take_slot(token)
-        scope = _Scope(token, counted, b._clock() if b._slow_s is not None else None)
+        timed = b.config.slow_call_duration_s is not None
+        scope = _Scope(token, counted, self._clock() if timed else None)
         task = asyncio.current_task()
         self._scopes.setdefault(task, []).append(scope)
         self._plain = False
@@ -501,12 +529,12 @@ class Guard:
             self._plain_exit_stale(exc)
         else:
             self._plain_open -= 1
+            b = self.breaker
             if exc is None:
-                b = self.breaker
-                if not b._steady:
-                    b.on_success(b._gen)
+                if not b.steady:
+                    b.on_success(self._plain_gen)
             else:
-                self.breaker.on_error(self.breaker._gen, 0.0, exc)
+                b.on_error(self._plain_gen, 0.0, exc)
         return self._exited  # type: ignore[return-value]  # set with _entered
 
     def _plain_exit_stale(self, exc: BaseException | None) -> None:
@@ -543,9 +571,8 @@ class Guard:
             b.on_error(scope.token, self._duration(scope), exc)
 
     def _duration(self, scope: _Scope) -> float:
-        b = self.breaker
         started = scope.started  # None: slow-call detection was off when it began
-        return b._clock() - started if started is not None else 0.0
+        return self._clock() - started if started is not None else 0.0
 
     def _pop_foreign_scope(self) -> _Scope | None:
         # No plain entry is open and this task entered nothing: a tracked entry of
@@ -567,4 +594,4 @@ class Guard:
         return scope
 
     def __repr__(self) -> str:
-        return f"Guard({self.name!r}, state={self.breaker._state.value}, plain={self._plain})"
+        return f"Guard({self.name!r}, state={self.breaker.state.value}, plain={self._plain})"

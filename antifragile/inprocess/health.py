@@ -52,7 +52,8 @@ from pydantic import BaseModel, Field
 
 from antifragile.errors import ConfigError
 from antifragile.inprocess._aio import cancel_and_wait
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitState, Clock
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_state import CircuitState, Clock
 
 log = logging.getLogger(__name__)
 
@@ -341,11 +342,11 @@ class HealthAggregator:
             self.unregister_circuit_breaker(name)
 
         def hook(b: CircuitBreaker) -> None:
-            self._on_breaker_state(name, b._state)
+            self._on_breaker_state(name, b.state)
 
-        entry = _Entry(breaker, float(weight), breaker._state, hook)
+        entry = _Entry(breaker, float(weight), breaker.state, hook)
         self._entries[name] = entry
-        breaker._add_internal_hook(hook)
+        breaker.add_change_hook(hook)
         self._commit(self._moved(entry.exact_weight, None, entry.state), configuration=True)
 
     def unregister_circuit_breaker(self, name: str) -> None:
@@ -353,7 +354,7 @@ class HealthAggregator:
         entry = self._entries.pop(name, None)
         if entry is None:
             return
-        entry.breaker._remove_internal_hook(entry.hook)
+        entry.breaker.remove_change_hook(entry.hook)
         self._commit(self._moved(entry.exact_weight, entry.state, None), configuration=True)
 
     @property

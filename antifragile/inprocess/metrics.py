@@ -20,14 +20,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from antifragile.inprocess.breaker import CircuitState
+from antifragile.inprocess.breaker_state import CircuitState
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
     from antifragile.inprocess.health import HealthAggregator
     from antifragile.inprocess.metering import MeteringIntegration
-    from antifragile.inprocess.runtime import Runtime as AntifragileRuntime
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,8 @@ _STATE_VALUE = {
 class RuntimeCollector(Collector):
     """Breakers, health, metering and faults of one in-process runtime.
 
-    Built from the parts it reads (:meth:`for_runtime` takes them from a
-    :class:`~antifragile.inprocess.runtime.Runtime`). A scrape runs on the Prometheus server's
+    Given the parts it reads, never the runtime that owns them (the runtime builds it
+    from its parts when ``metrics_port`` is set). A scrape runs on the Prometheus server's
     thread, so it only reads snapshots: the aggregator's record of breaker states and its
     immutable status (it touches no breaker: no transition, no listener, no callback, no
     asyncio object), the fault table's size and the metering counters.
@@ -66,11 +65,6 @@ class RuntimeCollector(Collector):
         self._health = health
         self._faults = faults
         self._metering = metering
-
-    @classmethod
-    def for_runtime(cls, runtime: AntifragileRuntime) -> RuntimeCollector:
-        """The collector of a runtime's parts."""
-        return cls(runtime.instance_id, runtime.health, runtime.faults, runtime.metering)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """Read the parts' snapshots (called by the Prometheus client on scrape)."""

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from antifragile.inprocess.metrics import MetricsServer
 
 from antifragile.errors import ConfigError, describe_validation_error
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig, Clock
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import Clock
 from antifragile.inprocess.bridge import Bridge, ClientFactory
 from antifragile.inprocess.fault_subscriber import FaultSubscriber
 from antifragile.inprocess.fault_table import FaultTable
@@ -238,7 +240,9 @@ class Runtime:
             from antifragile.inprocess.metrics import RuntimeCollector, serve
 
             registry = CollectorRegistry()
-            registry.register(RuntimeCollector.for_runtime(self))
+            registry.register(
+                RuntimeCollector(self.instance_id, self.health, self.faults, self.metering)
+            )
             self._metrics_server = serve(registry, self.settings.metrics_port)
         if self.fault_subscriber is not None:
             await self.fault_subscriber.start()

@@ -19,7 +19,8 @@ from temporalio.client import Client
 
 from antifragile.chaos.client import start_experiment
 from antifragile.constants import SIGNAL_EMERGENCY_STOP
-from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitState
 from antifragile.inprocess.runtime import Runtime
 from antifragile.models.chaos import (
     ChaosOutcome,

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from antifragile.chaos.plane import FaultPlane
-from antifragile.inprocess.metering import read_usage
+from antifragile.inprocess.usage_consumer import read_usage
 from antifragile.models.chaos import FaultSpec
 from antifragile.models.chaos_scenario import ChaosType
 from antifragile.stack.processes import ServerProcess, start_redis

@@ -18,7 +18,8 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 import antifragile.testing as af_testing
 from antifragile.constants import KIND_CHAOS, SA_KIND, SA_SERVICE, recovery_workflow_id
-from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitState
 from antifragile.inprocess.runtime import Runtime
 from antifragile.models.common import HealthChangedSignal
 from antifragile.models.recovery import RecoveryStatus

@@ -19,7 +19,7 @@ from antifragile.constants import (
     orchestrator_workflow_id,
     recovery_workflow_id,
 )
-from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.runtime import Runtime
 from antifragile.orchestrator.client import orchestrator_queue
 from antifragile.stack.processes import free_port

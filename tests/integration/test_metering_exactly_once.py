@@ -24,12 +24,9 @@ import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
-from antifragile.inprocess.metering import (
-    MeteringIntegration,
-    UsageConsumer,
-    UsageTotal,
-    read_usage,
-)
+from antifragile.inprocess.metering import MeteringIntegration
+from antifragile.inprocess.usage_consumer import UsageConsumer, read_usage
+from antifragile.inprocess.usage_stream import UsageTotal
 from antifragile.stack.processes import ServerProcess, free_port, start_redis
 from tests.redis_proxy import LostReplyProxy
 

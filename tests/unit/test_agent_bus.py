@@ -8,7 +8,7 @@ import asyncio
 import redis.asyncio as aioredis
 
 from antifragile.demo.agent_bus import AgentBus, decode_batch
-from antifragile.inprocess.breaker import CircuitBreakerConfig
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.runtime import Runtime
 from antifragile.settings import Settings
 from tests.unit.conftest import RestartableRedis

@@ -16,14 +16,13 @@ from hypothesis import strategies as st
 
 from antifragile._fsm import IllegalTransitionError
 from antifragile.errors import ConfigError
-from antifragile.inprocess.breaker import (
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig, exact_rate
+from antifragile.inprocess.breaker_state import (
     LEGAL_TRANSITIONS,
-    CircuitBreaker,
-    CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
     StateChange,
-    exact_rate,
 )
 from antifragile.testing import FakeClock, eventually
 
@@ -362,13 +361,13 @@ async def test_slow_async_listener_runs_off_the_call_path(
     with pytest.raises(Boom):
         await asyncio.wait_for(b.call(fail), 1)  # returns although the listener blocks
     assert done == []
-    assert len(b._async_listener_tasks) == 1  # referenced until done, never lost
+    assert len(b._listeners._tasks) == 1  # referenced until done, never lost
     release.set()
     with caplog.at_level(logging.ERROR):
         for _ in range(5):
             await asyncio.sleep(0)
     assert done == [CircuitState.OPEN]
-    assert not b._async_listener_tasks
+    assert not b._listeners._tasks
     assert "async state listener raised" in caplog.text
 
 
@@ -973,17 +972,17 @@ async def test_async_with_entries_open_at_a_transition_are_stale(clock: FakeCloc
     clock.advance(1)
     trial = asyncio.create_task(entry(trial_gate))  # tracked: a stale entry is open
     await asyncio.sleep(0)
-    assert b.state is CircuitState.HALF_OPEN and b._scopes
+    assert b.state is CircuitState.HALF_OPEN and b._entries.scopes
     old_gate.set()
     await old
     assert b.state is CircuitState.HALF_OPEN  # the old entry decided nothing
     trial_gate.set()
     await trial
     assert b.state is CircuitState.CLOSED
-    assert not b._scopes and b._ctx_fast
+    assert not b._entries.scopes and b._entries.fast
     async with b:
-        assert b._ctx_open == 1
-    assert b._ctx_open == 0
+        assert b._entries.open == 1
+    assert b._entries.open == 0
 
 
 async def test_slow_detection_switched_on_mid_call_does_not_judge_that_call(
@@ -1322,11 +1321,11 @@ async def test_async_with_entered_in_one_task_and_left_in_another(clock: FakeClo
                 await stack.aclose()
 
         await asyncio.create_task(leave(stack, outcome))
-        assert not b._scopes and b._ctx_open == 0 and b._ctx_stale == 0
+        assert not b._entries.scopes and b._entries.open == 0 and b._entries.stale == 0
     assert b.state is CircuitState.OPEN  # the slow exit and the error both counted
     b.reconfigure(CircuitBreakerConfig())
     b.reset()
-    assert b._ctx_fast  # the fast path is back
+    assert b._entries.fast  # the fast path is back
 
 
 async def _half_open(b: CircuitBreaker, clock: FakeClock) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from antifragile.inprocess.breaker import CircuitState, StateChange
+from antifragile.inprocess.breaker_state import CircuitState, StateChange
 from antifragile.inprocess.bridge import Bridge, _Intent
 from antifragile.inprocess.health import HealthAggregator
 from antifragile.settings import Settings

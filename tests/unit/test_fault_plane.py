@@ -22,7 +22,8 @@ from antifragile.chaos.plane import (
 )
 from antifragile.constants import REDIS_HALT_KEY
 from antifragile.fleet_health import snapshot_process_score, snapshot_score
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitOpenError, CircuitState
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
 from antifragile.inprocess.fault_subscriber import FaultSubscriber
 from antifragile.inprocess.fault_table import FaultTable
 from antifragile.inprocess.guard import Guard

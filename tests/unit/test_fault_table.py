@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from antifragile.inprocess.fault_table import Fault, FaultTable
-from antifragile.inprocess.guard import Guard
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitState
+from antifragile.inprocess.fault_table import FaultTable
+from antifragile.inprocess.guard import Fault, Guard
 
 
 class FakeFault:

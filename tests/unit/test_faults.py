@@ -10,12 +10,9 @@ from typing import Any
 
 import pytest
 
-from antifragile.inprocess.breaker import (
-    CircuitBreaker,
-    CircuitBreakerConfig,
-    CircuitOpenError,
-    CircuitState,
-)
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
 from antifragile.inprocess.fault_table import FaultTable
 from antifragile.inprocess.faults import ChaosFault, InjectedFault, ResourceFault, build_fault
 from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
@@ -359,14 +356,14 @@ async def test_a_fault_whose_install_fails_leaves_nothing_behind() -> None:
             raise RuntimeError("cannot start the burner")
 
     g = make_guard("db")
-    listeners_before = list(g.breaker._listeners)
+    listeners_before = list(g.breaker._listeners._listeners)
     fault = Broken(spec(ChaosType.LATENCY, latency_ms=10))
     table = FaultTable()
     table.attach(g)
     with pytest.raises(RuntimeError, match="burner"):
         table.install("db", fault)
     assert g.fault is None and "db" not in table
-    assert g.breaker._listeners == listeners_before
+    assert g.breaker._listeners._listeners == listeners_before
     assert not fault._guards and not fault._listeners and not fault._ended
     g.breaker.force_open()
     assert not fault.stats.breakers

@@ -8,7 +8,7 @@ import pytest
 
 from antifragile._fsm import IllegalTransitionError, TransitionTable
 from antifragile.chaos.logic import LEGAL_TRANSITIONS as CHAOS
-from antifragile.inprocess.breaker import LEGAL_TRANSITIONS as BREAKER
+from antifragile.inprocess.breaker_state import LEGAL_TRANSITIONS as BREAKER
 from antifragile.recovery.logic import LEGAL_TRANSITIONS as RECOVERY
 
 

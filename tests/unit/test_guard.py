@@ -10,12 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from antifragile.errors import ConfigError
-from antifragile.inprocess.breaker import (
-    CircuitBreaker,
-    CircuitBreakerConfig,
-    CircuitOpenError,
-    CircuitState,
-)
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
 from antifragile.inprocess.fault_table import FaultTable
 from antifragile.inprocess.faults import ChaosFault, build_fault
 from antifragile.inprocess.guard import ConcurrencyLimitError, Guard
@@ -81,10 +78,10 @@ async def test_steady_window_takes_the_cheapest_success_path() -> None:
     g = make(window_size=20, minimum_calls=20)
     for _ in range(20):
         await g.call(ok)
-    assert g.breaker._steady
+    assert g.breaker.steady
     with pytest.raises(Boom):
         await g.call(fail)
-    assert not g.breaker._steady
+    assert not g.breaker.steady
 
 
 async def test_timeout_counts_as_failure_in_both_styles() -> None:
@@ -444,7 +441,7 @@ async def _random_run(seed: int) -> list[tuple[object, ...]]:
     import contextvars
     import random
 
-    from antifragile.inprocess.breaker import CircuitState as S
+    from antifragile.inprocess.breaker_state import CircuitState as S
 
     admitted: contextvars.ContextVar[tuple[int, S]] = contextvars.ContextVar("admitted")
 
@@ -544,8 +541,12 @@ async def _random_run(seed: int) -> list[tuple[object, ...]]:
             )
             if not trials <= inflight <= max(permits):
                 broken.append(("trials", trials, inflight))
-        if b.failures_in_window != sum(b._ring) or b._ctx_open < 0 or b._ctx_stale < 0:
-            broken.append(("breaker counts", b._ctx_open, b._ctx_stale))
+        if (
+            b.failures_in_window != sum(b._window._ring)
+            or b._entries.open < 0
+            or b._entries.stale < 0
+        ):
+            broken.append(("breaker counts", b._entries.open, b._entries.stale))
         for g in (plain, configured):
             if min(g._plain_open, g._plain_stale, g.in_flight) < 0:
                 broken.append(("guard counts", g.name, g._plain_open, g._plain_stale))
@@ -559,8 +560,8 @@ async def _random_run(seed: int) -> list[tuple[object, ...]]:
         for x in results
         if isinstance(x, BaseException) and not isinstance(x, expected)
     ]
-    if b._ctx_open or b._ctx_stale or b._scopes:
-        broken.append(("breaker left open entries", b._ctx_open, b._ctx_stale))
+    if b._entries.open or b._entries.stale or b._entries.scopes:
+        broken.append(("breaker left open entries", b._entries.open, b._entries.stale))
     if b.state is S.HALF_OPEN and b.snapshot().half_open_in_flight:
         broken.append(("permit leaked", b.snapshot().half_open_in_flight))
     for g in (plain, configured):
@@ -827,4 +828,4 @@ async def test_a_cancelled_trial_frees_its_permit_exactly_once(clock: FakeClock,
         with pytest.raises(Boom):
             await b.call(fail)  # the freed permit admits the next trial, which fails
         assert b.state is CircuitState.OPEN
-    assert not g._scopes and g.in_flight == 0 and not b._scopes
+    assert not g._scopes and g.in_flight == 0 and not b._entries.scopes

@@ -16,12 +16,9 @@ from hypothesis import strategies as st
 from antifragile.chaos.logic import health_trips_guard
 from antifragile.chaos.plane import FaultPlane
 from antifragile.errors import ConfigError
-from antifragile.inprocess.breaker import (
-    LEGAL_TRANSITIONS,
-    CircuitBreaker,
-    CircuitBreakerConfig,
-    CircuitState,
-)
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import LEGAL_TRANSITIONS, CircuitState
 from antifragile.inprocess.bridge import Bridge, health_key
 from antifragile.inprocess.health import (
     HealthAggregator,

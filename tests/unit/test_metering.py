@@ -13,14 +13,9 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
 
 from antifragile.errors import ConfigError
-from antifragile.inprocess.metering import (
-    MeteringIntegration,
-    UsageConsumer,
-    UsageEvent,
-    UsageTotal,
-    read_usage,
-    sum_entries,
-)
+from antifragile.inprocess.metering import MeteringIntegration, UsageEvent
+from antifragile.inprocess.usage_consumer import UsageConsumer, read_usage
+from antifragile.inprocess.usage_stream import UsageTotal, sum_entries
 from tests.redis_proxy import LostReplyProxy
 from tests.unit.conftest import RestartableRedis
 
@@ -845,3 +840,33 @@ async def test_an_entry_whose_units_overflow_the_ledger_is_skipped_not_half_appl
         assert await read_usage(client, "huge") == {("t", "op"): UsageTotal("t", "op", 7, 3)}
     finally:
         await client.aclose()
+
+
+async def test_consume_returns_while_entries_keep_arriving(own_redis: RestartableRedis) -> None:
+    # A writer adds an entry before every read: without a per-call limit, consume()
+    # never ran out of new entries and never returned.
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        reader = UsageConsumer(client, "busy", batch_size=2, max_entries_per_call=5)
+        entry = {"tenant": "t", "operation": "op", "units": 1, "count": 1}
+        read = client.xreadgroup
+        serial = iter(range(1_000_000))
+
+        async def xreadgroup_while_writing(*args: Any, **kwargs: Any) -> Any:
+            await client.xadd("busy", {**entry, "batch": f"w:n:{next(serial)}"})
+            return await read(*args, **kwargs)
+
+        client.xreadgroup = xreadgroup_while_writing  # type: ignore[method-assign]
+        async with asyncio.timeout(10):
+            first = await reader.consume()
+            second = await reader.consume()
+        assert first[("t", "op")].count == 5  # the limit, not everything there is
+        assert second[("t", "op")].count == 5  # the next call goes on where it stopped
+        assert (await reader.totals())[("t", "op")].count == 10
+    finally:
+        await client.aclose()
+
+
+def test_max_entries_per_call_is_checked() -> None:
+    with pytest.raises(ConfigError, match="max_entries_per_call"):
+        UsageConsumer(aioredis.Redis(), max_entries_per_call=0)

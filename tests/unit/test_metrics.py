@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitBreakerConfig
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.health import HealthAggregator, HealthAggregatorConfig
 from antifragile.inprocess.metering import MeteringIntegration
 from antifragile.inprocess.metrics import RuntimeCollector, WorkflowCountCollector, serve
@@ -30,6 +31,10 @@ class Boom(Exception):
 
 async def fail() -> None:
     raise Boom
+
+
+def collector_of(runtime: Runtime) -> RuntimeCollector:
+    return RuntimeCollector(runtime.instance_id, runtime.health, runtime.faults, runtime.metering)
 
 
 def scrape(port: int) -> str:
@@ -67,7 +72,7 @@ async def test_metering_counters_follow_the_accounting() -> None:
     for _ in range(5):
         await guard.call(ok)
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector.for_runtime(runtime))
+    registry.register(collector_of(runtime))
     text = generate_latest(registry).decode()
     assert 'antifragile_metering_recorded_total{instance="m"} 5.0' in text
     assert 'antifragile_metering_dropped_total{instance="m"} 0.0' in text
@@ -94,7 +99,7 @@ def test_faults_active_counts_the_faults_this_process_enforces() -> None:
     runtime.guard("db")
     runtime.guard("cache")
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector.for_runtime(runtime))
+    registry.register(collector_of(runtime))
     assert sample(registry, "antifragile_faults_active", instance="f") == 0.0
     runtime.faults.install("db", NoOpFault())
     runtime.faults.install("cache", NoOpFault())
@@ -114,7 +119,7 @@ async def test_breaker_state_per_dependency_and_health_status_follow_a_forced_op
     runtime.guard("db")
     runtime.guard("cache")
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector.for_runtime(runtime))
+    registry.register(collector_of(runtime))
     runtime.breakers["db"].force_open()
     assert sample(registry, "antifragile_breaker_state", instance="b", dependency="db") == 3.0
     assert sample(registry, "antifragile_breaker_state", instance="b", dependency="cache") == 0.0
@@ -127,7 +132,7 @@ async def test_metering_written_and_dropped_follow_a_full_buffer() -> None:
     metering = MeteringIntegration(instance_id="w", max_buffer=2, flush_at=2)
     runtime = Runtime(Settings(), instance_id="w", bridge=False, metering=metering)
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector.for_runtime(runtime))
+    registry.register(collector_of(runtime))
     for _ in range(3):
         metering.record_usage("t", "op")
     assert sample(registry, "antifragile_metering_recorded_total", instance="w") == 3.0
@@ -204,7 +209,7 @@ async def test_the_readme_metrics_table_names_exactly_the_metrics_served() -> No
     counts = WorkflowCountCollector(FakeVisibility({}), {"recovery": ["RUNNING"]})  # type: ignore[arg-type]
     await counts.refresh()
     registry = CollectorRegistry()
-    registry.register(RuntimeCollector.for_runtime(runtime))
+    registry.register(collector_of(runtime))
     registry.register(counts)
     served = {
         sample.name

@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from antifragile.errors import ConfigError
-from antifragile.inprocess.breaker import CircuitBreakerConfig, CircuitState
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitState
 from antifragile.inprocess.metering import MeteringIntegration
 from antifragile.inprocess.runtime import Runtime
 from antifragile.models.recovery import RecoveryRequest, RecoveryStrategy

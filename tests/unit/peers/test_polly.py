@@ -17,13 +17,9 @@ import contextlib
 
 import pytest
 
-from antifragile.inprocess.breaker import (
-    CircuitBreaker,
-    CircuitBreakerConfig,
-    CircuitOpenError,
-    CircuitState,
-    StateChange,
-)
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState, StateChange
 from tests.unit.conftest import FakeClock
 
 OPEN, CLOSED, HALF_OPEN = CircuitState.OPEN, CircuitState.CLOSED, CircuitState.HALF_OPEN

@@ -17,10 +17,10 @@ import pytest
 
 from antifragile._fsm import IllegalTransitionError
 from antifragile.errors import ConfigError
-from antifragile.inprocess.breaker import (
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.breaker_state import (
     LEGAL_TRANSITIONS,
-    CircuitBreaker,
-    CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
     StateChange,
