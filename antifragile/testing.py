@@ -25,9 +25,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from antifragile.inprocess.breaker import CircuitBreaker, CircuitState, StateChange
+from antifragile.inprocess.breaker import CircuitBreaker
+from antifragile.inprocess.breaker_state import CircuitState, StateChange
 
 __all__ = [
     "BreakerChanges",
@@ -324,18 +325,9 @@ class BreakerChanges:
         """Start recording (idempotent)."""
         if self._detach is not None:
             return
-        b: Any = self.breaker
-        if hasattr(b, "on_state_change"):
-            listener = self.changes.append
-            b.on_state_change(listener)
-            self._detach = lambda: b.remove_listener(listener)
-        else:
-            # A breaker whose listener API takes (old, new): no reason or time given.
-            def two_args(old: CircuitState, new: CircuitState) -> None:
-                self.changes.append(StateChange(b.name, old, new, "", math.nan))
-
-            b.add_listener(two_args)
-            self._detach = lambda: b.remove_listener(two_args)
+        breaker, listener = self.breaker, self.changes.append
+        breaker.on_state_change(listener)
+        self._detach = lambda: breaker.remove_listener(listener)
 
     def detach(self) -> None:
         """Stop recording (idempotent); what was recorded stays."""

@@ -288,31 +288,6 @@ def test_capture_leaves_other_listeners_alone() -> None:
     assert others == [CircuitState.FORCED_OPEN, CircuitState.CLOSED]
 
 
-class TwoArgBreaker:
-    """A breaker whose listener API is ``add_listener(fn(old, new))``."""
-
-    name = "legacy"
-
-    def __init__(self) -> None:
-        self.listeners: list[object] = []
-
-    def add_listener(self, fn: object) -> None:
-        self.listeners.append(fn)
-
-    def remove_listener(self, fn: object) -> None:
-        self.listeners.remove(fn)
-
-
-def test_capture_also_fits_a_two_argument_listener_api() -> None:
-    breaker = TwoArgBreaker()
-    with capture_breaker_changes(breaker) as seen:  # type: ignore[arg-type]
-        (listener,) = breaker.listeners
-        listener(CircuitState.CLOSED, CircuitState.OPEN)  # type: ignore[operator]
-    assert breaker.listeners == []
-    assert seen.transitions == [(CircuitState.CLOSED, CircuitState.OPEN)]
-    assert seen.reasons == [""]
-
-
 # ---------------------------------------------------------------------------- import cost
 
 
