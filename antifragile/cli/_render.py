@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -23,6 +23,9 @@ from antifragile.models.chaos_fleet import (
     TemporalStop,
 )
 from antifragile.settings import Settings
+
+if TYPE_CHECKING:
+    from temporalio.client import WorkflowFailureError
 
 # --- chaos ---------------------------------------------------------------------------
 
@@ -302,3 +305,21 @@ def render_schedules(schedules: list[ScheduleInfo]) -> None:
             r["note"],
         )
     console.print(table)
+
+
+def ended_without_report(exc: WorkflowFailureError) -> str:
+    """One line for a followed experiment that ended without a report."""
+    from temporalio.exceptions import CancelledError, TerminatedError
+    from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
+
+    cause = exc.cause
+    if isinstance(cause, TerminatedError):
+        why = f" ({cause.message})" if cause.message else ""
+        what = f"was terminated{why}"
+    elif isinstance(cause, WorkflowTimeoutError):
+        what = "timed out"
+    elif isinstance(cause, CancelledError):
+        what = "was cancelled"
+    else:
+        what = f"failed: {getattr(cause, 'message', None) or cause or exc}"
+    return f"{what}; `antifragile chaos report ID` rebuilds its report"

@@ -51,6 +51,7 @@ from antifragile.cli._common import (
     run,
 )
 from antifragile.cli._render import (
+    ended_without_report,
     halt_error_text,
     render_experiments,
     render_fleet_stop,
@@ -78,7 +79,7 @@ from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 
 if TYPE_CHECKING:
-    from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+    from temporalio.client import Client, WorkflowHandle
 
 app = typer.Typer(
     help="Chaos experiments as durable workflows: run, follow, stop, schedule.",
@@ -273,28 +274,10 @@ async def _follow(handle: WorkflowHandle[Any, Any], *, quiet: bool) -> ChaosRepo
     try:
         report = result.result()
     except WorkflowFailureError as exc:
-        fail(f"{handle.id} {_ended_without_report(exc)}", code=1)
+        fail(f"{handle.id} {ended_without_report(exc)}", code=1)
     if not isinstance(report, ChaosReport):
         report = ChaosReport.model_validate(report)
     return report
-
-
-def _ended_without_report(exc: WorkflowFailureError) -> str:
-    """One line for a followed experiment that ended without a report."""
-    from temporalio.exceptions import CancelledError, TerminatedError
-    from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
-
-    cause = exc.cause
-    if isinstance(cause, TerminatedError):
-        why = f" ({cause.message})" if cause.message else ""
-        what = f"was terminated{why}"
-    elif isinstance(cause, WorkflowTimeoutError):
-        what = "timed out"
-    elif isinstance(cause, CancelledError):
-        what = "was cancelled"
-    else:
-        what = f"failed: {getattr(cause, 'message', None) or cause or exc}"
-    return f"{what}; `antifragile chaos report ID` rebuilds its report"
 
 
 def _finish(report: ChaosReport, json_out: bool) -> None:
