@@ -1,6 +1,6 @@
-"""The Redis fault plane: leases the controller writes, and the subscriber every process runs.
+"""The Redis fault plane, controller side: the leases and the halt switch it writes.
 
-Controller side (:class:`FaultPlane`, used by activities and the CLI):
+:class:`FaultPlane` (used by activities and the chaos client) keeps these keys:
 
 - ``af:fault:{experiment_id}`` holds the :class:`~antifragile.models.chaos.FaultSpec` as
   JSON, written with ``SET … PX ttl``; the workflow renews it every third of the TTL.
@@ -12,16 +12,8 @@ Controller side (:class:`FaultPlane`, used by activities and the CLI):
   instance), ``:breakers`` (set) and ``:openings`` (hash, field = ``instance/target:
   STATE``, value = times opened) hold what the call sites counted.
 
-Service side (:class:`FaultSubscriber`): keeps the process's
-:class:`~antifragile.inprocess.fault_table.FaultTable` in step with the leases. It loads the
-current leases on start, follows the channel, and re-reads the leases every
-``resync_interval_s`` (so a missed message is repaired; a re-read overtaken by a halt,
-resume, install or removal message is not applied, so it can never undo one). Each
-installed fault carries a local expiry (now + the lease's remaining TTL) that only a
-renewal seen by this process extends: when Redis, the worker or the workflow is gone, the
-fault is dropped by the process itself when its lease would have expired — on a timer,
-and on the next call at the latest. Nothing here runs on the call path; the guard only
-reads its fault attribute.
+The service side, which follows these leases in every process, is
+:mod:`antifragile.inprocess.fault_subscriber`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each command parses its arguments, calls a client function
 (:mod:`antifragile.orchestrator.client`, :mod:`antifragile.recovery.client`) and renders
-the result model (:mod:`antifragile.cli._render`).
+the result model (:mod:`antifragile.cli._render.recovery`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from antifragile.cli._common import (
     run_command,
     unreachable,
 )
-from antifragile.cli._render import (
+from antifragile.cli._render.recovery import (
     Progress,
     describe_request,
     print_queue,

@@ -1,19 +1,16 @@
-"""What a chaos experiment does: :class:`ChaosScenario`, loadable from YAML or JSON.
+"""What a chaos experiment does: :class:`ChaosScenario`, the contract.
 
 A scenario is validated completely before anything starts; an invalid one raises
 :class:`~antifragile.errors.ConfigError` with one line naming the field and the bad
-value. The published JSON Schema (``antifragile/schemas/chaos-scenario.schema.json``)
-is generated from the model by :func:`write_schema`; a test keeps the two equal.
+value. Files (YAML or JSON) and the published JSON Schema are
+:mod:`antifragile.chaos.scenario`'s.
 """
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from antifragile.errors import ConfigError, describe_validation_error
@@ -25,9 +22,6 @@ HARD_MAX_DURATION_S = 300.0
 
 MEMORY_CAP_MB = 256
 """MEMORY exhaustion holds ``resource_level`` × this many MiB at most, per process."""
-
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "chaos-scenario.schema.json"
-"""Where the published JSON Schema of a scenario lives (shipped as package data)."""
 
 
 class ChaosType(StrEnum):
@@ -203,48 +197,3 @@ def parse_scenario(data: Any, source: str = "scenario") -> ChaosScenario:
         return ChaosScenario.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
-
-
-def load_scenario(path: Path | str) -> ChaosScenario:
-    """Load a scenario from a ``.yaml``/``.yml`` or ``.json`` file.
-
-    Raises:
-        ConfigError: unreadable file, bad YAML/JSON, or an invalid field (named).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"scenario file {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        what = "JSON" if path.suffix == ".json" else "YAML"
-        first = str(exc).splitlines()[0] if str(exc) else what
-        raise ConfigError(f"scenario file {path}: not valid {what} ({first})") from None
-    return parse_scenario(data, f"scenario file {path}")
-
-
-def scenario_schema() -> dict[str, Any]:
-    """The JSON Schema of a scenario file, generated from :class:`ChaosScenario`."""
-    schema = ChaosScenario.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://antifragile.dev/schemas/chaos-scenario.schema.json"
-    schema["title"] = "antifragile chaos scenario"
-    return schema
-
-
-def render_schema() -> str:
-    """The schema as the exact text of the published file."""
-    return json.dumps(scenario_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def write_schema(path: Path = SCHEMA_PATH) -> Path:
-    """(Re)write the published JSON Schema file; returns its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_schema())
-    return path
-
-
-if __name__ == "__main__":
-    print(write_schema())

@@ -17,13 +17,13 @@ from pydantic import BaseModel, ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from antifragile.chaos.scenario import load_scenario
 from antifragile.errors import ConfigError, describe_validation_error
 from antifragile.models.chaos import ChaosExperimentInput, EmergencyStopSignal
 from antifragile.models.chaos_scenario import (
     ChaosScenario,
     ChaosType,
     ResourceType,
-    load_scenario,
     parse_scenario,
 )
 from antifragile.models.common import ApprovalSignal, HealthChangedSignal

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from antifragile.chaos.scenario import SCHEMA_PATH, load_scenario, render_schema
 from antifragile.errors import ConfigError
 from antifragile.models.chaos_scenario import (
-    SCHEMA_PATH,
     ChaosScenario,
     ChaosType,
     ResourceType,
-    load_scenario,
     parse_scenario,
-    render_schema,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from antifragile.cli.chaos import console, render_report
+from antifragile.cli._render.chaos import console, render_report
 from antifragile.models.chaos import ChaosOutcome, ChaosReport, ChaosType, CleanupRecord
 
 T0 = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import antifragile
-from antifragile.cli._render import Progress as _Progress
-from antifragile.cli._render import show_status as _show_status
-from antifragile.cli._render import why_queued as _why_queued
+from antifragile.cli._render.recovery import Progress as _Progress
+from antifragile.cli._render.recovery import show_status as _show_status
+from antifragile.cli._render.recovery import why_queued as _why_queued
 from antifragile.models.orchestrator import OrchestratorLimits, QueueView, RunningView
 from antifragile.models.recovery import RecoveryState, RecoveryStatus, RecoveryStrategy
 from tests.helpers import REPO

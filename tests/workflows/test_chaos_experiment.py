@@ -897,8 +897,8 @@ async def test_a_terminated_run_without_workers_gets_a_rebuilt_report(
 ) -> None:
     """Worker gone, workflow terminated: no code of it ever runs again. The report is
     rebuilt from its history (input, injection, renewals) and Redis (lease, counters)."""
-    from antifragile.chaos.client import rebuild_report
     from antifragile.chaos.plane import impact_key
+    from antifragile.chaos.report import rebuild_report
 
     sc = scenario(duration_s=120)
     policy = WorkerPolicy(chaos=ChaosPolicyConfig(lease_ttl_s=2))

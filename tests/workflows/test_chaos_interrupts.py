@@ -321,8 +321,8 @@ async def test_a_terminated_dry_run_is_rebuilt_without_a_lease(
     redis_url: str,
 ) -> None:
     """A dry run writes no lease: its rebuilt report must not say one expired."""
-    from antifragile.chaos.client import rebuild_report
     from antifragile.chaos.plane import FaultPlane
+    from antifragile.chaos.report import rebuild_report
 
     sc = scenario(duration_s=120, dry_run=True)
     plane = FaultPlane.from_url(redis_url)
@@ -492,8 +492,8 @@ async def test_terminated_while_awaiting_approval_is_rebuilt_with_nothing_inject
     env: WorkflowEnvironment,  # noqa: F811
     redis_url: str,
 ) -> None:
-    from antifragile.chaos.client import rebuild_report
     from antifragile.chaos.plane import FaultPlane
+    from antifragile.chaos.report import rebuild_report
 
     sc = scenario(duration_s=10, require_approval=True)
     plane = FaultPlane.from_url(redis_url)

@@ -1,4 +1,4 @@
-"""What the CLI prints: rich tables, progress lines and JSON documents of result models.
+"""What the recovery commands print: rich tables, progress lines and JSON documents.
 
 Commands parse their arguments, call a client function that returns a result model, and
 hand that model to a function here; nothing here talks to a server.
@@ -22,8 +22,6 @@ from antifragile.settings import Settings
 
 if TYPE_CHECKING:  # the client imports temporalio: rendering never needs it at run time
     from antifragile.orchestrator.client import RecoveryListing
-
-# --- recovery ---------------------------------------------------------------------------
 
 
 def _when(value: datetime | None) -> str:
