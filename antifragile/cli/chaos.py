@@ -48,7 +48,7 @@ from antifragile.cli._common import (
     print_json,
     reaching_redis,
     redis_unreachable,
-    run,
+    run_command,
 )
 from antifragile.cli._render.chaos import (
     ended_without_report,
@@ -150,7 +150,8 @@ def run_file(
     """Start the experiment described in FILE."""
     settings = load_settings()
     scenario = _prepare(settings, scenario_file_data(file), f"scenario file {file}")
-    run(_launch(settings, scenario, wait, json_out))
+    # The halt switch is checked (Redis) before Temporal is reached: _launch connects itself.
+    run_command(lambda _: _launch(settings, scenario, wait, json_out), settings, temporal=False)
 
 
 @app.command("start")
@@ -214,7 +215,8 @@ def start(
     }
     data.update({k: v for k, v in optional.items() if v is not None})
     scenario = _prepare(settings, data, "chaos start")
-    run(_launch(settings, scenario, wait, json_out))
+    # The halt switch is checked (Redis) before Temporal is reached: _launch connects itself.
+    run_command(lambda _: _launch(settings, scenario, wait, json_out), settings, temporal=False)
 
 
 async def _launch(settings: Settings, scenario: ChaosScenario, wait: bool, json_out: bool) -> None:
@@ -303,8 +305,7 @@ def list_(
     """List chaos experiments, newest first."""
     settings = load_settings()
 
-    async def _go() -> None:
-        client = await _connect(settings)
+    async def _go(client: Client, settings: Settings) -> None:
         query = RUNNING_QUERY if running else f'AfKind="{KIND_CHAOS}"'
         rows: list[dict[str, Any]] = []
         async for wf in client.list_workflows(query, limit=200):
@@ -324,7 +325,7 @@ def list_(
         else:
             render_experiments(rows)
 
-    run(_go())
+    run_command(_go, settings)
 
 
 @app.command("status")
@@ -332,10 +333,9 @@ def status(experiment_id: str, json_out: JsonFlag = False) -> None:
     """Phase, time left, where the fault is active, lowest health, journal."""
     settings = load_settings()
 
-    async def _go() -> None:
+    async def _go(client: Client, settings: Settings) -> None:
         from antifragile.chaos.report import experiment_status
 
-        client = await _connect(settings)
         plane = FaultPlane.from_url(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
         try:
             st = await experiment_status(client, experiment_id, plane=plane)
@@ -346,7 +346,7 @@ def status(experiment_id: str, json_out: JsonFlag = False) -> None:
         else:
             render_status(st, settings)
 
-    run(_go())
+    run_command(_go, settings)
 
 
 @app.command("report")
@@ -354,10 +354,9 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
     """The experiment's report (so far, if it still runs). Exit 1 unless COMPLETED."""
     settings = load_settings()
 
-    async def _go() -> None:
+    async def _go(client: Client, settings: Settings) -> None:
         from antifragile.chaos.report import experiment_report
 
-        client = await _connect(settings)
         plane = FaultPlane.from_url(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
         try:
             rep = await experiment_report(client, experiment_id, plane=plane)
@@ -365,7 +364,7 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
             await plane.close()
         _finish(rep, json_out)
 
-    run(_go())
+    run_command(_go, settings)
 
 
 # --- approving -----------------------------------------------------------------------
@@ -374,10 +373,9 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
 def _decide(experiment_id: str, by: str, note: str, decision: Decision) -> None:
     settings = load_settings()
 
-    async def _go() -> None:
+    async def _go(client: Client, settings: Settings) -> None:
         from temporalio.client import WorkflowExecutionStatus
 
-        client = await _connect(settings)
         handle, desc = await find_experiment(client, experiment_id)
         if desc.status != WorkflowExecutionStatus.RUNNING:
             ended = desc.status.name if desc.status else "closed"
@@ -414,7 +412,7 @@ def _decide(experiment_id: str, by: str, note: str, decision: Decision) -> None:
             await asyncio.sleep(0.1)
         console.print(f"signal sent; {experiment_id} has not recorded the decision yet")
 
-    run(_go())
+    run_command(_go, settings)
 
 
 @app.command("approve")
@@ -465,7 +463,9 @@ def stop(
     wait_s = parse_duration_s(timeout, "--timeout")
     signal = EmergencyStopSignal(reason=reason, by=by)
 
-    async def _go() -> None:
+    # Temporal is reached only for one experiment: `--all` writes the halt switch first and
+    # reaches Temporal itself (it must work when Temporal is down).
+    async def _go(settings: Settings) -> None:
         if all_:
             result = await stop_all_experiments(settings, signal, wait_s=wait_s)
             if result.nothing_stopped:
@@ -482,7 +482,7 @@ def stop(
             fail(f"{experiment_id} has not cleaned up within {timeout}", code=1)
         console.print(f"{experiment_id} stopped; {stop_words(stopped)}")
 
-    run(_go())
+    run_command(_go, settings, temporal=False)
 
 
 @app.command("resume")
@@ -494,14 +494,14 @@ def resume() -> None:
     """
     settings = load_settings()
 
-    async def _go() -> None:
+    async def _go(settings: Settings) -> None:
         with _naming_redis(settings):
             result = await resume_fleet(settings)
         not_done = render_resume(result)
         if not_done:
             fail(not_done, code=1)
 
-    run(_go())
+    run_command(_go, settings, temporal=False)
 
 
 # --- schedules -----------------------------------------------------------------------
@@ -518,10 +518,9 @@ def schedule(
     if len(cron.split()) not in (5, 6, 7):
         fail(f'--cron: expected a cron expression like "0 10 * * 2", got {cron!r}')
 
-    async def _go() -> None:
+    async def _go(client: Client, settings: Settings) -> None:
         from antifragile.chaos.schedules import InvalidCronError, create_schedule
 
-        client = await _connect(settings)
         plane = FaultPlane.from_url(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
         try:
             with _naming_redis(settings):
@@ -535,7 +534,7 @@ def schedule(
                 await plane.close()
         render_schedule_created(created)
 
-    run(_go())
+    run_command(_go, settings)
 
 
 @app.command("schedules")
@@ -543,16 +542,16 @@ def schedules(json_out: JsonFlag = False) -> None:
     """List chaos schedules."""
     settings = load_settings()
 
-    async def _go() -> None:
+    async def _go(client: Client, settings: Settings) -> None:
         from antifragile.chaos.schedules import list_schedules
 
-        found = await list_schedules(await _connect(settings))
+        found = await list_schedules(client)
         if json_out:
             print_json(schedule_rows(found))
         else:
             render_schedules(found)
 
-    run(_go())
+    run_command(_go, settings)
 
 
 @app.command("unschedule")
@@ -560,13 +559,13 @@ def unschedule(name: str) -> None:
     """Delete the chaos schedule NAME."""
     settings = load_settings()
 
-    async def _go() -> None:
+    async def _go(client: Client, settings: Settings) -> None:
         from antifragile.chaos.schedules import delete_schedule
 
-        await delete_schedule(await _connect(settings), name)
+        await delete_schedule(client, name)
         console.print(f"schedule {name} deleted")
 
-    run(_go())
+    run_command(_go, settings)
 
 
 __all__ = ["app"]
