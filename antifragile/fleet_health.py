@@ -58,7 +58,8 @@ async def publish_snapshot(
 
 async def withdraw_snapshot(client: aioredis.Redis, instance_id: str) -> None:
     """A clean stop: remove the snapshot and the membership (the instance is not UNKNOWN,
-    it is gone)."""
+    it is gone).
+    """
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(snapshot_key(instance_id))
         pipe.zrem(HEALTH_MEMBERS_KEY, instance_id)

@@ -436,7 +436,8 @@ def redis_unreachable(url: str, exc: BaseException) -> ServerUnreachable:
 
 def is_redis_connection_error(exc: BaseException) -> bool:
     """True for errors that mean "no usable Redis there": refused, timed out, gone, a
-    server that does not speak Redis, refused credentials (any Redis or socket error)."""
+    server that does not speak Redis, refused credentials (any Redis or socket error).
+    """
     from redis.exceptions import RedisError
 
     return isinstance(exc, RedisError | OSError)

@@ -422,7 +422,8 @@ def approve(
     note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
 ) -> None:
     """Approve EXPERIMENT_ID's injection (AWAITING_APPROVAL only); signed with
-    ANTIFRAGILE_APPROVER_KEY when set."""
+    ANTIFRAGILE_APPROVER_KEY when set.
+    """
     _decide(experiment_id, by, note, Decision.APPROVED)
 
 

@@ -332,7 +332,8 @@ def _url(settings: Settings) -> str:
 @app.command("status")
 def status(service: str, json_out: JsonFlag = False) -> None:
     """Show SERVICE's recovery: state, attempts, next attempt, decisions (or its place in
-    the queue while it waits for a slot)."""
+    the queue while it waits for a slot).
+    """
     settings = load_settings()
     found = run_command(
         lambda client, _: find_recovery(client, service, task_queue=settings.task_queue),
@@ -351,7 +352,8 @@ def list_(
     json_out: JsonFlag = False,
 ) -> None:
     """List recoveries, newest first (optionally only those in STATE); requests still
-    waiting in the queue for a slot come first, as QUEUED."""
+    waiting in the queue for a slot come first, as QUEUED.
+    """
     settings = load_settings()
     listing = run_command(
         lambda client, _: list_recoveries(client, task_queue=settings.task_queue, state=state),

@@ -261,7 +261,8 @@ _COUNT_INDEX = {
 @dataclass(frozen=True, slots=True)
 class _Status:
     """Everything a read needs, replaced whole on every change: one attribute swap, so a
-    reader on another thread (the Prometheus scrape thread) never sees half an update."""
+    reader on another thread (the Prometheus scrape thread) never sees half an update.
+    """
 
     total: Fraction
     closed: Fraction
@@ -277,7 +278,8 @@ class _Status:
         self, now: float, window_s: float
     ) -> tuple[SystemHealthStatus, SystemHealthStatus | None]:
         """(reported, pending) at ``now``: a pending status that held for the whole window
-        is the reported one, whether or not a timer has committed it yet."""
+        is the reported one, whether or not a timer has committed it yet.
+        """
         if self.pending is not None and now - self.pending_since >= window_s:
             return self.pending, None
         return self.reported, self.pending
@@ -366,7 +368,8 @@ class HealthAggregator:
         self, weight: Fraction, old: CircuitState | None, new: CircuitState | None
     ) -> tuple[Fraction, Fraction, Fraction, tuple[int, int, int, int]]:
         """Sums and counts after a breaker of ``weight`` moved from ``old`` to ``new``
-        (None: not registered). O(1), exact."""
+        (None: not registered). O(1), exact.
+        """
         st = self._st
         total, closed, half = st.total, st.closed, st.half_open
         counts = list(st.counts)

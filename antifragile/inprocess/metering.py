@@ -380,7 +380,8 @@ class MeteringIntegration:
 
     async def flush(self) -> bool:
         """Drain and write now (also usable without ``start``, and safe to call while
-        the flusher runs or from several tasks at once); True if nothing is left."""
+        the flusher runs or from several tasks at once); True if nothing is left.
+        """
         self._connect()
         async with self._write_lock:
             while True:
@@ -441,7 +442,8 @@ class MeteringIntegration:
 
     def _drain(self) -> None:
         """Move source counters and raw events into the (tenant, operation) aggregate,
-        never holding more than ``max_pending_keys`` pairs (aggregate + in-flight)."""
+        never holding more than ``max_pending_keys`` pairs (aggregate + in-flight).
+        """
         self._version += 1  # odd: counters in motion (see stats())
         try:
             self._drain_marked()

@@ -189,7 +189,8 @@ class RecoveryOutcome(StrEnum):
 
 class BudgetSample(StrictModel):
     """One attempt (or, in runs recorded before the attempt budget, one finished
-    recovery), as the retry budget remembers it."""
+    recovery), as the retry budget remembers it.
+    """
 
     at_ms: int
     failed: bool

@@ -412,7 +412,8 @@ async def orchestrator_queue(
 ) -> QueueView:
     """The orchestrator's ``queue`` query: running, waiting and awaiting-approval
     recoveries, and why admissions wait; with ``service``, also where it stands
-    (``QueueView.lookup``), however long the queue."""
+    (``QueueView.lookup``), however long the queue.
+    """
     orchestrator_id = orchestrator_id or orchestrator_workflow_id(task_queue)
     handle = client.get_workflow_handle(orchestrator_id)
     if service is None:

@@ -67,7 +67,7 @@ class DevStack:
 
     @property
     def temporal_address(self) -> str:
-        """gRPC address of this stack's Temporal."""
+        """GRPC address of this stack's Temporal."""
         return f"127.0.0.1:{self.port}"
 
     @property
