@@ -150,3 +150,6 @@ QUERY_INTAKE = "intake"
 STATE_ACTIVE = "ACTIVE"
 STATE_PAUSED = "PAUSED"
 STATE_THROTTLED = "THROTTLED"
+
+# Activity names: workers register each activity under its name, workflows call it by name.
+ACTIVITY_AUTHORIZE_APPROVER = "authorize_approver"

@@ -111,13 +111,13 @@ with workflow.unsafe.imports_passed_through():
         HealthChangedSignal,
     )
     from antifragile.models.recovery import (
-        AuthorizeApproverInput,
-        AuthorizeApproverResult,
         ProbeInput,
         ProbeResult,
         ValidateHashInput,
         ValidateHashResult,
     )
+
+from workflows._approval import ApprovalGate
 
 SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 PLANE_RETRY = RetryPolicy(
@@ -177,8 +177,13 @@ class ChaosExperimentWorkflow:
         self._lowest: float | None = None
         self._last: float | None = None
         self._warnings: list[str] = []
-        self._decisions: list[ApprovalRecord] = []
-        self._inbox: list[tuple[Decision, ApprovalSignal]] = []
+        self._gate = ApprovalGate(
+            decisions=[],
+            used_signatures=[],
+            retry_policy=SHORT_RETRY,
+            timeout=ACTIVITY_TIMEOUT,
+            on_record=self._noted_decision,
+        )
         self._stop: EmergencyStopSignal | None = None
         self._trip: str | None = None
         self._wake = False
@@ -203,7 +208,6 @@ class ChaosExperimentWorkflow:
         self._shielded_ending = False
         self._policy_approval = False
         self._validated = False
-        self._used_signatures: list[str] = []
         self._baseline: float | None = None
         self._dropped: bool | None = None
         self._injection_failed = ""
@@ -370,40 +374,19 @@ class ChaosExperimentWorkflow:
         return self._s.require_approval or self._policy_approval
 
     def _ignore_early_decisions(self, why: str = "this experiment needs no approval") -> None:
-        while self._inbox:
-            _, signal = self._inbox.pop(0)
-            self._record(signal, Decision.IGNORED, why)
+        self._gate.ignore_waiting(why)
 
     async def _await_approval(self) -> None:
         self._move(ChaosPhase.AWAITING_APPROVAL)
         self._note("waiting for approve/reject")
         info = workflow.info()
         while True:
-            await workflow.wait_condition(lambda: bool(self._inbox) or self._stop is not None)
+            await workflow.wait_condition(lambda: self._gate.waiting or self._stop is not None)
             self._check_stop()
-            decision, signal = self._inbox.pop(0)
-            check = await workflow.execute_activity(
-                "authorize_approver",
-                AuthorizeApproverInput(
-                    approver=signal.approver,
-                    workflow_id=info.workflow_id,
-                    first_run_id=info.first_execution_run_id or info.run_id,
-                    decision=decision.value,
-                    signature=signal.signature,
-                    signed_at=signal.signed_at,
-                    used_signatures=list(self._used_signatures),
-                ),
-                result_type=AuthorizeApproverResult,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=SHORT_RETRY,
-                summary=f"authorize {signal.approver}",
-            )
-            if not check.allowed:
-                self._record(signal, Decision.REFUSED, check.reason)
+            decided = await self._gate.authorize_next(info.first_execution_run_id or info.run_id)
+            if decided is None:
                 continue
-            if check.signature_digest:  # a signature counts once
-                self._used_signatures.append(check.signature_digest)
-            self._record(signal, decision)
+            decision, signal = decided
             # Decisions queued behind this one no longer decide anything: say so now,
             # not at the end ("before any approval counted" would be untrue).
             self._ignore_early_decisions(f"already {decision.value} by {signal.approver}")
@@ -457,7 +440,7 @@ class ChaosExperimentWorkflow:
                     scenario=s,
                     ttl_s=self._ttl_s,
                     approved_by=[
-                        d.approver for d in self._decisions if d.decision is Decision.APPROVED
+                        d.approver for d in self._gate.decisions if d.decision is Decision.APPROVED
                     ],
                 ),
                 result_type=InjectFaultResult,
@@ -852,17 +835,9 @@ class ChaosExperimentWorkflow:
             self._last = sample.score
             self._lowest = sample.score if self._lowest is None else min(self._lowest, sample.score)
 
-    def _record(self, signal: ApprovalSignal, decision: Decision, reason: str = "") -> None:
-        self._decisions.append(
-            ApprovalRecord(
-                approver=signal.approver,
-                decision=decision,
-                note=signal.note,
-                at=workflow.now(),
-                reason=reason,
-            )
-        )
-        self._note(f"{decision.value} by {signal.approver}" + (f" ({reason})" if reason else ""))
+    def _noted_decision(self, record: ApprovalRecord) -> None:
+        reason = f" ({record.reason})" if record.reason else ""
+        self._note(f"{record.decision.value} by {record.approver}{reason}")
 
     def _publish(self) -> None:
         """Keep the UI's search attributes and current details in step with the phase."""
@@ -938,10 +913,12 @@ class ChaosExperimentWorkflow:
         early = self._phase is ChaosPhase.VALIDATING and (
             self._s.require_approval or not self._validated
         )
-        if early or self._phase is ChaosPhase.AWAITING_APPROVAL:
-            self._inbox.append((decision, signal))
-        else:
-            self._record(signal, Decision.IGNORED, f"nothing awaits approval ({self._phase.value})")
+        self._gate.offer(
+            decision,
+            signal,
+            accepting=early or self._phase is ChaosPhase.AWAITING_APPROVAL,
+            ignored_why=f"nothing awaits approval ({self._phase.value})",
+        )
 
     @workflow.query(name="status")
     def status(self) -> ChaosStatus:
@@ -969,7 +946,7 @@ class ChaosExperimentWorkflow:
             last_health=self._last,
             stop_reason=self._reason,
             warnings=list(self._warnings),
-            decisions=list(self._decisions),
+            decisions=list(self._gate.decisions),
             events=list(self._events),
             approval_needed=self._phase is ChaosPhase.AWAITING_APPROVAL,
             instances_guarding=self._instances_guarding,
@@ -1008,7 +985,7 @@ class ChaosExperimentWorkflow:
             recovered=self._recovered,
             cleanup=self._cleanup_record,
             warnings=list(self._warnings),
-            decisions=list(self._decisions),
+            decisions=list(self._gate.decisions),
             events=list(self._events),
             fault_active_s=self._fault_active_s(),
             instances_guarding=self._instances_guarding,

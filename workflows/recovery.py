@@ -68,8 +68,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from antifragile.models.recovery import (
         AttemptRecord,
-        AuthorizeApproverInput,
-        AuthorizeApproverResult,
         JoinSignal,
         ProbeInput,
         ProbeResult,
@@ -94,6 +92,8 @@ with workflow.unsafe.imports_passed_through():
         next_step_awaiting_approval,
         watch_interval_ms,
     )
+
+from workflows._approval import ApprovalGate
 
 PATCH_V2 = "recovery-v2"
 """Patch of remembered wake-ups, watch probes, crash-safe steps and orchestrator signals.
@@ -147,16 +147,21 @@ class RecoveryWorkflow:
         self._priority = resume.priority
         self._attempts: list[AttemptRecord] = list(resume.attempts)
         self._attempt_count = len(resume.attempts)
-        self._decisions: list[ApprovalRecord] = list(resume.decisions)
         self._failures_in_round = resume.attempts_in_round
         self._awaiting_approval = resume.awaiting_approval or (
             request.resume is None and request.strategy is RecoveryStrategy.MANUAL
         )
-        self._inbox: list[tuple[Decision, ApprovalSignal]] = []
+        self._gate = ApprovalGate(
+            decisions=list(resume.decisions),
+            used_signatures=list(resume.used_signatures),
+            retry_policy=UNTIL_ANSWERED,
+            timeout=timedelta(seconds=10),
+            on_record=_log_decision,
+            max_used_signatures=MAX_USED_SIGNATURES,
+        )
         self._wakes = WakeTracker()
         if resume.wake_pending:
             self._wakes.wake()
-        self._used_signatures = list(resume.used_signatures)
         self._waiting_reported = resume.waiting_reported
         self._watch_probes = resume.watch_probes
         self._recovered_while_waiting = False
@@ -389,9 +394,8 @@ class RecoveryWorkflow:
     async def _await_approval_v1(self) -> None:
         self._enter_awaiting_approval()
         while True:
-            await workflow.wait_condition(lambda: bool(self._inbox))
-            decision, signal = self._inbox.pop(0)
-            if await self._authorized(decision, signal):
+            await workflow.wait_condition(lambda: self._gate.waiting)
+            if await self._authorized():
                 break
         self._awaiting_approval = False
         self._failures_in_round = 0
@@ -414,7 +418,7 @@ class RecoveryWorkflow:
         next_watch = _now_ms() + interval
         while True:
             step = next_step_awaiting_approval(
-                decisions_waiting=bool(self._inbox),
+                decisions_waiting=self._gate.waiting,
                 wake_pending=self._wakes.pending,
                 now_ms=_now_ms(),
                 next_watch_ms=next_watch,
@@ -422,7 +426,7 @@ class RecoveryWorkflow:
             if step.step is WaitStep.SLEEP:
                 with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(
-                        lambda: bool(self._inbox) or self._wakes.pending,
+                        lambda: self._gate.waiting or self._wakes.pending,
                         timeout=timedelta(milliseconds=step.sleep_ms),
                         timeout_summary="watch probe while awaiting approval",
                     )
@@ -447,11 +451,10 @@ class RecoveryWorkflow:
                     f"probe at {due:%Y-%m-%d %H:%M:%S} UTC, sooner if health_changed arrives"
                 )
                 self._publish()
-                if not self._inbox and workflow.info().is_continue_as_new_suggested():
+                if not self._gate.waiting and workflow.info().is_continue_as_new_suggested():
                     await self._continue_as_new()
                 continue
-            decision, signal = self._inbox.pop(0)
-            if await self._authorized(decision, signal):
+            if await self._authorized():
                 break
         self._awaiting_approval = False
         self._failures_in_round = 0
@@ -459,36 +462,16 @@ class RecoveryWorkflow:
         if self._parent_id is not None:
             await self._wait_for_slot()
 
-    async def _authorized(self, decision: Decision, signal: ApprovalSignal) -> bool:
-        """Check one decision with the worker policy; True when an approval took effect.
+    async def _authorized(self) -> bool:
+        """Check the oldest decision with the worker policy; True when an approval took effect.
 
         Raises:
             _Finished: an authorized rejection ends the recovery FAILED.
         """
-        info = workflow.info()
-        check = await workflow.execute_activity(
-            "authorize_approver",
-            AuthorizeApproverInput(
-                approver=signal.approver,
-                workflow_id=info.workflow_id,
-                first_run_id=info.first_execution_run_id,
-                decision=decision.value,
-                signature=signal.signature,
-                signed_at=signal.signed_at,
-                used_signatures=list(self._used_signatures),
-            ),
-            result_type=AuthorizeApproverResult,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=UNTIL_ANSWERED,
-            summary=f"authorize {signal.approver}",
-        )
-        if not check.allowed:
-            self._record(signal, Decision.REFUSED, check.reason)
+        decided = await self._gate.authorize_next(workflow.info().first_execution_run_id)
+        if decided is None:
             return False
-        if check.signature_digest:
-            self._used_signatures.append(check.signature_digest)
-            del self._used_signatures[:-MAX_USED_SIGNATURES]
-        self._record(signal, decision)
+        decision, signal = decided
         if decision is Decision.REJECTED:
             raise _Finished(
                 RecoveryState.FAILED,
@@ -554,13 +537,13 @@ class RecoveryWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         resume = RecoveryResume(
             attempts=self._attempts[-20:],
-            decisions=self._decisions[-50:],
+            decisions=self._gate.decisions[-50:],
             attempts_in_round=self._failures_in_round,
             awaiting_approval=self._awaiting_approval,
             priority=self._priority,
             waiting_reported=self._waiting_reported,
             wake_pending=self._wakes.pending,
-            used_signatures=self._used_signatures,
+            used_signatures=self._gate.used_signatures,
             watch_probes=self._watch_probes,
         )
         workflow.continue_as_new(self._request.model_copy(update={"resume": resume}))
@@ -570,18 +553,6 @@ class RecoveryWorkflow:
     def _move(self, new: RecoveryState) -> None:
         if new is not self._state:
             self._state = check_transition(self._state, new)
-
-    def _record(self, signal: ApprovalSignal, decision: Decision, reason: str = "") -> None:
-        self._decisions.append(
-            ApprovalRecord(
-                approver=signal.approver,
-                decision=decision,
-                note=signal.note,
-                at=workflow.now(),
-                reason=reason,
-            )
-        )
-        workflow.logger.info("decision %s by %s %s", decision, signal.approver, reason)
 
     def _publish(self) -> None:
         """Keep the UI's search attributes and current details in step with the state."""
@@ -630,12 +601,12 @@ class RecoveryWorkflow:
         self._decide(Decision.REJECTED, signal)
 
     def _decide(self, decision: Decision, signal: ApprovalSignal) -> None:
-        if self._state is RecoveryState.AWAITING_APPROVAL or self._awaiting_approval:
-            self._inbox.append((decision, signal))
-        else:
-            self._record(
-                signal, Decision.IGNORED, f"nothing awaits approval (state {self._state.value})"
-            )
+        self._gate.offer(
+            decision,
+            signal,
+            accepting=self._state is RecoveryState.AWAITING_APPROVAL or self._awaiting_approval,
+            ignored_why=f"nothing awaits approval (state {self._state.value})",
+        )
 
     @workflow.signal(name=SIGNAL_HEALTH_CHANGED)
     def health_changed(self, signal: HealthChangedSignal) -> None:
@@ -674,7 +645,7 @@ class RecoveryWorkflow:
             waiting_for=self._waiting_for,
             last_error=self._last_error,
             attempts=list(self._attempts),
-            decisions=list(self._decisions),
+            decisions=list(self._gate.decisions),
             joins=self._joins,
             reason=req.reason,
             requested_by=req.requested_by,
@@ -682,6 +653,10 @@ class RecoveryWorkflow:
             recovered_while_awaiting_approval=self._recovered_while_waiting,
             orchestrated=self._parent_id is not None,
         )
+
+
+def _log_decision(record: ApprovalRecord) -> None:
+    workflow.logger.info("decision %s by %s %s", record.decision, record.approver, record.reason)
 
 
 def _now_ms() -> int:
