@@ -34,7 +34,6 @@ import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -69,18 +68,12 @@ with workflow.unsafe.imports_passed_through():
     from antifragile.models.recovery import (
         AttemptRecord,
         JoinSignal,
-        ProbeInput,
-        ProbeResult,
-        RecoveryActionInput,
-        RecoveryActionResult,
         RecoveryRequest,
         RecoveryResult,
         RecoveryResume,
         RecoveryState,
         RecoveryStatus,
         RecoveryStrategy,
-        ValidateHashInput,
-        ValidateHashResult,
     )
     from antifragile.recovery.logic import (
         NextStep,
@@ -92,8 +85,11 @@ with workflow.unsafe.imports_passed_through():
         next_step_awaiting_approval,
         watch_interval_ms,
     )
+    from antifragile.recovery.ui import awaiting_approval_text, recovery_current_details
 
+from workflows import _recovery_commands as commands
 from workflows._approval import ApprovalGate
+from workflows._failures import cause_message, is_refusal, reraise_cancellation
 
 PATCH_V2 = "recovery-v2"
 """Patch of remembered wake-ups, watch probes, crash-safe steps and orchestrator signals.
@@ -101,25 +97,6 @@ PATCH_V2 = "recovery-v2"
 Decided once, at the start of a run: runs whose history predates it keep the old path.
 """
 
-SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
-# Checks that must eventually answer (hash, approver) retry until a worker does: a worker
-# outage delays a recovery, it never fails one. Refusals are non-retryable errors.
-UNTIL_ANSWERED = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=0,
-)
-HEARTBEAT_TIMEOUT = timedelta(seconds=10)
-"""A crashed worker's action or probe is noticed this long after its last heartbeat (the
-activities heartbeat every second) and then retried on another worker."""
-# Sized for worker crashes: each try waits at most HEARTBEAT_TIMEOUT to be noticed, so three
-# tries survive two crashes in one attempt; then the attempt counts as failed.
-CRASH_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=3,
-)
-ACTION_TIMEOUT = timedelta(seconds=90)
 # Attempts carried in history are capped: the full count stays exact in `attempt`.
 MAX_ATTEMPT_RECORDS = 200
 # Signatures are valid for minutes; remembering the last ones is enough to refuse reuse.
@@ -154,8 +131,8 @@ class RecoveryWorkflow:
         self._gate = ApprovalGate(
             decisions=list(resume.decisions),
             used_signatures=list(resume.used_signatures),
-            retry_policy=UNTIL_ANSWERED,
-            timeout=timedelta(seconds=10),
+            retry_policy=commands.UNTIL_ANSWERED,
+            timeout=commands.CHECK_TIMEOUT,
             on_record=_log_decision,
             max_used_signatures=MAX_USED_SIGNATURES,
         )
@@ -232,20 +209,10 @@ class RecoveryWorkflow:
 
     async def _validate_hash(self) -> None:
         try:
-            await workflow.execute_activity(
-                "validate_constitutional_hash",
-                ValidateHashInput(
-                    constitutional_hash=self._request.constitutional_hash,
-                    context=f"recovery {self._request.service}",
-                ),
-                result_type=ValidateHashResult,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=UNTIL_ANSWERED,
-                summary="validate constitutional hash",
-            )
+            await commands.validate_hash(self._request)
         except ActivityError as err:
-            _reraise_cancellation(err)
-            raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
+            reraise_cancellation(err)
+            raise _Finished(RecoveryState.FAILED, cause_message(err)) from None
 
     async def _attempt(self) -> bool:
         """One attempt; True when the probe says the service is healthy."""
@@ -260,33 +227,16 @@ class RecoveryWorkflow:
         info = workflow.info()
         outcome, detail = "healthy", ""
         try:
-            action = await workflow.execute_activity(
-                "run_recovery_action",
-                RecoveryActionInput(
-                    service=self._request.service,
-                    action=self._request.action,
-                    attempt=number,
-                    reason=self._request.reason,
-                    idempotency_key=idempotency_key(
-                        info.workflow_id, info.first_execution_run_id, number
-                    ),
-                ),
-                result_type=RecoveryActionResult,
-                start_to_close_timeout=ACTION_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                # A retry repeats the action with the same idempotency key, so its
-                # receiver can tell it from a new attempt.
-                retry_policy=CRASH_RETRY,
-                summary=f"attempt {number}: {self._request.action}",
-            )
+            key = idempotency_key(info.workflow_id, info.first_execution_run_id, number)
+            action = await commands.run_action(self._request, number, key)
             if not action.ok:
                 outcome, detail = "action_failed", action.detail
         except ActivityError as err:
-            _reraise_cancellation(err)
-            if not self._v2 or _is_refusal(err):
-                raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
+            reraise_cancellation(err)
+            if not self._v2 or is_refusal(err):
+                raise _Finished(RecoveryState.FAILED, cause_message(err)) from None
             # Crashed or timed out on every try: this attempt failed, the recovery goes on.
-            outcome, detail = "action_failed", f"action did not complete: {_cause_message(err)}"
+            outcome, detail = "action_failed", f"action did not complete: {cause_message(err)}"
         if outcome == "healthy":
             healthy, detail = await self._probe(f"attempt {number}: probe {self._request.probe}")
             outcome = "healthy" if healthy else "unhealthy"
@@ -320,31 +270,12 @@ class RecoveryWorkflow:
         """Run the probe; (healthy, detail). Wake-ups that arrived before it are spent."""
         token = self._wakes.probe_started()
         try:
-            probe = await workflow.execute_activity(
-                "probe_service",
-                ProbeInput(
-                    service=self._request.service,
-                    url=self._request.probe,
-                    timeout_s=self._request.probe_timeout_s,
-                ),
-                result_type=ProbeResult,
-                start_to_close_timeout=timedelta(seconds=self._request.probe_timeout_s + 10),
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=CRASH_RETRY if self._v2 else SHORT_RETRY,
-                # A cancelled recovery closes only once its probe has stopped: no probe
-                # outlives the workflow that asked for it.
-                cancellation_type=(
-                    workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-                    if self._v2
-                    else workflow.ActivityCancellationType.TRY_CANCEL
-                ),
-                summary=summary,
-            )
+            probe = await commands.probe(self._request, summary, v2=self._v2)
             result = probe.healthy, probe.detail
         except ActivityError as err:
-            _reraise_cancellation(err)
+            reraise_cancellation(err)
             # A probe that cannot even run proves nothing: count it as unhealthy.
-            result = False, _cause_message(err)
+            result = False, cause_message(err)
         self._wakes.probe_finished(token)
         return result
 
@@ -377,17 +308,9 @@ class RecoveryWorkflow:
         """Move to AWAITING_APPROVAL; returns why, one line."""
         self._move(RecoveryState.AWAITING_APPROVAL)
         self._next_attempt_at = None
-        if self._attempt_count:
-            failed = self._failures_in_round
-            reason = f"{failed} attempt{'' if failed == 1 else 's'} failed"
-            self._waiting_for = (
-                f"approval: {self._failures_in_round} attempts failed "
-                f"(last: {self._last_error or 'unhealthy'}); approve for "
-                f"{self._request.policy.max_retry_attempts} more, or reject"
-            )
-        else:
-            reason = "manual strategy"
-            self._waiting_for = "approval before the first attempt (manual strategy)"
+        reason, self._waiting_for = awaiting_approval_text(
+            self._request, self._attempt_count, self._failures_in_round, self._last_error
+        )
         self._publish()
         return reason
 
@@ -575,18 +498,17 @@ class RecoveryWorkflow:
                 [SA_STATE.value_set(self._state.value), SA_PRIORITY.value_set(self._priority)]
             )
         self._published = current
-        lines = [
-            f"**{self._state.value}** — {req.service} ({req.strategy.value}, priority "
-            f"{self._priority})",
-            f"Attempts: {self._attempt_count} (this round {self._failures_in_round} of "
-            f"{req.policy.max_retry_attempts})",
-            f"Waiting for: {self._waiting_for or '-'}",
-        ]
-        if self._watch_probes:
-            lines.append(f"Watch probes while awaiting approval: {self._watch_probes}")
-        if self._last_error:
-            lines.append(f"Last error: {self._last_error}")
-        workflow.set_current_details("\n\n".join(lines))
+        details = recovery_current_details(
+            req,
+            state=self._state,
+            priority=self._priority,
+            attempts=self._attempt_count,
+            attempts_in_round=self._failures_in_round,
+            waiting_for=self._waiting_for,
+            watch_probes=self._watch_probes,
+            last_error=self._last_error,
+        )
+        workflow.set_current_details(details)
 
     # --- messages --------------------------------------------------------------------
 
@@ -662,20 +584,3 @@ def _log_decision(record: ApprovalRecord) -> None:
 def _now_ms() -> int:
     """Workflow time in integer milliseconds (decisions compare integers exactly)."""
     return int(workflow.now().timestamp() * 1000)
-
-
-def _reraise_cancellation(err: ActivityError) -> None:
-    """An activity cancelled because the workflow was cancelled is the workflow's cancel."""
-    if isinstance(err.cause, CancelledError):
-        raise asyncio.CancelledError() from err
-
-
-def _is_refusal(err: ActivityError) -> bool:
-    """The activity refused (non-retryable: hash mismatch, action not allowed), not crashed."""
-    cause = err.cause
-    return isinstance(cause, ApplicationError) and cause.non_retryable
-
-
-def _cause_message(err: ActivityError) -> str:
-    cause = err.cause
-    return str(cause.message if isinstance(cause, ApplicationError) else cause or err)
