@@ -17,7 +17,19 @@ from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from antifragile.chaos.logic import guardian_check_every_s, guardian_give_up_after_s
     from antifragile.chaos.ui import guardian_summary
-    from antifragile.constants import SIGNAL_STAND_DOWN
+    from antifragile.constants import (
+        ACTIVITY_CHECK_HALT_SWITCH,
+        ACTIVITY_COLLECT_EXPERIMENT_IMPACT,
+        ACTIVITY_INJECT_FAULT,
+        ACTIVITY_MEASURE_HEALTH,
+        ACTIVITY_PROBE_SERVICE,
+        ACTIVITY_REMOVE_FAULT,
+        ACTIVITY_RENEW_FAULT_LEASE,
+        ACTIVITY_VALIDATE_CHAOS_SCENARIO,
+        ACTIVITY_VALIDATE_HASH,
+        GUARDIAN_WORKFLOW_TYPE,
+        SIGNAL_STAND_DOWN,
+    )
     from antifragile.models.chaos import (
         ChaosJournal,
         CheckHaltInput,
@@ -64,7 +76,7 @@ PROBE_TIMEOUT_S = 5.0
 async def validate_hash(scenario: ChaosScenario) -> ValidateHashResult:
     """``validate_constitutional_hash`` for the scenario's hash."""
     result: ValidateHashResult = await workflow.execute_activity(
-        "validate_constitutional_hash",
+        ACTIVITY_VALIDATE_HASH,
         ValidateHashInput(
             constitutional_hash=scenario.constitutional_hash, context=f"chaos {scenario.name}"
         ),
@@ -79,7 +91,7 @@ async def validate_hash(scenario: ChaosScenario) -> ValidateHashResult:
 async def validate_scenario(scenario: ChaosScenario) -> ValidateScenarioResult:
     """``validate_chaos_scenario``: the worker policy and caps applied to the scenario."""
     result: ValidateScenarioResult = await workflow.execute_activity(
-        "validate_chaos_scenario",
+        ACTIVITY_VALIDATE_CHAOS_SCENARIO,
         ValidateScenarioInput(scenario=scenario),
         result_type=ValidateScenarioResult,
         start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -92,7 +104,7 @@ async def validate_scenario(scenario: ChaosScenario) -> ValidateScenarioResult:
 async def check_halt(experiment_id: str) -> HaltStatus:
     """``check_halt_switch``: the fleet-wide halt switch."""
     result: HaltStatus = await workflow.execute_activity(
-        "check_halt_switch",
+        ACTIVITY_CHECK_HALT_SWITCH,
         CheckHaltInput(context=experiment_id),
         result_type=HaltStatus,
         start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -108,7 +120,7 @@ async def inject_fault(journal: ChaosJournal) -> InjectFaultResult:
     lease could be written after it was removed."""
     s = journal.scenario
     result: InjectFaultResult = await workflow.execute_activity(
-        "inject_fault",
+        ACTIVITY_INJECT_FAULT,
         InjectFaultInput(
             experiment_id=journal.experiment_id,
             scenario=s,
@@ -129,7 +141,7 @@ async def renew_lease(journal: ChaosJournal) -> RenewLeaseResult:
     TTL): past that there is nothing to renew."""
     s, ttl = journal.scenario, journal.lease_ttl_s
     result: RenewLeaseResult = await workflow.execute_activity(
-        "renew_fault_lease",
+        ACTIVITY_RENEW_FAULT_LEASE,
         RenewLeaseInput(
             experiment_id=journal.experiment_id,
             ttl_s=ttl,
@@ -149,7 +161,7 @@ async def renew_lease(journal: ChaosJournal) -> RenewLeaseResult:
 async def remove_fault(experiment_id: str, within_s: float, summary: str) -> RemoveFaultResult:
     """``remove_fault`` (idempotent), retried for at most ``within_s`` seconds."""
     result: RemoveFaultResult = await workflow.execute_activity(
-        "remove_fault",
+        ACTIVITY_REMOVE_FAULT,
         RemoveFaultInput(experiment_id=experiment_id),
         result_type=RemoveFaultResult,
         start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -163,7 +175,7 @@ async def remove_fault(experiment_id: str, within_s: float, summary: str) -> Rem
 async def measure_health(scenario: ChaosScenario, when: str) -> HealthMeasurement:
     """``measure_health``: fleet health of the blast radius from Redis snapshots."""
     result: HealthMeasurement = await workflow.execute_activity(
-        "measure_health",
+        ACTIVITY_MEASURE_HEALTH,
         MeasureHealthInput(targets=list(scenario.blast_radius)),
         result_type=HealthMeasurement,
         start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -176,7 +188,7 @@ async def measure_health(scenario: ChaosScenario, when: str) -> HealthMeasuremen
 async def probe_steady_state(scenario: ChaosScenario, url: str, when: str) -> ProbeResult:
     """``probe_service`` on the scenario's steady-state probe ``url``."""
     result: ProbeResult = await workflow.execute_activity(
-        "probe_service",
+        ACTIVITY_PROBE_SERVICE,
         ProbeInput(service=scenario.target, url=url, timeout_s=PROBE_TIMEOUT_S),
         result_type=ProbeResult,
         start_to_close_timeout=timedelta(seconds=PROBE_TIMEOUT_S + 10),
@@ -189,7 +201,7 @@ async def probe_steady_state(scenario: ChaosScenario, url: str, when: str) -> Pr
 async def collect_impact(journal: ChaosJournal) -> ExperimentImpact:
     """``collect_experiment_impact``: what the call sites counted since the start."""
     result: ExperimentImpact = await workflow.execute_activity(
-        "collect_experiment_impact",
+        ACTIVITY_COLLECT_EXPERIMENT_IMPACT,
         CollectImpactInput(
             experiment_id=journal.experiment_id,
             blast_radius=list(journal.scenario.blast_radius),
@@ -213,7 +225,7 @@ async def start_guardian(journal: ChaosJournal) -> None:
     (``ParentClosePolicy.ABANDON``) and then removes its lease."""
     eid, ttl = journal.experiment_id, journal.lease_ttl_s
     await workflow.start_child_workflow(
-        "ChaosGuardianWorkflow",
+        GUARDIAN_WORKFLOW_TYPE,
         GuardianInput(
             experiment_id=eid,
             check_every_s=guardian_check_every_s(ttl),

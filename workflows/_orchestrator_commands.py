@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from antifragile.constants import ACTIVITY_LOAD_ORCHESTRATOR_LIMITS, ACTIVITY_WATCH_RECOVERIES
     from antifragile.models.orchestrator import (
         LoadLimitsInput,
         OrchestratorLimits,
@@ -34,7 +35,7 @@ WATCH_RETRY = RetryPolicy(
 async def load_limits() -> OrchestratorLimits:
     """``load_orchestrator_limits``: slots, rates and budget from the worker policy."""
     limits: OrchestratorLimits = await workflow.execute_activity(
-        "load_orchestrator_limits",
+        ACTIVITY_LOAD_ORCHESTRATOR_LIMITS,
         LoadLimitsInput(),
         result_type=OrchestratorLimits,
         start_to_close_timeout=timedelta(seconds=10),
@@ -48,7 +49,7 @@ async def watch_until_closed(watched: list[WatchedRecovery]) -> WatchRecoveriesR
     """``watch_recoveries`` long-polling until one of ``watched`` closes. A recovery may
     wait days for approval; the heartbeat notices a lost worker."""
     result: WatchRecoveriesResult = await workflow.execute_activity(
-        "watch_recoveries",
+        ACTIVITY_WATCH_RECOVERIES,
         WatchRecoveriesInput(recoveries=watched, wait=True),
         result_type=WatchRecoveriesResult,
         start_to_close_timeout=timedelta(days=7),
@@ -62,7 +63,7 @@ async def watch_until_closed(watched: list[WatchedRecovery]) -> WatchRecoveriesR
 async def closed_now(watched: list[WatchedRecovery]) -> WatchRecoveriesResult:
     """``watch_recoveries`` without waiting: which of ``watched`` have closed (reconcile)."""
     result: WatchRecoveriesResult = await workflow.execute_activity(
-        "watch_recoveries",
+        ACTIVITY_WATCH_RECOVERIES,
         WatchRecoveriesInput(recoveries=watched, wait=False),
         result_type=WatchRecoveriesResult,
         start_to_close_timeout=timedelta(seconds=60),

@@ -14,6 +14,11 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from antifragile.constants import (
+        ACTIVITY_PROBE_SERVICE,
+        ACTIVITY_RUN_RECOVERY_ACTION,
+        ACTIVITY_VALIDATE_HASH,
+    )
     from antifragile.models.recovery import (
         ProbeInput,
         ProbeResult,
@@ -50,7 +55,7 @@ ACTION_TIMEOUT = timedelta(seconds=90)
 async def validate_hash(request: RecoveryRequest) -> ValidateHashResult:
     """``validate_constitutional_hash`` for the request's hash (retried until answered)."""
     result: ValidateHashResult = await workflow.execute_activity(
-        "validate_constitutional_hash",
+        ACTIVITY_VALIDATE_HASH,
         ValidateHashInput(
             constitutional_hash=request.constitutional_hash,
             context=f"recovery {request.service}",
@@ -69,7 +74,7 @@ async def run_action(
     """``run_recovery_action`` for one attempt. A retry (worker crash) repeats the action
     with the same idempotency key, so its receiver can tell it from a new attempt."""
     result: RecoveryActionResult = await workflow.execute_activity(
-        "run_recovery_action",
+        ACTIVITY_RUN_RECOVERY_ACTION,
         RecoveryActionInput(
             service=request.service,
             action=request.action,
@@ -97,7 +102,7 @@ async def probe(request: RecoveryRequest, summary: str, *, v2: bool) -> ProbeRes
             the workflow that asked for it).
     """
     result: ProbeResult = await workflow.execute_activity(
-        "probe_service",
+        ACTIVITY_PROBE_SERVICE,
         ProbeInput(service=request.service, url=request.probe, timeout_s=request.probe_timeout_s),
         result_type=ProbeResult,
         start_to_close_timeout=timedelta(seconds=request.probe_timeout_s + 10),

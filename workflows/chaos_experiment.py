@@ -77,7 +77,10 @@ with workflow.unsafe.imports_passed_through():
         validated_note,
     )
     from antifragile.constants import (
+        CHAOS_WORKFLOW_TYPE,
         KIND_CHAOS,
+        QUERY_REPORT,
+        QUERY_STATUS,
         SA_CHAOS_TYPE,
         SA_KIND,
         SA_SERVICE,
@@ -131,7 +134,7 @@ class _End(Exception):
         self.reason = reason
 
 
-@workflow.defn
+@workflow.defn(name=CHAOS_WORKFLOW_TYPE)
 class ChaosExperimentWorkflow:
     """One chaos experiment (workflow id ``chaos-{name}-{short id}``)."""
 
@@ -571,12 +574,12 @@ class ChaosExperimentWorkflow:
             ignored_why=f"nothing awaits approval ({self._j.phase.value})",
         )
 
-    @workflow.query(name="status")
+    @workflow.query(name=QUERY_STATUS)
     def status(self) -> ChaosStatus:
         """Phase, time left, where the fault is active, lowest health, journal."""
         return chaos_status(self._j, workflow.now())
 
-    @workflow.query(name="report")
+    @workflow.query(name=QUERY_REPORT)
     def report(self) -> ChaosReport:
         """The experiment's report so far (the result once it has ended)."""
         return chaos_report(self._j, workflow.now())

@@ -39,6 +39,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
         KIND_RECOVERY,
+        QUERY_STATUS,
+        RECOVERY_WORKFLOW_TYPE,
         SA_KIND,
         SA_PRIORITY,
         SA_SERVICE,
@@ -112,7 +114,7 @@ class _Finished(Exception):
         self.message = message
 
 
-@workflow.defn
+@workflow.defn(name=RECOVERY_WORKFLOW_TYPE)
 class RecoveryWorkflow:
     """Durable recovery of one service (workflow id ``recovery-{service}``)."""
 
@@ -550,7 +552,7 @@ class RecoveryWorkflow:
             if not self._state.terminal:
                 self._publish()
 
-    @workflow.query(name="status")
+    @workflow.query(name=QUERY_STATUS)
     def status(self) -> RecoveryStatus:
         """Everything a person needs to know about this recovery right now."""
         req = self._request

@@ -47,6 +47,7 @@ from temporalio.exceptions import ChildWorkflowError, FailureError, WorkflowAlre
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
         KIND_ORCHESTRATOR,
+        ORCHESTRATOR_WORKFLOW_TYPE,
         QUERY_QUEUE,
         SA_KIND,
         SA_STATE,
@@ -114,7 +115,7 @@ MAX_WAITING_VIEW = 200
 """Waiting requests the ``queue`` query lists (the total is always given)."""
 
 
-@workflow.defn
+@workflow.defn(name=ORCHESTRATOR_WORKFLOW_TYPE)
 class RecoveryOrchestratorWorkflow:
     """Admits recoveries fleet-wide by priority, within slots, rate and retry budget."""
 
