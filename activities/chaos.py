@@ -28,7 +28,17 @@ from antifragile.chaos.logic import (
     unguarded_refusal,
 )
 from antifragile.chaos.plane import FaultConflictError, FaultPlane
-from antifragile.constants import KIND_RECOVERY
+from antifragile.constants import (
+    ACTIVITY_CHECK_EXPERIMENT_RUNNING,
+    ACTIVITY_CHECK_HALT_SWITCH,
+    ACTIVITY_COLLECT_EXPERIMENT_IMPACT,
+    ACTIVITY_INJECT_FAULT,
+    ACTIVITY_MEASURE_HEALTH,
+    ACTIVITY_REMOVE_FAULT,
+    ACTIVITY_RENEW_FAULT_LEASE,
+    ACTIVITY_VALIDATE_CHAOS_SCENARIO,
+    KIND_RECOVERY,
+)
 from antifragile.hashing import hash_matches, mismatch_message
 from antifragile.models.chaos import (
     CheckExperimentInput,
@@ -133,7 +143,7 @@ class ChaosActivities:
         if refusal:
             raise ApplicationError(refusal, type=SCENARIO_REFUSED_ERROR, non_retryable=True)
 
-    @activity.defn(name="validate_chaos_scenario")
+    @activity.defn(name=ACTIVITY_VALIDATE_CHAOS_SCENARIO)
     async def validate_chaos_scenario(self, data: ValidateScenarioInput) -> ValidateScenarioResult:
         """Check a scenario against the worker policy; cap its duration.
 
@@ -156,12 +166,12 @@ class ChaosActivities:
             require_approval=self._policy.chaos.require_approval,
         )
 
-    @activity.defn(name="check_halt_switch")
+    @activity.defn(name=ACTIVITY_CHECK_HALT_SWITCH)
     async def check_halt_switch(self, data: CheckHaltInput) -> HaltStatus:
         """Read the fleet-wide halt switch."""
         return await self.plane.halt_status()
 
-    @activity.defn(name="inject_fault")
+    @activity.defn(name=ACTIVITY_INJECT_FAULT)
     async def inject_fault(self, data: InjectFaultInput) -> InjectFaultResult:
         """Write the fault lease (TTL) and publish it; nothing while halted or dry-run.
 
@@ -249,7 +259,7 @@ class ChaosActivities:
             raise ApplicationError(refusal, type=UNGUARDED_TARGET_ERROR, non_retryable=True)
         return pre.count, "" if scenario.allow_unguarded else (refusal or "")
 
-    @activity.defn(name="renew_fault_lease")
+    @activity.defn(name=ACTIVITY_RENEW_FAULT_LEASE)
     async def renew_fault_lease(self, data: RenewLeaseInput) -> RenewLeaseResult:
         """Reset the lease's TTL after checking the hash; refused while halted."""
         if data.require_hash_validation or self._policy.chaos.require_hash_validation:
@@ -259,13 +269,13 @@ class ChaosActivities:
             renewed=outcome.renewed, halted=outcome.halted, missing=outcome.missing
         )
 
-    @activity.defn(name="remove_fault")
+    @activity.defn(name=ACTIVITY_REMOVE_FAULT)
     async def remove_fault(self, data: RemoveFaultInput) -> RemoveFaultResult:
         """Delete the lease and tell every process; idempotent."""
         removed = await self.plane.remove(data.experiment_id)
         return RemoveFaultResult(removed=removed)
 
-    @activity.defn(name="measure_health")
+    @activity.defn(name=ACTIVITY_MEASURE_HEALTH)
     async def measure_health(self, data: MeasureHealthInput) -> HealthMeasurement:
         """Lowest health of the targets over the fleet's Redis snapshots."""
         fleet = await self.plane.fleet_health(data.targets)
@@ -276,7 +286,7 @@ class ChaosActivities:
             targets_score=fleet.targets_score,
         )
 
-    @activity.defn(name="check_experiment_running")
+    @activity.defn(name=ACTIVITY_CHECK_EXPERIMENT_RUNNING)
     async def check_experiment_running(self, data: CheckExperimentInput) -> ExperimentRunState:
         """Whether the experiment's workflow still runs (the guardian's question)."""
         handle = activity.client().get_workflow_handle(data.experiment_id)
@@ -291,7 +301,7 @@ class ChaosActivities:
             running=status == WorkflowExecutionStatus.RUNNING, status=status.name
         )
 
-    @activity.defn(name="collect_experiment_impact")
+    @activity.defn(name=ACTIVITY_COLLECT_EXPERIMENT_IMPACT)
     async def collect_experiment_impact(self, data: CollectImpactInput) -> ExperimentImpact:
         """Calls affected per instance, breakers opened, recoveries started meanwhile."""
         impact = await self.plane.impact(data.experiment_id)

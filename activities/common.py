@@ -9,6 +9,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
+from antifragile.constants import (
+    ACTIVITY_AUTHORIZE_APPROVER,
+    ACTIVITY_PROBE_SERVICE,
+    ACTIVITY_VALIDATE_HASH,
+)
 from antifragile.hashing import (
     MIN_KEY_BYTES,
     hash_matches,
@@ -44,7 +49,7 @@ class CommonActivities:
         self._settings = settings
         self._policy = policy
 
-    @activity.defn(name="validate_constitutional_hash")
+    @activity.defn(name=ACTIVITY_VALIDATE_HASH)
     async def validate_constitutional_hash(self, data: ValidateHashInput) -> ValidateHashResult:
         """Compare the request's hash to the worker's in constant time.
 
@@ -59,7 +64,7 @@ class CommonActivities:
             )
         return ValidateHashResult(valid=True)
 
-    @activity.defn(name="authorize_approver")
+    @activity.defn(name=ACTIVITY_AUTHORIZE_APPROVER)
     async def authorize_approver(self, data: AuthorizeApproverInput) -> AuthorizeApproverResult:
         """Allow a decision if the policy allows its approver and, when keyed, its signature.
 
@@ -110,7 +115,7 @@ class CommonActivities:
             return AuthorizeApproverResult(allowed=False, reason="signature already used")
         return AuthorizeApproverResult(allowed=True, signature_digest=digest)
 
-    @activity.defn(name="probe_service")
+    @activity.defn(name=ACTIVITY_PROBE_SERVICE)
     async def probe_service(self, data: ProbeInput) -> ProbeResult:
         """Probe a service; unhealthy is a result, not an error. Heartbeats meanwhile.
 

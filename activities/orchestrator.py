@@ -9,6 +9,11 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
+from antifragile.constants import (
+    ACTIVITY_FORWARD_RECOVERY_REQUESTS,
+    ACTIVITY_LOAD_ORCHESTRATOR_LIMITS,
+    ACTIVITY_WATCH_RECOVERIES,
+)
 from antifragile.models.orchestrator import LoadLimitsInput, OrchestratorLimits, RecoveryOutcome
 from antifragile.models.recovery_intake import ForwardRequestsInput, ForwardRequestsResult
 from antifragile.models.slots import (
@@ -46,7 +51,7 @@ class OrchestratorActivities:
         self._policy = policy
         self._tuning = tuning or OrchestratorLimits()
 
-    @activity.defn(name="load_orchestrator_limits")
+    @activity.defn(name=ACTIVITY_LOAD_ORCHESTRATOR_LIMITS)
     async def load_orchestrator_limits(self, data: LoadLimitsInput) -> OrchestratorLimits:
         """The limits in force on this worker: policy values over the tuning defaults."""
         rec = self._policy.recovery
@@ -58,7 +63,7 @@ class OrchestratorActivities:
             }
         )
 
-    @activity.defn(name="forward_recovery_requests")
+    @activity.defn(name=ACTIVITY_FORWARD_RECOVERY_REQUESTS)
     async def forward_recovery_requests(self, data: ForwardRequestsInput) -> ForwardRequestsResult:
         """Hand an intake's batch to the orchestrator (signal-with-start), in order.
 
@@ -74,7 +79,7 @@ class OrchestratorActivities:
         )
         return ForwardRequestsResult(forwarded=len(data.requests))
 
-    @activity.defn(name="watch_recoveries")
+    @activity.defn(name=ACTIVITY_WATCH_RECOVERIES)
     async def watch_recoveries(self, data: WatchRecoveriesInput) -> WatchRecoveriesResult:
         """Report which of the given recoveries have closed, and how.
 

@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
+from antifragile.constants import ACTIVITY_RUN_RECOVERY_ACTION
 from antifragile.models.recovery import RecoveryActionInput, RecoveryActionResult
 from antifragile.policy import WorkerPolicy
 from antifragile.recovery.named_targets import (
@@ -39,7 +40,7 @@ class RecoveryActivities:
         self._settings = settings
         self._policy = policy
 
-    @activity.defn(name="run_recovery_action")
+    @activity.defn(name=ACTIVITY_RUN_RECOVERY_ACTION)
     async def run_recovery_action(self, data: RecoveryActionInput) -> RecoveryActionResult:
         """Run ``none``, ``webhook[:NAME]`` or ``command:NAME`` (of the worker policy only).
 

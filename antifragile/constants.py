@@ -150,3 +150,30 @@ QUERY_INTAKE = "intake"
 STATE_ACTIVE = "ACTIVE"
 STATE_PAUSED = "PAUSED"
 STATE_THROTTLED = "THROTTLED"
+
+# Workflow types. The workflows declare them (``@workflow.defn(name=...)``); clients start,
+# list and describe workflows by them.
+RECOVERY_WORKFLOW_TYPE = "RecoveryWorkflow"
+CHAOS_WORKFLOW_TYPE = "ChaosExperimentWorkflow"
+GUARDIAN_WORKFLOW_TYPE = "ChaosGuardianWorkflow"
+QUERY_REPORT = "report"
+"""Query of a chaos experiment: its report so far (the result once it has ended)."""
+
+# Activity names: each activity is registered under its name (``@activity.defn(name=...)``)
+# and workflows call it by that name. Names, not typed method references: a reference
+# would import the activities (Redis, HTTP clients) into every workflow sandbox.
+ACTIVITY_VALIDATE_HASH = "validate_constitutional_hash"
+ACTIVITY_AUTHORIZE_APPROVER = "authorize_approver"
+ACTIVITY_PROBE_SERVICE = "probe_service"
+ACTIVITY_RUN_RECOVERY_ACTION = "run_recovery_action"
+ACTIVITY_LOAD_ORCHESTRATOR_LIMITS = "load_orchestrator_limits"
+ACTIVITY_FORWARD_RECOVERY_REQUESTS = "forward_recovery_requests"
+ACTIVITY_WATCH_RECOVERIES = "watch_recoveries"
+ACTIVITY_VALIDATE_CHAOS_SCENARIO = "validate_chaos_scenario"
+ACTIVITY_CHECK_HALT_SWITCH = "check_halt_switch"
+ACTIVITY_INJECT_FAULT = "inject_fault"
+ACTIVITY_RENEW_FAULT_LEASE = "renew_fault_lease"
+ACTIVITY_REMOVE_FAULT = "remove_fault"
+ACTIVITY_MEASURE_HEALTH = "measure_health"
+ACTIVITY_CHECK_EXPERIMENT_RUNNING = "check_experiment_running"
+ACTIVITY_COLLECT_EXPERIMENT_IMPACT = "collect_experiment_impact"

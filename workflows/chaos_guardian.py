@@ -17,7 +17,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from antifragile.constants import SIGNAL_STAND_DOWN
+    from antifragile.constants import (
+        ACTIVITY_CHECK_EXPERIMENT_RUNNING,
+        ACTIVITY_REMOVE_FAULT,
+        GUARDIAN_WORKFLOW_TYPE,
+        SIGNAL_STAND_DOWN,
+    )
     from antifragile.models.chaos import (
         CheckExperimentInput,
         ExperimentRunState,
@@ -32,7 +37,7 @@ _RETRY = RetryPolicy(
 )
 
 
-@workflow.defn
+@workflow.defn(name=GUARDIAN_WORKFLOW_TYPE)
 class ChaosGuardianWorkflow:
     """Watches one experiment; removes its lease when it is no longer running."""
 
@@ -60,7 +65,7 @@ class ChaosGuardianWorkflow:
             except TimeoutError:
                 pass
             state = await workflow.execute_activity(
-                "check_experiment_running",
+                ACTIVITY_CHECK_EXPERIMENT_RUNNING,
                 CheckExperimentInput(experiment_id=data.experiment_id),
                 result_type=ExperimentRunState,
                 start_to_close_timeout=timedelta(seconds=10),
@@ -72,7 +77,7 @@ class ChaosGuardianWorkflow:
             elif workflow.now() >= deadline:
                 reason = "experiment outlived its longest possible run"
         removed = await workflow.execute_activity(
-            "remove_fault",
+            ACTIVITY_REMOVE_FAULT,
             RemoveFaultInput(experiment_id=data.experiment_id),
             result_type=RemoveFaultResult,
             start_to_close_timeout=timedelta(seconds=10),

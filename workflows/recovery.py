@@ -34,12 +34,13 @@ import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
         KIND_RECOVERY,
+        QUERY_STATUS,
+        RECOVERY_WORKFLOW_TYPE,
         SA_KIND,
         SA_PRIORITY,
         SA_SERVICE,
@@ -62,21 +63,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from antifragile.models.recovery import (
         AttemptRecord,
-        AuthorizeApproverInput,
-        AuthorizeApproverResult,
         JoinSignal,
-        ProbeInput,
-        ProbeResult,
-        RecoveryActionInput,
-        RecoveryActionResult,
         RecoveryRequest,
         RecoveryResult,
         RecoveryResume,
         RecoveryState,
         RecoveryStatus,
         RecoveryStrategy,
-        ValidateHashInput,
-        ValidateHashResult,
     )
     from antifragile.models.slots import (
         AttemptFinished,
@@ -94,6 +87,11 @@ with workflow.unsafe.imports_passed_through():
         next_step_awaiting_approval,
         watch_interval_ms,
     )
+    from antifragile.recovery.ui import awaiting_approval_text, recovery_current_details
+
+from workflows import _recovery_commands as commands
+from workflows._approval import ApprovalGate
+from workflows._failures import cause_message, is_refusal, reraise_cancellation
 
 PATCH_V2 = "recovery-v2"
 """Patch of remembered wake-ups, watch probes, crash-safe steps and orchestrator signals.
@@ -101,25 +99,6 @@ PATCH_V2 = "recovery-v2"
 Decided once, at the start of a run: runs whose history predates it keep the old path.
 """
 
-SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
-# Checks that must eventually answer (hash, approver) retry until a worker does: a worker
-# outage delays a recovery, it never fails one. Refusals are non-retryable errors.
-UNTIL_ANSWERED = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=0,
-)
-HEARTBEAT_TIMEOUT = timedelta(seconds=10)
-"""A crashed worker's action or probe is noticed this long after its last heartbeat (the
-activities heartbeat every second) and then retried on another worker."""
-# Sized for worker crashes: each try waits at most HEARTBEAT_TIMEOUT to be noticed, so three
-# tries survive two crashes in one attempt; then the attempt counts as failed.
-CRASH_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=3,
-)
-ACTION_TIMEOUT = timedelta(seconds=90)
 # Attempts carried in history are capped: the full count stays exact in `attempt`.
 MAX_ATTEMPT_RECORDS = 200
 # Signatures are valid for minutes; remembering the last ones is enough to refuse reuse.
@@ -135,7 +114,7 @@ class _Finished(Exception):
         self.message = message
 
 
-@workflow.defn
+@workflow.defn(name=RECOVERY_WORKFLOW_TYPE)
 class RecoveryWorkflow:
     """Durable recovery of one service (workflow id ``recovery-{service}``)."""
 
@@ -147,16 +126,21 @@ class RecoveryWorkflow:
         self._priority = resume.priority
         self._attempts: list[AttemptRecord] = list(resume.attempts)
         self._attempt_count = len(resume.attempts)
-        self._decisions: list[ApprovalRecord] = list(resume.decisions)
         self._failures_in_round = resume.attempts_in_round
         self._awaiting_approval = resume.awaiting_approval or (
             request.resume is None and request.strategy is RecoveryStrategy.MANUAL
         )
-        self._inbox: list[tuple[Decision, ApprovalSignal]] = []
+        self._gate = ApprovalGate(
+            decisions=list(resume.decisions),
+            used_signatures=list(resume.used_signatures),
+            retry_policy=commands.UNTIL_ANSWERED,
+            timeout=commands.CHECK_TIMEOUT,
+            on_record=_log_decision,
+            max_used_signatures=MAX_USED_SIGNATURES,
+        )
         self._wakes = WakeTracker()
         if resume.wake_pending:
             self._wakes.wake()
-        self._used_signatures = list(resume.used_signatures)
         self._waiting_reported = resume.waiting_reported
         self._watch_probes = resume.watch_probes
         self._recovered_while_waiting = False
@@ -227,20 +211,10 @@ class RecoveryWorkflow:
 
     async def _validate_hash(self) -> None:
         try:
-            await workflow.execute_activity(
-                "validate_constitutional_hash",
-                ValidateHashInput(
-                    constitutional_hash=self._request.constitutional_hash,
-                    context=f"recovery {self._request.service}",
-                ),
-                result_type=ValidateHashResult,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=UNTIL_ANSWERED,
-                summary="validate constitutional hash",
-            )
+            await commands.validate_hash(self._request)
         except ActivityError as err:
-            _reraise_cancellation(err)
-            raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
+            reraise_cancellation(err)
+            raise _Finished(RecoveryState.FAILED, cause_message(err)) from None
 
     async def _attempt(self) -> bool:
         """One attempt; True when the probe says the service is healthy."""
@@ -255,33 +229,16 @@ class RecoveryWorkflow:
         info = workflow.info()
         outcome, detail = "healthy", ""
         try:
-            action = await workflow.execute_activity(
-                "run_recovery_action",
-                RecoveryActionInput(
-                    service=self._request.service,
-                    action=self._request.action,
-                    attempt=number,
-                    reason=self._request.reason,
-                    idempotency_key=idempotency_key(
-                        info.workflow_id, info.first_execution_run_id, number
-                    ),
-                ),
-                result_type=RecoveryActionResult,
-                start_to_close_timeout=ACTION_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                # A retry repeats the action with the same idempotency key, so its
-                # receiver can tell it from a new attempt.
-                retry_policy=CRASH_RETRY,
-                summary=f"attempt {number}: {self._request.action}",
-            )
+            key = idempotency_key(info.workflow_id, info.first_execution_run_id, number)
+            action = await commands.run_action(self._request, number, key)
             if not action.ok:
                 outcome, detail = "action_failed", action.detail
         except ActivityError as err:
-            _reraise_cancellation(err)
-            if not self._v2 or _is_refusal(err):
-                raise _Finished(RecoveryState.FAILED, _cause_message(err)) from None
+            reraise_cancellation(err)
+            if not self._v2 or is_refusal(err):
+                raise _Finished(RecoveryState.FAILED, cause_message(err)) from None
             # Crashed or timed out on every try: this attempt failed, the recovery goes on.
-            outcome, detail = "action_failed", f"action did not complete: {_cause_message(err)}"
+            outcome, detail = "action_failed", f"action did not complete: {cause_message(err)}"
         if outcome == "healthy":
             healthy, detail = await self._probe(f"attempt {number}: probe {self._request.probe}")
             outcome = "healthy" if healthy else "unhealthy"
@@ -315,31 +272,12 @@ class RecoveryWorkflow:
         """Run the probe; (healthy, detail). Wake-ups that arrived before it are spent."""
         token = self._wakes.probe_started()
         try:
-            probe = await workflow.execute_activity(
-                "probe_service",
-                ProbeInput(
-                    service=self._request.service,
-                    url=self._request.probe,
-                    timeout_s=self._request.probe_timeout_s,
-                ),
-                result_type=ProbeResult,
-                start_to_close_timeout=timedelta(seconds=self._request.probe_timeout_s + 10),
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=CRASH_RETRY if self._v2 else SHORT_RETRY,
-                # A cancelled recovery closes only once its probe has stopped: no probe
-                # outlives the workflow that asked for it.
-                cancellation_type=(
-                    workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-                    if self._v2
-                    else workflow.ActivityCancellationType.TRY_CANCEL
-                ),
-                summary=summary,
-            )
+            probe = await commands.probe(self._request, summary, v2=self._v2)
             result = probe.healthy, probe.detail
         except ActivityError as err:
-            _reraise_cancellation(err)
+            reraise_cancellation(err)
             # A probe that cannot even run proves nothing: count it as unhealthy.
-            result = False, _cause_message(err)
+            result = False, cause_message(err)
         self._wakes.probe_finished(token)
         return result
 
@@ -372,26 +310,17 @@ class RecoveryWorkflow:
         """Move to AWAITING_APPROVAL; returns why, one line."""
         self._move(RecoveryState.AWAITING_APPROVAL)
         self._next_attempt_at = None
-        if self._attempt_count:
-            failed = self._failures_in_round
-            reason = f"{failed} attempt{'' if failed == 1 else 's'} failed"
-            self._waiting_for = (
-                f"approval: {self._failures_in_round} attempts failed "
-                f"(last: {self._last_error or 'unhealthy'}); approve for "
-                f"{self._request.policy.max_retry_attempts} more, or reject"
-            )
-        else:
-            reason = "manual strategy"
-            self._waiting_for = "approval before the first attempt (manual strategy)"
+        reason, self._waiting_for = awaiting_approval_text(
+            self._request, self._attempt_count, self._failures_in_round, self._last_error
+        )
         self._publish()
         return reason
 
     async def _await_approval_v1(self) -> None:
         self._enter_awaiting_approval()
         while True:
-            await workflow.wait_condition(lambda: bool(self._inbox))
-            decision, signal = self._inbox.pop(0)
-            if await self._authorized(decision, signal):
+            await workflow.wait_condition(lambda: self._gate.waiting)
+            if await self._authorized():
                 break
         self._awaiting_approval = False
         self._failures_in_round = 0
@@ -414,7 +343,7 @@ class RecoveryWorkflow:
         next_watch = _now_ms() + interval
         while True:
             step = next_step_awaiting_approval(
-                decisions_waiting=bool(self._inbox),
+                decisions_waiting=self._gate.waiting,
                 wake_pending=self._wakes.pending,
                 now_ms=_now_ms(),
                 next_watch_ms=next_watch,
@@ -422,7 +351,7 @@ class RecoveryWorkflow:
             if step.step is WaitStep.SLEEP:
                 with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(
-                        lambda: bool(self._inbox) or self._wakes.pending,
+                        lambda: self._gate.waiting or self._wakes.pending,
                         timeout=timedelta(milliseconds=step.sleep_ms),
                         timeout_summary="watch probe while awaiting approval",
                     )
@@ -447,11 +376,10 @@ class RecoveryWorkflow:
                     f"probe at {due:%Y-%m-%d %H:%M:%S} UTC, sooner if health_changed arrives"
                 )
                 self._publish()
-                if not self._inbox and workflow.info().is_continue_as_new_suggested():
+                if not self._gate.waiting and workflow.info().is_continue_as_new_suggested():
                     await self._continue_as_new()
                 continue
-            decision, signal = self._inbox.pop(0)
-            if await self._authorized(decision, signal):
+            if await self._authorized():
                 break
         self._awaiting_approval = False
         self._failures_in_round = 0
@@ -459,36 +387,16 @@ class RecoveryWorkflow:
         if self._parent_id is not None:
             await self._wait_for_slot()
 
-    async def _authorized(self, decision: Decision, signal: ApprovalSignal) -> bool:
-        """Check one decision with the worker policy; True when an approval took effect.
+    async def _authorized(self) -> bool:
+        """Check the oldest decision with the worker policy; True when an approval took effect.
 
         Raises:
             _Finished: an authorized rejection ends the recovery FAILED.
         """
-        info = workflow.info()
-        check = await workflow.execute_activity(
-            "authorize_approver",
-            AuthorizeApproverInput(
-                approver=signal.approver,
-                workflow_id=info.workflow_id,
-                first_run_id=info.first_execution_run_id,
-                decision=decision.value,
-                signature=signal.signature,
-                signed_at=signal.signed_at,
-                used_signatures=list(self._used_signatures),
-            ),
-            result_type=AuthorizeApproverResult,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=UNTIL_ANSWERED,
-            summary=f"authorize {signal.approver}",
-        )
-        if not check.allowed:
-            self._record(signal, Decision.REFUSED, check.reason)
+        decided = await self._gate.authorize_next(workflow.info().first_execution_run_id)
+        if decided is None:
             return False
-        if check.signature_digest:
-            self._used_signatures.append(check.signature_digest)
-            del self._used_signatures[:-MAX_USED_SIGNATURES]
-        self._record(signal, decision)
+        decision, signal = decided
         if decision is Decision.REJECTED:
             raise _Finished(
                 RecoveryState.FAILED,
@@ -554,13 +462,13 @@ class RecoveryWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         resume = RecoveryResume(
             attempts=self._attempts[-20:],
-            decisions=self._decisions[-50:],
+            decisions=self._gate.decisions[-50:],
             attempts_in_round=self._failures_in_round,
             awaiting_approval=self._awaiting_approval,
             priority=self._priority,
             waiting_reported=self._waiting_reported,
             wake_pending=self._wakes.pending,
-            used_signatures=self._used_signatures,
+            used_signatures=self._gate.used_signatures,
             watch_probes=self._watch_probes,
         )
         workflow.continue_as_new(self._request.model_copy(update={"resume": resume}))
@@ -570,18 +478,6 @@ class RecoveryWorkflow:
     def _move(self, new: RecoveryState) -> None:
         if new is not self._state:
             self._state = check_transition(self._state, new)
-
-    def _record(self, signal: ApprovalSignal, decision: Decision, reason: str = "") -> None:
-        self._decisions.append(
-            ApprovalRecord(
-                approver=signal.approver,
-                decision=decision,
-                note=signal.note,
-                at=workflow.now(),
-                reason=reason,
-            )
-        )
-        workflow.logger.info("decision %s by %s %s", decision, signal.approver, reason)
 
     def _publish(self) -> None:
         """Keep the UI's search attributes and current details in step with the state."""
@@ -604,18 +500,17 @@ class RecoveryWorkflow:
                 [SA_STATE.value_set(self._state.value), SA_PRIORITY.value_set(self._priority)]
             )
         self._published = current
-        lines = [
-            f"**{self._state.value}** — {req.service} ({req.strategy.value}, priority "
-            f"{self._priority})",
-            f"Attempts: {self._attempt_count} (this round {self._failures_in_round} of "
-            f"{req.policy.max_retry_attempts})",
-            f"Waiting for: {self._waiting_for or '-'}",
-        ]
-        if self._watch_probes:
-            lines.append(f"Watch probes while awaiting approval: {self._watch_probes}")
-        if self._last_error:
-            lines.append(f"Last error: {self._last_error}")
-        workflow.set_current_details("\n\n".join(lines))
+        details = recovery_current_details(
+            req,
+            state=self._state,
+            priority=self._priority,
+            attempts=self._attempt_count,
+            attempts_in_round=self._failures_in_round,
+            waiting_for=self._waiting_for,
+            watch_probes=self._watch_probes,
+            last_error=self._last_error,
+        )
+        workflow.set_current_details(details)
 
     # --- messages --------------------------------------------------------------------
 
@@ -630,12 +525,12 @@ class RecoveryWorkflow:
         self._decide(Decision.REJECTED, signal)
 
     def _decide(self, decision: Decision, signal: ApprovalSignal) -> None:
-        if self._state is RecoveryState.AWAITING_APPROVAL or self._awaiting_approval:
-            self._inbox.append((decision, signal))
-        else:
-            self._record(
-                signal, Decision.IGNORED, f"nothing awaits approval (state {self._state.value})"
-            )
+        self._gate.offer(
+            decision,
+            signal,
+            accepting=self._state is RecoveryState.AWAITING_APPROVAL or self._awaiting_approval,
+            ignored_why=f"nothing awaits approval (state {self._state.value})",
+        )
 
     @workflow.signal(name=SIGNAL_HEALTH_CHANGED)
     def health_changed(self, signal: HealthChangedSignal) -> None:
@@ -657,7 +552,7 @@ class RecoveryWorkflow:
             if not self._state.terminal:
                 self._publish()
 
-    @workflow.query(name="status")
+    @workflow.query(name=QUERY_STATUS)
     def status(self) -> RecoveryStatus:
         """Everything a person needs to know about this recovery right now."""
         req = self._request
@@ -674,7 +569,7 @@ class RecoveryWorkflow:
             waiting_for=self._waiting_for,
             last_error=self._last_error,
             attempts=list(self._attempts),
-            decisions=list(self._decisions),
+            decisions=list(self._gate.decisions),
             joins=self._joins,
             reason=req.reason,
             requested_by=req.requested_by,
@@ -684,23 +579,10 @@ class RecoveryWorkflow:
         )
 
 
+def _log_decision(record: ApprovalRecord) -> None:
+    workflow.logger.info("decision %s by %s %s", record.decision, record.approver, record.reason)
+
+
 def _now_ms() -> int:
     """Workflow time in integer milliseconds (decisions compare integers exactly)."""
     return int(workflow.now().timestamp() * 1000)
-
-
-def _reraise_cancellation(err: ActivityError) -> None:
-    """An activity cancelled because the workflow was cancelled is the workflow's cancel."""
-    if isinstance(err.cause, CancelledError):
-        raise asyncio.CancelledError() from err
-
-
-def _is_refusal(err: ActivityError) -> bool:
-    """The activity refused (non-retryable: hash mismatch, action not allowed), not crashed."""
-    cause = err.cause
-    return isinstance(cause, ApplicationError) and cause.non_retryable
-
-
-def _cause_message(err: ActivityError) -> str:
-    cause = err.cause
-    return str(cause.message if isinstance(cause, ApplicationError) else cause or err)

@@ -27,7 +27,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from antifragile.constants import QUERY_INTAKE, SIGNAL_REQUEST_RECOVERIES
+    from antifragile.constants import (
+        ACTIVITY_FORWARD_RECOVERY_REQUESTS,
+        INTAKE_WORKFLOW_TYPE,
+        QUERY_INTAKE,
+        SIGNAL_REQUEST_RECOVERIES,
+    )
     from antifragile.models.orchestrator import EnqueueBatch
     from antifragile.models.recovery_intake import (
         ForwardRequestsInput,
@@ -49,7 +54,7 @@ FORWARD_RETRY = RetryPolicy(
 )
 
 
-@workflow.defn
+@workflow.defn(name=INTAKE_WORKFLOW_TYPE)
 class RecoveryIntakeWorkflow:
     """Forwards the fire-and-forget requests of its share of services to the orchestrator."""
 
@@ -71,7 +76,7 @@ class RecoveryIntakeWorkflow:
                     break
             batch = self._pending[:FORWARD_BATCH]
             result = await workflow.execute_activity(
-                "forward_recovery_requests",
+                ACTIVITY_FORWARD_RECOVERY_REQUESTS,
                 ForwardRequestsInput(
                     orchestrator_id=data.orchestrator_id,
                     task_queue=data.task_queue,

@@ -42,12 +42,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ChildWorkflowError, FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
         KIND_ORCHESTRATOR,
+        ORCHESTRATOR_WORKFLOW_TYPE,
         QUERY_QUEUE,
         SA_KIND,
         SA_STATE,
@@ -72,9 +72,7 @@ with workflow.unsafe.imports_passed_through():
         EnqueueBatch,
         EnqueueRecovery,
         EnqueueResult,
-        LoadLimitsInput,
         OrchestratorInput,
-        OrchestratorLimits,
         QueueChangeResult,
         QueueQuery,
         QueueView,
@@ -95,8 +93,6 @@ with workflow.unsafe.imports_passed_through():
         RecoveryWaiting,
         SlotGranted,
         WatchedRecovery,
-        WatchRecoveriesInput,
-        WatchRecoveriesResult,
     )
     from antifragile.orchestrator.logic import (
         Admissions,
@@ -110,20 +106,15 @@ with workflow.unsafe.imports_passed_through():
     from antifragile.recovery.ui import recovery_details, recovery_summary
     from workflows.recovery import RecoveryWorkflow
 
+from workflows import _orchestrator_commands as commands
+
 ATTEMPT_BUDGET_PATCH = "attempt-retry-budget"
 """Runs with this patch marker count attempts for the retry budget (older: recoveries)."""
 MAX_WAITING_VIEW = 200
 """Waiting requests the ``queue`` query lists (the total is always given)."""
-WATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-LIMITS_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
-WATCH_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)
-)
 
 
-@workflow.defn
+@workflow.defn(name=ORCHESTRATOR_WORKFLOW_TYPE)
 class RecoveryOrchestratorWorkflow:
     """Admits recoveries fleet-wide by priority, within slots, rate and retry budget."""
 
@@ -148,14 +139,7 @@ class RecoveryOrchestratorWorkflow:
     async def run(self, data: OrchestratorInput) -> None:
         """Admit requests forever; continues as new before the history grows large."""
         self._use_attempt_budget()
-        limits = await workflow.execute_activity(
-            "load_orchestrator_limits",
-            LoadLimitsInput(),
-            result_type=OrchestratorLimits,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=LIMITS_RETRY,
-            summary="load limits from the worker policy",
-        )
+        limits = await commands.load_limits()
         self._core.set_limits(limits)
         for watched in self._tracked():
             self._carry_watch(watched)
@@ -233,16 +217,7 @@ class RecoveryOrchestratorWorkflow:
             self._carried = {w.service: w for w in watched}
             if not watched:
                 return
-            result = await workflow.execute_activity(
-                "watch_recoveries",
-                WatchRecoveriesInput(recoveries=watched, wait=True),
-                result_type=WatchRecoveriesResult,
-                # A recovery may wait days for approval; the heartbeat notices a lost worker.
-                start_to_close_timeout=timedelta(days=7),
-                heartbeat_timeout=WATCH_HEARTBEAT_TIMEOUT,
-                retry_policy=WATCH_RETRY,
-                summary=f"watch {len(watched)} carried recoveries until they close",
-            )
+            result = await commands.watch_until_closed(watched)
             for finished in result.finished:
                 self._carried.pop(finished.service, None)
                 self._finish(finished)
@@ -283,14 +258,7 @@ class RecoveryOrchestratorWorkflow:
             watched = [w for w in self._tracked() if w.service not in self._starting_services]
             if not watched:
                 continue
-            result = await workflow.execute_activity(
-                "watch_recoveries",
-                WatchRecoveriesInput(recoveries=watched, wait=False),
-                result_type=WatchRecoveriesResult,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=WATCH_RETRY,
-                summary=f"reconcile {len(watched)} running recoveries",
-            )
+            result = await commands.closed_now(watched)
             for finished in result.finished:
                 self._finish(finished)
 

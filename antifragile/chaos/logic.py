@@ -1,7 +1,10 @@
-"""Pure decisions of a chaos experiment: phases, caps, health guard, instance choice.
+"""Pure decisions of a chaos experiment: phases, caps, health guard, instance choice,
+cleanup and recovery verdicts. (Its journal's upkeep and projections are
+:mod:`antifragile.chaos.journal`.)
 
 ChaosExperimentWorkflow, the activities and the fault plane call these; nothing here
-touches Temporal, Redis or the clock, so every rule is unit tested alone.
+touches Temporal, Redis or the clock (the caller passes ``now``), so every rule is unit
+tested alone.
 """
 
 from __future__ import annotations
@@ -9,10 +12,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from antifragile._fsm import TransitionTable
-from antifragile.models.chaos import ChaosOutcome, ChaosPhase
+from antifragile.models.chaos import (
+    ChaosJournal,
+    ChaosOutcome,
+    ChaosPhase,
+    CleanupRecord,
+    HealthMeasurement,
+    HealthSample,
+)
 from antifragile.models.chaos_scenario import HARD_MAX_DURATION_S, ChaosScenario
+from antifragile.models.common import HealthChangedSignal
 
 P = ChaosPhase
 
@@ -319,3 +331,164 @@ def instances_that_saw(
     names = set(calls_seen) | set(calls_affected)
     names |= {entry.split("/", 1)[0] for entry in breakers_opened if "/" in entry}
     return len(names)
+
+
+def guardian_check_every_s(ttl_s: float) -> float:
+    """How often the guardian checks that its experiment runs: half the lease TTL, at
+    least every second."""
+    return max(1.0, ttl_s / 2)
+
+
+def guardian_give_up_after_s(duration_s: float, recovery_timeout_s: float, ttl_s: float) -> float:
+    """When the guardian removes the lease whatever it sees: the longest legitimate life
+    of an experiment (run + verification + cleanup retries + 60 s slack), in seconds."""
+    return duration_s + recovery_timeout_s + 4 * ttl_s + 60
+
+
+def missing_lease_reason(sent: datetime, earliest_expiry: datetime | None) -> str:
+    """Why the run stops when a renewal finds no lease.
+
+    A renewal sent after the lease could already have run out (no worker, or no Temporal
+    server, for that long) says so; otherwise the lease was removed from outside.
+    """
+    if earliest_expiry is not None and sent >= earliest_expiry:
+        late = (sent - earliest_expiry).total_seconds()
+        return (
+            f"fault lease expired before it was renewed ({late:.1f}s late: "
+            "no worker or Temporal server in time)"
+        )
+    return "fault lease removed from outside the experiment"
+
+
+def cleanup_record(
+    journal: ChaosJournal,
+    *,
+    removed: bool,
+    method: str,
+    detail: str,
+    confirmed: bool | None,
+    now: datetime,
+) -> CleanupRecord:
+    """What a cleanup that wrote off a (possible) lease at ``now`` did.
+
+    Args:
+        journal: The experiment (lease expiry, injection, whether its ending is shielded).
+        removed: The removal deleted a lease.
+        method: ``removed``, ``already_gone`` or ``expired`` (Redis unreachable).
+        detail: Errors met on the way.
+        confirmed: The fault plane confirmed no lease is left (None: not asked).
+        now: Workflow time the cleanup finished.
+
+    Returns:
+        The record; a lease gone by itself ended no later than its expiry, and a failed
+        injection that wrote nothing is ``injection_failed`` (shielded endings).
+    """
+    ended = now
+    if method in ("expired", "already_gone") and journal.lease_until is not None:
+        ended = min(now, journal.lease_until)  # gone by itself: no later than its expiry
+    if journal.shielded_ending and journal.injection_failed and not removed:
+        # The injection failed before writing anything: there was no fault to remove.
+        method, ended = "injection_failed", now
+        # The reason is the report's already: do not repeat it here.
+        detail = detail or "nothing to remove: the injection wrote no lease"
+    return CleanupRecord(
+        attempted=True,
+        lease_removed=removed,
+        method=method,
+        at=now,
+        detail=detail,
+        confirmed=confirmed,
+        fault_ended_at=ended if journal.injected_at is not None else None,
+    )
+
+
+def measured_sample(
+    health: HealthMeasurement, probe: tuple[bool, str] | None, probe_url: str | None, now: datetime
+) -> HealthSample | None:
+    """One sample from fleet health and, when the scenario has one, its steady-state
+    probe (``probe``: healthy and what it said). None when neither gave anything."""
+    healthy = True
+    details = [health.detail] if health.score is not None else []
+    if probe is not None:
+        healthy, text = probe
+        details.append(f"probe {probe_url}: {text}")
+    elif health.score is None:
+        return None
+    return HealthSample(
+        at=now,
+        score=health.score,
+        targets_score=health.targets_score,
+        healthy=healthy,
+        source="fleet" if probe is None else "fleet+probe",
+        detail="; ".join(details),
+    )
+
+
+def sample_health(sample: HealthSample) -> float | None:
+    """The score a sample stands for: the targets' own breakers' when it has it, else the
+    process's (a recovery means the targets', not only the process around them)."""
+    return sample.targets_score if sample.targets_score is not None else sample.score
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryCheck:
+    """One health check after the fault's removal.
+
+    Attributes:
+        recovered: True: health is back; False: not back by the recovery timeout; None:
+            not decided yet, check again.
+        time_to_recover_s: Seconds from removal until back, when health had dropped.
+        note: The journal line (decided checks only).
+        warning: A warning for the report ("" if none).
+    """
+
+    recovered: bool | None
+    time_to_recover_s: float | None = None
+    note: str = ""
+    warning: str = ""
+
+
+def check_recovery(journal: ChaosJournal, sample: HealthSample, now: datetime) -> RecoveryCheck:
+    """Judge one sample taken after removal (``journal.removed_at`` must be set)."""
+    s, removed_at = journal.scenario, journal.removed_at
+    assert removed_at is not None
+    if health_is_back(sample_health(sample), sample.healthy, s.abort_below_health):
+        if not journal.health_dropped:
+            return RecoveryCheck(
+                True, note="health never dropped below its steady state: nothing to recover"
+            )
+        took = round((now - removed_at).total_seconds(), 3)
+        return RecoveryCheck(True, took, f"health back after {took:g}s")
+    if now >= removed_at + timedelta(seconds=s.recovery_timeout_s):
+        return RecoveryCheck(
+            False,
+            note="health not back before the recovery timeout",
+            warning=f"health not back within recovery_timeout_s={s.recovery_timeout_s:g}",
+        )
+    return RecoveryCheck(None)
+
+
+def signalled_sample(signal: HealthChangedSignal, now: datetime) -> HealthSample:
+    """The sample a ``health_changed`` signal from a process carries."""
+    verdict = signal.status or ("healthy" if signal.healthy else "unhealthy")
+    score = f" score {signal.score:.2f}" if signal.score is not None else ""
+    return HealthSample(
+        at=now,
+        score=signal.score,
+        healthy=signal.healthy,
+        source=f"signal:{signal.source}" if signal.source else "signal",
+        detail=f"{signal.service} {verdict}{score}",
+    )
+
+
+def accepts_decisions(journal: ChaosJournal) -> bool:
+    """An approve/reject arriving now is kept for the approval phase.
+
+    While validating, the worker policy may still require approval, so a decision is kept
+    until validation says otherwise; in AWAITING_APPROVAL it is decided.
+    """
+    if journal.phase is ChaosPhase.AWAITING_APPROVAL:
+        return True
+    return journal.phase is ChaosPhase.VALIDATING and (
+        journal.scenario.require_approval or not journal.validated
+    )

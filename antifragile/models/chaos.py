@@ -288,6 +288,75 @@ class ChaosReport(StrictModel):
     """Rebuilt by ``chaos report`` from history and Redis (the run ended without one)."""
 
 
+# --- the workflow's state ------------------------------------------------------------
+
+
+class ChaosJournal(StrictModel):
+    """Everything a running ChaosExperimentWorkflow knows: the one state it mutates.
+
+    The ``status`` query and the report are projections of it
+    (:func:`antifragile.chaos.logic.chaos_status`, :func:`~antifragile.chaos.logic.chaos_report`).
+    It is never a payload: it lives in the workflow's memory and is rebuilt by replay.
+    Assignment is not validated (pydantic's default): only the workflow writes it.
+
+    Attributes:
+        experiment_id: The workflow id. scenario: The experiment as started.
+        phase: Where the experiment is. phases: Phase timeline (last one open).
+        events: Journal lines (capped). health: Every health sample (capped).
+        lowest_health / last_health: Lowest and latest score seen (None: none yet).
+        baseline: Steady-state score before injection. health_dropped: Health fell below
+            it after injection (None: not measured).
+        decisions: Approval decisions (the approval gate appends them).
+        stop: The first emergency stop. trip: Why the health guard tripped (None: not).
+        duration_s / lease_ttl_s: Effective duration and lease TTL, seconds (validated).
+        injected_at / ends_at / removed_at: Fault injection, planned end, removal.
+        lease_until: When the last written lease expires, counted from its result.
+        lease_expires_earliest: The earliest it can expire (counted from its sending).
+        lease_maybe_written: A lease may exist: cleanup must remove it.
+        outcome / reason: How and why it ended (None / "" while it runs).
+    """
+
+    experiment_id: str
+    scenario: ChaosScenario
+    phase: ChaosPhase = ChaosPhase.VALIDATING
+    started_at: datetime
+    phases: list[PhaseRecord] = Field(default_factory=list)
+    events: list[ChaosEvent] = Field(default_factory=list)
+    health: list[HealthSample] = Field(default_factory=list)
+    lowest_health: float | None = None
+    last_health: float | None = None
+    baseline: float | None = None
+    health_dropped: bool | None = None
+    warnings: list[str] = Field(default_factory=list)
+    decisions: list[ApprovalRecord] = Field(default_factory=list)
+    stop: EmergencyStopSignal | None = None
+    trip: str | None = None
+    duration_s: float
+    lease_ttl_s: float = 15.0
+    validated: bool = False
+    policy_approval: bool = False
+    """The worker policy requires approval (chaos.require_approval)."""
+    injected_at: datetime | None = None
+    ends_at: datetime | None = None
+    removed_at: datetime | None = None
+    lease_until: datetime | None = None
+    lease_expires_earliest: datetime | None = None
+    lease_maybe_written: bool = False
+    guardian_started: bool = False
+    placement: FaultPlacement | None = None
+    instances_guarding: int | None = None
+    injection_failed: str = ""
+    cleanup: CleanupRecord = Field(default_factory=CleanupRecord)
+    impact: ExperimentImpact = Field(default_factory=lambda: ExperimentImpact())
+    impact_collected: bool = False
+    time_to_recover_s: float | None = None
+    recovered: bool | None = None
+    shielded_ending: bool = False
+    """The ending runs shielded from cancels (patch ``chaos-shielded-ending``)."""
+    outcome: ChaosOutcome | None = None
+    reason: str = ""
+
+
 # --- signals -------------------------------------------------------------------------
 
 

@@ -1,12 +1,17 @@
 """Pure recovery decisions: delays per strategy, escalation, legal state moves, wake-ups,
-watch probes while awaiting approval, idempotency keys."""
+watch probes while awaiting approval, idempotency keys; the UI text the workflow shows."""
 
 from __future__ import annotations
 
 import pytest
 
 from antifragile._fsm import IllegalTransitionError
-from antifragile.models.recovery import RecoveryPolicy, RecoveryState, RecoveryStrategy
+from antifragile.models.recovery import (
+    RecoveryPolicy,
+    RecoveryRequest,
+    RecoveryState,
+    RecoveryStrategy,
+)
 from antifragile.recovery.logic import (
     LEGAL_TRANSITIONS,
     MIN_WATCH_INTERVAL_MS,
@@ -21,6 +26,7 @@ from antifragile.recovery.logic import (
     next_step_awaiting_approval,
     watch_interval_ms,
 )
+from antifragile.recovery.ui import awaiting_approval_text, recovery_current_details
 
 S = RecoveryStrategy
 POLICY = RecoveryPolicy(initial_delay_ms=1000, backoff_multiplier=2.0, max_delay_ms=60_000)
@@ -198,3 +204,40 @@ def test_idempotency_keys_repeat_within_an_attempt_and_differ_between_attempts_a
     assert first == idempotency_key("recovery-db", "run-a", 1) == "recovery-db/run-a/1"
     assert first != idempotency_key("recovery-db", "run-a", 2)
     assert first != idempotency_key("recovery-db", "run-b", 1), "a later recovery of db"
+
+
+def test_awaiting_approval_says_why_and_what_for() -> None:
+    request = RecoveryRequest(service="redis", probe="tcp://h:1", policy=POLICY)
+    assert awaiting_approval_text(request, 0, 0, "") == (
+        "manual strategy",
+        "approval before the first attempt (manual strategy)",
+    )
+    reason, waiting_for = awaiting_approval_text(request, 5, 1, "")
+    assert reason == "1 attempt failed"
+    assert waiting_for == (
+        "approval: 1 attempts failed (last: unhealthy); approve for 5 more, or reject"
+    )
+    reason, waiting_for = awaiting_approval_text(request, 5, 3, "refused")
+    assert reason == "3 attempts failed" and "(last: refused)" in waiting_for
+
+
+def test_current_details_leave_out_empty_lines() -> None:
+    request = RecoveryRequest(service="redis", probe="tcp://h:1", policy=POLICY)
+    details = dict(
+        state=RecoveryState.WAITING_BACKOFF,
+        priority=2,
+        attempts=3,
+        attempts_in_round=2,
+        waiting_for="",
+        watch_probes=0,
+        last_error="",
+    )
+    text = recovery_current_details(request, **details)  # type: ignore[arg-type]
+    assert text.split("\n\n") == [
+        "**WAITING_BACKOFF** — redis (exponential_backoff, priority 2)",
+        "Attempts: 3 (this round 2 of 5)",
+        "Waiting for: -",
+    ]
+    details |= {"watch_probes": 4, "last_error": "timeout"}
+    text = recovery_current_details(request, **details)  # type: ignore[arg-type]
+    assert text.endswith("Watch probes while awaiting approval: 4\n\nLast error: timeout")

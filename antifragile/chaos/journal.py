@@ -1,0 +1,157 @@
+"""The journal of a chaos experiment: its upkeep and its projections (pure).
+
+ChaosExperimentWorkflow keeps one :class:`~antifragile.models.chaos.ChaosJournal` and
+changes it only through these functions and plain assignments; the ``status`` query and
+the report are projections of it. Nothing here touches Temporal or the clock: the
+workflow passes ``now`` (workflow time), so every rule is unit tested alone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from antifragile.chaos.logic import (
+    below_steady_state,
+    check_phase_transition,
+    instances_that_saw,
+    sample_health,
+)
+from antifragile.models.chaos import (
+    ChaosEvent,
+    ChaosJournal,
+    ChaosPhase,
+    ChaosReport,
+    ChaosStatus,
+    HealthSample,
+    PhaseRecord,
+)
+
+MAX_HEALTH_SAMPLES = 300
+"""Health samples a journal keeps (oldest dropped): histories and payloads stay small."""
+MAX_EVENTS = 300
+"""Journal lines a journal keeps (oldest dropped)."""
+
+
+def enter_phase(journal: ChaosJournal, new: ChaosPhase, now: datetime) -> None:
+    """Move to ``new`` at ``now``: close the open phase record, open one for ``new``.
+
+    Raises:
+        IllegalTransitionError: The move is not in :data:`LEGAL_TRANSITIONS`.
+    """
+    journal.phase = check_phase_transition(journal.phase, new)
+    journal.phases[-1].left_at = now
+    journal.phases.append(PhaseRecord(phase=new, entered_at=now))
+
+
+def add_event(journal: ChaosJournal, message: str, now: datetime) -> None:
+    """Add a journal line in the current phase (the oldest beyond :data:`MAX_EVENTS` go)."""
+    journal.events.append(ChaosEvent(at=now, phase=journal.phase, message=message))
+    del journal.events[:-MAX_EVENTS]
+
+
+def add_sample(journal: ChaosJournal, sample: HealthSample) -> None:
+    """Append a health sample; update lowest and latest score and "health dropped".
+
+    A drop counts only after injection of a real fault: below the steady-state baseline
+    (the targets' own score when the sample has it), or unhealthy.
+    """
+    journal.health.append(sample)
+    del journal.health[:-MAX_HEALTH_SAMPLES]
+    if journal.injected_at is not None and not journal.scenario.dry_run:
+        dropped = below_steady_state(journal.baseline, sample_health(sample), sample.healthy)
+        journal.health_dropped = bool(journal.health_dropped) or dropped
+    if sample.score is not None:
+        journal.last_health = sample.score
+        low = journal.lowest_health
+        journal.lowest_health = sample.score if low is None else min(low, sample.score)
+
+
+def fault_active_s(journal: ChaosJournal, now: datetime) -> float | None:
+    """Seconds the fault really applied: injection until removal or lease expiry (so far,
+    while it runs). None for a dry run or before injection."""
+    if journal.injected_at is None or journal.scenario.dry_run:
+        return None
+    end = journal.cleanup.fault_ended_at or journal.removed_at
+    if end is None:  # still running: so far
+        end = now
+    return round(max(0.0, (end - journal.injected_at).total_seconds()), 3)
+
+
+def chaos_status(journal: ChaosJournal, now: datetime) -> ChaosStatus:
+    """The ``status`` query: phase, time left, where the fault is active, lowest health,
+    decisions and journal lines, at workflow time ``now``."""
+    j, s = journal, journal.scenario
+    time_left = None
+    if j.ends_at is not None and j.phase in (ChaosPhase.INJECTING, ChaosPhase.RUNNING):
+        time_left = max(0.0, (j.ends_at - now).total_seconds())
+    return ChaosStatus(
+        experiment_id=j.experiment_id,
+        name=s.name,
+        chaos_type=s.chaos_type,
+        target=s.target,
+        blast_radius=list(s.blast_radius),
+        parameters=s.parameters_description(),
+        phase=j.phase,
+        dry_run=s.dry_run,
+        started_at=j.started_at,
+        injected_at=j.injected_at,
+        ends_at=j.ends_at,
+        time_left_s=time_left,
+        duration_s=j.duration_s,
+        faults_active=[j.placement] if j.placement and not s.dry_run else [],
+        lowest_health=j.lowest_health,
+        last_health=j.last_health,
+        stop_reason=j.reason,
+        warnings=list(j.warnings),
+        decisions=list(j.decisions),
+        events=list(j.events),
+        approval_needed=j.phase is ChaosPhase.AWAITING_APPROVAL,
+        instances_guarding=j.instances_guarding,
+        injection_failed=j.injection_failed,
+    )
+
+
+def chaos_report(journal: ChaosJournal, now: datetime) -> ChaosReport:
+    """The report: the workflow's result once it has ended, the ``report`` query before
+    (``ended_at`` is ``now`` then, ``outcome`` None)."""
+    j, s, impact = journal, journal.scenario, journal.impact
+    return ChaosReport(
+        experiment_id=j.experiment_id,
+        name=s.name,
+        chaos_type=s.chaos_type,
+        target=s.target,
+        blast_radius=list(s.blast_radius),
+        outcome=j.outcome,
+        reason=j.reason,
+        dry_run=s.dry_run,
+        requested_duration_s=s.duration_s,
+        effective_duration_s=j.duration_s,
+        started_at=j.started_at,
+        injected_at=j.injected_at,
+        removed_at=j.removed_at,
+        ended_at=now,
+        phases=[p.model_copy() for p in j.phases],
+        health_lowest=j.lowest_health,
+        health_timeline=list(j.health),
+        calls_affected=dict(impact.calls_affected),
+        calls_seen=dict(impact.calls_seen),
+        breakers_opened=list(impact.breakers_opened),
+        breaker_openings=dict(impact.breaker_openings),
+        calls_refused=dict(impact.calls_refused),
+        recovery_workflows=list(impact.recovery_workflows),
+        time_to_recover_s=j.time_to_recover_s,
+        recovered=j.recovered,
+        cleanup=j.cleanup,
+        warnings=list(j.warnings),
+        decisions=list(j.decisions),
+        events=list(j.events),
+        fault_active_s=fault_active_s(j, now),
+        instances_guarding=j.instances_guarding,
+        instances_saw_fault=(
+            instances_that_saw(impact.calls_seen, impact.calls_affected, impact.breakers_opened)
+            if j.impact_collected
+            else None
+        ),
+        health_dropped=j.health_dropped,
+        injection_failed=j.injection_failed,
+    )
