@@ -57,8 +57,9 @@ async def publish_snapshot(
 
 
 async def withdraw_snapshot(client: aioredis.Redis, instance_id: str) -> None:
-    """A clean stop: remove the snapshot and the membership (the instance is not UNKNOWN,
-    it is gone).
+    """A clean stop: remove the snapshot and the membership.
+
+    The instance is then not UNKNOWN: it is gone.
     """
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(snapshot_key(instance_id))

@@ -1,0 +1,1 @@
+"""Worker wiring: every workflow and activity of antifragile, and the entry points."""

@@ -317,14 +317,14 @@ class FaultPlane:
         return Impact(ints(affected), ints(seen), opened, counted, ints(refused))
 
     async def fleet_health(self, targets: list[str]) -> FleetHealth:
-        """Lowest health over the snapshots ``af:health:{instance}`` of the processes
-        that guard any of ``targets``.
+        """Lowest health over the snapshots of the processes that guard any of ``targets``.
 
-        A snapshot is JSON (a string key, or a hash with a ``snapshot``/``score``
-        field). Two scores come out of it: the process's own health score (what the
-        health guard compares, see :func:`snapshot_process_score`) and the score of the
-        targets' breakers alone (closed 1, half-open 0.5, open 0: what recovery
-        verification waits for, see :func:`snapshot_score`).
+        Each process's snapshot is ``af:health:{instance}``. A snapshot is JSON (a string
+        key, or a hash with a ``snapshot``/``score`` field). Two scores come out of it: the
+        process's own health score (what the health guard compares, see
+        :func:`snapshot_process_score`) and the score of the targets' breakers alone (closed
+        1, half-open 0.5, open 0: what recovery verification waits for, see
+        :func:`snapshot_score`).
         """
         keys = [k async for k in self._r.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500)]
         out = FleetHealth()

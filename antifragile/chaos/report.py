@@ -170,8 +170,9 @@ async def rebuild_report(
     *,
     plane: FaultPlane | None = None,
 ) -> ChaosReport:
-    """A complete report of an experiment that ended without one (terminated, failed,
-    timed out, or whose worker is gone), marked ``rebuilt``.
+    """A complete report of an experiment that ended without one, marked ``rebuilt``.
+
+    Such an experiment was terminated, failed or timed out, or its worker is gone.
 
     The journal comes from the ``report`` query when a worker answers within
     :data:`STATUS_QUERY_TIMEOUT`, else from the history alone (input, injection, removal,

@@ -413,7 +413,7 @@ def display_url(url: str) -> str:
 
 
 def connection_reason(exc: BaseException) -> str:
-    """A short reason for a failed connection: ``connection refused``, ``timed out`` …"""
+    """A short reason for a failed connection, e.g. ``connection refused`` or ``timed out``."""
     text = str(exc)
     chain: list[BaseException] = []
     link: BaseException | None = exc
@@ -435,8 +435,9 @@ def redis_unreachable(url: str, exc: BaseException) -> ServerUnreachable:
 
 
 def is_redis_connection_error(exc: BaseException) -> bool:
-    """True for errors that mean "no usable Redis there": refused, timed out, gone, a
-    server that does not speak Redis, refused credentials (any Redis or socket error).
+    """True for errors that mean "no usable Redis there" (any Redis or socket error).
+
+    That is: refused, timed out, gone, a server that does not speak Redis, refused credentials.
     """
     from redis.exceptions import RedisError
 

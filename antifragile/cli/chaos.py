@@ -421,8 +421,9 @@ def approve(
     by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],
     note: Annotated[str, typer.Option(help="Kept with the decision.")] = "",
 ) -> None:
-    """Approve EXPERIMENT_ID's injection (AWAITING_APPROVAL only); signed with
-    ANTIFRAGILE_APPROVER_KEY when set.
+    """Approve EXPERIMENT_ID's injection (AWAITING_APPROVAL only).
+
+    Signed with ANTIFRAGILE_APPROVER_KEY when set.
     """
     _decide(experiment_id, by, note, Decision.APPROVED)
 

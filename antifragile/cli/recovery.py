@@ -331,8 +331,9 @@ def _url(settings: Settings) -> str:
 
 @app.command("status")
 def status(service: str, json_out: JsonFlag = False) -> None:
-    """Show SERVICE's recovery: state, attempts, next attempt, decisions (or its place in
-    the queue while it waits for a slot).
+    """Show SERVICE's recovery: state, attempts, next attempt, decisions.
+
+    While it waits for a slot: its place in the queue instead.
     """
     settings = load_settings()
     found = run_command(
@@ -351,8 +352,9 @@ def list_(
     state: Annotated[RecoveryState | None, typer.Option(case_sensitive=False)] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """List recoveries, newest first (optionally only those in STATE); requests still
-    waiting in the queue for a slot come first, as QUEUED.
+    """List recoveries, newest first (optionally only those in STATE).
+
+    Requests still waiting in the queue for a slot come first, as QUEUED.
     """
     settings = load_settings()
     listing = run_command(

@@ -1,5 +1,7 @@
-"""The circuit breaker's vocabulary: states and their legal moves, the refusal error,
-and what listeners and readers receive (a :class:`StateChange`, a :class:`BreakerSnapshot`).
+"""The circuit breaker's vocabulary: states and their legal moves, the refusal error, events.
+
+The events are what listeners and readers receive (a :class:`StateChange`, a
+:class:`BreakerSnapshot`).
 
 Shared by the breaker (:mod:`antifragile.inprocess.breaker`) and everything that
 watches one (guards, health, the bridge, metrics), without importing the breaker.

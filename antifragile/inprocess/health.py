@@ -77,11 +77,11 @@ _ZERO = Fraction(0)
 
 
 def exact(value: float | int | Fraction) -> Fraction:
-    """``value`` as the exact rational a person wrote: ``0.3`` is 3/10, not the binary
-    double 0.299999999999999988897769753748...
+    """``value`` as the exact rational a person wrote: ``0.3`` is 3/10, not a binary double.
 
-    A float is read through its shortest round-trip decimal (``repr``), so weights and
-    thresholds written as decimals compare exactly as written.
+    The binary double of ``0.3`` is 0.299999999999999988897769753748... A float is read
+    through its shortest round-trip decimal (``repr``), so weights and thresholds written
+    as decimals compare exactly as written.
     """
     if isinstance(value, Fraction):
         return value
@@ -260,8 +260,9 @@ _COUNT_INDEX = {
 
 @dataclass(frozen=True, slots=True)
 class _Status:
-    """Everything a read needs, replaced whole on every change: one attribute swap, so a
-    reader on another thread (the Prometheus scrape thread) never sees half an update.
+    """Everything a read needs, replaced whole on every change (one attribute swap).
+
+    A reader on another thread (the Prometheus scrape thread) thus never sees half an update.
     """
 
     total: Fraction
@@ -277,8 +278,10 @@ class _Status:
     def at(
         self, now: float, window_s: float
     ) -> tuple[SystemHealthStatus, SystemHealthStatus | None]:
-        """(reported, pending) at ``now``: a pending status that held for the whole window
-        is the reported one, whether or not a timer has committed it yet.
+        """The (reported, pending) statuses at ``now``.
+
+        A pending status that held for the whole window is the reported one, whether or not
+        a timer has committed it yet.
         """
         if self.pending is not None and now - self.pending_since >= window_s:
             return self.pending, None
@@ -367,8 +370,9 @@ class HealthAggregator:
     def _moved(
         self, weight: Fraction, old: CircuitState | None, new: CircuitState | None
     ) -> tuple[Fraction, Fraction, Fraction, tuple[int, int, int, int]]:
-        """Sums and counts after a breaker of ``weight`` moved from ``old`` to ``new``
-        (None: not registered). O(1), exact.
+        """Sums and counts after a breaker of ``weight`` moved from ``old`` to ``new``.
+
+        None (as ``old`` or ``new``): not registered. O(1), exact.
         """
         st = self._st
         total, closed, half = st.total, st.closed, st.half_open

@@ -1,5 +1,7 @@
-"""Usage metering, exactly once: a never-blocking in-memory buffer drained in batches to a
-Redis Stream (reading it back: :mod:`antifragile.inprocess.usage_consumer`).
+"""Usage metering, exactly once: a never-blocking in-memory buffer drained to a Redis Stream.
+
+The buffer is drained in batches; reading the stream back:
+:mod:`antifragile.inprocess.usage_consumer`.
 
 Hot path: :meth:`MeteringIntegration.record` appends the (immutable, reusable)
 :class:`UsageEvent` to a list and returns; it never blocks, never does I/O and never
@@ -379,8 +381,10 @@ class MeteringIntegration:
             )
 
     async def flush(self) -> bool:
-        """Drain and write now (also usable without ``start``, and safe to call while
-        the flusher runs or from several tasks at once); True if nothing is left.
+        """Drain and write now; True if nothing is left.
+
+        Also usable without ``start``, and safe to call while the flusher runs or from
+        several tasks at once.
         """
         self._connect()
         async with self._write_lock:
@@ -441,8 +445,9 @@ class MeteringIntegration:
         return len(self._pending) + (len(inflight) if inflight else 0)
 
     def _drain(self) -> None:
-        """Move source counters and raw events into the (tenant, operation) aggregate,
-        never holding more than ``max_pending_keys`` pairs (aggregate + in-flight).
+        """Move source counters and raw events into the (tenant, operation) aggregate.
+
+        Never holds more than ``max_pending_keys`` pairs (aggregate + in-flight).
         """
         self._version += 1  # odd: counters in motion (see stats())
         try:

@@ -37,8 +37,9 @@ def check_int(owner: str, name: str, value: object, minimum: int) -> None:
 
 
 def check_seconds(owner: str, name: str, value: object, *, zero_ok: bool = False) -> None:
-    """Refuse a duration that is not a finite number > 0 (>= 0 with ``zero_ok``): NaN
-    passes every ``<`` test and would silently disable a timer or a TTL.
+    """Refuse a duration that is not a finite number > 0 (>= 0 with ``zero_ok``).
+
+    NaN passes every ``<`` test and would silently disable a timer or a TTL.
     """
     ok = (
         not isinstance(value, bool)

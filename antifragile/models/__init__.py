@@ -1,0 +1,1 @@
+"""Every contract (pydantic models): workflow inputs, results, signals, queries, activities."""

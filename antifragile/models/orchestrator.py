@@ -188,8 +188,9 @@ class RecoveryOutcome(StrEnum):
 
 
 class BudgetSample(StrictModel):
-    """One attempt (or, in runs recorded before the attempt budget, one finished
-    recovery), as the retry budget remembers it.
+    """One attempt, as the retry budget remembers it.
+
+    In runs recorded before the attempt budget: one finished recovery.
     """
 
     at_ms: int
@@ -314,8 +315,9 @@ class RequestState(StrEnum):
 
 
 class IgnoredSetting(StrictModel):
-    """A setting of a request that joined (or merged into) an existing recovery and was
-    not applied: the existing recovery keeps its own.
+    """A setting of a request that joined (or merged into) an existing recovery, not applied.
+
+    The existing recovery keeps its own.
 
     Attributes:
         setting: Which setting (e.g. ``strategy``, ``probe``, ``max_attempts``).

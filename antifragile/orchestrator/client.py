@@ -410,9 +410,10 @@ async def orchestrator_queue(
     orchestrator_id: str | None = None,
     service: str | None = None,
 ) -> QueueView:
-    """The orchestrator's ``queue`` query: running, waiting and awaiting-approval
-    recoveries, and why admissions wait; with ``service``, also where it stands
-    (``QueueView.lookup``), however long the queue.
+    """The orchestrator's ``queue`` query: running, waiting and awaiting-approval recoveries.
+
+    Also why admissions wait; with ``service``, also where it stands (``QueueView.lookup``),
+    however long the queue.
     """
     orchestrator_id = orchestrator_id or orchestrator_workflow_id(task_queue)
     handle = client.get_workflow_handle(orchestrator_id)

@@ -207,8 +207,9 @@ class SlotLedger(AdmissionControl):
         return rows
 
     def where(self, service: str) -> ServiceInQueue:
-        """Where ``service`` stands: waiting (with its position), running, awaiting a
-        person, or unknown to the orchestrator.
+        """Where ``service`` stands: waiting, running, awaiting a person, or unknown.
+
+        Waiting comes with its position; unknown means unknown to the orchestrator.
         """
         entry = self.queue.get(service)
         if entry is not None:
@@ -248,15 +249,18 @@ class SlotLedger(AdmissionControl):
 
 
 def _same_holder(known_index: int, reported_index: int) -> bool:
-    """A close report (``reported_index``, 0: whoever) is about the recovery known under
-    ``known_index`` (0: admitted elsewhere, so any report about the service is).
+    """A close report (``reported_index``) is about the recovery known under ``known_index``.
+
+    ``reported_index`` 0: whoever. ``known_index`` 0: admitted elsewhere, so any report
+    about the service is.
     """
     return not reported_index or not known_index or known_index == reported_index
 
 
 def _unknown_request(service: str, priority: int) -> RecoveryRequest:
-    """Stand-in for the request of a recovery this orchestrator never admitted (it
-    resumed after approval): only its service and priority matter in the queue.
+    """Stand-in for the request of a recovery this orchestrator never admitted.
+
+    It resumed after approval: only its service and priority matter in the queue.
     """
     return RecoveryRequest(
         service=service,

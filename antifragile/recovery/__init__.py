@@ -1,3 +1,4 @@
-"""The recovery process outside its workflow: pure decisions, the client, probes and the
-worker policy's named targets.
+"""The recovery process outside its workflow: pure decisions, client, probes, named targets.
+
+The named targets are the worker policy's.
 """
