@@ -23,7 +23,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from antifragile.chaos.plane import FaultPlane
-from antifragile.constants import KIND_CHAOS, QUERY_STATUS, SIGNAL_EMERGENCY_STOP, chaos_workflow_id
+from antifragile.constants import (
+    CHAOS_WORKFLOW_TYPE,
+    KIND_CHAOS,
+    QUERY_STATUS,
+    SIGNAL_EMERGENCY_STOP,
+    chaos_workflow_id,
+)
 from antifragile.errors import AntifragileError
 from antifragile.models.chaos import (
     ChaosExperimentInput,
@@ -44,8 +50,6 @@ from antifragile.settings import Settings
 
 if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
-
-WORKFLOW_TYPE = "ChaosExperimentWorkflow"
 
 RUNNING_QUERY = f'AfKind="{KIND_CHAOS}" AND ExecutionStatus="Running"'
 """Visibility query of every running chaos experiment."""
@@ -113,7 +117,7 @@ async def start_experiment(
     """Start a ChaosExperimentWorkflow for ``scenario``; returns its handle."""
     workflow_id = experiment_id or new_experiment_id(scenario)
     return await client.start_workflow(
-        WORKFLOW_TYPE,
+        CHAOS_WORKFLOW_TYPE,
         ChaosExperimentInput(scenario=scenario, experiment_id=workflow_id),
         id=workflow_id,
         task_queue=task_queue,
@@ -159,7 +163,7 @@ async def find_experiment(
     """
     handle = await experiment_handle(client, experiment_id)
     desc = await handle.describe()
-    if desc.workflow_type != WORKFLOW_TYPE:
+    if desc.workflow_type != CHAOS_WORKFLOW_TYPE:
         raise ExperimentNotFoundError(
             f"{experiment_id!r} is not a chaos experiment (workflow type {desc.workflow_type})"
         )

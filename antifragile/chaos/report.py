@@ -27,6 +27,7 @@ from antifragile.chaos.client import (
 )
 from antifragile.chaos.logic import instances_that_saw
 from antifragile.chaos.plane import FaultPlane
+from antifragile.constants import QUERY_REPORT
 from antifragile.models.chaos import (
     ChaosExperimentInput,
     ChaosOutcome,
@@ -89,7 +90,7 @@ async def experiment_report(
     if desc.status == WorkflowExecutionStatus.RUNNING:
         try:
             report: ChaosReport = await handle.query(
-                "report", result_type=ChaosReport, rpc_timeout=STATUS_QUERY_TIMEOUT
+                QUERY_REPORT, result_type=ChaosReport, rpc_timeout=STATUS_QUERY_TIMEOUT
             )
             return report
         except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
@@ -230,7 +231,7 @@ async def rebuild_report(
     base: ChaosReport | None = None
     try:
         base = await handle.query(
-            "report", result_type=ChaosReport, rpc_timeout=STATUS_QUERY_TIMEOUT
+            QUERY_REPORT, result_type=ChaosReport, rpc_timeout=STATUS_QUERY_TIMEOUT
         )
     except Exception:  # no worker, or it could not answer: history alone
         warnings.append("no worker answered: phases and health from history are missing")

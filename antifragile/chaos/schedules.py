@@ -19,12 +19,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.chaos.client import (
     HALT_NOTE,
-    WORKFLOW_TYPE,
     chaos_schedule_ids,
     experiment_details,
     experiment_summary,
 )
 from antifragile.chaos.plane import FaultPlane
+from antifragile.constants import CHAOS_WORKFLOW_TYPE
 from antifragile.errors import AntifragileError
 from antifragile.models.chaos import ChaosExperimentInput
 from antifragile.models.chaos_fleet import SCHEDULE_PREFIX, ScheduleCreated, ScheduleInfo
@@ -74,7 +74,7 @@ async def create_schedule(
     sid = schedule_id(scenario.name)
     halted = (await plane.halt_status()).halted
     action = ScheduleActionStartWorkflow(
-        WORKFLOW_TYPE,
+        CHAOS_WORKFLOW_TYPE,
         ChaosExperimentInput(scenario=scenario),
         id=f"chaos-{scenario.name}-scheduled",
         task_queue=task_queue,

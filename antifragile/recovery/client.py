@@ -20,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.constants import (
     QUERY_STATUS,
+    RECOVERY_WORKFLOW_TYPE,
     SA_PRIORITY,
     SIGNAL_APPROVE,
     SIGNAL_JOIN,
@@ -53,7 +54,7 @@ async def start_recovery(
     priority, so a more urgent request raises the running recovery's priority.
     """
     return await client.start_workflow(
-        "RecoveryWorkflow",
+        RECOVERY_WORKFLOW_TYPE,
         request,
         id=recovery_workflow_id(request.service),
         task_queue=task_queue,
