@@ -1,0 +1,1 @@
+"""Temporal activity definitions: the side effects workflows delegate, grouped by workflow."""

@@ -244,8 +244,11 @@ class ChaosActivities:
     async def _preflight(
         self, experiment_id: str, scenario: ChaosScenario, instances: list[str] | None
     ) -> tuple[int, str]:
-        """Live processes guarding the blast radius, and the refusal a dry run or
-        ``allow_unguarded`` lets through ("" when guarded); refuses when there are none."""
+        """Count the live processes guarding the blast radius; refuse when there are none.
+
+        Returns the count and the refusal a dry run or ``allow_unguarded`` lets through
+        ("" when guarded).
+        """
         live = await self.plane.known_instances()
         snapshots = await self.plane.instance_snapshots(live)
         selected = {

@@ -1,5 +1,8 @@
-"""Activities of the recovery queue: the orchestrator's limits, watching recoveries end, and
-the intakes' forwarding of requests to the orchestrator."""
+"""Activities of the recovery queue: orchestrator limits, recovery watching, intake forwarding.
+
+They read the orchestrator's limits, watch recoveries end, and forward the intakes' requests
+to the orchestrator.
+"""
 
 from __future__ import annotations
 

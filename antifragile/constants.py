@@ -35,9 +35,11 @@ INTAKE_SHARDS = 16
 
 
 def intake_shard(service: str, shards: int = INTAKE_SHARDS) -> int:
-    """The intake shard of a service's fire-and-forget requests: stable across processes
-    (CRC-32 of the name, not Python's salted ``hash``), so every process reporting the
-    same service uses the same intake."""
+    """The intake shard of a service's fire-and-forget requests, stable across processes.
+
+    It is the CRC-32 of the name, not Python's salted ``hash``, so every process reporting
+    the same service uses the same intake.
+    """
     return zlib.crc32(service.encode("utf-8")) % shards
 
 

@@ -67,8 +67,10 @@ class ApprovalGate:
     def offer(
         self, decision: Decision, signal: ApprovalSignal, *, accepting: bool, ignored_why: str
     ) -> None:
-        """A signal arrived: keep it when the workflow is ``accepting``, else record it
-        IGNORED with ``ignored_why``."""
+        """A signal arrived: keep it when the workflow is ``accepting``.
+
+        Else record it IGNORED with ``ignored_why``.
+        """
         if accepting:
             self._inbox.append((decision, signal))
         else:

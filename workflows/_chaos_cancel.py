@@ -1,5 +1,6 @@
-"""How a chaos experiment reads a cancel: the one an activity spent, and an ending no
-cancel cuts short. A helper of ChaosExperimentWorkflow, not a durable process of its own.
+"""How a chaos experiment reads a cancel: one an activity spent, an ending no cancel cuts.
+
+A helper of ChaosExperimentWorkflow, not a durable process of its own.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def raise_spent_cancel() -> None:
 
 
 async def shielded(ending: Coroutine[Any, Any, T], note: Callable[[str], None]) -> T:
-    """Run ``ending`` in its own task: a cancel reaches only the workflow's main task (the
-    caller's), which notes it and keeps waiting, so ``ending`` always runs to its end."""
+    """Run ``ending`` in its own task, so a cancel never cuts it short.
+
+    A cancel reaches only the workflow's main task (the caller's), which notes it and keeps
+    waiting, so ``ending`` always runs to its end.
+    """
     task = asyncio.create_task(ending)
     while not task.done():
         try:

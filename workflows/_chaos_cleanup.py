@@ -1,5 +1,4 @@
-"""Cleanup of a chaos experiment's fault lease: idempotent, and complete even when Redis
-is unreachable.
+"""Cleanup of a chaos experiment's fault lease: idempotent, complete even if Redis is down.
 
 The lease is removed (``remove_fault``, idempotent). If Redis stays unreachable, the lease
 cannot outlive its TTL and every process drops the fault by itself then: the cleanup waits

@@ -115,9 +115,11 @@ async def check_halt(experiment_id: str) -> HaltStatus:
 
 
 async def inject_fault(journal: ChaosJournal) -> InjectFaultResult:
-    """``inject_fault``: write the fault lease (TTL ``journal.lease_ttl_s``), naming the
-    approvers recorded so far. A cancelled injection finishes before cleanup runs, or the
-    lease could be written after it was removed."""
+    """``inject_fault``: write the fault lease (TTL ``journal.lease_ttl_s``).
+
+    The lease names the approvers recorded so far. A cancelled injection finishes before
+    cleanup runs, or the lease could be written after it was removed.
+    """
     s = journal.scenario
     result: InjectFaultResult = await workflow.execute_activity(
         ACTIVITY_INJECT_FAULT,
@@ -137,8 +139,10 @@ async def inject_fault(journal: ChaosJournal) -> InjectFaultResult:
 
 
 async def renew_lease(journal: ChaosJournal) -> RenewLeaseResult:
-    """``renew_fault_lease``; its retries end before the lease would (two thirds of the
-    TTL): past that there is nothing to renew."""
+    """``renew_fault_lease``; its retries end before the lease would.
+
+    They end at two thirds of the TTL: past that there is nothing to renew.
+    """
     s, ttl = journal.scenario, journal.lease_ttl_s
     result: RenewLeaseResult = await workflow.execute_activity(
         ACTIVITY_RENEW_FAULT_LEASE,
@@ -221,8 +225,10 @@ def guardian_id(experiment_id: str) -> str:
 
 
 async def start_guardian(journal: ChaosJournal) -> None:
-    """Start the guardian: a child that survives termination of the experiment
-    (``ParentClosePolicy.ABANDON``) and then removes its lease."""
+    """Start the guardian: a child that survives the experiment and then removes its lease.
+
+    It survives termination of the experiment through ``ParentClosePolicy.ABANDON``.
+    """
     eid, ttl = journal.experiment_id, journal.lease_ttl_s
     await workflow.start_child_workflow(
         GUARDIAN_WORKFLOW_TYPE,

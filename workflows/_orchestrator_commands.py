@@ -45,8 +45,10 @@ async def load_limits() -> OrchestratorLimits:
 
 
 async def watch_until_closed(watched: list[WatchedRecovery]) -> WatchRecoveriesResult:
-    """``watch_recoveries`` long-polling until one of ``watched`` closes. A recovery may
-    wait days for approval; the heartbeat notices a lost worker."""
+    """``watch_recoveries`` long-polling until one of ``watched`` closes.
+
+    A recovery may wait days for approval; the heartbeat notices a lost worker.
+    """
     result: WatchRecoveriesResult = await workflow.execute_activity(
         ACTIVITY_WATCH_RECOVERIES,
         WatchRecoveriesInput(recoveries=watched, wait=True),

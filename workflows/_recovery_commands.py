@@ -71,8 +71,11 @@ async def validate_hash(request: RecoveryRequest) -> ValidateHashResult:
 async def run_action(
     request: RecoveryRequest, attempt: int, idempotency_key: str
 ) -> RecoveryActionResult:
-    """``run_recovery_action`` for one attempt. A retry (worker crash) repeats the action
-    with the same idempotency key, so its receiver can tell it from a new attempt."""
+    """``run_recovery_action`` for one attempt.
+
+    A retry (worker crash) repeats the action with the same idempotency key, so its receiver
+    can tell it from a new attempt.
+    """
     result: RecoveryActionResult = await workflow.execute_activity(
         ACTIVITY_RUN_RECOVERY_ACTION,
         RecoveryActionInput(

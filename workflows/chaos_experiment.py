@@ -253,9 +253,12 @@ class ChaosExperimentWorkflow:
         self._note(validated_note(self._j))
 
     def _check_experiment_id(self) -> None:
-        """The lease key, the guardian's id and the conflict check all follow
-        ``experiment_id``: one that is not this workflow's id (a hand-crafted start) would
-        take over another experiment's fault, and remove it at its end."""
+        """Refuse an ``experiment_id`` that is not this workflow's id.
+
+        The lease key, the guardian's id and the conflict check all follow ``experiment_id``:
+        one that is not this workflow's id (a hand-crafted start) would take over another
+        experiment's fault, and remove it at its end.
+        """
         wid = workflow.info().workflow_id
         if self._j.experiment_id != wid:
             raise _End(ChaosOutcome.FAILED, experiment_id_refusal(self._j.experiment_id, wid))

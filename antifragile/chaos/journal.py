@@ -67,8 +67,10 @@ def add_sample(journal: ChaosJournal, sample: HealthSample) -> None:
 
 
 def fault_active_s(journal: ChaosJournal, now: datetime) -> float | None:
-    """Seconds the fault really applied: injection until removal or lease expiry (so far,
-    while it runs). None for a dry run or before injection."""
+    """Seconds the fault really applied: injection until removal or lease expiry.
+
+    So far, while it runs. None for a dry run or before injection.
+    """
     if journal.injected_at is None or journal.scenario.dry_run:
         return None
     end = journal.cleanup.fault_ended_at or journal.removed_at
@@ -78,8 +80,10 @@ def fault_active_s(journal: ChaosJournal, now: datetime) -> float | None:
 
 
 def chaos_status(journal: ChaosJournal, now: datetime) -> ChaosStatus:
-    """The ``status`` query: phase, time left, where the fault is active, lowest health,
-    decisions and journal lines, at workflow time ``now``."""
+    """The ``status`` query at workflow time ``now``.
+
+    Phase, time left, where the fault is active, lowest health, decisions and journal lines.
+    """
     j, s = journal, journal.scenario
     time_left = None
     if j.ends_at is not None and j.phase in (ChaosPhase.INJECTING, ChaosPhase.RUNNING):
@@ -112,8 +116,10 @@ def chaos_status(journal: ChaosJournal, now: datetime) -> ChaosStatus:
 
 
 def chaos_report(journal: ChaosJournal, now: datetime) -> ChaosReport:
-    """The report: the workflow's result once it has ended, the ``report`` query before
-    (``ended_at`` is ``now`` then, ``outcome`` None)."""
+    """The report: the workflow's result once it has ended, the ``report`` query before.
+
+    Before the end, ``ended_at`` is ``now`` and ``outcome`` is None.
+    """
     j, s, impact = journal, journal.scenario, journal.impact
     return ChaosReport(
         experiment_id=j.experiment_id,

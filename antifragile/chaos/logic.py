@@ -1,5 +1,6 @@
-"""Pure decisions of a chaos experiment: phases, caps, health guard, instance choice,
-cleanup and recovery verdicts. (Its journal's upkeep and projections are
+"""Pure decisions of a chaos experiment: phases, caps, health guard, instances, verdicts.
+
+Verdicts cover cleanup and recovery. (Its journal's upkeep and projections are
 :mod:`antifragile.chaos.journal`.)
 
 ChaosExperimentWorkflow, the activities and the fault plane call these; nothing here
@@ -323,8 +324,9 @@ def short_id(seed: str) -> str:
 def instances_that_saw(
     calls_seen: Iterable[str], calls_affected: Iterable[str], breakers_opened: Iterable[str]
 ) -> int:
-    """How many instances the fault reached: those that counted calls under it, and those
-    whose breaker it opened (a forced-open breaker refuses calls before they are counted).
+    """How many instances the fault reached: those that counted calls, or had a breaker opened.
+
+    Both count because a forced-open breaker refuses calls before they are counted.
 
     ``breakers_opened`` entries read ``instance/target: STATE``.
     """
@@ -334,14 +336,19 @@ def instances_that_saw(
 
 
 def guardian_check_every_s(ttl_s: float) -> float:
-    """How often the guardian checks that its experiment runs: half the lease TTL, at
-    least every second."""
+    """How often the guardian checks that its experiment runs, in seconds.
+
+    Half the lease TTL, at least every second.
+    """
     return max(1.0, ttl_s / 2)
 
 
 def guardian_give_up_after_s(duration_s: float, recovery_timeout_s: float, ttl_s: float) -> float:
-    """When the guardian removes the lease whatever it sees: the longest legitimate life
-    of an experiment (run + verification + cleanup retries + 60 s slack), in seconds."""
+    """When the guardian removes the lease whatever it sees, in seconds.
+
+    The longest legitimate life of an experiment: run + verification + cleanup retries +
+    60 s slack.
+    """
     return duration_s + recovery_timeout_s + 4 * ttl_s + 60
 
 
@@ -405,8 +412,10 @@ def cleanup_record(
 def measured_sample(
     health: HealthMeasurement, probe: tuple[bool, str] | None, probe_url: str | None, now: datetime
 ) -> HealthSample | None:
-    """One sample from fleet health and, when the scenario has one, its steady-state
-    probe (``probe``: healthy and what it said). None when neither gave anything."""
+    """One sample from fleet health and, when the scenario has one, its steady-state probe.
+
+    ``probe``: healthy and what it said. None when neither gave anything.
+    """
     healthy = True
     details = [health.detail] if health.score is not None else []
     if probe is not None:
@@ -425,8 +434,10 @@ def measured_sample(
 
 
 def sample_health(sample: HealthSample) -> float | None:
-    """The score a sample stands for: the targets' own breakers' when it has it, else the
-    process's (a recovery means the targets', not only the process around them)."""
+    """The score a sample stands for: the targets' own breakers' if present, else the process's.
+
+    A recovery means the targets', not only the process around them.
+    """
     return sample.targets_score if sample.targets_score is not None else sample.score
 
 

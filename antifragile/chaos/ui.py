@@ -9,8 +9,10 @@ from antifragile.models.chaos import ChaosJournal, EmergencyStopSignal, InjectFa
 
 
 def chaos_details(journal: ChaosJournal) -> str:
-    """The current details (Markdown) the Temporal UI shows for a running experiment:
-    phase, fault, duration, planned end, lowest health, warnings and why it ended."""
+    """The current details (Markdown) the Temporal UI shows for a running experiment.
+
+    Phase, fault, duration, planned end, lowest health, warnings and why it ended.
+    """
     j, s = journal, journal.scenario
     lines = [
         f"**{j.phase.value}** — {s.chaos_type.value} on {', '.join(s.blast_radius)} "
@@ -40,8 +42,10 @@ def stop_reason(stop: EmergencyStopSignal) -> str:
 
 
 def cancelled_reason(why: str | None, stop: EmergencyStopSignal | None) -> str:
-    """Why a cancelled run ends STOPPED (``why``: the cancel's reason). A stop that came
-    first is the reason; the cancel follows it in brackets."""
+    """Why a cancelled run ends STOPPED (``why``: the cancel's reason).
+
+    A stop that came first is the reason; the cancel follows it in brackets.
+    """
     reason = f"cancelled{': ' + why if why else ''}"
     if stop is not None:
         reason = f"{stop_reason(stop)} (then {reason})"

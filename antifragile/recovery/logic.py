@@ -1,5 +1,7 @@
-"""Pure decisions of a recovery: backoff delays, what follows a failed attempt, legal states,
-when a ``health_changed`` wake-up is spent, and what a recovery awaiting approval does next.
+"""Pure decisions of a recovery: backoff, failed attempts, states, wake-ups, approval waits.
+
+Backoff delays, what follows a failed attempt, legal states, when a ``health_changed``
+wake-up is spent, and what a recovery awaiting approval does next.
 
 RecoveryWorkflow calls these; they have no Temporal dependency and are unit tested alone.
 """
@@ -165,8 +167,11 @@ class WakeTracker:
         self.spent = max(self.spent, token)
 
     def forget(self) -> None:
-        """Drop every pending wake-up: how recoveries started before wake-ups were
-        remembered behave (their histories must replay unchanged)."""
+        """Drop every pending wake-up.
+
+        This is how recoveries started before wake-ups were remembered behave (their
+        histories must replay unchanged).
+        """
         self.spent = self.arrived
 
 

@@ -48,8 +48,10 @@ def recovery_current_details(
 
     Args:
         request: The recovery's request.
-        state: Where it is. priority: Its priority now (joins may raise it).
-        attempts: Attempts so far. attempts_in_round: Failed attempts this round.
+        state: Where it is.
+        priority: Its priority now (joins may raise it).
+        attempts: Attempts so far.
+        attempts_in_round: Failed attempts this round.
         waiting_for: What it waits for ("" shows as "-").
         watch_probes: Watch probes run while awaiting approval (0: line left out).
         last_error: The last failed attempt's detail ("": line left out).
