@@ -32,7 +32,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix $(CODE) tests bench
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
