@@ -14,6 +14,9 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONSTITUTIONAL_HASH = "cdd01ef066bc6cf2"
+
+SECRET_SETTINGS: tuple[tuple[str, ...], ...] = (("redis_url",), ("temporal_api_key",))
+"""Settings whose values may carry secrets: an error about them never shows the value."""
 """The constitutional hash every request carries unless configured otherwise."""
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
-from antifragile.errors import AntifragileError
+from antifragile.errors import AntifragileError, ConfigError
 from antifragile.settings import Settings
 
 
@@ -26,17 +27,21 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     """
     if settings.temporal_tls_cert or settings.temporal_tls_ca:
         return TLSConfig(
-            server_root_ca_cert=settings.temporal_tls_ca.read_bytes()
-            if settings.temporal_tls_ca
-            else None,
-            client_cert=settings.temporal_tls_cert.read_bytes()
-            if settings.temporal_tls_cert
-            else None,
-            client_private_key=settings.temporal_tls_key.read_bytes()
-            if settings.temporal_tls_key
-            else None,
+            server_root_ca_cert=_read_tls_file("temporal_tls_ca", settings.temporal_tls_ca),
+            client_cert=_read_tls_file("temporal_tls_cert", settings.temporal_tls_cert),
+            client_private_key=_read_tls_file("temporal_tls_key", settings.temporal_tls_key),
         )
     return settings.uses_tls
+
+
+def _read_tls_file(field: str, path: Path | None) -> bytes | None:
+    """The bytes of a configured TLS file; one that cannot be read is a :class:`ConfigError`."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{field} {path}: {exc.strerror or exc}") from None
 
 
 async def connect(
@@ -57,7 +62,7 @@ async def connect(
     Raises:
         TemporalUnavailableError: nothing answered at ``settings.temporal_address``.
         ConfigError: tracing is configured but its packages are not installed.
-        OSError: a configured TLS file cannot be read.
+        ConfigError: a configured TLS file cannot be read (the message names it).
     """
     settings = settings or Settings()
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None

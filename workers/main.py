@@ -39,7 +39,7 @@ from antifragile.models.chaos import ChaosPhase
 from antifragile.models.recovery import RecoveryState
 from antifragile.policy import WorkerPolicy
 from antifragile.recovery.named_targets import environment_problems
-from antifragile.settings import Settings
+from antifragile.settings import SECRET_SETTINGS, Settings
 from antifragile.telemetry import configure_logging, shutdown_tracing
 from antifragile.temporal_client import connect
 from workflows.chaos_experiment import ChaosExperimentWorkflow
@@ -227,17 +227,18 @@ def main() -> None:
     Settings from ``ANTIFRAGILE_*``, then :func:`prepare_worker` and :func:`run_worker`, as
     ``antifragile worker``. Exit codes as the CLI's: 0 stopped; 2 a bad setting or policy,
     or Temporal unreachable; 1 Temporal refused a call; 130 interrupted before it polled.
-    An error is one line on stderr; a bad setting's value is never shown (it may be a
-    secret). The process ends with ``os._exit`` once output and spans are flushed: the
-    Temporal core runtime can crash in interpreter finalization (sdk-python #300).
+    An error is one line on stderr; a bad setting's value is shown unless it may carry a
+    secret (the Redis URL, the API key), as by the CLI. The process ends with ``os._exit``
+    once output and spans are flushed: the Temporal core runtime can crash in interpreter
+    finalization (sdk-python #300).
     """
     code = 0
     try:
         try:
             settings = Settings()
         except ValidationError as exc:
-            # Every value hidden: a Redis URL or an API key may be what is wrong.
-            why = describe_validation_error(exc, hide_input_at=((),))
+            # As ``antifragile worker``: the value shown unless it may carry a secret.
+            why = describe_validation_error(exc, hide_input_at=SECRET_SETTINGS)
             raise ConfigError(f"bad ANTIFRAGILE_* setting: {why}") from None
         policy = prepare_worker(settings)
         print(worker_banner(settings), file=sys.stderr, flush=True)

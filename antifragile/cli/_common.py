@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from antifragile.errors import AntifragileError, ConfigError, describe_validation_error
-from antifragile.settings import Settings
+from antifragile.settings import SECRET_SETTINGS, Settings
 
 if TYPE_CHECKING:  # imported where used: a command that never reaches Temporal skips them
     from temporalio.client import Client
@@ -53,8 +53,7 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         # A Redis URL and an API key carry secrets: their errors never show the value.
-        secret = (("redis_url",), ("temporal_api_key",))
-        fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc, secret)}")
+        fail(f"bad ANTIFRAGILE_* setting: {describe_validation_error(exc, SECRET_SETTINGS)}")
 
 
 @functools.cache

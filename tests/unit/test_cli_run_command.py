@@ -116,3 +116,64 @@ def test_both_worker_entry_points_fail_alike(argv: list[str]) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: bad ANTIFRAGILE_* setting: temporal_address")
     assert bad.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-m", "workers"], ["-c", "from antifragile.cli import main; main(['worker'])"]],
+    ids=["python -m workers", "antifragile worker"],
+)
+def test_both_worker_entry_points_report_a_bad_setting_alike(argv: list[str]) -> None:
+    """A bad value is shown (as before the layout change) unless it may carry a secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
+    shown = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        env={**env, "ANTIFRAGILE_METRICS_PORT": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 2
+    assert shown.stderr.startswith("error: bad ANTIFRAGILE_* setting: metrics_port: ")
+    assert shown.stderr.rstrip().endswith("(got 'abc')")
+    hidden = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        env={**env, "ANTIFRAGILE_REDIS_URL": "http://user:hunter2@h/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert hidden.returncode == 2
+    assert hidden.stderr.startswith("error: bad ANTIFRAGILE_* setting: redis_url: ")
+    assert "hunter2" not in hidden.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-m", "workers"],
+        ["-c", "from antifragile.cli import main; main(['worker'])"],
+        ["-c", "from antifragile.cli import main; main(['setup'])"],
+        ["-c", "from antifragile.cli import main; main(['recovery', 'list'])"],
+    ],
+    ids=["python -m workers", "antifragile worker", "antifragile setup", "recovery list"],
+)
+def test_an_unreadable_tls_file_is_one_line_not_a_traceback(
+    argv: list[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "client.pem"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
+    env.update(
+        ANTIFRAGILE_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        ANTIFRAGILE_TEMPORAL_TLS_CERT=str(missing),
+        ANTIFRAGILE_TEMPORAL_TLS_KEY=str(missing),
+    )
+    proc = subprocess.run(
+        [sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: temporal_tls_cert {missing}: No such file or directory" in proc.stderr
+    assert proc.stderr.count("error:") == 1
