@@ -241,6 +241,8 @@ def eventually_sync(
         AssertionError: If the check has not passed by the deadline (the last exception
             is chained).
         ValueError: If ``timeout`` or ``interval`` is negative or not finite.
+        TypeError: If ``check`` returns an awaitable (an async check needs
+            :func:`eventually`).
     """
     _check_bounds(timeout, interval)
     deadline = time.monotonic() + timeout
@@ -253,6 +255,14 @@ def eventually_sync(
         except retry_on as exc:
             last_error, why = exc, f"the check raised {exc!r}"
         else:
+            if inspect.isawaitable(result):
+                # A coroutine is truthy: without this an async check "passed" unrun.
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError(
+                    f"eventually_sync got an async check ({check!r}): it cannot await it; "
+                    "use `await eventually(...)`"
+                )
             passed, why = _verdict(result)
             if passed:
                 return result

@@ -299,3 +299,16 @@ def test_importing_the_helpers_loads_neither_redis_nor_the_temporal_client() -> 
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_eventually_sync_refuses_an_async_check() -> None:
+    """A coroutine object is truthy: an async check must not pass without ever running."""
+    ran = []
+
+    async def breaker_open() -> bool:
+        ran.append(True)
+        return False
+
+    with pytest.raises(TypeError, match="async check"):
+        eventually_sync(breaker_open, timeout=0.05, retry_on=(Exception,))
+    assert ran == []
