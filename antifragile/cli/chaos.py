@@ -415,7 +415,11 @@ def _decide(experiment_id: str, by: str, note: str, decision: Decision) -> None:
     run_command(_go, settings)
 
 
-@app.command("approve")
+@app.command(
+    "approve",
+    short_help="Approve EXPERIMENT_ID's injection (AWAITING_APPROVAL only); signed with "
+    "ANTIFRAGILE_APPROVER_KEY when set.",
+)
 def approve(
     experiment_id: str,
     by: Annotated[str, typer.Option("--by", help="Your name, checked against the policy.")],

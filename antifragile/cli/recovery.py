@@ -329,7 +329,11 @@ def _url(settings: Settings) -> str:
     return settings.workflow_url(orchestrator_workflow_id(settings.task_queue))
 
 
-@app.command("status")
+@app.command(
+    "status",
+    short_help="Show SERVICE's recovery: state, attempts, next attempt, decisions (or its "
+    "place in the queue while it waits for a slot).",
+)
 def status(service: str, json_out: JsonFlag = False) -> None:
     """Show SERVICE's recovery: state, attempts, next attempt, decisions.
 
@@ -347,7 +351,11 @@ def status(service: str, json_out: JsonFlag = False) -> None:
         print_queued(found, service, json_out)
 
 
-@app.command("list")
+@app.command(
+    "list",
+    short_help="List recoveries, newest first (optionally only those in STATE); requests "
+    "still waiting in the queue for a slot come first, as QUEUED.",
+)
 def list_(
     state: Annotated[RecoveryState | None, typer.Option(case_sensitive=False)] = None,
     json_out: JsonFlag = False,
