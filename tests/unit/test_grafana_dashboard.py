@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.faults import build_fault
@@ -116,15 +115,27 @@ Served = dict[str, dict[str, set[str]]]
 """Series name -> label name -> values seen."""
 
 
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+\S+(?:\s+\S+)?")
+_LABEL = re.compile(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"')
+
+
 def served_series(*texts: str) -> Served:
-    """Series names (as Prometheus stores them: ``_bucket``, ``_total``...) and labels."""
+    """Series names and labels exactly as exposed, which is how Prometheus stores them.
+
+    Not ``prometheus_client.parser``: it names a counter's samples ``<name>_total`` even
+    when the exporter (the Temporal SDK's) exposes ``temporal_workflow_completed`` without
+    the suffix, and Prometheus would store no ``_total`` series.
+    """
     served: Served = {}
     for text in texts:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = served.setdefault(sample.name, {})
-                for label, value in sample.labels.items():
-                    labels.setdefault(label, set()).add(value)
+        for line in text.splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            match = _SAMPLE.fullmatch(line.strip())
+            assert match, f"not a sample line: {line}"
+            labels = served.setdefault(match.group(1), {})
+            for label, value in _LABEL.findall(match.group(2) or ""):
+                labels.setdefault(label, set()).add(value)
     return served
 
 
@@ -251,6 +262,21 @@ def test_the_comparison_reports_an_unserved_metric_label_value_and_grouping() ->
         "max by (dependency) (antifragile_health_status)",
     ):
         assert problems([parse_promql(bad)], served), bad
+
+
+def test_served_series_are_named_as_exposed_without_an_added_total() -> None:
+    served = served_series(
+        "# HELP temporal_workflow_completed Count of successfully completed workflows\n"
+        "# TYPE temporal_workflow_completed counter\n"
+        'temporal_workflow_completed{task_queue="q",workflow_type="W"} 1\n'
+        'antifragile_metering_recorded_total{instance="a"} 5.0 1700000000000\n'
+        "bare 2\n"
+    )
+    assert served == {
+        "temporal_workflow_completed": {"task_queue": {"q"}, "workflow_type": {"W"}},
+        "antifragile_metering_recorded_total": {"instance": {"a"}},
+        "bare": {},
+    }
 
 
 def test_the_dashboard_has_the_panels_operators_need(dashboard: dict[str, Any]) -> None:
