@@ -3,19 +3,22 @@
 Every claim the compose file and deploy/prometheus.yml make is checked against the code
 that will run: the variables against the Settings model, the commands against the CLI and
 the demo service's own argument parser, the search attributes against the constants, the
-scrape targets against the exposed metrics ports, and the health checks by running them.
+scrape targets against the exposed metrics ports, and the health checks by running them, and Grafana's
+provisioning (deploy/grafana) against the mounts and the prometheus service.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -87,7 +90,7 @@ def scrape_targets(prometheus: dict[str, Any]) -> list[tuple[str, str, int]]:
     return targets
 
 
-def test_stack_has_temporal_on_postgres_ui_redis_init_workers_demo_and_prometheus(
+def test_stack_has_temporal_on_postgres_ui_redis_init_workers_demo_prometheus_and_grafana(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
@@ -100,6 +103,7 @@ def test_stack_has_temporal_on_postgres_ui_redis_init_workers_demo_and_prometheu
         "worker",
         "demo-service",
         "prometheus",
+        "grafana",
     } <= set(services)
     assert services["temporal"]["environment"]["DB"].startswith("postgres")
     assert services["temporal"]["environment"]["POSTGRES_SEEDS"] == "postgresql"
@@ -225,7 +229,7 @@ def test_setup_registers_exactly_the_search_attributes_the_workflows_use(
         assert constants.SEARCH_ATTRIBUTES[name].upper() == kind, name
 
 
-def test_only_the_ui_temporal_redis_and_prometheus_publish_host_ports(
+def test_only_the_ui_temporal_redis_prometheus_and_grafana_publish_host_ports(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
@@ -233,6 +237,7 @@ def test_only_the_ui_temporal_redis_and_prometheus_publish_host_ports(
     assert "6379:6379" in services["redis"]["ports"]
     assert any(str(p).endswith(":8080") for p in services["temporal-ui"]["ports"])
     assert "9090:9090" in services["prometheus"]["ports"]
+    assert "3000:3000" in services["grafana"]["ports"]
     for name in OURS:
         # Replicas would clash on a fixed host port: ours expose to the network only.
         assert "ports" not in services[name], f"{name} publishes host ports"
@@ -270,12 +275,15 @@ def test_metrics_ports_are_exposed_configured_and_scraped(
             assert "dns_sd_configs" in job, job["job_name"]
 
 
-def test_every_bind_mount_is_a_file_in_the_repository(compose: dict[str, Any]) -> None:
+def test_every_bind_mount_is_a_file_or_a_non_empty_directory_in_the_repository(
+    compose: dict[str, Any],
+) -> None:
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = str(volume).split(":", 1)[0]
             if source.startswith("."):
-                assert (ROOT / source).is_file(), f"{name} mounts missing {source}"
+                path = ROOT / source
+                assert path.is_file() or any(path.glob("*")), f"{name} mounts missing {source}"
 
 
 def test_the_mounted_worker_policy_is_the_policy_file_and_valid(compose: dict[str, Any]) -> None:
@@ -340,3 +348,80 @@ def test_the_image_installs_the_package_with_tracing_and_runs_the_cli() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'antifragile = "antifragile.cli:main"' in pyproject
     assert re.search(r"(?m)^otel = \[", pyproject), "the otel extra the image installs"
+
+
+def grafana_mounts(compose: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> repository path of Grafana's bind mounts."""
+    mounts = {}
+    for volume in compose["services"]["grafana"]["volumes"]:
+        source, target, *_ = str(volume).split(":")
+        if source.startswith("."):
+            mounts[target] = ROOT / source
+    return mounts
+
+
+def in_container(mounts: dict[str, Path], path: str) -> Path:
+    """The repository file Grafana sees at ``path`` through its mounts."""
+    for target, source in mounts.items():
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return source / path[len(target) :].lstrip("/")
+    raise AssertionError(f"{path} is not under any Grafana mount {sorted(mounts)}")
+
+
+def test_grafana_is_provisioned_from_deploy_grafana_and_waits_for_prometheus(
+    compose: dict[str, Any],
+) -> None:
+    grafana = compose["services"]["grafana"]
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    mounts = grafana_mounts(compose)
+    provisioning = in_container(mounts, "/etc/grafana/provisioning")
+    assert provisioning == ROOT / "deploy" / "grafana" / "provisioning"
+    datasources = sorted((provisioning / "datasources").glob("*.yml"))
+    providers = sorted((provisioning / "dashboards").glob("*.yml"))
+    assert datasources and providers
+    dashboards = []
+    for provider_file in providers:
+        for provider in yaml.safe_load(provider_file.read_text())["providers"]:
+            assert provider["type"] == "file"
+            folder = in_container(mounts, provider["options"]["path"])
+            dashboards += sorted(folder.glob("*.json"))
+    assert ROOT / "deploy" / "grafana" / "dashboards" / "antifragile.json" in dashboards
+    env = env_of(grafana)
+    home = in_container(mounts, env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert home in dashboards
+    # Anonymous visitors view; editing needs the admin, whose password comes from the env.
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${")
+
+
+def test_grafana_datasource_is_the_prometheus_service_on_its_port_with_the_dashboards_uid(
+    compose: dict[str, Any], prometheus: dict[str, Any]
+) -> None:
+    services = compose["services"]
+    provisioning = in_container(grafana_mounts(compose), "/etc/grafana/provisioning")
+    (source,) = [
+        ds
+        for path in sorted((provisioning / "datasources").glob("*.yml"))
+        for ds in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    assert source["type"] == "prometheus" and source["access"] == "proxy"
+    url = urlsplit(source["url"])
+    assert url.hostname in services and url.hostname == "prometheus"
+    command = " ".join(services["prometheus"]["command"])
+    listen = re.search(r"--web\.listen-address=\S*:(\d+)", command)
+    container_port = int(listen.group(1)) if listen else 9090  # Prometheus's default
+    published = {int(str(p).rsplit(":", 1)[1]) for p in services["prometheus"]["ports"]}
+    assert url.port == container_port and container_port in published
+    assert source["jsonData"]["timeInterval"] == prometheus["global"]["scrape_interval"]
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/antifragile.json").read_text())
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"] if panel["type"] != "row"}
+    assert uids == {source["uid"]}
+
+
+def test_grafana_healthcheck_probes_its_own_port(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    check = grafana["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "wget"] and "-O" in check  # busybox wget; no file left in cwd
+    (port,) = {int(str(p).rsplit(":", 1)[1]) for p in grafana["ports"]}
+    assert check[-1] == f"http://127.0.0.1:{port}/api/health"

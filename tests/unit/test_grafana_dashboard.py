@@ -74,9 +74,9 @@ def parse_promql(expr: str, where: str = "") -> Query:
             query.matchers.append((name, label, op, value))
     rest = _SELECTOR.sub(lambda m: f" {m.group(1) or ''} ", rest)
     rest = _STRING.sub(" ", _RANGE.sub(" ", rest))
-    query.metrics = {
-        name for name in _IDENT.findall(rest) if name.lower() not in _KEYWORDS
-    } | {name for name, *_ in query.matchers if name}
+    query.metrics = {name for name in _IDENT.findall(rest) if name.lower() not in _KEYWORDS} | {
+        name for name, *_ in query.matchers if name
+    }
     return query
 
 
