@@ -1,10 +1,10 @@
 """docker-compose.yml cannot drift from the code: checked without a Docker engine.
 
-Every claim the compose file and deploy/prometheus.yml make is checked against the code
-that will run: the variables against the Settings model, the commands against the CLI and
-the demo service's own argument parser, the search attributes against the constants, the
-scrape targets against the exposed metrics ports, and the health checks by running them, and Grafana's
-provisioning (deploy/grafana) against the mounts and the prometheus service.
+Every claim the compose file, deploy/prometheus.yml and deploy/grafana make is checked
+against the code that will run: the variables against the Settings model, the commands
+against the CLI and the demo service's own argument parser, the search attributes against
+the constants, the scrape targets against the exposed metrics ports, Grafana's provisioning
+against its mounts and the prometheus service, and the health checks by running them.
 """
 
 from __future__ import annotations
