@@ -108,3 +108,26 @@ def test_the_lock_pins_what_the_project_and_each_extra_require() -> None:
         required.extend(extra)
     missing = {name(r) for r in required} - locked
     assert not missing, f"not in uv.lock: {sorted(missing)}"
+
+
+def _make_dry_run(*args: str) -> str:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make")
+    result = subprocess.run(
+        [make, "--no-print-directory", "-n", "-C", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("changed", ["pyproject.toml", "uv.lock"])
+def test_make_install_resyncs_from_the_lock_when_either_file_changes(changed: str) -> None:
+    assert "sync --locked --all-extras" in _make_dry_run("-W", changed, "install")
+
+
+def test_make_lint_checks_the_lock() -> None:
+    assert "lock --check" in _make_dry_run("lint")
