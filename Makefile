@@ -5,15 +5,40 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := antifragile workflows activities workers
 
-.PHONY: dev test lint format bench bench-full demo worker clean install
+# `.venv` is installed by uv from the committed uv.lock: the same versions on every clone.
+# uv itself comes from PyPI with pip, into its own small virtualenv `.uv/`, so a fresh clone
+# needs only Python >= 3.11. `make UV=uv ...` uses a uv you already have instead.
+UV_VERSION := 0.13.9
+UV_HOME := .uv
+UV ?= $(UV_HOME)/bin/uv
+ifeq ($(UV),$(UV_HOME)/bin/uv)
+UV_DEP := $(UV_HOME)/.uv-$(UV_VERSION)
+endif
+# uv works on `.venv` with the Python that runs make, and never downloads a Python.
+UV_RUN := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON=$(PYTHON) UV_PYTHON_DOWNLOADS=never $(UV)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+.PHONY: dev test lint lock lock-check format bench bench-full demo worker clean install
+
+$(UV_HOME)/.uv-$(UV_VERSION):
+	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	@rm -f $(UV_HOME)/.uv-* && touch $@
+
+# --locked stops when pyproject.toml and uv.lock disagree instead of re-resolving; every extra
+# (dev, otel, ...) because the tests use them all; the project itself stays editable.
+$(STAMP): pyproject.toml uv.lock | $(UV_DEP)
+	$(UV_RUN) sync --locked --all-extras
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# After changing dependencies in pyproject.toml: re-resolve (other pins stay as they are).
+lock: | $(UV_DEP)
+	$(UV_RUN) lock
+
+# Fails when pyproject.toml and uv.lock disagree (in `make lint`, so in `make test` and CI).
+lock-check: | $(UV_DEP)
+	$(UV_RUN) lock --check
 
 dev: $(STAMP)
 	$(BIN)/antifragile dev
@@ -21,7 +46,7 @@ dev: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/antifragile worker
 
-lint: $(STAMP)
+lint: $(STAMP) lock-check
 	$(BIN)/ruff format --check $(CODE) tests bench
 	$(BIN)/ruff check $(CODE) tests bench
 	$(BIN)/mypy $(CODE)
@@ -44,4 +69,4 @@ demo: $(STAMP)
 	$(BIN)/antifragile demo
 
 clean:
-	rm -rf $(VENV) .antifragile .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) .antifragile .pytest_cache .mypy_cache .ruff_cache

@@ -341,7 +341,13 @@ def test_the_metrics_healthcheck_passes_when_the_endpoint_answers_and_fails_othe
 
 def test_the_image_installs_the_package_with_tracing_and_runs_the_cli() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert 'pip install ".[otel]"' in dockerfile
+    # The same lock as `make install`, exactly (--frozen), with the otel extra.
+    assert "COPY pyproject.toml uv.lock " in dockerfile
+    syncs = re.findall(r"(?m)^RUN uv sync (.*)$", dockerfile)
+    assert syncs and all("--frozen" in s and "--extra otel" in s for s in syncs)
+    assert "--extra dev" not in dockerfile and "--all-extras" not in dockerfile
+    # `python` in the compose health checks and entrypoints is the virtualenv's.
+    assert "PATH=/app/.venv/bin:$PATH" in dockerfile
     assert 'ENTRYPOINT ["antifragile"]' in dockerfile
     for package in ("antifragile", "workflows", "activities", "workers"):
         assert f"COPY {package} " in dockerfile
