@@ -12,6 +12,7 @@ Times on every chart are seconds since the experiment started.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -43,6 +44,7 @@ PHASE_COLOURS: dict[ChaosPhase, str] = {
 """Background of each phase on the health chart; terminal phases are not shaded."""
 
 _RC = {
+    "text.parse_math": False,  # names are user input: a "$" is a dollar, not TeX
     "svg.fonttype": "none",  # text stays text: small, selectable, searchable
     "svg.hashsalt": "antifragile-chaos-report",  # stable element ids
     "font.size": 9.0,
@@ -57,17 +59,21 @@ def _s(report: ChaosReport, at: datetime) -> float:
 
 
 def _svg(fig: Figure, gid: str) -> str:
-    """The figure as an SVG element (without the XML prolog and doctype)."""
-    fig.set_gid(gid)
+    """The figure as an ``<svg id=gid>`` element (without the XML prolog and doctype)."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    text = text[text.index("<svg") + len("<svg ") :]
+    # Three SVGs share one page: every id (matplotlib's figure_1, axes_1, …) and every
+    # reference to one get the chart's prefix. Only inside tags: text content has no "<".
+    text = re.sub(r'(<[^<>]*\s)id="', rf'\1id="{gid}-', text)
+    text = text.replace('href="#', f'href="#{gid}-').replace("url(#", f"url(#{gid}-")
+    return f'<svg id="{gid}" role="img" {text}'
 
 
 def _shade_phases(ax: Axes, report: ChaosReport, end_s: float) -> None:
     """Shade each non-terminal phase and name it at the top of the axes."""
-    for p in report.phases:
+    for n, p in enumerate(report.phases):
         colour = PHASE_COLOURS.get(p.phase)
         if colour is None:
             continue
@@ -75,7 +81,7 @@ def _shade_phases(ax: Axes, report: ChaosReport, end_s: float) -> None:
         stop = _s(report, p.left_at) if p.left_at is not None else end_s
         if stop <= start:
             continue
-        ax.axvspan(start, stop, color=colour, zorder=0, lw=0, gid=f"phase-{p.phase.value}")
+        ax.axvspan(start, stop, color=colour, zorder=0, lw=0, gid=f"phase-{n}-{p.phase.value}")
         if (stop - start) < end_s * LABEL_MIN_SHARE:
             continue  # too narrow to name without overlapping its neighbours
         ax.text(
@@ -165,6 +171,7 @@ def health_chart(report: ChaosReport) -> str:
     ax.set_ylabel("health score")
     if not series:
         ax.text(0.5, 0.5, "no health score recorded", transform=ax.transAxes, ha="center")
+        return _svg(fig, "chart-health")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     return _svg(fig, "chart-health")
 
@@ -184,7 +191,9 @@ def calls_chart(report: ChaosReport) -> str:
     for k, (label, counts, colour) in enumerate(kinds):
         ys = [i + (k - 1) * height for i in range(len(instances))]
         values = [counts.get(name, 0) for name in instances]
-        bars = ax.barh(ys, values, height=height, color=colour, label=label, gid=f"calls-{k}")
+        bars = ax.barh(ys, values, height=height, color=colour, label=label)
+        for j, bar in enumerate(bars):
+            bar.set_gid(f"calls-{k}-{j}")
         ax.bar_label(bars, fmt="{:,.0f}", fontsize=7, padding=2)
     ax.set_yticks(range(len(instances)), instances)
     ax.invert_yaxis()
@@ -192,6 +201,7 @@ def calls_chart(report: ChaosReport) -> str:
     if not instances:
         ax.set_yticks([])
         ax.text(0.5, 0.5, "no calls counted", transform=ax.transAxes, ha="center")
+        return _svg(fig, "chart-calls")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     return _svg(fig, "chart-calls")
 
@@ -205,8 +215,10 @@ def breakers_chart(report: ChaosReport) -> str:
     fig = Figure(figsize=(WIDTH_IN, 0.9 + BAR_HEIGHT_IN * max(1, len(names))))
     ax = fig.add_subplot()
     bars = ax.barh(
-        range(len(names)), [counts[n] for n in names], color="#c0392b", gid="breakers", height=0.3
+        range(len(names)), [counts[n] for n in names], color="#c0392b", height=0.3
     )
+    for j, bar in enumerate(bars):
+        bar.set_gid(f"breakers-{j}")
     ax.bar_label(bars, fontsize=7, padding=2)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
