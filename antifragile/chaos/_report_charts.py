@@ -15,10 +15,12 @@ import io
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import matplotlib as mpl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from antifragile.models.chaos import ChaosPhase, ChaosReport
 
@@ -43,7 +45,7 @@ PHASE_COLOURS: dict[ChaosPhase, str] = {
 }
 """Background of each phase on the health chart; terminal phases are not shaded."""
 
-_RC = {
+_RC: dict[Any, Any] = {  # keys: matplotlib's rcParams names
     "text.parse_math": False,  # names are user input: a "$" is a dollar, not TeX
     "svg.fonttype": "none",  # text stays text: small, selectable, searchable
     "svg.hashsalt": "antifragile-chaos-report",  # stable element ids
@@ -214,16 +216,14 @@ def breakers_chart(report: ChaosReport) -> str:
     names = sorted(counts)
     fig = Figure(figsize=(WIDTH_IN, 0.9 + BAR_HEIGHT_IN * max(1, len(names))))
     ax = fig.add_subplot()
-    bars = ax.barh(
-        range(len(names)), [counts[n] for n in names], color="#c0392b", height=0.3
-    )
+    bars = ax.barh(range(len(names)), [counts[n] for n in names], color="#c0392b", height=0.3)
     for j, bar in enumerate(bars):
         bar.set_gid(f"breakers-{j}")
     ax.bar_label(bars, fontsize=7, padding=2)
     ax.set_yticks(range(len(names)), names)
-    ax.invert_yaxis()
+    ax.set_ylim(max(1, len(names)) - 0.5, -0.5)  # top to bottom; one bar is not a wall
     ax.set_xlabel("times opened")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not names:
         ax.set_yticks([])
         ax.text(0.5, 0.5, "no breaker opened", transform=ax.transAxes, ha="center")

@@ -112,13 +112,17 @@ def _summary(report: ChaosReport) -> str:
         )
     )
     if report.injection_failed:
-        rows.append(("injection", f'<span class="bad">failed</span>: {_e(report.injection_failed)}'))
+        rows.append(
+            ("injection", f'<span class="bad">failed</span>: {_e(report.injection_failed)}')
+        )
     active = report.fault_active_s
     bound = report.cleanup.method == "expired" and report.cleanup.confirmed is not True
     if active is None:
         rows.append(("fault active", "-"))
     else:
-        rows.append(("fault active", _e(f"at most {active:g}s (lease TTL)" if bound else f"{active:g}s")))
+        rows.append(
+            ("fault active", _e(f"at most {active:g}s (lease TTL)" if bound else f"{active:g}s"))
+        )
     removed = None if report.injected_at is None else report.removed_at
     rows.append(("injected / removed", _e(f"{_t(report.injected_at)} / {_t(removed)}")))
     confirmed = {True: "; confirmed", False: "; NOT confirmed", None: ""}[report.cleanup.confirmed]

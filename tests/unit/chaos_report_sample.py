@@ -72,7 +72,10 @@ def sample_report(name: str = "latency-demo-db") -> ChaosReport:
         injected_at=at(2.05),
         removed_at=at(12.2),
         ended_at=at(15.5),
-        phases=[PhaseRecord(phase=p, entered_at=at(a), left_at=at(b) if b else None) for p, a, b in phases],
+        phases=[
+            PhaseRecord(phase=p, entered_at=at(a), left_at=at(b) if b else None)
+            for p, a, b in phases
+        ],
         health_lowest=0.35,
         health_timeline=health,
         calls_affected={"demo-1": 4_312},

@@ -72,7 +72,9 @@ def test_every_chart_is_drawn_with_a_size(tmp_path: Path) -> None:
     """
     page = render_html(sample_report())
     assert "script-src" not in page
-    measured = page.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
+    measured = page.replace(
+        "default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';"
+    )
     measured = measured.replace("</body>", _MEASURE + "</body>")
     file = tmp_path / "measured.html"
     file.write_text(measured, encoding="utf-8")

@@ -77,8 +77,8 @@ def test_every_string_from_the_report_is_escaped() -> None:
     report.calls_seen[HOSTILE] = 1
     report.breaker_openings[HOSTILE] = 3
     page = render_html(report)
-    assert "<script" not in page
-    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;$x") == 10  # every place it is shown
+    assert "<script" not in page  # and it is shown escaped in every place below
+    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;$x") == 10
     # In the charts too (an instance or breaker named by a process): escaped by matplotlib.
     charts = page[page.index('id="chart-calls"') : page.index("Not in this report")]
     assert charts.count(">&lt;script&gt;alert('x')&lt;/script&gt;&amp;\"$x</text>") == 2
@@ -121,7 +121,11 @@ def test_without_matplotlib_it_is_one_clear_error() -> None:
         "except ChartsUnavailableError as exc:\n    print(exc)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
         cwd=Path(__file__).resolve().parents[2],
     ).stdout
     assert "pip install 'antifragile[report]'" in out and "matplotlib" in out
