@@ -350,7 +350,13 @@ def status(experiment_id: str, json_out: JsonFlag = False) -> None:
 
 
 @app.command("report")
-def report(experiment_id: str, json_out: JsonFlag = False) -> None:
+def report(
+    experiment_id: str,
+    json_out: JsonFlag = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write it as one offline HTML page.")
+    ] = None,
+) -> None:
     """The experiment's report (so far, if it still runs). Exit 1 unless COMPLETED."""
     settings = load_settings()
 
@@ -362,9 +368,23 @@ def report(experiment_id: str, json_out: JsonFlag = False) -> None:
             rep = await experiment_report(client, experiment_id, plane=plane)
         finally:
             await plane.close()
+        if html is not None:
+            _write_html(rep, html)
         _finish(rep, json_out)
 
     run_command(_go, settings)
+
+
+def _write_html(rep: ChaosReport, path: Path) -> None:
+    from antifragile.chaos.html_report import ChartsUnavailableError, write_html
+
+    try:
+        size = write_html(rep, path)
+    except ChartsUnavailableError as exc:
+        fail(f"--html: {exc}")
+    except OSError as exc:
+        fail(f"--html: cannot write {path}: {exc.strerror or exc}")
+    err_console.print(f"HTML report written to {path} ({size / 1024:.0f} KiB)")
 
 
 # --- approving -----------------------------------------------------------------------

@@ -270,17 +270,30 @@ class Demo:
         ttr = chaos_report.time_to_recover_s
         # Time to recover is only measured when health dropped; never print a made-up 0.0s.
         recovered = f"recovered in {ttr:.1f}s" if ttr is not None else "health never dropped"
+        page = await asyncio.to_thread(self._html_report, chaos_report)
         if chaos_report.outcome is ChaosOutcome.COMPLETED and c.attempted and c.method != "expired":
             t.mark(
                 "chaos_completed",
                 f"{chaos_report.outcome.value}; {affected:,} calls affected; cleanup "
-                f"{c.method}; health lowest {chaos_report.health_lowest}; {recovered}",
+                f"{c.method}; health lowest {chaos_report.health_lowest}; {recovered}; {page}",
             )
         else:
             t.fail(
                 "chaos_completed",
                 f"{chaos_report.outcome} ({chaos_report.reason}); cleanup {c.method}",
             )
+
+    def _html_report(self, report: ChaosReport) -> str:
+        """Write the experiment's HTML report under the data directory; say where (or why not)."""
+        from antifragile.chaos.html_report import ChartsUnavailableError, write_html
+
+        path = self.options.data_dir.resolve() / f"{report.experiment_id}.html"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_html(report, path)
+        except (ChartsUnavailableError, OSError) as exc:
+            return f"no HTML report ({exc})"
+        return f"report {path}"
 
     async def _manual(self, probe: str) -> None:
         s, o, t = self.settings, self.options, self.t

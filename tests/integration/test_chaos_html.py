@@ -1,0 +1,89 @@
+"""``chaos report ID --html FILE`` end to end: a real experiment on real servers (dev server,
+Redis, a worker and a guarded demo service, each its own process), then its HTML page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from antifragile.models.chaos import ChaosOutcome, ChaosReport
+from antifragile.stack.processes import ServerProcess
+from tests.integration.chaos_support import Stack, chaos_stack, cli, eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+DB = "demo-db"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    dev_server: ServerProcess, redis_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with chaos_stack(
+        dev_server.port,
+        redis_server.port,
+        tmp_path_factory.mktemp("chaos-html"),
+        [DB],
+        lease_ttl_s=2.0,
+        instance="html-1",
+    ) as started:
+        yield started
+
+
+async def test_a_real_experiment_s_report_is_one_offline_html_page(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await eventually(
+        lambda: stack.demo.status()["plane_connected"], timeout=20, what="demo service up"
+    )
+    code, out, err = await cli(
+        stack.env,
+        "chaos", "start", "--type", "error", "--error-rate", "1", "--target", DB,
+        "--name", "html-report", "--duration", "2s", "--abort-below", "0", "--wait", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = ChaosReport.model_validate_json(out)
+    assert report.outcome is ChaosOutcome.COMPLETED
+    assert report.health_timeline and report.calls_affected, report
+
+    page = tmp_path / "report.html"
+    code, out, err = await cli(
+        stack.env, "chaos", "report", report.experiment_id, "--html", str(page), "--json"
+    )
+    assert code == 0, err
+    assert ChaosReport.model_validate_json(out).experiment_id == report.experiment_id
+    assert f"HTML report written to {page}" in err.replace("\n", "")
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<svg") == 3 and "default-src 'none'" in text
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text)
+    assert "<title>Chaos report: html-report</title>" in text
+    # The numbers the CLI printed are the page's: calls counted at the real call site.
+    for instance, n in report.calls_affected.items():
+        assert re.search(rf"<td>{instance}</td><td[^>]*>[\d,]+</td><td[^>]*>{n:,}</td>", text)
+    assert 'id="chart-health-health-0"' in text  # the health samples were drawn
+    for phase in ("RUNNING", "VERIFYING_RECOVERY"):
+        assert re.search(rf'id="chart-health-phase-\d+-{phase}"', text)
+
+    # Without --json the table is printed as before, and the page is written as well.
+    again = tmp_path / "again.html"
+    code, out, err = await cli(
+        stack.env, "chaos", "report", report.experiment_id, "--html", str(again)
+    )
+    assert code == 0 and "lowest health" in out and again.stat().st_size > 10_000, err
+
+    # A page that cannot be written is one line, exit 2.
+    code, out, err = await cli(
+        stack.env,
+        "chaos",
+        "report",
+        report.experiment_id,
+        "--html",
+        str(tmp_path / "no" / "x.html"),
+    )
+    assert code == 2, (out, err)
+    assert (
+        err.strip().startswith("error: --html: cannot write") and len(err.strip().splitlines()) == 1
+    )
