@@ -1,0 +1,100 @@
+"""Guarded clients: httpx, redis, aiohttp and grpc.aio calls through a runtime's guards.
+
+Each adapter is a thin layer over the client library's own extension point and sends
+every call through ``runtime.guard(target)``, so the target's circuit breaker, the chaos
+faults installed for it and usage metering apply with no ``async with guard`` at the
+call sites:
+
+- :func:`antifragile.inprocess.integrations.httpx.guarded_client`: an
+  ``httpx.AsyncClient`` whose transport is wrapped (targets may be chosen per host).
+- :func:`antifragile.inprocess.integrations.redis.guarded_redis`: a
+  ``redis.asyncio.Redis`` whose commands (a pipeline's ``execute`` as one call) are
+  guarded.
+- :func:`antifragile.inprocess.integrations.aiohttp.guarded_session`: an
+  ``aiohttp.ClientSession`` with a client middleware.
+- :func:`antifragile.inprocess.integrations.grpc.guarded_channel`: a ``grpc.aio``
+  channel with client interceptors.
+
+The client libraries other than redis are optional (extras ``httpx``, ``aiohttp``,
+``grpc``): import only the module of the client you use. This package imports none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from antifragile.errors import ConfigError
+from antifragile.inprocess.breaker_outcomes import count_as_failure
+
+if TYPE_CHECKING:
+    from antifragile.inprocess.guard import Guard
+    from antifragile.inprocess.runtime import Runtime
+
+
+DEFAULT_FAILURE_STATUSES: frozenset[int] = frozenset(range(500, 600))
+"""Statuses that count as failures of the dependency by default: every 5xx."""
+
+
+def check_statuses(statuses: Iterable[int]) -> frozenset[int]:
+    """``statuses`` as a frozenset, each checked to be an HTTP status.
+
+    Raises:
+        ConfigError: a status that is not an integer from 100 to 599 (names it).
+    """
+    checked = frozenset(statuses)
+    for status in checked:
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ConfigError(
+                f"failure_statuses: must be HTTP statuses from 100 to 599 (got {status!r})"
+            )
+    return checked
+
+
+class FailureStatus(Exception):
+    """Raised inside the guard for a response with a failure status (never to the caller).
+
+    Marked with ``count_as_failure``: the breaker counts it whatever its
+    ``failure_exceptions``; the adapter catches it and returns the response.
+
+    Args:
+        response: The response with the failure status.
+        status: Its status.
+    """
+
+    def __init__(self, response: Any, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.response = response
+        count_as_failure(self)
+
+
+class Answered:
+    """What a guarded call returns when the dependency answered with an error.
+
+    The breaker counts a call that returns as a success: an adapter wraps an error
+    response that is not a failure of the dependency (an HTTP 404, a gRPC
+    ``NOT_FOUND``) in this, and unwraps it outside the guard.
+
+    Args:
+        error: The exception to raise to the caller once out of the guard.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def guard_of(runtime: Runtime, target: str) -> Guard:
+    """``runtime.guard(target)``, refusing an empty target name.
+
+    Created now, not on the first call, so the process guards ``target`` from the
+    start (a chaos experiment's preflight sees it) and a guard configured earlier with
+    ``runtime.guard(target, timeout_s=...)`` is the one used.
+
+    Raises:
+        ConfigError: ``target`` is not a non-empty string.
+    """
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"target: must be a non-empty guard name (got {target!r})")
+    return runtime.guard(target)
