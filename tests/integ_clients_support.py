@@ -141,7 +141,7 @@ class HttpxClient(Client):
     kind = "httpx"
 
     async def open(self) -> None:
-        from antifragile.inprocess.integrations.httpx import guarded_client
+        from antifragile.integrations.httpx import guarded_client
 
         self._ok_key = f"/ok/{self.target}"
         self.client = guarded_client(self.runtime, self.target, base_url=self.servers.http_url)
@@ -162,7 +162,7 @@ class AiohttpClient(Client):
     kind = "aiohttp"
 
     async def open(self) -> None:
-        from antifragile.inprocess.integrations.aiohttp import guarded_session
+        from antifragile.integrations.aiohttp import guarded_session
 
         self._ok_key = f"/ok/{self.target}"
         self.session = guarded_session(self.runtime, self.target)
@@ -184,7 +184,7 @@ class GrpcClient(Client):
     kind = "grpc"
 
     async def open(self) -> None:
-        from antifragile.inprocess.integrations.grpc import guarded_channel
+        from antifragile.integrations.grpc import guarded_channel
 
         self._ok_key = f"{ECHO}:{self.target}"
         self.channel = guarded_channel(self.runtime, self.target, self.servers.grpc_address)
@@ -205,7 +205,7 @@ class RedisClient(Client):
     kind = "redis"
 
     async def open(self) -> None:
-        from antifragile.inprocess.integrations.redis import guarded_redis
+        from antifragile.integrations.redis import guarded_redis
 
         self.key = f"it:{self.target}:{time.monotonic_ns()}"
         # Every error a failure: a command error stands in for a failing server.

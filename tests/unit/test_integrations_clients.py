@@ -1,4 +1,4 @@
-"""Guarded clients (antifragile.inprocess.integrations) against real servers started here:
+"""Guarded clients (antifragile.integrations) against real servers started here:
 an aiohttp.web HTTP server, a grpc.aio server and the session's Redis. Each client's calls
 pass its guard (breaker, metering), a failing server opens the breaker, and each of the six
 fault kinds, installed in the runtime's fault table, acts on exactly the guarded target."""
@@ -176,7 +176,7 @@ async def test_each_fault_acts_on_exactly_the_guarded_target(
 
 
 async def test_httpx_targets_by_host_and_statuses(runtime: Runtime, servers: Servers) -> None:
-    from antifragile.inprocess.integrations.httpx import guarded_client
+    from antifragile.integrations.httpx import guarded_client
 
     config = CircuitBreakerConfig(failure_threshold=2, open_duration_s=60)
     runtime.guard("by-host", breaker_config=config)
@@ -238,7 +238,7 @@ async def test_aiohttp_answered_statuses_and_own_middlewares(
 ) -> None:
     from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
-    from antifragile.inprocess.integrations.aiohttp import guarded_session
+    from antifragile.integrations.aiohttp import guarded_session
 
     order: list[str] = []
 
@@ -260,7 +260,7 @@ async def test_aiohttp_answered_statuses_and_own_middlewares(
 
 
 async def test_grpc_answered_codes_and_streams(runtime: Runtime, servers: Servers) -> None:
-    from antifragile.inprocess.integrations.grpc import guarded_channel
+    from antifragile.integrations.grpc import guarded_channel
 
     runtime.guard("rpc", breaker_config=CircuitBreakerConfig(failure_threshold=2))
     channel = guarded_channel(runtime, "rpc", servers.grpc_address)
@@ -297,7 +297,7 @@ async def test_grpc_answered_codes_and_streams(runtime: Runtime, servers: Server
 async def test_redis_pipelines_are_one_guarded_call_and_replies_are_answers(
     runtime: Runtime, redis_url: str
 ) -> None:
-    from antifragile.inprocess.integrations.redis import guarded_redis
+    from antifragile.integrations.redis import guarded_redis
 
     runtime.guard("kv", breaker_config=CircuitBreakerConfig(failure_threshold=2))
     client = guarded_redis(runtime, "kv", redis_url, decode_responses=True)

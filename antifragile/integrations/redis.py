@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
-from antifragile.inprocess.integrations import Answered, guard_of
+from antifragile.integrations import Answered, guard_of
 
 if TYPE_CHECKING:
     from antifragile.inprocess.guard import Guard

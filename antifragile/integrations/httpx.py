@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from antifragile.errors import ConfigError
-from antifragile.inprocess.integrations import (
+from antifragile.integrations import (
     DEFAULT_FAILURE_STATUSES,
     FailureStatus,
     check_statuses,

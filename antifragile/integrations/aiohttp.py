@@ -14,7 +14,7 @@ innermost middleware: middlewares of your own (``middlewares=`` here) run outsid
 each retry they make is a guarded call of its own.
 
 What the guarded call covers and which statuses are failures is as for the httpx
-adapter (:mod:`antifragile.inprocess.integrations.httpx`): status and headers, body read
+adapter (:mod:`antifragile.integrations.httpx`): status and headers, body read
 afterwards outside the guard; ``failure_statuses`` default 500-599, the caller still
 gets the response. A refused call raises ``CircuitOpenError`` /
 ``ConcurrencyLimitError``; aiohttp wraps an injected ``ConnectionError`` (an
@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from antifragile.errors import ConfigError
-from antifragile.inprocess.integrations import (
+from antifragile.integrations import (
     DEFAULT_FAILURE_STATUSES,
     FailureStatus,
     check_statuses,

@@ -5,14 +5,14 @@ every call through ``runtime.guard(target)``, so the target's circuit breaker, t
 faults installed for it and usage metering apply with no ``async with guard`` at the
 call sites:
 
-- :func:`antifragile.inprocess.integrations.httpx.guarded_client`: an
+- :func:`antifragile.integrations.httpx.guarded_client`: an
   ``httpx.AsyncClient`` whose transport is wrapped (targets may be chosen per host).
-- :func:`antifragile.inprocess.integrations.redis.guarded_redis`: a
+- :func:`antifragile.integrations.redis.guarded_redis`: a
   ``redis.asyncio.Redis`` whose commands (a pipeline's ``execute`` as one call) are
   guarded.
-- :func:`antifragile.inprocess.integrations.aiohttp.guarded_session`: an
+- :func:`antifragile.integrations.aiohttp.guarded_session`: an
   ``aiohttp.ClientSession`` with a client middleware.
-- :func:`antifragile.inprocess.integrations.grpc.guarded_channel`: a ``grpc.aio``
+- :func:`antifragile.integrations.grpc.guarded_channel`: a ``grpc.aio``
   channel with client interceptors.
 
 The client libraries other than redis are optional (extras ``httpx``, ``aiohttp``,

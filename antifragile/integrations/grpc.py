@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from antifragile.inprocess.integrations import Answered, guard_of
+from antifragile.integrations import Answered, guard_of
 
 if TYPE_CHECKING:
     from antifragile.inprocess.guard import Guard
