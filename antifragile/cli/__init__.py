@@ -175,23 +175,43 @@ def dev(
         ".antifragile"
     ),
 ) -> None:
-    """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
-    from antifragile.cli._common import console, err_console, load_settings, run_command
+    """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C.
+
+    If Temporal or Redis exits on its own, the stack says which (``error: Redis exited
+    (code -9, SIGKILL): stopped the dev stack``), stops everything else and exits 1.
+    """
+    from temporalio.runtime import Runtime
+
+    from antifragile.cli._common import (
+        cli_runtime,
+        console,
+        err_console,
+        load_settings,
+        run_command,
+    )
     from antifragile.models.common import redact_url
-    from antifragile.stack.devstack import DevStack, redis_url_from_env
+    from antifragile.stack.devstack import ChildExited, DevStack, redis_url_from_env
     from workers.main import run_worker  # wired here: the stack never imports workers
 
     settings = load_settings()
     _configure_logging(settings)
+    # The worker's Temporal core keeps its retry WARN lines off the terminal, as a CLI
+    # command's does: a Temporal that went away is reported once, by the stack.
+    Runtime.set_default(cli_runtime(), error_if_already_set=False)
     stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
 
     def ready(s: DevStack) -> None:
+        # Another stack's commands need all three: the UI links they print included.
         env = (
             f"ANTIFRAGILE_TEMPORAL_ADDRESS={s.temporal_address} "
-            f"ANTIFRAGILE_REDIS_URL={s.effective_redis_url}"
+            f"ANTIFRAGILE_REDIS_URL={s.effective_redis_url} "
+            f"ANTIFRAGILE_UI_URL={s.ui_url}"
         )
-        default = s.port == 7233 and s.redis_url is None and s.redis_port == 6379
+        default = (
+            s.port == 7233 and s.ui_port == 8233 and s.redis_url is None and s.redis_port == 6379
+        )
         prefix = "" if default else env + " "
+        probe = f"tcp://127.0.0.1:{s.redis_port if s.redis_url is None else 6379}"
         console.print(
             f"[bold green]antifragile dev stack is up[/bold green]\n"
             f"  Temporal UI   {s.ui_url}\n"
@@ -201,15 +221,25 @@ def dev(
             f"  Worker        task queue {s.settings().task_queue}\n\n"
             f"Try, in another terminal:\n"
             f"  {prefix}.venv/bin/antifragile recovery start payments "
-            f"--probe tcp://127.0.0.1:{s.redis_port if s.redis_url is None else 6379} --wait\n"
+            f"--probe {probe} --wait\n"
             f"  {prefix}.venv/bin/antifragile recovery queue\n"
-            f"  {prefix}.venv/bin/python -m antifragile.demo.guarded_service --targets demo-db\n"
+            f"  {prefix}.venv/bin/python -m antifragile.demo.guarded_service --targets demo-db "
+            f"--probe demo-db={probe}\n"
             f"  {prefix}.venv/bin/antifragile chaos start --type latency --target demo-db "
             f"--duration 30s --wait\n\n"
             f"Ctrl-C stops everything started here."
         )
 
-    run_command(lambda _: stack.run(run_worker, on_ready=ready), settings, temporal=False)
+    try:
+        run_command(
+            lambda _: stack.run(run_worker, on_ready=ready),
+            settings,
+            temporal=False,
+            passthrough=(ChildExited,),
+        )
+    except ChildExited as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
     err_console.print("dev stack stopped")
 
 
