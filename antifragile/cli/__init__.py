@@ -142,7 +142,7 @@ def worker() -> None:
     settings = load_settings()
     policy = prepare_worker(settings)
     err_console.print(worker_banner(settings))
-    run_command(lambda s: run_worker(s, policy), settings, temporal=False)
+    run_command(lambda s: run_worker(s, policy), settings, temporal=False, quiet_core=False)
 
 
 @app.command("setup")

@@ -64,6 +64,9 @@ def cli_runtime() -> Runtime:
     waiting on a server that went away printed dozens of them (on stdout, even with
     ``--json``) before its one-line error. Here only core errors are kept, and they go to
     Python logging (stderr) instead.
+
+    It is also made the process's default runtime, so a connection made by library code the
+    command calls (``antifragile.chaos.client`` stopping schedules) is just as quiet.
     """
     import logging
 
@@ -75,7 +78,7 @@ def cli_runtime() -> Runtime:
         TelemetryFilter,
     )
 
-    return Runtime(
+    runtime = Runtime(
         telemetry=TelemetryConfig(
             logging=LoggingConfig(
                 filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
@@ -83,6 +86,8 @@ def cli_runtime() -> Runtime:
             )
         )
     )
+    Runtime.set_default(runtime, error_if_already_set=False)
+    return runtime
 
 
 def unreachable(settings: Settings, exc: RPCError, after: str = "") -> NoReturn:
@@ -214,7 +219,7 @@ def run_command(
     settings: Settings | None = None,
     *,
     temporal: Literal[True] = True,
-    quiet_core: bool = False,
+    quiet_core: bool = True,
     passthrough: tuple[type[BaseException], ...] = (),
 ) -> T: ...
 
@@ -225,7 +230,7 @@ def run_command(
     settings: Settings | None = None,
     *,
     temporal: Literal[False],
-    quiet_core: bool = False,
+    quiet_core: bool = True,
     passthrough: tuple[type[BaseException], ...] = (),
 ) -> T: ...
 
@@ -235,7 +240,7 @@ def run_command(
     settings: Settings | None = None,
     *,
     temporal: bool = True,
-    quiet_core: bool = False,
+    quiet_core: bool = True,
     passthrough: tuple[type[BaseException], ...] = (),
 ) -> T:
     """The body every command that runs a coroutine shares: settings, Temporal, errors.
@@ -270,9 +275,9 @@ def run_command(
         settings: Already loaded settings (a command that needed them before, e.g. to
             configure logging); None loads them.
         temporal: Connect to Temporal first and pass the client. Default True.
-        quiet_core: Connect with :func:`cli_runtime` (core WARN lines kept off the
-            terminal), for a command that may wait on a server that goes away. Default
-            False: the SDK's default runtime.
+        quiet_core: Use :func:`cli_runtime` (core WARN lines kept off the terminal) for
+            every Temporal connection the command makes, its own or a library's. Default
+            True; False (``antifragile worker``, a server) keeps the SDK's default runtime.
         passthrough: Error types that propagate unchanged (see :func:`command_errors`).
             Default none.
 
@@ -284,6 +289,9 @@ def run_command(
     """
     with command_errors(passthrough):
         loaded = settings if settings is not None else load_settings()
+
+        if quiet_core and (temporal or "temporalio" in sys.modules):
+            cli_runtime()  # before any connection: the default runtime of the process
 
         async def _work() -> T:
             if not temporal:

@@ -91,9 +91,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on std
 
 async def _connect(settings: Settings) -> Client:
     """Connect to Temporal (temporalio is imported here, by the commands that need it)."""
+    from antifragile.cli._common import cli_runtime
     from antifragile.temporal_client import connect
 
-    return await connect(settings)
+    return await connect(settings, runtime=cli_runtime())
 
 
 @contextlib.contextmanager
