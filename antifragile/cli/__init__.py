@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 from typer.exceptions import TyperException
 
 if TYPE_CHECKING:
@@ -121,6 +121,17 @@ class LazyGroup(TyperGroup):
         # The listing needs only names and one-line helps: no sub-command module imported.
         with self._listing_commands():
             super().format_help(ctx, formatter)
+
+
+_option_type = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    # typer shows "<bool>" next to every flag (--wait, --json, --help): a flag takes no value.
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 app = typer.Typer(
@@ -355,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         if str(message).strip():
             from antifragile.cli._common import err_console
 
-            err_console.print(f"error: {' '.join(str(message).split())}")
+            # A choice checked by typer's pydantic adapter reads "Value error, 'x' is not…".
+            line = " ".join(str(message).replace("Value error, ", "").split())
+            err_console.print(f"error: {line}", markup=False)
         code = int(getattr(exc, "exit_code", 2))
     except typer.Abort:
         from antifragile.cli._common import err_console

@@ -325,15 +325,25 @@ def first_value(value: Any) -> Any:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration_s(text: str, flag: str) -> float:
-    """Parse ``500ms``, ``1s``, ``2m``, ``1h`` or a bare number of seconds."""
+    """Parse ``500ms``, ``1s``, ``2m`` or ``1h`` into seconds.
+
+    A bare number is refused (``--initial-delay 500`` was 500 s to some and 500 ms to
+    others): the error names the flag and the value and shows both readings.
+
+    Raises:
+        ConfigError: (exit 2) not a duration, or no unit.
+    """
     match = _DURATION.match(text)
     if not match:
         fail(f"{flag}: expected a duration like 500ms, 30s, 5m or 1h, got {text!r}")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    number, unit = match.group(1), match.group(2)
+    if unit is None:
+        fail(f"{flag}: {text.strip()!r} has no unit; write {number}ms or {number}s")
+    return float(number) * _UNIT_S[unit]
 
 
 def parse_model(model: type[T], data: dict[str, Any], what: str) -> T:
@@ -341,7 +351,14 @@ def parse_model(model: type[T], data: dict[str, Any], what: str) -> T:
     try:
         return model.model_validate(data)  # type: ignore[attr-defined,no-any-return]
     except ValidationError as exc:
-        fail(f"invalid {what}: {describe_validation_error(exc)}")
+        # A check across fields (max_delay_ms >= initial_delay_ms) names its values in its
+        # message; its input is a whole dict, which would only show cut off: not shown.
+        whole = tuple(
+            tuple(str(p) for p in err["loc"])
+            for err in exc.errors()
+            if isinstance(err.get("input"), dict | list)
+        )
+        fail(f"invalid {what}: {describe_validation_error(exc, whole)}")
 
 
 async def approval_signal(

@@ -73,6 +73,7 @@ from antifragile.models.chaos import (
     EmergencyStopSignal,
     HaltStatus,
 )
+from antifragile.models.chaos_fleet import SCHEDULE_PREFIX
 from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ResourceType
 from antifragile.models.common import Decision
 from antifragile.policy import WorkerPolicy
@@ -562,15 +563,29 @@ def schedules(json_out: JsonFlag = False) -> None:
 
 
 @app.command("unschedule")
-def unschedule(name: str) -> None:
-    """Delete the chaos schedule NAME."""
+def unschedule(
+    name: Annotated[
+        str,
+        typer.Argument(help="Scenario name, or the schedule id chaos-schedule-NAME."),
+    ],
+) -> None:
+    """Delete the chaos schedule NAME (as printed by `chaos schedule`, prefix or not)."""
     settings = load_settings()
 
     async def _go(client: Client, settings: Settings) -> None:
-        from antifragile.chaos.schedules import delete_schedule
+        from antifragile.chaos.schedules import ScheduleError, delete_schedule, schedule_id
 
-        await delete_schedule(client, name)
-        console.print(f"schedule {name} deleted")
+        bare = name.removeprefix(SCHEDULE_PREFIX)
+        try:
+            await delete_schedule(client, bare)
+            deleted = bare
+        except ScheduleError:
+            if bare == name:
+                raise
+            # A scenario whose own name starts with the prefix.
+            await delete_schedule(client, name)
+            deleted = name
+        console.print(f"schedule {schedule_id(deleted)} deleted")
 
     run_command(_go, settings)
 

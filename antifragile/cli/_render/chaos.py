@@ -156,7 +156,10 @@ def render_report(report: ChaosReport) -> None:
 
 
 def render_experiments(rows: list[dict[str, Any]]) -> None:
-    """Print the table of ``chaos list``."""
+    """Print the table of ``chaos list`` (one line when there is none)."""
+    if not rows:
+        console.print("no chaos experiments")
+        return
     table = Table()
     for col in ("experiment", "target", "type", "phase", "started", "workflow"):
         table.add_column(col)
@@ -288,7 +291,10 @@ def schedule_rows(schedules: list[ScheduleInfo]) -> list[dict[str, Any]]:
 
 
 def render_schedules(schedules: list[ScheduleInfo]) -> None:
-    """Print the table of ``chaos schedules``."""
+    """Print the table of ``chaos schedules`` (one line when there is none)."""
+    if not schedules:
+        console.print("no chaos schedules")
+        return
     table = Table()
     for col in ("name", "cron", "paused", "next run", "runs", "note"):
         table.add_column(col)
@@ -296,7 +302,7 @@ def render_schedules(schedules: list[ScheduleInfo]) -> None:
         table.add_row(
             r["name"],
             r["cron"],
-            str(r["paused"]),
+            "yes" if r["paused"] else "no",
             str(r["next_run"] or "-")[:19],
             str(r["runs"]),
             r["note"],
