@@ -161,3 +161,12 @@ def test_instances_without_breakers_get_a_line_not_an_empty_table(
     out = capsys.readouterr().out
     assert "api-1" in out and "no breakers reported" in out, out
     assert "Breakers" not in out, out
+
+
+def test_the_license_is_an_spdx_string_so_installs_print_no_deprecation_warning() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    # A table ({text = ...}) made setuptools warn on every install; a string needs >= 77.
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]
