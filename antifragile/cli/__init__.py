@@ -200,7 +200,6 @@ def dev(
         load_settings,
         run_command,
     )
-    from antifragile.models.common import redact_url
     from antifragile.stack.devstack import ChildExited, DevStack, redis_url_from_env
     from workers.main import run_worker  # wired here: the stack never imports workers
 
@@ -212,34 +211,10 @@ def dev(
     stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
 
     def ready(s: DevStack) -> None:
-        # Another stack's commands need all three: the UI links they print included.
-        env = (
-            f"ANTIFRAGILE_TEMPORAL_ADDRESS={s.temporal_address} "
-            f"ANTIFRAGILE_REDIS_URL={s.effective_redis_url} "
-            f"ANTIFRAGILE_UI_URL={s.ui_url}"
-        )
-        default = (
-            s.port == 7233 and s.ui_port == 8233 and s.redis_url is None and s.redis_port == 6379
-        )
-        prefix = "" if default else env + " "
-        probe = f"tcp://127.0.0.1:{s.redis_port if s.redis_url is None else 6379}"
-        console.print(
-            f"[bold green]antifragile dev stack is up[/bold green]\n"
-            f"  Temporal UI   {s.ui_url}\n"
-            f"  Temporal gRPC {s.temporal_address}\n"
-            f"  Redis         {redact_url(s.effective_redis_url)}\n"
-            f"  Data          {s.data_dir.resolve()}\n"
-            f"  Worker        task queue {s.settings().task_queue}\n\n"
-            f"Try, in another terminal:\n"
-            f"  {prefix}.venv/bin/antifragile recovery start payments "
-            f"--probe {probe} --wait\n"
-            f"  {prefix}.venv/bin/antifragile recovery queue\n"
-            f"  {prefix}.venv/bin/python -m antifragile.demo.guarded_service --targets demo-db "
-            f"--probe demo-db={probe}\n"
-            f"  {prefix}.venv/bin/antifragile chaos start --type latency --target demo-db "
-            f"--duration 30s --wait\n\n"
-            f"Ctrl-C stops everything started here."
-        )
+        # soft_wrap: a command line of the banner is never cut in two.
+        title, _, rest = s.banner().partition("\n")
+        console.print(f"[bold green]{title}[/bold green]")
+        console.print(rest, markup=False, highlight=False, soft_wrap=True)
 
     try:
         run_command(

@@ -100,6 +100,45 @@ class DevStack:
         """The Redis the stack's processes use."""
         return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
+    def banner(self) -> str:
+        """What ``antifragile dev`` prints once the stack is up: addresses, then commands to try.
+
+        A stack off the default ports starts its "Try" lines with one ``export`` line
+        pointing a terminal at it (Temporal, Redis and the UI, so the links commands print
+        lead to this stack's UI). A Redis URL the user set is never echoed: it is in their
+        environment already, and may carry a password.
+        """
+        default = (
+            self.port == 7233
+            and self.ui_port == 8233
+            and self.redis_url is None
+            and self.redis_port == 6379
+        )
+        export = ""
+        if not default:
+            redis = "" if self.redis_url else f" ANTIFRAGILE_REDIS_URL={self.effective_redis_url}"
+            export = (
+                f"  export ANTIFRAGILE_TEMPORAL_ADDRESS={self.temporal_address}{redis} "
+                f"ANTIFRAGILE_UI_URL={self.ui_url}\n"
+            )
+        probe = f"tcp://127.0.0.1:{self.redis_port if self.redis_url is None else 6379}"
+        return (
+            f"antifragile dev stack is up\n"
+            f"  Temporal UI   {self.ui_url}\n"
+            f"  Temporal gRPC {self.temporal_address}\n"
+            f"  Redis         {redact_url(self.effective_redis_url)}\n"
+            f"  Data          {self.data_dir.resolve()}\n"
+            f"  Worker        task queue {self.settings().task_queue}\n\n"
+            f"Try, in another terminal:\n{export}"
+            f"  .venv/bin/antifragile recovery start payments --probe {probe} --wait\n"
+            f"  .venv/bin/antifragile recovery queue\n"
+            f"  .venv/bin/python -m antifragile.demo.guarded_service --targets demo-db "
+            f"--probe demo-db={probe}\n"
+            f"  .venv/bin/antifragile chaos start --type latency --target demo-db "
+            f"--duration 30s --wait\n\n"
+            f"Ctrl-C stops everything started here."
+        )
+
     def settings(self, base: Settings | None = None) -> Settings:
         """Settings pointing at this stack."""
         return (base or Settings()).model_copy(

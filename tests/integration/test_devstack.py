@@ -175,7 +175,11 @@ def test_dev_stack_stops_everything_with_exit_1_when_a_server_dies(
     try:
         banner = _wait_line(proc, "Ctrl-C stops everything")
         # A second stack's "Try" lines carry all three addresses, the UI's included.
-        assert f"ANTIFRAGILE_UI_URL=http://127.0.0.1:{ports['ui_port']}" in banner
+        assert (
+            f"  export ANTIFRAGILE_TEMPORAL_ADDRESS=127.0.0.1:{ports['port']} "
+            f"ANTIFRAGILE_REDIS_URL=redis://127.0.0.1:{ports['redis_port']}/0 "
+            f"ANTIFRAGILE_UI_URL=http://127.0.0.1:{ports['ui_port']}\n"
+        ) in banner
         assert f"--probe demo-db=tcp://127.0.0.1:{ports['redis_port']}" in banner
         found = subprocess.run(
             ["pgrep", "-f", pattern.format(data=data, **ports)],
