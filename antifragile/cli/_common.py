@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, TypeVar, overload
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -301,7 +301,24 @@ def run_command(
             client = await connect(loaded, runtime=cli_runtime() if quiet_core else None)
             return await work(client, loaded)
 
-        return run(_work())
+        try:
+            return run(_work())
+        except Exception as exc:
+            # Temporal went away mid-command (a --wait, a follow): the line and exit code
+            # (2) a fresh command gets, not "Temporal refused the request" (exit 1).
+            if _unavailable(exc) and not isinstance(exc, passthrough):
+                unreachable(loaded, exc)
+            raise
+
+
+def _unavailable(exc: BaseException) -> TypeGuard[RPCError]:
+    """True for a Temporal call that failed because the server could not be reached."""
+    service = sys.modules.get("temporalio.service")  # not imported: exc is no RPCError
+    return (
+        service is not None
+        and isinstance(exc, service.RPCError)
+        and exc.status is service.RPCStatusCode.UNAVAILABLE
+    )
 
 
 def print_json(data: Any) -> None:
