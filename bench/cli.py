@@ -10,7 +10,8 @@ of load on the shared machine hits every command alike):
   its one-line error and what is timed is its start-up;
 - ``temporal --help``: the Temporal CLI of this venv (a Go binary), for scale.
 
-Prints p50, p90 and max per command and the load average. Exit 0 when both targets hold
+Prints p50, p90 and max per command, each p50 as a multiple of ``temporal --help``'s
+(measured in the same rounds), and the load average. Exit 0 when both targets hold
 at p50, 1 otherwise (the p99 of a busy 2-core machine is printed, not judged).
 
 Usage: ``python -m bench.cli [--runs 20]`` (or ``python -m bench cli``).
@@ -29,6 +30,8 @@ from pathlib import Path
 
 TARGETS_S = {"antifragile --help": 0.3, "antifragile recovery status X": 0.6}
 """Targets at p50 on this machine (issue 15)."""
+TEMPORAL = "temporal --help"
+"""The reference: every command's p50 is also shown as a multiple of this one's."""
 
 
 def _commands() -> dict[str, list[str]]:
@@ -43,7 +46,7 @@ def _commands() -> dict[str, list[str]]:
     temporal = venv_bin / "temporal"
     found = str(temporal) if temporal.exists() else shutil.which("temporal")
     if found:
-        commands["temporal --help"] = [found, "--help"]
+        commands[TEMPORAL] = [found, "--help"]
     return commands
 
 
@@ -75,19 +78,22 @@ def run(runs: int) -> int:
         f"{runs} runs each; {os.cpu_count()} cores, load average {load_before:.1f} before, "
         f"{load_after:.1f} after"
     )
-    print(f"{'command':34} {'p50':>7} {'p90':>7} {'max':>7}  target (p50)")
+    reference = times.get(TEMPORAL)
+    ref_p50 = statistics.median(reference) if reference else None
+    print(f"{'command':34} {'p50':>7} {'p90':>7} {'max':>7}  {'vs temporal':>11}  target (p50)")
     code = 0
     for name, values in times.items():
         ordered = sorted(values)
         p50 = statistics.median(ordered)
         p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+        ratio = f"x{p50 / ref_p50:.1f}" if ref_p50 else "-"
         target = TARGETS_S.get(name)
         verdict = ""
         if target is not None:
             ok = p50 <= target
             code = code if ok else 1
             verdict = f"<= {target:.1f} s {'met' if ok else 'MISSED'}"
-        print(f"{name:34} {p50:6.3f}s {p90:6.3f}s {ordered[-1]:6.3f}s  {verdict}")
+        print(f"{name:34} {p50:6.3f}s {p90:6.3f}s {ordered[-1]:6.3f}s  {ratio:>11}  {verdict}")
     return code
 
 

@@ -18,7 +18,7 @@ import yaml
 from antifragile.chaos.logic import cap_duration, policy_refusal
 from antifragile.errors import ConfigError
 from antifragile.models.chaos_scenario import ChaosScenario, parse_scenario
-from antifragile.policy import WorkerPolicy
+from antifragile.policy import WorkerPolicy, _yaml_problem
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "chaos-scenario.schema.json"
 """Where the published JSON Schema of a scenario lives (shipped as package data)."""
@@ -31,10 +31,12 @@ def _read(path: Path) -> Any:
         raise ConfigError(f"scenario file {path}: {exc.strerror or exc}") from None
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        what = "JSON" if path.suffix == ".json" else "YAML"
-        first = str(exc).splitlines()[0] if str(exc) else what
-        raise ConfigError(f"scenario file {path}: not valid {what} ({first})") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise ConfigError(f"scenario file {path}: not valid JSON ({where})") from None
+    except yaml.YAMLError as exc:
+        # Where, never the file's text: a line may hold a secret (as for policy files).
+        raise ConfigError(f"scenario file {path}: not valid YAML ({_yaml_problem(exc)})") from None
 
 
 def load_scenario(path: Path | str) -> ChaosScenario:

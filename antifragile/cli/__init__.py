@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 from typer.exceptions import TyperException
 
 if TYPE_CHECKING:
@@ -123,6 +123,17 @@ class LazyGroup(TyperGroup):
             super().format_help(ctx, formatter)
 
 
+_option_type = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    # typer shows "<bool>" next to every flag (--wait, --json, --help): a flag takes no value.
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
 app = typer.Typer(
     name="antifragile",
     help="Durable recovery and chaos engine for Python services, built on Temporal.",
@@ -142,7 +153,7 @@ def worker() -> None:
     settings = load_settings()
     policy = prepare_worker(settings)
     err_console.print(worker_banner(settings))
-    run_command(lambda s: run_worker(s, policy), settings, temporal=False)
+    run_command(lambda s: run_worker(s, policy), settings, temporal=False, quiet_core=False)
 
 
 @app.command("setup")
@@ -175,41 +186,46 @@ def dev(
         ".antifragile"
     ),
 ) -> None:
-    """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C."""
-    from antifragile.cli._common import console, err_console, load_settings, run_command
-    from antifragile.models.common import redact_url
-    from antifragile.stack.devstack import DevStack, redis_url_from_env
+    """Run the embedded stack (Temporal + UI, Redis, a worker) until Ctrl-C.
+
+    If Temporal or Redis exits on its own, the stack says which (``error: Redis exited
+    (code -9, SIGKILL): stopped the dev stack``), stops everything else and exits 1.
+    """
+    from temporalio.runtime import Runtime
+
+    from antifragile.cli._common import (
+        cli_runtime,
+        console,
+        err_console,
+        load_settings,
+        run_command,
+    )
+    from antifragile.stack.devstack import ChildExited, DevStack, redis_url_from_env
     from workers.main import run_worker  # wired here: the stack never imports workers
 
     settings = load_settings()
     _configure_logging(settings)
+    # The worker's Temporal core keeps its retry WARN lines off the terminal, as a CLI
+    # command's does: a Temporal that went away is reported once, by the stack.
+    Runtime.set_default(cli_runtime(), error_if_already_set=False)
     stack = DevStack(port, ui_port, redis_port, data_dir, redis_url_from_env())
 
     def ready(s: DevStack) -> None:
-        env = (
-            f"ANTIFRAGILE_TEMPORAL_ADDRESS={s.temporal_address} "
-            f"ANTIFRAGILE_REDIS_URL={s.effective_redis_url}"
-        )
-        default = s.port == 7233 and s.redis_url is None and s.redis_port == 6379
-        prefix = "" if default else env + " "
-        console.print(
-            f"[bold green]antifragile dev stack is up[/bold green]\n"
-            f"  Temporal UI   {s.ui_url}\n"
-            f"  Temporal gRPC {s.temporal_address}\n"
-            f"  Redis         {redact_url(s.effective_redis_url)}\n"
-            f"  Data          {s.data_dir.resolve()}\n"
-            f"  Worker        task queue {s.settings().task_queue}\n\n"
-            f"Try, in another terminal:\n"
-            f"  {prefix}.venv/bin/antifragile recovery start payments "
-            f"--probe tcp://127.0.0.1:{s.redis_port if s.redis_url is None else 6379} --wait\n"
-            f"  {prefix}.venv/bin/antifragile recovery queue\n"
-            f"  {prefix}.venv/bin/python -m antifragile.demo.guarded_service --targets demo-db\n"
-            f"  {prefix}.venv/bin/antifragile chaos start --type latency --target demo-db "
-            f"--duration 30s --wait\n\n"
-            f"Ctrl-C stops everything started here."
-        )
+        # soft_wrap: a command line of the banner is never cut in two.
+        title, _, rest = s.banner().partition("\n")
+        console.print(f"[bold green]{title}[/bold green]")
+        console.print(rest, markup=False, highlight=False, soft_wrap=True)
 
-    run_command(lambda _: stack.run(run_worker, on_ready=ready), settings, temporal=False)
+    try:
+        run_command(
+            lambda _: stack.run(run_worker, on_ready=ready),
+            settings,
+            temporal=False,
+            passthrough=(ChildExited,),
+        )
+    except ChildExited as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
     err_console.print("dev stack stopped")
 
 
@@ -325,7 +341,9 @@ def main(argv: list[str] | None = None) -> None:
         if str(message).strip():
             from antifragile.cli._common import err_console
 
-            err_console.print(f"error: {' '.join(str(message).split())}")
+            # A choice checked by typer's pydantic adapter reads "Value error, 'x' is not…".
+            line = " ".join(str(message).replace("Value error, ", "").split())
+            err_console.print(f"error: {line}", markup=False)
         code = int(getattr(exc, "exit_code", 2))
     except typer.Abort:
         from antifragile.cli._common import err_console

@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, TypeVar, overload
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -64,6 +64,9 @@ def cli_runtime() -> Runtime:
     waiting on a server that went away printed dozens of them (on stdout, even with
     ``--json``) before its one-line error. Here only core errors are kept, and they go to
     Python logging (stderr) instead.
+
+    It is also made the process's default runtime, so a connection made by library code the
+    command calls (``antifragile.chaos.client`` stopping schedules) is just as quiet.
     """
     import logging
 
@@ -75,7 +78,7 @@ def cli_runtime() -> Runtime:
         TelemetryFilter,
     )
 
-    return Runtime(
+    runtime = Runtime(
         telemetry=TelemetryConfig(
             logging=LoggingConfig(
                 filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
@@ -83,6 +86,8 @@ def cli_runtime() -> Runtime:
             )
         )
     )
+    Runtime.set_default(runtime, error_if_already_set=False)
+    return runtime
 
 
 def unreachable(settings: Settings, exc: RPCError, after: str = "") -> NoReturn:
@@ -214,7 +219,7 @@ def run_command(
     settings: Settings | None = None,
     *,
     temporal: Literal[True] = True,
-    quiet_core: bool = False,
+    quiet_core: bool = True,
     passthrough: tuple[type[BaseException], ...] = (),
 ) -> T: ...
 
@@ -225,7 +230,7 @@ def run_command(
     settings: Settings | None = None,
     *,
     temporal: Literal[False],
-    quiet_core: bool = False,
+    quiet_core: bool = True,
     passthrough: tuple[type[BaseException], ...] = (),
 ) -> T: ...
 
@@ -235,7 +240,7 @@ def run_command(
     settings: Settings | None = None,
     *,
     temporal: bool = True,
-    quiet_core: bool = False,
+    quiet_core: bool = True,
     passthrough: tuple[type[BaseException], ...] = (),
 ) -> T:
     """The body every command that runs a coroutine shares: settings, Temporal, errors.
@@ -270,9 +275,9 @@ def run_command(
         settings: Already loaded settings (a command that needed them before, e.g. to
             configure logging); None loads them.
         temporal: Connect to Temporal first and pass the client. Default True.
-        quiet_core: Connect with :func:`cli_runtime` (core WARN lines kept off the
-            terminal), for a command that may wait on a server that goes away. Default
-            False: the SDK's default runtime.
+        quiet_core: Use :func:`cli_runtime` (core WARN lines kept off the terminal) for
+            every Temporal connection the command makes, its own or a library's. Default
+            True; False (``antifragile worker``, a server) keeps the SDK's default runtime.
         passthrough: Error types that propagate unchanged (see :func:`command_errors`).
             Default none.
 
@@ -285,6 +290,9 @@ def run_command(
     with command_errors(passthrough):
         loaded = settings if settings is not None else load_settings()
 
+        if quiet_core and (temporal or "temporalio" in sys.modules):
+            cli_runtime()  # before any connection: the default runtime of the process
+
         async def _work() -> T:
             if not temporal:
                 return await work(loaded)
@@ -293,7 +301,24 @@ def run_command(
             client = await connect(loaded, runtime=cli_runtime() if quiet_core else None)
             return await work(client, loaded)
 
-        return run(_work())
+        try:
+            return run(_work())
+        except Exception as exc:
+            # Temporal went away mid-command (a --wait, a follow): the line and exit code
+            # (2) a fresh command gets, not "Temporal refused the request" (exit 1).
+            if _unavailable(exc) and not isinstance(exc, passthrough):
+                unreachable(loaded, exc)
+            raise
+
+
+def _unavailable(exc: BaseException) -> TypeGuard[RPCError]:
+    """True for a Temporal call that failed because the server could not be reached."""
+    service = sys.modules.get("temporalio.service")  # not imported: exc is no RPCError
+    return (
+        service is not None
+        and isinstance(exc, service.RPCError)
+        and exc.status is service.RPCStatusCode.UNAVAILABLE
+    )
 
 
 def print_json(data: Any) -> None:
@@ -317,15 +342,25 @@ def first_value(value: Any) -> Any:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration_s(text: str, flag: str) -> float:
-    """Parse ``500ms``, ``1s``, ``2m``, ``1h`` or a bare number of seconds."""
+    """Parse ``500ms``, ``1s``, ``2m`` or ``1h`` into seconds.
+
+    A bare number is refused (``--initial-delay 500`` was 500 s to some and 500 ms to
+    others): the error names the flag and the value and shows both readings.
+
+    Raises:
+        ConfigError: (exit 2) not a duration, or no unit.
+    """
     match = _DURATION.match(text)
     if not match:
         fail(f"{flag}: expected a duration like 500ms, 30s, 5m or 1h, got {text!r}")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    number, unit = match.group(1), match.group(2)
+    if unit is None:
+        fail(f"{flag}: {text.strip()!r} has no unit; write {number}ms or {number}s")
+    return float(number) * _UNIT_S[unit]
 
 
 def parse_model(model: type[T], data: dict[str, Any], what: str) -> T:
@@ -333,7 +368,14 @@ def parse_model(model: type[T], data: dict[str, Any], what: str) -> T:
     try:
         return model.model_validate(data)  # type: ignore[attr-defined,no-any-return]
     except ValidationError as exc:
-        fail(f"invalid {what}: {describe_validation_error(exc)}")
+        # A check across fields (max_delay_ms >= initial_delay_ms) names its values in its
+        # message; its input is a whole dict, which would only show cut off: not shown.
+        whole = tuple(
+            tuple(str(p) for p in err["loc"])
+            for err in exc.errors()
+            if isinstance(err.get("input"), dict | list)
+        )
+        fail(f"invalid {what}: {describe_validation_error(exc, whole)}")
 
 
 async def approval_signal(

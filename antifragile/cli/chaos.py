@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -51,7 +50,7 @@ from antifragile.cli._common import (
     run_command,
 )
 from antifragile.cli._render.chaos import (
-    ended_without_report,
+    follow_experiment,
     halt_error_text,
     render_experiments,
     render_fleet_stop,
@@ -73,13 +72,14 @@ from antifragile.models.chaos import (
     EmergencyStopSignal,
     HaltStatus,
 )
+from antifragile.models.chaos_fleet import SCHEDULE_PREFIX
 from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ResourceType
 from antifragile.models.common import Decision
 from antifragile.policy import WorkerPolicy
 from antifragile.settings import Settings
 
 if TYPE_CHECKING:
-    from temporalio.client import Client, WorkflowHandle
+    from temporalio.client import Client
 
 app = typer.Typer(
     help="Chaos experiments as durable workflows: run, follow, stop, schedule.",
@@ -91,9 +91,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on std
 
 async def _connect(settings: Settings) -> Client:
     """Connect to Temporal (temporalio is imported here, by the commands that need it)."""
+    from antifragile.cli._common import cli_runtime
     from antifragile.temporal_client import connect
 
-    return await connect(settings)
+    return await connect(settings, runtime=cli_runtime())
 
 
 @contextlib.contextmanager
@@ -239,47 +240,8 @@ async def _launch(settings: Settings, scenario: ChaosScenario, wait: bool, json_
         return
     if not json_out:
         err_console.print(f"following {handle.id} … {url}")
-    report = await _follow(handle, quiet=json_out)
+    report = await follow_experiment(handle, quiet=json_out)
     _finish(report, json_out)
-
-
-async def _follow(handle: WorkflowHandle[Any, Any], *, quiet: bool) -> ChaosReport:
-    """Print phase, time left and health as they change; return the final report.
-
-    Raises:
-        CommandFailed: (exit 1, one line) the workflow was terminated, failed or timed out
-            without a report; ``chaos report ID`` rebuilds one.
-    """
-    from temporalio.client import WorkflowFailureError
-
-    result = asyncio.ensure_future(handle.result())
-    last = ""
-    told_approval = False
-    while not result.done():
-        status = await query_status(handle)
-        if status is not None and status.approval_needed and not told_approval:
-            told_approval = True
-            err_console.print(
-                f"approval needed: antifragile chaos approve {handle.id} --by NAME "
-                f"(or antifragile chaos reject {handle.id} --by NAME)"
-            )
-        if status is not None and not quiet:
-            left = f"{status.time_left_s:4.0f}s left" if status.time_left_s is not None else ""
-            health = f"health {status.last_health:.2f}" if status.last_health is not None else ""
-            low = f"(lowest {status.lowest_health:.2f})" if status.lowest_health is not None else ""
-            line = "  ".join(x for x in (f"{status.phase.value:<20}", left, health, low) if x)
-            if line != last:
-                stamp = datetime.now(UTC).strftime("%H:%M:%S")
-                err_console.print(f"{stamp}  {line}")
-                last = line
-        await asyncio.wait({result}, timeout=1.0)
-    try:
-        report = result.result()
-    except WorkflowFailureError as exc:
-        fail(f"{handle.id} {ended_without_report(exc)}", code=1)
-    if not isinstance(report, ChaosReport):
-        report = ChaosReport.model_validate(report)
-    return report
 
 
 def _finish(report: ChaosReport, json_out: bool) -> None:
@@ -581,15 +543,29 @@ def schedules(json_out: JsonFlag = False) -> None:
 
 
 @app.command("unschedule")
-def unschedule(name: str) -> None:
-    """Delete the chaos schedule NAME."""
+def unschedule(
+    name: Annotated[
+        str,
+        typer.Argument(help="Scenario name, or the schedule id chaos-schedule-NAME."),
+    ],
+) -> None:
+    """Delete the chaos schedule NAME (as printed by `chaos schedule`, prefix or not)."""
     settings = load_settings()
 
     async def _go(client: Client, settings: Settings) -> None:
-        from antifragile.chaos.schedules import delete_schedule
+        from antifragile.chaos.schedules import ScheduleError, delete_schedule, schedule_id
 
-        await delete_schedule(client, name)
-        console.print(f"schedule {name} deleted")
+        bare = name.removeprefix(SCHEDULE_PREFIX)
+        try:
+            await delete_schedule(client, bare)
+            deleted = bare
+        except ScheduleError:
+            if bare == name:
+                raise
+            # A scenario whose own name starts with the prefix.
+            await delete_schedule(client, name)
+            deleted = name
+        console.print(f"schedule {schedule_id(deleted)} deleted")
 
     run_command(_go, settings)
 

@@ -144,6 +144,8 @@ def render(docs: list[dict[str, Any]]) -> Group | str:
                 f"{rate:.0%}" if rate is not None else "-",
                 f"{weight:g}" if weight is not None else "-",
             )
+    if not breakers.rows:  # instances without guards: a line, not an empty table
+        return Group(instances, "no breakers reported")
     return Group(instances, breakers)
 
 

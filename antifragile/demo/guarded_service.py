@@ -1,7 +1,8 @@
 """A small guarded service for demos and integration tests.
 
 ``python -m antifragile.demo.guarded_service --targets db,cache`` (a summary line a second; or
-``--status-file /tmp/demo.json`` for a JSON file rewritten every ``--report-interval``)
+``--status-file /tmp/demo.json`` for a JSON file rewritten every ``--report-interval``;
+``--probe db=tcp://127.0.0.1:5432`` so a breaker of ``db`` opening starts a durable recovery)
 embeds a :class:`~antifragile.inprocess.runtime.Runtime` (fault plane, health snapshots, bridge),
 makes guarded calls to each target in a loop and rewrites a JSON status file a few times
 a second, so another process can watch every chaos type arrive at the call site and
@@ -68,6 +69,9 @@ class DemoService:
         timeout_s: Guard timeout (TIMEOUT faults hang until it).
         max_concurrency: Guard concurrency limit (CONNECTIONS exhaustion holds part).
         open_duration_s: Breaker open duration (short, so a demo recovers quickly).
+        probes: Probe URL per target (``--probe TARGET=URL``): when that target's breaker
+            opens, the runtime starts a durable recovery that probes it. Default none (a
+            breaker opening only logs "no recovery configured").
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class DemoService:
         timeout_s: float = 0.5,
         max_concurrency: int = 10,
         open_duration_s: float = 1.0,
+        probes: dict[str, str] | None = None,
     ) -> None:
         self.runtime = runtime
         self.workers = workers
@@ -87,7 +92,11 @@ class DemoService:
         config = CircuitBreakerConfig(open_duration_s=open_duration_s, minimum_calls=10)
         self.guards: dict[str, Guard] = {
             t: runtime.guard(
-                t, breaker_config=config, timeout_s=timeout_s, max_concurrency=max_concurrency
+                t,
+                probe=(probes or {}).get(t),
+                breaker_config=config,
+                timeout_s=timeout_s,
+                max_concurrency=max_concurrency,
             )
             for t in targets
         }
@@ -193,6 +202,27 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def parse_probes(values: list[str], targets: list[str]) -> dict[str, str]:
+    """``["demo-db=tcp://127.0.0.1:6379"]`` -> ``{"demo-db": "tcp://127.0.0.1:6379"}``.
+
+    Raises:
+        ValueError: A value is not ``TARGET=URL`` or names a target not in ``targets``; the
+            message names the flag and the value.
+    """
+    probes: dict[str, str] = {}
+    for value in values:
+        target, sep, url = value.partition("=")
+        target, url = target.strip(), url.strip()
+        if not sep or not target or not url:
+            raise ValueError(f"--probe: expected TARGET=URL, got {value!r}")
+        if target not in targets:
+            raise ValueError(
+                f"--probe: target {target!r} is not one of --targets ({', '.join(targets)})"
+            )
+        probes[target] = url
+    return probes
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Run the demo until SIGTERM/SIGINT."""
     settings = Settings()
@@ -208,12 +238,13 @@ async def serve(args: argparse.Namespace) -> None:
     )
     demo = DemoService(
         runtime,
-        [t.strip() for t in args.targets.split(",") if t.strip()],
+        args.target_list,
         workers=args.workers,
         interval_s=args.interval,
         timeout_s=args.timeout,
         max_concurrency=args.max_concurrency,
         open_duration_s=args.open_duration,
+        probes=args.probes,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -272,7 +303,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--meter", action="store_true", help="meter every call to the Redis metering stream"
     )
-    asyncio.run(serve(parser.parse_args(argv)))
+    parser.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="TARGET=URL",
+        help="probe of a target (repeatable): its breaker opening starts a recovery",
+    )
+    args = parser.parse_args(argv)
+    args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
+    try:
+        args.probes = parse_probes(args.probe, args.target_list)
+    except ValueError as exc:
+        parser.error(str(exc))
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Everything it starts it also stops, in reverse order, on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from antifragile.errors import ConfigError
+from antifragile.errors import AntifragileError, ConfigError
 from antifragile.models.common import redact_url
 from antifragile.settings import Settings
 from antifragile.stack.processes import (
@@ -25,6 +26,25 @@ from antifragile.stack.processes import (
 )
 
 log = logging.getLogger("antifragile.dev")
+
+WATCH_INTERVAL_S = 0.2
+"""How often :meth:`DevStack.run` checks that the servers it started still run."""
+
+_DISPLAY = {"redis": "Redis", "temporal": "Temporal"}
+
+
+class ChildExited(AntifragileError):
+    """A server the dev stack started exited on its own: the stack stopped everything (exit 1)."""
+
+
+def exit_description(server: ServerProcess) -> str:
+    """``Redis exited (code 1)`` or ``Temporal exited (code -9, SIGKILL)`` for a dead child."""
+    code = server.proc.returncode
+    name = _DISPLAY.get(server.name, server.name)
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"{name} exited (code {code}, {signal.Signals(-code).name})"
+    return f"{name} exited (code {code})"
 
 
 class WorkerRunner(Protocol):
@@ -79,6 +99,45 @@ class DevStack:
     def effective_redis_url(self) -> str:
         """The Redis the stack's processes use."""
         return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def banner(self) -> str:
+        """What ``antifragile dev`` prints once the stack is up: addresses, then commands to try.
+
+        A stack off the default ports starts its "Try" lines with one ``export`` line
+        pointing a terminal at it (Temporal, Redis and the UI, so the links commands print
+        lead to this stack's UI). A Redis URL the user set is never echoed: it is in their
+        environment already, and may carry a password.
+        """
+        default = (
+            self.port == 7233
+            and self.ui_port == 8233
+            and self.redis_url is None
+            and self.redis_port == 6379
+        )
+        export = ""
+        if not default:
+            redis = "" if self.redis_url else f" ANTIFRAGILE_REDIS_URL={self.effective_redis_url}"
+            export = (
+                f"  export ANTIFRAGILE_TEMPORAL_ADDRESS={self.temporal_address}{redis} "
+                f"ANTIFRAGILE_UI_URL={self.ui_url}\n"
+            )
+        probe = f"tcp://127.0.0.1:{self.redis_port if self.redis_url is None else 6379}"
+        return (
+            f"antifragile dev stack is up\n"
+            f"  Temporal UI   {self.ui_url}\n"
+            f"  Temporal gRPC {self.temporal_address}\n"
+            f"  Redis         {redact_url(self.effective_redis_url)}\n"
+            f"  Data          {self.data_dir.resolve()}\n"
+            f"  Worker        task queue {self.settings().task_queue}\n\n"
+            f"Try, in another terminal:\n{export}"
+            f"  .venv/bin/antifragile recovery start payments --probe {probe} --wait\n"
+            f"  .venv/bin/antifragile recovery queue\n"
+            f"  .venv/bin/python -m antifragile.demo.guarded_service --targets demo-db "
+            f"--probe demo-db={probe}\n"
+            f"  .venv/bin/antifragile chaos start --type latency --target demo-db "
+            f"--duration 30s --wait\n\n"
+            f"Ctrl-C stops everything started here."
+        )
 
     def settings(self, base: Settings | None = None) -> Settings:
         """Settings pointing at this stack."""
@@ -170,6 +229,17 @@ class DevStack:
         while self.started:
             self.started.pop().stop()
 
+    def dead_child(self) -> ServerProcess | None:
+        """The first server this stack started that is no longer running, if any."""
+        return next((server for server in self.started if not server.alive()), None)
+
+    async def _watch(self) -> ServerProcess:
+        while True:
+            dead = self.dead_child()
+            if dead is not None:
+                return dead
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
     async def run(
         self,
         run_worker: WorkerRunner,
@@ -178,6 +248,12 @@ class DevStack:
     ) -> None:
         """Start everything, run the worker until stopped, then stop everything.
 
+        A server that exits on its own (Redis or Temporal killed, crashed) stops the whole
+        stack at once: the worker drains, the other server stops, every child is reaped,
+        then :class:`ChildExited` says which one died. The stack does not restart it: a
+        server that died once (a full disk, a corrupt data file) would most likely die
+        again, and a silent restart hides that from the person watching the terminal.
+
         Args:
             run_worker: Runs the stack's worker (the CLI passes ``workers.main.run_worker``).
             on_ready: Called with this stack once the worker polls its task queue.
@@ -185,12 +261,15 @@ class DevStack:
 
         Raises:
             ConfigError: A port the stack needs is already in use.
+            ChildExited: A server the stack started exited by itself (e.g. ``Redis exited
+                (code -9, SIGKILL)``); everything else was stopped first.
         """
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await asyncio.to_thread(self.start_servers)
+        dead: ServerProcess | None = None
         try:
             worker = asyncio.create_task(
                 run_worker(
@@ -201,14 +280,26 @@ class DevStack:
                 )
             )
             stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            watcher = asyncio.create_task(self._watch())
+            await asyncio.wait({worker, stopper, watcher}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
-            await worker  # re-raises a worker failure after it has shut down
+            if watcher.done():
+                dead = watcher.result()
+            watcher.cancel()
+            try:
+                await worker  # re-raises a worker failure after it has shut down
+            except Exception:
+                dead = dead or self.dead_child()
+                if dead is None:
+                    raise
+                # The worker failed because a server died: that death is the error.
             stopper.cancel()
         finally:
             await asyncio.to_thread(self.stop_servers)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+        if dead is not None:
+            raise ChildExited(f"{exit_description(dead)}: stopped the dev stack")
 
 
 def redis_url_from_env() -> str | None:

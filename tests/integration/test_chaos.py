@@ -249,8 +249,9 @@ async def test_schedules_are_created_listed_paused_by_the_halt_switch_and_delete
     code, out, err = await cli(ready.env, "chaos", "resume")
     assert code == 0 and "schedule(s) resumed" in out, err
     assert (await listed())["paused"] is False
-    code, out, err = await cli(ready.env, "chaos", "unschedule", name)
-    assert code == 0, err
+    # The id `chaos schedule` printed is accepted as well as the scenario name.
+    code, out, err = await cli(ready.env, "chaos", "unschedule", f"chaos-schedule-{name}")
+    assert code == 0 and f"schedule chaos-schedule-{name} deleted" in out, err
     code, _, err = await cli(ready.env, "chaos", "unschedule", name)
     assert code == 2 and "no chaos schedule" in err
     code, _, err = await cli(ready.env, "chaos", "schedule", str(file), "--cron", "whenever")

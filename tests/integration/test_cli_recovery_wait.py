@@ -339,6 +339,7 @@ async def test_temporal_dying_during_wait_is_one_line_and_the_exit_code_of_a_fre
     assert "AWAITING_APPROVAL" in seen
     # Nothing on stdout (the core's retry warnings went there), one line on stderr.
     assert out == "", out[-500:]
+    assert "WARN" not in rest and "Traceback" not in rest, rest[-2000:]
     lines = rest.strip().splitlines()
     assert len(lines) == 1, rest[-2000:]
     assert lines[0].startswith(f"error: cannot reach Temporal at 127.0.0.1:{server.port} "), rest

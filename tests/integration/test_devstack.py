@@ -142,3 +142,61 @@ def test_dev_stack_runs_on_chosen_ports_and_stops_everything_on_ctrl_c(tmp_path:
         assert not port_open("127.0.0.1", p), f"port {p} still open after Ctrl-C"
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "processes left behind"
+
+
+def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], Path]:
+    ports = {"port": free_port(), "ui_port": free_port(), "redis_port": free_port()}
+    data = tmp_path / "stack"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
+    argv = [sys.executable, "-c", "from antifragile.cli import main; main()", "dev"]
+    for flag, value in ports.items():
+        argv += [f"--{flag.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(
+        [*argv, "--data-dir", str(data)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return proc, ports, data
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern"),
+    # redis-server rewrites its command line to "redis-server 127.0.0.1:PORT".
+    [("Redis", "redis-server 127.0.0.1:{redis_port}"), ("Temporal", "{data}/temporal.db")],
+)
+def test_dev_stack_stops_everything_with_exit_1_when_a_server_dies(
+    tmp_path: Path, name: str, pattern: str
+) -> None:
+    proc, ports, data = _start_dev(tmp_path)
+    try:
+        banner = _wait_line(proc, "Ctrl-C stops everything")
+        # A second stack's "Try" lines carry all three addresses, the UI's included.
+        assert (
+            f"  export ANTIFRAGILE_TEMPORAL_ADDRESS=127.0.0.1:{ports['port']} "
+            f"ANTIFRAGILE_REDIS_URL=redis://127.0.0.1:{ports['redis_port']}/0 "
+            f"ANTIFRAGILE_UI_URL=http://127.0.0.1:{ports['ui_port']}\n"
+        ) in banner
+        assert f"--probe demo-db=tcp://127.0.0.1:{ports['redis_port']}" in banner
+        found = subprocess.run(
+            ["pgrep", "-f", pattern.format(data=data, **ports)],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert len(found) == 1, found
+        os.kill(int(found[0]), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 1, out
+    assert out.count(f"{name} exited (code -9, SIGKILL)") == 1, out
+    assert "Traceback" not in out and "WARN" not in out, out
+    for p in ports.values():
+        assert not port_open("127.0.0.1", p), f"port {p} still open"
+    leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "processes left behind"

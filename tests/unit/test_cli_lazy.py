@@ -90,6 +90,21 @@ def test_recovery_command_skips_chaos_and_redis() -> None:
     _, modules = _modules_after("recovery", "status", "X")
     assert "temporalio.client" in modules  # the command ran as far as connecting
     assert _heavy(modules, ("antifragile.cli.chaos", "antifragile.cli.health", "redis")) == []
+    # Start-up budget (issue 15: <= 0.6 s, bench/cli.py): what `recovery status` needs is
+    # pydantic models, rich and temporalio.client; nothing that reads files or other servers.
+    needless = (
+        "yaml",
+        "httpx",
+        "aiohttp",
+        "antifragile.policy",
+        "antifragile.fleet_health",
+        "antifragile.inprocess",
+        "antifragile.telemetry_otel",
+        "opentelemetry",
+        "prometheus_client",
+        "workers",
+    )
+    assert _heavy(modules, needless) == []
 
 
 def test_chaos_help_skips_temporalio() -> None:

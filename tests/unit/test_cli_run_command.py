@@ -177,3 +177,21 @@ def test_an_unreadable_tls_file_is_one_line_not_a_traceback(
     assert proc.returncode == 2, proc.stderr
     assert f"error: temporal_tls_cert {missing}: No such file or directory" in proc.stderr
     assert proc.stderr.count("error:") == 1
+
+
+def test_every_temporal_connection_of_a_command_uses_the_quiet_runtime() -> None:
+    # Library code a command calls (chaos.client stopping schedules) connects with the
+    # process's default runtime: run_command makes that the quiet one, WARN lines off.
+    # In a child: the default runtime is process-wide.
+    code = (
+        "import temporalio.runtime as r\n"
+        "from antifragile.cli._common import cli_runtime, run_command\n"
+        "async def work(settings):\n"
+        "    return r.Runtime.default() is cli_runtime()\n"
+        "print(run_command(work, temporal=False))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "True", done.stderr

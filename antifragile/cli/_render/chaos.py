@@ -5,13 +5,22 @@ A command parses its input, calls a client function and hands the result here.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from antifragile.cli._common import connection_reason, console, display_url, redis_unreachable
+from antifragile.chaos.client import query_status
+from antifragile.cli._common import (
+    connection_reason,
+    console,
+    display_url,
+    err_console,
+    fail,
+    redis_unreachable,
+)
 from antifragile.models.chaos import ChaosOutcome, ChaosReport, ChaosStatus
 from antifragile.models.chaos_fleet import (
     FleetStopResult,
@@ -24,7 +33,7 @@ from antifragile.models.chaos_fleet import (
 from antifragile.settings import Settings
 
 if TYPE_CHECKING:
-    from temporalio.client import WorkflowFailureError
+    from temporalio.client import WorkflowFailureError, WorkflowHandle
 
 
 def _t(value: datetime | None) -> str:
@@ -156,7 +165,10 @@ def render_report(report: ChaosReport) -> None:
 
 
 def render_experiments(rows: list[dict[str, Any]]) -> None:
-    """Print the table of ``chaos list``."""
+    """Print the table of ``chaos list`` (one line when there is none)."""
+    if not rows:
+        console.print("no chaos experiments")
+        return
     table = Table()
     for col in ("experiment", "target", "type", "phase", "started", "workflow"):
         table.add_column(col)
@@ -288,7 +300,10 @@ def schedule_rows(schedules: list[ScheduleInfo]) -> list[dict[str, Any]]:
 
 
 def render_schedules(schedules: list[ScheduleInfo]) -> None:
-    """Print the table of ``chaos schedules``."""
+    """Print the table of ``chaos schedules`` (one line when there is none)."""
+    if not schedules:
+        console.print("no chaos schedules")
+        return
     table = Table()
     for col in ("name", "cron", "paused", "next run", "runs", "note"):
         table.add_column(col)
@@ -296,7 +311,7 @@ def render_schedules(schedules: list[ScheduleInfo]) -> None:
         table.add_row(
             r["name"],
             r["cron"],
-            str(r["paused"]),
+            "yes" if r["paused"] else "no",
             str(r["next_run"] or "-")[:19],
             str(r["runs"]),
             r["note"],
@@ -320,3 +335,49 @@ def ended_without_report(exc: WorkflowFailureError) -> str:
     else:
         what = f"failed: {getattr(cause, 'message', None) or cause or exc}"
     return f"{what}; `antifragile chaos report ID` rebuilds its report"
+
+
+async def follow_experiment(handle: WorkflowHandle[Any, Any], *, quiet: bool) -> ChaosReport:
+    """Follow ``chaos start --wait``: phase, time left and health as they change (stderr).
+
+    Args:
+        handle: The experiment's workflow.
+        quiet: Print nothing while following (``--json``).
+
+    Returns:
+        The experiment's final report.
+
+    Raises:
+        CommandFailed: (exit 1, one line) the workflow was terminated, failed or timed out
+            without a report; ``chaos report ID`` rebuilds one.
+    """
+    from temporalio.client import WorkflowFailureError
+
+    result = asyncio.ensure_future(handle.result())
+    last = ""
+    told_approval = False
+    while not result.done():
+        status = await query_status(handle)
+        if status is not None and status.approval_needed and not told_approval:
+            told_approval = True
+            err_console.print(
+                f"approval needed: antifragile chaos approve {handle.id} --by NAME "
+                f"(or antifragile chaos reject {handle.id} --by NAME)"
+            )
+        if status is not None and not quiet:
+            left = f"{status.time_left_s:4.0f}s left" if status.time_left_s is not None else ""
+            health = f"health {status.last_health:.2f}" if status.last_health is not None else ""
+            low = f"(lowest {status.lowest_health:.2f})" if status.lowest_health is not None else ""
+            line = "  ".join(x for x in (f"{status.phase.value:<20}", left, health, low) if x)
+            if line != last:
+                stamp = datetime.now(UTC).strftime("%H:%M:%S")
+                err_console.print(f"{stamp}  {line}")
+                last = line
+        await asyncio.wait({result}, timeout=1.0)
+    try:
+        report = result.result()
+    except WorkflowFailureError as exc:
+        fail(f"{handle.id} {ended_without_report(exc)}", code=1)
+    if not isinstance(report, ChaosReport):
+        report = ChaosReport.model_validate(report)
+    return report

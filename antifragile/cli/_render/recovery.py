@@ -44,10 +44,16 @@ def render_status(status: RecoveryStatus, settings: Settings) -> None:
     head.add_row("state", f"[bold]{status.state.value}[/bold]")
     head.add_row("strategy", status.strategy.value)
     head.add_row("priority", str(status.priority))
-    head.add_row(
-        "attempts", f"{status.attempt} (round: {status.attempts_in_round} of {status.max_attempts})"
-    )
-    head.add_row("next attempt", _when(status.next_attempt_at))
+    if status.state.terminal:
+        # Over: no round in progress, no attempt to come (a cancelled recovery kept the
+        # time of an attempt that will never run).
+        head.add_row("attempts", str(status.attempt))
+    else:
+        head.add_row(
+            "attempts",
+            f"{status.attempt} (round: {status.attempts_in_round} of {status.max_attempts})",
+        )
+        head.add_row("next attempt", _when(status.next_attempt_at))
     head.add_row("outcome" if status.state.terminal else "waiting for", status.waiting_for or "-")
     head.add_row("last error", status.last_error or "-")
     head.add_row("probe", status.probe)
@@ -309,6 +315,9 @@ def render_listing(listing: RecoveryListing, json_out: bool) -> None:
     if json_out:
         print_json(rows)
         return
+    if not rows:
+        console.print("no recoveries")
+        return
     table = Table()
     for col in ("service", "state", "strategy", "priority", "started", "workflow"):
         table.add_column(col)
@@ -395,6 +404,18 @@ def render_queue(view: QueueView, now: datetime | None = None) -> None:
     finished = ", ".join(f"{k} {v}" for k, v in sorted(view.finished.items())) or "none"
     head.add_row("admitted", f"{view.admitted_total} (finished: {finished})")
     console.print(head)
+    # Empty sections are left out: the head already says 0 running / 0 waiting.
+    if view.running:
+        _running(view, now)
+    if view.waiting:
+        _waiting(view, now)
+    if view.waiting_total > len(view.waiting):
+        console.print(f"… and {view.waiting_total - len(view.waiting)} more waiting")
+    if view.awaiting_approval:
+        _awaiting(view, now)
+
+
+def _running(view: QueueView, now: datetime) -> None:
     table = Table(title="running", title_justify="left")
     for col in ("service", "priority", "running for", "waited", "workflow"):
         table.add_column(col)
@@ -409,6 +430,9 @@ def render_queue(view: QueueView, now: datetime | None = None) -> None:
             r.workflow_id,
         )
     console.print(table)
+
+
+def _waiting(view: QueueView, now: datetime) -> None:
     table = Table(title="waiting", title_justify="left")
     for col in ("#", "service", "priority", "effective", "waiting for", "by", "reason"):
         table.add_column(col)
@@ -423,8 +447,9 @@ def render_queue(view: QueueView, now: datetime | None = None) -> None:
             w.reason or "-",
         )
     console.print(table)
-    if view.waiting_total > len(view.waiting):
-        console.print(f"… and {view.waiting_total - len(view.waiting)} more waiting")
+
+
+def _awaiting(view: QueueView, now: datetime) -> None:
     table = Table(title="awaiting approval (no slot held)", title_justify="left")
     for col in ("service", "priority", "waiting for a person", "why", "approve with"):
         table.add_column(col)
