@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.error
+from typing import Any
 
 import pytest
+from temporalio.client import Client
 
 from antifragile.stack.processes import ServerProcess, free_port
 from antifragile.testing import eventually
@@ -37,7 +39,11 @@ def _scrape_or_empty(port: int) -> str:
 
 
 async def test_every_worker_and_sdk_metric_the_dashboard_queries_is_served(
-    dev_server: ServerProcess, redis_url: str, task_queue: str, worker_process
+    dev_server: ServerProcess,
+    temporal_client: Client,
+    redis_url: str,
+    task_queue: str,
+    worker_process: Any,
 ) -> None:
     ours, sdk = free_port(), free_port()
     env = stack_env(
@@ -59,10 +65,20 @@ async def test_every_worker_and_sdk_metric_the_dashboard_queries_is_served(
     )
     assert done.code == 0, done.stderr
 
+    succeeded = 'AfKind="recovery" AND AfState="SUCCEEDED"'
+
     async def counted() -> str:
-        # The visibility count lags the workflow: wait until the worker has counted it.
+        # The gauge counts the whole namespace (the dev server is shared by this process's
+        # other test modules), from visibility, refreshed every 10 s: wait until it serves
+        # the count visibility gives now, and that count includes this test's recovery.
         text = await asyncio.to_thread(_scrape_or_empty, ours)
-        assert 'antifragile_workflows{kind="recovery",state="SUCCEEDED"} 1.0' in text
+        now = (await temporal_client.count_workflows(succeeded)).count
+        ours_done = await temporal_client.count_workflows(
+            f'{succeeded} AND WorkflowId="recovery-grafana-{task_queue}"'
+        )
+        assert ours_done.count == 1
+        line = f'antifragile_workflows{{kind="recovery",state="SUCCEEDED"}} {float(now)}'
+        assert line in text, f"{line!r} not served"
         return text
 
     worker_text = await eventually(counted, timeout=45, interval=0.5)
