@@ -37,6 +37,7 @@ from antifragile.errors import ConfigError
 from antifragile.integrations import (
     DEFAULT_FAILURE_STATUSES,
     FailureStatus,
+    HostTargets,
     check_statuses,
     guard_of,
 )
@@ -54,7 +55,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         target: Guard of requests to hosts not in ``targets``; None: those requests
             are not guarded. Default None.
         targets: Host -> guard name; a key is a host (``api.example.com``) or a host
-            and port (``api.example.com:8443``, checked first). Default none.
+            and port (``api.example.com:8443``, checked first; the scheme's default port
+            when the URL has none), IPv6 as ``[::1]:8443``. Default none.
         transport: The transport that sends requests. Default
             ``httpx.AsyncHTTPTransport()``.
         failure_statuses: Response statuses counted as failures. Default 500-599.
@@ -76,21 +78,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         if target is None and not targets:
             raise ConfigError("guarded httpx client: give a target, or targets by host")
         self._default: Guard | None = guard_of(runtime, target) if target is not None else None
-        self._by_host: dict[str, Guard] = {
-            host.lower(): guard_of(runtime, name) for host, name in (targets or {}).items()
-        }
+        self._by_host = HostTargets(runtime, targets)
         self._transport = transport or httpx.AsyncHTTPTransport()
         self._failure_statuses = check_statuses(failure_statuses)
 
     def guard_for(self, url: httpx.URL) -> Guard | None:
         """The guard of a request to ``url`` (None: not guarded)."""
-        by_host = self._by_host
-        if by_host:
-            host = url.host.lower()
-            port = url.port
-            guard = (by_host.get(f"{host}:{port}") if port is not None else None) or by_host.get(
-                host
-            )
+        if self._by_host:
+            guard = self._by_host.get(url.scheme, url.host, url.port)
             if guard is not None:
                 return guard
         return self._default

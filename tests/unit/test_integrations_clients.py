@@ -5,6 +5,7 @@ fault kinds, installed in the runtime's fault table, acts on exactly the guarded
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -336,3 +337,45 @@ async def test_redis_pipelines_are_one_guarded_call_and_replies_are_answers(
         assert await client.get(key) == "3" and guard.calls == calls + 2
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("[::1]:8443", "http://[::1]:8443/x"),
+        ("[::1]", "http://[::1]:8443/x"),
+        ("::1", "https://[::1]/x"),
+        ("API.example.com", "http://api.EXAMPLE.com/x"),
+        ("api.example.com:80", "http://api.example.com/x"),  # the scheme's default port
+        ("api.example.com:443", "https://api.example.com/x"),
+    ],
+)
+async def test_targets_by_host_accept_ipv6_default_ports_and_case(
+    runtime: Runtime, key: str, url: str
+) -> None:
+    import aiohttp
+    import yarl
+
+    from antifragile.integrations.aiohttp import GuardMiddleware
+    from antifragile.integrations.httpx import GuardedTransport
+
+    mapped = runtime.guard(f"mapped-{uuid.uuid4().hex[:6]}")
+    transport = GuardedTransport(runtime, "rest", targets={key: mapped.name})
+    assert transport.guard_for(httpx.URL(url)) is mapped
+    middleware = GuardMiddleware(runtime, "rest", targets={key: mapped.name})
+    async with aiohttp.ClientSession() as session:
+        request = aiohttp.ClientRequest("GET", yarl.URL(url), loop=asyncio.get_running_loop())
+        assert middleware.guard_for(request) is mapped
+        del session
+    # Another port of the same host is not that target when the key names a port.
+    if key.endswith(("8443", ":80", ":443")):
+        other = httpx.URL(url).copy_with(port=9)
+        assert transport.guard_for(other) is runtime.guards["rest"]
+
+
+@pytest.mark.parametrize("key", ["http://api.example.com", "api:port", "[::1", "[::1]x", "", "h:0"])
+def test_targets_by_host_refuse_keys_that_can_never_match(runtime: Runtime, key: str) -> None:
+    from antifragile.integrations.httpx import guarded_client
+
+    with pytest.raises(ConfigError, match=r"targets: keys must be.*got"):
+        guarded_client(runtime, targets={key: "x"})
