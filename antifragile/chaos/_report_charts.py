@@ -67,9 +67,14 @@ def _svg(fig: Figure, gid: str) -> str:
     text = buf.getvalue()
     text = text[text.index("<svg") + len("<svg ") :]
     # Three SVGs share one page: every id (matplotlib's figure_1, axes_1, …) and every
-    # reference to one get the chart's prefix. Only inside tags: text content has no "<".
-    text = re.sub(r'(<[^<>]*\s)id="', rf'\1id="{gid}-', text)
-    text = text.replace('href="#', f'href="#{gid}-').replace("url(#", f"url(#{gid}-")
+    # reference to one get the chart's prefix. Only inside tags: text content (user
+    # input, escaped by matplotlib) has no "<" or ">", and is left as it was written.
+
+    def prefixed(tag: re.Match[str]) -> str:
+        t = re.sub(r'(\s)id="', rf'\1id="{gid}-', tag.group(0))
+        return t.replace('href="#', f'href="#{gid}-').replace("url(#", f"url(#{gid}-")
+
+    text = re.sub(r"<[^<>]*>", prefixed, text)
     return f'<svg id="{gid}" role="img" {text}'
 
 

@@ -138,3 +138,14 @@ def test_matplotlib_is_imported_only_to_render(args: tuple[str, ...]) -> None:
     assert "antifragile.chaos.html_report" not in modules
     if "report" in args:
         assert "--html" in out
+
+
+def test_names_in_the_charts_are_shown_as_written() -> None:
+    """Ids are prefixed per chart inside tags only, never in a name drawn as text."""
+    name = 'svc url(#a) href="#b" id="c"'
+    report = sample_report()
+    report.calls_seen[name] = 1
+    report.breaker_openings[name] = 1
+    page = render_html(report)
+    charts = page[page.index('id="chart-calls"') : page.index("Not in this report")]
+    assert charts.count('>svc url(#a) href="#b" id="c"</text>') == 2
