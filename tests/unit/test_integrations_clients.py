@@ -379,3 +379,33 @@ def test_targets_by_host_refuse_keys_that_can_never_match(runtime: Runtime, key:
 
     with pytest.raises(ConfigError, match=r"targets: keys must be.*got"):
         guarded_client(runtime, targets={key: "x"})
+
+
+async def test_httpx_requests_through_a_proxy_or_a_mount_are_guarded_too(
+    runtime: Runtime, servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx sends through a proxy's or a mount's own transport, not the client's: every
+    one is wrapped, and the environment's proxies stay in use as without the guard.
+    (The test's HTTP server stands in for the proxy: it answers absolute-form requests.)"""
+    from antifragile.integrations.httpx import guarded_client
+
+    guard = runtime.guard(f"px-{uuid.uuid4().hex[:6]}")
+    proxied = guarded_client(runtime, guard.name, proxy=servers.http_url)
+    mounted = guarded_client(
+        runtime,
+        guard.name,
+        mounts={"http://mounted.invalid": httpx.AsyncHTTPTransport(proxy=servers.http_url)},
+    )
+    monkeypatch.setenv("HTTP_PROXY", servers.http_url)
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    from_env = guarded_client(runtime, guard.name)
+    try:
+        assert (await proxied.get("http://example.invalid/ok/proxy")).text == "ok"
+        assert (await mounted.get("http://mounted.invalid/ok/mount")).text == "ok"
+        assert (await from_env.get("http://example.invalid/ok/env")).text == "ok"
+    finally:
+        for client in (proxied, mounted, from_env):
+            await client.aclose()
+    assert servers.hits["/ok/proxy"] == servers.hits["/ok/mount"] == servers.hits["/ok/env"] == 1
+    assert guard.calls == 3
