@@ -409,3 +409,37 @@ async def test_httpx_requests_through_a_proxy_or_a_mount_are_guarded_too(
             await client.aclose()
     assert servers.hits["/ok/proxy"] == servers.hits["/ok/mount"] == servers.hits["/ok/env"] == 1
     assert guard.calls == 3
+
+
+async def test_redis_replies_of_a_server_that_cannot_serve_are_failures(
+    runtime: Runtime, tmp_path: Any
+) -> None:
+    """OOM (here: maxmemory 1 with noeviction) is a reply, but Redis is failing: the
+    breaker opens, as for gRPC UNAVAILABLE or an HTTP 503. Its own Redis: the session's
+    is shared."""
+    from antifragile.integrations.redis import guarded_redis
+    from antifragile.stack.processes import start_redis
+
+    server = start_redis(log_path=tmp_path / "redis.log")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    name = f"oom-{uuid.uuid4().hex[:6]}"
+    guard = runtime.guard(name, breaker_config=CircuitBreakerConfig(failure_threshold=2))
+    client = guarded_redis(runtime, name, url)
+    lenient = guarded_redis(runtime, f"{name}-lenient", url, failure_replies=())
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", 1)
+        for _ in range(2):
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await client.set("k", "v")
+        assert guard.breaker.state is CircuitState.OPEN
+        with pytest.raises(CircuitOpenError):
+            await client.get("k")
+        for _ in range(6):  # failure_replies=(): answered, a success
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await lenient.set("k", "v")
+        assert runtime.guards[f"{name}-lenient"].breaker.state is CircuitState.CLOSED
+    finally:
+        await client.aclose()
+        await lenient.aclose()
+        server.stop()
