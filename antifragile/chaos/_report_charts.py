@@ -55,6 +55,10 @@ _RC: dict[Any, Any] = {  # keys: matplotlib's rcParams names
 }
 
 
+_NO_METADATA: dict[str, Any] = dict.fromkeys(("Creator", "Date", "Format", "Type"))
+"""No RDF metadata block: no date (stable bytes) and no URL (purl.org, matplotlib.org)."""
+
+
 def _s(report: ChaosReport, at: datetime) -> float:
     """Seconds from the experiment's start to ``at``."""
     return (at - report.started_at).total_seconds()
@@ -63,7 +67,7 @@ def _s(report: ChaosReport, at: datetime) -> float:
 def _svg(fig: Figure, gid: str) -> str:
     """The figure as an ``<svg id=gid>`` element (without the XML prolog and doctype)."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    fig.savefig(buf, format="svg", metadata=_NO_METADATA, bbox_inches="tight")
     text = buf.getvalue()
     text = text[text.index("<svg") + len("<svg ") :]
     # Three SVGs share one page: every id (matplotlib's figure_1, axes_1, …) and every
