@@ -26,7 +26,11 @@ $(UV_HOME)/.uv-$(UV_VERSION):
 
 # --locked stops when pyproject.toml and uv.lock disagree instead of re-resolving; every extra
 # (dev, otel, ...) because the tests use them all; the project itself stays editable.
+# uv's own hint says `uv lock`, a command a fresh clone has not got: say `make lock`.
+STALE_LOCK := { echo "make: uv.lock does not match pyproject.toml: run \`make lock\` and commit uv.lock" >&2; exit 1; }
+
 $(STAMP): pyproject.toml uv.lock | $(UV_DEP)
+	@$(UV_RUN) lock --check --offline >/dev/null 2>&1 || $(STALE_LOCK)
 	$(UV_RUN) sync --locked --all-extras
 	@touch $(STAMP)
 
@@ -38,7 +42,7 @@ lock: | $(UV_DEP)
 
 # Fails when pyproject.toml and uv.lock disagree (in `make lint`, so in `make test` and CI).
 lock-check: | $(UV_DEP)
-	$(UV_RUN) lock --check
+	$(UV_RUN) lock --check || $(STALE_LOCK)
 
 dev: $(STAMP)
 	$(BIN)/antifragile dev

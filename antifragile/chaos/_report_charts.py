@@ -55,6 +55,10 @@ _RC: dict[Any, Any] = {  # keys: matplotlib's rcParams names
 }
 
 
+_NO_METADATA: dict[str, Any] = dict.fromkeys(("Creator", "Date", "Format", "Type"))
+"""No RDF metadata block: no date (stable bytes) and no URL (purl.org, matplotlib.org)."""
+
+
 def _s(report: ChaosReport, at: datetime) -> float:
     """Seconds from the experiment's start to ``at``."""
     return (at - report.started_at).total_seconds()
@@ -63,13 +67,18 @@ def _s(report: ChaosReport, at: datetime) -> float:
 def _svg(fig: Figure, gid: str) -> str:
     """The figure as an ``<svg id=gid>`` element (without the XML prolog and doctype)."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    fig.savefig(buf, format="svg", metadata=_NO_METADATA, bbox_inches="tight")
     text = buf.getvalue()
     text = text[text.index("<svg") + len("<svg ") :]
     # Three SVGs share one page: every id (matplotlib's figure_1, axes_1, …) and every
-    # reference to one get the chart's prefix. Only inside tags: text content has no "<".
-    text = re.sub(r'(<[^<>]*\s)id="', rf'\1id="{gid}-', text)
-    text = text.replace('href="#', f'href="#{gid}-').replace("url(#", f"url(#{gid}-")
+    # reference to one get the chart's prefix. Only inside tags: text content (user
+    # input, escaped by matplotlib) has no "<" or ">", and is left as it was written.
+
+    def prefixed(tag: re.Match[str]) -> str:
+        t = re.sub(r'(\s)id="', rf'\1id="{gid}-', tag.group(0))
+        return t.replace('href="#', f'href="#{gid}-').replace("url(#", f"url(#{gid}-")
+
+    text = re.sub(r"<[^<>]*>", prefixed, text)
     return f'<svg id="{gid}" role="img" {text}'
 
 

@@ -21,7 +21,7 @@ The client libraries other than redis are optional (extras ``httpx``, ``aiohttp`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from antifragile.errors import ConfigError
@@ -98,3 +98,73 @@ def guard_of(runtime: Runtime, target: str) -> Guard:
     if not isinstance(target, str) or not target:
         raise ConfigError(f"target: must be a non-empty guard name (got {target!r})")
     return runtime.guard(target)
+
+
+_DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def parse_host_key(key: str) -> tuple[str, int | None]:
+    """A ``targets`` key as ``(host, port)``: port None matches any port of the host.
+
+    Accepted: ``host``, ``host:port``, an IPv6 address bare (``::1``) or in brackets
+    (``[::1]``, ``[::1]:8443``, the form URLs use). Hosts compare case-insensitively.
+
+    Raises:
+        ConfigError: a key that is not one of those (a URL, an empty host, a bad port).
+    """
+    bad = ConfigError(f"targets: keys must be host, host:port or [ipv6]:port (got {key!r})")
+    if not isinstance(key, str):
+        raise bad
+    text = key.strip().lower()
+    port: str | None = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host = text  # a name, or a bare IPv6 address (no port: use brackets for one)
+    if not host or any(c in host for c in "/@?#[] ") or host.count(":") == 1:
+        raise bad
+    if port is None:
+        return host, None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad
+    return host, int(port)
+
+
+class HostTargets:
+    """Guards chosen by a request's host and port (``host:port`` first, then ``host``).
+
+    Args:
+        runtime: The runtime that owns the guards.
+        targets: Host (see :func:`parse_host_key`) -> guard name.
+
+    Raises:
+        ConfigError: a bad key (see :func:`parse_host_key`) or an empty guard name.
+    """
+
+    __slots__ = ("_by_host",)
+
+    def __init__(self, runtime: Runtime, targets: Mapping[str, str] | None) -> None:
+        self._by_host: dict[tuple[str, int | None], Guard] = {
+            parse_host_key(key): guard_of(runtime, name) for key, name in (targets or {}).items()
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self._by_host)
+
+    def get(self, scheme: str, host: str | None, port: int | None) -> Guard | None:
+        """The guard of a request to ``host`` (IPv6 without brackets) on ``port``.
+
+        ``port`` None is the scheme's default port (80 for http, 443 for https).
+        """
+        by_host = self._by_host
+        name = (host or "").lower()
+        if name.startswith("[") and name.endswith("]"):
+            name = name[1:-1]
+        if port is None:
+            port = _DEFAULT_PORTS.get(scheme.lower())
+        return by_host.get((name, port)) or by_host.get((name, None))

@@ -34,6 +34,7 @@ from antifragile.errors import ConfigError
 from antifragile.integrations import (
     DEFAULT_FAILURE_STATUSES,
     FailureStatus,
+    HostTargets,
     check_statuses,
     guard_of,
 )
@@ -49,7 +50,8 @@ class GuardMiddleware:
     Args:
         runtime: The runtime that owns the guards.
         target: Guard of requests to hosts not in ``targets``; None: not guarded.
-        targets: Host (or ``host:port``, checked first) -> guard name. Default none.
+        targets: Host (or ``host:port``, checked first; IPv6 as ``[::1]:8443``) -> guard
+            name. Default none.
         failure_statuses: Response statuses counted as failures. Default 500-599.
 
     Raises:
@@ -68,18 +70,14 @@ class GuardMiddleware:
         if target is None and not targets:
             raise ConfigError("guarded aiohttp session: give a target, or targets by host")
         self._default: Guard | None = guard_of(runtime, target) if target is not None else None
-        self._by_host: dict[str, Guard] = {
-            host.lower(): guard_of(runtime, name) for host, name in (targets or {}).items()
-        }
+        self._by_host = HostTargets(runtime, targets)
         self._failure_statuses = check_statuses(failure_statuses)
 
     def guard_for(self, request: ClientRequest) -> Guard | None:
         """The guard of ``request`` (None: not guarded)."""
-        by_host = self._by_host
-        if by_host:
+        if self._by_host:
             url = request.url
-            host = (url.host or "").lower()
-            guard = by_host.get(f"{host}:{url.port}") or by_host.get(host)
+            guard = self._by_host.get(url.scheme, url.host, url.port)
             if guard is not None:
                 return guard
         return self._default
@@ -123,6 +121,11 @@ def guarded_session(
         failure_statuses: Response statuses counted as failures. Default 500-599.
         **session_kwargs: For ``aiohttp.ClientSession``; its ``middlewares`` run
             outside the guard's.
+
+    Warning: aiohttp's per-request ``middlewares=`` *replace* the session's, the guard
+    included: such a request is not guarded. To use them, build the session with a
+    :class:`GuardMiddleware` of your own and pass it along:
+    ``session.get(url, middlewares=(mine, guard_middleware))``.
 
     Raises:
         ConfigError: see :class:`GuardMiddleware`.

@@ -27,6 +27,7 @@ fault its exception (``ConnectionError`` etc., an ``InjectedFault``), not an
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from antifragile.errors import ConfigError
 from antifragile.integrations import (
     DEFAULT_FAILURE_STATUSES,
     FailureStatus,
+    HostTargets,
     check_statuses,
     guard_of,
 )
@@ -54,7 +56,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         target: Guard of requests to hosts not in ``targets``; None: those requests
             are not guarded. Default None.
         targets: Host -> guard name; a key is a host (``api.example.com``) or a host
-            and port (``api.example.com:8443``, checked first). Default none.
+            and port (``api.example.com:8443``, checked first; the scheme's default port
+            when the URL has none), IPv6 as ``[::1]:8443``. Default none.
         transport: The transport that sends requests. Default
             ``httpx.AsyncHTTPTransport()``.
         failure_statuses: Response statuses counted as failures. Default 500-599.
@@ -76,21 +79,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         if target is None and not targets:
             raise ConfigError("guarded httpx client: give a target, or targets by host")
         self._default: Guard | None = guard_of(runtime, target) if target is not None else None
-        self._by_host: dict[str, Guard] = {
-            host.lower(): guard_of(runtime, name) for host, name in (targets or {}).items()
-        }
+        self._by_host = HostTargets(runtime, targets)
         self._transport = transport or httpx.AsyncHTTPTransport()
         self._failure_statuses = check_statuses(failure_statuses)
 
     def guard_for(self, url: httpx.URL) -> Guard | None:
         """The guard of a request to ``url`` (None: not guarded)."""
-        by_host = self._by_host
-        if by_host:
-            host = url.host.lower()
-            port = url.port
-            guard = (by_host.get(f"{host}:{port}") if port is not None else None) or by_host.get(
-                host
-            )
+        if self._by_host:
+            guard = self._by_host.get(url.scheme, url.host, url.port)
             if guard is not None:
                 return guard
         return self._default
@@ -118,6 +114,12 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         """Close the wrapped transport."""
         await self._transport.aclose()
 
+    def wrapping(self, transport: httpx.AsyncBaseTransport) -> GuardedTransport:
+        """The same guards and statuses over another transport (a proxy's, a mount's)."""
+        other = copy.copy(self)
+        other._transport = transport
+        return other
+
 
 def guarded_client(
     runtime: Runtime,
@@ -129,31 +131,38 @@ def guarded_client(
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` whose requests go through ``runtime``'s guards.
 
+    The client is built by httpx from ``httpx_kwargs`` exactly as without the guard -
+    its transport, and the transports of its proxies (``proxy=``, or ``HTTP_PROXY`` /
+    ``HTTPS_PROXY`` / ``ALL_PROXY`` from the environment with ``trust_env``) and of its
+    ``mounts`` - then every one of those transports is wrapped: a request is guarded
+    whichever transport httpx picks for it.
+
     Args:
         runtime: The runtime that owns the guards.
         target: Guard of requests to hosts not in ``targets`` (None: unguarded).
         targets: Host (or ``host:port``) -> guard name.
         failure_statuses: Response statuses counted as failures. Default 500-599.
-        **httpx_kwargs: For ``httpx.AsyncClient``; a ``transport`` given is the one
-            wrapped (default ``httpx.AsyncHTTPTransport`` with the client's ``verify``,
-            ``cert``, ``http2``, ``limits`` and ``trust_env``).
+        **httpx_kwargs: For ``httpx.AsyncClient`` (``transport``, ``proxy``,
+            ``mounts``, ``verify``... as there).
 
     Raises:
         ConfigError: see :class:`GuardedTransport`.
     """
-    transport = httpx_kwargs.pop("transport", None)
-    if transport is None:
-        options = {
-            k: httpx_kwargs[k]
-            for k in ("verify", "cert", "http1", "http2", "limits", "trust_env")
-            if k in httpx_kwargs
-        }
-        transport = httpx.AsyncHTTPTransport(**options)
+    client = httpx.AsyncClient(**httpx_kwargs)
+    # httpx has no public hook over the transports it chose (a transport of its own and
+    # one per proxy or mount): wrap them where AsyncClient keeps them.
+    base: httpx.AsyncBaseTransport = client._transport
+    mounts: dict[Any, httpx.AsyncBaseTransport | None] = client._mounts
     wrapped = GuardedTransport(
         runtime,
         target,
         targets=targets,
-        transport=transport,
+        transport=base,
         failure_statuses=failure_statuses,
     )
-    return httpx.AsyncClient(transport=wrapped, **httpx_kwargs)
+    client._transport = wrapped
+    client._mounts = {
+        pattern: None if mounted is None else wrapped.wrapping(mounted)
+        for pattern, mounted in mounts.items()
+    }
+    return client

@@ -20,7 +20,10 @@ Not guarded: pub/sub (``pubsub()`` listens, it does not call) and ``monitor()``.
 *reply* (``ResponseError``: WRONGTYPE, NOSCRIPT, a failed EXEC...) and ``WatchError``
 (a key changed under a WATCH) mean Redis answered: by default they pass the guard as a
 success and are raised to the caller after it (``answered_errors``; ``()`` counts every
-error as a failure).
+error as a failure). Except the replies of a server that cannot serve
+(``failure_replies``, default :data:`DEFAULT_FAILURE_REPLIES`: OOM, READONLY after a
+failover, CLUSTERDOWN/MASTERDOWN, TRYAGAIN): failures, as gRPC's ``UNAVAILABLE`` or an
+HTTP 503 are for the other adapters.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+    WatchError,
+)
 
 from antifragile.integrations import Answered, guard_of
 
@@ -40,16 +50,37 @@ if TYPE_CHECKING:
 DEFAULT_ANSWERED_ERRORS: tuple[type[BaseException], ...] = (ResponseError, WatchError)
 """Errors that mean Redis answered: not failures of the dependency by default."""
 
+DEFAULT_FAILURE_REPLIES: tuple[type[BaseException], ...] = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+)
+"""Error replies of a server that cannot serve: failures even though Redis answered."""
+
 
 class _Guarded:
     """The guard a client (and the pipelines and clients it makes) calls through."""
 
     _af_guard: Guard
     _af_answered: tuple[type[BaseException], ...]
+    _af_failures: tuple[type[BaseException], ...] = DEFAULT_FAILURE_REPLIES
 
-    def _af_bind(self, guard: Guard, answered: tuple[type[BaseException], ...]) -> None:
+    def _af_bind(
+        self,
+        guard: Guard,
+        answered: tuple[type[BaseException], ...],
+        failures: tuple[type[BaseException], ...] = DEFAULT_FAILURE_REPLIES,
+    ) -> None:
         self._af_guard = guard
         self._af_answered = answered
+        self._af_failures = failures
+
+    def _af_answer(self, exc: BaseException) -> Answered:
+        """``exc`` as an answer of Redis, unless it says the server cannot serve."""
+        if isinstance(exc, self._af_failures):
+            raise exc
+        return Answered(exc)
 
     @property
     def guard(self) -> Guard:
@@ -75,20 +106,20 @@ class GuardedRedis(_Guarded, aioredis.Redis):  # type: ignore[misc]
         try:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         except self._af_answered as exc:
-            return Answered(exc)
+            return self._af_answer(exc)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         """A pipeline whose ``execute`` is one guarded call."""
         pipe = GuardedPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint
         )
-        pipe._af_bind(self._af_guard, self._af_answered)
+        pipe._af_bind(self._af_guard, self._af_answered, self._af_failures)
         return pipe
 
     def client(self) -> GuardedRedis:
         """A client on one connection of the same pool, through the same guard."""
         single = GuardedRedis(connection_pool=self.connection_pool, single_connection_client=True)
-        single._af_bind(self._af_guard, self._af_answered)
+        single._af_bind(self._af_guard, self._af_answered, self._af_failures)
         return single
 
 
@@ -108,7 +139,7 @@ class GuardedPipeline(_Guarded, Pipeline):  # type: ignore[misc]
         try:
             return await super().execute(raise_on_error)
         except self._af_answered as exc:
-            return Answered(exc)
+            return self._af_answer(exc)
 
     async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
         """Run a command at once (WATCH and the reads before MULTI) through the guard."""
@@ -123,7 +154,7 @@ class GuardedPipeline(_Guarded, Pipeline):  # type: ignore[misc]
                 *args, **options
             )
         except self._af_answered as exc:
-            return Answered(exc)
+            return self._af_answer(exc)
 
 
 def guarded_redis(
@@ -132,6 +163,7 @@ def guarded_redis(
     url: str,
     *,
     answered_errors: tuple[type[BaseException], ...] = DEFAULT_ANSWERED_ERRORS,
+    failure_replies: tuple[type[BaseException], ...] = DEFAULT_FAILURE_REPLIES,
     **kwargs: Any,
 ) -> GuardedRedis:
     """A ``redis.asyncio.Redis`` for ``url`` whose commands go through ``runtime.guard(target)``.
@@ -142,6 +174,9 @@ def guarded_redis(
         url: ``redis://``, ``rediss://`` or ``unix://`` URL, as for ``Redis.from_url``.
         answered_errors: Errors that mean Redis answered (successes for the breaker,
             still raised to the caller). Default ``ResponseError`` and ``WatchError``.
+        failure_replies: Of those, the replies that are failures all the same (a
+            server out of memory, read-only, cluster down). Default
+            :data:`DEFAULT_FAILURE_REPLIES`; ``()``: every answered error is a success.
         **kwargs: For ``Redis.from_url`` (``decode_responses``, ``socket_timeout``...).
 
     Raises:
@@ -149,5 +184,5 @@ def guarded_redis(
     """
     guard = guard_of(runtime, target)
     client = cast(GuardedRedis, GuardedRedis.from_url(url, **kwargs))
-    client._af_bind(guard, tuple(answered_errors))
+    client._af_bind(guard, tuple(answered_errors), tuple(failure_replies))
     return client

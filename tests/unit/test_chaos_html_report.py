@@ -138,3 +138,22 @@ def test_matplotlib_is_imported_only_to_render(args: tuple[str, ...]) -> None:
     assert "antifragile.chaos.html_report" not in modules
     if "report" in args:
         assert "--html" in out
+
+
+def test_names_in_the_charts_are_shown_as_written() -> None:
+    """Ids are prefixed per chart inside tags only, never in a name drawn as text."""
+    name = 'svc url(#a) href="#b" id="c"'
+    report = sample_report()
+    report.calls_seen[name] = 1
+    report.breaker_openings[name] = 1
+    page = render_html(report)
+    charts = page[page.index('id="chart-calls"') : page.index("Not in this report")]
+    assert charts.count('>svc url(#a) href="#b" id="c"</text>') == 2
+
+
+def test_the_only_urls_in_the_page_are_the_svg_namespaces() -> None:
+    """Nothing that looks like a link: matplotlib's RDF metadata (purl.org,
+    creativecommons.org, matplotlib.org) is left out."""
+    page = render_html(sample_report())
+    urls = set(re.findall(r"https?://[^\"'\s<>]+", page))
+    assert urls == {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}

@@ -5,6 +5,7 @@ fault kinds, installed in the runtime's fault table, acts on exactly the guarded
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -336,3 +337,109 @@ async def test_redis_pipelines_are_one_guarded_call_and_replies_are_answers(
         assert await client.get(key) == "3" and guard.calls == calls + 2
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("[::1]:8443", "http://[::1]:8443/x"),
+        ("[::1]", "http://[::1]:8443/x"),
+        ("::1", "https://[::1]/x"),
+        ("API.example.com", "http://api.EXAMPLE.com/x"),
+        ("api.example.com:80", "http://api.example.com/x"),  # the scheme's default port
+        ("api.example.com:443", "https://api.example.com/x"),
+    ],
+)
+async def test_targets_by_host_accept_ipv6_default_ports_and_case(
+    runtime: Runtime, key: str, url: str
+) -> None:
+    import aiohttp
+    import yarl
+
+    from antifragile.integrations.aiohttp import GuardMiddleware
+    from antifragile.integrations.httpx import GuardedTransport
+
+    mapped = runtime.guard(f"mapped-{uuid.uuid4().hex[:6]}")
+    transport = GuardedTransport(runtime, "rest", targets={key: mapped.name})
+    assert transport.guard_for(httpx.URL(url)) is mapped
+    middleware = GuardMiddleware(runtime, "rest", targets={key: mapped.name})
+    async with aiohttp.ClientSession() as session:
+        request = aiohttp.ClientRequest("GET", yarl.URL(url), loop=asyncio.get_running_loop())
+        assert middleware.guard_for(request) is mapped
+        del session
+    # Another port of the same host is not that target when the key names a port.
+    if key.endswith(("8443", ":80", ":443")):
+        other = httpx.URL(url).copy_with(port=9)
+        assert transport.guard_for(other) is runtime.guards["rest"]
+
+
+@pytest.mark.parametrize("key", ["http://api.example.com", "api:port", "[::1", "[::1]x", "", "h:0"])
+def test_targets_by_host_refuse_keys_that_can_never_match(runtime: Runtime, key: str) -> None:
+    from antifragile.integrations.httpx import guarded_client
+
+    with pytest.raises(ConfigError, match=r"targets: keys must be.*got"):
+        guarded_client(runtime, targets={key: "x"})
+
+
+async def test_httpx_requests_through_a_proxy_or_a_mount_are_guarded_too(
+    runtime: Runtime, servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx sends through a proxy's or a mount's own transport, not the client's: every
+    one is wrapped, and the environment's proxies stay in use as without the guard.
+    (The test's HTTP server stands in for the proxy: it answers absolute-form requests.)"""
+    from antifragile.integrations.httpx import guarded_client
+
+    guard = runtime.guard(f"px-{uuid.uuid4().hex[:6]}")
+    proxied = guarded_client(runtime, guard.name, proxy=servers.http_url)
+    mounted = guarded_client(
+        runtime,
+        guard.name,
+        mounts={"http://mounted.invalid": httpx.AsyncHTTPTransport(proxy=servers.http_url)},
+    )
+    monkeypatch.setenv("HTTP_PROXY", servers.http_url)
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    from_env = guarded_client(runtime, guard.name)
+    try:
+        assert (await proxied.get("http://example.invalid/ok/proxy")).text == "ok"
+        assert (await mounted.get("http://mounted.invalid/ok/mount")).text == "ok"
+        assert (await from_env.get("http://example.invalid/ok/env")).text == "ok"
+    finally:
+        for client in (proxied, mounted, from_env):
+            await client.aclose()
+    assert servers.hits["/ok/proxy"] == servers.hits["/ok/mount"] == servers.hits["/ok/env"] == 1
+    assert guard.calls == 3
+
+
+async def test_redis_replies_of_a_server_that_cannot_serve_are_failures(
+    runtime: Runtime, tmp_path: Any
+) -> None:
+    """OOM (here: maxmemory 1 with noeviction) is a reply, but Redis is failing: the
+    breaker opens, as for gRPC UNAVAILABLE or an HTTP 503. Its own Redis: the session's
+    is shared."""
+    from antifragile.integrations.redis import guarded_redis
+    from antifragile.stack.processes import start_redis
+
+    server = start_redis(log_path=tmp_path / "redis.log")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    name = f"oom-{uuid.uuid4().hex[:6]}"
+    guard = runtime.guard(name, breaker_config=CircuitBreakerConfig(failure_threshold=2))
+    client = guarded_redis(runtime, name, url)
+    lenient = guarded_redis(runtime, f"{name}-lenient", url, failure_replies=())
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", 1)
+        for _ in range(2):
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await client.set("k", "v")
+        assert guard.breaker.state is CircuitState.OPEN
+        with pytest.raises(CircuitOpenError):
+            await client.get("k")
+        for _ in range(6):  # failure_replies=(): answered, a success
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await lenient.set("k", "v")
+        assert runtime.guards[f"{name}-lenient"].breaker.state is CircuitState.CLOSED
+    finally:
+        await client.aclose()
+        await lenient.aclose()
+        server.stop()

@@ -131,3 +131,27 @@ def test_make_install_resyncs_from_the_lock_when_either_file_changes(changed: st
 
 def test_make_lint_checks_the_lock() -> None:
     assert "lock --check" in _make_dry_run("lint")
+
+
+def test_make_install_on_a_stale_lock_says_to_run_make_lock(tmp_path: Path) -> None:
+    """uv's own hint (`uv lock`) names a command a fresh clone does not have."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make")
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("Makefile", "pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"rich>=13",', '"rich>=13", "idna>=3",'))
+    env = {**os.environ, "UV_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [make, "--no-print-directory", "-C", str(project), "install", f"UV={_uv()}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "run `make lock` and commit uv.lock" in result.stderr
+    assert not (project / ".venv").exists()  # stopped before touching the environment
