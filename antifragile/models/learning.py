@@ -1,0 +1,188 @@
+"""Contracts of learning from stress: observations, measurements, advice and the score.
+
+Everything the learning side concludes is recomputed from the :class:`Observation` records
+a dependency's ledger stores (``profile-{dependency}``), so a conclusion can always be
+checked against its evidence. Times are UTC datetimes; durations are seconds (``_s``) or
+milliseconds (``_ms``) as their names say.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from antifragile.models.common import StrictModel
+
+LATENCY_BUCKET_GROWTH = 2 ** (1 / 4)
+"""Ratio between neighbouring latency bucket bounds (four buckets per doubling: at most
+19 % between a value and its bucket's upper bound, as HdrHistogram-style log buckets)."""
+
+LATENCY_FIRST_BOUND_MS = 0.1
+"""Upper bound of the first latency bucket, in ms (faster calls land in it)."""
+
+LATENCY_BUCKETS = 80
+"""Bucket count: bounds run from 0.1 ms to 0.1 × 2^(79/4) ms ≈ 88 s; slower calls land in
+the last bucket."""
+
+
+def latency_bounds_ms() -> list[float]:
+    """Upper bounds of the latency buckets, in ms (``LATENCY_BUCKETS`` values, ascending)."""
+    return [LATENCY_FIRST_BOUND_MS * LATENCY_BUCKET_GROWTH**i for i in range(LATENCY_BUCKETS)]
+
+
+class LatencyHistogram(StrictModel):
+    """Call latencies of one dependency, log-bucketed (bounds: :func:`latency_bounds_ms`).
+
+    Attributes:
+        counts: Calls per bucket; empty means no call. At most ``LATENCY_BUCKETS`` entries
+            (trailing empty buckets may be left out).
+    """
+
+    counts: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=LATENCY_BUCKETS
+    )
+
+
+class ExperimentObservation(StrictModel):
+    """What one chaos experiment showed about one dependency (its target).
+
+    Attributes:
+        kind: Always ``"experiment"``.
+        dependency: The target (guard name).
+        source_id: The experiment's workflow id (one observation per id and dependency).
+        chaos_type: The fault kind (``ChaosType`` value).
+        fault_start: When the fault took effect.
+        fault_end: When the fault was removed (None: never injected).
+        detected_at: First breaker opening on the target after ``fault_start`` (None: none).
+        recovered_at: When health was verified back after ``fault_end`` (None: not verified).
+        steady_state_held: The health guard never tripped (the blast radius held).
+        calls_failed: Calls that failed during the experiment.
+        calls_refused: Calls refused by an open breaker during the experiment.
+        outcome: The experiment's outcome (``ChaosOutcome`` value).
+    """
+
+    kind: Literal["experiment"] = "experiment"
+    dependency: str
+    source_id: str
+    chaos_type: str
+    fault_start: datetime
+    fault_end: datetime | None = None
+    detected_at: datetime | None = None
+    recovered_at: datetime | None = None
+    steady_state_held: bool
+    calls_failed: int = Field(default=0, ge=0)
+    calls_refused: int = Field(default=0, ge=0)
+    outcome: str
+
+
+class OutageObservation(StrictModel):
+    """What one real outage (a recovery) showed about one dependency.
+
+    Attributes:
+        kind: Always ``"outage"``.
+        dependency: The recovered service.
+        source_id: The recovery's workflow id and first run id (``{workflow id}/{run id}``).
+        started_at: When the recovery was requested (the outage was noticed).
+        recovered_at: First passing probe (None: never verified: failed or cancelled).
+        attempts: Attempts made.
+        probes: Probes run (each attempt's probe and every watch probe).
+        outcome: The recovery's final state (``RecoveryState`` value).
+    """
+
+    kind: Literal["outage"] = "outage"
+    dependency: str
+    source_id: str
+    started_at: datetime
+    recovered_at: datetime | None = None
+    attempts: int = Field(default=0, ge=0)
+    probes: int = Field(default=0, ge=0)
+    outcome: str
+
+
+class TrafficObservation(StrictModel):
+    """A coalesced window of one dependency's calls, outside any experiment.
+
+    Attributes:
+        kind: Always ``"traffic"``.
+        dependency: The guard name.
+        source_id: ``{instance}/{window start, ISO}`` (one per instance and window).
+        window_start: Start of the window.
+        window_s: Length of the window in seconds (> 0).
+        calls: Calls admitted in the window.
+        failures: Of those, calls that failed.
+        breaker_openings: Times the breaker opened in the window.
+        latency: Latencies of the window's calls.
+    """
+
+    kind: Literal["traffic"] = "traffic"
+    dependency: str
+    source_id: str
+    window_start: datetime
+    window_s: float = Field(gt=0)
+    calls: int = Field(ge=0)
+    failures: int = Field(ge=0)
+    breaker_openings: int = Field(default=0, ge=0)
+    latency: LatencyHistogram = Field(default_factory=LatencyHistogram)
+
+
+Observation = Annotated[
+    ExperimentObservation | OutageObservation | TrafficObservation, Field(discriminator="kind")
+]
+"""One record of a dependency's ledger."""
+
+
+class Evidence(StrictModel):
+    """What a conclusion rests on.
+
+    Attributes:
+        observations: How many observations were used.
+        window_start: Oldest observation used (None: none).
+        window_end: Newest observation used (None: none).
+        detail: One line: which quantity, e.g. "p90 of 7 verified recovery times".
+    """
+
+    observations: int = Field(ge=0)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    detail: str = ""
+
+
+class Advice(StrictModel):
+    """A recommended value for one setting of one dependency.
+
+    Attributes:
+        dependency: The dependency.
+        setting: The setting, e.g. ``breaker.open_duration_s``, ``guard.timeout_s``,
+            ``recovery.initial_delay_ms``; or ``gap.<what>`` for a gap (no value).
+        current: The value in force (None: unknown, or a gap).
+        recommended: The recommended value (None: a gap, nothing to set).
+        reason: One line: why.
+        evidence: What it rests on.
+        expected_effect: One line: what should change when applied.
+    """
+
+    dependency: str
+    setting: str
+    current: float | None = None
+    recommended: float | None = None
+    reason: str
+    evidence: Evidence
+    expected_effect: str = ""
+
+
+class ResilienceScore(StrictModel):
+    """A dependency's resilience score, from measured outcomes only.
+
+    Attributes:
+        dependency: The dependency.
+        score: 0-100 (None: nothing measured yet).
+        trend: Score now minus the score without the newest observations (None: too few).
+        evidence: What it rests on.
+    """
+
+    dependency: str
+    score: float | None = Field(default=None, ge=0, le=100)
+    trend: float | None = None
+    evidence: Evidence
