@@ -3,6 +3,37 @@
 Every runtime publishes ``af:health:{instance}`` (JSON, with a TTL) and keeps itself in the
 sorted set ``af:health-members``; the CLI reads the fleet from both (a member whose snapshot
 expired is UNKNOWN); the chaos health guard scores the processes that guard a target.
+
+**Snapshot format.** The runtime's ``HealthReport`` fields (``status``, ``health_score``,
+``circuit_details``, ...), ``instance``, ``pid``, ``published_at`` (Unix s), ``ttl_s``, and
+``traffic`` - per dependency, the calls of the current and the last finished window
+(windows are aligned on multiples of ``window_s`` since the epoch, the same on every
+instance; a call counts in the window in which it ended)::
+
+    "traffic": {
+      "window_s": 60.0,
+      "dependencies": {
+        "redis": {
+          "current":  {TrafficObservation},   # calls made WITHOUT a fault, window so far
+          "previous": {TrafficObservation} | null,   # the last finished window
+          "under_fault":          {...} | null,  # calls made while a chaos fault was
+          "previous_under_fault": {...} | null   # installed on this dependency
+        }
+      }
+    }
+
+``{TrafficObservation}`` is ``antifragile.models.learning.TrafficObservation`` as JSON:
+``kind: "traffic"``, ``dependency``, ``source_id`` (``{instance}/{window start ISO}``),
+``window_start`` (ISO, UTC), ``window_s``, ``calls`` (calls that reached the dependency:
+successes and failures; refused calls are not counted), ``failures`` (calls that raised
+an ``Exception``), ``breaker_openings`` (transitions to OPEN) and ``latency.counts``
+(log buckets of ``latency_bounds_ms()``, bucket ``i`` holding ``bound[i-1] < ms <=
+bound[i]``, trailing empty buckets left out). ``calls`` is the sum of ``latency.counts``.
+The ``under_fault`` documents have the same fields with ``kind: "under_fault"`` and
+``experiments`` (ids of the experiments whose fault was installed in the window); they
+are present only when the window had such calls, openings or experiments, and are
+never TrafficObservations (experiments are observed by the chaos side).
+:func:`finished_traffic` reads the finished windows of a snapshot as observations.
 """
 
 from __future__ import annotations
@@ -16,7 +47,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio as aioredis
 
+from pydantic import ValidationError
+
 from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
+from antifragile.models.learning import TrafficObservation
 
 # ---------------------------------------------------------------------- fleet membership
 
@@ -220,3 +254,31 @@ def snapshot_score(data: dict[str, Any], targets: list[str]) -> float | None:
         return None if score is None else max(0.0, min(1.0, float(score)))
     except (TypeError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------------- traffic windows
+
+
+def finished_traffic(data: dict[str, Any]) -> list[TrafficObservation]:
+    """The last finished traffic window of each dependency in a snapshot, validated.
+
+    Windows without calls are left out; an unreadable entry is skipped (a snapshot of
+    an older runtime has no ``traffic`` key: empty list). Sorted by dependency.
+    """
+    traffic = data.get("traffic")
+    deps = traffic.get("dependencies") if isinstance(traffic, dict) else None
+    if not isinstance(deps, dict):
+        return []
+    out = []
+    for name in sorted(deps):
+        entry = deps[name]
+        doc = entry.get("previous") if isinstance(entry, dict) else None
+        if not isinstance(doc, dict):
+            continue
+        try:
+            observation = TrafficObservation.model_validate(doc)
+        except ValidationError:
+            continue
+        if observation.calls or observation.breaker_openings:
+            out.append(observation)
+    return out

@@ -24,6 +24,7 @@ from pydantic import (
 from antifragile.errors import ConfigError, describe_validation_error
 from antifragile.hashing import DEFAULT_WINDOW_S
 from antifragile.models.common import DEFAULT_WEBHOOK, PROBE_SCHEMES
+from antifragile.models.learning import DependencySettings, SettingBounds
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 """``${ENV_VAR}`` in a policy value: replaced by the worker's environment variable, inside
@@ -230,6 +231,48 @@ class ChaosPolicyConfig(BaseModel):
     min_abort_below: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+class AdaptationPolicyConfig(BaseModel):
+    """The ``adaptation`` section: how far learned settings may move a dependency.
+
+    A published config version (``antifragile.learning.config_versions``) is checked
+    against these bounds by the publisher (the worker or the CLI), which REFUSES a value
+    outside them, and carries them in the version; the runtime (in the service process,
+    which never reads this file) clamps to the bounds the version carries and to its own
+    hard safety limits (``antifragile.inprocess.config_subscriber.HARD_LIMITS``).
+
+    Attributes:
+        auto: Apply advice without a human (not implemented: advice is applied by an
+            operator). Default false.
+        open_duration_s: Range of the breaker's open duration, seconds. Default 1..300.
+        failure_rate_threshold: Range of the failure-rate threshold. Default 0.05..0.95.
+        failure_threshold: Range of the consecutive-failure threshold. Default 1..1000.
+        timeout_s: Range of the guard's per-call timeout, seconds. Default 0.01..120.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto: bool = False
+    open_duration_s: SettingBounds = Field(default_factory=lambda: SettingBounds(min=1, max=300))
+    failure_rate_threshold: SettingBounds = Field(
+        default_factory=lambda: SettingBounds(min=0.05, max=0.95)
+    )
+    failure_threshold: SettingBounds = Field(default_factory=lambda: SettingBounds(min=1, max=1000))
+    timeout_s: SettingBounds = Field(default_factory=lambda: SettingBounds(min=0.01, max=120))
+
+    def bounds(self) -> dict[str, SettingBounds]:
+        """Setting name -> its range (what a published version carries)."""
+        return {name: getattr(self, name) for name in DependencySettings.model_fields}
+
+    def violations(self, settings: DependencySettings) -> list[str]:
+        """One line per setting of ``settings`` outside its range (empty: all allowed)."""
+        out = []
+        for name, limits in self.bounds().items():
+            value = getattr(settings, name)
+            if value is not None and not limits.min <= value <= limits.max:
+                out.append(f"{name}={value} outside [{limits.min}, {limits.max}]")
+        return out
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """Where and what a YAML error is, on one line, never quoting the file's text.
 
@@ -251,12 +294,14 @@ class WorkerPolicy(BaseModel):
     Attributes:
         recovery: Recovery limits, approvers and allowed commands.
         chaos: Chaos limits and allowed targets.
+        adaptation: Bounds of learned settings (config versions).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     recovery: RecoveryPolicyConfig = Field(default_factory=RecoveryPolicyConfig)
     chaos: ChaosPolicyConfig = Field(default_factory=ChaosPolicyConfig)
+    adaptation: AdaptationPolicyConfig = Field(default_factory=AdaptationPolicyConfig)
 
     @classmethod
     def load(cls, path: Path | None) -> WorkerPolicy:

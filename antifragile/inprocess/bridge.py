@@ -140,6 +140,8 @@ class Bridge:
         direct_interval_s: Fleet-wide, at most one recovery request per this many
             seconds skips the intake (a token in ``redis_client``); None sends every
             request through the intakes. Default 1.0.
+        snapshot_extras: Returns keys added to every health snapshot (the runtime adds
+            ``traffic``, see :mod:`antifragile.fleet_health`). Default none.
         sleep: Injectable sleep for tests.
     """
 
@@ -162,6 +164,7 @@ class Bridge:
         publish_coalesce_s: float = 0.5,
         recover_on_forced_open: bool = False,
         direct_interval_s: float | None = 1.0,
+        snapshot_extras: Callable[[], dict[str, Any]] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
@@ -185,6 +188,7 @@ class Bridge:
         self.direct_requests = 0
         """Recovery requests that skipped the intake (held the fleet-wide token)."""
         self._sleep = sleep
+        self._snapshot_extras = snapshot_extras
         self._intents: dict[str, _Intent] = {}
         self._wake: asyncio.Event | None = None
         self._publish_wake: asyncio.Event | None = None
@@ -455,6 +459,8 @@ class Bridge:
         doc["pid"] = os.getpid()
         doc["published_at"] = time.time()
         doc["ttl_s"] = self.health_ttl_s
+        if self._snapshot_extras is not None:
+            doc.update(self._snapshot_extras())
         return doc
 
     async def publish_once(self) -> None:

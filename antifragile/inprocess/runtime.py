@@ -35,11 +35,13 @@ from antifragile.inprocess.breaker import CircuitBreaker
 from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.breaker_state import Clock
 from antifragile.inprocess.bridge import Bridge, ClientFactory
+from antifragile.inprocess.config_subscriber import ConfigSubscriber
 from antifragile.inprocess.fault_subscriber import FaultSubscriber
 from antifragile.inprocess.fault_table import FaultTable
 from antifragile.inprocess.guard import Guard
 from antifragile.inprocess.health import HealthAggregator, HealthAggregatorConfig
 from antifragile.inprocess.metering import MeteringIntegration
+from antifragile.inprocess.traffic import TrafficWindows
 from antifragile.models.recovery import RecoveryRequest
 from antifragile.settings import Settings
 
@@ -75,6 +77,11 @@ class Runtime:
         bridge_options: Extra keyword arguments for :class:`Bridge` (e.g. backoff).
         fault_plane: Follow the chaos fault plane (Redis leases on ``af:faults``) so
             chaos experiments reach this process's guards. Default True.
+        config_plane: Follow config versions (``af:config:*``, see
+            :mod:`antifragile.inprocess.config_subscriber`) and apply them live to the
+            guards. Default True.
+        traffic_window_s: Length of the traffic windows published with the health
+            snapshot (:mod:`antifragile.inprocess.traffic`), seconds. Default 60.
     """
 
     def __init__(
@@ -94,6 +101,8 @@ class Runtime:
         clock: Clock | None = None,
         bridge_options: dict[str, Any] | None = None,
         fault_plane: bool = True,
+        config_plane: bool = True,
+        traffic_window_s: float = 60.0,
     ) -> None:
         self.settings = settings or Settings()
         self.instance_id = instance_id or self.settings.instance_id or default_instance_id()
@@ -115,6 +124,9 @@ class Runtime:
             self.metering = None
         else:
             self.metering = metering
+        self.traffic = TrafficWindows(
+            lambda: self.guards, self.instance_id, window_s=traffic_window_s
+        )
         self.bridge: Bridge | None = None
         if bridge:
             self.bridge = Bridge(
@@ -127,6 +139,7 @@ class Runtime:
                 redis_client=self._redis,
                 publish_interval_s=publish_interval_s,
                 health_ttl_s=health_ttl_s,
+                snapshot_extras=lambda: {"traffic": self.traffic.document()},
                 **(bridge_options or {}),
             )
             self.health.on_health_change(self.bridge.health_changed)
@@ -136,6 +149,9 @@ class Runtime:
             self.fault_subscriber = FaultSubscriber(
                 self.faults, self.settings.redis_url, instance_id=self.instance_id
             )
+        self.config_subscriber: ConfigSubscriber | None = None
+        if config_plane:
+            self.config_subscriber = ConfigSubscriber(lambda: self.guards, self.settings.redis_url)
         self._started = False
         self._metrics_server: MetricsServer | None = None
 
@@ -246,12 +262,18 @@ class Runtime:
             self._metrics_server = serve(registry, self.settings.metrics_port)
         if self.fault_subscriber is not None:
             await self.fault_subscriber.start()
+        await self.traffic.start()
+        if self.config_subscriber is not None:
+            await self.config_subscriber.start()
 
     async def stop(self) -> None:
         """Flush metering, stop the bridge (removing this instance's snapshot), close."""
         if not self._started:
             return
         self._started = False
+        if self.config_subscriber is not None:
+            await self.config_subscriber.stop()
+        await self.traffic.stop()
         if self.fault_subscriber is not None:
             await self.fault_subscriber.stop()  # drops every fault this process enforces
         if self._metrics_server is not None:

@@ -186,3 +186,72 @@ class ResilienceScore(StrictModel):
     score: float | None = Field(default=None, ge=0, le=100)
     trend: float | None = None
     evidence: Evidence
+
+
+# ---------------------------------------------------------------------------------------
+# Additions of the runtime side (config versions applied live; issue 14, runtime part).
+# ---------------------------------------------------------------------------------------
+
+
+class SettingBounds(StrictModel):
+    """Inclusive range a setting may take when adapted (``min <= value <= max``).
+
+    Attributes:
+        min: Lowest allowed value.
+        max: Highest allowed value (>= ``min``).
+    """
+
+    min: float
+    max: float
+
+    def model_post_init(self, __context: object) -> None:
+        """Refuse ``min > max``.
+
+        Raises:
+            ValueError: ``min`` is above ``max``.
+        """
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+
+
+class DependencySettings(StrictModel):
+    """Adaptable settings of one dependency's guard and breaker (None: left as is).
+
+    Attributes:
+        open_duration_s: Seconds the breaker stays OPEN before a trial call (> 0).
+        failure_rate_threshold: Share of failed calls in the window that opens it, (0, 1].
+        failure_threshold: Consecutive failures that open it (>= 1).
+        timeout_s: The guard's per-call timeout, seconds (> 0).
+    """
+
+    open_duration_s: float | None = Field(default=None, gt=0)
+    failure_rate_threshold: float | None = Field(default=None, gt=0, le=1)
+    failure_threshold: int | None = Field(default=None, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class ConfigVersion(StrictModel):
+    """One published version of a dependency's settings (``af:config:{dependency}``).
+
+    Attributes:
+        dependency: The guard name.
+        version: 1, 2, ... per dependency, never reused.
+        settings: The settings in force from this version on.
+        by: Who published it (an operator, the worker).
+        at: When it was published (UTC).
+        why: One line: why.
+        previous: The version in force before this one (None: the first).
+        revert_of: The version this one undoes (None: not a revert).
+        bounds: Per setting, the range the policy allowed when it was published; the
+            runtime clamps to it (and to its hard limits) before applying.
+    """
+
+    dependency: str
+    version: int = Field(ge=1)
+    settings: DependencySettings
+    by: str
+    at: datetime
+    why: str = ""
+    previous: int | None = None
+    revert_of: int | None = None
+    bounds: dict[str, SettingBounds] = Field(default_factory=dict)

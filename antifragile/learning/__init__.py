@@ -1,0 +1,1 @@
+"""Learning from stress: pure decisions over observations, and their clients."""
