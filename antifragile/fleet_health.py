@@ -46,7 +46,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
-
 from pydantic import ValidationError
 
 from antifragile.constants import REDIS_HEALTH_KEY_PREFIX

@@ -79,6 +79,10 @@ def clamp(version: ConfigVersion) -> tuple[DependencySettings, list[str]]:
     return DependencySettings.model_validate(values), notes
 
 
+def _identity(version: ConfigVersion) -> tuple[int, str]:
+    return version.version, version.at.isoformat()
+
+
 class ConfigSubscriber:
     """Keeps every guard's settings at its dependency's current version.
 
@@ -103,6 +107,8 @@ class ConfigSubscriber:
         self._clock = clock
         self.applied: dict[str, int] = {}
         """Dependency -> the version in force here."""
+        self._applied_ids: dict[str, tuple[int, str]] = {}
+        # (version, at): a Redis that lost its data numbers from 1 again.
         self.applied_at: dict[str, float] = {}
         """Dependency -> when (``clock``) that version was applied."""
         self.baseline: dict[str, tuple[CircuitBreakerConfig, float | None]] = {}
@@ -149,7 +155,7 @@ class ConfigSubscriber:
             except (ValueError, AntifragileError) as exc:  # a malformed or missing entry
                 log.warning("config %s: current version unreadable: %s", dependency, exc)
                 return
-            if version is not None and self.applied.get(dependency) != version.version:
+            if version is not None and self._applied_ids.get(dependency) != _identity(version):
                 self.apply(version)
 
     def apply(self, version: ConfigVersion) -> None:
@@ -176,6 +182,7 @@ class ConfigSubscriber:
         guard.breaker.reconfigure(dataclasses.replace(base_config, **changes))
         guard.timeout_s = settings.timeout_s if settings.timeout_s is not None else base_timeout
         self.applied[version.dependency] = version.version
+        self._applied_ids[version.dependency] = _identity(version)
         self.applied_at[version.dependency] = self._clock()
         log.info(
             "config %s: version %d applied (by %s)", version.dependency, version.version, version.by
