@@ -6,7 +6,7 @@ import asyncio
 import bisect
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
 import pytest
@@ -124,7 +124,7 @@ def _guard(clock: NsClock, **kw: object) -> Guard:
     return Guard("dep", CircuitBreaker("dep", CircuitBreakerConfig(**kw)), ns_clock=clock)  # type: ignore[arg-type]
 
 
-def _taking(clock: NsClock, ns: int, fail: bool = False) -> Callable[[], object]:
+def _taking(clock: NsClock, ns: int, fail: bool = False) -> Callable[[], Awaitable[int]]:
     async def call() -> int:
         clock.now += ns
         if fail:
