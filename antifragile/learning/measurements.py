@@ -7,8 +7,9 @@ threshold are exact.
 - **Time to detect**: experiment ``fault_start`` → ``detected_at`` (the breaker opened).
 - **Time to recover** (verified only): experiment ``fault_end`` → ``recovered_at``;
   outage ``started_at`` → ``recovered_at`` (the first passing probe). A recovery that
-  was never verified counts in ``unverified``, never as a duration. A negative
-  duration (clocks of different hosts) is left out.
+  was never verified counts in ``unverified``, never as a duration. A recovery
+  verified before its start (clocks of different hosts) counts as 0; a detection
+  before the fault started is left out (it was not this fault's).
 - **Baseline**: traffic windows that overlap no experiment (``fault_start`` to its
   ``recovered_at``, else ``fault_end``) and no outage (``started_at`` to
   ``recovered_at``): what the dependency does when healthy. Its error rate is the exact
@@ -71,7 +72,7 @@ def detect_us(observation: ExperimentObservation) -> int | None:
 
 
 def recover_us(observation: ExperimentObservation | OutageObservation) -> int | None:
-    """Verified time to recover in µs (None: not verified, never injected, or negative)."""
+    """Verified time to recover in µs, at least 0 (None: not verified, never injected)."""
     if observation.recovered_at is None:
         return None
     if isinstance(observation, ExperimentObservation):
@@ -80,8 +81,7 @@ def recover_us(observation: ExperimentObservation | OutageObservation) -> int | 
         start = observation.fault_end
     else:
         start = observation.started_at
-    value = micros(observation.recovered_at - start)
-    return value if value >= 0 else None
+    return max(0, micros(observation.recovered_at - start))
 
 
 def injected(observation: ExperimentObservation | OutageObservation) -> bool:
