@@ -57,10 +57,12 @@ def ordered(dependency: str, observations: Iterable[Observation]) -> list[Observ
     """The observations of ``dependency``, sorted by (time, kind, source_id).
 
     Every conclusion is drawn from this order, so it does not depend on the order the
-    observations arrived in.
+    observations arrived in. Two records with the same key (a ledger keeps one per
+    source, but a caller may pass duplicates) are ordered by their JSON, so even then
+    the order is total.
     """
     mine = [o for o in observations if o.dependency == dependency]
-    return sorted(mine, key=lambda o: (observed_at(o), o.kind, o.source_id))
+    return sorted(mine, key=lambda o: (observed_at(o), o.kind, o.source_id, o.model_dump_json()))
 
 
 def detect_us(observation: ExperimentObservation) -> int | None:
