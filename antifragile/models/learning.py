@@ -9,6 +9,7 @@ milliseconds (``_ms``) as their names say.
 from __future__ import annotations
 
 from datetime import datetime
+from fractions import Fraction
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -255,3 +256,114 @@ class ConfigVersion(StrictModel):
     previous: int | None = None
     revert_of: int | None = None
     bounds: dict[str, SettingBounds] = Field(default_factory=dict)
+
+
+# --- Additions of the pure core (measurements, settings in force, score targets) -------------
+
+
+class DependencyMeasurements(StrictModel):
+    """What a dependency's observations measure (``antifragile.learning.measure``).
+
+    Durations are seconds, ascending; each comes from integer microseconds of the
+    observations' datetimes, so the same observations always give the same floats.
+
+    Attributes:
+        dependency: The dependency.
+        experiments: Experiment observations.
+        outages: Outage observations.
+        traffic_windows: Traffic windows outside experiments and outages (the baseline).
+        detect_s: Times to detect: ``fault_start`` → ``detected_at`` (breaker opened),
+            one per experiment that opened the breaker.
+        recover_s: Verified times to recover: experiment ``fault_end`` → ``recovered_at``
+            and outage ``started_at`` → ``recovered_at``; unverified ones are left out.
+        unverified: Experiments (injected) and outages with no verified recovery.
+        calls_failed: Calls failed during experiments.
+        calls_refused: Calls refused by an open breaker during experiments.
+        baseline_calls: Calls in the baseline windows.
+        baseline_failures: Failed calls in the baseline windows.
+        latency: The baseline windows' latencies, merged.
+        latency_p50_ms: Median baseline latency (bucket upper bound; None: no call).
+        latency_p99_ms: 99th percentile, same method.
+        latency_p999_ms: 99.9th percentile, same method.
+        window_start: Oldest observation (None: none).
+        window_end: Newest observation (None: none).
+    """
+
+    dependency: str
+    experiments: int = 0
+    outages: int = 0
+    traffic_windows: int = 0
+    detect_s: list[float] = Field(default_factory=list)
+    recover_s: list[float] = Field(default_factory=list)
+    unverified: int = 0
+    calls_failed: int = 0
+    calls_refused: int = 0
+    baseline_calls: int = 0
+    baseline_failures: int = 0
+    latency: LatencyHistogram = Field(default_factory=LatencyHistogram)
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_p999_ms: float | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+    @property
+    def baseline_error_rate(self) -> Fraction | None:
+        """``baseline_failures / baseline_calls``, exact (None: no baseline call)."""
+        if self.baseline_calls == 0:
+            return None
+        return Fraction(self.baseline_failures, self.baseline_calls)
+
+
+class CurrentSettings(StrictModel):
+    """The breaker, guard and recovery settings in force for one dependency.
+
+    Defaults are the project's defaults (``CircuitBreakerConfig``, ``Guard``,
+    ``RecoveryPolicy``), so ``CurrentSettings()`` describes an untuned dependency.
+
+    Attributes:
+        open_duration_s: Breaker: seconds OPEN before a trial call. Default 30.
+        failure_rate_threshold: Breaker: failure share of the window that opens it, read
+            as the decimal the float stands for (15 significant digits). Default 0.5.
+        failure_threshold: Breaker: consecutive failures that open it. Default 5.
+        minimum_calls: Breaker: calls the window needs before the rate counts. Default 20.
+        window_size: Breaker: calls in the sliding window. Default 100.
+        timeout_s: Guard: per-call timeout (None: none). Default None.
+        initial_delay_ms: Recovery: delay after the first failed attempt. Default 1000.
+        backoff_multiplier: Recovery: growth factor of the delays. Default 2.0.
+        max_delay_ms: Recovery: cap of any delay. Default 60000.
+        max_retry_attempts: Recovery: attempts per round before a person is asked.
+            Default 5.
+    """
+
+    open_duration_s: float = Field(default=30.0, gt=0)
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    failure_threshold: int = Field(default=5, ge=1)
+    minimum_calls: int = Field(default=20, ge=1)
+    window_size: int = Field(default=100, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    initial_delay_ms: int = Field(default=1000, ge=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1.0)
+    max_delay_ms: int = Field(default=60000, ge=0)
+    max_retry_attempts: int = Field(default=5, ge=1)
+
+
+class ScoreTargets(StrictModel):
+    """What the resilience score counts as a good outcome, and how it weighs age.
+
+    Attributes:
+        recovery_target_s: Per dependency: verified recovery within this many seconds
+            counts as held.
+        default_recovery_target_s: For a dependency not in ``recovery_target_s``.
+            Default 30.
+        half_life_s: Age at which an outcome weighs half as much as a fresh one.
+            Default 14 days.
+    """
+
+    recovery_target_s: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    default_recovery_target_s: float = Field(default=30.0, gt=0)
+    half_life_s: float = Field(default=14 * 86400.0, gt=0)
+
+    def target_s(self, dependency: str) -> float:
+        """The recovery target of ``dependency``, in seconds."""
+        return self.recovery_target_s.get(dependency, self.default_recovery_target_s)

@@ -1,0 +1,169 @@
+"""Measurements of a dependency from its observations: tables, empty and single histories."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+
+import pytest
+
+from antifragile.learning.histogram import record
+from antifragile.learning.measurements import measure, type7_quantile
+from antifragile.models.learning import (
+    ExperimentObservation,
+    LatencyHistogram,
+    Observation,
+    OutageObservation,
+    TrafficObservation,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def experiment(
+    source: str = "x1",
+    *,
+    start: float = 0,
+    end: float | None = 10,
+    detected: float | None = 1.5,
+    recovered: float | None = 14,
+    held: bool = True,
+    failed: int = 0,
+    refused: int = 0,
+    dependency: str = "db",
+    chaos_type: str = "ERROR",
+) -> ExperimentObservation:
+    return ExperimentObservation(
+        dependency=dependency,
+        source_id=source,
+        chaos_type=chaos_type,
+        fault_start=at(start),
+        fault_end=None if end is None else at(end),
+        detected_at=None if detected is None else at(detected),
+        recovered_at=None if recovered is None else at(recovered),
+        steady_state_held=held,
+        calls_failed=failed,
+        calls_refused=refused,
+        outcome="COMPLETED",
+    )
+
+
+def outage(
+    source: str = "r1", *, start: float = 100, recovered: float | None = 106, outcome: str = ""
+) -> OutageObservation:
+    return OutageObservation(
+        dependency="db",
+        source_id=source,
+        started_at=at(start),
+        recovered_at=None if recovered is None else at(recovered),
+        outcome=outcome or ("SUCCEEDED" if recovered is not None else "FAILED"),
+    )
+
+
+def traffic(
+    source: str = "i/w1", *, start: float = 1000, calls: int = 100, failures: int = 1, ms: float = 5
+) -> TrafficObservation:
+    return TrafficObservation(
+        dependency="db",
+        source_id=source,
+        window_start=at(start),
+        window_s=10,
+        calls=calls,
+        failures=failures,
+        latency=record(LatencyHistogram(), ms, count=calls),
+    )
+
+
+CASES: list[tuple[str, list[Observation], dict[str, object]]] = [
+    ("empty", [], {"experiments": 0, "recover_s": [], "baseline_calls": 0, "latency_p50_ms": None}),
+    (
+        "one experiment",
+        [experiment(failed=7, refused=30)],
+        {"detect_s": [1.5], "recover_s": [4.0], "calls_failed": 7, "calls_refused": 30},
+    ),
+    ("one outage", [outage()], {"outages": 1, "recover_s": [6.0], "unverified": 0}),
+    ("unverified outage", [outage(recovered=None)], {"recover_s": [], "unverified": 1}),
+    (
+        "experiment never injected: neither a recovery nor unverified",
+        [experiment(end=None, detected=None, recovered=None)],
+        {"recover_s": [], "unverified": 0, "detect_s": []},
+    ),
+    (
+        "recovery verified before the fault ended (clock skew) took 0 s",
+        [experiment(end=10, recovered=9)],
+        {"recover_s": [0.0], "unverified": 0},
+    ),
+    (
+        "a detection before the fault started was not this fault's",
+        [experiment(start=5, detected=4)],
+        {"detect_s": []},
+    ),
+    (
+        "microseconds are exact",
+        [outage(start=0, recovered=0.000001)],
+        {"recover_s": [0.000001]},
+    ),
+    (
+        "traffic during an experiment is not baseline",
+        [experiment(start=0, end=10, recovered=14), traffic(start=5), traffic("i/w2", start=20)],
+        {"traffic_windows": 1, "baseline_calls": 100},
+    ),
+    (
+        "a window touching an outage is not baseline",
+        [outage(start=100, recovered=106), traffic(start=90)],
+        {"traffic_windows": 0, "baseline_calls": 0},
+    ),
+    (
+        "another dependency is ignored",
+        [experiment(dependency="cache"), traffic()],
+        {"experiments": 0, "traffic_windows": 1},
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "observations", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_measure(name: str, observations: list[Observation], expected: dict[str, object]) -> None:
+    m = measure("db", observations)
+    for field, value in expected.items():
+        assert getattr(m, field) == value, (name, field)
+
+
+def test_baseline_error_rate_and_latency() -> None:
+    m = measure(
+        "db", [traffic(calls=300, failures=1, ms=5), traffic("i/w2", calls=700, failures=2, ms=50)]
+    )
+    assert m.baseline_error_rate == Fraction(3, 1000)
+    assert m.latency_p50_ms is not None and 50 <= m.latency_p50_ms < 60
+    assert m.latency_p999_ms is not None and m.latency_p999_ms >= 50
+    assert measure("db", []).baseline_error_rate is None
+    assert m.window_start == at(1000) and m.window_end == at(1000)
+
+
+def test_measure_is_order_independent() -> None:
+    obs: list[Observation] = [experiment(), outage(), traffic(), outage("r2", start=200)]
+    assert measure("db", obs) == measure("db", list(reversed(obs)))
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([7], Fraction(3, 4), Fraction(7)),
+        ([1, 2, 3, 4, 5], Fraction(3, 4), Fraction(4)),  # h = 4 × 3/4 = 3: x[3]
+        ([1, 2, 3, 4], Fraction(3, 4), Fraction(13, 4)),  # h = 2.25: 3 + 0.25 × 1
+        ([1, 2], Fraction(0), Fraction(1)),
+        ([1, 2], Fraction(1), Fraction(2)),
+    ],
+)
+def test_type7_quantile(values: list[int], q: Fraction, expected: Fraction) -> None:
+    assert type7_quantile(values, q) == expected
+
+
+def test_type7_quantile_refuses_nothing_and_bad_q() -> None:
+    with pytest.raises(ValueError, match="no value"):
+        type7_quantile([], Fraction(1, 2))
+    with pytest.raises(ValueError, match="quantile"):
+        type7_quantile([1], Fraction(2))
