@@ -1,0 +1,1 @@
+"""Learning from stress: measurements, advice and score from each dependency's ledger."""
