@@ -42,11 +42,21 @@ from antifragile.constants import (
     profile_workflow_id,
 )
 from antifragile.learning.client import get_profile, record_observations
-from antifragile.models.chaos import ChaosOutcome, ChaosPhase, ChaosReport, ChaosStatus
+from antifragile.models.chaos import (
+    ChaosJournal,
+    ChaosOutcome,
+    ChaosPhase,
+    ChaosReport,
+    ChaosStatus,
+    CleanupRecord,
+    ExperimentImpact,
+    HealthSample,
+)
 from antifragile.models.chaos_scenario import ChaosScenario
 from antifragile.models.learning import (
     ExperimentObservation,
     OutageObservation,
+    ProfileCounters,
     ProfileInput,
     ProfileLimits,
     ProfileView,
@@ -56,6 +66,7 @@ from antifragile.models.learning import (
     TrafficObservation,
 )
 from antifragile.models.recovery import (
+    AttemptRecord,
     ProbeInput,
     ProbeResult,
     RecoveryActionInput,
@@ -513,3 +524,206 @@ async def _held(handle: WorkflowHandle[Any, Any]) -> ProfileView:
 
 async def test_nothing_is_sent_for_no_observations(env: WorkflowEnvironment) -> None:
     assert await record_observations(env.client, dep(), [], task_queue="nowhere") == 0
+
+
+# --- the pure parts, by table -----------------------------------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("batch", "limits", "kept", "counters"),
+    [
+        ([], {}, [], (1, 0, 0, 0, 0, 0)),
+        ([("experiment", "a", 0)], {}, [("experiment", "a")], (1, 1, 0, 0, 0, 0)),
+        (
+            [("experiment", "a", 0), ("experiment", "a", 5)],
+            {},
+            [("experiment", "a")],
+            (1, 2, 1, 0, 0, 0),
+        ),
+        (  # the same source id under two kinds: two observations
+            [("experiment", "a", 0), ("outage", "a", 0)],
+            {},
+            [("experiment", "a"), ("outage", "a")],
+            (1, 2, 0, 0, 0, 0),
+        ),
+        (  # exactly max_age old is kept, one second more is not
+            [("traffic", "edge", 60), ("traffic", "old", 61)],
+            {"max_age_s": 60},
+            [("traffic", "edge")],
+            (1, 2, 0, 0, 1, 0),
+        ),
+        (  # the newest per kind; other kinds untouched
+            [("outage", "o1", 3), ("outage", "o2", 2), ("outage", "o3", 1), ("traffic", "t", 9)],
+            {"max_per_kind": 2},
+            [("traffic", "t"), ("outage", "o2"), ("outage", "o3")],
+            (1, 4, 0, 0, 0, 1),
+        ),
+    ],
+)
+def test_ledger_table(
+    batch: list[tuple[str, str, int]],
+    limits: dict[str, int],
+    kept: list[tuple[str, str]],
+    counters: tuple[int, ...],
+) -> None:
+    from workflows.dependency_profile import Ledger
+
+    now = T0 + timedelta(days=1)
+    build = {"experiment": experiment, "outage": outage, "traffic": traffic}
+    global NOW
+    saved, NOW = NOW, now
+    try:
+        observations = [build[kind]("d", source, seconds / 60) for kind, source, seconds in batch]
+    finally:
+        NOW = saved
+    ledger = Ledger("d", ProfileLimits(**limits), [], ProfileCounters())
+    ledger.add(observations, now)
+    assert [(o.kind, o.source_id) for o in ledger.observations()] == kept
+    c = ledger.counters
+    got = (c.batches, c.received, c.duplicates, c.misaddressed, c.dropped_old)
+    assert (*got, c.dropped_over_limit) == counters
+
+
+def test_a_naive_time_is_read_as_utc_and_another_dependency_is_ignored() -> None:
+    from workflows.dependency_profile import Ledger
+
+    naive = OutageObservation(
+        dependency="d", source_id="n", started_at=datetime(2026, 1, 1), outcome="FAILED"
+    )
+    stray = OutageObservation(dependency="x", source_id="s", started_at=T0, outcome="FAILED")
+    ledger = Ledger("d", ProfileLimits(max_age_s=3600), [], ProfileCounters())
+    ledger.add([naive, stray], T0 + timedelta(minutes=30))
+    assert [o.source_id for o in ledger.observations()] == ["n"]
+    assert ledger.counters.misaddressed == 1
+    assert ledger.view().counts == {"experiment": 0, "outage": 1, "traffic": 0}
+    empty = Ledger("d", ProfileLimits(), [], ProfileCounters()).view()
+    assert (empty.oldest, empty.newest, empty.observations) == (None, None, [])
+
+
+def _journal(**kw: Any) -> ChaosJournal:
+    sc = scenario(chaos_type="ERROR", duration_s=30)
+    base: dict[str, Any] = {
+        "experiment_id": "chaos-x",
+        "scenario": sc,
+        "started_at": T0,
+        "duration_s": 30,
+    }
+    base.update(kw)
+    return ChaosJournal(**base)
+
+
+def _sample(seconds: int, targets: float | None, source: str = "fleet") -> HealthSample:
+    return HealthSample(at=T0 + timedelta(seconds=seconds), targets_score=targets, source=source)
+
+
+S = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("journal", "outcome", "expected"),
+    [
+        (_journal(), ChaosOutcome.FAILED, None),  # never injected
+        (_journal(injected_at=T0, scenario=scenario(dry_run=True)), ChaosOutcome.COMPLETED, None),
+        (  # injected, nothing measured
+            _journal(injected_at=T0),
+            ChaosOutcome.STOPPED,
+            {"fault_end": None, "detected_at": None, "recovered_at": None, "held": True},
+        ),
+        (  # a breaker seen open at 10 s (not the pre-injection sample), back 5 s after removal
+            _journal(
+                injected_at=T0,
+                removed_at=T0 + 30 * S,
+                cleanup=CleanupRecord(fault_ended_at=T0 + 30 * S),
+                health=[_sample(-5, 0.0), _sample(5, 1.0), _sample(10, 0.5), _sample(20, 0.0)],
+                recovered=True,
+                time_to_recover_s=5.0,
+                impact=ExperimentImpact(
+                    calls_affected={"i1": 30, "i2": 12}, calls_refused={"i1": 20, "i2": 2}
+                ),
+            ),
+            ChaosOutcome.COMPLETED,
+            {
+                "fault_end": T0 + 30 * S,
+                "detected_at": T0 + 10 * S,
+                "recovered_at": T0 + 35 * S,
+                "held": True,
+                "failed": 20,
+                "refused": 22,
+            },
+        ),
+        (  # health never dropped: verified by the first measurement after removal
+            _journal(
+                injected_at=T0,
+                removed_at=T0 + 30 * S,
+                health=[_sample(31, None, "signal:p1"), _sample(32, 1.0, "fleet+probe")],
+                recovered=True,
+            ),
+            ChaosOutcome.ABORTED,
+            {"fault_end": T0 + 30 * S, "recovered_at": T0 + 32 * S, "held": False},
+        ),
+        (  # not verified; a lease that expired ends the fault at its expiry
+            _journal(
+                injected_at=T0,
+                removed_at=T0 + 40 * S,
+                cleanup=CleanupRecord(fault_ended_at=T0 + 35 * S),
+                recovered=False,
+                impact=ExperimentImpact(calls_affected={"i": 1}, calls_refused={"i": 5}),
+            ),
+            ChaosOutcome.STOPPED,
+            {"fault_end": T0 + 35 * S, "recovered_at": None, "failed": 0, "refused": 5},
+        ),
+    ],
+)
+def test_experiment_observation_table(
+    journal: ChaosJournal, outcome: ChaosOutcome, expected: dict[str, Any] | None
+) -> None:
+    from workflows._learning_feed import experiment_observation
+
+    seen = experiment_observation(journal, outcome)
+    if expected is None:
+        assert seen is None
+        return
+    assert seen is not None and seen.source_id == "chaos-x" and seen.outcome == outcome.value
+    assert seen.fault_start == T0 and seen.dependency == journal.scenario.target
+    got = {
+        "fault_end": seen.fault_end,
+        "detected_at": seen.detected_at,
+        "recovered_at": seen.recovered_at,
+        "held": seen.steady_state_held,
+        "failed": seen.calls_failed,
+        "refused": seen.calls_refused,
+    }
+    assert {k: got[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("attempts", "outcomes", "watch", "probes"),
+    [
+        (0, [], 0, 0),  # refused before any attempt (hash mismatch)
+        (1, ["healthy"], 0, 1),
+        (3, ["unhealthy", "action_failed", "healthy"], 2, 4),
+        (25, ["action_failed"] * 20, 0, 5),  # 5 attempts trimmed away count as probed
+    ],
+)
+def test_outage_observation_table(
+    attempts: int, outcomes: list[str], watch: int, probes: int
+) -> None:
+    from workflows._learning_feed import outage_observation
+
+    records = [
+        AttemptRecord(number=i + 1, started_at=T0, duration_ms=1, outcome=o)
+        for i, o in enumerate(outcomes)
+    ]
+    seen = outage_observation(
+        "db",
+        "recovery-db/run",
+        RecoveryState.SUCCEEDED,
+        started_at=T0,
+        recovered_at=None,
+        attempts=attempts,
+        records=records,
+        watch_probes=watch,
+    )
+    assert (seen.attempts, seen.probes, seen.outcome) == (attempts, probes, "SUCCEEDED")
