@@ -37,9 +37,14 @@ LEARNING_OBSERVATIONS = "learning-observations"
 """Patch: an ending experiment or recovery records an observation in its dependency's
 ledger (``profile-{dependency}``)."""
 RECORD_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=2), maximum_attempts=3
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=2),
+    maximum_attempts=3,
+    non_retryable_error_types=["NotFoundError"],
 )
-"""Three tries, 1 s then 2 s apart: the ending waits at most ~3 s plus the tries."""
+"""Three tries, 1 s then 2 s apart: the ending waits at most ~3 s plus the tries. A worker
+that does not run the recording activity (``NotFoundError``: an older worker during a
+rolling deploy, or a partial test worker) gives up at once, so the ending is not delayed."""
 RECORD_TIMEOUT = timedelta(seconds=10)
 """Start-to-close timeout of one try (one signal-with-start)."""
 
