@@ -179,3 +179,20 @@ ACTIVITY_REMOVE_FAULT = "remove_fault"
 ACTIVITY_MEASURE_HEALTH = "measure_health"
 ACTIVITY_CHECK_EXPERIMENT_RUNNING = "check_experiment_running"
 ACTIVITY_COLLECT_EXPERIMENT_IMPACT = "collect_experiment_impact"
+
+# --- Learning from stress: the durable ledger of each dependency (issue 14) -----------
+PROFILE_WORKFLOW_TYPE = "DependencyProfileWorkflow"
+PROFILE_WORKFLOW_ID_PREFIX = "profile-"
+KIND_PROFILE = "profile"
+"""``AfKind`` of a dependency's ledger (``AfService`` is the dependency)."""
+SIGNAL_RECORD_OBSERVATIONS = "record_observations"
+"""A batch of observations for a dependency's ledger (de-duplicated by kind and source id)."""
+QUERY_PROFILE = "profile"
+"""Query of a dependency's ledger: its observations and counts."""
+ACTIVITY_RECORD_OBSERVATIONS = "record_dependency_observations"
+"""Signal-with-start of ``profile-{dependency}`` from a workflow (experiments, recoveries)."""
+
+
+def profile_workflow_id(dependency: str) -> str:
+    """The workflow id of a dependency's ledger: ``profile-{dependency}``."""
+    return f"{PROFILE_WORKFLOW_ID_PREFIX}{dependency}"

@@ -26,6 +26,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
+from activities.learning import record_dependency_observations
 from activities.orchestrator import OrchestratorActivities
 from activities.recovery import RecoveryActivities
 from antifragile.constants import KIND_CHAOS, KIND_RECOVERY
@@ -44,6 +45,7 @@ from antifragile.telemetry import configure_logging, shutdown_tracing
 from antifragile.temporal_client import connect
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
+from workflows.dependency_profile import DependencyProfileWorkflow
 from workflows.recovery import RecoveryWorkflow
 from workflows.recovery_intake import RecoveryIntakeWorkflow
 from workflows.recovery_orchestrator import RecoveryOrchestratorWorkflow
@@ -62,6 +64,7 @@ def all_workflows() -> list[type]:
         RecoveryIntakeWorkflow,
         ChaosExperimentWorkflow,
         ChaosGuardianWorkflow,
+        DependencyProfileWorkflow,
     ]
 
 
@@ -95,6 +98,7 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
         chaos.measure_health,
         chaos.collect_experiment_impact,
         chaos.check_experiment_running,
+        record_dependency_observations,
     ]
 
 

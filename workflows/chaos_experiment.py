@@ -113,6 +113,7 @@ from workflows._approval import ApprovalGate
 from workflows._chaos_cancel import cancelled_activity, raise_spent_cancel, shielded
 from workflows._chaos_cleanup import remove_lease
 from workflows._failures import cause_message
+from workflows._learning_feed import experiment_observation, record_observation
 
 VERIFY_INTERVAL_S = 1.0
 FLUSH_GRACE_S = 1.0
@@ -496,7 +497,11 @@ class ChaosExperimentWorkflow:
         self._move(ChaosPhase(outcome.value))
         self._note(f"{outcome.value}: {reason}")
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return self.report()
+        report = self.report()  # final: recording below is best effort and changes nothing
+        observation = experiment_observation(self._j, outcome)
+        if observation is not None:
+            await record_observation(observation)
+        return report
 
     # --- bookkeeping -----------------------------------------------------------------
 

@@ -92,6 +92,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows import _recovery_commands as commands
 from workflows._approval import ApprovalGate
 from workflows._failures import cause_message, is_refusal, reraise_cancellation
+from workflows._learning_feed import record_outage
 
 PATCH_V2 = "recovery-v2"
 """Patch of remembered wake-ups, watch probes, crash-safe steps and orchestrator signals.
@@ -152,6 +153,7 @@ class RecoveryWorkflow:
         self._last_error = ""
         self._joins = 0
         self._published: tuple[str, int] | None = None
+        self._healthy_at: datetime | None = None  # the first passing probe (learning)
 
     # --- run -------------------------------------------------------------------------
 
@@ -205,6 +207,7 @@ class RecoveryWorkflow:
             self._move(RecoveryState.CANCELLED)
             self._waiting_for = "cancelled"
             self._publish()
+            await record_outage(self.status(), self._healthy_at)
             raise
 
     # --- steps -----------------------------------------------------------------------
@@ -279,6 +282,8 @@ class RecoveryWorkflow:
             # A probe that cannot even run proves nothing: count it as unhealthy.
             result = False, cause_message(err)
         self._wakes.probe_finished(token)
+        if result[0] and self._healthy_at is None:
+            self._healthy_at = workflow.now()
         return result
 
     async def _backoff(self, delay_ms: int) -> None:
@@ -454,6 +459,7 @@ class RecoveryWorkflow:
             message=message,
             status=self.status(),
         )
+        await record_outage(result.status, self._healthy_at)  # best effort, outcome unchanged
         if state is RecoveryState.FAILED:
             raise ApplicationError(message, result, type="RecoveryFailed", non_retryable=True)
         return result

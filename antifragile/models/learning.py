@@ -367,3 +367,163 @@ class ScoreTargets(StrictModel):
     def target_s(self, dependency: str) -> float:
         """The recovery target of ``dependency``, in seconds."""
         return self.recovery_target_s.get(dependency, self.default_recovery_target_s)
+
+
+# --- The ledger's messages: DependencyProfileWorkflow (``profile-{dependency}``) -------
+# Added with the ledger (issue 14, durable ledger part). Models above keep their meaning.
+
+PROFILE_MAX_PER_KIND = 200
+"""Observations a ledger keeps per kind (experiment, outage, traffic) by default; the
+oldest go first. Sized so a full ledger (3 × 200 observations of at most ~1 KB each)
+stays well under Temporal's 512 KiB payload warning when it continues as new."""
+
+PROFILE_MAX_AGE_S = 90 * 86_400
+"""Observations older than this (seconds; 90 days) are dropped by default, counted from
+the ledger's workflow time when a batch arrives."""
+
+PROFILE_MAX_AGE_LIMIT_S = 10 * 365 * 86_400
+"""Largest ``max_age_s`` accepted (about ten years): the cut-off date stays computable."""
+
+PROFILE_BATCHES_PER_RUN = 500
+"""Batches a ledger run takes before it continues as new by default (it also continues
+when Temporal suggests it, at 4,096 events or 4 MB): one batch is one signal event."""
+
+MAX_OBSERVATIONS_PER_BATCH = 200
+"""Observations in one ``record_observations`` signal (the client splits larger lists)."""
+
+
+def observation_time(
+    observation: ExperimentObservation | OutageObservation | TrafficObservation,
+) -> datetime:
+    """When an observation happened (the ledger orders, ages and evicts by it).
+
+    Returns:
+        An experiment's fault start, an outage's start, a traffic window's start.
+    """
+    if isinstance(observation, ExperimentObservation):
+        return observation.fault_start
+    if isinstance(observation, OutageObservation):
+        return observation.started_at
+    return observation.window_start
+
+
+class RecordObservations(StrictModel):
+    """Payload of the ``record_observations`` signal: a batch for one dependency's ledger.
+
+    Attributes:
+        observations: At most :data:`MAX_OBSERVATIONS_PER_BATCH`. Each is kept once per
+            ``(kind, source_id)``: a second one with the same key is counted as a
+            duplicate and ignored (the first wins), so a re-sent batch changes nothing.
+            One for another dependency is counted and ignored.
+    """
+
+    observations: list[Observation] = Field(
+        default_factory=list, max_length=MAX_OBSERVATIONS_PER_BATCH
+    )
+
+
+class ProfileLimits(StrictModel):
+    """How much a ledger keeps, and how long a run lasts.
+
+    Attributes:
+        max_per_kind: Observations kept per kind (default :data:`PROFILE_MAX_PER_KIND`).
+        max_age_s: Seconds an observation is kept (default :data:`PROFILE_MAX_AGE_S`; at
+            most :data:`PROFILE_MAX_AGE_LIMIT_S`).
+        batches_per_run: Batches before continuing as new (default
+            :data:`PROFILE_BATCHES_PER_RUN`).
+    """
+
+    max_per_kind: int = Field(default=PROFILE_MAX_PER_KIND, ge=1)
+    max_age_s: int = Field(default=PROFILE_MAX_AGE_S, gt=0, le=PROFILE_MAX_AGE_LIMIT_S)
+    batches_per_run: int = Field(default=PROFILE_BATCHES_PER_RUN, ge=1)
+
+
+class ProfileCounters(StrictModel):
+    """What a ledger has received since it was first started (carried across runs).
+
+    Attributes:
+        batches: Signals received.
+        received: Observations received, every one counted.
+        duplicates: Ignored: an observation with the same ``(kind, source_id)`` was held.
+        misaddressed: Ignored: the observation's dependency is not the ledger's.
+        dropped_old: Dropped: older than ``max_age_s``.
+        dropped_over_limit: Dropped: the oldest beyond ``max_per_kind`` of their kind.
+        runs: Workflow runs (1 + times it continued as new).
+    """
+
+    batches: int = Field(default=0, ge=0)
+    received: int = Field(default=0, ge=0)
+    duplicates: int = Field(default=0, ge=0)
+    misaddressed: int = Field(default=0, ge=0)
+    dropped_old: int = Field(default=0, ge=0)
+    dropped_over_limit: int = Field(default=0, ge=0)
+    runs: int = Field(default=1, ge=1)
+
+
+class ProfileInput(StrictModel):
+    """Input of DependencyProfileWorkflow (a first start, or a run continued as new).
+
+    Attributes:
+        dependency: The dependency (guard name or recovered service).
+        limits: What the ledger keeps.
+        observations: Held observations (empty on a first start).
+        counters: Counters so far (fresh on a first start).
+    """
+
+    dependency: str = Field(min_length=1)
+    limits: ProfileLimits = Field(default_factory=ProfileLimits)
+    observations: list[Observation] = Field(default_factory=list)
+    counters: ProfileCounters = Field(default_factory=ProfileCounters)
+
+
+class ProfileView(StrictModel):
+    """Result of the ``profile`` query: a dependency's ledger as it stands.
+
+    Attributes:
+        dependency: The dependency.
+        observations: Held observations, oldest first (by :func:`observation_time`, then
+            kind and source id).
+        counts: Held observations per kind (``experiment``, ``outage``, ``traffic``; all
+            three present).
+        oldest / newest: Time of the oldest and newest held observation (None: none).
+        counters: What the ledger has received, ignored and dropped.
+        limits: What it keeps.
+        score / advice: Filled once the pure core (``antifragile.learning`` score and
+            advice) is wired into the ledger; None and empty until then.
+    """
+
+    dependency: str
+    observations: list[Observation] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    oldest: datetime | None = None
+    newest: datetime | None = None
+    counters: ProfileCounters = Field(default_factory=ProfileCounters)
+    limits: ProfileLimits = Field(default_factory=ProfileLimits)
+    score: ResilienceScore | None = None
+    advice: list[Advice] = Field(default_factory=list)
+
+
+class RecordObservationsInput(StrictModel):
+    """Input of ``record_dependency_observations``: signal-with-start of a ledger.
+
+    Attributes:
+        dependency: Whose ledger (``profile-{dependency}``).
+        observations: What to record (all for ``dependency``).
+        task_queue: Where the ledger runs if it has to be started (the caller's queue).
+    """
+
+    dependency: str = Field(min_length=1)
+    observations: list[Observation] = Field(default_factory=list)
+    task_queue: str = Field(min_length=1)
+
+
+class RecordObservationsResult(StrictModel):
+    """What ``record_dependency_observations`` sent.
+
+    Attributes:
+        workflow_id: The ledger's workflow id.
+        batches: Signals sent (0 when there was nothing to send).
+    """
+
+    workflow_id: str
+    batches: int = Field(ge=0)

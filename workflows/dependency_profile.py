@@ -1,0 +1,233 @@
+"""DependencyProfileWorkflow: the durable ledger of one dependency (``profile-{dependency}``).
+
+It keeps what chaos experiments, real outages (recoveries) and coalesced runtime traffic
+windows showed about one dependency, as
+:data:`~antifragile.models.learning.Observation` records, so that every conclusion (score,
+advice) can be recomputed from, and checked against, the evidence it holds.
+
+Messages. ``record_observations`` (a :class:`~antifragile.models.learning.RecordObservations`
+batch) adds observations; it is sent by signal-with-start
+(:func:`antifragile.learning.client.record_observations`), so the ledger exists on first
+use. The ``profile`` query returns a :class:`~antifragile.models.learning.ProfileView`.
+
+Rules (:class:`Ledger`, pure):
+
+- One observation per ``(kind, source_id)``: the first one kept wins, later ones are
+  counted as duplicates and ignored (a retried activity re-sends its batch unchanged).
+  Observations of another dependency are counted and ignored.
+- Bounded: observations older than ``limits.max_age_s`` (counted from the workflow time
+  the batch arrives, by :func:`~antifragile.models.learning.observation_time`) are
+  dropped, then the oldest beyond ``limits.max_per_kind`` of each kind. Ages are applied
+  when a batch arrives and when a run starts, not on a timer: an idle ledger keeps what it
+  has (no history grows while nothing happens). A re-sent observation that was already
+  dropped is dropped again, counted as dropped rather than as a duplicate.
+- Never a task failure from data: a naive datetime is read as UTC; nothing in a handler
+  raises on its input (a workflow task that raises is retried for ever).
+
+Life. It never ends by itself. After ``limits.batches_per_run`` batches, or when Temporal
+suggests it (4,096 events or 4 MB), it waits for its handlers and continues as new with
+everything it holds and its counters; signals that arrive meanwhile are not lost (the
+server refuses a completion that would drop them and the run goes on).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from antifragile.constants import (
+        KIND_PROFILE,
+        PROFILE_WORKFLOW_TYPE,
+        QUERY_PROFILE,
+        SA_KIND,
+        SA_SERVICE,
+        SIGNAL_RECORD_OBSERVATIONS,
+    )
+    from antifragile.models.learning import (
+        ExperimentObservation,
+        OutageObservation,
+        ProfileCounters,
+        ProfileInput,
+        ProfileLimits,
+        ProfileView,
+        RecordObservations,
+        TrafficObservation,
+        observation_time,
+    )
+
+AnyObservation = ExperimentObservation | OutageObservation | TrafficObservation
+KINDS = ("experiment", "outage", "traffic")
+"""Every observation kind, in the order the counts are shown."""
+_KIND_WORDS = {"experiment": "experiment(s)", "outage": "outage(s)", "traffic": "traffic window(s)"}
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime (a naive one is read as UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _order(observation: AnyObservation) -> tuple[datetime, str, str]:
+    """Sort key: time, then kind, then source id (a total, deterministic order)."""
+    return _utc(observation_time(observation)), observation.kind, observation.source_id
+
+
+class Ledger:
+    """A dependency's observations, de-duplicated and bounded (pure; no workflow calls).
+
+    Args:
+        dependency: Whose ledger; observations of another dependency are ignored.
+        limits: What it keeps.
+        observations: Held observations to start with (a run continued as new).
+        counters: Counters so far.
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        limits: ProfileLimits,
+        observations: list[AnyObservation],
+        counters: ProfileCounters,
+    ) -> None:
+        self.dependency = dependency
+        self.limits = limits
+        self.counters = counters.model_copy()
+        self._held: dict[tuple[str, str], AnyObservation] = {}
+        for observation in observations:
+            self._held.setdefault((observation.kind, observation.source_id), observation)
+
+    def add(self, batch: list[AnyObservation], now: datetime) -> None:
+        """Take one batch received at ``now`` (workflow time), then apply the bounds."""
+        self.counters.batches += 1
+        self.counters.received += len(batch)
+        for observation in batch:
+            if observation.dependency != self.dependency:
+                self.counters.misaddressed += 1
+                continue
+            key = (observation.kind, observation.source_id)
+            if key in self._held:
+                self.counters.duplicates += 1
+                continue
+            self._held[key] = observation
+        self.prune(now)
+
+    def prune(self, now: datetime) -> None:
+        """Drop what is older than ``max_age_s`` at ``now``, then the oldest over the limit.
+
+        An observation exactly ``max_age_s`` old is kept (strictly older ones go).
+        """
+        oldest_kept = _utc(now) - timedelta(seconds=self.limits.max_age_s)
+        for key, observation in list(self._held.items()):
+            if _utc(observation_time(observation)) < oldest_kept:
+                del self._held[key]
+                self.counters.dropped_old += 1
+        for kind in KINDS:
+            of_kind = sorted((o for o in self._held.values() if o.kind == kind), key=_order)
+            excess = len(of_kind) - self.limits.max_per_kind
+            for observation in of_kind[: max(excess, 0)]:
+                del self._held[(observation.kind, observation.source_id)]
+                self.counters.dropped_over_limit += 1
+
+    def observations(self) -> list[AnyObservation]:
+        """Held observations, oldest first (time, kind, source id)."""
+        return sorted(self._held.values(), key=_order)
+
+    def counts(self) -> dict[str, int]:
+        """Held observations per kind (every kind present)."""
+        counts = dict.fromkeys(KINDS, 0)
+        for observation in self._held.values():
+            counts[observation.kind] += 1
+        return counts
+
+    def view(self) -> ProfileView:
+        """The ``profile`` query's answer.
+
+        LEARNING-CORE: once ``antifragile.learning.score`` / ``antifragile.learning.advice``
+        exist on main, fill ``score`` and ``advice`` here from :meth:`observations` (and
+        only from them, so the query and a recomputation agree bit for bit).
+        """
+        held = self.observations()
+        return ProfileView(
+            dependency=self.dependency,
+            observations=held,
+            counts=self.counts(),
+            oldest=observation_time(held[0]) if held else None,
+            newest=observation_time(held[-1]) if held else None,
+            counters=self.counters.model_copy(),
+            limits=self.limits,
+        )
+
+    def details(self) -> str:
+        """The UI's current details (Markdown): counts held and received.
+
+        LEARNING-CORE: the score and the top advice are added here next round.
+        """
+        counts = self.counts()
+        held = ", ".join(f"{counts[k]} {_KIND_WORDS[k]}" for k in KINDS)
+        c = self.counters
+        lines = [f"**Ledger of {self.dependency}**: {held}."]
+        newest = self.observations()[-1:] if self._held else []
+        if newest:
+            lines.append(f"Newest: {_utc(observation_time(newest[0])):%Y-%m-%d %H:%M:%S} UTC.")
+        lines.append(
+            f"Received {c.received} in {c.batches} batch(es): {c.duplicates} duplicate(s) "
+            f"and {c.misaddressed} for another dependency ignored; {c.dropped_old} aged "
+            f"out, {c.dropped_over_limit} over the limit of {self.limits.max_per_kind} per "
+            f"kind. Run {c.runs}."
+        )
+        return "\n\n".join(lines)
+
+
+@workflow.defn(name=PROFILE_WORKFLOW_TYPE)
+class DependencyProfileWorkflow:
+    """The ledger of one dependency (workflow id ``profile-{dependency}``; see module doc)."""
+
+    @workflow.init
+    def __init__(self, data: ProfileInput) -> None:
+        self._ledger = Ledger(data.dependency, data.limits, list(data.observations), data.counters)
+        self._batches_this_run = 0
+
+    @workflow.run
+    async def run(self, data: ProfileInput) -> None:
+        """Take batches until the run is long enough, then continue as new (never returns)."""
+        self._ledger.prune(workflow.now())
+        self._publish(first=True)
+        await workflow.wait_condition(self._should_continue_as_new)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        ledger = self._ledger
+        counters = ledger.counters.model_copy(update={"runs": ledger.counters.runs + 1})
+        workflow.continue_as_new(
+            ProfileInput(
+                dependency=ledger.dependency,
+                limits=ledger.limits,
+                observations=ledger.observations(),
+                counters=counters,
+            )
+        )
+
+    def _should_continue_as_new(self) -> bool:
+        return (
+            self._batches_this_run >= self._ledger.limits.batches_per_run
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    def _publish(self, *, first: bool = False) -> None:
+        """Current details always; search attributes once, only if the start had none."""
+        if first and workflow.info().typed_search_attributes.get(SA_KIND) is None:
+            workflow.upsert_search_attributes(
+                [SA_KIND.value_set(KIND_PROFILE), SA_SERVICE.value_set(self._ledger.dependency)]
+            )
+        workflow.set_current_details(self._ledger.details())
+
+    @workflow.signal(name=SIGNAL_RECORD_OBSERVATIONS)
+    def record_observations(self, batch: RecordObservations) -> None:
+        """Add a batch (de-duplicated by kind and source id, then bounded)."""
+        self._ledger.add(list(batch.observations), workflow.now())
+        self._batches_this_run += 1
+        self._publish()
+
+    @workflow.query(name=QUERY_PROFILE)
+    def profile(self) -> ProfileView:
+        """The observations held, their counts per kind, and the ledger's counters."""
+        return self._ledger.view()
