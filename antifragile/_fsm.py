@@ -63,16 +63,22 @@ class TransitionTable(Mapping[S, frozenset[S]], Generic[S]):
         """Whether ``current -> new`` is a legal move."""
         return new in self._moves[current]
 
-    def check(self, current: S, new: S) -> S:
+    def check(self, current: S, new: S, subject: str | None = None) -> S:
         """Return ``new`` if ``current -> new`` is legal.
+
+        ``subject`` names what moves in the error (default: the table's own subject), e.g.
+        one breaker of the many sharing the breaker table.
 
         Raises:
             IllegalTransitionError: The table does not list the move; the message reads
-                ``"{subject}: {CURRENT} -> {NEW} is not allowed"``.
+                ``"{subject} cannot move from {CURRENT} to {NEW} ({CURRENT} -> {NEW} is not
+                allowed)"`` (both spellings the three machines used before they shared it).
         """
         if new not in self._moves[current]:
+            old_name, new_name = _name(current), _name(new)
             raise IllegalTransitionError(
-                f"{self.subject}: {_name(current)} -> {_name(new)} is not allowed"
+                f"{subject or self.subject} cannot move from {old_name} to {new_name} "
+                f"({old_name} -> {new_name} is not allowed)"
             )
         return new
 

@@ -45,7 +45,6 @@ from types import CoroutineType as _CoroutineType
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
-from antifragile._fsm import IllegalTransitionError
 from antifragile.inprocess._aio import resolved_future
 from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.breaker_context import Entries
@@ -309,10 +308,7 @@ class CircuitBreaker:
     def _transition(self, new: CircuitState, reason: str) -> None:
         """The one place the state changes; refuses moves not in LEGAL_TRANSITIONS."""
         old = self._state
-        if new not in LEGAL_TRANSITIONS[old]:
-            raise IllegalTransitionError(
-                f"circuit {self.name!r}: {old.value} -> {new.value} is not allowed"
-            )  # the table's own check() without the name; kept inline on the hot path
+        LEGAL_TRANSITIONS.check(old, new, f"circuit {self.name!r}")
         self._state = new
         self._gen += 1  # every call admitted before this is stale from now on
         self._half_open_inflight = 0

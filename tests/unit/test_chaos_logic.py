@@ -80,7 +80,7 @@ def test_terminal_phases_are_final_and_every_phase_is_in_the_table() -> None:
 
 
 def test_cannot_skip_straight_to_injection() -> None:
-    with pytest.raises(IllegalTransitionError, match="VALIDATING -> INJECTING"):
+    with pytest.raises(IllegalTransitionError, match="VALIDATING to INJECTING"):
         check_phase_transition(P.VALIDATING, P.INJECTING)
 
 

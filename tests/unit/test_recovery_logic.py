@@ -98,7 +98,7 @@ def test_terminal_states_have_no_way_out() -> None:
 
 def test_illegal_transitions_are_refused() -> None:
     assert check_transition(RecoveryState.SCHEDULED, RecoveryState.IN_PROGRESS)
-    with pytest.raises(IllegalTransitionError, match="SUCCEEDED -> IN_PROGRESS"):
+    with pytest.raises(IllegalTransitionError, match="SUCCEEDED to IN_PROGRESS"):
         check_transition(RecoveryState.SUCCEEDED, RecoveryState.IN_PROGRESS)
     with pytest.raises(IllegalTransitionError):
         check_transition(RecoveryState.WAITING_BACKOFF, RecoveryState.SUCCEEDED)
