@@ -19,8 +19,8 @@ if TYPE_CHECKING:
         HealthAggregator,
         HealthAggregatorConfig,
         SystemHealthReport,
-        SystemHealthStatus,
     )
+    from antifragile.inprocess.health_score import SystemHealthStatus
     from antifragile.inprocess.metering import MeteringIntegration, UsageEvent
     from antifragile.inprocess.runtime import Runtime
     from antifragile.models.recovery import (
@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "HealthAggregator": "antifragile.inprocess.health",
     "HealthAggregatorConfig": "antifragile.inprocess.health",
     "SystemHealthReport": "antifragile.inprocess.health",
-    "SystemHealthStatus": "antifragile.inprocess.health",
+    "SystemHealthStatus": "antifragile.inprocess.health_score",
     "MeteringIntegration": "antifragile.inprocess.metering",
     "UsageEvent": "antifragile.inprocess.metering",
     "RecoveryPolicy": "antifragile.models.recovery",

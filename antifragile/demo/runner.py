@@ -50,7 +50,7 @@ from antifragile.demo.stack import DemoOptions, DemoStack
 from antifragile.demo.timeline import DemoResult, StepTimeout, Timeline, render_summary, wait_until
 from antifragile.inprocess.breaker_config import CircuitBreakerConfig
 from antifragile.inprocess.breaker_state import CircuitState, StateChange
-from antifragile.inprocess.health import status_for_score
+from antifragile.inprocess.health_score import status_for_score
 from antifragile.inprocess.runtime import Runtime
 from antifragile.models.chaos import ChaosOutcome, ChaosReport
 from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ErrorKind

@@ -24,6 +24,8 @@ from antifragile.inprocess.health import (
     HealthAggregator,
     HealthAggregatorConfig,
     SystemHealthReport,
+)
+from antifragile.inprocess.health_score import (
     SystemHealthStatus,
     exact_score,
     health_score,
