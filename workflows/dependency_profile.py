@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from antifragile.models.learning import (
         Advice,
         CurrentSettings,
+        Evidence,
         ExperimentObservation,
         OutageObservation,
         ProfileCounters,
@@ -70,6 +71,16 @@ _KIND_WORDS = {"experiment": "experiment(s)", "outage": "outage(s)", "traffic": 
 def _utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC datetime (a naive one is read as UTC)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _in_utc(observation: AnyObservation) -> AnyObservation:
+    """``observation`` with every time aware UTC (naive ones read as UTC), for the core."""
+    times = {
+        name: _utc(value)
+        for name, value in observation.__dict__.items()
+        if isinstance(value, datetime)
+    }
+    return observation.model_copy(update=times)
 
 
 def _order(observation: AnyObservation) -> tuple[datetime, str, str]:
@@ -158,11 +169,17 @@ class Ledger:
             now: Decision time (the workflow passes ``workflow.now()``). None: the newest
                 held observation's time (the epoch when none is held).
         """
-        held = self.observations()
+        held = [_in_utc(o) for o in self.observations()]
         if now is None:
-            now = _utc(observation_time(held[-1])) if held else datetime.fromtimestamp(0, UTC)
-        score = resilience_score(self.dependency, held, now)
-        return score, advise(self.dependency, held, CurrentSettings(), now)
+            now = observation_time(held[-1]) if held else datetime.fromtimestamp(0, UTC)
+        now = _utc(now)
+        try:
+            score = resilience_score(self.dependency, held, now)
+            advice = advise(self.dependency, held, CurrentSettings(), now)
+        except Exception as exc:  # a bug of the core must never fail a workflow task
+            evidence = Evidence(observations=len(held), detail=f"not computed: {exc!r}")
+            return ResilienceScore(dependency=self.dependency, evidence=evidence), []
+        return score, advice
 
     def view(self, now: datetime | None = None) -> ProfileView:
         """The ``profile`` query's answer, with the score and advice at ``now``.

@@ -75,7 +75,8 @@ def load_command(name: str) -> Any:
         name: A key of :data:`LAZY_COMMANDS`.
 
     Returns:
-        A ``click.Command`` (``health``, ``advise``, ``score``) or ``click.Group`` (``recovery``, ``chaos``).
+        A ``click.Command`` (``health``, ``advise``, ``score``) or ``click.Group``
+        (``recovery``, ``chaos``).
     """
     module, attr, _ = LAZY_COMMANDS[name]
     target = getattr(importlib.import_module(module), attr)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from antifragile.cli._common import (
+    command_errors,
     err_console,
     fail,
     first_value,
@@ -188,7 +189,8 @@ def advise_command(dependency: DependencyArg = None, json_out: JsonFlag = False)
     Redis when there is one, else the library defaults.
     """
     if dependency is not None:
-        check_dependency(dependency)
+        with command_errors():
+            check_dependency(dependency)
 
     async def _go(client: Client, settings: Settings) -> list[AdviceReport]:
         views = await read_views(client, dependency)
@@ -212,7 +214,8 @@ def score_command(dependency: DependencyArg = None, json_out: JsonFlag = False) 
     the trend is the change the newest outcome made.
     """
     if dependency is not None:
-        check_dependency(dependency)
+        with command_errors():
+            check_dependency(dependency)
 
     async def _go(client: Client, settings: Settings) -> list[ResilienceScore]:
         views = await read_views(client, dependency)

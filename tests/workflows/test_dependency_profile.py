@@ -727,3 +727,50 @@ def test_outage_observation_table(
         watch_probes=watch,
     )
     assert (seen.attempts, seen.probes, seen.outcome) == (attempts, probes, "SUCCEEDED")
+
+
+# --- What the ledger concludes, and `antifragile advise` / `score` reading it ----------
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_advise_and_score_read_what_three_outages_showed(
+    env: WorkflowEnvironment, running, server_now: datetime, redis_url: str
+) -> None:
+    import os
+
+    from tests.helpers import run_cli
+
+    name = dep()
+    outages = [
+        OutageObservation(
+            dependency=name,
+            source_id=f"out-{i}",
+            started_at=server_now - timedelta(minutes=10 * (i + 1)),
+            recovered_at=server_now - timedelta(minutes=10 * (i + 1)) + timedelta(seconds=s),
+            outcome="SUCCEEDED",
+        )
+        for i, s in enumerate((5.5, 6.0, 6.5))
+    ]
+    async with running() as queue:
+        await record_observations(env.client, name, outages, task_queue=queue)
+        view = await profile_with(env, name, batches=1)
+        assert view.score is not None and view.score.score is not None
+        assert any(a.setting == "breaker.open_duration_s" for a in view.advice)
+        target = env.client.service_client.config.target_host
+        cli_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
+        cli_env.update(ANTIFRAGILE_TEMPORAL_ADDRESS=target, ANTIFRAGILE_REDIS_URL=redis_url)
+        advised = await run_cli(cli_env, "advise", name, "--json")
+        assert advised.code == 0, advised.stderr
+        report = json.loads(advised.stdout)
+        assert report["settings_source"] == "library defaults"
+        (open_s,) = [a for a in report["advice"] if a["setting"] == "breaker.open_duration_s"]
+        assert 6 * 0.75 <= open_s["recommended"] <= 6 * 1.25, open_s
+        assert open_s["evidence"]["observations"] == 3
+        scored = await run_cli(cli_env, "score", name, "--json")
+        assert scored.code == 0, scored.stderr
+        assert isinstance(json.loads(scored.stdout)["score"], float)
+        table = await run_cli({**cli_env, "COLUMNS": "200"}, "advise", name)
+        assert table.code == 0 and "breaker.open_duration_s" in table.stdout, table
+        print(table.stdout)
+        missing = await run_cli(cli_env, "advise", f"{name}-none")
+        assert missing.code == 2 and "no ledger" in missing.stderr, missing

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from rich.markup import escape
 from rich.table import Table
 
 from antifragile.cli._common import console
@@ -47,7 +48,7 @@ def recommended_text(item: Advice) -> str:
 def advice_table(report: AdviceReport) -> Table:
     """One dependency's advice: setting, current, recommended, why, evidence."""
     table = Table(
-        title=f"{report.dependency}: advice against the {report.settings_source}",
+        title=escape(f"{report.dependency}: advice against the {report.settings_source}"),
         title_justify="left",
     )
     for column in ("setting", "current", "recommended", "why", "evidence"):
@@ -55,10 +56,10 @@ def advice_table(report: AdviceReport) -> Table:
     for item in report.advice:
         why = item.reason + (f"; {item.expected_effect}" if item.expected_effect else "")
         table.add_row(
-            item.setting,
+            escape(item.setting),
             value(item.current),
             recommended_text(item),
-            why,
+            escape(why),
             evidence_text(item.evidence),
         )
     return table
@@ -83,11 +84,11 @@ def score_table(scores: list[ResilienceScore]) -> Table:
         table.add_column(column, overflow="fold")
     for s in scores:
         table.add_row(
-            s.dependency,
+            escape(s.dependency),
             "-" if s.score is None else f"{s.score:.1f}",
             "-" if s.trend is None else f"{s.trend:+.1f}",
             evidence_text(s.evidence),
-            s.evidence.detail,
+            escape(s.evidence.detail),
         )
     return table
 
