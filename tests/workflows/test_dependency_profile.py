@@ -770,6 +770,7 @@ async def test_advise_and_score_read_what_three_outages_showed(
         assert scored.code == 0, scored.stderr
         assert isinstance(json.loads(scored.stdout)["score"], float)
         table = await run_cli({**cli_env, "COLUMNS": "200"}, "advise", name)
+        print((await run_cli(cli_env, "score", name)).stdout)
         assert table.code == 0 and "breaker.open_duration_s" in table.stdout, table
         print(table.stdout)
         missing = await run_cli(cli_env, "advise", f"{name}-none")
