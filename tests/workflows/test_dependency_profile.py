@@ -290,7 +290,10 @@ async def test_a_ledger_is_started_by_its_first_observations_and_keeps_each_once
     c = view.counters
     assert (c.batches, c.received, c.duplicates, c.misaddressed) == (3, 6, 2, 1)
     assert view.oldest == NOW - timedelta(minutes=3) and view.newest == NOW - timedelta(minutes=1)
-    assert view.score is None and view.advice == []  # filled by the pure core next round
+    # The pure core's conclusions, from the held observations only (score: one outcome).
+    assert view.score is not None and view.score.dependency == d
+    assert view.score.evidence.observations == 1
+    assert view.advice and view.advice[0].setting == "gap.thin.recovery"
     desc = await handle.describe()
     assert desc.search_attributes.get("AfKind") == ["profile"]
     assert desc.search_attributes.get("AfService") == [d]
