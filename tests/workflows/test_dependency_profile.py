@@ -778,3 +778,71 @@ async def test_advise_and_score_read_what_three_outages_showed(
         print(table.stdout)
         missing = await run_cli(cli_env, "advise", f"{name}-none")
         assert missing.code == 2 and "no ledger" in missing.stderr, missing
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_without_a_dependency_every_ledger_is_listed(
+    temporal_client: Any, dev_server: Any, redis_url: str
+) -> None:
+    """Visibility lists the running ledgers (the dev server: the test server lists none)."""
+    from antifragile.temporal_client import ensure_search_attributes
+    from tests.helpers import run_cli, stack_env
+
+    await ensure_search_attributes(temporal_client)
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    names = sorted(dep() for _ in range(2))
+    now = datetime.now(UTC)
+    async with Worker(
+        temporal_client,
+        task_queue=queue,
+        workflows=[DependencyProfileWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+    ):
+        for name in names:
+            obs = OutageObservation(
+                dependency=name,
+                source_id="o1",
+                started_at=now - timedelta(minutes=5),
+                recovered_at=now - timedelta(minutes=5) + timedelta(seconds=6),
+                outcome="SUCCEEDED",
+            )
+            await record_observations(temporal_client, name, [obs], task_queue=queue)
+        cli_env = stack_env(dev_server, redis_url, queue)
+
+        async def listed() -> list[dict[str, Any]]:
+            result = await run_cli(cli_env, "score", "--json")
+            assert result.code == 0, result.stderr
+            mine = [s for s in json.loads(result.stdout) if s["dependency"] in names]
+            assert [s["dependency"] for s in mine] == names, result.stdout
+            return mine
+
+        scores = await eventually(listed, 30)
+        assert all(s["score"] == 100.0 for s in scores)
+        advised = await run_cli(cli_env, "advise", "--json")
+        assert advised.code == 0, advised.stderr
+        reports = [r for r in json.loads(advised.stdout) if r["dependency"] in names]
+        assert [r["settings_source"] for r in reports] == ["library defaults"] * 2
+        # A config version in force replaces the defaults; Redis unreachable: a note.
+        from antifragile.learning import config_versions
+        from antifragile.models.learning import DependencySettings
+
+        redis = aioredis.from_url(redis_url)
+        try:
+            await config_versions.publish(
+                redis, names[0], DependencySettings(open_duration_s=8.0), by="test", why="t"
+            )
+        finally:
+            await redis.aclose()
+        over = await run_cli(cli_env, "advise", names[0], "--json")
+        assert over.code == 0, over.stderr
+        doc = json.loads(over.stdout)
+        assert doc["settings_source"] == "config version 1"
+        assert doc["current"]["open_duration_s"] == 8.0
+        assert doc["advice"][0]["setting"] == "gap.thin.recovery"  # one outage: too thin
+        gone = {**cli_env, "ANTIFRAGILE_REDIS_URL": "redis://127.0.0.1:1/0"}
+        fallback = await run_cli(gone, "advise", names[0], "--json")
+        assert fallback.code == 0, fallback.stderr
+        assert fallback.stderr.startswith("note: Redis at") and fallback.stderr.count("\n") == 1
+        assert json.loads(fallback.stdout)["settings_source"] == "library defaults"
+        for name in names:
+            await temporal_client.get_workflow_handle(profile_workflow_id(name)).terminate()
