@@ -45,7 +45,11 @@ with workflow.unsafe.imports_passed_through():
         SA_SERVICE,
         SIGNAL_RECORD_OBSERVATIONS,
     )
+    from antifragile.learning import advise, resilience_score
     from antifragile.models.learning import (
+        Advice,
+        CurrentSettings,
+        Evidence,
         ExperimentObservation,
         OutageObservation,
         ProfileCounters,
@@ -53,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         ProfileLimits,
         ProfileView,
         RecordObservations,
+        ResilienceScore,
         TrafficObservation,
         observation_time,
     )
@@ -66,6 +71,16 @@ _KIND_WORDS = {"experiment": "experiment(s)", "outage": "outage(s)", "traffic": 
 def _utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC datetime (a naive one is read as UTC)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _in_utc(observation: AnyObservation) -> AnyObservation:
+    """``observation`` with every time aware UTC (naive ones read as UTC), for the core."""
+    times = {
+        name: _utc(value)
+        for name, value in observation.__dict__.items()
+        if isinstance(value, datetime)
+    }
+    return observation.model_copy(update=times)
 
 
 def _order(observation: AnyObservation) -> tuple[datetime, str, str]:
@@ -140,14 +155,40 @@ class Ledger:
             counts[observation.kind] += 1
         return counts
 
-    def view(self) -> ProfileView:
-        """The ``profile`` query's answer.
+    def conclusions(self, now: datetime | None = None) -> tuple[ResilienceScore, list[Advice]]:
+        """Score and advice from the held observations only (pure; same input, same output).
 
-        LEARNING-CORE: once ``antifragile.learning.score`` / ``antifragile.learning.advice``
-        exist on main, fill ``score`` and ``advice`` here from :meth:`observations` (and
-        only from them, so the query and a recomputation agree bit for bit).
+        The score is :func:`~antifragile.learning.resilience_score` with the default
+        :class:`~antifragile.models.learning.ScoreTargets`; the advice is
+        :func:`~antifragile.learning.advise` against
+        :class:`~antifragile.models.learning.CurrentSettings` defaults, the library
+        defaults: the ledger does not know the settings a service runs with (``antifragile
+        advise`` overlays the config version in force, from Redis, when there is one).
+
+        Args:
+            now: Decision time (the workflow passes ``workflow.now()``). None: the newest
+                held observation's time (the epoch when none is held).
+        """
+        held = [_in_utc(o) for o in self.observations()]
+        if now is None:
+            now = observation_time(held[-1]) if held else datetime.fromtimestamp(0, UTC)
+        now = _utc(now)
+        try:
+            score = resilience_score(self.dependency, held, now)
+            advice = advise(self.dependency, held, CurrentSettings(), now)
+        except Exception as exc:  # a bug of the core must never fail a workflow task
+            evidence = Evidence(observations=len(held), detail=f"not computed: {exc!r}")
+            return ResilienceScore(dependency=self.dependency, evidence=evidence), []
+        return score, advice
+
+    def view(self, now: datetime | None = None) -> ProfileView:
+        """The ``profile`` query's answer, with the score and advice at ``now``.
+
+        Args:
+            now: Decision time of :meth:`conclusions` (the query passes ``workflow.now()``).
         """
         held = self.observations()
+        score, advice = self.conclusions(now)
         return ProfileView(
             dependency=self.dependency,
             observations=held,
@@ -156,12 +197,18 @@ class Ledger:
             newest=observation_time(held[-1]) if held else None,
             counters=self.counters.model_copy(),
             limits=self.limits,
+            score=score,
+            advice=advice,
         )
 
-    def details(self) -> str:
-        """The UI's current details (Markdown): counts held and received.
+    def details(self, now: datetime | None = None) -> str:
+        """The UI's current details (Markdown): counts, score, top advice, counters.
 
-        LEARNING-CORE: the score and the top advice are added here next round.
+        The top advice is the first one that changes a setting (recommended differs from
+        the library default), else the first one (a gap, or "keep").
+
+        Args:
+            now: Decision time of :meth:`conclusions`.
         """
         counts = self.counts()
         held = ", ".join(f"{counts[k]} {_KIND_WORDS[k]}" for k in KINDS)
@@ -170,6 +217,11 @@ class Ledger:
         newest = self.observations()[-1:] if self._held else []
         if newest:
             lines.append(f"Newest: {_utc(observation_time(newest[0])):%Y-%m-%d %H:%M:%S} UTC.")
+        score, advice = self.conclusions(now)
+        lines.append(_score_line(score))
+        top = _top_advice(advice)
+        if top is not None:
+            lines.append(f"Top advice: {_advice_line(top)}")
         lines.append(
             f"Received {c.received} in {c.batches} batch(es): {c.duplicates} duplicate(s) "
             f"and {c.misaddressed} for another dependency ignored; {c.dropped_old} aged "
@@ -177,6 +229,27 @@ class Ledger:
             f"kind. Run {c.runs}."
         )
         return "\n\n".join(lines)
+
+
+def _score_line(score: ResilienceScore) -> str:
+    if score.score is None:
+        return "Score: none yet (no measured outcome)."
+    trend = "" if score.trend is None else f", trend {score.trend:+.1f}"
+    return f"Score: **{score.score:.0f}**/100{trend} ({score.evidence.observations} outcome(s))."
+
+
+def _top_advice(advice: list[Advice]) -> Advice | None:
+    for item in advice:
+        if item.recommended is not None and item.recommended != item.current:
+            return item
+    return advice[0] if advice else None
+
+
+def _advice_line(item: Advice) -> str:
+    if item.recommended is None:
+        return f"`{item.setting}`: {item.reason}."
+    current = "unset" if item.current is None else f"{item.current:g}"
+    return f"`{item.setting}` {current} → {item.recommended:g} ({item.reason})."
 
 
 @workflow.defn(name=PROFILE_WORKFLOW_TYPE)
@@ -218,7 +291,7 @@ class DependencyProfileWorkflow:
             workflow.upsert_search_attributes(
                 [SA_KIND.value_set(KIND_PROFILE), SA_SERVICE.value_set(self._ledger.dependency)]
             )
-        workflow.set_current_details(self._ledger.details())
+        workflow.set_current_details(self._ledger.details(workflow.now()))
 
     @workflow.signal(name=SIGNAL_RECORD_OBSERVATIONS)
     def record_observations(self, batch: RecordObservations) -> None:
@@ -229,5 +302,5 @@ class DependencyProfileWorkflow:
 
     @workflow.query(name=QUERY_PROFILE)
     def profile(self) -> ProfileView:
-        """The observations held, their counts per kind, and the ledger's counters."""
-        return self._ledger.view()
+        """The observations held, their counts, counters, and score and advice now."""
+        return self._ledger.view(workflow.now())

@@ -42,9 +42,29 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "app",
         "Chaos experiments as durable workflows: run, follow, stop, schedule.",
     ),
+    "advise": (
+        "antifragile.cli.learning",
+        "advise_command",
+        "Recommended settings per dependency, from what its ledger observed.",
+    ),
+    "score": (
+        "antifragile.cli.learning",
+        "score_command",
+        "Resilience score (0-100) and trend per dependency, from its ledger.",
+    ),
 }
 """Commands whose module is imported on first use; tests pin the help texts to the modules'."""
-_COMMAND_ORDER = ("health", "worker", "setup", "dev", "demo", "recovery", "chaos")
+_COMMAND_ORDER = (
+    "health",
+    "worker",
+    "setup",
+    "dev",
+    "demo",
+    "recovery",
+    "chaos",
+    "advise",
+    "score",
+)
 """The order of ``antifragile --help``, as when every command was registered up front."""
 
 
@@ -55,7 +75,8 @@ def load_command(name: str) -> Any:
         name: A key of :data:`LAZY_COMMANDS`.
 
     Returns:
-        A ``click.Command`` (``health``) or ``click.Group`` (``recovery``, ``chaos``).
+        A ``click.Command`` (``health``, ``advise``, ``score``) or ``click.Group``
+        (``recovery``, ``chaos``).
     """
     module, attr, _ = LAZY_COMMANDS[name]
     target = getattr(importlib.import_module(module), attr)

@@ -527,3 +527,28 @@ class RecordObservationsResult(StrictModel):
 
     workflow_id: str
     batches: int = Field(ge=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Additions of the CLI (``antifragile advise``; issue 14, learning CLI part).
+# ---------------------------------------------------------------------------------------
+
+
+class AdviceReport(StrictModel):
+    """What ``antifragile advise`` shows for one dependency (its ``--json`` document).
+
+    Attributes:
+        dependency: The dependency.
+        settings_source: Where ``current`` came from: ``"library defaults"`` or
+            ``"config version N"`` (the version in force in Redis, over the defaults).
+        note: Why the defaults were used although a version may exist (Redis unreachable);
+            empty otherwise.
+        current: The settings the advice was computed against.
+        advice: :func:`antifragile.learning.advise` against ``current``.
+    """
+
+    dependency: str
+    settings_source: str
+    note: str = ""
+    current: CurrentSettings
+    advice: list[Advice] = Field(default_factory=list)

@@ -290,7 +290,10 @@ async def test_a_ledger_is_started_by_its_first_observations_and_keeps_each_once
     c = view.counters
     assert (c.batches, c.received, c.duplicates, c.misaddressed) == (3, 6, 2, 1)
     assert view.oldest == NOW - timedelta(minutes=3) and view.newest == NOW - timedelta(minutes=1)
-    assert view.score is None and view.advice == []  # filled by the pure core next round
+    # The pure core's conclusions, from the held observations only (score: one outcome).
+    assert view.score is not None and view.score.dependency == d
+    assert view.score.evidence.observations == 1
+    assert view.advice and view.advice[0].setting == "gap.thin.recovery"
     desc = await handle.describe()
     assert desc.search_attributes.get("AfKind") == ["profile"]
     assert desc.search_attributes.get("AfService") == [d]
@@ -727,3 +730,119 @@ def test_outage_observation_table(
         watch_probes=watch,
     )
     assert (seen.attempts, seen.probes, seen.outcome) == (attempts, probes, "SUCCEEDED")
+
+
+# --- What the ledger concludes, and `antifragile advise` / `score` reading it ----------
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_advise_and_score_read_what_three_outages_showed(
+    env: WorkflowEnvironment, running, server_now: datetime, redis_url: str
+) -> None:
+    import os
+
+    from tests.helpers import run_cli
+
+    name = dep()
+    outages = [
+        OutageObservation(
+            dependency=name,
+            source_id=f"out-{i}",
+            started_at=server_now - timedelta(minutes=10 * (i + 1)),
+            recovered_at=server_now - timedelta(minutes=10 * (i + 1)) + timedelta(seconds=s),
+            outcome="SUCCEEDED",
+        )
+        for i, s in enumerate((5.5, 6.0, 6.5))
+    ]
+    async with running() as queue:
+        await record_observations(env.client, name, outages, task_queue=queue)
+        view = await profile_with(env, name, batches=1)
+        assert view.score is not None and view.score.score is not None
+        assert any(a.setting == "breaker.open_duration_s" for a in view.advice)
+        target = env.client.service_client.config.target_host
+        cli_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIFRAGILE_")}
+        cli_env.update(ANTIFRAGILE_TEMPORAL_ADDRESS=target, ANTIFRAGILE_REDIS_URL=redis_url)
+        advised = await run_cli(cli_env, "advise", name, "--json")
+        assert advised.code == 0, advised.stderr
+        report = json.loads(advised.stdout)
+        assert report["settings_source"] == "library defaults"
+        (open_s,) = [a for a in report["advice"] if a["setting"] == "breaker.open_duration_s"]
+        assert 6 * 0.75 <= open_s["recommended"] <= 6 * 1.25, open_s
+        assert open_s["evidence"]["observations"] == 3
+        scored = await run_cli(cli_env, "score", name, "--json")
+        assert scored.code == 0, scored.stderr
+        assert isinstance(json.loads(scored.stdout)["score"], float)
+        table = await run_cli({**cli_env, "COLUMNS": "200"}, "advise", name)
+        print((await run_cli(cli_env, "score", name)).stdout)
+        assert table.code == 0 and "breaker.open_duration_s" in table.stdout, table
+        print(table.stdout)
+        missing = await run_cli(cli_env, "advise", f"{name}-none")
+        assert missing.code == 2 and "no ledger" in missing.stderr, missing
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_without_a_dependency_every_ledger_is_listed(
+    temporal_client: Any, dev_server: Any, redis_url: str
+) -> None:
+    """Visibility lists the running ledgers (the dev server: the test server lists none)."""
+    from antifragile.temporal_client import ensure_search_attributes
+    from tests.helpers import run_cli, stack_env
+
+    await ensure_search_attributes(temporal_client)
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    names = sorted(dep() for _ in range(2))
+    now = datetime.now(UTC)
+    async with Worker(
+        temporal_client,
+        task_queue=queue,
+        workflows=[DependencyProfileWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+    ):
+        for name in names:
+            obs = OutageObservation(
+                dependency=name,
+                source_id="o1",
+                started_at=now - timedelta(minutes=5),
+                recovered_at=now - timedelta(minutes=5) + timedelta(seconds=6),
+                outcome="SUCCEEDED",
+            )
+            await record_observations(temporal_client, name, [obs], task_queue=queue)
+        cli_env = stack_env(dev_server, redis_url, queue)
+
+        async def listed() -> list[dict[str, Any]]:
+            result = await run_cli(cli_env, "score", "--json")
+            assert result.code == 0, result.stderr
+            mine = [s for s in json.loads(result.stdout) if s["dependency"] in names]
+            assert [s["dependency"] for s in mine] == names, result.stdout
+            return mine
+
+        scores = await eventually(listed, 30)
+        assert all(s["score"] == 100.0 for s in scores)
+        advised = await run_cli(cli_env, "advise", "--json")
+        assert advised.code == 0, advised.stderr
+        reports = [r for r in json.loads(advised.stdout) if r["dependency"] in names]
+        assert [r["settings_source"] for r in reports] == ["library defaults"] * 2
+        # A config version in force replaces the defaults; Redis unreachable: a note.
+        from antifragile.learning import config_versions
+        from antifragile.models.learning import DependencySettings
+
+        redis = aioredis.from_url(redis_url)
+        try:
+            await config_versions.publish(
+                redis, names[0], DependencySettings(open_duration_s=8.0), by="test", why="t"
+            )
+        finally:
+            await redis.aclose()
+        over = await run_cli(cli_env, "advise", names[0], "--json")
+        assert over.code == 0, over.stderr
+        doc = json.loads(over.stdout)
+        assert doc["settings_source"] == "config version 1"
+        assert doc["current"]["open_duration_s"] == 8.0
+        assert doc["advice"][0]["setting"] == "gap.thin.recovery"  # one outage: too thin
+        gone = {**cli_env, "ANTIFRAGILE_REDIS_URL": "redis://127.0.0.1:1/0"}
+        fallback = await run_cli(gone, "advise", names[0], "--json")
+        assert fallback.code == 0, fallback.stderr
+        assert fallback.stderr.startswith("note: Redis at") and fallback.stderr.count("\n") == 1
+        assert json.loads(fallback.stdout)["settings_source"] == "library defaults"
+        for name in names:
+            await temporal_client.get_workflow_handle(profile_workflow_id(name)).terminate()

@@ -1,0 +1,231 @@
+"""``antifragile advise`` and ``antifragile score``: what the ledgers concluded.
+
+Both read a dependency's ledger (``profile-{dependency}``, its ``profile`` query); without
+a DEPENDENCY, every dependency with a running ledger (visibility: ``AfKind="profile"``).
+
+- ``score``: the ledger's own :class:`~antifragile.models.learning.ResilienceScore`
+  (computed in the workflow at its current time).
+- ``advise``: the ledger's advice is computed against the library defaults
+  (:class:`~antifragile.models.learning.CurrentSettings`). When Redis holds a config
+  version in force for the dependency (:func:`antifragile.learning.config_versions.current`)
+  its settings replace the defaults and the advice is recomputed here from the ledger's
+  observations. Redis unreachable: the defaults, with a one-line note on stderr.
+
+Exit codes: 0 shown; 2 bad input, or a DEPENDENCY without a ledger (nothing observed yet:
+nothing to act on), or Temporal unreachable; 1 Temporal refused a call.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from antifragile.cli._common import (
+    command_errors,
+    err_console,
+    fail,
+    first_value,
+    is_redis_connection_error,
+    print_json,
+    run_command,
+)
+from antifragile.cli._render.learning import render_advice, render_scores
+from antifragile.constants import KIND_PROFILE
+from antifragile.learning import advise
+from antifragile.models.learning import (
+    AdviceReport,
+    ConfigVersion,
+    CurrentSettings,
+    ProfileView,
+    ResilienceScore,
+)
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from antifragile.settings import Settings
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+DependencyArg = Annotated[
+    str | None,
+    typer.Argument(help="A dependency (guard name); default every one with a ledger."),
+]
+LEDGERS_QUERY = f'AfKind="{KIND_PROFILE}" AND ExecutionStatus="Running"'
+"""Visibility query of every running ledger (a ledger never ends by itself)."""
+REDIS_TIMEOUT_S = 3.0
+"""Longest wait for Redis when reading the config versions in force, in seconds."""
+DEFAULTS = "library defaults"
+
+
+def check_dependency(dependency: str) -> str:
+    """``dependency`` if it can name a ledger.
+
+    Raises:
+        antifragile.errors.ConfigError: (exit 2) empty, or with whitespace or control
+            characters.
+    """
+    if not dependency or any(c.isspace() or not c.isprintable() for c in dependency):
+        fail(f"bad dependency {dependency!r}: a guard name, without spaces")
+    return dependency
+
+
+def overlay(version: ConfigVersion | None) -> CurrentSettings:
+    """The library defaults with the settings of ``version`` (None: the defaults) over them.
+
+    Only the settings the version sets (not None) replace a default.
+    """
+    given = {} if version is None else version.settings.model_dump(exclude_none=True)
+    return CurrentSettings(**given)
+
+
+def advice_report(
+    view: ProfileView, version: ConfigVersion | None, now: datetime, note: str = ""
+) -> AdviceReport:
+    """The advice for ``view``'s dependency against the settings in force.
+
+    Without a version the ledger's own advice is used as it is (the library defaults, at
+    the ledger's time). With one, :func:`~antifragile.learning.advise` is run again on the
+    ledger's observations against :func:`overlay` of it, at the later of ``now`` and the
+    newest observation (a ledger's clock may run ahead of this one's: a test server).
+
+    Args:
+        view: The ledger's ``profile`` query answer.
+        version: The config version in force (None: none, or Redis not read).
+        now: This machine's time (injectable).
+        note: Why the defaults were used (Redis unreachable), shown with the report.
+    """
+    if version is None:
+        return AdviceReport(
+            dependency=view.dependency,
+            settings_source=DEFAULTS,
+            note=note,
+            current=CurrentSettings(),
+            advice=list(view.advice),
+        )
+    current = overlay(version)
+    at = max(now, view.newest) if view.newest is not None else now
+    return AdviceReport(
+        dependency=view.dependency,
+        settings_source=f"config version {version.version}",
+        current=current,
+        advice=advise(view.dependency, view.observations, current, at),
+    )
+
+
+async def ledger_dependencies(client: Client) -> list[str]:
+    """Every dependency with a running ledger, sorted (visibility: :data:`LEDGERS_QUERY`)."""
+    found: set[str] = set()
+    async for wf in client.list_workflows(LEDGERS_QUERY, limit=1000):
+        name = first_value(wf.search_attributes.get("AfService"))
+        if isinstance(name, str) and name:
+            found.add(name)
+    return sorted(found)
+
+
+async def read_views(client: Client, dependency: str | None) -> list[ProfileView]:
+    """The ledgers asked for: one (``dependency``), or every running one.
+
+    Raises:
+        antifragile.errors.ConfigError: (exit 2) ``dependency`` has no ledger.
+    """
+    from antifragile.learning.client import get_profile
+
+    names = [dependency] if dependency is not None else await ledger_dependencies(client)
+    views: list[ProfileView] = []
+    for name in names:
+        view = await get_profile(client, name)
+        if view is None:
+            if dependency is not None:
+                fail(f"no ledger for {name!r}: nothing observed yet (profile-{name} not found)")
+            continue  # listed but gone since: skipped
+        views.append(view)
+    return views
+
+
+async def versions_in_force(
+    redis_url: str, dependencies: list[str]
+) -> tuple[dict[str, ConfigVersion], str]:
+    """The config version in force of each dependency that has one, from Redis.
+
+    Returns:
+        The versions, and a note: empty, or one line saying Redis was unreachable (then
+        no version is returned and the library defaults apply).
+    """
+    import redis.asyncio as aioredis
+
+    from antifragile.cli._common import connection_reason, display_url
+    from antifragile.learning.config_versions import current
+
+    found: dict[str, ConfigVersion] = {}
+    if not dependencies:
+        return found, ""
+    client = aioredis.from_url(
+        redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
+    try:
+        for dependency in dependencies:
+            version = await current(client, dependency)
+            if version is not None:
+                found[dependency] = version
+    except Exception as exc:
+        if not is_redis_connection_error(exc):
+            raise
+        return {}, (
+            f"note: Redis at {display_url(redis_url)} unreachable "
+            f"({connection_reason(exc)}): advice against the library defaults"
+        )
+    finally:
+        await client.aclose()
+    return found, ""
+
+
+def advise_command(dependency: DependencyArg = None, json_out: JsonFlag = False) -> None:
+    """Recommended settings per dependency, from what its ledger observed.
+
+    For each setting: the value in force, the recommended one, why, and the evidence
+    (observations and their time window). The values in force are the config version in
+    Redis when there is one, else the library defaults.
+    """
+    if dependency is not None:
+        with command_errors():
+            check_dependency(dependency)
+
+    async def _go(client: Client, settings: Settings) -> list[AdviceReport]:
+        views = await read_views(client, dependency)
+        versions, note = await versions_in_force(settings.redis_url, [v.dependency for v in views])
+        if note:
+            err_console.print(note, markup=False)
+        now = datetime.now(UTC)
+        return [advice_report(v, versions.get(v.dependency), now, note) for v in views]
+
+    reports = run_command(_go)
+    if json_out:
+        print_json(reports[0] if dependency is not None else reports)
+    else:
+        render_advice(reports)
+
+
+def score_command(dependency: DependencyArg = None, json_out: JsonFlag = False) -> None:
+    """Resilience score (0-100) and trend per dependency, from its ledger.
+
+    The score weighs measured outcomes (recovered within the target or not) by recency;
+    the trend is the change the newest outcome made.
+    """
+    if dependency is not None:
+        with command_errors():
+            check_dependency(dependency)
+
+    async def _go(client: Client, settings: Settings) -> list[ResilienceScore]:
+        views = await read_views(client, dependency)
+        return [v.score for v in views if v.score is not None]
+
+    scores = run_command(_go)
+    if json_out:
+        if dependency is not None:
+            print_json(scores[0] if scores else None)
+        else:
+            print_json(scores)
+    else:
+        render_scores(scores)
