@@ -23,6 +23,7 @@ from antifragile.inprocess.bridge import Bridge, health_key
 from antifragile.inprocess.health import HealthAggregator, HealthAggregatorConfig
 from antifragile.settings import Settings
 from antifragile.stack.processes import free_port
+from antifragile.testing import eventually_sync
 from tests.unit.conftest import RestartableRedis
 
 app = typer.Typer()
@@ -362,9 +363,9 @@ def test_the_redis_password_never_reaches_the_output(own_redis: RestartableRedis
 
 def test_watch_tables_outlive_a_redis_blip(own_redis: RestartableRedis) -> None:
     # The table view of --watch ended with exit 2 at the first failed refresh.
-    redis.Redis.from_url(own_redis.url).set(
-        health_key("w-2"), json.dumps({"status": "HEALTHY", "health_score": 1.0}), ex=600
-    )
+    probe = redis.Redis.from_url(own_redis.url)
+    probe.set(health_key("w-2"), json.dumps({"status": "HEALTHY", "health_score": 1.0}), ex=600)
+    connections = int(probe.info("stats")["total_connections_received"])
     env = {**os.environ, "ANTIFRAGILE_REDIS_URL": own_redis.url}
     proc = subprocess.Popen(
         [sys.executable, "-m", "antifragile", "health", "--watch", "--interval", "0.1"],
@@ -374,7 +375,17 @@ def test_watch_tables_outlive_a_redis_blip(own_redis: RestartableRedis) -> None:
         env=env,
     )
     try:
-        time.sleep(1.0)  # let it start watching (not an assertion on timing)
+        # Each refresh reads Redis on a new connection: a second one means the first read
+        # (which must succeed) is done and the watch is refreshing. Start-up alone can take
+        # longer than any fixed wait on a loaded machine.
+        eventually_sync(
+            lambda: (
+                int(probe.info("stats")["total_connections_received"]) >= connections + 2
+                or proc.poll() is not None
+            ),
+            timeout=30,
+        )
+        probe.close()
         assert proc.poll() is None
         own_redis.stop()
         deadline = time.monotonic() + 3.0  # many failed refreshes at 0.1 s
@@ -382,7 +393,14 @@ def test_watch_tables_outlive_a_redis_blip(own_redis: RestartableRedis) -> None:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
         own_redis.start()
-        time.sleep(0.5)
+        back = redis.Redis.from_url(own_redis.url)
+        connections = int(back.info("stats")["total_connections_received"])
+        # Two refreshes on the restarted Redis: the last table is of a Redis that came back.
+        eventually_sync(
+            lambda: int(back.info("stats")["total_connections_received"]) >= connections + 2,
+            timeout=30,
+        )
+        back.close()
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the watch ends cleanly
