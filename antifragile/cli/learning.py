@@ -17,7 +17,7 @@ nothing to act on), or Temporal unreachable; 1 Temporal refused a call.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,13 +26,12 @@ from antifragile.cli._common import (
     command_errors,
     err_console,
     fail,
-    first_value,
     is_redis_connection_error,
     print_json,
     run_command,
 )
 from antifragile.cli._render.learning import render_advice, render_scores
-from antifragile.constants import KIND_PROFILE
+from antifragile.constants import KIND_PROFILE, PROFILE_WORKFLOW_ID_PREFIX
 from antifragile.learning import advise
 from antifragile.models.learning import (
     AdviceReport,
@@ -53,6 +52,11 @@ DependencyArg = Annotated[
     typer.Argument(help="A dependency (guard name); default every one with a ledger."),
 ]
 LEDGERS_QUERY = f'AfKind="{KIND_PROFILE}" AND ExecutionStatus="Running"'
+"""Running ledgers; :func:`ledger_dependencies` narrows it to this fleet's task queue."""
+
+QUERY_TIMEOUT = timedelta(seconds=10)
+"""How long one ledger's ``profile`` query may take (a ledger whose workers are gone never
+answers: it is skipped with a note when listing, an error when asked for by name)."""
 """Visibility query of every running ledger (a ledger never ends by itself)."""
 REDIS_TIMEOUT_S = 3.0
 """Longest wait for Redis when reading the config versions in force, in seconds."""
@@ -114,28 +118,44 @@ def advice_report(
     )
 
 
-async def ledger_dependencies(client: Client) -> list[str]:
-    """Every dependency with a running ledger, sorted (visibility: :data:`LEDGERS_QUERY`)."""
+async def ledger_dependencies(client: Client, task_queue: str) -> list[str]:
+    """Every dependency with a running ledger on ``task_queue`` (this fleet's), sorted."""
     found: set[str] = set()
-    async for wf in client.list_workflows(LEDGERS_QUERY, limit=1000):
-        name = first_value(wf.search_attributes.get("AfService"))
-        if isinstance(name, str) and name:
+    query = f'{LEDGERS_QUERY} AND TaskQueue="{task_queue}"'
+    async for wf in client.list_workflows(query, limit=1000):
+        # The dependency is in the id, not in AfService: a search by service finds its
+        # recoveries and experiments, never its ledger.
+        name = wf.id.removeprefix(PROFILE_WORKFLOW_ID_PREFIX)
+        if wf.id.startswith(PROFILE_WORKFLOW_ID_PREFIX) and name:
             found.add(name)
     return sorted(found)
 
 
-async def read_views(client: Client, dependency: str | None) -> list[ProfileView]:
-    """The ledgers asked for: one (``dependency``), or every running one.
+async def read_views(client: Client, dependency: str | None, task_queue: str) -> list[ProfileView]:
+    """The ledgers asked for: one (``dependency``), or every running one of ``task_queue``.
 
     Raises:
         antifragile.errors.ConfigError: (exit 2) ``dependency`` has no ledger.
+        temporalio.service.RPCError: the named ledger did not answer within
+            :data:`QUERY_TIMEOUT` (listing: that ledger is skipped with a note).
     """
+    from temporalio.service import RPCError
+
     from antifragile.learning.client import get_profile
 
-    names = [dependency] if dependency is not None else await ledger_dependencies(client)
+    if dependency is not None:
+        names = [dependency]
+    else:
+        names = await ledger_dependencies(client, task_queue)
     views: list[ProfileView] = []
     for name in names:
-        view = await get_profile(client, name)
+        try:
+            view = await get_profile(client, name, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as exc:
+            if dependency is not None:
+                raise
+            err_console.print(f"note: ledger of {name} did not answer ({exc}); skipped")
+            continue
         if view is None:
             if dependency is not None:
                 fail(f"no ledger for {name!r}: nothing observed yet (profile-{name} not found)")
@@ -193,7 +213,7 @@ def advise_command(dependency: DependencyArg = None, json_out: JsonFlag = False)
             check_dependency(dependency)
 
     async def _go(client: Client, settings: Settings) -> list[AdviceReport]:
-        views = await read_views(client, dependency)
+        views = await read_views(client, dependency, settings.task_queue)
         versions, note = await versions_in_force(settings.redis_url, [v.dependency for v in views])
         if note:
             err_console.print(note, markup=False)
@@ -218,7 +238,7 @@ def score_command(dependency: DependencyArg = None, json_out: JsonFlag = False) 
             check_dependency(dependency)
 
     async def _go(client: Client, settings: Settings) -> list[ResilienceScore]:
-        views = await read_views(client, dependency)
+        views = await read_views(client, dependency, settings.task_queue)
         return [v.score for v in views if v.score is not None]
 
     scores = run_command(_go)

@@ -10,6 +10,7 @@ converter (:func:`antifragile.temporal_client.connect` does).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
@@ -21,7 +22,6 @@ from antifragile.constants import (
     PROFILE_WORKFLOW_TYPE,
     QUERY_PROFILE,
     SA_KIND,
-    SA_SERVICE,
     SIGNAL_RECORD_OBSERVATIONS,
     profile_workflow_id,
 )
@@ -96,22 +96,23 @@ async def record_observations(
             start_signal_args=[RecordObservations(observations=batch)],
             static_summary=PROFILE_SUMMARY.format(dependency=dependency),
             static_details=PROFILE_DETAILS,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SA_KIND, KIND_PROFILE),
-                    SearchAttributePair(SA_SERVICE, dependency),
-                ]
-            ),
+            # AfKind only: a search by AfService finds a service's recoveries and
+            # experiments, not its ledger (the dependency is in the workflow id).
+            search_attributes=TypedSearchAttributes([SearchAttributePair(SA_KIND, KIND_PROFILE)]),
         )
     return len(batches)
 
 
-async def get_profile(client: Client, dependency: str) -> ProfileView | None:
+async def get_profile(
+    client: Client, dependency: str, rpc_timeout: timedelta | None = None
+) -> ProfileView | None:
     """The ``profile`` query of ``profile-{dependency}``.
 
     Args:
         client: A Temporal client with the pydantic data converter.
         dependency: Whose ledger.
+        rpc_timeout: How long the query may take (None: the client's default). A ledger
+            whose task queue has no worker never answers.
 
     Returns:
         The ledger as it stands; None when it was never started (nothing observed yet).
@@ -122,7 +123,9 @@ async def get_profile(client: Client, dependency: str) -> ProfileView | None:
     """
     handle = client.get_workflow_handle(profile_workflow_id(dependency))
     try:
-        view: ProfileView = await handle.query(QUERY_PROFILE, result_type=ProfileView)
+        view: ProfileView = await handle.query(
+            QUERY_PROFILE, result_type=ProfileView, rpc_timeout=rpc_timeout
+        )
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None

@@ -296,7 +296,8 @@ async def test_a_ledger_is_started_by_its_first_observations_and_keeps_each_once
     assert view.advice and view.advice[0].setting == "gap.thin.recovery"
     desc = await handle.describe()
     assert desc.search_attributes.get("AfKind") == ["profile"]
-    assert desc.search_attributes.get("AfService") == [d]
+    # Not tagged with AfService: a search by service finds its recoveries and experiments.
+    assert desc.search_attributes.get("AfService") is None
     with pytest.raises(ValueError, match="not"):
         await record_observations(env.client, d, [traffic("other", "w")], task_queue=queue)
 
