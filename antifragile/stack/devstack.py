@@ -288,6 +288,13 @@ class DevStack:
             watcher.cancel()
             try:
                 await worker  # re-raises a worker failure after it has shut down
+            except asyncio.CancelledError:
+                # The SDK may end a worker whose server vanished with a cancelled shutdown
+                # wait: that is the death below, unless this task itself is being cancelled.
+                current = asyncio.current_task()
+                dead = dead or self.dead_child()
+                if dead is None or (current is not None and current.cancelling()):
+                    raise
             except Exception:
                 dead = dead or self.dead_child()
                 if dead is None:
