@@ -136,35 +136,49 @@ def parse_host_key(key: str) -> tuple[str, int | None]:
 
 
 class HostTargets:
-    """Guards chosen by a request's host and port (``host:port`` first, then ``host``).
+    """The guard of an HTTP request: by host and port, by host, else the default target.
+
+    Shared by the httpx transport and the aiohttp middleware, so both route alike.
 
     Args:
         runtime: The runtime that owns the guards.
+        target: Guard of requests to hosts not in ``targets``; None: not guarded.
         targets: Host (see :func:`parse_host_key`) -> guard name.
+        client: What is being guarded, for the error (``"guarded httpx client"``).
 
     Raises:
-        ConfigError: a bad key (see :func:`parse_host_key`) or an empty guard name.
+        ConfigError: neither ``target`` nor ``targets`` given, a bad key (see
+            :func:`parse_host_key`) or an empty guard name.
     """
 
-    __slots__ = ("_by_host",)
+    __slots__ = ("_by_host", "_default")
 
-    def __init__(self, runtime: Runtime, targets: Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        target: str | None,
+        targets: Mapping[str, str] | None,
+        client: str,
+    ) -> None:
+        if target is None and not targets:
+            raise ConfigError(f"{client}: give a target, or targets by host")
+        self._default: Guard | None = guard_of(runtime, target) if target is not None else None
         self._by_host: dict[tuple[str, int | None], Guard] = {
             parse_host_key(key): guard_of(runtime, name) for key, name in (targets or {}).items()
         }
 
-    def __bool__(self) -> bool:
-        return bool(self._by_host)
-
     def get(self, scheme: str, host: str | None, port: int | None) -> Guard | None:
         """The guard of a request to ``host`` (IPv6 without brackets) on ``port``.
 
-        ``port`` None is the scheme's default port (80 for http, 443 for https).
+        ``port`` None is the scheme's default port (80 for http, 443 for https). A host
+        not mapped gets the default target's guard (None: not guarded).
         """
         by_host = self._by_host
+        if not by_host:
+            return self._default
         name = (host or "").lower()
         if name.startswith("[") and name.endswith("]"):
             name = name[1:-1]
         if port is None:
             port = _DEFAULT_PORTS.get(scheme.lower())
-        return by_host.get((name, port)) or by_host.get((name, None))
+        return by_host.get((name, port)) or by_host.get((name, None)) or self._default

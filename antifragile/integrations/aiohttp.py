@@ -30,13 +30,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
-from antifragile.errors import ConfigError
 from antifragile.integrations import (
     DEFAULT_FAILURE_STATUSES,
     FailureStatus,
     HostTargets,
     check_statuses,
-    guard_of,
 )
 
 if TYPE_CHECKING:
@@ -67,20 +65,13 @@ class GuardMiddleware:
         targets: Mapping[str, str] | None = None,
         failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
     ) -> None:
-        if target is None and not targets:
-            raise ConfigError("guarded aiohttp session: give a target, or targets by host")
-        self._default: Guard | None = guard_of(runtime, target) if target is not None else None
-        self._by_host = HostTargets(runtime, targets)
+        self._routes = HostTargets(runtime, target, targets, "guarded aiohttp session")
         self._failure_statuses = check_statuses(failure_statuses)
 
     def guard_for(self, request: ClientRequest) -> Guard | None:
         """The guard of ``request`` (None: not guarded)."""
-        if self._by_host:
-            url = request.url
-            guard = self._by_host.get(url.scheme, url.host, url.port)
-            if guard is not None:
-                return guard
-        return self._default
+        url = request.url
+        return self._routes.get(url.scheme, url.host, url.port)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         """Run ``handler(request)`` through the request's guard."""

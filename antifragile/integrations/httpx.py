@@ -34,13 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from antifragile.errors import ConfigError
 from antifragile.integrations import (
     DEFAULT_FAILURE_STATUSES,
     FailureStatus,
     HostTargets,
     check_statuses,
-    guard_of,
 )
 
 if TYPE_CHECKING:
@@ -76,20 +74,13 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
     ) -> None:
-        if target is None and not targets:
-            raise ConfigError("guarded httpx client: give a target, or targets by host")
-        self._default: Guard | None = guard_of(runtime, target) if target is not None else None
-        self._by_host = HostTargets(runtime, targets)
+        self._routes = HostTargets(runtime, target, targets, "guarded httpx client")
         self._transport = transport or httpx.AsyncHTTPTransport()
         self._failure_statuses = check_statuses(failure_statuses)
 
     def guard_for(self, url: httpx.URL) -> Guard | None:
         """The guard of a request to ``url`` (None: not guarded)."""
-        if self._by_host:
-            guard = self._by_host.get(url.scheme, url.host, url.port)
-            if guard is not None:
-                return guard
-        return self._default
+        return self._routes.get(url.scheme, url.host, url.port)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through its target's guard (see the module docstring)."""
