@@ -16,6 +16,7 @@ from tests.replay.record_chaos_history import (
     HISTORY,
     WORKFLOW_ID,
 )
+from tests.replay.record_chaos_history_learning import FIXTURES as FIXTURES_LEARNING
 from tests.replay.record_chaos_history_v2 import FIXTURES
 from tests.replay.record_chaos_history_v3 import FIXTURES as FIXTURES_V3
 from workers.main import workflow_runner
@@ -51,7 +52,12 @@ async def test_recorded_guardian_history_replays() -> None:
     await replayer.replay_workflow(history)
 
 
-EXPERIMENT_IDS = {Path(HISTORY).name: WORKFLOW_ID, **FIXTURES, **FIXTURES_V3}
+EXPERIMENT_IDS = {
+    Path(HISTORY).name: WORKFLOW_ID,
+    **FIXTURES,
+    **FIXTURES_V3,
+    **FIXTURES_LEARNING,
+}
 """Every stored experiment fixture and the workflow id it was recorded under."""
 
 
@@ -88,3 +94,13 @@ def test_only_the_v3_fixtures_carry_the_cancel_in_activity_patch(name: str) -> N
     branch); the older ones have no marker (their replay checks the old branch)."""
     patched = any("chaos-cancel-in-activity" in p for p in _patches(name, EXPERIMENT_IDS[name]))
     assert patched is (name in FIXTURES_V3)
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_IDS))
+def test_only_the_learning_fixture_records_its_observation_behind_the_patch(name: str) -> None:
+    """The learning fixture checks the patched ending (the recording activity is in its
+    history); every older one checks that an ending without the marker issues nothing."""
+    patched = any("learning-observations" in p for p in _patches(name, EXPERIMENT_IDS[name]))
+    assert patched is (name in FIXTURES_LEARNING)
+    text = (Path(HISTORY).parent / name).read_text()
+    assert ("record_dependency_observations" in text) is patched
