@@ -186,13 +186,27 @@ def outage_observation(
     ``probes`` is every attempt's probe plus the watch probes; an attempt whose action
     failed ran no probe. Attempts whose records were trimmed away count as probed, so the
     figure is exact unless a recovery continued as new after action failures.
+
+    ``last_failed_probe_at`` is the end (``started_at + duration_ms``) of the last
+    ``unhealthy`` attempt that ended before ``recovered_at``: the dependency was still down
+    then, so it came back in between (None when no kept record shows a failed probe).
     """
     unprobed = sum(1 for r in records if r.outcome == "action_failed")
+    last_failed = None
+    if recovered_at is not None:
+        ends = [
+            end
+            for r in records
+            if r.outcome == "unhealthy"
+            and (end := r.started_at + timedelta(milliseconds=r.duration_ms)) <= recovered_at
+        ]
+        last_failed = max(ends, default=None)
     return OutageObservation(
         dependency=service,
         source_id=source_id,
         started_at=started_at,
         recovered_at=recovered_at,
+        last_failed_probe_at=last_failed,
         attempts=attempts,
         probes=max(attempts - unprobed, 0) + watch_probes,
         outcome=state.value,

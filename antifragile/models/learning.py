@@ -87,6 +87,9 @@ class OutageObservation(StrictModel):
         source_id: The recovery's workflow id and first run id (``{workflow id}/{run id}``).
         started_at: When the recovery was requested (the outage was noticed).
         recovered_at: First passing probe (None: never verified: failed or cancelled).
+        last_failed_probe_at: The end of the last attempt whose probe failed before
+            ``recovered_at`` (None: no probe failed first, or unknown). The dependency
+            came back between it and ``recovered_at``: the probes bracket the return.
         attempts: Attempts made.
         probes: Probes run (each attempt's probe and every watch probe).
         outcome: The recovery's final state (``RecoveryState`` value).
@@ -97,6 +100,7 @@ class OutageObservation(StrictModel):
     source_id: str
     started_at: datetime
     recovered_at: datetime | None = None
+    last_failed_probe_at: datetime | None = None
     attempts: int = Field(default=0, ge=0)
     probes: int = Field(default=0, ge=0)
     outcome: str

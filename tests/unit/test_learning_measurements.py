@@ -167,3 +167,35 @@ def test_type7_quantile_refuses_nothing_and_bad_q() -> None:
         type7_quantile([], Fraction(1, 2))
     with pytest.raises(ValueError, match="quantile"):
         type7_quantile([1], Fraction(2))
+
+
+def _bracketed(start: float, failed: float | None, recovered: float | None) -> OutageObservation:
+    return OutageObservation(
+        dependency="db",
+        source_id="r1",
+        started_at=at(start),
+        recovered_at=None if recovered is None else at(recovered),
+        last_failed_probe_at=None if failed is None else at(failed),
+        outcome="SUCCEEDED",
+    )
+
+
+@pytest.mark.parametrize(
+    ("failed", "recovered", "recover_s"),
+    [
+        (None, 7, 7.0),  # no failed probe known: the first passing probe
+        (3, 7, 5.0),  # probes at +1, +3 (down) and +7 (up): back in (3, 7], read as 5
+        (0, 1, 0.5),
+        (7, 7, 7.0),  # a bracket of nothing: exact
+        (0.000001, 0.000002, 0.000001),  # rounded down to the microsecond
+        (8, 7, 7.0),  # a failed probe after the passing one cannot bracket it: ignored
+        (-1, 7, 7.0),  # nor one before the outage started
+        (3, None, None),  # never verified: no duration, whatever failed
+    ],
+)
+def test_an_outage_s_return_is_the_midpoint_of_its_probe_bracket(
+    failed: float | None, recovered: float | None, recover_s: float | None
+) -> None:
+    seen = measure("db", [_bracketed(0, failed, recovered)])
+    assert seen.recover_s == ([] if recover_s is None else [recover_s])
+    assert seen.unverified == (1 if recovered is None else 0)

@@ -392,6 +392,11 @@ async def test_an_ending_recovery_records_the_outage(env: WorkflowEnvironment, r
     assert seen.source_id == f"{handle.id}/{desc.run_id}"
     assert (seen.attempts, seen.probes, seen.outcome) == (3, 3, "SUCCEEDED")
     assert seen.recovered_at is not None and desc.start_time <= seen.started_at < seen.recovered_at
+    # Attempts 1 and 2 failed their probes: the second one's end brackets the return.
+    second = result.status.attempts[1]
+    assert second.outcome == "unhealthy"
+    failed_at = second.started_at + timedelta(milliseconds=second.duration_ms)
+    assert seen.last_failed_probe_at == failed_at < seen.recovered_at
 
 
 async def test_a_cancelled_recovery_records_the_outage_unverified(
@@ -731,6 +736,47 @@ def test_outage_observation_table(
         watch_probes=watch,
     )
     assert (seen.attempts, seen.probes, seen.outcome) == (attempts, probes, "SUCCEEDED")
+    assert seen.last_failed_probe_at is None  # never verified: nothing bracketed
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "recovered_s", "last_failed_s"),
+    [
+        ([("unhealthy", 0, 1), ("unhealthy", 2, 1), ("healthy", 6, 1)], 7, 3),
+        ([("healthy", 0, 1)], 1, None),  # the first probe passed: nothing bracketed
+        ([("unhealthy", 0, 1), ("action_failed", 2, 1), ("healthy", 4, 1)], 5, 1),
+        ([("action_failed", 0, 1), ("healthy", 2, 1)], 3, None),  # no probe failed
+        # A probe that ended after the passing one (cannot happen in one workflow; a
+        # record from another run) does not bracket the return.
+        ([("unhealthy", 0, 1), ("unhealthy", 8, 1)], 7, 1),
+    ],
+)
+def test_outage_observation_brackets_the_return_with_the_last_failed_probe(
+    outcomes: list[tuple[str, float, float]], recovered_s: float, last_failed_s: float | None
+) -> None:
+    from workflows._learning_feed import outage_observation
+
+    records = [
+        AttemptRecord(
+            number=i + 1,
+            started_at=T0 + timedelta(seconds=start),
+            duration_ms=int(took * 1000),
+            outcome=o,
+        )
+        for i, (o, start, took) in enumerate(outcomes)
+    ]
+    seen = outage_observation(
+        "db",
+        "recovery-db/run",
+        RecoveryState.SUCCEEDED,
+        started_at=T0,
+        recovered_at=T0 + timedelta(seconds=recovered_s),
+        attempts=len(records),
+        records=records,
+        watch_probes=0,
+    )
+    expected = None if last_failed_s is None else T0 + timedelta(seconds=last_failed_s)
+    assert seen.last_failed_probe_at == expected
 
 
 # --- What the ledger concludes, and `antifragile advise` / `score` reading it ----------
