@@ -120,10 +120,12 @@ async def revert(
 
     The new version records ``revert_of`` (the undone version, also its ``previous``)
     and carries exactly the settings (and bounds) of the undone version's ``previous``;
-    reverting a revert therefore redoes the change. ``request_id``: as :func:`publish`.
+    reverting a revert therefore redoes the change. Undoing the first version publishes
+    empty settings: the service's own configuration (a runtime applies every version over
+    it). ``request_id``: as :func:`publish`.
 
     Raises:
-        ConfigVersionError: no version, or the current one has no previous one.
+        ConfigVersionError: no version to undo.
         redis.RedisError: Redis failed.
     """
     return await _commit(
@@ -164,21 +166,21 @@ async def _commit(
                 if settings is None:
                     undone = await _at(pipe, vkey, current)
                     if undone.previous is None:
-                        raise ConfigVersionError(
-                            f"{dependency}: version {undone.version} has no previous "
-                            "version to revert to"
-                        )
-                    restored = await _at(pipe, vkey, undone.previous)
+                        # The first version: back to the service's own settings.
+                        restored_settings, restored_bounds = DependencySettings(), policy.bounds()
+                    else:
+                        restored = await _at(pipe, vkey, undone.previous)
+                        restored_settings, restored_bounds = restored.settings, restored.bounds
                     version = ConfigVersion(
                         dependency=dependency,
                         version=count + 1,
-                        settings=restored.settings,
+                        settings=restored_settings,
                         by=by,
                         at=clock(),
                         why=why,
                         previous=current,
                         revert_of=current,
-                        bounds=restored.bounds,
+                        bounds=restored_bounds,
                     )
                 else:
                     version = ConfigVersion(
