@@ -196,3 +196,18 @@ ACTIVITY_RECORD_OBSERVATIONS = "record_dependency_observations"
 def profile_workflow_id(dependency: str) -> str:
     """The workflow id of a dependency's ledger: ``profile-{dependency}``."""
     return f"{PROFILE_WORKFLOW_ID_PREFIX}{dependency}"
+
+
+# --- Learning from stress: audited, reversible adaptation (issue 14, apply part) ------
+SIGNAL_APPLY_ADVICE = "apply_advice"
+"""Ask a dependency's ledger to apply its advice (an approver, a request id)."""
+SIGNAL_REVERT_CONFIG = "revert_config"
+"""Ask a dependency's ledger to undo the config version in force."""
+QUERY_CONFIG_CHANGE = "config_change"
+"""Query of a ledger: the recorded change of one request id (None: not decided yet)."""
+ACTIVITY_READ_CONFIG = "read_dependency_config"
+"""Read the config version in force from Redis and the worker's adaptation policy."""
+ACTIVITY_PUBLISH_CONFIG = "publish_dependency_config"
+"""Publish (or revert) a dependency's config version in Redis, once per request id."""
+PATCH_PROFILE_AUTO_ADAPT = "profile-auto-adaptation"
+"""Patch: a ledger reads the adaptation policy after a batch that changed its advice."""

@@ -23,6 +23,7 @@ from pydantic import (
 
 from antifragile.errors import ConfigError, describe_validation_error
 from antifragile.hashing import DEFAULT_WINDOW_S
+from antifragile.models.adaptation import AdaptationBand
 from antifragile.models.common import DEFAULT_WEBHOOK, PROBE_SCHEMES
 from antifragile.models.learning import DependencySettings, SettingBounds
 
@@ -231,6 +232,12 @@ class ChaosPolicyConfig(BaseModel):
     min_abort_below: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+AUTO_MAX_STEP = 0.5
+"""Default safe band of ``adaptation.auto``: at most a 50 % change of a setting at once."""
+AUTO_MIN_OBSERVATIONS = 3
+"""Default least held observations before ``adaptation.auto`` acts on advice."""
+
+
 class AdaptationPolicyConfig(BaseModel):
     """The ``adaptation`` section: how far learned settings may move a dependency.
 
@@ -241,8 +248,14 @@ class AdaptationPolicyConfig(BaseModel):
     hard safety limits (``antifragile.inprocess.config_subscriber.HARD_LIMITS``).
 
     Attributes:
-        auto: Apply advice without a human (not implemented: advice is applied by an
-            operator). Default false.
+        auto: A ledger applies its in-band advice itself (``by="auto"``), after a batch
+            of observations that changed the advice, recorded as an operator's change
+            is. Default false (only ``antifragile advise apply`` applies advice).
+        auto_max_step: The safe band of ``auto``: largest relative change of one
+            setting, ``|new - old| / old``; advice further away is left to a person.
+            Default :data:`AUTO_MAX_STEP` (0.5).
+        auto_min_observations: ``auto`` acts only on advice resting on at least this
+            many held observations. Default :data:`AUTO_MIN_OBSERVATIONS` (3).
         open_duration_s: Range of the breaker's open duration, seconds. Default 1..300.
         failure_rate_threshold: Range of the failure-rate threshold. Default 0.05..0.95.
         failure_threshold: Range of the consecutive-failure threshold. Default 1..1000.
@@ -252,12 +265,22 @@ class AdaptationPolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     auto: bool = False
+    auto_max_step: float = Field(default=AUTO_MAX_STEP, gt=0)
+    auto_min_observations: int = Field(default=AUTO_MIN_OBSERVATIONS, ge=1)
     open_duration_s: SettingBounds = Field(default_factory=lambda: SettingBounds(min=1, max=300))
     failure_rate_threshold: SettingBounds = Field(
         default_factory=lambda: SettingBounds(min=0.05, max=0.95)
     )
     failure_threshold: SettingBounds = Field(default_factory=lambda: SettingBounds(min=1, max=1000))
     timeout_s: SettingBounds = Field(default_factory=lambda: SettingBounds(min=0.01, max=120))
+
+    def band(self) -> AdaptationBand:
+        """What a ledger may apply by itself (``auto`` and its safe band)."""
+        return AdaptationBand(
+            auto=self.auto,
+            auto_max_step=self.auto_max_step,
+            auto_min_observations=self.auto_min_observations,
+        )
 
     def bounds(self) -> dict[str, SettingBounds]:
         """Setting name -> its range (what a published version carries)."""

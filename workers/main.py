@@ -26,7 +26,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
-from activities.learning import record_dependency_observations
+from activities.learning import ConfigActivities, record_dependency_observations
 from activities.orchestrator import OrchestratorActivities
 from activities.recovery import RecoveryActivities
 from antifragile.constants import KIND_CHAOS, KIND_RECOVERY
@@ -82,6 +82,7 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
     recovery = RecoveryActivities(settings, policy)
     orchestrator = OrchestratorActivities(settings, policy)
     chaos = ChaosActivities(settings, policy)
+    config = ConfigActivities(settings, policy)
     return [
         common.validate_constitutional_hash,
         common.authorize_approver,
@@ -99,6 +100,8 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
         chaos.collect_experiment_impact,
         chaos.check_experiment_running,
         record_dependency_observations,
+        config.read_dependency_config,
+        config.publish_dependency_config,
     ]
 
 

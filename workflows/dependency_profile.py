@@ -39,13 +39,19 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
         KIND_PROFILE,
+        PATCH_PROFILE_AUTO_ADAPT,
         PROFILE_WORKFLOW_TYPE,
+        QUERY_CONFIG_CHANGE,
         QUERY_PROFILE,
         SA_KIND,
         SA_SERVICE,
+        SIGNAL_APPLY_ADVICE,
         SIGNAL_RECORD_OBSERVATIONS,
+        SIGNAL_REVERT_CONFIG,
     )
     from antifragile.learning import advise, resilience_score
+    from antifragile.learning.adaptation import live_advice
+    from antifragile.models.adaptation import ApplyAdviceSignal, ConfigChange, RevertConfigSignal
     from antifragile.models.learning import (
         Advice,
         CurrentSettings,
@@ -61,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         TrafficObservation,
         observation_time,
     )
+    from workflows._profile_changes import ChangeDesk, change_line
 
 AnyObservation = ExperimentObservation | OutageObservation | TrafficObservation
 KINDS = ("experiment", "outage", "traffic")
@@ -181,6 +188,17 @@ class Ledger:
             return ResilienceScore(dependency=self.dependency, evidence=evidence), []
         return score, advice
 
+    def advice_against(self, current: CurrentSettings, now: datetime) -> list[Advice]:
+        """:func:`~antifragile.learning.advise` of the held observations against ``current``.
+
+        Empty when the core fails (a bug there must never fail a workflow task).
+        """
+        held = [_in_utc(o) for o in self.observations()]
+        try:
+            return advise(self.dependency, held, current, _utc(now))
+        except Exception:
+            return []
+
     def view(self, now: datetime | None = None) -> ProfileView:
         """The ``profile`` query's answer, with the score and advice at ``now``.
 
@@ -260,14 +278,33 @@ class DependencyProfileWorkflow:
     def __init__(self, data: ProfileInput) -> None:
         self._ledger = Ledger(data.dependency, data.limits, list(data.observations), data.counters)
         self._batches_this_run = 0
+        self._last_auto_advice = dict(data.last_auto_advice)
+        self._desk = ChangeDesk(
+            data.dependency,
+            list(data.changes),
+            list(data.used_signatures),
+            self._ledger.advice_against,
+            lambda: len(self._ledger.observations()),
+            lambda _change: self._publish(),
+        )
 
     @workflow.run
     async def run(self, data: ProfileInput) -> None:
-        """Take batches until the run is long enough, then continue as new (never returns)."""
+        """Take batches and change requests until the run is long enough; continue as new.
+
+        Never returns. Change requests are decided one at a time, oldest first.
+        """
         self._ledger.prune(workflow.now())
         self._publish(first=True)
-        await workflow.wait_condition(self._should_continue_as_new)
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        desk = self._desk
+        while True:
+            await workflow.wait_condition(lambda: desk.waiting or self._should_continue_as_new())
+            if desk.waiting:
+                await desk.process_next()
+                continue
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if not desk.waiting:
+                break
         ledger = self._ledger
         counters = ledger.counters.model_copy(update={"runs": ledger.counters.runs + 1})
         workflow.continue_as_new(
@@ -276,6 +313,9 @@ class DependencyProfileWorkflow:
                 limits=ledger.limits,
                 observations=ledger.observations(),
                 counters=counters,
+                changes=desk.changes,
+                used_signatures=desk.used_signatures,
+                last_auto_advice=self._last_auto_advice,
             )
         )
 
@@ -291,7 +331,10 @@ class DependencyProfileWorkflow:
             workflow.upsert_search_attributes(
                 [SA_KIND.value_set(KIND_PROFILE), SA_SERVICE.value_set(self._ledger.dependency)]
             )
-        workflow.set_current_details(self._ledger.details(workflow.now()))
+        details = self._ledger.details(workflow.now())
+        if self._desk.changes:
+            details += "\n\n" + change_line(self._desk.changes[-1])
+        workflow.set_current_details(details)
 
     @workflow.signal(name=SIGNAL_RECORD_OBSERVATIONS)
     def record_observations(self, batch: RecordObservations) -> None:
@@ -299,8 +342,41 @@ class DependencyProfileWorkflow:
         self._ledger.add(list(batch.observations), workflow.now())
         self._batches_this_run += 1
         self._publish()
+        self._consider_auto()
+
+    def _consider_auto(self) -> None:
+        """After a batch that changed the live-appliable advice: queue an ``auto`` request.
+
+        Whether the policy allows it is learnt by the request's activity (the policy lives
+        with the worker); histories from before this existed never queue one.
+        """
+        _, advice = self._ledger.conclusions(workflow.now())
+        live = live_advice(advice)
+        if not live or live == self._last_auto_advice:
+            return
+        self._last_auto_advice = live
+        if workflow.patched(PATCH_PROFILE_AUTO_ADAPT):
+            self._desk.offer_auto(f"auto-{self._ledger.counters.batches}")
+
+    @workflow.signal(name=SIGNAL_APPLY_ADVICE)
+    def apply_advice(self, request: ApplyAdviceSignal) -> None:
+        """Apply the advice (an approver's request; its id is answered once)."""
+        self._desk.offer("apply", request)
+
+    @workflow.signal(name=SIGNAL_REVERT_CONFIG)
+    def revert_config(self, request: RevertConfigSignal) -> None:
+        """Undo the config version in force (an approver's request; answered once)."""
+        self._desk.offer("revert", request)
 
     @workflow.query(name=QUERY_PROFILE)
     def profile(self) -> ProfileView:
         """The observations held, their counts, counters, and score and advice now."""
-        return self._ledger.view(workflow.now())
+        view = self._ledger.view(workflow.now())
+        changes = self._desk.changes
+        return view.model_copy(update={"last_change": changes[-1] if changes else None})
+
+    @workflow.query(name=QUERY_CONFIG_CHANGE)
+    def config_change(self, request_id: str) -> list[ConfigChange]:
+        """The recorded change of ``request_id``: one item, or none (not decided yet)."""
+        found = self._desk.find(request_id)
+        return [] if found is None else [found]

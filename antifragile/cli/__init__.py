@@ -44,7 +44,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "advise": (
         "antifragile.cli.learning",
-        "advise_command",
+        "advise_app",
         "Recommended settings per dependency, from what its ledger observed.",
     ),
     "score": (

@@ -11,8 +11,18 @@ a DEPENDENCY, every dependency with a running ledger (visibility: ``AfKind="prof
   its settings replace the defaults and the advice is recomputed here from the ledger's
   observations. Redis unreachable: the defaults, with a one-line note on stderr.
 
-Exit codes: 0 shown; 2 bad input, or a DEPENDENCY without a ledger (nothing observed yet:
-nothing to act on), or Temporal unreachable; 1 Temporal refused a call.
+``advise`` is a group whose default is the listing (``antifragile advise [DEP] [--json]``):
+
+- ``advise apply DEP --by NAME [--setting S ...] [--note T] [--wait S]``: ask the ledger to
+  apply its advice (``apply_advice`` signal); the ledger authorizes NAME with the worker
+  policy, decides the values from its observations against the version in force, and
+  publishes them as a config version. Waits for the decision.
+- ``advise revert DEP --by NAME``: undo the version in force (``revert_config``).
+- ``advise history DEP [--json]``: every config version in Redis, and which is in force.
+
+Exit codes: 0 shown; 2 bad input (a bad name, an unknown setting), or a DEPENDENCY without
+a ledger (nothing observed yet: nothing to act on), or Temporal or Redis unreachable; 1
+Temporal refused a call, or a change was refused, failed or not decided within ``--wait``.
 """
 
 from __future__ import annotations
@@ -21,8 +31,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer import _click
+from typer.core import TyperGroup
 
 from antifragile.cli._common import (
+    CommandFailed,
     command_errors,
     err_console,
     fail,
@@ -32,7 +45,9 @@ from antifragile.cli._common import (
 )
 from antifragile.cli._render.learning import render_advice, render_scores
 from antifragile.constants import KIND_PROFILE, PROFILE_WORKFLOW_ID_PREFIX
+from antifragile.errors import ConfigError
 from antifragile.learning import advise
+from antifragile.models.adaptation import ConfigChange
 from antifragile.models.learning import (
     AdviceReport,
     ConfigVersion,
@@ -73,6 +88,17 @@ def check_dependency(dependency: str) -> str:
     if not dependency or any(c.isspace() or not c.isprintable() for c in dependency):
         fail(f"bad dependency {dependency!r}: a guard name, without spaces")
     return dependency
+
+
+def check_name(by: str) -> str:
+    """``by`` if it can name an approver (1-200 printable characters, not only spaces).
+
+    Raises:
+        antifragile.errors.ConfigError: (exit 2) otherwise.
+    """
+    if not by.strip() or len(by) > 200 or not by.isprintable():
+        fail(f"bad --by {by!r}: an approver's name (1-200 printable characters)")
+    return by
 
 
 def overlay(version: ConfigVersion | None) -> CurrentSettings:
@@ -249,3 +275,193 @@ def score_command(dependency: DependencyArg = None, json_out: JsonFlag = False) 
             print_json(scores)
     else:
         render_scores(scores)
+
+
+# --- advise apply / revert / history (issue 14, apply part) -----------------------------
+
+
+class AdviseGroup(TyperGroup):
+    """``advise``: a group whose default sub-command is the listing (``show``).
+
+    ``antifragile advise DEP --json`` and ``antifragile advise --json`` run ``show``; a
+    dependency named like a sub-command is reached as ``advise show NAME``.
+    """
+
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        """Insert ``show`` unless the first word is a sub-command or a help option."""
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+advise_app = typer.Typer(
+    cls=AdviseGroup,
+    help="Recommended settings per dependency, from what its ledger observed.",
+    add_completion=False,
+)
+advise_app.command("show")(advise_command)
+
+ByOption = Annotated[str, typer.Option("--by", help="Who asks (a policy approver).")]
+NoteOption = Annotated[str, typer.Option("--note", help="Why; kept with the change.")]
+WaitOption = Annotated[
+    float, typer.Option("--wait", help="Seconds to wait for the ledger's decision.", min=0.1)
+]
+DEFAULT_WAIT_S = 30.0
+"""Default ``--wait``: seconds for the ledger to decide (the publish retries Redis ~15 s)."""
+
+
+def _change_request(
+    dependency: str, by: str, note: str, wait: float, json_out: bool, settings: list[str] | None
+) -> None:
+    """Send an apply (``settings`` not None) or a revert, wait, and show the change."""
+    from antifragile.learning.adaptation import setting_name
+
+    with command_errors():
+        check_dependency(dependency)
+        check_name(by)
+        try:
+            names = [setting_name(s) for s in settings or []]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    async def _go(client: Client, _settings: Settings) -> ConfigChange:
+        from temporalio.service import RPCError, RPCStatusCode
+
+        from antifragile.learning import client as learning
+
+        try:
+            if settings is None:
+                return await learning.revert_config(
+                    client, dependency, by=by, note=note, timeout=timedelta(seconds=wait)
+                )
+            return await learning.apply_advice(
+                client,
+                dependency,
+                by=by,
+                settings=names,
+                note=note,
+                timeout=timedelta(seconds=wait),
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                fail(f"no ledger for {dependency!r}: nothing observed yet")
+            raise
+        except (learning.ChangeRefused, learning.ChangeNotDecided) as exc:
+            raise CommandFailed(str(exc)) from None
+
+    change = run_command(_go)
+    if json_out:
+        print_json(change)
+        return
+    version = "" if change.version is None else f" version {change.version}"
+    err_console.print(
+        f"{dependency}: {change.action} {change.outcome.value}{version}: {change.reason}",
+        markup=False,
+    )
+    for setting, why in change.not_applied.items():
+        err_console.print(f"  {setting}: {why}", markup=False)
+
+
+@advise_app.command("apply")
+def apply_command(
+    dependency: Annotated[str, typer.Argument(help="The dependency (guard name).")],
+    by: ByOption,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--setting", help="Advice setting to apply (repeat); default all."),
+    ] = None,
+    note: NoteOption = "",
+    wait: WaitOption = DEFAULT_WAIT_S,
+    json_out: JsonFlag = False,
+) -> None:
+    """Apply a dependency's advice live, approved by --by (audited, reversible).
+
+    The ledger recomputes the advice against the version in force and publishes the
+    values it decides as a new config version; services with the config plane apply it.
+    """
+    _change_request(dependency, by, note, wait, json_out, list(setting or []))
+
+
+@advise_app.command("revert")
+def revert_command(
+    dependency: Annotated[str, typer.Argument(help="The dependency (guard name).")],
+    by: ByOption,
+    note: NoteOption = "",
+    wait: WaitOption = DEFAULT_WAIT_S,
+    json_out: JsonFlag = False,
+) -> None:
+    """Undo the config version in force: the settings before it, as a new version."""
+    _change_request(dependency, by, note, wait, json_out, None)
+
+
+@advise_app.command("history")
+def history_command(
+    dependency: Annotated[str, typer.Argument(help="The dependency (guard name).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Every config version of a dependency in Redis, oldest first, and the one in force."""
+    with command_errors():
+        check_dependency(dependency)
+
+    async def _go(settings: Settings) -> tuple[list[ConfigVersion], int | None]:
+        import redis.asyncio as aioredis
+
+        from antifragile.cli._common import connection_reason, display_url
+        from antifragile.learning.config_versions import current, history
+
+        client = aioredis.from_url(
+            settings.redis_url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+        )
+        try:
+            versions = await history(client, dependency)
+            in_force = await current(client, dependency)
+        except Exception as exc:
+            if not is_redis_connection_error(exc):
+                raise
+            fail(
+                f"Redis at {display_url(settings.redis_url)} unreachable ({connection_reason(exc)})"
+            )
+        finally:
+            await client.aclose()
+        return versions, None if in_force is None else in_force.version
+
+    versions, in_force = run_command(_go, temporal=False)
+    if json_out:
+        print_json(
+            {
+                "dependency": dependency,
+                "current": in_force,
+                "versions": [v.model_dump(mode="json") for v in versions],
+            }
+        )
+        return
+    render_history(dependency, versions, in_force)
+
+
+def render_history(dependency: str, versions: list[ConfigVersion], in_force: int | None) -> None:
+    """The versions as a table: version, in force, who, when, why, settings, revert of."""
+    from rich.table import Table
+
+    from antifragile.cli._common import console
+
+    if not versions:
+        console.print(f"{dependency}: no config version (the service's own settings)")
+        return
+    table = Table(title=f"Config versions of {dependency}")
+    for column in ("version", "in force", "by", "at (UTC)", "why", "settings", "revert of"):
+        table.add_column(column)
+    for v in versions:
+        given = v.settings.model_dump(exclude_none=True)
+        shown = ", ".join(f"{k}={val:g}" for k, val in given.items()) or "service's own"
+        table.add_row(
+            str(v.version),
+            "yes" if v.version == in_force else "",
+            v.by,
+            f"{v.at:%Y-%m-%d %H:%M:%S}",
+            v.why,
+            shown,
+            "" if v.revert_of is None else str(v.revert_of),
+        )
+    console.print(table)

@@ -9,6 +9,9 @@ converter (:func:`antifragile.temporal_client.connect` does).
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -20,10 +23,20 @@ from antifragile.constants import (
     DEFAULT_TASK_QUEUE,
     KIND_PROFILE,
     PROFILE_WORKFLOW_TYPE,
+    QUERY_CONFIG_CHANGE,
     QUERY_PROFILE,
     SA_KIND,
+    SIGNAL_APPLY_ADVICE,
     SIGNAL_RECORD_OBSERVATIONS,
+    SIGNAL_REVERT_CONFIG,
     profile_workflow_id,
+)
+from antifragile.errors import AntifragileError
+from antifragile.models.adaptation import (
+    ApplyAdviceSignal,
+    ChangeOutcome,
+    ConfigChange,
+    RevertConfigSignal,
 )
 from antifragile.models.learning import (
     MAX_OBSERVATIONS_PER_BATCH,
@@ -131,3 +144,111 @@ async def get_profile(
             return None
         raise
     return view
+
+
+CHANGE_POLL_S = 0.1
+"""Seconds between two reads of a change request's outcome."""
+
+
+class ChangeNotDecided(AntifragileError):
+    """A change request was not decided in time (it may still be; ``advise history``)."""
+
+
+class ChangeRefused(AntifragileError):
+    """A change request was decided REFUSED or FAILED; ``change`` is its record."""
+
+    def __init__(self, message: str, change: ConfigChange) -> None:
+        super().__init__(message)
+        self.change = change
+
+
+async def apply_advice(
+    client: Client,
+    dependency: str,
+    *,
+    by: str,
+    settings: Sequence[str] = (),
+    note: str = "",
+    timeout: timedelta = timedelta(seconds=30),
+    request_id: str = "",
+) -> ConfigChange:
+    """Ask ``profile-{dependency}`` to apply its advice, and wait for its decision.
+
+    The ledger authorizes ``by`` with the worker policy, recomputes the advice against
+    the version in force and publishes it (see ``workflows/_profile_changes.py``).
+
+    Args:
+        client: A Temporal client with the pydantic data converter.
+        dependency: Whose ledger.
+        by: Who approves (must be an approver of the worker policy when it lists some).
+        settings: Advice settings to apply; empty: every live-appliable one that changes.
+        note: Why; kept with the change and the version.
+        timeout: How long to wait for the decision.
+        request_id: The request's id (default a fresh one); re-sending one is harmless.
+
+    Returns:
+        The change, APPLIED or UNCHANGED.
+
+    Raises:
+        ChangeRefused: REFUSED (approver, bounds) or FAILED (Redis).
+        ChangeNotDecided: not decided within ``timeout``.
+        temporalio.service.RPCError: Temporal refused the signal (NOT_FOUND: no ledger).
+    """
+    signal = ApplyAdviceSignal(
+        request_id=request_id or uuid.uuid4().hex, approver=by, note=note, settings=list(settings)
+    )
+    return await _request(client, dependency, SIGNAL_APPLY_ADVICE, signal, timeout)
+
+
+async def revert_config(
+    client: Client,
+    dependency: str,
+    *,
+    by: str,
+    note: str = "",
+    timeout: timedelta = timedelta(seconds=30),
+    request_id: str = "",
+) -> ConfigChange:
+    """Ask ``profile-{dependency}`` to undo the config version in force, and wait.
+
+    Args and errors: as :func:`apply_advice`. Returns the APPLIED change (the new
+    version carries the settings in force before the undone one).
+    """
+    signal = RevertConfigSignal(request_id=request_id or uuid.uuid4().hex, approver=by, note=note)
+    return await _request(client, dependency, SIGNAL_REVERT_CONFIG, signal, timeout)
+
+
+async def get_change(client: Client, dependency: str, request_id: str) -> ConfigChange | None:
+    """The recorded change of ``request_id`` in ``profile-{dependency}`` (None: not yet)."""
+    handle = client.get_workflow_handle(profile_workflow_id(dependency))
+    found: list[ConfigChange] = await handle.query(
+        QUERY_CONFIG_CHANGE, request_id, result_type=list[ConfigChange]
+    )
+    return found[0] if found else None
+
+
+async def _request(
+    client: Client,
+    dependency: str,
+    signal_name: str,
+    signal: ApplyAdviceSignal | RevertConfigSignal,
+    timeout: timedelta,
+) -> ConfigChange:
+    handle = client.get_workflow_handle(profile_workflow_id(dependency))
+    await handle.signal(signal_name, signal)
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        change = await get_change(client, dependency, signal.request_id)
+        if change is not None:
+            if change.outcome in (ChangeOutcome.REFUSED, ChangeOutcome.FAILED):
+                raise ChangeRefused(
+                    f"{dependency}: {change.action} {change.outcome.value}: {change.reason}",
+                    change,
+                )
+            return change
+        if time.monotonic() >= deadline:
+            raise ChangeNotDecided(
+                f"{dependency}: request {signal.request_id} not decided within "
+                f"{timeout.total_seconds():g} s (see `antifragile advise history {dependency}`)"
+            )
+        await asyncio.sleep(CHANGE_POLL_S)

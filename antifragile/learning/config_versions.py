@@ -7,6 +7,8 @@ Keys (``{dependency}`` is the guard name):
   previous, revert_of, bounds). Versions are never rewritten or removed.
 * ``af:config:{dependency}:current`` - the number of the version in force.
 * ``af:config:dependencies`` - a set of every dependency with versions.
+* ``af:config:{dependency}:requests`` - a hash: request id -> the version it published
+  (a change sent again with the same id returns that version and publishes nothing).
 * channel ``af:config:changes`` - ``{"dependency": ..., "version": n}`` after each change.
 
 Every change runs under ``WATCH`` of both keys and commits with ``MULTI``/``EXEC``: two
@@ -55,6 +57,11 @@ def current_key(dependency: str) -> str:
     return f"af:config:{dependency}:current"
 
 
+def requests_key(dependency: str) -> str:
+    """``af:config:{dependency}:requests``: request id -> version it published."""
+    return f"af:config:{dependency}:requests"
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -68,6 +75,7 @@ async def publish(
     *,
     policy: AdaptationPolicyConfig | None = None,
     clock: Callable[[], datetime] = _now,
+    request_id: str = "",
 ) -> ConfigVersion:
     """Publish ``settings`` as the dependency's next version and make it current.
 
@@ -79,6 +87,8 @@ async def publish(
         why: One line: why.
         policy: The worker policy's ``adaptation`` section. Default its defaults.
         clock: UTC time of the version (tests).
+        request_id: When given, publishes once per id: a change already committed with
+            it returns its version (a retried activity whose answer was lost).
 
     Returns:
         The stored version.
@@ -91,7 +101,9 @@ async def publish(
     problems = policy.violations(settings)
     if problems:
         raise ConfigVersionError(f"{dependency}: refused by the policy: {'; '.join(problems)}")
-    return await _commit(client, dependency, by, why, policy, clock, settings=settings)
+    return await _commit(
+        client, dependency, by, why, policy, clock, settings=settings, request_id=request_id
+    )
 
 
 async def revert(
@@ -102,19 +114,29 @@ async def revert(
     *,
     policy: AdaptationPolicyConfig | None = None,
     clock: Callable[[], datetime] = _now,
+    request_id: str = "",
 ) -> ConfigVersion:
     """Undo the version in force: its ``previous`` version's settings, as a new version.
 
     The new version records ``revert_of`` (the undone version, also its ``previous``)
     and carries exactly the settings (and bounds) of the undone version's ``previous``;
-    reverting a revert therefore redoes the change.
+    reverting a revert therefore redoes the change. Undoing the first version publishes
+    empty settings: the service's own configuration (a runtime applies every version over
+    it). ``request_id``: as :func:`publish`.
 
     Raises:
-        ConfigVersionError: no version, or the current one has no previous one.
+        ConfigVersionError: no version to undo.
         redis.RedisError: Redis failed.
     """
     return await _commit(
-        client, dependency, by, why, policy or AdaptationPolicyConfig(), clock, settings=None
+        client,
+        dependency,
+        by,
+        why,
+        policy or AdaptationPolicyConfig(),
+        clock,
+        settings=None,
+        request_id=request_id,
     )
 
 
@@ -127,33 +149,38 @@ async def _commit(
     clock: Callable[[], datetime],
     *,
     settings: DependencySettings | None,
+    request_id: str = "",
 ) -> ConfigVersion:
-    vkey, ckey = versions_key(dependency), current_key(dependency)
+    vkey, ckey, rkey = versions_key(dependency), current_key(dependency), requests_key(dependency)
     for _ in range(_MAX_RETRIES):
         async with client.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(vkey, ckey)
+                await pipe.watch(vkey, ckey, rkey)
+                if request_id:
+                    done = await pipe.hget(rkey, request_id)
+                    if done is not None:
+                        return await _at(pipe, vkey, int(done))
                 count = int(await pipe.llen(vkey))
                 raw_current = await pipe.get(ckey)
                 current = int(raw_current) if raw_current is not None else None
                 if settings is None:
                     undone = await _at(pipe, vkey, current)
                     if undone.previous is None:
-                        raise ConfigVersionError(
-                            f"{dependency}: version {undone.version} has no previous "
-                            "version to revert to"
-                        )
-                    restored = await _at(pipe, vkey, undone.previous)
+                        # The first version: back to the service's own settings.
+                        restored_settings, restored_bounds = DependencySettings(), policy.bounds()
+                    else:
+                        restored = await _at(pipe, vkey, undone.previous)
+                        restored_settings, restored_bounds = restored.settings, restored.bounds
                     version = ConfigVersion(
                         dependency=dependency,
                         version=count + 1,
-                        settings=restored.settings,
+                        settings=restored_settings,
                         by=by,
                         at=clock(),
                         why=why,
                         previous=current,
                         revert_of=current,
-                        bounds=restored.bounds,
+                        bounds=restored_bounds,
                     )
                 else:
                     version = ConfigVersion(
@@ -170,6 +197,8 @@ async def _commit(
                 pipe.rpush(vkey, version.model_dump_json())
                 pipe.set(ckey, version.version)
                 pipe.sadd(DEPENDENCIES_KEY, dependency)
+                if request_id:
+                    pipe.hset(rkey, request_id, version.version)
                 pipe.publish(
                     CONFIG_CHANNEL,
                     json.dumps({"dependency": dependency, "version": version.version}),

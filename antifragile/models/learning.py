@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from fractions import Fraction
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
 from antifragile.models.common import StrictModel
+
+if TYPE_CHECKING:
+    from antifragile.models.adaptation import ConfigChange
 
 LATENCY_BUCKET_GROWTH = 2 ** (1 / 4)
 """Ratio between neighbouring latency bucket bounds (four buckets per doubling: at most
@@ -478,6 +481,12 @@ class ProfileInput(StrictModel):
     limits: ProfileLimits = Field(default_factory=ProfileLimits)
     observations: list[Observation] = Field(default_factory=list)
     counters: ProfileCounters = Field(default_factory=ProfileCounters)
+    changes: list[ConfigChange] = Field(default_factory=list)
+    """Config changes it decided (apply part; newest last, bounded)."""
+    used_signatures: list[str] = Field(default_factory=list)
+    """Digests of accepted signed requests (each counts once)."""
+    last_auto_advice: dict[str, float] = Field(default_factory=dict)
+    """Live-appliable advice the ledger last considered applying by itself."""
 
 
 class ProfileView(StrictModel):
@@ -505,6 +514,8 @@ class ProfileView(StrictModel):
     limits: ProfileLimits = Field(default_factory=ProfileLimits)
     score: ResilienceScore | None = None
     advice: list[Advice] = Field(default_factory=list)
+    last_change: ConfigChange | None = None
+    """The newest config change it decided (apply part; None: none)."""
 
 
 class RecordObservationsInput(StrictModel):
@@ -556,3 +567,8 @@ class AdviceReport(StrictModel):
     note: str = ""
     current: CurrentSettings
     advice: list[Advice] = Field(default_factory=list)
+
+
+# The apply part's models live in ``antifragile.models.adaptation`` (this file's size
+# limit); it completes ProfileInput and ProfileView, which hold its ConfigChange.
+from antifragile.models import adaptation as _adaptation  # noqa: E402,F401

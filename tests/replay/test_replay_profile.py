@@ -49,3 +49,28 @@ def test_the_recovery_fixture_records_its_outage_behind_the_patch() -> None:
         if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
     ]
     assert scheduled[-1] == "record_dependency_observations"
+
+
+async def test_the_recorded_change_history_replays() -> None:
+    """``profile_history_v2_changes.json``: auto (behind its patch), refused, apply, revert."""
+    from antifragile.constants import PATCH_PROFILE_AUTO_ADAPT
+    from tests.replay.record_profile_history_v2 import OUT
+    from tests.replay.record_profile_history_v2 import SERVICE as CHANGED
+    from tests.replay.test_replay_recovery import _patches
+
+    assert PATCH_PROFILE_AUTO_ADAPT in _patches(OUT)
+    events = json.loads(OUT.read_text())["events"]
+    scheduled = [
+        e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+        for e in events
+        if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
+    ]
+    assert scheduled.count("publish_dependency_config") == 2  # auto, then the revert
+    assert scheduled.count("authorize_approver") == 3
+    history = WorkflowHistory.from_json(profile_workflow_id(CHANGED), OUT.read_text())
+    replayer = Replayer(
+        workflows=[DependencyProfileWorkflow],
+        workflow_runner=workflow_runner(strict=True),
+        data_converter=pydantic_data_converter,
+    )
+    await replayer.replay_workflow(history)

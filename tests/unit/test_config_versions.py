@@ -61,17 +61,18 @@ async def test_revert_restores_exactly_the_previous_settings(client: aioredis.Re
         await cv.revert(client, "db", "x", "nothing yet")
     first = _s(failure_rate_threshold=0.1 + 0.2, open_duration_s=12.345678901234567)
     await cv.publish(client, "db", first, "a", "1")
-    with pytest.raises(cv.ConfigVersionError, match="no previous"):
-        await cv.revert(client, "db", "x", "first has none")
+    baseline = await cv.revert(client, "db", "x", "back to the service's own")
+    assert baseline.settings == _s() and baseline.revert_of == 1
+    await cv.revert(client, "db", "x", "redo")  # a revert of a revert redoes it
     await cv.publish(client, "db", _s(open_duration_s=99, timeout_s=2), "a", "2")
     back = await cv.revert(client, "db", "ops", "too slow")
     assert back.settings == first  # float-exact (0.30000000000000004 survives)
     assert back.settings.failure_rate_threshold == 0.1 + 0.2
-    assert (back.version, back.previous, back.revert_of) == (3, 2, 2)
+    assert (back.version, back.previous, back.revert_of) == (5, 4, 4)
     redo = await cv.revert(client, "db", "ops", "undo the revert")
     assert redo.settings == _s(open_duration_s=99, timeout_s=2)
-    assert (redo.version, redo.previous, redo.revert_of) == (4, 3, 3)
-    assert [v.version for v in await cv.history(client, "db")] == [1, 2, 3, 4]
+    assert (redo.version, redo.previous, redo.revert_of) == (6, 5, 5)
+    assert [v.version for v in await cv.history(client, "db")] == [1, 2, 3, 4, 5, 6]
 
 
 async def test_concurrent_publishes_never_share_a_version(own_redis: RestartableRedis) -> None:
