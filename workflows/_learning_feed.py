@@ -14,7 +14,7 @@ of its own.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -213,13 +213,17 @@ def outage_observation(
     )
 
 
-async def record_outage(status: RecoveryStatus, recovered_at: datetime | None) -> bool:
+async def record_outage(
+    status: RecoveryStatus, recovered_at: datetime | None, detected_at: datetime | None = None
+) -> bool:
     """Record an ending recovery in its service's ledger (:func:`record_observation`).
 
     Args:
         status: The recovery's status as it ends (its ``state`` is final: SUCCEEDED,
             FAILED or CANCELLED).
         recovered_at: When its first probe passed (None: none passed).
+        detected_at: When the outage was noticed (the request's ``detected_at``: the
+            service's breaker opened), see :func:`recovery_started_at`.
 
     Returns:
         As :func:`record_observation`.
@@ -229,7 +233,7 @@ async def record_outage(status: RecoveryStatus, recovered_at: datetime | None) -
         status.service,
         f"{info.workflow_id}/{info.first_execution_run_id}",
         status.state,
-        started_at=recovery_started_at(status.attempts),
+        started_at=recovery_started_at(status.attempts, detected_at),
         recovered_at=recovered_at,
         attempts=status.attempt,
         records=status.attempts,
@@ -238,15 +242,42 @@ async def record_outage(status: RecoveryStatus, recovered_at: datetime | None) -
     return await record_observation(observation)
 
 
-def recovery_started_at(records: list[AttemptRecord]) -> datetime:
-    """When the recovery was requested: the workflow's start.
+def recovery_started_at(
+    records: list[AttemptRecord], detected_at: datetime | None = None
+) -> datetime:
+    """When the outage began, as far as the recovery knows (see :func:`outage_started_at`)."""
+    info = workflow.info()
+    return outage_started_at(
+        info.workflow_start_time,
+        records if info.continued_run_id is not None else [],
+        detected_at,
+    )
 
-    A run continued as new started later than the recovery: then the oldest attempt record
-    carried is used when older (the first run's start is not carried across runs). An
-    orchestrated recovery starts when it gets its slot: time queued in the orchestrator
-    is not included.
+
+def outage_started_at(
+    run_started: datetime, carried: list[AttemptRecord], detected_at: datetime | None
+) -> datetime:
+    """When an outage began: the time its time to recover is counted from (pure).
+
+    - ``detected_at`` (the service's breaker opened; the request says so) when it is not
+      after the recovery's start. The recovery itself starts later, by the bridge's
+      signal, the intake's batching and the time queued in the fleet-wide queue (0.5 s
+      and more, seen in tests): counting from the start would shorten every time to
+      recover by that much, and the advised open duration with it. A ``detected_at``
+      after the start (another host's clock running ahead) is not believed.
+    - Else the recovery's start: ``run_started``, or the oldest attempt ``carried`` over a
+      continue-as-new when older (the first run's start is not carried across runs).
+
+    Args:
+        run_started: This run's start (workflow time).
+        carried: Attempt records carried into this run (empty for a first run).
+        detected_at: The request's ``detected_at`` (None: unknown).
     """
-    started = workflow.info().workflow_start_time
-    if workflow.info().continued_run_id is not None and records:
-        started = min(started, records[0].started_at)
+    started = run_started
+    if carried:
+        started = min(started, carried[0].started_at)
+    if detected_at is not None:
+        noticed = detected_at if detected_at.tzinfo else detected_at.replace(tzinfo=UTC)
+        if noticed <= started:
+            return noticed
     return started

@@ -207,7 +207,7 @@ class RecoveryWorkflow:
             self._move(RecoveryState.CANCELLED)
             self._waiting_for = "cancelled"
             self._publish()
-            await record_outage(self.status(), self._healthy_at)
+            await record_outage(self.status(), self._healthy_at, self._request.detected_at)
             raise
 
     # --- steps -----------------------------------------------------------------------
@@ -459,7 +459,9 @@ class RecoveryWorkflow:
             message=message,
             status=self.status(),
         )
-        await record_outage(result.status, self._healthy_at)  # best effort, outcome unchanged
+        await record_outage(  # best effort, outcome unchanged
+            result.status, self._healthy_at, self._request.detected_at
+        )
         if state is RecoveryState.FAILED:
             raise ApplicationError(message, result, type="RecoveryFailed", non_retryable=True)
         return result

@@ -53,6 +53,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -103,11 +104,14 @@ class _Intent:
     closed: bool = False
     healthy: bool = True
     state: CircuitState = CircuitState.CLOSED
+    opened_at: float | None = None
+    """Wall-clock time (epoch seconds) the breaker opened for the pending ``recover``."""
 
     def merge_older(self, older: _Intent) -> None:
         """Keep an older, unsent recover/closed request unless this newer one overrides it."""
         if not (self.recover or self.closed):
             self.recover, self.closed = older.recover, older.closed
+            self.opened_at = older.opened_at
 
 
 def health_key(instance_id: str) -> str:
@@ -143,6 +147,8 @@ class Bridge:
         snapshot_extras: Returns keys added to every health snapshot (the runtime adds
             ``traffic``, see :mod:`antifragile.fleet_health`). Default none.
         sleep: Injectable sleep for tests.
+        wall_clock: Wall-clock time in epoch seconds (the time a breaker opened, sent as
+            the recovery request's ``detected_at``). Default ``time.time``.
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class Bridge:
         direct_interval_s: float | None = 1.0,
         snapshot_extras: Callable[[], dict[str, Any]] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.instance_id = instance_id
@@ -188,6 +195,7 @@ class Bridge:
         self.direct_requests = 0
         """Recovery requests that skipped the intake (held the fleet-wide token)."""
         self._sleep = sleep
+        self._wall = wall_clock
         self._snapshot_extras = snapshot_extras
         self._intents: dict[str, _Intent] = {}
         self._wake: asyncio.Event | None = None
@@ -216,6 +224,8 @@ class Bridge:
         if new is CircuitState.OPEN or (
             new is CircuitState.FORCED_OPEN and self.recover_on_forced_open
         ):
+            if not intent.recover:  # the first opening not yet told is when it began
+                intent.opened_at = self._wall()
             intent.recover, intent.closed = True, False
         elif new is CircuitState.CLOSED:
             intent.recover, intent.closed = False, True
@@ -334,6 +344,9 @@ class Bridge:
         report = self.health.get_system_health()
         if intent.recover:
             request = self._recovery_for(name)
+            if request is not None and intent.opened_at is not None:
+                opened = datetime.fromtimestamp(intent.opened_at, UTC)
+                request = request.model_copy(update={"detected_at": opened})
             if request is None:
                 log.info("bridge: breaker %r opened; no recovery configured (no probe)", name)
             else:

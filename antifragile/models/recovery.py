@@ -129,6 +129,10 @@ class RecoveryRequest(StrictModel):
         constitutional_hash: Must match the worker's; checked before every action.
         reason: Why the recovery was requested.
         requested_by: Who or what requested it.
+        detected_at: When the outage was noticed, if before the request: the wall-clock
+            time the service's breaker opened (set by the runtime bridge). A ledger counts
+            the outage's time to recover from it (else from the recovery's start, which
+            comes later by the signal's and the fleet queue's delay). None: unknown.
         resume: Internal: state carried across continue-as-new.
     """
 
@@ -142,6 +146,7 @@ class RecoveryRequest(StrictModel):
     constitutional_hash: str = DEFAULT_CONSTITUTIONAL_HASH
     reason: str = Field(default="", max_length=2000)
     requested_by: str = Field(default="", max_length=200)
+    detected_at: datetime | None = None
     resume: RecoveryResume | None = None
 
     @field_validator("action")

@@ -60,3 +60,39 @@ async def test_flapping_breaker_is_one_round_per_interval_latest_state_wins() ->
         assert recover is True  # the unsent recovery request of the second OPEN is kept
     finally:
         await bridge.stop()
+
+
+async def test_a_recovery_request_carries_when_the_breaker_first_opened() -> None:
+    """The time a breaker opened goes with the recovery request (``detected_at``): the
+    ledger counts the outage from it. A second opening before delivery keeps the first
+    time; after delivery, the next opening starts afresh."""
+    wall = [1000.0]
+    opened: list[float | None] = []
+
+    class Recording(RecordingBridge):
+        async def _deliver(self, name: str, intent: _Intent) -> None:
+            opened.append(intent.opened_at if intent.recover else None)
+            await super()._deliver(name, intent)
+
+    bridge = Recording(min_interval_s=0.3, wall_clock=lambda: wall[0])
+    bridge.notify(change(CircuitState.OPEN))
+    wall[0] = 1005.0
+    bridge.notify(change(CircuitState.HALF_OPEN, CircuitState.OPEN))
+    bridge.notify(change(CircuitState.OPEN, CircuitState.HALF_OPEN))
+    await bridge.start()
+    try:
+        await eventually(lambda: opened, timeout=5)
+        assert opened == [1000.0]  # the first opening not yet told
+        wall[0] = 2000.0
+        bridge.notify(change(CircuitState.HALF_OPEN, CircuitState.OPEN))
+        bridge.notify(change(CircuitState.OPEN, CircuitState.HALF_OPEN))
+        await eventually(lambda: len(opened) >= 2, timeout=5)
+        assert opened[1] == 2000.0
+    finally:
+        await bridge.stop()
+
+
+def test_an_older_unsent_opening_is_kept_when_intents_merge() -> None:
+    newer = _Intent(state=CircuitState.HALF_OPEN)
+    newer.merge_older(_Intent(recover=True, state=CircuitState.OPEN, opened_at=5.0))
+    assert (newer.recover, newer.opened_at) == (True, 5.0)

@@ -199,3 +199,37 @@ def test_an_outage_s_return_is_the_midpoint_of_its_probe_bracket(
     seen = measure("db", [_bracketed(0, failed, recovered)])
     assert seen.recover_s == ([] if recover_s is None else [recover_s])
     assert seen.unverified == (1 if recovered is None else 0)
+
+
+@pytest.mark.parametrize(
+    ("run_started", "carried", "detected", "expected"),
+    [
+        (10, None, None, 10),  # nothing known but the recovery's start
+        (10, None, 9.2, 9.2),  # the breaker opened 0.8 s before the recovery started
+        (10, None, 10, 10),
+        (10, None, 10.5, 10),  # another host's clock ahead: not believed
+        (10, 4, None, 4),  # continued as new: the oldest carried attempt
+        (10, 4, 3, 3),
+        (10, 4, 6, 4),  # noticed after the first attempt: impossible, the attempt wins
+    ],
+)
+def test_an_outage_starts_when_its_breaker_opened_if_known(
+    run_started: float, carried: float | None, detected: float | None, expected: float
+) -> None:
+    from antifragile.models.recovery import AttemptRecord
+    from workflows._learning_feed import outage_started_at
+
+    records = (
+        []
+        if carried is None
+        else [AttemptRecord(number=1, started_at=at(carried), duration_ms=1, outcome="unhealthy")]
+    )
+    got = outage_started_at(at(run_started), records, None if detected is None else at(detected))
+    assert got == at(expected)
+
+
+def test_a_naive_detected_at_is_read_as_utc() -> None:
+    from workflows._learning_feed import outage_started_at
+
+    naive = at(9).replace(tzinfo=None)
+    assert outage_started_at(at(10), [], naive) == at(9)
