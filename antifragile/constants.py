@@ -196,3 +196,9 @@ ACTIVITY_RECORD_OBSERVATIONS = "record_dependency_observations"
 def profile_workflow_id(dependency: str) -> str:
     """The workflow id of a dependency's ledger: ``profile-{dependency}``."""
     return f"{PROFILE_WORKFLOW_ID_PREFIX}{dependency}"
+
+# --- Traffic windows into the ledgers (issue 14): the worker's harvester -------------
+DEFAULT_TRAFFIC_WINDOW_S = 60.0
+"""Length of the runtimes' traffic windows, seconds (``Runtime(traffic_window_s=...)``)."""
+DEFAULT_HARVEST_GRACE_S = 10.0
+"""Seconds the harvester waits after a window ends (more than the snapshots' 3 s period)."""

@@ -281,3 +281,44 @@ def finished_traffic(data: dict[str, Any]) -> list[TrafficObservation]:
         if observation.calls or observation.breaker_openings:
             out.append(observation)
     return out
+
+
+def fault_windows(data: dict[str, Any]) -> set[tuple[str, str]]:
+    """``(dependency, window start ISO)`` of the finished windows that had a fault.
+
+    From the ``previous_under_fault`` documents of a snapshot: the calls of such a window
+    that ran without a fault are not baseline either (the dependency was under an
+    experiment), so a harvester leaves the whole window out.
+    """
+    traffic = data.get("traffic")
+    deps = traffic.get("dependencies") if isinstance(traffic, dict) else None
+    if not isinstance(deps, dict):
+        return set()
+    out: set[tuple[str, str]] = set()
+    for name, entry in deps.items():
+        doc = entry.get("previous_under_fault") if isinstance(entry, dict) else None
+        if isinstance(doc, dict) and isinstance(doc.get("window_start"), str):
+            out.add((str(name), doc["window_start"]))
+    return out
+
+
+async def read_snapshots(client: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every readable health snapshot in Redis (async; unreadable ones are skipped).
+
+    Raises:
+        redis.RedisError / OSError: Redis did not answer.
+    """
+    keys = [key async for key in client.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500)]
+    if not keys:
+        return []
+    docs: list[dict[str, Any]] = []
+    for raw in await client.mget(sorted(keys)):
+        if raw is None:
+            continue  # expired between SCAN and MGET
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+    return docs
