@@ -197,6 +197,7 @@ def profile_workflow_id(dependency: str) -> str:
     """The workflow id of a dependency's ledger: ``profile-{dependency}``."""
     return f"{PROFILE_WORKFLOW_ID_PREFIX}{dependency}"
 
+
 # --- Traffic windows into the ledgers (issue 14): the worker's harvester -------------
 DEFAULT_TRAFFIC_WINDOW_S = 60.0
 """Length of the runtimes' traffic windows, seconds (``Runtime(traffic_window_s=...)``)."""

@@ -179,6 +179,44 @@ def _breakers(report: ChaosReport) -> str:
     return _table(("breaker", "times opened"), sorted(counts.items()), {1})
 
 
+def _seconds(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{max(0.0, (end - start).total_seconds()):g}s"
+
+
+def _learning(report: ChaosReport) -> str:
+    """The experiment's measurements and the advice, from the target's ledger."""
+    learning = report.learning
+    if learning is None:
+        return ""
+    rows: list[tuple[str, str]] = []
+    o = learning.observation
+    if o is not None:
+        rows.append(("time to detect", _e(_seconds(o.fault_start, o.detected_at))))
+        rows.append(("time to recover", _e(_seconds(o.fault_end, o.recovered_at))))
+        rows.append(("calls failed / refused", _e(f"{o.calls_failed:,} / {o.calls_refused:,}")))
+    if learning.note:
+        rows.append(("note", f'<span class="warn">{_e(learning.note)}</span>'))
+    advice = _table(
+        ("setting", "current", "recommended", "reason"),
+        (
+            (
+                a.setting,
+                "-" if a.current is None else f"{a.current:g}",
+                "-" if a.recommended is None else f"{a.recommended:g}",
+                a.reason,
+            )
+            for a in learning.advice
+        ),
+        {1, 2},
+    )
+    return (
+        f"<h2>What it taught (ledger of {_e(learning.dependency)})</h2>"
+        f"<table>{_rows(rows)}</table>" + (advice if learning.advice else "")
+    )
+
+
 def _charts(report: ChaosReport) -> tuple[str, str, str]:
     try:
         from antifragile.chaos import _report_charts as charts
@@ -245,6 +283,7 @@ totals over the whole experiment.</figcaption></figure>
 </figcaption></figure>
 {_breakers(report)}
 <p class="note"><strong>Not in this report:</strong> {_e(MISSING)}</p>
+{_learning(report)}
 <h2>Phases</h2>
 {phases}
 <h2>Journal</h2>

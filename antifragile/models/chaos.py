@@ -14,6 +14,7 @@ from pydantic import Field
 
 from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ErrorKind, ResourceType
 from antifragile.models.common import ApprovalRecord, StrictModel
+from antifragile.models.learning import Advice, ExperimentObservation
 
 
 class ChaosPhase(StrEnum):
@@ -218,6 +219,23 @@ class ChaosStatus(StrictModel):
     """Why the injection failed ("" when it did not): nothing was injected."""
 
 
+class ExperimentLearning(StrictModel):
+    """What an experiment taught the ledger of its target (``profile-{target}``).
+
+    Attributes:
+        dependency: The target (whose ledger).
+        observation: The experiment's measurements as the ledger holds them (time to
+            detect, time to recover, calls failed and refused); None when it holds none.
+        advice: The ledger's advice as it stands (against the library defaults).
+        note: One line when something is missing (no ledger, not answering, not recorded).
+    """
+
+    dependency: str
+    observation: ExperimentObservation | None = None
+    advice: list[Advice] = Field(default_factory=list)
+    note: str = ""
+
+
 class ChaosReport(StrictModel):
     """Result of ChaosExperimentWorkflow, complete for every outcome.
 
@@ -286,6 +304,9 @@ class ChaosReport(StrictModel):
     """Why the injection failed ("" when it did not)."""
     rebuilt: bool = False
     """Rebuilt by ``chaos report`` from history and Redis (the run ended without one)."""
+    learning: ExperimentLearning | None = None
+    """What the target's ledger learned from it (filled by ``chaos report``, never by the
+    workflow; None when not asked)."""
 
 
 # --- the workflow's state ------------------------------------------------------------

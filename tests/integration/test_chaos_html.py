@@ -54,12 +54,21 @@ async def test_a_real_experiment_s_report_is_one_offline_html_page(
         stack.env, "chaos", "report", report.experiment_id, "--html", str(page), "--json"
     )
     assert code == 0, err
-    assert ChaosReport.model_validate_json(out).experiment_id == report.experiment_id
+    reported = ChaosReport.model_validate_json(out)
+    assert reported.experiment_id == report.experiment_id
+    # The measurements the experiment recorded in its target's ledger, and the advice.
+    learning = reported.learning
+    assert learning is not None and learning.dependency == DB, reported
+    assert learning.observation is not None, learning.note
+    assert learning.observation.source_id == report.experiment_id
+    assert learning.observation.fault_start == report.injected_at
+    assert learning.advice, learning
     assert f"HTML report written to {page}" in err.replace("\n", "")
     text = page.read_text(encoding="utf-8")
     assert text.count("<svg") == 3 and "default-src 'none'" in text
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text)
     assert "<title>Chaos report: html-report</title>" in text
+    assert f"What it taught (ledger of {DB})" in text and "time to detect" in text
     # The numbers the CLI printed are the page's: calls counted at the real call site.
     for instance, n in report.calls_affected.items():
         assert re.search(rf"<td>{instance}</td><td[^>]*>[\d,]+</td><td[^>]*>{n:,}</td>", text)
@@ -73,6 +82,7 @@ async def test_a_real_experiment_s_report_is_one_offline_html_page(
         stack.env, "chaos", "report", report.experiment_id, "--html", str(again)
     )
     assert code == 0 and "lowest health" in out and again.stat().st_size > 10_000, err
+    assert f"learned (ledger of {DB})" in out and "calls failed / refused" in out
 
     # A page that cannot be written is one line, exit 2.
     code, out, err = await cli(
