@@ -345,7 +345,14 @@ class Guard(TrafficCounting):
         # refusal is the fast path of a degraded service. Without a fault it costs one
         # attribute test more than that (catching and re-raising would cost ~150 ns).
         if self._fault is None:
-            return await self._call_full(self.breaker.acquire_permission(), fn, args)
+            # A try costs nothing until it catches (CPython >= 3.11): only a refusal pays
+            # for being counted.
+            try:
+                token = self.breaker.acquire_permission()
+            except CircuitOpenError:
+                self.traffic.refused += 1
+                raise
+            return await self._call_full(token, fn, args)
         return await self._call_full(self._admit_under_fault(), fn, args)
 
     def _admit_under_fault(self) -> int:
@@ -353,6 +360,7 @@ class Guard(TrafficCounting):
         try:
             return self.breaker.acquire_permission()
         except CircuitOpenError as exc:
+            self.under_fault.refused += 1
             self._tell_refused(exc)
             raise
 
@@ -414,7 +422,10 @@ class Guard(TrafficCounting):
             self.breaker.release(token)
             exc = ConcurrencyLimitError(self.name, limit)
             if self._fault is not None:
+                self.under_fault.refused += 1
                 self._tell_refused(exc)
+            else:
+                self.traffic.refused += 1
             raise exc
         self._inflight += 1
         return True

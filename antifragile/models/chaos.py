@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
+from antifragile.models.chaos_calls import CallSample, InstanceCalls
 from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ErrorKind, ResourceType
 from antifragile.models.common import ApprovalRecord, StrictModel
 from antifragile.models.learning import Advice, ExperimentObservation
@@ -304,6 +305,8 @@ class ChaosReport(StrictModel):
     """Why the injection failed ("" when it did not)."""
     rebuilt: bool = False
     """Rebuilt by ``chaos report`` from history and Redis (the run ended without one)."""
+    call_samples: list[CallSample] = Field(default_factory=list)
+    """The target's calls at each health check (bounded, thinned; see CallSample)."""
     learning: ExperimentLearning | None = None
     """What the target's ledger learned from it (filled by ``chaos report``, never by the
     workflow; None when not asked)."""
@@ -344,6 +347,10 @@ class ChaosJournal(StrictModel):
     phases: list[PhaseRecord] = Field(default_factory=list)
     events: list[ChaosEvent] = Field(default_factory=list)
     health: list[HealthSample] = Field(default_factory=list)
+    calls: list[CallSample] = Field(default_factory=list)
+    """The target's calls per health check (:func:`~antifragile.chaos.journal.add_call_sample`)."""
+    last_calls: list[InstanceCalls] = Field(default_factory=list)
+    """The counters of the previous health check (the deltas' base)."""
     lowest_health: float | None = None
     last_health: float | None = None
     baseline: float | None = None
@@ -515,6 +522,8 @@ class HealthMeasurement(StrictModel):
     instances: int = 0
     detail: str = ""
     targets_score: float | None = None
+    calls: list[InstanceCalls] = Field(default_factory=list)
+    """Cumulative call counters of the targets, per instance (empty: none published)."""
 
 
 class CollectImpactInput(StrictModel):
