@@ -4,7 +4,10 @@ Every guard counts its calls in :class:`~antifragile.inprocess.latency.WindowCou
 (see :mod:`~antifragile.inprocess.latency`); :class:`TrafficWindows` starts new counts at
 each multiple of ``window_s`` since the epoch (every instance's windows coincide, so a
 ledger can coalesce them) and keeps the finished window of each dependency for the
-health snapshot. A call is counted in the window in which it ends.
+health snapshot. A call is counted in the window in which it ends. It also keeps, per
+dependency, monotonic counters since it started (:class:`Cumulative`: the finished
+windows, with and without a fault, added at each rotation; the current one added when the
+document is built), from which an experiment draws its target's calls per second.
 
 The document it publishes (key ``traffic`` of the health snapshot) is described in
 :mod:`antifragile.fleet_health`.
