@@ -287,6 +287,7 @@ class ChaosActivities:
             instances=fleet.instances,
             detail=fleet.detail,
             targets_score=fleet.targets_score,
+            calls=fleet.calls,
         )
 
     @activity.defn(name=ACTIVITY_CHECK_EXPERIMENT_RUNNING)

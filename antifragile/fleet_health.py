@@ -17,8 +17,11 @@ instance; a call counts in the window in which it ended)::
           "current":  {TrafficObservation},   # calls made WITHOUT a fault, window so far
           "previous": {TrafficObservation} | null,   # the last finished window
           "under_fault":          {...} | null,  # calls made while a chaos fault was
-          "previous_under_fault": {...} | null   # installed on this dependency
-        }
+          "previous_under_fault": {...} | null,  # installed on this dependency
+          "cumulative": {"since": 1764500000.0,  # counting started (Unix s)
+                         "calls": 0, "failures": 0, "refused": 0,  # monotonic
+                         "latency": {"counts": [...]}}  # every window, with or
+        }                                                # without a fault
       }
     }
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from dataclasses import field as _field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,6 +53,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from antifragile.constants import REDIS_HEALTH_KEY_PREFIX
+from antifragile.models.chaos_calls import InstanceCalls
 from antifragile.models.learning import TrafficObservation
 
 # ---------------------------------------------------------------------- fleet membership
@@ -200,12 +205,14 @@ class FleetHealth:
         detail: Which process was lowest, or why there is no score.
         targets_score: Lowest score of the targets' own breakers (None: no process
             publishes per-breaker states).
+        calls: The targets' cumulative call counters per instance (:func:`target_calls`).
     """
 
     score: float | None = None
     instances: int = 0
     detail: str = ""
     targets_score: float | None = None
+    calls: list[InstanceCalls] = _field(default_factory=list)
 
 
 def snapshot_process_score(data: dict[str, Any], targets: list[str]) -> float | None:
@@ -280,4 +287,75 @@ def finished_traffic(data: dict[str, Any]) -> list[TrafficObservation]:
             continue
         if observation.calls or observation.breaker_openings:
             out.append(observation)
+    return out
+
+
+def fault_windows(data: dict[str, Any]) -> set[tuple[str, str]]:
+    """``(dependency, window start ISO)`` of the finished windows that had a fault.
+
+    From the ``previous_under_fault`` documents of a snapshot: the calls of such a window
+    that ran without a fault are not baseline either (the dependency was under an
+    experiment), so a harvester leaves the whole window out.
+    """
+    traffic = data.get("traffic")
+    deps = traffic.get("dependencies") if isinstance(traffic, dict) else None
+    if not isinstance(deps, dict):
+        return set()
+    out: set[tuple[str, str]] = set()
+    for name, entry in deps.items():
+        doc = entry.get("previous_under_fault") if isinstance(entry, dict) else None
+        if isinstance(doc, dict) and isinstance(doc.get("window_start"), str):
+            out.add((str(name), doc["window_start"]))
+    return out
+
+
+async def read_snapshots(client: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every readable health snapshot in Redis (async; unreadable ones are skipped).
+
+    Raises:
+        redis.RedisError / OSError: Redis did not answer.
+    """
+    keys = [key async for key in client.scan_iter(match=f"{REDIS_HEALTH_KEY_PREFIX}*", count=500)]
+    if not keys:
+        return []
+    docs: list[dict[str, Any]] = []
+    for raw in await client.mget(sorted(keys)):
+        if raw is None:
+            continue  # expired between SCAN and MGET
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+    return docs
+
+
+def target_calls(data: dict[str, Any], targets: list[str]) -> list[InstanceCalls]:
+    """The ``cumulative`` counters of ``targets`` in one snapshot (unreadable: left out)."""
+    traffic = data.get("traffic")
+    deps = traffic.get("dependencies") if isinstance(traffic, dict) else None
+    if not isinstance(deps, dict):
+        return []
+    out = []
+    for name in targets:
+        entry = deps.get(name)
+        doc = entry.get("cumulative") if isinstance(entry, dict) else None
+        if not isinstance(doc, dict):
+            continue
+        latency = doc.get("latency")
+        try:
+            out.append(
+                InstanceCalls(
+                    instance=str(data.get("instance", "")),
+                    dependency=name,
+                    since=doc["since"],
+                    calls=doc["calls"],
+                    failures=doc["failures"],
+                    refused=doc.get("refused", 0),
+                    latency=latency.get("counts", []) if isinstance(latency, dict) else [],
+                )
+            )
+        except (KeyError, ValidationError):
+            continue
     return out

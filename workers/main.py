@@ -43,6 +43,7 @@ from antifragile.recovery.named_targets import environment_problems
 from antifragile.settings import SECRET_SETTINGS, Settings
 from antifragile.telemetry import configure_logging, shutdown_tracing
 from antifragile.temporal_client import connect
+from workers.traffic_harvest import TrafficHarvester
 from workflows.chaos_experiment import ChaosExperimentWorkflow
 from workflows.chaos_guardian import ChaosGuardianWorkflow
 from workflows.dependency_profile import DependencyProfileWorkflow
@@ -187,6 +188,8 @@ async def run_worker(
     # ${VAR}s are resolved at use: say now what the environment lacks (names, no values).
     for problem in environment_problems(policy.recovery):
         log.warning("worker policy: %s", problem)
+    harvester = TrafficHarvester(client, settings.redis_url, settings.task_queue)
+    await harvester.start()  # the fleet's traffic windows into the ledgers
     async with worker:
         log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
         if on_ready:
@@ -195,6 +198,7 @@ async def run_worker(
         log.info("worker stopping")
     for task in background:
         task.cancel()
+    await harvester.stop()
     if settings.metrics_port:
         server.close()
     shutdown_tracing()  # flush the spans of the last tasks (no-op without tracing)

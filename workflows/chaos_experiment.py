@@ -51,6 +51,7 @@ from temporalio.exceptions import ActivityError, FailureError, is_cancelled_exce
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.chaos.journal import (
+        add_call_sample,
         add_event,
         add_sample,
         chaos_report,
@@ -489,6 +490,8 @@ class ChaosExperimentWorkflow:
         sample = measured_sample(health, probe, s.steady_state_probe, workflow.now())
         if sample is not None:
             add_sample(self._j, sample)
+        # No command: old histories (no counters in the result) replay as before.
+        add_call_sample(self._j, health.calls, s.target, workflow.now())
         return sample
 
     async def _finish(self, outcome: ChaosOutcome, reason: str) -> ChaosReport:

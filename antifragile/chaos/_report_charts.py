@@ -15,6 +15,7 @@ import io
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 import matplotlib as mpl
@@ -122,10 +123,126 @@ def _marks(report: ChaosReport) -> Iterable[tuple[float, str, str]]:
         yield back, f"health back (+{report.time_to_recover_s:g}s)", "#1e8449"
 
 
-def all_charts(report: ChaosReport) -> tuple[str, str, str]:
-    """The health, calls and breakers charts of ``report``, each an ``<svg>`` element."""
+def all_charts(report: ChaosReport) -> tuple[str, str, str, str, str]:
+    """The health, calls, breakers, call outcomes and latency charts, each an ``<svg>``."""
     with mpl.rc_context(_RC):
-        return health_chart(report), calls_chart(report), breakers_chart(report)
+        return (
+            health_chart(report),
+            calls_chart(report),
+            breakers_chart(report),
+            outcomes_chart(report),
+            latency_chart(report),
+        )
+
+
+def breaker_moments(report: ChaosReport) -> list[tuple[float, str, str]]:
+    """(seconds, label, colour) where the targets' breakers were seen open, then closed.
+
+    From the health samples' ``targets_score``: below 1 is a breaker seen open (or half
+    open), 1 again is all closed. Seen at the health checks: at most one interval late.
+    """
+    out: list[tuple[float, str, str]] = []
+    was_open = False
+    for sample in report.health_timeline:
+        if sample.targets_score is None:
+            continue
+        is_open = sample.targets_score < 1
+        if is_open != was_open:
+            label = "breaker seen open" if is_open else "breakers closed again"
+            out.append((_s(report, sample.at), label, "#c0392b" if is_open else "#1e8449"))
+        was_open = is_open
+    return out
+
+
+def outcome_rates(report: ChaosReport) -> list[tuple[float, float, float, float]]:
+    """(seconds, ok/s, failed/s, refused/s) per interval between two call samples.
+
+    A rate is the difference of two cumulative samples over their time difference
+    (restarts are already handled in the samples), placed at the interval's end.
+    """
+    out = []
+    samples = report.call_samples
+    for a, b in pairwise(samples):
+        dt = (b.at - a.at).total_seconds()
+        if dt <= 0:
+            continue
+        out.append(
+            (
+                _s(report, b.at),
+                (b.ok - a.ok) / dt,
+                (b.failed - a.failed) / dt,
+                (b.refused - a.refused) / dt,
+            )
+        )
+    return out
+
+
+def _time_axes(report: ChaosReport) -> tuple[Figure, Axes, float]:
+    end_s = max(_s(report, report.ended_at), 1.0)
+    fig = Figure(figsize=(WIDTH_IN, HEALTH_HEIGHT_IN * 0.8))
+    ax = fig.add_subplot()
+    _shade_phases(ax, report, end_s)
+    for x, label, colour in [*_marks(report), *breaker_moments(report)]:
+        dotted = label.startswith("breaker")
+        ax.axvline(x, color=colour, lw=1.0, ls=":" if dotted else "--", zorder=2, label=label)
+    ax.set_xlim(0, end_s * 1.02)
+    ax.set_xlabel("seconds since the experiment started")
+    return fig, ax, end_s
+
+
+def outcomes_chart(report: ChaosReport) -> str:
+    """Successes, failures and refusals per second of the target; phases shaded."""
+    fig, ax, _ = _time_axes(report)
+    rates = outcome_rates(report)
+    kinds = (("succeeded", "#27ae60"), ("failed", "#c0392b"), ("refused", "#8e44ad"))
+    for k, (label, colour) in enumerate(kinds):
+        ax.plot(
+            [r[0] for r in rates],
+            [r[k + 1] for r in rates],
+            drawstyle="steps-pre",
+            lw=1.4,
+            color=colour,
+            label=f"{label} / s",
+            gid=f"outcomes-{label}",
+            zorder=3,
+        )
+    ax.set_ylabel("target's calls per second")
+    ax.set_ylim(bottom=0)
+    if not rates:
+        ax.text(0.5, 0.5, "no call counters published", transform=ax.transAxes, ha="center")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    return _svg(fig, "chart-outcomes")
+
+
+def latency_chart(report: ChaosReport) -> str:
+    """p50 and p99 latency of the target's calls per interval; phases shaded."""
+    fig, ax, _ = _time_axes(report)
+    drawn = False
+    for name, colour in (("p50", "#2471a3"), ("p99", "#e67e22")):
+        points = [
+            (_s(report, c.at), v)
+            for c in report.call_samples
+            if (v := getattr(c, f"{name}_ms")) is not None
+        ]
+        drawn = drawn or bool(points)
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker="o",
+            markersize=2.5,
+            lw=1.2,
+            color=colour,
+            label=f"{name} (bucket bound)",
+            gid=f"latency-{name}",
+            zorder=3,
+        )
+    ax.set_ylabel("target's latency, ms")
+    if drawn:
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no call latency recorded", transform=ax.transAxes, ha="center")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    return _svg(fig, "chart-latency")
 
 
 def health_chart(report: ChaosReport) -> str:

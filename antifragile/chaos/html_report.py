@@ -14,10 +14,11 @@ imported only when a report is rendered, so services embedding antifragile and
 
 What the charts show is what a :class:`~antifragile.models.chaos.ChaosReport` holds: the
 health samples over time (per source, the targets' own score where published), the
-phases, the moments of injection, removal and recovery, and the journal's events. The
-call counts, refusals and breaker openings are totals per instance or breaker for the
-whole experiment: the report holds no per-second call outcomes, no opening or closing time
-of a breaker, and no latency. The page says so under the charts.
+phases, the moments of injection, removal and recovery, the journal's events, and the
+target's call samples (successes, failures and refusals per second, p50/p99 latency per
+interval; see :mod:`antifragile.models.chaos_calls`). Calls seen, affected and refused per
+instance and breaker openings per breaker are totals over the experiment. The page says
+what it cannot show under the charts.
 
 Every string that comes from the report (names, reasons, notes, journal lines) is
 escaped: they are user input.
@@ -38,10 +39,11 @@ class ChartsUnavailableError(RuntimeError):
 
 
 MISSING = (
-    "The report holds no per-second call outcomes: calls seen, affected and refused are "
-    "totals per instance for the whole experiment. Breaker openings are counted per "
-    "breaker, without the time each opened or closed. No call latency is recorded. The "
-    "health guard's threshold is not in the report."
+    "Call outcomes and latency over time are those of the target only, summed over the "
+    "instances that publish call counters, at the resolution of the health checks. Breaker "
+    "openings are counted per breaker; their times are those at which a health check saw "
+    "a breaker of the target open or closed again (at most one interval late). The "
+    "threshold of the health guard is not in the report."
 )
 """What the charts cannot show, said on the page."""
 
@@ -179,7 +181,45 @@ def _breakers(report: ChaosReport) -> str:
     return _table(("breaker", "times opened"), sorted(counts.items()), {1})
 
 
-def _charts(report: ChaosReport) -> tuple[str, str, str]:
+def _seconds(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{max(0.0, (end - start).total_seconds()):g}s"
+
+
+def _learning(report: ChaosReport) -> str:
+    """The experiment's measurements and the advice, from the target's ledger."""
+    learning = report.learning
+    if learning is None:
+        return ""
+    rows: list[tuple[str, str]] = []
+    o = learning.observation
+    if o is not None:
+        rows.append(("time to detect", _e(_seconds(o.fault_start, o.detected_at))))
+        rows.append(("time to recover", _e(_seconds(o.fault_end, o.recovered_at))))
+        rows.append(("calls failed / refused", _e(f"{o.calls_failed:,} / {o.calls_refused:,}")))
+    if learning.note:
+        rows.append(("note", f'<span class="warn">{_e(learning.note)}</span>'))
+    advice = _table(
+        ("setting", "current", "recommended", "reason"),
+        (
+            (
+                a.setting,
+                "-" if a.current is None else f"{a.current:g}",
+                "-" if a.recommended is None else f"{a.recommended:g}",
+                a.reason,
+            )
+            for a in learning.advice
+        ),
+        {1, 2},
+    )
+    return (
+        f"<h2>What it taught (ledger of {_e(learning.dependency)})</h2>"
+        f"<table>{_rows(rows)}</table>" + (advice if learning.advice else "")
+    )
+
+
+def _charts(report: ChaosReport) -> tuple[str, str, str, str, str]:
     try:
         from antifragile.chaos import _report_charts as charts
     except ImportError as exc:  # matplotlib missing (the `report` extra)
@@ -196,7 +236,7 @@ def render_html(report: ChaosReport) -> str:
     Raises:
         ChartsUnavailableError: matplotlib is not installed.
     """
-    health, calls, breakers = _charts(report)
+    health, calls, breakers, outcomes, latency = _charts(report)
     title = f"Chaos report: {report.name}"
     phases = _table(
         ("phase", "entered", "left", "seconds"),
@@ -236,6 +276,15 @@ def render_html(report: ChaosReport) -> str:
 published); phases shaded; dashed lines: fault injected, removed, health back. The ticks \
 along the bottom are the journal's events, numbered as in the journal below.</figcaption>\
 </figure>
+<h2>Call outcomes per second (the target)</h2>
+<figure>{outcomes}<figcaption>Calls of the target that succeeded, failed and were refused \
+per second, between two health checks, over every instance publishing call counters; \
+phases shaded; dashed lines: fault injected, removed, health back; dotted: a target's \
+breaker seen open, then closed again.</figcaption></figure>
+<h2>Latency over time (the target)</h2>
+<figure>{latency}<figcaption>p50 and p99 of the target's call latency between two health \
+checks (upper bound of the log bucket holding the rank: at most 19 % above the true \
+value).</figcaption></figure>
 <h2>Calls</h2>
 <figure>{calls}<figcaption>Calls through guards in the blast radius, per instance, \
 totals over the whole experiment.</figcaption></figure>
@@ -245,6 +294,7 @@ totals over the whole experiment.</figcaption></figure>
 </figcaption></figure>
 {_breakers(report)}
 <p class="note"><strong>Not in this report:</strong> {_e(MISSING)}</p>
+{_learning(report)}
 <h2>Phases</h2>
 {phases}
 <h2>Journal</h2>

@@ -25,11 +25,105 @@ from antifragile.models.chaos import (
     HealthSample,
     PhaseRecord,
 )
+from antifragile.models.chaos_calls import CallSample, InstanceCalls
+from antifragile.models.learning import latency_bounds_ms
 
 MAX_HEALTH_SAMPLES = 300
 """Health samples a journal keeps (oldest dropped): histories and payloads stay small."""
 MAX_EVENTS = 300
 """Journal lines a journal keeps (oldest dropped)."""
+MAX_CALL_SAMPLES = 720
+"""Call samples a journal keeps; beyond, every second one of the older half is dropped."""
+
+
+def _grow(counts: list[int], n: int) -> list[int]:
+    return counts + [0] * (n - len(counts)) if len(counts) < n else counts
+
+
+def _quantile_ms(counts: list[int], num: int, den: int) -> float | None:
+    """Nearest-rank quantile ``num/den`` of bucket ``counts``: the bucket's upper bound.
+
+    As :func:`antifragile.learning.histogram.quantile_ms` (Hyndman & Fan 1996, definition
+    1), in integers: rank ``max(1, ceil(num × n / den))``.
+    """
+    n = sum(counts)
+    if n <= 0:
+        return None
+    rank = max(1, -(-num * n // den))
+    bounds = latency_bounds_ms()
+    seen = 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen >= rank:
+            return bounds[min(i, len(bounds) - 1)]
+    return bounds[-1]  # pragma: no cover - the rank is at most n
+
+
+def add_call_sample(
+    journal: ChaosJournal, calls: list[InstanceCalls], target: str, now: datetime
+) -> CallSample | None:
+    """Add a call sample of ``target`` from the counters a health check returned.
+
+    Per instance, the increase since the previous check is ``current - previous`` when
+    the counter did not go down and its ``since`` is the same; otherwise the counters
+    restarted and the increase is ``current`` (Prometheus ``rate()``'s reset rule). An
+    instance seen for the first time is the base only: it adds nothing. The sample's
+    counts are the previous sample's plus the increases; the latency quantiles are those
+    of the interval's calls. Beyond :data:`MAX_CALL_SAMPLES`, every second sample of the
+    older half is dropped (counts are cumulative: nothing is lost but resolution).
+
+    Returns:
+        The sample added; None when no instance published counters for ``target``.
+    """
+    mine = [c for c in calls if c.dependency == target]
+    if not mine:
+        return None
+    before = {c.instance: c for c in journal.last_calls}
+    ok = failed = refused = 0
+    interval: list[int] = []
+    last = journal.calls[-1] if journal.calls else None
+    for c in mine:
+        zero = InstanceCalls(
+            instance=c.instance, dependency=target, since=c.since, calls=0, failures=0
+        )
+        prev = before.get(c.instance)
+        if prev is None:
+            # First seen: the base only, unless it started counting after the last sample
+            # (a process started meanwhile: all its calls are in the interval).
+            if last is None or c.since < last.at.timestamp():
+                continue
+            prev = zero
+        reset = (
+            prev.since != c.since
+            or c.calls < prev.calls
+            or c.failures < prev.failures
+            or c.refused < prev.refused
+        )
+        base = zero if reset else prev
+        d_calls, d_failed = c.calls - base.calls, c.failures - base.failures
+        failed += d_failed
+        ok += max(0, d_calls - d_failed)
+        refused += c.refused - base.refused
+        width = max(len(c.latency), len(base.latency))
+        cur_l, base_l = _grow(list(c.latency), width), _grow(list(base.latency), width)
+        interval = _grow(interval, width)
+        for k in range(width):
+            interval[k] += max(0, cur_l[k] - base_l[k])
+    sample = CallSample(
+        at=now,
+        ok=(last.ok if last else 0) + ok,
+        failed=(last.failed if last else 0) + failed,
+        refused=(last.refused if last else 0) + refused,
+        p50_ms=_quantile_ms(interval, 1, 2),
+        p99_ms=_quantile_ms(interval, 99, 100),
+        instances=len(mine),
+    )
+    journal.last_calls = mine
+    journal.calls.append(sample)
+    if len(journal.calls) > MAX_CALL_SAMPLES:
+        half = len(journal.calls) // 2
+        journal.calls[:half] = journal.calls[:half:2]
+    return sample
 
 
 def enter_phase(journal: ChaosJournal, new: ChaosPhase, now: datetime) -> None:
@@ -139,6 +233,7 @@ def chaos_report(journal: ChaosJournal, now: datetime) -> ChaosReport:
         phases=[p.model_copy() for p in j.phases],
         health_lowest=j.lowest_health,
         health_timeline=list(j.health),
+        call_samples=list(j.calls),
         calls_affected=dict(impact.calls_affected),
         calls_seen=dict(impact.calls_seen),
         breakers_opened=list(impact.breakers_opened),

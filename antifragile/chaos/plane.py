@@ -37,7 +37,12 @@ from antifragile.constants import (
     REDIS_HEALTH_KEY_PREFIX,
 )
 from antifragile.errors import AntifragileError
-from antifragile.fleet_health import FleetHealth, snapshot_process_score, snapshot_score
+from antifragile.fleet_health import (
+    FleetHealth,
+    snapshot_process_score,
+    snapshot_score,
+    target_calls,
+)
 from antifragile.models.chaos import FaultSpec, HaltStatus
 
 log = logging.getLogger(__name__)
@@ -337,6 +342,7 @@ class FaultPlane:
             if score is None:
                 continue
             out.instances += 1
+            out.calls += target_calls(data, targets)
             if out.score is None or score < out.score:
                 out.score = score
                 lowest_at = str(_decode(key)).removeprefix(REDIS_HEALTH_KEY_PREFIX)

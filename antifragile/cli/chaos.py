@@ -50,6 +50,7 @@ from antifragile.cli._common import (
     run_command,
 )
 from antifragile.cli._render.chaos import (
+    experiment_learning,
     follow_experiment,
     halt_error_text,
     render_experiments,
@@ -330,6 +331,8 @@ def report(
             rep = await experiment_report(client, experiment_id, plane=plane)
         finally:
             await plane.close()
+        learning = await experiment_learning(client, rep)  # the target's ledger, or a note
+        rep = rep.model_copy(update={"learning": learning})
         if html is not None:
             _write_html(rep, html)
         _finish(rep, json_out)

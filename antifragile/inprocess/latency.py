@@ -99,6 +99,8 @@ class WindowCounts:
         latency: Calls per bucket (``SLOTS`` entries; see :func:`fold`).
         failures: Calls that raised an ``Exception`` (not ``CancelledError``).
         breaker_openings: Transitions to OPEN of the dependency's breaker.
+        refused: Calls the guard refused (breaker open, concurrency limit) through
+            ``Guard.call``; never timed, not in ``latency`` nor ``calls``.
         experiments: Ids of the experiments whose fault was installed in the window
             (fault counts only).
     """
@@ -106,6 +108,7 @@ class WindowCounts:
     latency: list[int] = field(default_factory=lambda: [0] * SLOTS)
     failures: int = 0
     breaker_openings: int = 0
+    refused: int = 0
     experiments: set[str] = field(default_factory=set)
 
     @property

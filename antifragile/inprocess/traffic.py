@@ -4,7 +4,10 @@ Every guard counts its calls in :class:`~antifragile.inprocess.latency.WindowCou
 (see :mod:`~antifragile.inprocess.latency`); :class:`TrafficWindows` starts new counts at
 each multiple of ``window_s`` since the epoch (every instance's windows coincide, so a
 ledger can coalesce them) and keeps the finished window of each dependency for the
-health snapshot. A call is counted in the window in which it ends.
+health snapshot. A call is counted in the window in which it ends. It also keeps, per
+dependency, monotonic counters since it started (:class:`Cumulative`: the finished
+windows, with and without a fault, added at each rotation; the current one added when the
+document is built), from which an experiment draws its target's calls per second.
 
 The document it publishes (key ``traffic`` of the health snapshot) is described in
 :mod:`antifragile.fleet_health`.
@@ -19,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from antifragile.inprocess.latency import WindowCounts, window_start_of
+from antifragile.inprocess.latency import SLOTS, WindowCounts, fold, window_start_of
 
 
 class Counted(Protocol):
@@ -45,6 +48,43 @@ class _Finished:
     start: float
     traffic: WindowCounts
     under_fault: WindowCounts
+
+
+class Cumulative:
+    """Monotonic counts of one dependency since this process started counting it.
+
+    The finished windows (with and without a fault) are added at each rotation; the
+    document adds the current window's counts, so ``Guard.call`` pays nothing for it.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failures = 0
+        self.refused = 0
+        self.latency = [0] * SLOTS
+
+    def add(self, *counts: WindowCounts) -> None:
+        """Add finished windows' counts."""
+        for c in counts:
+            self.failures += c.failures
+            self.refused += c.refused
+            for i, n in enumerate(c.latency):
+                if n:
+                    self.latency[i] += n
+            self.calls += c.calls
+
+    def document(self, since: float, *current: WindowCounts) -> dict[str, Any]:
+        """The ``cumulative`` entry of a dependency (format: :mod:`fleet_health`)."""
+        total = Cumulative()
+        total.add(*current)
+        latency = [a + b for a, b in zip(self.latency, total.latency, strict=True)]
+        return {
+            "since": since,
+            "calls": self.calls + total.calls,
+            "failures": self.failures + total.failures,
+            "refused": self.refused + total.refused,
+            "latency": {"counts": fold(latency)},
+        }
 
 
 def _fault_document(
@@ -84,6 +124,9 @@ class TrafficWindows:
         self._wall = wall
         self.window_start = window_start_of(wall(), window_s)
         self.finished: dict[str, _Finished] = {}
+        self.since = wall()
+        """When cumulative counting started (Unix s): a restart shows as a new value."""
+        self.cumulative: dict[str, Cumulative] = {}
         self._task: asyncio.Task[None] | None = None
 
     def rotate(self) -> None:
@@ -93,6 +136,7 @@ class TrafficWindows:
         for name, guard in self._guards().items():
             traffic, under_fault = guard.rotate_window()
             self.finished[name] = _Finished(start, traffic, under_fault)
+            self.cumulative.setdefault(name, Cumulative()).add(traffic, under_fault)
 
     def document(self) -> dict[str, Any]:
         """The ``traffic`` key of the health snapshot (format: :mod:`fleet_health`)."""
@@ -104,6 +148,9 @@ class TrafficWindows:
                 "under_fault": _fault_document(guard.under_fault, name, inst, self.window_start, w),
                 "previous": None,
                 "previous_under_fault": None,
+                "cumulative": self.cumulative.get(name, Cumulative()).document(
+                    self.since, guard.traffic, guard.under_fault
+                ),
             }
             done = self.finished.get(name)
             if done is not None:

@@ -12,8 +12,10 @@ from enum import StrEnum
 
 from pydantic import Field
 
+from antifragile.models.chaos_calls import CallSample, InstanceCalls
 from antifragile.models.chaos_scenario import ChaosScenario, ChaosType, ErrorKind, ResourceType
 from antifragile.models.common import ApprovalRecord, StrictModel
+from antifragile.models.learning import Advice, ExperimentObservation
 
 
 class ChaosPhase(StrEnum):
@@ -218,6 +220,23 @@ class ChaosStatus(StrictModel):
     """Why the injection failed ("" when it did not): nothing was injected."""
 
 
+class ExperimentLearning(StrictModel):
+    """What an experiment taught the ledger of its target (``profile-{target}``).
+
+    Attributes:
+        dependency: The target (whose ledger).
+        observation: The experiment's measurements as the ledger holds them (time to
+            detect, time to recover, calls failed and refused); None when it holds none.
+        advice: The ledger's advice as it stands (against the library defaults).
+        note: One line when something is missing (no ledger, not answering, not recorded).
+    """
+
+    dependency: str
+    observation: ExperimentObservation | None = None
+    advice: list[Advice] = Field(default_factory=list)
+    note: str = ""
+
+
 class ChaosReport(StrictModel):
     """Result of ChaosExperimentWorkflow, complete for every outcome.
 
@@ -286,6 +305,11 @@ class ChaosReport(StrictModel):
     """Why the injection failed ("" when it did not)."""
     rebuilt: bool = False
     """Rebuilt by ``chaos report`` from history and Redis (the run ended without one)."""
+    call_samples: list[CallSample] = Field(default_factory=list)
+    """The target's calls at each health check (bounded, thinned; see CallSample)."""
+    learning: ExperimentLearning | None = None
+    """What the target's ledger learned from it (filled by ``chaos report``, never by the
+    workflow; None when not asked)."""
 
 
 # --- the workflow's state ------------------------------------------------------------
@@ -323,6 +347,10 @@ class ChaosJournal(StrictModel):
     phases: list[PhaseRecord] = Field(default_factory=list)
     events: list[ChaosEvent] = Field(default_factory=list)
     health: list[HealthSample] = Field(default_factory=list)
+    calls: list[CallSample] = Field(default_factory=list)
+    """The target's calls per health check (:func:`~antifragile.chaos.journal.add_call_sample`)."""
+    last_calls: list[InstanceCalls] = Field(default_factory=list)
+    """The counters of the previous health check (the deltas' base)."""
     lowest_health: float | None = None
     last_health: float | None = None
     baseline: float | None = None
@@ -494,6 +522,8 @@ class HealthMeasurement(StrictModel):
     instances: int = 0
     detail: str = ""
     targets_score: float | None = None
+    calls: list[InstanceCalls] = Field(default_factory=list)
+    """Cumulative call counters of the targets, per instance (empty: none published)."""
 
 
 class CollectImpactInput(StrictModel):

@@ -42,7 +42,7 @@ async def test_the_demo_tells_every_step_and_stops_the_stack_it_started(tmp_path
     # The experiment's HTML report, written under the data directory, its path printed.
     pages = list((tmp_path / "stack").glob("chaos-agent-bus-redis-errors-*.html"))
     assert len(pages) == 1 and f"report {pages[0]}" in out, out
-    assert pages[0].read_text().count("<svg") == 3
+    assert pages[0].read_text().count("<svg") == 5
     # Everything it started is stopped; its history stays for `antifragile dev`.
     assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", redis_port)
     assert (tmp_path / "stack" / "temporal.db").exists()

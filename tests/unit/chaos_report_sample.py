@@ -18,6 +18,7 @@ from antifragile.models.chaos import (
     HealthSample,
     PhaseRecord,
 )
+from antifragile.models.chaos_calls import CallSample
 
 T0 = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
 
@@ -52,6 +53,26 @@ def sample_report(name: str = "latency-demo-db") -> ChaosReport:
                 detail="demo-1 lowest",
             )
         )
+    calls = []
+    ok = failed = refused = 0
+    for i in range(32):  # the target's calls at each health check: ~200/s
+        t = i * 0.5
+        faulty = 2 <= t <= 12
+        ok += 40 if faulty else 100
+        failed += 40 if 5 <= t <= 12 else 0
+        refused += 20 if 6 <= t <= 11 else 0
+        p50 = 240.0 if faulty else 2.0
+        calls.append(
+            CallSample(
+                at=at(t),
+                ok=ok,
+                failed=failed,
+                refused=refused,
+                p50_ms=p50,
+                p99_ms=p50 * 3,
+                instances=1,
+            )
+        )
     events = [
         ChaosEvent(at=at(0.1), phase=ChaosPhase.VALIDATING, message=f"experiment {name}"),
         ChaosEvent(at=at(2.05), phase=ChaosPhase.INJECTING, message="injected on demo-db"),
@@ -78,6 +99,7 @@ def sample_report(name: str = "latency-demo-db") -> ChaosReport:
         ],
         health_lowest=0.35,
         health_timeline=health,
+        call_samples=calls,
         calls_affected={"demo-1": 4_312},
         calls_seen={"demo-1": 9_876},
         calls_refused={"demo-1": 517},

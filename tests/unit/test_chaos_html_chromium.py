@@ -29,7 +29,8 @@ _MEASURE = """<script>
 const size = (el) => { const r = el.getBoundingClientRect(); return [r.width, r.height]; };
 const out = {};
 for (const svg of document.querySelectorAll("figure > svg")) {
-  const series = '[id*="-health-"] > path, [id*="-calls-"] > path, [id*="-breakers-"] > path';
+  const series = '[id*="-health-"] > path, [id*="-calls-"] > path, [id*="-breakers-"] > path,'
+    + ' [id*="-outcomes-"] > path, [id*="-latency-"] > path';
   const lines = [...svg.querySelectorAll(series)];
   out[svg.id] = {svg: size(svg), marks: lines.map((p) => size(p))};
 }
@@ -82,13 +83,22 @@ def test_every_chart_is_drawn_with_a_size(tmp_path: Path) -> None:
     found = re.search(r'<pre id="measured">(.*?)</pre>', proc.stdout, re.S)
     assert found, proc.stderr[-2000:]
     sizes = json.loads(found.group(1).replace("&quot;", '"'))
-    assert set(sizes) == {"chart-health", "chart-calls", "chart-breakers"}
+    assert set(sizes) == {
+        "chart-health",
+        "chart-calls",
+        "chart-breakers",
+        "chart-outcomes",
+        "chart-latency",
+    }
     for name, got in sizes.items():
         width, height = got["svg"]
         assert width > 400 and height > 80, (name, got)
         assert got["marks"] and all(w > 0 or h > 0 for w, h in got["marks"]), (name, got)
     # The health lines span most of the experiment: the lines are drawn, not just placed.
     assert max(w for w, _ in sizes["chart-health"]["marks"]) > width / 2
+    # Call outcomes and latency over time are lines across the experiment as well.
+    for name in ("chart-outcomes", "chart-latency"):
+        assert max(w for w, _ in sizes[name]["marks"]) > sizes[name]["svg"][0] / 2, name
 
 
 def test_the_report_as_written_paints_its_charts(tmp_path: Path) -> None:

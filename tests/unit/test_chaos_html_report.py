@@ -38,7 +38,7 @@ def test_the_page_loads_nothing_from_anywhere(tmp_path: Path) -> None:
 
 def test_the_charts_are_inline_svg_drawn_from_the_report() -> None:
     page = render_html(sample_report())
-    assert page.count("<svg") == 3, "health, calls, breakers"
+    assert page.count("<svg") == 5, "health, calls, breakers, outcomes, latency"
     for gid in ("chart-health", "chart-calls", "chart-breakers"):
         assert f'id="{gid}"' in page
     # The phases are shaded, the health series drawn, the moments marked.
@@ -65,7 +65,10 @@ def test_the_numbers_are_below_the_charts() -> None:
     assert "COMPLETED" in page and "07:00:02 / 07:00:12" in page
     assert re.search(r"<td>RUNNING</td><td>07:00:02</td><td>07:00:12</td><td[^>]*>10\.0</td>", page)
     assert "duration elapsed" in numbers
-    assert "Not in this report" in numbers and page.count("per-second call outcomes") == 1
+    assert (
+        "Not in this report" in numbers
+        and page.count("summed over the instances that publish call counters") == 1
+    )
     assert MISSING.split(":")[0] in page
 
 
@@ -105,7 +108,7 @@ def test_a_report_with_nothing_measured_still_renders() -> None:
         phases=[PhaseRecord(phase=ChaosPhase.FAILED, entered_at=T0)],
     )
     page = render_html(report)
-    assert page.count("<svg") == 3
+    assert page.count("<svg") == 5
     for text in ("no health score recorded", "no calls counted", "no breaker opened"):
         assert text in page
     assert "No calls were counted." in page and "validation: target not allowed" in page

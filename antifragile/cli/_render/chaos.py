@@ -21,7 +21,7 @@ from antifragile.cli._common import (
     fail,
     redis_unreachable,
 )
-from antifragile.models.chaos import ChaosOutcome, ChaosReport, ChaosStatus
+from antifragile.models.chaos import ChaosOutcome, ChaosReport, ChaosStatus, ExperimentLearning
 from antifragile.models.chaos_fleet import (
     FleetStopResult,
     ResumeResult,
@@ -33,7 +33,88 @@ from antifragile.models.chaos_fleet import (
 from antifragile.settings import Settings
 
 if TYPE_CHECKING:
-    from temporalio.client import WorkflowFailureError, WorkflowHandle
+    from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+
+LEDGER_TIMEOUT_S = 3.0
+"""Seconds ``chaos report`` waits for the target's ledger before printing without it."""
+
+
+async def experiment_learning(
+    client: Client, report: ChaosReport, timeout_s: float = LEDGER_TIMEOUT_S
+) -> ExperimentLearning:
+    """The experiment's observation and the advice, from the ledger ``profile-{target}``.
+
+    Never raises for a missing or silent ledger: the ``note`` says what is missing.
+
+    Args:
+        client: A Temporal client (pydantic data converter).
+        report: The experiment's report (its id and target).
+        timeout_s: How long the ledger may take to answer, seconds. Default
+            :data:`LEDGER_TIMEOUT_S` (a ledger whose task queue has no worker never does).
+    """
+    from datetime import timedelta
+
+    from temporalio.client import WorkflowQueryFailedError
+    from temporalio.service import RPCError
+
+    from antifragile.constants import profile_workflow_id
+    from antifragile.learning.client import get_profile
+    from antifragile.models.learning import ExperimentObservation
+
+    target = report.target
+    ledger = profile_workflow_id(target)
+    try:
+        view = await asyncio.wait_for(
+            get_profile(client, target, rpc_timeout=timedelta(seconds=timeout_s)),
+            timeout_s + 1,
+        )
+    except (TimeoutError, RPCError, WorkflowQueryFailedError) as exc:
+        why = "did not answer" if isinstance(exc, TimeoutError) else f"failed: {exc}"
+        return ExperimentLearning(dependency=target, note=f"ledger {ledger} {why}"[:300])
+    if view is None:
+        return ExperimentLearning(dependency=target, note=f"no ledger {ledger} yet")
+    mine = [
+        o
+        for o in view.observations
+        if isinstance(o, ExperimentObservation) and o.source_id == report.experiment_id
+    ]
+    note = "" if mine else f"{ledger} holds no observation of this experiment"
+    return ExperimentLearning(
+        dependency=target, observation=mine[0] if mine else None, advice=view.advice, note=note
+    )
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{max(0.0, (end - start).total_seconds()):g}s"
+
+
+def _learning(learning: ExperimentLearning | None) -> None:
+    if learning is None:
+        return
+    head = Table.grid(padding=(0, 2))
+    o = learning.observation
+    if o is not None:
+        head.add_row("time to detect", _seconds(o.fault_start, o.detected_at))
+        head.add_row("time to recover", _seconds(o.fault_end, o.recovered_at))
+        head.add_row("calls failed / refused", f"{o.calls_failed} / {o.calls_refused}")
+    if learning.note:
+        head.add_row("note", f"[yellow]{learning.note}[/yellow]")
+    console.print(f"learned (ledger of {learning.dependency})")
+    console.print(head)
+    if learning.advice:
+        table = Table(title="advice", title_justify="left")
+        for col in ("setting", "current", "recommended", "reason"):
+            table.add_column(col)
+        for a in learning.advice:
+            table.add_row(
+                a.setting,
+                "-" if a.current is None else f"{a.current:g}",
+                "-" if a.recommended is None else f"{a.recommended:g}",
+                a.reason,
+            )
+        console.print(table)
 
 
 def _t(value: datetime | None) -> str:
@@ -162,6 +243,7 @@ def render_report(report: ChaosReport) -> None:
         phases.add_row(p.phase.value, _t(p.entered_at), _t(p.left_at))
     console.print(phases)
     _events(report.events[-20:])
+    _learning(report.learning)
 
 
 def render_experiments(rows: list[dict[str, Any]]) -> None:
