@@ -1,18 +1,35 @@
-"""Activities of RecoveryWorkflow: the recovery action run before each probe."""
+"""Activities of RecoveryWorkflow: the action run before each probe; the learned TTRs.
+
+``read_learned_recoveries`` gives an ``adaptive`` round its service's ledger's times.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+from datetime import timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
-from antifragile.constants import ACTIVITY_RUN_RECOVERY_ACTION
-from antifragile.models.recovery import RecoveryActionInput, RecoveryActionResult
+from antifragile.constants import (
+    ACTIVITY_READ_LEARNED_RECOVERIES,
+    ACTIVITY_RUN_RECOVERY_ACTION,
+    profile_workflow_id,
+)
+from antifragile.learning.client import get_profile
+from antifragile.learning.measurements import ordered, recover_us
+from antifragile.models.learning import TrafficObservation
+from antifragile.models.recovery import (
+    LearnedRecoveries,
+    LearnedRecoveriesInput,
+    RecoveryActionInput,
+    RecoveryActionResult,
+)
 from antifragile.policy import WorkerPolicy
+from antifragile.recovery.logic import ADAPTIVE_MAX_OBSERVATIONS
 from antifragile.recovery.named_targets import (
     NamedTargetError,
     approver_key_envs,
@@ -107,3 +124,32 @@ class RecoveryActivities:
             )
         elapsed = int((time.perf_counter() - start) * 1000)
         return RecoveryActionResult(ok=error is None, detail=error or "ok", duration_ms=elapsed)
+
+
+@activity.defn(name=ACTIVITY_READ_LEARNED_RECOVERIES)
+async def read_learned_recoveries(data: LearnedRecoveriesInput) -> LearnedRecoveries:
+    """The verified times to recover held by ``profile-{dependency}`` (most recent last).
+
+    Queries the ledger (``antifragile.learning.client.get_profile``) with an RPC timeout of
+    ``data.timeout_s``; an outage's time is ``started_at → recovered_at``, an experiment's
+    ``fault_end → recovered_at`` (``antifragile.learning.measurements.recover_us``);
+    unverified ones are left out. At most ``ADAPTIVE_MAX_OBSERVATIONS`` are returned.
+    A ledger never started is a result (``found`` False), not an error; an unreachable
+    one raises, and the workflow falls back to exponential backoff.
+    """
+    view = await get_profile(
+        activity.client(), data.dependency, rpc_timeout=timedelta(seconds=data.timeout_s)
+    )
+    if view is None:
+        return LearnedRecoveries(
+            dependency=data.dependency,
+            note=f"{profile_workflow_id(data.dependency)} does not exist (nothing observed yet)",
+        )
+    values = [
+        v
+        for o in ordered(data.dependency, view.observations)
+        if not isinstance(o, TrafficObservation) and (v := recover_us(o)) is not None
+    ]
+    return LearnedRecoveries(
+        dependency=data.dependency, recover_us=values[-ADAPTIVE_MAX_OBSERVATIONS:], found=True
+    )

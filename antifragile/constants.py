@@ -192,6 +192,10 @@ QUERY_PROFILE = "profile"
 ACTIVITY_RECORD_OBSERVATIONS = "record_dependency_observations"
 """Signal-with-start of ``profile-{dependency}`` from a workflow (experiments, recoveries)."""
 
+# --- Adaptive recovery strategy (issue 14): a recovery reads its ledger ----------------
+ACTIVITY_READ_LEARNED_RECOVERIES = "read_learned_recoveries"
+"""Reads the verified times to recover of ``profile-{service}`` for an ``adaptive`` round."""
+
 
 def profile_workflow_id(dependency: str) -> str:
     """The workflow id of a dependency's ledger: ``profile-{dependency}``."""

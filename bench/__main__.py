@@ -1,8 +1,8 @@
 """``make bench``: run every benchmark in turn and print its figures.
 
 ``python -m bench [--full] [NAME ...]`` — NAME is a module of this package (inprocess,
-bridge, storm, bus, halt, faults, cli); ``--full`` runs the large sizes. ``python -m bench halt``
-runs only the halt measurement.
+bridge, storm, bus, halt, faults, cli, learning); ``--full`` runs the large sizes.
+``python -m bench halt`` runs only the halt measurement.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["inprocess", "bridge", "storm", "bus", "halt", "faults", "cli"]
+BENCHES = ["inprocess", "bridge", "storm", "bus", "halt", "faults", "cli", "learning"]
 
 
 def main(argv: list[str]) -> int:

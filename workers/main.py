@@ -28,7 +28,7 @@ from activities.chaos import ChaosActivities
 from activities.common import CommonActivities
 from activities.learning import ConfigActivities, record_dependency_observations
 from activities.orchestrator import OrchestratorActivities
-from activities.recovery import RecoveryActivities
+from activities.recovery import RecoveryActivities, read_learned_recoveries
 from antifragile.constants import KIND_CHAOS, KIND_RECOVERY
 from antifragile.errors import AntifragileError, ConfigError, describe_validation_error
 from antifragile.inprocess.metrics import (
@@ -89,6 +89,7 @@ def all_activities(settings: Settings, policy: WorkerPolicy) -> list[Callable[..
         common.authorize_approver,
         common.probe_service,
         recovery.run_recovery_action,
+        read_learned_recoveries,
         orchestrator.load_orchestrator_limits,
         orchestrator.watch_recoveries,
         orchestrator.forward_recovery_requests,

@@ -12,14 +12,20 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import (
         ACTIVITY_PROBE_SERVICE,
+        ACTIVITY_READ_LEARNED_RECOVERIES,
         ACTIVITY_RUN_RECOVERY_ACTION,
         ACTIVITY_VALIDATE_HASH,
+        profile_workflow_id,
     )
     from antifragile.models.recovery import (
+        AttemptRecord,
+        LearnedRecoveries,
+        LearnedRecoveriesInput,
         ProbeInput,
         ProbeResult,
         RecoveryActionInput,
@@ -28,6 +34,10 @@ with workflow.unsafe.imports_passed_through():
         ValidateHashInput,
         ValidateHashResult,
     )
+    from antifragile.recovery.logic import AdaptiveSchedule, adaptive_schedule
+
+from workflows._failures import cause_message, reraise_cancellation
+from workflows._learning_feed import recovery_started_at
 
 SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 # Checks that must eventually answer (hash, approver) retry until a worker does: a worker
@@ -119,3 +129,62 @@ async def probe(request: RecoveryRequest, summary: str, *, v2: bool) -> ProbeRes
         summary=summary,
     )
     return result
+
+
+LEARNED_TIMEOUT = timedelta(seconds=10)
+"""Start-to-close timeout of one read of the ledger (the query itself times out at 3 s)."""
+LEARNED_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_attempts=2,
+    non_retryable_error_types=["NotFoundError"],
+)
+"""Two tries, then exponential backoff: a recovery never stalls on learning. A worker
+without the activity (``NotFoundError``) gives up at once."""
+
+
+def elapsed_us(records: list[AttemptRecord]) -> int:
+    """Time since the recovery started (its outage's measured start), µs."""
+    return (workflow.now() - recovery_started_at(records)) // timedelta(microseconds=1)
+
+
+async def learned_schedule(
+    request: RecoveryRequest, records: list[AttemptRecord]
+) -> AdaptiveSchedule:
+    """An ADAPTIVE round's plan: ``read_learned_recoveries``, then the pure schedule.
+
+    Falls back to exponential backoff (``learned`` False, the reason one line) when the
+    ledger does not exist, cannot be read, or holds too few verified recoveries
+    (``antifragile.recovery.logic.adaptive_schedule``). Never raises but for cancellation.
+
+    Args:
+        request: The recovery (its service names the ledger, its policy the round size).
+        records: The attempt records kept (for the recovery's start, :func:`elapsed_us`).
+    """
+    ledger = profile_workflow_id(request.service)
+    try:
+        learned: LearnedRecoveries = await workflow.execute_activity(
+            ACTIVITY_READ_LEARNED_RECOVERIES,
+            LearnedRecoveriesInput(dependency=request.service),
+            result_type=LearnedRecoveries,
+            start_to_close_timeout=LEARNED_TIMEOUT,
+            retry_policy=LEARNED_RETRY,
+            summary=f"adaptive: read the learned times to recover from {ledger}",
+        )
+    except ActivityError as err:
+        reraise_cancellation(err)
+        return AdaptiveSchedule(
+            False,
+            reason=(
+                f"adaptive fell back to exponential backoff: {ledger} unreadable "
+                f"({cause_message(err)})"
+            ),
+        )
+    if not learned.found:
+        return AdaptiveSchedule(
+            False, reason=f"adaptive fell back to exponential backoff: {learned.note}"
+        )
+    return adaptive_schedule(
+        learned.recover_us,
+        elapsed_us=max(0, elapsed_us(records)),
+        max_attempts=request.policy.max_retry_attempts,
+    )

@@ -4,27 +4,24 @@ Each attempt: validate the constitutional hash → run the action → run the pr
 Healthy ends it SUCCEEDED; otherwise the strategy's delay passes on a durable timer
 (cut short by ``health_changed``) and the next attempt runs. When a round of
 ``max_retry_attempts`` is used up the recovery waits for a person: ``approve`` grants a
-fresh round, ``reject`` ends it FAILED. MANUAL starts by waiting for approval.
+fresh round, ``reject`` ends it FAILED. MANUAL starts by waiting for approval. ADAPTIVE
+(alone) reads its ledger each round and waits for the learned attempt times.
 
-Since patch ``recovery-v2`` (runs started by older code keep their old path, so their
-histories replay unchanged):
+Since patch ``recovery-v2`` (older runs keep their old path and replay unchanged):
 
 - A healthy ``health_changed`` is remembered from whenever it arrives until a probe that
   began after it has run (:class:`~antifragile.recovery.logic.WakeTracker`): one that lands
   during hash validation, the action or the probe cuts the next backoff short.
-- While it waits for a person, a pending wake-up, and a slow watch probe every
-  ``max_delay_ms`` (at least 10 s), run the probe; healthy ends it SUCCEEDED, "recovered
-  while awaiting approval".
-- An action or probe interrupted by a worker crash is retried on another worker inside the
-  same attempt (heartbeats), with the same idempotency key; if it still cannot complete, the
-  attempt counts as failed. Only a refusal (hash mismatch, an action the policy does not
-  define) or a rejection ends a recovery FAILED.
-- Orchestrated (started as a child of the orchestrator): it tells the orchestrator, by
-  workflow id only, when it waits for a person (``recovery_waiting``: its slot is free),
-  when it is approved (``recovery_resuming``; it then waits for ``slot_granted`` before its
-  next attempt), and after every attempt (``attempt_finished``, for the retry budget).
-- Approvals are checked with the workflow id, first run id, decision and signature; each
-  accepted signature's digest is remembered (across continue-as-new) so it works once.
+- While it waits for a person, a pending wake-up and a watch probe every ``max_delay_ms``
+  (>= 10 s) run the probe; healthy ends it SUCCEEDED, "recovered while awaiting approval".
+- An action or probe cut by a worker crash is retried elsewhere in the same attempt (same
+  idempotency key), else the attempt failed. Only a refusal or a rejection ends it FAILED.
+- Orchestrated (a child of the orchestrator): it tells the orchestrator, by workflow id
+  only, when it waits for a person (``recovery_waiting``: its slot is free), when approved
+  (``recovery_resuming``; then it waits for ``slot_granted``), and after every attempt
+  (``attempt_finished``, for the retry budget).
+- Approvals are checked with workflow id, first run id, decision and signature; a signature
+  works once (digests kept across continue-as-new).
 """
 
 from __future__ import annotations
@@ -78,6 +75,7 @@ with workflow.unsafe.imports_passed_through():
         SlotGranted,
     )
     from antifragile.recovery.logic import (
+        AdaptiveSchedule,
         NextStep,
         WaitStep,
         WakeTracker,
@@ -95,10 +93,8 @@ from workflows._failures import cause_message, is_refusal, reraise_cancellation
 from workflows._learning_feed import record_outage
 
 PATCH_V2 = "recovery-v2"
-"""Patch of remembered wake-ups, watch probes, crash-safe steps and orchestrator signals.
-
-Decided once, at the start of a run: runs whose history predates it keep the old path.
-"""
+"""Patch of remembered wake-ups, watch probes, crash-safe steps and orchestrator signals
+(decided once, at the start of a run: runs whose history predates it keep the old path)."""
 
 # Attempts carried in history are capped: the full count stays exact in `attempt`.
 MAX_ATTEMPT_RECORDS = 200
@@ -154,6 +150,7 @@ class RecoveryWorkflow:
         self._joins = 0
         self._published: tuple[str, int] | None = None
         self._healthy_at: datetime | None = None  # the first passing probe (learning)
+        self._learned: AdaptiveSchedule | None = None  # ADAPTIVE: this round's plan
 
     # --- run -------------------------------------------------------------------------
 
@@ -167,6 +164,7 @@ class RecoveryWorkflow:
             # run id: the orchestrator continues as new.
             self._parent_id = parent.workflow_id
         self._publish()
+        adaptive = request.strategy is RecoveryStrategy.ADAPTIVE  # a plan per round
         try:
             await self._validate_hash()
             while True:
@@ -175,6 +173,8 @@ class RecoveryWorkflow:
                         await self._await_approval_v2()
                     else:
                         await self._await_approval_v1()
+                if adaptive and not (self._learned and self._failures_in_round):
+                    self._learned = await commands.learned_schedule(request, self._attempts)
                 if await self._attempt():
                     raise _Finished(
                         RecoveryState.SUCCEEDED,
@@ -186,6 +186,8 @@ class RecoveryWorkflow:
                     self._failures_in_round,
                     jitter_key=request.service,
                     wake_pending=self._v2 and self._wakes.pending,
+                    learned=self._learned,
+                    elapsed_ms=commands.elapsed_us(self._attempts) // 1000,
                 )
                 if step.step is NextStep.ESCALATE:
                     self._awaiting_approval = True
@@ -291,9 +293,11 @@ class RecoveryWorkflow:
         if delay_ms <= 0:
             return
         self._next_attempt_at = workflow.now() + timedelta(milliseconds=delay_ms)
+        note = f"; {self._learned.reason}" if self._learned is not None else ""
         self._waiting_for = (
             f"backoff after failed attempt {self._attempt_count}; next attempt at "
-            f"{self._next_attempt_at:%Y-%m-%d %H:%M:%S} UTC, sooner if health_changed arrives"
+            f"{self._next_attempt_at:%Y-%m-%d %H:%M:%S} UTC, sooner if health_changed "
+            f"arrives{note}"
         )
         self._publish()
         if not self._v2:
@@ -303,7 +307,8 @@ class RecoveryWorkflow:
             await workflow.wait_condition(
                 lambda: self._wakes.pending,
                 timeout=timedelta(milliseconds=delay_ms),
-                timeout_summary=f"backoff {delay_ms} ms before attempt {self._attempt_count + 1}",
+                timeout_summary=f"backoff {delay_ms} ms before attempt {self._attempt_count + 1}"
+                + note,
             )
             workflow.logger.info("health_changed cut the backoff short")
         except TimeoutError:

@@ -24,6 +24,10 @@ class RecoveryStrategy(StrEnum):
     LINEAR_BACKOFF = "linear_backoff"
     IMMEDIATE = "immediate"
     MANUAL = "manual"
+    ADAPTIVE = "adaptive"
+    """Opt-in: attempts at the times the dependency's learned times to recover make
+    cheapest (its ledger ``profile-{service}``); exponential backoff until it knows enough
+    (``antifragile.recovery.logic.adaptive_schedule``)."""
 
 
 class RecoveryState(StrEnum):
@@ -296,3 +300,33 @@ class AuthorizeApproverResult(StrictModel):
     allowed: bool
     reason: str = ""
     signature_digest: str = ""
+
+
+class LearnedRecoveriesInput(StrictModel):
+    """Input of ``read_learned_recoveries``: whose ledger to read.
+
+    Attributes:
+        dependency: The ledger's dependency (a recovery reads ``profile-{service}``).
+        timeout_s: How long the ledger query may take, s. Default 3 (a ledger whose
+            task queue has no worker never answers; the recovery must not wait on it).
+    """
+
+    dependency: str
+    timeout_s: float = Field(default=3.0, gt=0.0, le=60.0)
+
+
+class LearnedRecoveries(StrictModel):
+    """Result of ``read_learned_recoveries``: the ledger's verified times to recover.
+
+    Attributes:
+        dependency: Whose ledger.
+        recover_us: Verified times to recover, µs, the most recent ones (at most
+            ``MAX_LEARNED_RECOVERIES``), in the order they happened.
+        found: The ledger exists (False: nothing was ever observed).
+        note: Why nothing was read (ledger missing or unreachable), else "".
+    """
+
+    dependency: str
+    recover_us: list[int] = Field(default_factory=list)
+    found: bool = False
+    note: str = ""

@@ -116,6 +116,8 @@ def after_failed_attempt(
     *,
     jitter_key: str,
     wake_pending: bool = False,
+    learned: AdaptiveSchedule | None = None,
+    elapsed_ms: int = 0,
 ) -> AfterFailure:
     """Decide what follows the ``failures_in_round``-th failure of the current round.
 
@@ -123,10 +125,14 @@ def after_failed_attempt(
     escalates to a person (AWAITING_APPROVAL), whose approval grants a fresh round.
     A pending wake-up (``wake_pending``: a healthy ``health_changed`` arrived after the
     last probe began) cuts the backoff to 0; it never skips an escalation.
+    ADAPTIVE with a ``learned`` schedule waits until its next attempt time after
+    ``elapsed_ms`` (ms since the recovery started, :func:`adaptive_delay_ms`).
     """
     if failures_in_round >= policy.max_retry_attempts:
         return AfterFailure(NextStep.ESCALATE)
     nominal = backoff_delay_ms(strategy, policy, failures_in_round, jitter_key=jitter_key)
+    if strategy is RecoveryStrategy.ADAPTIVE and learned is not None:
+        nominal = adaptive_delay_ms(learned, elapsed_ms, fallback_ms=nominal)
     if wake_pending and nominal > 0:
         return AfterFailure(NextStep.BACKOFF, 0, nominal, cut_short=True)
     return AfterFailure(NextStep.BACKOFF, nominal, nominal)
@@ -232,3 +238,152 @@ def idempotency_key(workflow_id: str, first_run_id: str, attempt: int) -> str:
     recoveries of one service, which share the workflow id ``recovery-{service}``.
     """
     return f"{workflow_id}/{first_run_id}/{attempt}"
+
+
+# --- adaptive strategy ------------------------------------------------------------------
+
+ADAPTIVE_MIN_OBSERVATIONS = 3
+"""Verified times to recover (still possible: longer than the time already spent) an
+ADAPTIVE round needs before it trusts them; with fewer it backs off exponentially."""
+ADAPTIVE_MAX_OBSERVATIONS = 50
+"""Most recent verified times to recover a schedule is computed from (it runs in workflow
+code: the optimisation is O(k·m²) for m distinct values and k attempts)."""
+ADAPTIVE_PROBE_COST_US = 1_000_000
+"""λ: one attempt (action + probe) is worth 1 s of detection lag - the same price as the
+advice's ``antifragile.learning.tuning.PROBE_COST_S`` (not imported: recovery and learning
+are independent layers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveSchedule:
+    """An ADAPTIVE round's plan.
+
+    Attributes:
+        learned: The attempt times come from the ledger; False: exponential backoff.
+        offsets_ms: Attempt times after the round's first, ms since the recovery started,
+            ascending (empty when not learned).
+        reason: One line for history: what was learned, or why it fell back.
+    """
+
+    learned: bool
+    offsets_ms: tuple[int, ...] = ()
+    reason: str = ""
+
+
+def adaptive_schedule(
+    recoveries_us: list[int],
+    *,
+    elapsed_us: int,
+    max_attempts: int,
+    min_observations: int = ADAPTIVE_MIN_OBSERVATIONS,
+    probe_cost_us: int = ADAPTIVE_PROBE_COST_US,
+) -> AdaptiveSchedule:
+    """Attempt times minimising expected detection lag plus probe cost, from learned TTRs.
+
+    Only recoveries longer than ``elapsed_us`` (time already spent since the recovery
+    started) are still possible: the distribution is conditioned on ``TTR > elapsed``.
+    The round's first attempt runs now; the next ``k <= max_attempts - 1`` attempts run at
+    times ``t_1 < ... < t_k`` chosen from the observed values (an optimal time is always
+    an observed value: moving it down to the nearest one below shortens every lag it
+    serves). For an outage ending at ``x`` the attempt that sees it is the first
+    ``t_j >= x``; the plan minimises the plug-in estimate over the ``n`` observations
+
+        ``J = (1/n) Σ_x [(t_j(x) - x) + λ · j(x)]``
+
+    (``λ`` = ``probe_cost_us``; the objective of
+    ``antifragile.learning.tuning.best_schedule``, but optimised over free attempt times
+    rather than a grid of exponential shapes), by dynamic programming over the sorted
+    distinct values, exactly in integers (µs). ``t_k`` is the longest observation, so
+    every outage seen so far would have been found inside the round. Ties go to fewer
+    attempts, then earlier times (deterministic).
+
+    Args:
+        recoveries_us: Verified times to recover, µs, most recent last; only the last
+            :data:`ADAPTIVE_MAX_OBSERVATIONS` are used.
+        elapsed_us: Time since the recovery started, µs, >= 0.
+        max_attempts: Attempts in the round (the policy's ``max_retry_attempts``).
+        min_observations: Fewer usable observations fall back. Default
+            :data:`ADAPTIVE_MIN_OBSERVATIONS`.
+        probe_cost_us: λ, µs of lag one attempt is worth. Default
+            :data:`ADAPTIVE_PROBE_COST_US`.
+
+    Returns:
+        The plan; ``learned`` False (exponential backoff) with the reason when too few
+        observations remain or the round has a single attempt.
+    """
+    recent = recoveries_us[-ADAPTIVE_MAX_OBSERVATIONS:]
+    usable = sorted(x for x in recent if x > elapsed_us)
+    if len(usable) < min_observations:
+        return AdaptiveSchedule(
+            False,
+            reason=(
+                f"adaptive fell back to exponential backoff: {len(usable)} verified "
+                f"recoveries longer than the {elapsed_us // 1000} ms already spent "
+                f"(< {min_observations})"
+            ),
+        )
+    k_max = min(max_attempts - 1, len(set(usable)))
+    if k_max < 1:
+        return AdaptiveSchedule(
+            False, reason="adaptive fell back to exponential backoff: one attempt per round"
+        )
+    values = sorted(set(usable))
+    weights = [usable.count(v) for v in values]
+    m = len(values)
+    # prefix sums: W[i] = Σ weights[:i], S[i] = Σ weights·values[:i]
+    w_pre, s_pre = [0], [0]
+    for v, w in zip(values, weights, strict=True):
+        w_pre.append(w_pre[-1] + w)
+        s_pre.append(s_pre[-1] + w * v)
+
+    def segment(a: int, i: int, j: int) -> int:
+        """Cost of values[a:i+1] found by attempt j at values[i] (lag plus λ·j each)."""
+        count = w_pre[i + 1] - w_pre[a]
+        return count * values[i] - (s_pre[i + 1] - s_pre[a]) + probe_cost_us * j * count
+
+    inf = None
+    # best[j][i]: (cost, times) covering values[:i+1] with j attempts, the last at values[i]
+    best: list[list[tuple[int, tuple[int, ...]] | None]] = [[inf] * m for _ in range(k_max + 1)]
+    for i in range(m):
+        best[1][i] = (segment(0, i, 1), (values[i],))
+    for j in range(2, k_max + 1):
+        for i in range(j - 1, m):
+            choice: tuple[int, tuple[int, ...]] | None = None
+            for a in range(j - 2, i):
+                prev = best[j - 1][a]
+                if prev is None:
+                    continue
+                cost = prev[0] + segment(a + 1, i, j)
+                if choice is None or cost < choice[0]:
+                    choice = (cost, (*prev[1], values[i]))
+            best[j][i] = choice
+    plan: tuple[int, tuple[int, ...]] | None = None
+    for j in range(1, k_max + 1):
+        cand = best[j][m - 1]
+        if cand is not None and (plan is None or cand[0] < plan[0]):
+            plan = cand
+    assert plan is not None  # best[1][m-1] always exists
+    offsets = tuple(-(-t // 1000) for t in plan[1])  # µs → ms, rounded up (never early)
+    shown = ", ".join(f"{o / 1000:g}s" for o in offsets)
+    return AdaptiveSchedule(
+        True,
+        offsets,
+        reason=(
+            f"adaptive: {len(usable)} verified recoveries learned; attempts at {shown} "
+            f"after the start (expected lag + {probe_cost_us / 1e6:g} s/attempt minimised)"
+        ),
+    )
+
+
+def adaptive_delay_ms(schedule: AdaptiveSchedule, elapsed_ms: int, *, fallback_ms: int) -> int:
+    """Delay until the plan's next attempt time after ``elapsed_ms``, ms.
+
+    The first planned time strictly after ``elapsed_ms`` (ms since the recovery started);
+    ``fallback_ms`` (the exponential delay) when the plan is not learned or every planned
+    time has passed (the outage is longer than any seen: back off as without learning).
+    """
+    if schedule.learned:
+        for offset in schedule.offsets_ms:
+            if offset > elapsed_ms:
+                return offset - elapsed_ms
+    return fallback_ms

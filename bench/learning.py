@@ -1,0 +1,312 @@
+"""Learning from stress, end to end: does the advice learned from real outages pay off?
+
+A real TCP dependency (started here) goes down for a seeded random time T again and again
+(default T = 3 s ± 0.5 s; ``--full``: 6 s ± 1 s). A guarded service (a real ``Runtime``,
+``config_plane=True``, a TCP probe) calls it 50 times a second. Each time its breaker opens,
+the runtime asks for a recovery (a RecoveryWorkflow on a dev server started here, probing
+every 200 ms); the recovery records the outage in the ledger ``profile-{dependency}``.
+
+Printed side by side in one run:
+
+1. After each of the first five outages: the ledger's recommended ``open_duration_s``
+   against the measured T (target: within ±20 % after at most five outages).
+2. One more outage with the default configuration, and the same outage (same T) with the
+   advice applied: failed calls, refused calls, time from the dependency's return to the
+   breaker closing, trial calls spent (targets: ≥ 50 % less refused time after the return,
+   at most 2x trial calls).
+3. Revert; the breaker's configuration equals the default exactly.
+
+Between learning outages the harness resets the breaker once the recovery has ended (the
+library default keeps it open 30 s, which would only make the bench slower; the recovery,
+not the breaker, measures the time to recover). Never timed assertions: figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEED = 14
+DEFAULT_T = (3.0, 0.5)
+FULL_T = (6.0, 1.0)
+CALL_INTERVAL_S = 0.02
+LEARNING_OUTAGES = 5
+
+
+def outage_times(n: int, mean_s: float, spread_s: float, seed: int = SEED) -> list[float]:
+    """``n`` outage lengths, uniform in ``mean ± spread`` seconds, seeded (pure)."""
+    rng = random.Random(seed)
+    return [round(rng.uniform(mean_s - spread_s, mean_s + spread_s), 3) for _ in range(n)]
+
+
+def within(value: float, target: float, tolerance: float = 0.2) -> bool:
+    """``value`` is within ``±tolerance`` (a fraction) of ``target`` (pure)."""
+    return abs(value - target) <= tolerance * target
+
+
+def reduction(before: float, after: float) -> float | None:
+    """Fraction by which ``after`` is below ``before`` (None when ``before`` is 0; pure)."""
+    return None if before == 0 else (before - after) / before
+
+
+@dataclass
+class OutageFigures:
+    """What one outage did to the guarded calls (counted by the caller)."""
+
+    failed: int = 0
+    refused: int = 0
+    trials: int = 0
+    back_to_closed_s: float | None = None
+    states: list[str] = field(default_factory=list)
+
+
+class Dependency:
+    """A TCP server that accepts and closes connections; ``down()`` closes its socket."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def up(self) -> None:
+        async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.close()
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+async def _connect(port: int) -> None:
+    _r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.close()
+
+
+async def _outage(guard, dep: Dependency, length_s: float) -> OutageFigures:  # type: ignore[no-untyped-def]
+    """Take the dependency down for ``length_s``, calling steadily; figures until closed."""
+    from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
+
+    figures = OutageFigures()
+    breaker = guard.breaker
+    await dep.down()
+    start = time.monotonic()
+    returned_at: float | None = None
+    limit = length_s + 120
+    while time.monotonic() - start < limit:
+        now = time.monotonic()
+        if returned_at is None and now - start >= length_s:
+            await dep.up()
+            returned_at = time.monotonic()
+        was = breaker.state
+        try:
+            await guard.call(_connect, dep.port)
+            if was is CircuitState.HALF_OPEN:
+                figures.trials += 1
+        except CircuitOpenError:
+            figures.refused += 1
+        except OSError:
+            figures.failed += 1
+            if was is CircuitState.HALF_OPEN:
+                figures.trials += 1
+        if returned_at is not None and breaker.state is CircuitState.CLOSED:
+            figures.back_to_closed_s = time.monotonic() - returned_at
+            break
+        await asyncio.sleep(CALL_INTERVAL_S)
+    return figures
+
+
+async def _wait_outages(client, dependency: str, count: int, timeout_s: float = 60) -> object:  # type: ignore[no-untyped-def]
+    from antifragile.learning.client import get_profile
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = await get_profile(client, dependency)
+        if view is not None and view.counts.get("outage", 0) >= count:
+            return view
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the ledger of {dependency} did not reach {count} outages")
+        await asyncio.sleep(0.2)
+
+
+def _recommended_open(view) -> float | None:  # type: ignore[no-untyped-def]
+    for item in view.advice:
+        if item.setting == "breaker.open_duration_s":
+            return float(item.recommended) if item.recommended is not None else None
+    return None
+
+
+# TODO(lead): switch to learning.client.apply_advice at merge
+async def apply_open_duration(redis_url: str, dependency: str, open_s: float) -> int:
+    """Publish the advice's recommended ``open_duration_s`` as a config version."""
+    import redis.asyncio as aioredis
+
+    from antifragile.learning.config_versions import current, publish
+    from antifragile.models.learning import DependencySettings
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        if await current(client, dependency) is None:
+            # version 1: the service's own settings, so a revert has something to go back to
+            await publish(client, dependency, DependencySettings(), "bench", "as configured")
+        version = await publish(
+            client, dependency, DependencySettings(open_duration_s=open_s), "bench", "advice"
+        )
+    finally:
+        await client.aclose()
+    return version.version
+
+
+# TODO(lead): switch to learning.client.revert_config at merge
+async def revert_config(redis_url: str, dependency: str) -> int:
+    """Revert the version in force (back to the settings before the advice)."""
+    import redis.asyncio as aioredis
+
+    from antifragile.learning.config_versions import revert
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        version = await revert(client, dependency, "bench", "undo the advice")
+    finally:
+        await client.aclose()
+    return version.version
+
+
+async def _until(predicate, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out waiting for the runtime to apply a config version")
+        await asyncio.sleep(0.05)
+
+
+async def run(full: bool) -> int:
+    from antifragile.inprocess.breaker_state import CircuitState
+    from antifragile.inprocess.runtime import Runtime
+    from antifragile.settings import Settings
+    from antifragile.temporal_client import connect
+    from bench._chaos_stack import chaos_stack
+
+    mean, spread = FULL_T if full else DEFAULT_T
+    lengths = outage_times(LEARNING_OUTAGES + 1, mean, spread)
+    print(
+        f"outages T = {mean:g} s ± {spread:g} s "
+        f"({'--full' if full else 'default; --full: 6 s ± 1 s'}), seed {SEED}: {lengths}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
+        async with chaos_stack(0, Path(tmp), lease_ttl_s=15) as stack:
+            await stack.start_worker()
+            settings = Settings(
+                temporal_address=stack.temporal_address,
+                redis_url=stack.redis_url,
+                task_queue=stack.task_queue,
+            )
+            client = await connect(settings)
+            dep = Dependency()
+            await dep.up()
+            name = f"learn-{uuid.uuid4().hex[:6]}"
+            runtime = Runtime(
+                settings,
+                instance_id="bench-learning",
+                metering=False,
+                fault_plane=False,
+                config_plane=True,
+                publish_interval_s=1.0,
+            )
+            guard = runtime.guard(
+                name,
+                probe=f"tcp://127.0.0.1:{dep.port}",
+                recovery={
+                    "strategy": "exponential_backoff",
+                    "policy": {
+                        "initial_delay_ms": 200,
+                        "max_delay_ms": 200,
+                        "backoff_multiplier": 1.0,
+                        "max_retry_attempts": 200,
+                    },
+                },
+            )
+            default = guard.breaker.config
+            await runtime.start()
+            try:
+                print("\n outage   T (s)   recommended open_duration_s   vs T")
+                recommended = None
+                for i, length in enumerate(lengths[:LEARNING_OUTAGES], start=1):
+                    await _outage(guard, dep, length)
+                    view = await _wait_outages(client, name, i)
+                    recommended = _recommended_open(view)
+                    shown = "-" if recommended is None else f"{recommended:.1f}"
+                    verdict = (
+                        "-"
+                        if recommended is None
+                        else f"{(recommended - length) / length:+.0%}"
+                        + (" (within ±20 %)" if within(recommended, length) else "")
+                    )
+                    print(f" {i:6d}   {length:5.2f}   {shown:>27}   {verdict}")
+                    guard.breaker.reset("bench: next outage")
+                if recommended is None:
+                    print("no recommendation after five outages: stopping")
+                    return 1
+                final = lengths[-1]
+                before = await _outage(guard, dep, final)
+                guard.breaker.reset("bench: next outage")
+                version = await apply_open_duration(stack.redis_url, name, recommended)
+                await _until(lambda: guard.breaker.config.open_duration_s == recommended)
+                after = await _outage(guard, dep, final)
+                print(
+                    f"\n same outage (T = {final:.2f} s); advice applied as config "
+                    f"version {version}"
+                )
+                print(f" {'':34} {'default':>10} {'advice':>10}")
+                print(f" {'open_duration_s':34} {default.open_duration_s:>10g} {recommended:>10g}")
+                for label, a, b in [
+                    ("failed calls", before.failed, after.failed),
+                    ("refused calls", before.refused, after.refused),
+                    ("trial calls", before.trials, after.trials),
+                ]:
+                    print(f" {label:34} {a:>10d} {b:>10d}")
+                ba, bb = before.back_to_closed_s, after.back_to_closed_s
+                print(f" {'return → breaker closed (s)':34} {ba or 0:>10.2f} {bb or 0:>10.2f}")
+                cut = reduction(ba or 0, bb or 0)
+                if cut is not None:
+                    print(
+                        f" refused time after the return: {cut:.0%} less (target ≥ 50 %); "
+                        f"trial calls {after.trials}/{max(before.trials, 1)} (target ≤ 2x)"
+                    )
+                guard.breaker.reset("bench: revert")
+                reverted = await revert_config(stack.redis_url, name)
+                await _until(lambda: guard.breaker.config == default)
+                same = (
+                    guard.breaker.config == default and guard.breaker.state is CircuitState.CLOSED
+                )
+                print(
+                    f"\n reverted (version {reverted}): breaker config equals the default "
+                    f"exactly: {same}"
+                )
+            finally:
+                await runtime.stop()
+                await dep.down()
+                stack.stop_worker()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench learning")
+    parser.add_argument("--full", action="store_true", help="T = 6 s ± 1 s instead of 3 s ± 0.5 s")
+    args = parser.parse_args(argv)
+    return asyncio.run(run(args.full))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

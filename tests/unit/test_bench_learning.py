@@ -1,0 +1,19 @@
+"""The pure parts of bench/learning.py (the bench itself prints figures, never asserts)."""
+
+from __future__ import annotations
+
+from bench.learning import DEFAULT_T, FULL_T, outage_times, reduction, within
+
+
+def test_outage_times_are_seeded_and_within_the_spread() -> None:
+    for mean, spread in (DEFAULT_T, FULL_T):
+        times = outage_times(6, mean, spread)
+        assert times == outage_times(6, mean, spread)
+        assert all(mean - spread <= t <= mean + spread for t in times)
+    assert outage_times(6, 3, 0.5, seed=1) != outage_times(6, 3, 0.5, seed=2)
+
+
+def test_within_and_reduction() -> None:
+    assert within(3.6, 3.0) and within(2.4, 3.0) and not within(3.61, 3.0)
+    assert reduction(10, 4) == 0.6
+    assert reduction(0, 1) is None
