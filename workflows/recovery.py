@@ -464,9 +464,7 @@ class RecoveryWorkflow:
             message=message,
             status=self.status(),
         )
-        await record_outage(  # best effort, outcome unchanged
-            result.status, self._healthy_at, self._request.detected_at
-        )
+        await record_outage(result.status, self._healthy_at, self._request.detected_at)
         if state is RecoveryState.FAILED:
             raise ApplicationError(message, result, type="RecoveryFailed", non_retryable=True)
         return result

@@ -35,8 +35,9 @@ from antifragile.settings import Settings
 if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-LEDGER_TIMEOUT_S = 3.0
-"""Seconds ``chaos report`` waits for the target's ledger before printing without it."""
+LEDGER_TIMEOUT_S = 10.0
+"""Seconds ``chaos report`` waits for the target's ledger before printing without it (as
+``advise``: a busy worker answers a query late)."""
 
 
 async def experiment_learning(
