@@ -22,9 +22,12 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from antifragile.constants import ACTIVITY_RECORD_OBSERVATIONS, profile_workflow_id
+    from antifragile.learning.histogram import merge
     from antifragile.models.chaos import ChaosJournal, ChaosOutcome
     from antifragile.models.learning import (
+        LATENCY_BUCKETS,
         ExperimentObservation,
+        LatencyHistogram,
         OutageObservation,
         RecordObservationsInput,
         RecordObservationsResult,
@@ -117,6 +120,8 @@ def experiment_observation(
       counted over the whole blast radius (the counters are per instance, not per guard)
       and are 0 when the impact could not be collected. For a LATENCY fault, "changed"
       means delayed: such calls did not necessarily fail.
+    - ``latency``: the target's calls under the fault (``fault_latency``: the intervals
+      between health checks that lay wholly under it), trailing empty buckets dropped.
     """
     j = journal
     if j.scenario.dry_run or j.injected_at is None:
@@ -136,6 +141,7 @@ def experiment_observation(
         calls_failed=max(affected - refused, 0),
         calls_refused=refused,
         outcome=outcome.value,
+        latency=merge([LatencyHistogram(counts=j.fault_latency[:LATENCY_BUCKETS])]),
     )
 
 

@@ -72,6 +72,9 @@ def add_call_sample(
     of the interval's calls. Beyond :data:`MAX_CALL_SAMPLES`, every second sample of the
     older half is dropped (counts are cumulative: nothing is lost but resolution).
 
+    The interval's latency buckets are also added to ``journal.fault_latency`` when the
+    interval lay wholly under the fault (see :func:`_under_fault`).
+
     Returns:
         The sample added; None when no instance published counters for ``target``.
     """
@@ -118,12 +121,29 @@ def add_call_sample(
         p99_ms=_quantile_ms(interval, 99, 100),
         instances=len(mine),
     )
+    if last is not None and _under_fault(journal, last.at, now):
+        total = _grow(list(journal.fault_latency), len(interval))
+        for k, count in enumerate(interval):
+            total[k] += count
+        journal.fault_latency = total
     journal.last_calls = mine
     journal.calls.append(sample)
     if len(journal.calls) > MAX_CALL_SAMPLES:
         half = len(journal.calls) // 2
         journal.calls[:half] = journal.calls[:half:2]
     return sample
+
+
+def _under_fault(journal: ChaosJournal, start: datetime, end: datetime) -> bool:
+    """The interval ``(start, end]`` lay wholly under the fault (injected, not yet ended).
+
+    An interval that straddles the injection or the end mixes calls with and without the
+    fault, so it is left out of ``fault_latency`` (a histogram cannot be split in time).
+    """
+    if journal.injected_at is None or journal.scenario.dry_run:
+        return False
+    ended = journal.cleanup.fault_ended_at or journal.removed_at
+    return journal.injected_at <= start and (ended is None or end <= ended)
 
 
 def enter_phase(journal: ChaosJournal, new: ChaosPhase, now: datetime) -> None:

@@ -19,6 +19,8 @@ threshold are exact.
   ``recovered_at``, else ``fault_end``) and no outage (``started_at`` to
   ``recovered_at``): what the dependency does when healthy. Its error rate is the exact
   fraction ``failures / calls``; its latency the merged histogram.
+- **Latency inside experiments**: the experiments' ``latency`` (the target's calls under
+  the fault, measured between health checks) merged; the same quantiles as the baseline.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ def measure(dependency: str, observations: Iterable[Observation]) -> DependencyM
     unverified = sum(1 for o in events if injected(o) and recover_us(o) is None)
     windows = baseline(mine)
     latency = merge(w.latency for w in windows)
+    under_fault = merge(o.latency for o in experiments)
     return DependencyMeasurements(
         dependency=dependency,
         experiments=len(experiments),
@@ -196,6 +199,10 @@ def measure(dependency: str, observations: Iterable[Observation]) -> DependencyM
         latency_p50_ms=quantile_ms(latency, P50),
         latency_p99_ms=quantile_ms(latency, P99),
         latency_p999_ms=quantile_ms(latency, P999),
+        fault_latency=under_fault,
+        fault_latency_p50_ms=quantile_ms(under_fault, P50),
+        fault_latency_p99_ms=quantile_ms(under_fault, P99),
+        fault_latency_p999_ms=quantile_ms(under_fault, P999),
         window_start=observed_at(mine[0]) if mine else None,
         window_end=observed_at(mine[-1]) if mine else None,
     )

@@ -351,6 +351,10 @@ class ChaosJournal(StrictModel):
     """The target's calls per health check (:func:`~antifragile.chaos.journal.add_call_sample`)."""
     last_calls: list[InstanceCalls] = Field(default_factory=list)
     """The counters of the previous health check (the deltas' base)."""
+    fault_latency: list[int] = Field(default_factory=list)
+    """Latency bucket counts of the target's calls in the intervals between health checks
+    that lay wholly under the fault (``latency_bounds_ms()`` buckets; what the experiment
+    tells its ledger about latency inside experiments)."""
     lowest_health: float | None = None
     last_health: float | None = None
     baseline: float | None = None

@@ -65,6 +65,8 @@ class ExperimentObservation(StrictModel):
         calls_failed: Calls that failed during the experiment.
         calls_refused: Calls refused by an open breaker during the experiment.
         outcome: The experiment's outcome (``ChaosOutcome`` value).
+        latency: Latencies of the target's calls under the fault (the intervals between
+            health checks that lay wholly under it; empty: none measured).
     """
 
     kind: Literal["experiment"] = "experiment"
@@ -79,6 +81,7 @@ class ExperimentObservation(StrictModel):
     calls_failed: int = Field(default=0, ge=0)
     calls_refused: int = Field(default=0, ge=0)
     outcome: str
+    latency: LatencyHistogram = Field(default_factory=LatencyHistogram)
 
 
 class OutageObservation(StrictModel):
@@ -292,6 +295,9 @@ class DependencyMeasurements(StrictModel):
         latency_p50_ms: Median baseline latency (bucket upper bound; None: no call).
         latency_p99_ms: 99th percentile, same method.
         latency_p999_ms: 99.9th percentile, same method.
+        fault_latency: Latencies under the experiments' faults, merged.
+        fault_latency_p50_ms / fault_latency_p99_ms / fault_latency_p999_ms: Their
+            quantiles, same method (None: no call measured under a fault).
         window_start: Oldest observation (None: none).
         window_end: Newest observation (None: none).
     """
@@ -311,6 +317,10 @@ class DependencyMeasurements(StrictModel):
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     latency_p999_ms: float | None = None
+    fault_latency: LatencyHistogram = Field(default_factory=LatencyHistogram)
+    fault_latency_p50_ms: float | None = None
+    fault_latency_p99_ms: float | None = None
+    fault_latency_p999_ms: float | None = None
     window_start: datetime | None = None
     window_end: datetime | None = None
 

@@ -112,3 +112,31 @@ def test_cumulative_counters_add_finished_and_current_windows() -> None:
         "refused": 2,
         "latency": {"counts": [3, 4, 0, 0, 0, 1]},
     }
+
+
+def test_latency_under_the_fault_counts_only_intervals_wholly_under_it() -> None:
+    """Checks at 0..5 s; the fault from 1 s to 4 s: the intervals (1,2], (2,3], (3,4] are
+    under it; (0,1] straddles nothing but precedes it, (4,5] follows it."""
+    j = journal()
+    j.injected_at = T0 + timedelta(seconds=1)
+    cumulative = [0, 0, 0]
+    per_interval = {1: [1, 0, 0], 2: [0, 2, 0], 3: [0, 0, 3], 4: [0, 4, 0], 5: [5, 0, 0]}
+    for second in range(6):
+        for k, n in enumerate(per_interval.get(second, [0, 0, 0])):
+            cumulative[k] += n
+        if second == 4:
+            j.removed_at = T0 + timedelta(seconds=4)
+        calls = sum(cumulative)
+        add_call_sample(
+            j, [ic("a", calls, 0, latency=list(cumulative))], "db", T0 + timedelta(seconds=second)
+        )
+    assert j.fault_latency == [0, 6, 3]  # (1,2]: [0,2,0], (2,3]: [0,0,3], (3,4]: [0,4,0]
+
+
+def test_a_dry_run_or_an_experiment_never_injected_has_no_latency_under_a_fault() -> None:
+    j = journal()
+    for second in range(3):
+        add_call_sample(
+            j, [ic("a", second, 0, latency=[second])], "db", T0 + timedelta(seconds=second)
+        )
+    assert j.fault_latency == []

@@ -233,3 +233,15 @@ def test_a_naive_detected_at_is_read_as_utc() -> None:
 
     naive = at(9).replace(tzinfo=None)
     assert outage_started_at(at(10), [], naive) == at(9)
+
+
+def test_latency_inside_experiments_is_measured_apart_from_the_baseline() -> None:
+    slow = record(record(LatencyHistogram(), 900.0), 40.0)
+    inside = experiment("x1").model_copy(update={"latency": slow})
+    untouched = experiment("x2", start=200, end=210, recovered=214)
+    seen = measure("db", [inside, untouched])
+    assert seen.fault_latency == slow
+    assert seen.fault_latency_p50_ms is not None and seen.fault_latency_p50_ms >= 40
+    assert seen.fault_latency_p999_ms is not None and seen.fault_latency_p999_ms >= 900
+    assert seen.latency_p50_ms is None  # no traffic window: no baseline latency
+    assert measure("db", []).fault_latency_p99_ms is None

@@ -30,6 +30,7 @@ from antifragile.models.chaos_fleet import (
     StopResult,
     TemporalStop,
 )
+from antifragile.models.learning import LatencyHistogram
 from antifragile.settings import Settings
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ def _learning(learning: ExperimentLearning | None) -> None:
         head.add_row("time to detect", _seconds(o.fault_start, o.detected_at))
         head.add_row("time to recover", _seconds(o.fault_end, o.recovered_at))
         head.add_row("calls failed / refused", f"{o.calls_failed} / {o.calls_refused}")
+        head.add_row("latency under the fault", _latency(o.latency))
     if learning.note:
         head.add_row("note", f"[yellow]{learning.note}[/yellow]")
     console.print(f"learned (ledger of {learning.dependency})")
@@ -116,6 +118,17 @@ def _learning(learning: ExperimentLearning | None) -> None:
                 a.reason,
             )
         console.print(table)
+
+
+def _latency(histogram: LatencyHistogram) -> str:
+    from antifragile.learning.histogram import quantile_ms
+
+    marks = [("p50", "0.5"), ("p99", "0.99"), ("p99.9", "0.999")]
+    found = [(name, quantile_ms(histogram, q)) for name, q in marks]
+    if found[0][1] is None:
+        return "- (no call measured between two health checks under it)"
+    calls = sum(histogram.counts)
+    return f"{' '.join(f'{n} ≤{v:g} ms' for n, v in found)} ({calls} calls)"
 
 
 def _t(value: datetime | None) -> str:
