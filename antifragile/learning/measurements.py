@@ -6,12 +6,13 @@ threshold are exact.
 
 - **Time to detect**: experiment ``fault_start`` → ``detected_at`` (the breaker opened).
 - **Time to recover** (verified only): experiment ``fault_end`` → ``recovered_at``;
-  outage ``started_at`` → its return. The return of an outage is *bracketed* by its
-  probes: still down at ``last_failed_probe_at``, back at ``recovered_at`` (the first
-  passing probe); it is estimated at the bracket's midpoint (error at most half the gap
-  between the two probes; the upper end alone would carry the whole gap into the
-  advice: with 1 s, 2 s, 4 s, ... between probes, a 6 s outage would read as 7 s). With
-  no failed probe known, ``recovered_at`` itself. A recovery that
+  outage ``started_at`` (when its breaker opened, if the service said so) →
+  ``recovered_at``, the first passing probe: *verified*, not assumed. The probes bracket
+  the true return (still down at ``last_failed_probe_at``), so this reads up to one
+  probe gap late; it is kept on purpose: the open time is chosen from these values, and
+  a half-open trial that lands early costs a whole extra open period while one that lands
+  late costs only its lateness (the ``adaptive`` recovery strategy and a fine probe
+  schedule keep the gap small). A recovery that
   was never verified counts in ``unverified``, never as a duration. A recovery
   verified before its start (clocks of different hosts) counts as 0; a detection
   before the fault started is left out (it was not this fault's).
@@ -81,23 +82,16 @@ def detect_us(observation: ExperimentObservation) -> int | None:
 
 
 def recover_us(observation: ExperimentObservation | OutageObservation) -> int | None:
-    """Verified time to recover in µs, at least 0 (None: not verified, never injected).
-
-    An outage with a failed probe before its passing one: the midpoint of the two probes'
-    bracket, rounded down to the microsecond (see the module doc).
-    """
+    """Verified time to recover in µs, at least 0 (None: not verified, never injected)."""
     if observation.recovered_at is None:
         return None
     if isinstance(observation, ExperimentObservation):
         if observation.fault_end is None:
             return None
-        return max(0, micros(observation.recovered_at - observation.fault_end))
-    up = micros(observation.recovered_at - observation.started_at)
-    failed = observation.last_failed_probe_at
-    if failed is not None and observation.started_at <= failed <= observation.recovered_at:
-        down = micros(failed - observation.started_at)
-        return max(0, (down + up) // 2)
-    return max(0, up)
+        start = observation.fault_end
+    else:
+        start = observation.started_at
+    return max(0, micros(observation.recovered_at - start))
 
 
 def injected(observation: ExperimentObservation | OutageObservation) -> bool:
