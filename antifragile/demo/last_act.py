@@ -290,6 +290,19 @@ class LastAct:
             guard, self.downstream, OUTAGE_S, until_closed_s=(target or advised) + step
         )
         self.out(render_table(before, after, default_s, target or advised))
+        if after.failed > before.failed:
+            # Not hidden: p75 of three measured times to recover can land the first trial
+            # just before the return (each is the midpoint of its probes' bracket).
+            self.out(
+                f"  {after.failed - before.failed} more failed call(s): the first trial after "
+                f"{target} s came before the return ({OUTAGE_S:g} s), failed, and the breaker "
+                "reopened once; the refused calls after the return still fell."
+            )
+        elif after.failed == before.failed:
+            self.out(
+                "  Equal failed calls: both runs fail exactly the calls that open the breaker; "
+                "the advice cuts the refused calls after the return."
+            )
         b, a = before.back_to_closed_s, after.back_to_closed_s
         verdict = (
             f"return → closed {b if b is None else round(b, 2)} s → "
