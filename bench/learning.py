@@ -11,10 +11,12 @@ Printed side by side in one run:
 1. After each of the first five outages: the ledger's recommended ``open_duration_s``
    against the measured T (target: within ±20 % after at most five outages).
 2. One more outage with the default configuration, and the same outage (same T) with the
-   advice applied: failed calls, refused calls, time from the dependency's return to the
-   breaker closing, trial calls spent (targets: ≥ 50 % less refused time after the return,
-   at most 2x trial calls).
-3. Revert; the breaker's configuration equals the default exactly.
+   advice applied through the approval path (``learning.client.apply_advice``, approved by
+   :data:`APPROVER`, whom the bench names in its worker's policy): failed calls, refused
+   calls, time from the dependency's return to the breaker closing, trial calls spent
+   (targets: ≥ 50 % less refused time after the return, at most 2x trial calls).
+3. Revert (``learning.client.revert_config``: undoing version 1 returns to the service's
+   own settings); the breaker's configuration equals the default exactly.
 
 Between learning outages the harness resets the breaker once the recovery has ended (the
 library default keeps it open 30 s, which would only make the bench slower; the recovery,
@@ -145,40 +147,51 @@ def _recommended_open(view) -> float | None:  # type: ignore[no-untyped-def]
     return None
 
 
-# TODO(lead): switch to learning.client.apply_advice at merge
-async def apply_open_duration(redis_url: str, dependency: str, open_s: float) -> int:
-    """Publish the advice's recommended ``open_duration_s`` as a config version."""
-    import redis.asyncio as aioredis
+APPROVER = "bench-approver"
+"""The only approver in the bench worker's policy: the advice goes through the approval path."""
+OPEN_SETTING = "breaker.open_duration_s"
 
-    from antifragile.learning.config_versions import current, publish
-    from antifragile.models.learning import DependencySettings
 
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        if await current(client, dependency) is None:
-            # version 1: the service's own settings, so a revert has something to go back to
-            await publish(client, dependency, DependencySettings(), "bench", "as configured")
-        version = await publish(
-            client, dependency, DependencySettings(open_duration_s=open_s), "bench", "advice"
+async def apply_open_duration(client, dependency: str) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+    """Ask the ledger to apply its ``open_duration_s`` advice (approved by :data:`APPROVER`).
+
+    The ledger authorizes the approver with the worker policy, recomputes the advice
+    against the version in force and publishes a config version.
+
+    Returns:
+        (version published, the open duration it carries, seconds).
+
+    Raises:
+        RuntimeError: the ledger published nothing (no advice to apply).
+    """
+    from antifragile.learning.client import apply_advice
+
+    change = await apply_advice(
+        client, dependency, by=APPROVER, settings=[OPEN_SETTING], note="bench: the advice"
+    )
+    after = change.after.open_duration_s if change.after is not None else None
+    if change.version is None or after is None:
+        raise RuntimeError(
+            f"{dependency}: nothing applied ({change.outcome.value}: {change.reason})"
         )
-    finally:
-        await client.aclose()
-    return version.version
+    return change.version, after
 
 
-# TODO(lead): switch to learning.client.revert_config at merge
-async def revert_config(redis_url: str, dependency: str) -> int:
-    """Revert the version in force (back to the settings before the advice)."""
-    import redis.asyncio as aioredis
+async def revert_config(client, dependency: str) -> int:  # type: ignore[no-untyped-def]
+    """Ask the ledger to undo the version in force (undoing version 1 returns to the
+    service's own settings); the version published."""
+    from antifragile.learning import client as learning
 
-    from antifragile.learning.config_versions import revert
+    change = await learning.revert_config(
+        client, dependency, by=APPROVER, note="bench: undo the advice"
+    )
+    return change.version or 0
 
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        version = await revert(client, dependency, "bench", "undo the advice")
-    finally:
-        await client.aclose()
-    return version.version
+
+def allow_approver(policy_file: Path) -> None:
+    """Name :data:`APPROVER` in the bench worker's policy (before the worker starts)."""
+    text = policy_file.read_text()
+    policy_file.write_text(text + f"recovery:\n  approvers: [{APPROVER}]\n")
 
 
 async def _until(predicate, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
@@ -204,6 +217,7 @@ async def run(full: bool) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         async with chaos_stack(0, Path(tmp), lease_ttl_s=15) as stack:
+            allow_approver(Path(stack.env["ANTIFRAGILE_POLICY_FILE"]))
             await stack.start_worker()
             settings = Settings(
                 temporal_address=stack.temporal_address,
@@ -259,15 +273,15 @@ async def run(full: bool) -> int:
                 final = lengths[-1]
                 before = await _outage(guard, dep, final)
                 guard.breaker.reset("bench: next outage")
-                version = await apply_open_duration(stack.redis_url, name, recommended)
-                await _until(lambda: guard.breaker.config.open_duration_s == recommended)
+                version, applied = await apply_open_duration(client, name)
+                await _until(lambda: guard.breaker.config.open_duration_s == applied)
                 after = await _outage(guard, dep, final)
                 print(
                     f"\n same outage (T = {final:.2f} s); advice applied as config "
-                    f"version {version}"
+                    f"version {version} through the approval path (by {APPROVER})"
                 )
                 print(f" {'':34} {'default':>10} {'advice':>10}")
-                print(f" {'open_duration_s':34} {default.open_duration_s:>10g} {recommended:>10g}")
+                print(f" {'open_duration_s':34} {default.open_duration_s:>10g} {applied:>10g}")
                 for label, a, b in [
                     ("failed calls", before.failed, after.failed),
                     ("refused calls", before.refused, after.refused),
@@ -283,7 +297,7 @@ async def run(full: bool) -> int:
                         f"trial calls {after.trials}/{max(before.trials, 1)} (target ≤ 2x)"
                     )
                 guard.breaker.reset("bench: revert")
-                reverted = await revert_config(stack.redis_url, name)
+                reverted = await revert_config(client, name)
                 await _until(lambda: guard.breaker.config == default)
                 same = (
                     guard.breaker.config == default and guard.breaker.state is CircuitState.CLOSED

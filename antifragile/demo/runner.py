@@ -15,6 +15,9 @@
    refused; the demo approves it through the real CLI (``antifragile recovery approve``),
    and it succeeds.
 6. Load stops, and every message published is found exactly once in the stream.
+7. The last act (:mod:`antifragile.demo.last_act`): the bus's archive downstream suffers
+   the same outage twice; between the two, the advice its ledger learned is applied
+   through the approval path, and the two runs are printed side by side.
 
 Each step is printed when it is observed, with its time; at the end the demo prints the
 Temporal UI link of every workflow involved. It succeeds only if every step happened, in
@@ -42,9 +45,11 @@ from antifragile.constants import (
     intake_shard,
     intake_workflow_id,
     orchestrator_workflow_id,
+    profile_workflow_id,
     recovery_workflow_id,
 )
 from antifragile.demo.agent_bus import AgentBus
+from antifragile.demo.last_act import ARCHIVE, LAST_ACT_BUDGET_S, LastAct
 from antifragile.demo.service import HealthEndpoint, Load, audit_stream, rate_over
 from antifragile.demo.stack import DemoOptions, DemoStack
 from antifragile.demo.timeline import DemoResult, StepTimeout, Timeline, render_summary, wait_until
@@ -127,6 +132,7 @@ class Demo:
             temporal_client=self.client,
             publish_interval_s=0.5,
             health_ttl_s=5.0,
+            config_plane=True,  # the last act's applied advice reaches the breaker live
         )
         endpoint = HealthEndpoint(lambda: runtime.guards[DEPENDENCY].call(redis.ping))
         probe = await endpoint.start()
@@ -148,6 +154,15 @@ class Demo:
         stream = f"af:demo:bus:{run_id}"
         bus = AgentBus(redis, runtime, redis_guard=DEPENDENCY, stream=stream, stream_maxlen=None)
         load = Load(bus, o.rate)
+        act = LastAct(
+            self.client,
+            self.t,
+            self.t.out,
+            approver=APPROVER,
+            outsider=OUTSIDER,
+            step_timeout_s=o.step_timeout_s,
+        )
+        await act.prepare(runtime)
         try:
             async with runtime:
                 load.start()
@@ -156,6 +171,11 @@ class Demo:
                 await self._manual(probe)
                 await load.stop()
                 await self._audit(bus, redis, stream)
+                self.link("archive ledger", profile_workflow_id(ARCHIVE))
+                try:
+                    await act.run()
+                finally:
+                    await act.cleanup(o.keep)
         except StepTimeout as exc:
             self.problems.append(str(exc))
         finally:
@@ -441,7 +461,7 @@ async def run_demo(
             demo = Demo(settings, client, options, timeline)
             # A watchdog over the whole story: each wait has its own limit, this one
             # catches anything else (a hung call) so the demo always ends and says why.
-            total_s = 5 * options.step_timeout_s + options.chaos_duration_s
+            total_s = 5 * options.step_timeout_s + options.chaos_duration_s + LAST_ACT_BUDGET_S
             try:
                 await asyncio.wait_for(demo.run(), total_s)
             except TimeoutError:

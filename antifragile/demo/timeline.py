@@ -27,6 +27,9 @@ STEPS: list[tuple[str, str]] = [
     ("manual_approved", "approved through the CLI"),
     ("manual_succeeded", "manual recovery succeeded"),
     ("nothing_lost", "every message delivered and persisted exactly once"),
+    ("outages_learned", "the ledger learned from three real outages of the archive"),
+    ("advice_applied", "advice applied through the approval path, taken live"),
+    ("advice_paid_off", "the same outage again: the breaker closed sooner after the return"),
 ]
 """Every step of the story, in the order it is told."""
 
@@ -40,6 +43,8 @@ ORDER: list[tuple[str, str]] = [
     ("manual_waiting", "manual_approved"),
     ("outsider_refused", "manual_approved"),
     ("manual_approved", "manual_succeeded"),
+    ("outages_learned", "advice_applied"),
+    ("advice_applied", "advice_paid_off"),
 ]
 """Pairs (a, b): step b must not be observed before step a."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.learning import DEFAULT_T, FULL_T, outage_times, reduction, within
 
 
@@ -17,3 +19,15 @@ def test_within_and_reduction() -> None:
     assert within(3.6, 3.0) and within(2.4, 3.0) and not within(3.61, 3.0)
     assert reduction(10, 4) == 0.6
     assert reduction(0, 1) is None
+
+
+def test_the_bench_worker_policy_names_the_approver(tmp_path: Path) -> None:
+    from antifragile.policy import WorkerPolicy
+    from bench.learning import APPROVER, allow_approver
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("chaos:\n  allowed_targets: [bench-dep-x]\n  max_duration_s: 300\n")
+    allow_approver(policy_file)
+    policy = WorkerPolicy.load(policy_file)
+    assert list(policy.recovery.approvers) == [APPROVER]
+    assert policy.chaos.allowed_targets == ["bench-dep-x"]
