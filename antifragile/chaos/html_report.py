@@ -198,6 +198,7 @@ def _learning(report: ChaosReport) -> str:
         rows.append(("time to detect", _e(_seconds(o.fault_start, o.detected_at))))
         rows.append(("time to recover", _e(_seconds(o.fault_end, o.recovered_at))))
         rows.append(("calls failed / refused", _e(f"{o.calls_failed:,} / {o.calls_refused:,}")))
+        rows.append(("latency under the fault", _e(learning.fault_latency)))
     if learning.note:
         rows.append(("note", f'<span class="warn">{_e(learning.note)}</span>'))
     advice = _table(

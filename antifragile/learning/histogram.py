@@ -116,3 +116,16 @@ def quantile_ms(histogram: LatencyHistogram, q: float | str | Fraction) -> float
         if seen >= rank:
             return _bounds()[i]
     raise AssertionError("unreachable: the rank is at most the total")  # pragma: no cover
+
+
+def describe(histogram: LatencyHistogram) -> str:
+    """One line for people: ``p50 ≤X ms p99 ≤Y ms p99.9 ≤Z ms (N calls)``, or ``-``.
+
+    Each quantile as :func:`quantile_ms` gives it (a bucket's upper bound, hence ``≤``).
+    """
+    marks = [("p50", "0.5"), ("p99", "0.99"), ("p99.9", "0.999")]
+    found = [(name, quantile_ms(histogram, q)) for name, q in marks]
+    if any(value is None for _, value in found):
+        return "-"
+    calls = sum(histogram.counts)
+    return f"{' '.join(f'{n} ≤{v:g} ms' for n, v in found)} ({calls:,} calls)"

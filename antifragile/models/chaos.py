@@ -229,12 +229,15 @@ class ExperimentLearning(StrictModel):
             detect, time to recover, calls failed and refused); None when it holds none.
         advice: The ledger's advice as it stands (against the library defaults).
         note: One line when something is missing (no ledger, not answering, not recorded).
+        fault_latency: The observation's latency under the fault in one line (p50, p99,
+            p99.9 and the calls measured; ``-``: none measured), for the renderers.
     """
 
     dependency: str
     observation: ExperimentObservation | None = None
     advice: list[Advice] = Field(default_factory=list)
     note: str = ""
+    fault_latency: str = "-"
 
 
 class ChaosReport(StrictModel):

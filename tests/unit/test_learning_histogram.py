@@ -99,3 +99,11 @@ def test_quantile_is_conservative_within_one_bucket() -> None:
         estimate = quantile_ms(record(LatencyHistogram(), value), "0.5")
         assert estimate is not None
         assert value <= estimate <= value * 2 ** (1 / 4) * (1 + 1e-12)
+
+
+def test_describe_gives_the_three_quantiles_or_a_dash() -> None:
+    from antifragile.learning.histogram import describe
+
+    assert describe(LatencyHistogram()) == "-"
+    one = record(LatencyHistogram(), 0.05)
+    assert describe(one) == "p50 ≤0.1 ms p99 ≤0.1 ms p99.9 ≤0.1 ms (1 calls)"

@@ -630,6 +630,16 @@ def _sample(seconds: int, targets: float | None, source: str = "fleet") -> Healt
 S = timedelta(seconds=1)
 
 
+def test_an_experiment_tells_its_ledger_the_latency_under_its_fault() -> None:
+    from workflows._learning_feed import experiment_observation
+
+    journal = _journal(injected_at=T0, removed_at=T0 + 30 * S, fault_latency=[0, 3, 1, 0, 0])
+    seen = experiment_observation(journal, ChaosOutcome.COMPLETED)
+    assert seen is not None and seen.latency.counts == [0, 3, 1]  # trailing empties dropped
+    none = experiment_observation(_journal(injected_at=T0), ChaosOutcome.COMPLETED)
+    assert none is not None and none.latency.counts == []
+
+
 @pytest.mark.parametrize(
     ("journal", "outcome", "expected"),
     [

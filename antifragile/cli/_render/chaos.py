@@ -21,6 +21,7 @@ from antifragile.cli._common import (
     fail,
     redis_unreachable,
 )
+from antifragile.learning.histogram import describe
 from antifragile.models.chaos import ChaosOutcome, ChaosReport, ChaosStatus, ExperimentLearning
 from antifragile.models.chaos_fleet import (
     FleetStopResult,
@@ -30,7 +31,6 @@ from antifragile.models.chaos_fleet import (
     StopResult,
     TemporalStop,
 )
-from antifragile.models.learning import LatencyHistogram
 from antifragile.settings import Settings
 
 if TYPE_CHECKING:
@@ -82,7 +82,11 @@ async def experiment_learning(
     ]
     note = "" if mine else f"{ledger} holds no observation of this experiment"
     return ExperimentLearning(
-        dependency=target, observation=mine[0] if mine else None, advice=view.advice, note=note
+        dependency=target,
+        observation=mine[0] if mine else None,
+        advice=view.advice,
+        note=note,
+        fault_latency=describe(mine[0].latency) if mine else "-",
     )
 
 
@@ -101,7 +105,7 @@ def _learning(learning: ExperimentLearning | None) -> None:
         head.add_row("time to detect", _seconds(o.fault_start, o.detected_at))
         head.add_row("time to recover", _seconds(o.fault_end, o.recovered_at))
         head.add_row("calls failed / refused", f"{o.calls_failed} / {o.calls_refused}")
-        head.add_row("latency under the fault", _latency(o.latency))
+        head.add_row("latency under the fault", learning.fault_latency)
     if learning.note:
         head.add_row("note", f"[yellow]{learning.note}[/yellow]")
     console.print(f"learned (ledger of {learning.dependency})")
@@ -118,17 +122,6 @@ def _learning(learning: ExperimentLearning | None) -> None:
                 a.reason,
             )
         console.print(table)
-
-
-def _latency(histogram: LatencyHistogram) -> str:
-    from antifragile.learning.histogram import quantile_ms
-
-    marks = [("p50", "0.5"), ("p99", "0.99"), ("p99.9", "0.999")]
-    found = [(name, quantile_ms(histogram, q)) for name, q in marks]
-    if found[0][1] is None:
-        return "- (no call measured between two health checks under it)"
-    calls = sum(histogram.counts)
-    return f"{' '.join(f'{n} ≤{v:g} ms' for n, v in found)} ({calls} calls)"
 
 
 def _t(value: datetime | None) -> str:
