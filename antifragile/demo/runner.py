@@ -165,6 +165,7 @@ class Demo:
         await act.prepare(runtime)
         try:
             async with runtime:
+                act.start_baseline()  # the archive's baseline, while the earlier acts run
                 load.start()
                 await self._steady(bus, stream)
                 await self._chaos(runtime, bus, endpoint)
