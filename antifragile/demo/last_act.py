@@ -71,9 +71,11 @@ SETTINGS = (OPEN_SETTING, THRESHOLD_SETTING)
 """What the act applies, in table order."""
 DEMO_TRAFFIC_WINDOW_S = 2.0
 """Traffic window of the demo's runtime and worker, seconds (a fleet's default is 60)."""
+DEMO_PUBLISH_INTERVAL_S = 0.5
+"""Seconds between two health snapshots of the demo's runtime (they carry its windows)."""
 DEMO_HARVEST_GRACE_S = 1.0
-"""Harvest grace of the demo's worker, seconds: more than the demo runtime's 0.5 s
-snapshot publish interval, less than :data:`DEMO_TRAFFIC_WINDOW_S`."""
+"""Harvest grace of the demo's worker, seconds: more than
+:data:`DEMO_PUBLISH_INTERVAL_S`, less than :data:`DEMO_TRAFFIC_WINDOW_S`."""
 BASELINE_INTERVAL_S = 0.005
 """Seconds between two baseline calls to the archive (at most 200 calls/s)."""
 BASELINE_CALLS = 3000
@@ -82,8 +84,7 @@ act waits for the rest). Over the advice's 1,000 minimum; with none failing, fro
 on the advised ``failure_threshold`` is 3 (100 × (3/n)³ ≤ 10⁻⁶)."""
 LAST_ACT_BUDGET_S = 150.0
 """What the act may add to the demo's watchdog, seconds: the rest of the baseline, four
-outages, the default
-breaker's 30 s open time, the ledger's answers."""
+outages, the default breaker's 30 s open time, the ledger's answers."""
 PROBE_DELAY_MS = 200
 """The recovery probes the downstream every 200 ms (its TCP port, not through the guard)."""
 
