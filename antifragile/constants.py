@@ -217,7 +217,5 @@ PATCH_PROFILE_AUTO_ADAPT = "profile-auto-adaptation"
 """Patch: a ledger reads the adaptation policy after a batch that changed its advice."""
 
 # --- Traffic windows into the ledgers (issue 14): the worker's harvester -------------
-DEFAULT_TRAFFIC_WINDOW_S = 60.0
-"""Length of the runtimes' traffic windows, seconds (``Runtime(traffic_window_s=...)``)."""
-DEFAULT_HARVEST_GRACE_S = 10.0
-"""Seconds the harvester waits after a window ends (more than the snapshots' 3 s period)."""
+# Window length and harvest grace are settings (``Settings.traffic_window_s`` and
+# ``Settings.harvest_grace_s``, defaults in ``antifragile.settings``): a fleet must agree.

@@ -14,10 +14,16 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONSTITUTIONAL_HASH = "cdd01ef066bc6cf2"
+"""The constitutional hash every request carries unless configured otherwise."""
+
+DEFAULT_TRAFFIC_WINDOW_S = 60.0
+"""Length of the runtimes' traffic windows, seconds (``Settings.traffic_window_s``)."""
+DEFAULT_HARVEST_GRACE_S = 10.0
+"""Seconds a worker's harvester waits after a window ends (``Settings.harvest_grace_s``;
+more than a runtime's default 3 s snapshot publish interval)."""
 
 SECRET_SETTINGS: tuple[tuple[str, ...], ...] = (("redis_url",), ("temporal_api_key",))
 """Settings whose values may carry secrets: an error about them never shows the value."""
-"""The constitutional hash every request carries unless configured otherwise."""
 
 
 class Settings(BaseSettings):
@@ -60,6 +66,16 @@ class Settings(BaseSettings):
             none: tracing off.
         otel_service_name: ``service.name`` resource attribute of the spans. Default
             ``antifragile``.
+        traffic_window_s: Length of the traffic windows a runtime publishes with its
+            health snapshot and a worker's harvester coalesces into the ledgers, seconds
+            (> 0). Every runtime and worker of a fleet must use the same value: windows
+            are aligned to multiples of it, and the harvester sends only windows of its
+            own length. Default 60 (:data:`DEFAULT_TRAFFIC_WINDOW_S`).
+        harvest_grace_s: Seconds a worker's harvester waits after a window ends before
+            sending it, so every runtime has rotated and published it (0 < grace <
+            ``traffic_window_s``). It must exceed the runtimes' snapshot publish
+            interval (``Runtime(publish_interval_s=...)``, default 3 s), or a runtime's
+            share of a window is missed. Default 10 (:data:`DEFAULT_HARVEST_GRACE_S`).
     """
 
     model_config = SettingsConfigDict(env_prefix="ANTIFRAGILE_", extra="ignore")
@@ -83,6 +99,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     otel_endpoint: str | None = None
     otel_service_name: str = "antifragile"
+    traffic_window_s: float = DEFAULT_TRAFFIC_WINDOW_S
+    harvest_grace_s: float = DEFAULT_HARVEST_GRACE_S
 
     def workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
         """Link to a workflow in the Temporal UI."""
@@ -135,6 +153,25 @@ class Settings(BaseSettings):
             or self.temporal_tls_ca
             or self.temporal_tls_cert
         )
+
+    @field_validator("traffic_window_s")
+    @classmethod
+    def _window_positive(cls, value: float) -> float:
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"traffic_window_s must be > 0 seconds, got {value!r}")
+        return value
+
+    @field_validator("harvest_grace_s")
+    @classmethod
+    def _grace_inside_window(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("traffic_window_s")
+        if not value > 0:
+            raise ValueError(f"harvest_grace_s must be > 0 seconds, got {value!r}")
+        if window is not None and not value < window:
+            raise ValueError(
+                f"harvest_grace_s must be < traffic_window_s ({window!r} s), got {value!r}"
+            )
+        return value
 
     @field_validator("temporal_address")
     @classmethod

@@ -9,11 +9,12 @@ the same way: :func:`prepare_worker`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -156,6 +157,35 @@ def build_worker(
     )
 
 
+def traffic_harvester(client: Client, settings: Settings) -> TrafficHarvester:
+    """The worker's traffic harvester: window and grace from the worker's settings."""
+    return TrafficHarvester(
+        client,
+        settings.redis_url,
+        settings.task_queue,
+        window_s=settings.traffic_window_s,
+        grace_s=settings.harvest_grace_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def harvesting_worker(
+    client: Client, settings: Settings, policy: WorkerPolicy, **options: Any
+) -> AsyncIterator[Worker]:
+    """:func:`build_worker`'s worker, running, with the traffic harvester beside it.
+
+    What ``antifragile demo`` runs (as :func:`run_worker` does): without the harvester
+    the ledgers would never see a traffic window, so no baseline and no threshold advice.
+    """
+    harvester = traffic_harvester(client, settings)
+    await harvester.start()
+    try:
+        async with build_worker(client, settings, policy, **options) as worker:
+            yield worker
+    finally:
+        await harvester.stop()
+
+
 async def run_worker(
     settings: Settings | None = None,
     policy: WorkerPolicy | None = None,
@@ -189,7 +219,7 @@ async def run_worker(
     # ${VAR}s are resolved at use: say now what the environment lacks (names, no values).
     for problem in environment_problems(policy.recovery):
         log.warning("worker policy: %s", problem)
-    harvester = TrafficHarvester(client, settings.redis_url, settings.task_queue)
+    harvester = traffic_harvester(client, settings)
     await harvester.start()  # the fleet's traffic windows into the ledgers
     async with worker:
         log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)

@@ -47,11 +47,11 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from antifragile.constants import DEFAULT_HARVEST_GRACE_S, DEFAULT_TRAFFIC_WINDOW_S
 from antifragile.fleet_health import fault_windows, finished_traffic, read_snapshots
 from antifragile.learning.client import record_observations
 from antifragile.learning.histogram import merge
 from antifragile.models.learning import TrafficObservation
+from antifragile.settings import DEFAULT_HARVEST_GRACE_S, DEFAULT_TRAFFIC_WINDOW_S
 
 log = logging.getLogger("antifragile.traffic_harvest")
 
@@ -162,10 +162,12 @@ class TrafficHarvester:
         redis_url: Redis holding the health snapshots.
         task_queue: Where a ledger that does not exist yet is started.
         window_s: The runtimes' ``traffic_window_s``, seconds (> 0); the harvester wakes
-            once per window. Default :data:`~antifragile.constants.DEFAULT_TRAFFIC_WINDOW_S`.
+            once per window. Default :data:`~antifragile.settings.DEFAULT_TRAFFIC_WINDOW_S`
+            (a worker passes its ``Settings.traffic_window_s``).
         grace_s: Seconds after each window's end before harvesting (0 <= grace < window);
             more than the runtimes' ``publish_interval_s``. Default
-            :data:`~antifragile.constants.DEFAULT_HARVEST_GRACE_S`.
+            :data:`~antifragile.settings.DEFAULT_HARVEST_GRACE_S` (a worker passes its
+            ``Settings.harvest_grace_s``).
         wall: Unix-time clock.
 
     Raises:

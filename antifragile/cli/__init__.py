@@ -280,7 +280,9 @@ def demo(
     )
     from antifragile.demo.runner import run_demo
     from antifragile.demo.stack import DemoOptions
-    from workers.main import build_worker  # wired here: the demo never imports workers
+
+    # wired here: the demo never imports workers (its worker harvests traffic windows)
+    from workers.main import harvesting_worker as build_worker
 
     settings = load_settings()
     env = os.environ

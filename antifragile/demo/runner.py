@@ -49,7 +49,12 @@ from antifragile.constants import (
     recovery_workflow_id,
 )
 from antifragile.demo.agent_bus import AgentBus
-from antifragile.demo.last_act import ARCHIVE, LAST_ACT_BUDGET_S, LastAct
+from antifragile.demo.last_act import (
+    ARCHIVE,
+    DEMO_PUBLISH_INTERVAL_S,
+    LAST_ACT_BUDGET_S,
+    LastAct,
+)
 from antifragile.demo.service import HealthEndpoint, Load, audit_stream, rate_over
 from antifragile.demo.stack import DemoOptions, DemoStack
 from antifragile.demo.timeline import DemoResult, StepTimeout, Timeline, render_summary, wait_until
@@ -130,7 +135,7 @@ class Demo:
             s,
             instance_id=f"agent-bus-demo-{run_id}",
             temporal_client=self.client,
-            publish_interval_s=0.5,
+            publish_interval_s=DEMO_PUBLISH_INTERVAL_S,
             health_ttl_s=5.0,
             config_plane=True,  # the last act's applied advice reaches the breaker live
         )
@@ -165,6 +170,7 @@ class Demo:
         await act.prepare(runtime)
         try:
             async with runtime:
+                act.start_baseline()  # the archive's baseline, while the earlier acts run
                 load.start()
                 await self._steady(bus, stream)
                 await self._chaos(runtime, bus, endpoint)

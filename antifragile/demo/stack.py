@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from antifragile.constants import DEMO_TASK_QUEUE
+from antifragile.demo.last_act import DEMO_HARVEST_GRACE_S, DEMO_TRAFFIC_WINDOW_S
 from antifragile.errors import ConfigError
 from antifragile.settings import Settings
 from antifragile.stack.devstack import DevStack
@@ -89,9 +90,16 @@ class DemoStack:
         return ", ".join(notes)
 
     def settings(self, base: Settings) -> Settings:
-        """``base`` pointed at this stack and the demo's task queue."""
+        """``base`` pointed at this stack and the demo's task queue, with short windows.
+
+        The demo's runtime and worker share these settings, so they agree on the traffic
+        window (:data:`~antifragile.demo.last_act.DEMO_TRAFFIC_WINDOW_S`, 2 s, not a
+        fleet's 60 s) and the worker harvests each one a grace of 1 s after it ends.
+        """
         return base.model_copy(
             update={
+                "traffic_window_s": DEMO_TRAFFIC_WINDOW_S,
+                "harvest_grace_s": DEMO_HARVEST_GRACE_S,
                 "temporal_address": self.temporal_address,
                 "redis_url": self.redis_url,
                 "ui_url": self.ui_url,

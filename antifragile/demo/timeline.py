@@ -27,9 +27,12 @@ STEPS: list[tuple[str, str]] = [
     ("manual_approved", "approved through the CLI"),
     ("manual_succeeded", "manual recovery succeeded"),
     ("nothing_lost", "every message delivered and persisted exactly once"),
-    ("outages_learned", "the ledger learned from three real outages of the archive"),
+    ("outages_learned", "the ledger learned from the archive's baseline and three real outages"),
     ("advice_applied", "advice applied through the approval path, taken live"),
-    ("advice_paid_off", "the same outage again: the breaker closed sooner after the return"),
+    (
+        "advice_paid_off",
+        "the same outage again: fewer failed calls, closed sooner after the return",
+    ),
 ]
 """Every step of the story, in the order it is told."""
 

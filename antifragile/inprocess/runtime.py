@@ -81,7 +81,9 @@ class Runtime:
             :mod:`antifragile.inprocess.config_subscriber`) and apply them live to the
             guards. Default True.
         traffic_window_s: Length of the traffic windows published with the health
-            snapshot (:mod:`antifragile.inprocess.traffic`), seconds. Default 60.
+            snapshot (:mod:`antifragile.inprocess.traffic`), seconds. Default
+            ``settings.traffic_window_s`` (60 unless ``ANTIFRAGILE_TRAFFIC_WINDOW_S``
+            says otherwise: the fleet's harvesters must use the same length).
     """
 
     def __init__(
@@ -102,7 +104,7 @@ class Runtime:
         bridge_options: dict[str, Any] | None = None,
         fault_plane: bool = True,
         config_plane: bool = True,
-        traffic_window_s: float = 60.0,
+        traffic_window_s: float | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.instance_id = instance_id or self.settings.instance_id or default_instance_id()
@@ -125,7 +127,11 @@ class Runtime:
         else:
             self.metering = metering
         self.traffic = TrafficWindows(
-            lambda: self.guards, self.instance_id, window_s=traffic_window_s
+            lambda: self.guards,
+            self.instance_id,
+            window_s=self.settings.traffic_window_s
+            if traffic_window_s is None
+            else traffic_window_s,
         )
         self.bridge: Bridge | None = None
         if bridge:

@@ -40,10 +40,20 @@ async def test_the_demo_tells_every_step_and_stops_the_stack_it_started(tmp_path
     ):
         assert f"http://127.0.0.1:{ui_port}/namespaces/default/workflows/{workflow}" in out
     assert "0 missing, 0 duplicated, 0 dropped" in out
-    # The last act: the same outage twice, side by side; the advice closes the breaker sooner.
+    # The last act: the same outage twice, side by side; the advice, learned from three
+    # outages and a baseline harvested in 2 s windows, fails fewer calls and closes sooner.
     assert "The same 2 s outage of agent-bus-archive, twice" in out, out
-    for row in ("failed calls", "refused calls", "trial calls"):
+    assert re.search(
+        r"advises breaker.open_duration_s [\d.]+ \(now 30\), "
+        r"breaker.failure_threshold [34] \(now 5\)",
+        out,
+    ), out
+    for row in ("failure_threshold", "failed calls", "refused calls", "trial calls"):
         assert re.search(rf"{row}\s+│\s+\d+\s+│\s+\d+", out), (row, out)
+    threshold = re.search(r"failure_threshold\s+│\s+(\d+)\s+│\s+(\d+)", out)
+    assert threshold is not None and (int(threshold[1]), int(threshold[2])) in ((5, 3), (5, 4))
+    failed = re.search(r"failed calls\s+│\s+(\d+)\s+│\s+(\d+)", out)
+    assert failed is not None and int(failed[2]) < int(failed[1]), out
     closed = re.search(r"return → closed\s+│\s+([\d.]+) s\s+│\s+([\d.]+) s", out)
     assert closed is not None, out
     before, after = float(closed[1]), float(closed[2])
