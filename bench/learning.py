@@ -33,6 +33,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from antifragile.demo.last_act import Downstream
 
 SEED = 14
 DEFAULT_T = (3.0, 0.5)
@@ -68,33 +72,7 @@ class OutageFigures:
     states: list[str] = field(default_factory=list)
 
 
-class Dependency:
-    """A TCP server that accepts and closes connections; ``down()`` closes its socket."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def up(self) -> None:
-        async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            w.close()
-
-        self._server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-
-async def _connect(port: int) -> None:
-    _r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.close()
-
-
-async def _outage(guard, dep: Dependency, length_s: float) -> OutageFigures:  # type: ignore[no-untyped-def]
+async def _outage(guard, dep: Downstream, length_s: float) -> OutageFigures:  # type: ignore[no-untyped-def]
     """Take the dependency down for ``length_s``, calling steadily; figures until closed."""
     from antifragile.inprocess.breaker_state import CircuitOpenError, CircuitState
 
@@ -111,7 +89,7 @@ async def _outage(guard, dep: Dependency, length_s: float) -> OutageFigures:  # 
             returned_at = time.monotonic()
         was = breaker.state
         try:
-            await guard.call(_connect, dep.port)
+            await guard.call(dep.call)
             if was is CircuitState.HALF_OPEN:
                 figures.trials += 1
         except CircuitOpenError:
@@ -203,6 +181,7 @@ async def _until(predicate, timeout_s: float = 10) -> None:  # type: ignore[no-u
 
 
 async def run(full: bool) -> int:
+    from antifragile.demo.last_act import Downstream
     from antifragile.inprocess.breaker_state import CircuitState
     from antifragile.inprocess.runtime import Runtime
     from antifragile.settings import Settings
@@ -225,7 +204,7 @@ async def run(full: bool) -> int:
                 task_queue=stack.task_queue,
             )
             client = await connect(settings)
-            dep = Dependency()
+            dep = Downstream()
             await dep.up()
             name = f"learn-{uuid.uuid4().hex[:6]}"
             runtime = Runtime(
