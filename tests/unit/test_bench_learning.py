@@ -31,3 +31,15 @@ def test_the_bench_worker_policy_names_the_approver(tmp_path: Path) -> None:
     policy = WorkerPolicy.load(policy_file)
     assert list(policy.recovery.approvers) == [APPROVER]
     assert policy.chaos.allowed_targets == ["bench-dep-x"]
+
+
+def test_p75_is_type_7_like_the_advice() -> None:
+    from fractions import Fraction
+
+    from antifragile.learning.measurements import type7_quantile
+    from bench.learning import p75
+
+    values = [2.607, 3.203, 3.152, 3.44, 2.771]
+    for n in range(1, 6):
+        expected = type7_quantile([round(v * 1000) for v in sorted(values[:n])], Fraction(3, 4))
+        assert abs(p75(values[:n]) - float(expected) / 1000) < 1e-9
