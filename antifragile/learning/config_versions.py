@@ -41,6 +41,7 @@ DEPENDENCIES_KEY = "af:config:dependencies"
 """Set of every dependency that has versions."""
 
 _MAX_RETRIES = 100
+_MAX_INDEX = 2**63 - 1
 
 
 class ConfigVersionError(AntifragileError):
@@ -211,7 +212,9 @@ async def _commit(
 
 
 async def _at(client: aioredis.Redis, vkey: str, number: int | None) -> ConfigVersion:
-    raw = None if number is None else await client.lindex(vkey, number - 1)
+    # Numbers start at 1 (0 or less would index from the end) and fit Redis's int64.
+    valid = number is not None and 1 <= number <= _MAX_INDEX
+    raw = await client.lindex(vkey, number - 1) if valid and number is not None else None
     if raw is None:
         raise ConfigVersionError(f"{vkey}: no version {number}")
     return ConfigVersion.model_validate_json(raw)
