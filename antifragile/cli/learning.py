@@ -303,8 +303,13 @@ advise_app.command("show")(advise_command)
 
 ByOption = Annotated[str, typer.Option("--by", help="Who asks (a policy approver).")]
 NoteOption = Annotated[str, typer.Option("--note", help="Why; kept with the change.")]
+MAX_WAIT_S = 86_400.0
+"""Longest ``--wait``, seconds (one day; ``inf`` or ``1e308`` cannot make a deadline)."""
 WaitOption = Annotated[
-    float, typer.Option("--wait", help="Seconds to wait for the ledger's decision.", min=0.1)
+    float,
+    typer.Option(
+        "--wait", help="Seconds to wait for the ledger's decision.", min=0.1, max=MAX_WAIT_S
+    ),
 ]
 DEFAULT_WAIT_S = 30.0
 """Default ``--wait``: seconds for the ledger to decide (the publish retries Redis ~15 s)."""
