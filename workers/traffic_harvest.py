@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -103,25 +104,57 @@ def harvestable(observation: TrafficObservation, now: float, grace_s: float) -> 
     return end + grace_s <= now < end + observation.window_s
 
 
+class Harvest(NamedTuple):
+    """What one harvest sends, and what it leaves out.
+
+    Attributes:
+        windows: The coalesced windows to send.
+        under_fault: Coalesced windows left out: a fault was installed in them.
+        other_length: Instances' windows left out: their length is not the fleet's.
+    """
+
+    windows: list[TrafficObservation]
+    under_fault: int
+    other_length: int = 0
+
+
 def windows_to_send(
-    snapshots: Iterable[dict[str, object]], now: float, grace_s: float
-) -> tuple[list[TrafficObservation], int]:
-    """The coalesced windows of ``snapshots`` to send at ``now``, and how many were under fault.
+    snapshots: Iterable[dict[str, object]],
+    now: float,
+    grace_s: float,
+    window_s: float | None = None,
+) -> Harvest:
+    """The coalesced windows of ``snapshots`` to send at ``now`` (see :class:`Harvest`).
 
     Instances' windows that are not :func:`harvestable` are ignored; a (dependency,
     window) that any instance reports a fault in is left out (see the module doc).
+
+    Args:
+        snapshots: The runtimes' health snapshots.
+        now: Unix time, seconds.
+        grace_s: See :func:`harvestable`.
+        window_s: The fleet's window length, seconds (the harvester's). A window of
+            another length (an instance configured apart) is left out and counted: it
+            cannot be summed with the fleet's windows, would share their ``source_id``
+            when it starts with one (the ledger keeps only the first), and overlaps
+            them otherwise. None: every length (compared exactly).
     """
     faulted: set[tuple[str, datetime]] = set()
     windows: list[TrafficObservation] = []
+    other_length = 0
     for snapshot in snapshots:
         data = dict(snapshot)
         for dependency, start in fault_windows(data):
             with contextlib.suppress(ValueError):
                 faulted.add((dependency, _utc(datetime.fromisoformat(start))))
-        windows.extend(o for o in finished_traffic(data) if harvestable(o, now, grace_s))
+        for o in finished_traffic(data):
+            if window_s is not None and o.window_s != window_s:
+                other_length += 1
+            elif harvestable(o, now, grace_s):
+                windows.append(o)
     coalesced = coalesce(windows)
     kept = [o for o in coalesced if (o.dependency, _utc(o.window_start)) not in faulted]
-    return kept, len(coalesced) - len(kept)
+    return Harvest(kept, len(coalesced) - len(kept), other_length)
 
 
 def _utc(value: datetime) -> datetime:
@@ -144,6 +177,7 @@ class HarvestStats:
         under_fault: Windows left out because a fault was installed in them.
         redis_errors: Harvests skipped because Redis did not answer.
         temporal_errors: Sends that Temporal refused (kept for the next window).
+        other_length: Instances' windows left out: not the harvester's ``window_s`` long.
     """
 
     harvests: int = 0
@@ -151,6 +185,7 @@ class HarvestStats:
     under_fault: int = 0
     redis_errors: int = 0
     temporal_errors: int = 0
+    other_length: int = 0
     sent_ids: list[str] = field(default_factory=list)
 
 
@@ -197,6 +232,7 @@ class TrafficHarvester:
         self._sent: dict[tuple[str, str], None] = {}
         self._redis_down = False
         self._temporal_down = False
+        self._other_length_logged = False
         self._task: asyncio.Task[None] | None = None
         self.harvested = asyncio.Event()
         """Set after every harvest (tests wait on it, then clear it)."""
@@ -222,9 +258,18 @@ class TrafficHarvester:
                 log.info("traffic harvest: Redis answers again")
             self._redis_down = False
             self.stats.harvests += 1
-            windows, faulted = windows_to_send(snapshots, self._wall(), self.grace_s)
-            self.stats.under_fault += faulted
-            for o in windows:
+            harvest = windows_to_send(snapshots, self._wall(), self.grace_s, self.window_s)
+            self.stats.under_fault += harvest.under_fault
+            self.stats.other_length += harvest.other_length
+            if harvest.other_length and not self._other_length_logged:
+                self._other_length_logged = True
+                log.warning(
+                    "traffic harvest: %d instance window(s) not %g s long left out "
+                    "(a runtime's traffic_window_s differs from the fleet's)",
+                    harvest.other_length,
+                    self.window_s,
+                )
+            for o in harvest.windows:
                 key = (o.dependency, o.source_id)
                 if key not in self._sent:
                     self._pending[key] = o
