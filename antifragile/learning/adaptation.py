@@ -144,8 +144,10 @@ def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> App
 
     A change is in the band when its value in force is known and non-zero and
     ``|new - old| <= auto_max_step × old``, compared exactly on the decimals the floats
-    stand for (15 significant digits). Nothing is in the band when the advice rests on
-    fewer than ``auto_min_observations`` held observations.
+    stand for (15 significant digits), and, when the band has an ``auto_min_step``, the
+    step is at least ``auto_min_step × old`` (advice wobbling by a few % between batches
+    publishes nothing). Nothing is in the band when the advice rests on fewer than
+    ``auto_min_observations`` held observations.
 
     Args:
         plan: From :func:`plan_apply`.
@@ -173,6 +175,13 @@ def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> App
             out[setting] = (
                 f"auto: {old:g} -> {new:g} is a step of {float(step / abs(_exact(old))):.0%}, "
                 f"over the band of {band.auto_max_step:.0%}; left to a person"
+            )
+            continue
+        minimum = band.auto_min_step
+        if minimum is not None and step < _exact(minimum) * abs(_exact(old)):
+            out[setting] = (
+                f"auto: {old:g} -> {new:g} is a step of {float(step / abs(_exact(old))):.0%}, "
+                f"under the minimum of {minimum:.0%}; left as it is"
             )
             continue
         kept[setting] = (old, new)

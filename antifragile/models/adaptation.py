@@ -117,11 +117,15 @@ class AdaptationBand(StrictModel):
         auto: Apply in-band advice without a person. Default false.
         auto_max_step: Largest relative change per setting, ``|new - old| / old``.
         auto_min_observations: Held observations the advice must rest on.
+        auto_min_step: Smallest relative change ``auto`` makes (a smaller one is left as
+            it is: advice that wobbles between batches publishes no version per wobble).
+            None: no minimum (results recorded before it existed replay unchanged).
     """
 
     auto: bool = False
     auto_max_step: float = Field(default=0.5, gt=0)
     auto_min_observations: int = Field(default=3, ge=1)
+    auto_min_step: float | None = Field(default=None, ge=0)
 
 
 class ReadConfigInput(StrictModel):

@@ -147,3 +147,24 @@ def test_in_force_and_live_advice() -> None:
         "breaker.failure_threshold": 3.4,
         "guard.timeout_s": 0.8,
     }
+
+
+def test_auto_min_step_exact_edge_and_none_for_old_results() -> None:
+    """A step exactly at ``auto_min_step`` is made; under it, not; None: any step."""
+    from antifragile.learning.adaptation import ApplyPlan, within_band
+    from antifragile.models.adaptation import AdaptationBand
+    from antifragile.models.learning import DependencySettings
+
+    def plan(new: float) -> ApplyPlan:
+        return ApplyPlan(
+            settings=DependencySettings(open_duration_s=new),
+            applied={"breaker.open_duration_s": (3.0, new)},
+            base=DependencySettings(open_duration_s=3.0),
+        )
+
+    band = AdaptationBand(auto=True, auto_min_step=0.1)
+    assert within_band(plan(3.3), band, 5).changes  # 10 % exactly (0.3 = 0.1 x 3.0)
+    under = within_band(plan(3.2999), band, 5)
+    assert not under.changes and "under the minimum" in under.not_applied["breaker.open_duration_s"]
+    assert under.settings.open_duration_s == 3.0
+    assert within_band(plan(3.01), AdaptationBand(auto=True), 5).changes
