@@ -24,7 +24,10 @@ complete (see :func:`harvestable`), since the first one the ledger receives wins
 **Outages.** Redis not answering: the harvest of that window is skipped (a window no
 longer in Redis cannot be recovered), one warning is logged until Redis answers again.
 Temporal refusing: the coalesced windows are kept (at most :data:`MAX_PENDING`) and sent
-again at the next window; one warning until it succeeds. Nothing raises out of the loop.
+again at the next window; one warning until it succeeds. A ledger Temporal refuses for
+good (:data:`REFUSED_FOR_GOOD`: a dependency name too long for a workflow id) has its
+windows dropped with a warning, and the other dependencies are still sent. Nothing
+raises out of the loop.
 
 **Under fault.** Calls made while a chaos fault was installed are published apart
 (``under_fault``) and are never sent. A window in which *any* instance had a fault on a
@@ -46,7 +49,7 @@ from typing import NamedTuple
 import redis
 import redis.asyncio as aioredis
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.constants import DEFAULT_HARVEST_GRACE_S, DEFAULT_TRAFFIC_WINDOW_S
 from antifragile.fleet_health import fault_windows, finished_traffic, read_snapshots
@@ -58,6 +61,12 @@ log = logging.getLogger("antifragile.traffic_harvest")
 
 MAX_PENDING = 1000
 """Coalesced windows kept for a retry while Temporal refuses (the oldest dropped first)."""
+
+REFUSED_FOR_GOOD = frozenset(
+    {RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.NOT_FOUND}
+)
+"""Temporal answers that sending again cannot change (the windows are dropped, counted in
+``rejected``); any other error keeps them for the next window."""
 
 MAX_SENT_REMEMBERED = 10_000
 """``(dependency, window start)`` already sent, remembered to skip re-sending (bounded)."""
@@ -178,6 +187,7 @@ class HarvestStats:
         redis_errors: Harvests skipped because Redis did not answer.
         temporal_errors: Sends that Temporal refused (kept for the next window).
         other_length: Instances' windows left out: not the harvester's ``window_s`` long.
+        rejected: Windows Temporal refused for good (:data:`REFUSED_FOR_GOOD`), dropped.
     """
 
     harvests: int = 0
@@ -186,6 +196,7 @@ class HarvestStats:
     redis_errors: int = 0
     temporal_errors: int = 0
     other_length: int = 0
+    rejected: int = 0
     sent_ids: list[str] = field(default_factory=list)
 
 
@@ -287,11 +298,16 @@ class TrafficHarvester:
                 await record_observations(
                     self._client, dependency, observations, task_queue=self.task_queue
                 )
-            except (RPCError, RuntimeError, OSError) as exc:
-                self.stats.temporal_errors += 1
-                if not self._temporal_down:
-                    log.warning("traffic harvest: Temporal refused (%s); retried next window", exc)
-                self._temporal_down = True
+            except (RPCError, ValueError) as exc:
+                if isinstance(exc, ValueError) or exc.status in REFUSED_FOR_GOOD:
+                    # This ledger will never take them (an id over the server's limit):
+                    # dropped, and the other dependencies are still sent.
+                    self._drop(dependency, observations, exc)
+                    continue
+                self._temporal_unavailable(exc)
+                return
+            except (RuntimeError, OSError) as exc:
+                self._temporal_unavailable(exc)
                 return
             if self._temporal_down:
                 log.info("traffic harvest: Temporal takes the windows again")
@@ -304,6 +320,27 @@ class TrafficHarvester:
                 self.stats.sent_ids.append(f"{o.dependency}/{o.source_id}")
             while len(self._sent) > MAX_SENT_REMEMBERED:
                 del self._sent[next(iter(self._sent))]
+
+    def _temporal_unavailable(self, exc: BaseException) -> None:
+        self.stats.temporal_errors += 1
+        if not self._temporal_down:
+            log.warning("traffic harvest: Temporal refused (%s); retried next window", exc)
+        self._temporal_down = True
+
+    def _drop(
+        self, dependency: str, observations: list[TrafficObservation], exc: BaseException
+    ) -> None:
+        self.stats.rejected += len(observations)
+        log.warning(
+            "traffic harvest: %d window(s) of %.80s refused for good, dropped (%s)",
+            len(observations),
+            dependency,
+            exc,
+        )
+        for o in observations:
+            key = (o.dependency, o.source_id)
+            del self._pending[key]
+            self._sent[key] = None  # never harvested again
 
     async def start(self) -> None:
         """Harvest at every window end + grace, in a background task."""
