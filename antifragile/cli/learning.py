@@ -197,14 +197,18 @@ async def versions_in_force(
 
     Returns:
         The versions, and a note: empty, or one line saying Redis was unreachable (then
-        no version is returned and the library defaults apply).
+        no version is returned and the library defaults apply), or naming the
+        dependencies whose version in force is unreadable (those get the defaults).
     """
     import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
 
     from antifragile.cli._common import connection_reason, display_url
+    from antifragile.errors import AntifragileError
     from antifragile.learning.config_versions import current
 
     found: dict[str, ConfigVersion] = {}
+    unreadable: list[str] = []
     if not dependencies:
         return found, ""
     client = aioredis.from_url(
@@ -212,7 +216,11 @@ async def versions_in_force(
     )
     try:
         for dependency in dependencies:
-            version = await current(client, dependency)
+            try:
+                version = await current(client, dependency)
+            except (ValueError, AntifragileError, ResponseError):
+                unreadable.append(dependency)  # hand-written garbage: this one only
+                continue
             if version is not None:
                 found[dependency] = version
     except Exception as exc:
@@ -224,6 +232,11 @@ async def versions_in_force(
         )
     finally:
         await client.aclose()
+    if unreadable:
+        return found, (
+            f"note: config version in force unreadable for {', '.join(unreadable)} "
+            "(see `antifragile advise history`): advice against the library defaults"
+        )
     return found, ""
 
 

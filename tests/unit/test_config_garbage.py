@@ -125,3 +125,17 @@ def test_hand_written_bounds_never_take_a_value_past_the_hard_limits(
     for name, value in applied.model_dump(exclude_none=True).items():
         low, high = HARD_LIMITS[name]
         assert low <= value <= high, (name, value)
+
+
+async def test_advise_reads_the_other_versions_when_one_is_garbage(
+    own_redis: RestartableRedis, client: aioredis.Redis
+) -> None:
+    """``antifragile advise`` (every dependency): one unreadable version is one note."""
+    from antifragile.cli.learning import versions_in_force
+
+    await client.rpush(cv.versions_key("aa"), "garbage{")
+    await client.set(cv.current_key("aa"), "1")
+    good = await cv.publish(client, "db", DependencySettings(open_duration_s=9), "t", "x")
+    found, note = await versions_in_force(own_redis.url, ["aa", "db"])
+    assert found == {"db": good}
+    assert "aa" in note and "unreadable" in note and "library defaults" in note
