@@ -288,6 +288,7 @@ class AdaptationPolicyConfig(BaseModel):
             auto_max_step=self.auto_max_step,
             auto_min_observations=self.auto_min_observations,
             auto_min_step=self.auto_min_step,
+            auto_known_only=True,  # a step is measured from the value in force
         )
 
     def bounds(self) -> dict[str, SettingBounds]:

@@ -142,7 +142,8 @@ def _exact(value: float) -> Fraction:
 def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> ApplyPlan:
     """The part of ``plan`` the ledger may apply by itself (policy ``adaptation.auto``).
 
-    A change is in the band when its value in force is known and non-zero and
+    A change is in the band when its value in force is known and non-zero (with
+    ``band.auto_known_only``: set by the version in force, not a library default) and
     ``|new - old| <= auto_max_step × old``, compared exactly on the decimals the floats
     stand for (15 significant digits), and, when the band has an ``auto_min_step``, the
     step is at least ``auto_min_step × old`` (advice wobbling by a few % between batches
@@ -169,6 +170,12 @@ def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> App
     for setting, (old, new) in plan.applied.items():
         if old is None or old == 0:
             out[setting] = "auto: no value in force to step from; left to a person"
+            continue
+        if band.auto_known_only and getattr(plan.base, LIVE_SETTINGS[setting]) is None:
+            out[setting] = (
+                "auto: not set by any version (the service runs with its own value, "
+                "unknown here); left to a person"
+            )
             continue
         step = abs(_exact(new) - _exact(old))
         if step > _exact(band.auto_max_step) * abs(_exact(old)):

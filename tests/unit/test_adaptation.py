@@ -168,3 +168,27 @@ def test_auto_min_step_exact_edge_and_none_for_old_results() -> None:
     assert not under.changes and "under the minimum" in under.not_applied["breaker.open_duration_s"]
     assert under.settings.open_duration_s == 3.0
     assert within_band(plan(3.01), AdaptationBand(auto=True), 5).changes
+
+
+def test_auto_never_steps_from_a_value_it_does_not_know() -> None:
+    """No version sets the open duration: the service runs with its own value (120 s,
+    say), not the library default the advice compares with; a "33 %" step from the
+    default could be a 67 % step of the live breaker. Auto leaves it to a person."""
+    from antifragile.learning.adaptation import ApplyPlan, within_band
+    from antifragile.policy import AdaptationPolicyConfig
+
+    plan = ApplyPlan(
+        settings=DependencySettings(open_duration_s=40.0),
+        applied={"breaker.open_duration_s": (30.0, 40.0)},
+        base=DependencySettings(),
+    )
+    band = AdaptationPolicyConfig(auto=True).band()
+    decided = within_band(plan, band, 5)
+    assert not decided.changes and decided.settings.open_duration_s is None
+    assert "not set by any version" in decided.not_applied["breaker.open_duration_s"]
+    known = ApplyPlan(
+        settings=DependencySettings(open_duration_s=40.0),
+        applied={"breaker.open_duration_s": (30.0, 40.0)},
+        base=DependencySettings(open_duration_s=30.0),
+    )
+    assert within_band(known, band, 5).changes
