@@ -289,6 +289,7 @@ class AdaptationPolicyConfig(BaseModel):
             auto_min_observations=self.auto_min_observations,
             auto_min_step=self.auto_min_step,
             auto_known_only=True,  # a step is measured from the value in force
+            auto_pauses_on_revert=True,  # never redo what a person undid
         )
 
     def bounds(self) -> dict[str, SettingBounds]:

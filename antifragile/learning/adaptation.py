@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from antifragile.models.adaptation import AdaptationBand
+from antifragile.models.adaptation import AUTO_BY, AdaptationBand
 from antifragile.models.learning import Advice, ConfigVersion, CurrentSettings, DependencySettings
 
 LIVE_SETTINGS: dict[str, str] = {
@@ -195,6 +195,21 @@ def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> App
     dropped = set(plan.applied) - set(kept)
     return ApplyPlan(
         settings=_without(plan, dropped), applied=kept, not_applied=out, base=plan.base
+    )
+
+
+def auto_paused(band: AdaptationBand, version: ConfigVersion | None) -> bool:
+    """Whether ``auto`` waits: a person's revert is in force (``auto_pauses_on_revert``).
+
+    A person undid a change (the ledger's own, or anyone's): redoing it at the next
+    batch would overrule them. A person's next apply (a version that is not a revert)
+    resumes ``auto``.
+    """
+    return (
+        band.auto_pauses_on_revert
+        and version is not None
+        and version.revert_of is not None
+        and version.by != AUTO_BY
     )
 
 

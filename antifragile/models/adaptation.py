@@ -124,6 +124,9 @@ class AdaptationBand(StrictModel):
             value in force is known; unset, the service runs with its own value, not
             the library default the advice compares with). False in results recorded
             before it existed (they replay unchanged).
+        auto_pauses_on_revert: While a person's revert is the version in force, ``auto``
+            changes nothing (it would redo what the person undid); a person's next
+            apply resumes it. False in results recorded before it existed.
     """
 
     auto: bool = False
@@ -131,6 +134,7 @@ class AdaptationBand(StrictModel):
     auto_min_observations: int = Field(default=3, ge=1)
     auto_min_step: float | None = Field(default=None, ge=0)
     auto_known_only: bool = False
+    auto_pauses_on_revert: bool = False
 
 
 class ReadConfigInput(StrictModel):

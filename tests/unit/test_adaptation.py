@@ -192,3 +192,28 @@ def test_auto_never_steps_from_a_value_it_does_not_know() -> None:
         base=DependencySettings(open_duration_s=30.0),
     )
     assert within_band(known, band, 5).changes
+
+
+def test_auto_pauses_while_a_persons_revert_is_in_force() -> None:
+    from datetime import UTC, datetime
+
+    from antifragile.learning.adaptation import auto_paused
+    from antifragile.models.adaptation import AdaptationBand
+    from antifragile.models.learning import ConfigVersion
+    from antifragile.policy import AdaptationPolicyConfig
+
+    def version(by: str, revert_of: int | None) -> ConfigVersion:
+        return ConfigVersion(
+            dependency="db",
+            version=3,
+            settings=DependencySettings(open_duration_s=4.0),
+            by=by,
+            at=datetime(2026, 1, 1, tzinfo=UTC),
+            revert_of=revert_of,
+        )
+
+    band = AdaptationPolicyConfig(auto=True).band()
+    assert auto_paused(band, version("alice", 2))
+    assert not auto_paused(band, version("alice", None))  # a person applied: resumed
+    assert not auto_paused(band, None)
+    assert not auto_paused(AdaptationBand(auto=True), version("alice", 2))  # old results
