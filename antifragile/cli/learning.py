@@ -78,15 +78,25 @@ REDIS_TIMEOUT_S = 3.0
 DEFAULTS = "library defaults"
 
 
+MAX_DEPENDENCY_LENGTH = 1000 - len(PROFILE_WORKFLOW_ID_PREFIX)
+"""Longest dependency name: its ledger's id ``profile-{dependency}`` stays within
+Temporal's default workflow id limit of 1000 characters (``limit.maxIDLength``)."""
+
+
 def check_dependency(dependency: str) -> str:
     """``dependency`` if it can name a ledger.
 
     Raises:
-        antifragile.errors.ConfigError: (exit 2) empty, or with whitespace or control
-            characters.
+        antifragile.errors.ConfigError: (exit 2) empty, with whitespace or control
+            characters, or longer than :data:`MAX_DEPENDENCY_LENGTH`.
     """
     if not dependency or any(c.isspace() or not c.isprintable() for c in dependency):
         fail(f"bad dependency {dependency!r}: a guard name, without spaces")
+    if len(dependency) > MAX_DEPENDENCY_LENGTH:
+        fail(
+            f"bad dependency {dependency[:40]!r}...: {len(dependency)} characters, "
+            f"at most {MAX_DEPENDENCY_LENGTH} (its ledger's workflow id)"
+        )
     return dependency
 
 

@@ -32,3 +32,20 @@ def test_a_wait_in_range_goes_on_to_temporal(wait: str) -> None:
     result = CliRunner().invoke(app, ["advise", "apply", "dep", "--by", "alice", "--wait", wait])
     assert result.exit_code == 2
     assert "cannot reach Temporal" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["advise", "apply", "a" * 1000, "--by", "alice"],
+        ["advise", "revert", "a" * 1000, "--by", "alice"],
+        ["advise", "history", "a" * 1000],
+        ["advise", "a" * 1000],
+        ["score", "a" * 1000],
+    ],
+)
+def test_a_dependency_too_long_for_a_ledger_id_is_bad_input(args: list[str]) -> None:
+    """``profile-{dependency}`` over Temporal's 1000-character id limit: exit 2 at once."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "bad dependency" in result.output and "Temporal" not in result.output
