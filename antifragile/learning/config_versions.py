@@ -232,6 +232,17 @@ async def current(client: aioredis.Redis, dependency: str) -> ConfigVersion | No
     return await _at(client, versions_key(dependency), int(raw_current))
 
 
+async def version_at(client: aioredis.Redis, dependency: str, number: int) -> ConfigVersion:
+    """Version ``number`` of ``dependency`` (reads that entry only).
+
+    Raises:
+        ConfigVersionError: no such version.
+        ValueError: the entry is not a readable version (written by hand).
+        redis.RedisError: Redis failed.
+    """
+    return await _at(client, versions_key(dependency), number)
+
+
 async def history(client: aioredis.Redis, dependency: str) -> list[ConfigVersion]:
     """Every version of ``dependency``, oldest first (version 1, 2, ...).
 

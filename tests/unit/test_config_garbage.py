@@ -139,3 +139,26 @@ async def test_advise_reads_the_other_versions_when_one_is_garbage(
     found, note = await versions_in_force(own_redis.url, ["aa", "db"])
     assert found == {"db": good}
     assert "aa" in note and "unreadable" in note and "library defaults" in note
+
+
+async def test_a_revert_is_not_failed_by_an_unreadable_older_version(
+    own_redis: RestartableRedis, client: aioredis.Redis
+) -> None:
+    """The revert commits, then the activity read the whole history for the undone
+    settings: one hand-written garbage entry failed every retry, and the ledger recorded
+    FAILED a revert that was in force."""
+    from activities.learning import ConfigActivities
+    from antifragile.models.adaptation import PublishConfigInput
+    from antifragile.policy import WorkerPolicy
+
+    await client.rpush(cv.versions_key("db"), "garbage{")  # version 1
+    await client.set(cv.current_key("db"), "1")
+    await cv.publish(client, "db", DependencySettings(open_duration_s=9), "t", "v2")
+    await cv.publish(client, "db", DependencySettings(open_duration_s=11), "t", "v3")
+    activities = ConfigActivities(Settings(redis_url=own_redis.url), WorkerPolicy())
+    result = await activities.publish_dependency_config(
+        PublishConfigInput(dependency="db", request_id="r1", by="alice", settings=None)
+    )
+    assert result.version is not None and result.version.version == 4
+    assert result.version.settings.open_duration_s == 9
+    assert result.undone == DependencySettings(open_duration_s=11)
