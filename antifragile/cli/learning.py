@@ -431,11 +431,11 @@ def history_command(
     with command_errors():
         check_dependency(dependency)
 
-    async def _go(settings: Settings) -> tuple[list[ConfigVersion], int | None]:
+    async def _go(settings: Settings) -> tuple[list[ConfigVersion], list[int], int | None]:
         import redis.asyncio as aioredis
 
         from antifragile.cli._common import connection_reason, display_url
-        from antifragile.learning.config_versions import current, history
+        from antifragile.learning.config_versions import readable_history
 
         client = aioredis.from_url(
             settings.redis_url,
@@ -443,8 +443,8 @@ def history_command(
             socket_connect_timeout=REDIS_TIMEOUT_S,
         )
         try:
-            versions = await history(client, dependency)
-            in_force = await current(client, dependency)
+            # An entry written by hand is shown as unreadable, not a failed command.
+            return await readable_history(client, dependency)
         except Exception as exc:
             if not is_redis_connection_error(exc):
                 raise
@@ -453,34 +453,48 @@ def history_command(
             )
         finally:
             await client.aclose()
-        return versions, None if in_force is None else in_force.version
 
-    versions, in_force = run_command(_go, temporal=False)
+    versions, unreadable, in_force = run_command(_go, temporal=False)
     if json_out:
         print_json(
             {
                 "dependency": dependency,
                 "current": in_force,
                 "versions": [v.model_dump(mode="json") for v in versions],
+                "unreadable": unreadable,
             }
         )
         return
-    render_history(dependency, versions, in_force)
+    render_history(dependency, versions, in_force, unreadable)
 
 
-def render_history(dependency: str, versions: list[ConfigVersion], in_force: int | None) -> None:
-    """The versions as a table: version, in force, who, when, why, settings, revert of."""
+def render_history(
+    dependency: str,
+    versions: list[ConfigVersion],
+    in_force: int | None,
+    unreadable: list[int] | None = None,
+) -> None:
+    """The versions as a table: version, in force, who, when, why, settings, revert of.
+
+    ``unreadable``: numbers of entries that are not readable versions (one row each).
+    """
     from rich.table import Table
 
     from antifragile.cli._common import console
 
-    if not versions:
+    unreadable = unreadable or []
+    if not versions and not unreadable:
         console.print(f"{dependency}: no config version (the service's own settings)")
         return
     table = Table(title=f"Config versions of {dependency}")
     for column in ("version", "in force", "by", "at (UTC)", "why", "settings", "revert of"):
         table.add_column(column)
-    for v in versions:
+    rows: list[ConfigVersion | int] = [*versions, *unreadable]
+    for v in sorted(rows, key=lambda r: r if isinstance(r, int) else r.version):
+        if isinstance(v, int):
+            flag = "yes" if v == in_force else ""
+            table.add_row(str(v), flag, "", "", "unreadable entry (not a version)", "", "")
+            continue
         given = v.settings.model_dump(exclude_none=True)
         shown = ", ".join(f"{k}={val:g}" for k, val in given.items()) or "service's own"
         table.add_row(

@@ -251,3 +251,30 @@ async def history(client: aioredis.Redis, dependency: str) -> list[ConfigVersion
     """
     raws = await client.lrange(versions_key(dependency), 0, -1)
     return [ConfigVersion.model_validate_json(r) for r in raws]
+
+
+async def readable_history(
+    client: aioredis.Redis, dependency: str
+) -> tuple[list[ConfigVersion], list[int], int | None]:
+    """Every readable version, the numbers of unreadable entries, and the number in force.
+
+    For showing an audit trail that an entry written by hand must not hide: unlike
+    :func:`history` nothing raises on an entry's content.
+
+    Raises:
+        redis.RedisError: Redis failed.
+    """
+    raws = await client.lrange(versions_key(dependency), 0, -1)
+    versions: list[ConfigVersion] = []
+    unreadable: list[int] = []
+    for number, raw in enumerate(raws, start=1):
+        try:
+            versions.append(ConfigVersion.model_validate_json(raw))
+        except ValueError:
+            unreadable.append(number)
+    raw_current = await client.get(current_key(dependency))
+    try:
+        in_force = None if raw_current is None else int(raw_current)
+    except ValueError:
+        in_force = None
+    return versions, unreadable, in_force

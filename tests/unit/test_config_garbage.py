@@ -162,3 +162,35 @@ async def test_a_revert_is_not_failed_by_an_unreadable_older_version(
     assert result.version is not None and result.version.version == 4
     assert result.version.settings.open_duration_s == 9
     assert result.undone == DependencySettings(open_duration_s=11)
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+async def test_history_shows_the_readable_versions_around_a_garbage_one(
+    own_redis: RestartableRedis,
+    client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    json_out: bool,
+) -> None:
+    """``advise history``: the audit trail stays readable; the bad entry is named."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from antifragile.cli import app
+
+    await cv.publish(client, "db", DependencySettings(open_duration_s=9), "alice", "v1")
+    await client.rpush(cv.versions_key("db"), "garbage{")  # version 2, and in force
+    await client.set(cv.current_key("db"), "2")
+    await cv.publish(client, "db", DependencySettings(open_duration_s=11), "bob", "v3")
+    await client.set(cv.current_key("db"), "2")
+    monkeypatch.setenv("ANTIFRAGILE_REDIS_URL", own_redis.url)
+    args = ["advise", "history", "db", *(["--json"] if json_out else [])]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    if json_out:
+        doc = json.loads(result.stdout)
+        assert [v["version"] for v in doc["versions"]] == [1, 3]
+        assert doc["unreadable"] == [2] and doc["current"] == 2
+    else:
+        assert "alice" in result.output and "bob" in result.output
+        assert "unreadable" in result.output
