@@ -6,6 +6,8 @@ its policy's ``adaptation`` section.
 
 from __future__ import annotations
 
+import contextlib
+
 import redis.asyncio as aioredis
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -107,8 +109,15 @@ class ConfigActivities:
                     request_id=data.request_id,
                 )
                 if version.revert_of is not None:
-                    history = await config_versions.history(client, data.dependency)
-                    undone = history[version.revert_of - 1].settings
+                    # That entry only: the revert is committed, and an unreadable older
+                    # entry must not fail it (the ledger would record FAILED a revert
+                    # that is in force).
+                    with contextlib.suppress(ValueError, config_versions.ConfigVersionError):
+                        undone = (
+                            await config_versions.version_at(
+                                client, data.dependency, version.revert_of
+                            )
+                        ).settings
             else:
                 version = await config_versions.publish(
                     client,

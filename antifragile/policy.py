@@ -236,6 +236,9 @@ AUTO_MAX_STEP = 0.5
 """Default safe band of ``adaptation.auto``: at most a 50 % change of a setting at once."""
 AUTO_MIN_OBSERVATIONS = 3
 """Default least held observations before ``adaptation.auto`` acts on advice."""
+AUTO_MIN_STEP = 0.1
+"""Default ``adaptation.auto_min_step``: ``auto`` makes no change under 10 % (advice is
+rounded to 0.1 s and wobbles by a few % as outages arrive; each change is a version)."""
 
 
 class AdaptationPolicyConfig(BaseModel):
@@ -256,6 +259,9 @@ class AdaptationPolicyConfig(BaseModel):
             Default :data:`AUTO_MAX_STEP` (0.5).
         auto_min_observations: ``auto`` acts only on advice resting on at least this
             many held observations. Default :data:`AUTO_MIN_OBSERVATIONS` (3).
+        auto_min_step: Smallest relative change ``auto`` makes, ``|new - old| / old``;
+            a smaller one is left as it is (no version per wobble of the advice). 0: any
+            change. Default :data:`AUTO_MIN_STEP` (0.1).
         open_duration_s: Range of the breaker's open duration, seconds. Default 1..300.
         failure_rate_threshold: Range of the failure-rate threshold. Default 0.05..0.95.
         failure_threshold: Range of the consecutive-failure threshold. Default 1..1000.
@@ -267,6 +273,7 @@ class AdaptationPolicyConfig(BaseModel):
     auto: bool = False
     auto_max_step: float = Field(default=AUTO_MAX_STEP, gt=0)
     auto_min_observations: int = Field(default=AUTO_MIN_OBSERVATIONS, ge=1)
+    auto_min_step: float = Field(default=AUTO_MIN_STEP, ge=0)
     open_duration_s: SettingBounds = Field(default_factory=lambda: SettingBounds(min=1, max=300))
     failure_rate_threshold: SettingBounds = Field(
         default_factory=lambda: SettingBounds(min=0.05, max=0.95)
@@ -280,6 +287,9 @@ class AdaptationPolicyConfig(BaseModel):
             auto=self.auto,
             auto_max_step=self.auto_max_step,
             auto_min_observations=self.auto_min_observations,
+            auto_min_step=self.auto_min_step,
+            auto_known_only=True,  # a step is measured from the value in force
+            auto_pauses_on_revert=True,  # never redo what a person undid
         )
 
     def bounds(self) -> dict[str, SettingBounds]:

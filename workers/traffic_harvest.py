@@ -24,7 +24,10 @@ complete (see :func:`harvestable`), since the first one the ledger receives wins
 **Outages.** Redis not answering: the harvest of that window is skipped (a window no
 longer in Redis cannot be recovered), one warning is logged until Redis answers again.
 Temporal refusing: the coalesced windows are kept (at most :data:`MAX_PENDING`) and sent
-again at the next window; one warning until it succeeds. Nothing raises out of the loop.
+again at the next window; one warning until it succeeds. A ledger Temporal refuses for
+good (:data:`REFUSED_FOR_GOOD`: a dependency name too long for a workflow id) has its
+windows dropped with a warning, and the other dependencies are still sent. Nothing
+raises out of the loop.
 
 **Under fault.** Calls made while a chaos fault was installed are published apart
 (``under_fault``) and are never sent. A window in which *any* instance had a fault on a
@@ -41,11 +44,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis
 import redis.asyncio as aioredis
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.fleet_health import fault_windows, finished_traffic, read_snapshots
 from antifragile.learning.client import record_observations
@@ -57,6 +61,12 @@ log = logging.getLogger("antifragile.traffic_harvest")
 
 MAX_PENDING = 1000
 """Coalesced windows kept for a retry while Temporal refuses (the oldest dropped first)."""
+
+REFUSED_FOR_GOOD = frozenset(
+    {RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.NOT_FOUND}
+)
+"""Temporal answers that sending again cannot change (the windows are dropped, counted in
+``rejected``); any other error keeps them for the next window."""
 
 MAX_SENT_REMEMBERED = 10_000
 """``(dependency, window start)`` already sent, remembered to skip re-sending (bounded)."""
@@ -103,25 +113,57 @@ def harvestable(observation: TrafficObservation, now: float, grace_s: float) -> 
     return end + grace_s <= now < end + observation.window_s
 
 
+class Harvest(NamedTuple):
+    """What one harvest sends, and what it leaves out.
+
+    Attributes:
+        windows: The coalesced windows to send.
+        under_fault: Coalesced windows left out: a fault was installed in them.
+        other_length: Instances' windows left out: their length is not the fleet's.
+    """
+
+    windows: list[TrafficObservation]
+    under_fault: int
+    other_length: int = 0
+
+
 def windows_to_send(
-    snapshots: Iterable[dict[str, object]], now: float, grace_s: float
-) -> tuple[list[TrafficObservation], int]:
-    """The coalesced windows of ``snapshots`` to send at ``now``, and how many were under fault.
+    snapshots: Iterable[dict[str, object]],
+    now: float,
+    grace_s: float,
+    window_s: float | None = None,
+) -> Harvest:
+    """The coalesced windows of ``snapshots`` to send at ``now`` (see :class:`Harvest`).
 
     Instances' windows that are not :func:`harvestable` are ignored; a (dependency,
     window) that any instance reports a fault in is left out (see the module doc).
+
+    Args:
+        snapshots: The runtimes' health snapshots.
+        now: Unix time, seconds.
+        grace_s: See :func:`harvestable`.
+        window_s: The fleet's window length, seconds (the harvester's). A window of
+            another length (an instance configured apart) is left out and counted: it
+            cannot be summed with the fleet's windows, would share their ``source_id``
+            when it starts with one (the ledger keeps only the first), and overlaps
+            them otherwise. None: every length (compared exactly).
     """
     faulted: set[tuple[str, datetime]] = set()
     windows: list[TrafficObservation] = []
+    other_length = 0
     for snapshot in snapshots:
         data = dict(snapshot)
         for dependency, start in fault_windows(data):
             with contextlib.suppress(ValueError):
                 faulted.add((dependency, _utc(datetime.fromisoformat(start))))
-        windows.extend(o for o in finished_traffic(data) if harvestable(o, now, grace_s))
+        for o in finished_traffic(data):
+            if window_s is not None and o.window_s != window_s:
+                other_length += 1
+            elif harvestable(o, now, grace_s):
+                windows.append(o)
     coalesced = coalesce(windows)
     kept = [o for o in coalesced if (o.dependency, _utc(o.window_start)) not in faulted]
-    return kept, len(coalesced) - len(kept)
+    return Harvest(kept, len(coalesced) - len(kept), other_length)
 
 
 def _utc(value: datetime) -> datetime:
@@ -144,6 +186,8 @@ class HarvestStats:
         under_fault: Windows left out because a fault was installed in them.
         redis_errors: Harvests skipped because Redis did not answer.
         temporal_errors: Sends that Temporal refused (kept for the next window).
+        other_length: Instances' windows left out: not the harvester's ``window_s`` long.
+        rejected: Windows Temporal refused for good (:data:`REFUSED_FOR_GOOD`), dropped.
     """
 
     harvests: int = 0
@@ -151,6 +195,8 @@ class HarvestStats:
     under_fault: int = 0
     redis_errors: int = 0
     temporal_errors: int = 0
+    other_length: int = 0
+    rejected: int = 0
     sent_ids: list[str] = field(default_factory=list)
 
 
@@ -199,6 +245,7 @@ class TrafficHarvester:
         self._sent: dict[tuple[str, str], None] = {}
         self._redis_down = False
         self._temporal_down = False
+        self._other_length_logged = False
         self._task: asyncio.Task[None] | None = None
         self.harvested = asyncio.Event()
         """Set after every harvest (tests wait on it, then clear it)."""
@@ -224,9 +271,18 @@ class TrafficHarvester:
                 log.info("traffic harvest: Redis answers again")
             self._redis_down = False
             self.stats.harvests += 1
-            windows, faulted = windows_to_send(snapshots, self._wall(), self.grace_s)
-            self.stats.under_fault += faulted
-            for o in windows:
+            harvest = windows_to_send(snapshots, self._wall(), self.grace_s, self.window_s)
+            self.stats.under_fault += harvest.under_fault
+            self.stats.other_length += harvest.other_length
+            if harvest.other_length and not self._other_length_logged:
+                self._other_length_logged = True
+                log.warning(
+                    "traffic harvest: %d instance window(s) not %g s long left out "
+                    "(a runtime's traffic_window_s differs from the fleet's)",
+                    harvest.other_length,
+                    self.window_s,
+                )
+            for o in harvest.windows:
                 key = (o.dependency, o.source_id)
                 if key not in self._sent:
                     self._pending[key] = o
@@ -244,11 +300,16 @@ class TrafficHarvester:
                 await record_observations(
                     self._client, dependency, observations, task_queue=self.task_queue
                 )
-            except (RPCError, RuntimeError, OSError) as exc:
-                self.stats.temporal_errors += 1
-                if not self._temporal_down:
-                    log.warning("traffic harvest: Temporal refused (%s); retried next window", exc)
-                self._temporal_down = True
+            except (RPCError, ValueError) as exc:
+                if isinstance(exc, ValueError) or exc.status in REFUSED_FOR_GOOD:
+                    # This ledger will never take them (an id over the server's limit):
+                    # dropped, and the other dependencies are still sent.
+                    self._drop(dependency, observations, exc)
+                    continue
+                self._temporal_unavailable(exc)
+                return
+            except (RuntimeError, OSError) as exc:
+                self._temporal_unavailable(exc)
                 return
             if self._temporal_down:
                 log.info("traffic harvest: Temporal takes the windows again")
@@ -261,6 +322,27 @@ class TrafficHarvester:
                 self.stats.sent_ids.append(f"{o.dependency}/{o.source_id}")
             while len(self._sent) > MAX_SENT_REMEMBERED:
                 del self._sent[next(iter(self._sent))]
+
+    def _temporal_unavailable(self, exc: BaseException) -> None:
+        self.stats.temporal_errors += 1
+        if not self._temporal_down:
+            log.warning("traffic harvest: Temporal refused (%s); retried next window", exc)
+        self._temporal_down = True
+
+    def _drop(
+        self, dependency: str, observations: list[TrafficObservation], exc: BaseException
+    ) -> None:
+        self.stats.rejected += len(observations)
+        log.warning(
+            "traffic harvest: %d window(s) of %.80s refused for good, dropped (%s)",
+            len(observations),
+            dependency,
+            exc,
+        )
+        for o in observations:
+            key = (o.dependency, o.source_id)
+            del self._pending[key]
+            self._sent[key] = None  # never harvested again
 
     async def start(self) -> None:
         """Harvest at every window end + grace, in a background task."""

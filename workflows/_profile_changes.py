@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         ACTIVITY_PUBLISH_CONFIG,
         ACTIVITY_READ_CONFIG,
     )
-    from antifragile.learning.adaptation import in_force, plan_apply, within_band
+    from antifragile.learning.adaptation import auto_paused, in_force, plan_apply, within_band
     from antifragile.models.adaptation import (
         AUTO_BY,
         ApplyAdviceSignal,
@@ -203,6 +203,8 @@ class ChangeDesk:
         if request.auto and not read.band.auto:
             return  # the policy does not let the ledger apply advice itself
         version = read.version
+        if request.auto and auto_paused(read.band, version):
+            return  # a person's revert is in force: not redone by the ledger
         published = DependencySettings() if version is None else version.settings
         advice = self._advice_against(in_force(version), workflow.now())
         try:

@@ -78,15 +78,25 @@ REDIS_TIMEOUT_S = 3.0
 DEFAULTS = "library defaults"
 
 
+MAX_DEPENDENCY_LENGTH = 1000 - len(PROFILE_WORKFLOW_ID_PREFIX)
+"""Longest dependency name: its ledger's id ``profile-{dependency}`` stays within
+Temporal's default workflow id limit of 1000 characters (``limit.maxIDLength``)."""
+
+
 def check_dependency(dependency: str) -> str:
     """``dependency`` if it can name a ledger.
 
     Raises:
-        antifragile.errors.ConfigError: (exit 2) empty, or with whitespace or control
-            characters.
+        antifragile.errors.ConfigError: (exit 2) empty, with whitespace or control
+            characters, or longer than :data:`MAX_DEPENDENCY_LENGTH`.
     """
     if not dependency or any(c.isspace() or not c.isprintable() for c in dependency):
         fail(f"bad dependency {dependency!r}: a guard name, without spaces")
+    if len(dependency) > MAX_DEPENDENCY_LENGTH:
+        fail(
+            f"bad dependency {dependency[:40]!r}...: {len(dependency)} characters, "
+            f"at most {MAX_DEPENDENCY_LENGTH} (its ledger's workflow id)"
+        )
     return dependency
 
 
@@ -197,14 +207,18 @@ async def versions_in_force(
 
     Returns:
         The versions, and a note: empty, or one line saying Redis was unreachable (then
-        no version is returned and the library defaults apply).
+        no version is returned and the library defaults apply), or naming the
+        dependencies whose version in force is unreadable (those get the defaults).
     """
     import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
 
     from antifragile.cli._common import connection_reason, display_url
+    from antifragile.errors import AntifragileError
     from antifragile.learning.config_versions import current
 
     found: dict[str, ConfigVersion] = {}
+    unreadable: list[str] = []
     if not dependencies:
         return found, ""
     client = aioredis.from_url(
@@ -212,7 +226,11 @@ async def versions_in_force(
     )
     try:
         for dependency in dependencies:
-            version = await current(client, dependency)
+            try:
+                version = await current(client, dependency)
+            except (ValueError, AntifragileError, ResponseError):
+                unreadable.append(dependency)  # hand-written garbage: this one only
+                continue
             if version is not None:
                 found[dependency] = version
     except Exception as exc:
@@ -224,6 +242,11 @@ async def versions_in_force(
         )
     finally:
         await client.aclose()
+    if unreadable:
+        return found, (
+            f"note: config version in force unreadable for {', '.join(unreadable)} "
+            "(see `antifragile advise history`): advice against the library defaults"
+        )
     return found, ""
 
 
@@ -303,8 +326,13 @@ advise_app.command("show")(advise_command)
 
 ByOption = Annotated[str, typer.Option("--by", help="Who asks (a policy approver).")]
 NoteOption = Annotated[str, typer.Option("--note", help="Why; kept with the change.")]
+MAX_WAIT_S = 86_400.0
+"""Longest ``--wait``, seconds (one day; ``inf`` or ``1e308`` cannot make a deadline)."""
 WaitOption = Annotated[
-    float, typer.Option("--wait", help="Seconds to wait for the ledger's decision.", min=0.1)
+    float,
+    typer.Option(
+        "--wait", help="Seconds to wait for the ledger's decision.", min=0.1, max=MAX_WAIT_S
+    ),
 ]
 DEFAULT_WAIT_S = 30.0
 """Default ``--wait``: seconds for the ledger to decide (the publish retries Redis ~15 s)."""
@@ -403,11 +431,11 @@ def history_command(
     with command_errors():
         check_dependency(dependency)
 
-    async def _go(settings: Settings) -> tuple[list[ConfigVersion], int | None]:
+    async def _go(settings: Settings) -> tuple[list[ConfigVersion], list[int], int | None]:
         import redis.asyncio as aioredis
 
         from antifragile.cli._common import connection_reason, display_url
-        from antifragile.learning.config_versions import current, history
+        from antifragile.learning.config_versions import readable_history
 
         client = aioredis.from_url(
             settings.redis_url,
@@ -415,8 +443,8 @@ def history_command(
             socket_connect_timeout=REDIS_TIMEOUT_S,
         )
         try:
-            versions = await history(client, dependency)
-            in_force = await current(client, dependency)
+            # An entry written by hand is shown as unreadable, not a failed command.
+            return await readable_history(client, dependency)
         except Exception as exc:
             if not is_redis_connection_error(exc):
                 raise
@@ -425,34 +453,48 @@ def history_command(
             )
         finally:
             await client.aclose()
-        return versions, None if in_force is None else in_force.version
 
-    versions, in_force = run_command(_go, temporal=False)
+    versions, unreadable, in_force = run_command(_go, temporal=False)
     if json_out:
         print_json(
             {
                 "dependency": dependency,
                 "current": in_force,
                 "versions": [v.model_dump(mode="json") for v in versions],
+                "unreadable": unreadable,
             }
         )
         return
-    render_history(dependency, versions, in_force)
+    render_history(dependency, versions, in_force, unreadable)
 
 
-def render_history(dependency: str, versions: list[ConfigVersion], in_force: int | None) -> None:
-    """The versions as a table: version, in force, who, when, why, settings, revert of."""
+def render_history(
+    dependency: str,
+    versions: list[ConfigVersion],
+    in_force: int | None,
+    unreadable: list[int] | None = None,
+) -> None:
+    """The versions as a table: version, in force, who, when, why, settings, revert of.
+
+    ``unreadable``: numbers of entries that are not readable versions (one row each).
+    """
     from rich.table import Table
 
     from antifragile.cli._common import console
 
-    if not versions:
+    unreadable = unreadable or []
+    if not versions and not unreadable:
         console.print(f"{dependency}: no config version (the service's own settings)")
         return
     table = Table(title=f"Config versions of {dependency}")
     for column in ("version", "in force", "by", "at (UTC)", "why", "settings", "revert of"):
         table.add_column(column)
-    for v in versions:
+    rows: list[ConfigVersion | int] = [*versions, *unreadable]
+    for v in sorted(rows, key=lambda r: r if isinstance(r, int) else r.version):
+        if isinstance(v, int):
+            flag = "yes" if v == in_force else ""
+            table.add_row(str(v), flag, "", "", "unreadable entry (not a version)", "", "")
+            continue
         given = v.settings.model_dump(exclude_none=True)
         shown = ", ".join(f"{k}={val:g}" for k, val in given.items()) or "service's own"
         table.add_row(

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from antifragile.errors import AntifragileError
 from antifragile.inprocess._aio import cancel_and_wait
@@ -56,7 +56,10 @@ _BREAKER_FIELDS = ("open_duration_s", "failure_rate_threshold", "failure_thresho
 
 
 def clamp(version: ConfigVersion) -> tuple[DependencySettings, list[str]]:
-    """The version's settings clamped to its bounds and :data:`HARD_LIMITS`.
+    """The version's settings clamped to its bounds, then to :data:`HARD_LIMITS`.
+
+    The hard limits are applied last: bounds written by hand (``min = max = 1e-9``) can
+    narrow a value but never take it out of them.
 
     Returns:
         The settings to apply and one ``name: value -> clamped`` line per change.
@@ -66,13 +69,16 @@ def clamp(version: ConfigVersion) -> tuple[DependencySettings, list[str]]:
     for name, value in values.items():
         if value is None:
             continue
-        low, high = HARD_LIMITS[name]
+        clamped = value
         bounds = version.bounds.get(name)
-        if bounds is not None:
-            low, high = max(low, bounds.min), min(high, bounds.max)
-        clamped = min(max(value, low), high)
+        if bounds is not None:  # the version's own bounds first (NaN bounds: ignored)
+            clamped = min(max(clamped, bounds.min), bounds.max)
+        low, high = HARD_LIMITS[name]  # then the hard limits, which always win
+        if clamped != clamped:  # NaN (only a bound can bring one): the nearest safe end
+            clamped = high
+        clamped = min(max(clamped, low), high)
         if name == "failure_threshold":
-            clamped = int(clamped)
+            clamped = max(int(low), min(int(high), round(clamped)))
         if clamped != value:
             notes.append(f"{name}: {value} -> {clamped}")
             values[name] = clamped
@@ -116,6 +122,7 @@ class ConfigSubscriber:
         self._redis: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
+        self._warned: dict[str, object] = {}
 
     async def start(self) -> None:
         """Apply the current versions (if Redis answers) and follow changes."""
@@ -152,11 +159,31 @@ class ConfigSubscriber:
         async with self._lock:  # one reader at a time: never an older version last
             try:
                 version = await current(self._redis, dependency)
-            except (ValueError, AntifragileError) as exc:  # a malformed or missing entry
-                log.warning("config %s: current version unreadable: %s", dependency, exc)
+            except (ValueError, AntifragileError, ResponseError) as exc:
+                # A malformed or missing entry, a key of the wrong type: this dependency
+                # keeps its settings; the others are still read (never a stopped loop).
+                self._warn_once(dependency, ("unreadable", str(exc)), "unreadable: %s", exc)
                 return
-            if version is not None and self._applied_ids.get(dependency) != _identity(version):
+            if version is None or self._applied_ids.get(dependency) == _identity(version):
+                return
+            if version.dependency != dependency:
+                self._warn_once(
+                    dependency,
+                    _identity(version),
+                    "current version is one of %r; skipped",
+                    version.dependency,
+                )
+                return
+            try:
                 self.apply(version)
+            except Exception as exc:  # a version the guard refuses: keep what is in force
+                self._warn_once(dependency, _identity(version), "not applied: %r", exc)
+
+    def _warn_once(self, dependency: str, key: object, message: str, *args: object) -> None:
+        """Log ``message`` once per ``(dependency, key)`` (a resync runs every 2 s)."""
+        if self._warned.get(dependency) != key:
+            self._warned[dependency] = key
+            log.warning("config %s: " + message, dependency, *args)
 
     def apply(self, version: ConfigVersion) -> None:
         """Apply ``version`` to its dependency's guard and breaker (no-op: no guard)."""

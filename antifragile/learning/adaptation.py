@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from antifragile.models.adaptation import AdaptationBand
+from antifragile.models.adaptation import AUTO_BY, AdaptationBand
 from antifragile.models.learning import Advice, ConfigVersion, CurrentSettings, DependencySettings
 
 LIVE_SETTINGS: dict[str, str] = {
@@ -142,10 +142,13 @@ def _exact(value: float) -> Fraction:
 def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> ApplyPlan:
     """The part of ``plan`` the ledger may apply by itself (policy ``adaptation.auto``).
 
-    A change is in the band when its value in force is known and non-zero and
+    A change is in the band when its value in force is known and non-zero (with
+    ``band.auto_known_only``: set by the version in force, not a library default) and
     ``|new - old| <= auto_max_step × old``, compared exactly on the decimals the floats
-    stand for (15 significant digits). Nothing is in the band when the advice rests on
-    fewer than ``auto_min_observations`` held observations.
+    stand for (15 significant digits), and, when the band has an ``auto_min_step``, the
+    step is at least ``auto_min_step × old`` (advice wobbling by a few % between batches
+    publishes nothing). Nothing is in the band when the advice rests on fewer than
+    ``auto_min_observations`` held observations.
 
     Args:
         plan: From :func:`plan_apply`.
@@ -168,6 +171,12 @@ def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> App
         if old is None or old == 0:
             out[setting] = "auto: no value in force to step from; left to a person"
             continue
+        if band.auto_known_only and getattr(plan.base, LIVE_SETTINGS[setting]) is None:
+            out[setting] = (
+                "auto: not set by any version (the service runs with its own value, "
+                "unknown here); left to a person"
+            )
+            continue
         step = abs(_exact(new) - _exact(old))
         if step > _exact(band.auto_max_step) * abs(_exact(old)):
             out[setting] = (
@@ -175,10 +184,32 @@ def within_band(plan: ApplyPlan, band: AdaptationBand, observations: int) -> App
                 f"over the band of {band.auto_max_step:.0%}; left to a person"
             )
             continue
+        minimum = band.auto_min_step
+        if minimum is not None and step < _exact(minimum) * abs(_exact(old)):
+            out[setting] = (
+                f"auto: {old:g} -> {new:g} is a step of {float(step / abs(_exact(old))):.0%}, "
+                f"under the minimum of {minimum:.0%}; left as it is"
+            )
+            continue
         kept[setting] = (old, new)
     dropped = set(plan.applied) - set(kept)
     return ApplyPlan(
         settings=_without(plan, dropped), applied=kept, not_applied=out, base=plan.base
+    )
+
+
+def auto_paused(band: AdaptationBand, version: ConfigVersion | None) -> bool:
+    """Whether ``auto`` waits: a person's revert is in force (``auto_pauses_on_revert``).
+
+    A person undid a change (the ledger's own, or anyone's): redoing it at the next
+    batch would overrule them. A person's next apply (a version that is not a revert)
+    resumes ``auto``.
+    """
+    return (
+        band.auto_pauses_on_revert
+        and version is not None
+        and version.revert_of is not None
+        and version.by != AUTO_BY
     )
 
 

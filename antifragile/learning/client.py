@@ -148,6 +148,8 @@ async def get_profile(
 
 CHANGE_POLL_S = 0.1
 """Seconds between two reads of a change request's outcome."""
+MIN_QUERY_S = 0.5
+"""Shortest time one read of a change request's outcome may take, seconds."""
 
 
 class ChangeNotDecided(AntifragileError):
@@ -218,11 +220,21 @@ async def revert_config(
     return await _request(client, dependency, SIGNAL_REVERT_CONFIG, signal, timeout)
 
 
-async def get_change(client: Client, dependency: str, request_id: str) -> ConfigChange | None:
-    """The recorded change of ``request_id`` in ``profile-{dependency}`` (None: not yet)."""
+async def get_change(
+    client: Client, dependency: str, request_id: str, rpc_timeout: timedelta | None = None
+) -> ConfigChange | None:
+    """The recorded change of ``request_id`` in ``profile-{dependency}`` (None: not yet).
+
+    Args:
+        client: A Temporal client with the pydantic data converter.
+        dependency: Whose ledger.
+        request_id: The change request's id.
+        rpc_timeout: How long the query may take (None: the client's default). With no
+            worker running the ledger the server holds a query until its deadline.
+    """
     handle = client.get_workflow_handle(profile_workflow_id(dependency))
     found: list[ConfigChange] = await handle.query(
-        QUERY_CONFIG_CHANGE, request_id, result_type=list[ConfigChange]
+        QUERY_CONFIG_CHANGE, request_id, result_type=list[ConfigChange], rpc_timeout=rpc_timeout
     )
     return found[0] if found else None
 
@@ -237,8 +249,19 @@ async def _request(
     handle = client.get_workflow_handle(profile_workflow_id(dependency))
     await handle.signal(signal_name, signal)
     deadline = time.monotonic() + timeout.total_seconds()
+    unanswered = False
     while True:
-        change = await get_change(client, dependency, signal.request_id)
+        # Each query may take only what is left of the wait (at least MIN_QUERY_S): a
+        # ledger without a worker never answers, and the wait must still be kept.
+        left = max(deadline - time.monotonic(), MIN_QUERY_S)
+        try:
+            change = await get_change(
+                client, dependency, signal.request_id, rpc_timeout=timedelta(seconds=left)
+            )
+        except RPCError as exc:
+            if exc.status not in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+                raise
+            change, unanswered = None, True
         if change is not None:
             if change.outcome in (ChangeOutcome.REFUSED, ChangeOutcome.FAILED):
                 raise ChangeRefused(
@@ -247,8 +270,10 @@ async def _request(
                 )
             return change
         if time.monotonic() >= deadline:
+            hint = " (the ledger did not answer: is a worker running?)" if unanswered else ""
             raise ChangeNotDecided(
                 f"{dependency}: request {signal.request_id} not decided within "
-                f"{timeout.total_seconds():g} s (see `antifragile advise history {dependency}`)"
+                f"{timeout.total_seconds():g} s{hint} (see `antifragile advise history "
+                f"{dependency}`)"
             )
         await asyncio.sleep(CHANGE_POLL_S)

@@ -41,6 +41,7 @@ DEPENDENCIES_KEY = "af:config:dependencies"
 """Set of every dependency that has versions."""
 
 _MAX_RETRIES = 100
+_MAX_INDEX = 2**63 - 1
 
 
 class ConfigVersionError(AntifragileError):
@@ -211,7 +212,9 @@ async def _commit(
 
 
 async def _at(client: aioredis.Redis, vkey: str, number: int | None) -> ConfigVersion:
-    raw = None if number is None else await client.lindex(vkey, number - 1)
+    # Numbers start at 1 (0 or less would index from the end) and fit Redis's int64.
+    valid = number is not None and 1 <= number <= _MAX_INDEX
+    raw = await client.lindex(vkey, number - 1) if valid and number is not None else None
     if raw is None:
         raise ConfigVersionError(f"{vkey}: no version {number}")
     return ConfigVersion.model_validate_json(raw)
@@ -229,6 +232,17 @@ async def current(client: aioredis.Redis, dependency: str) -> ConfigVersion | No
     return await _at(client, versions_key(dependency), int(raw_current))
 
 
+async def version_at(client: aioredis.Redis, dependency: str, number: int) -> ConfigVersion:
+    """Version ``number`` of ``dependency`` (reads that entry only).
+
+    Raises:
+        ConfigVersionError: no such version.
+        ValueError: the entry is not a readable version (written by hand).
+        redis.RedisError: Redis failed.
+    """
+    return await _at(client, versions_key(dependency), number)
+
+
 async def history(client: aioredis.Redis, dependency: str) -> list[ConfigVersion]:
     """Every version of ``dependency``, oldest first (version 1, 2, ...).
 
@@ -237,3 +251,30 @@ async def history(client: aioredis.Redis, dependency: str) -> list[ConfigVersion
     """
     raws = await client.lrange(versions_key(dependency), 0, -1)
     return [ConfigVersion.model_validate_json(r) for r in raws]
+
+
+async def readable_history(
+    client: aioredis.Redis, dependency: str
+) -> tuple[list[ConfigVersion], list[int], int | None]:
+    """Every readable version, the numbers of unreadable entries, and the number in force.
+
+    For showing an audit trail that an entry written by hand must not hide: unlike
+    :func:`history` nothing raises on an entry's content.
+
+    Raises:
+        redis.RedisError: Redis failed.
+    """
+    raws = await client.lrange(versions_key(dependency), 0, -1)
+    versions: list[ConfigVersion] = []
+    unreadable: list[int] = []
+    for number, raw in enumerate(raws, start=1):
+        try:
+            versions.append(ConfigVersion.model_validate_json(raw))
+        except ValueError:
+            unreadable.append(number)
+    raw_current = await client.get(current_key(dependency))
+    try:
+        in_force = None if raw_current is None else int(raw_current)
+    except ValueError:
+        in_force = None
+    return versions, unreadable, in_force

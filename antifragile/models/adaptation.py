@@ -117,11 +117,24 @@ class AdaptationBand(StrictModel):
         auto: Apply in-band advice without a person. Default false.
         auto_max_step: Largest relative change per setting, ``|new - old| / old``.
         auto_min_observations: Held observations the advice must rest on.
+        auto_min_step: Smallest relative change ``auto`` makes (a smaller one is left as
+            it is: advice that wobbles between batches publishes no version per wobble).
+            None: no minimum (results recorded before it existed replay unchanged).
+        auto_known_only: ``auto`` changes only settings a config version sets (the
+            value in force is known; unset, the service runs with its own value, not
+            the library default the advice compares with). False in results recorded
+            before it existed (they replay unchanged).
+        auto_pauses_on_revert: While a person's revert is the version in force, ``auto``
+            changes nothing (it would redo what the person undid); a person's next
+            apply resumes it. False in results recorded before it existed.
     """
 
     auto: bool = False
     auto_max_step: float = Field(default=0.5, gt=0)
     auto_min_observations: int = Field(default=3, ge=1)
+    auto_min_step: float | None = Field(default=None, ge=0)
+    auto_known_only: bool = False
+    auto_pauses_on_revert: bool = False
 
 
 class ReadConfigInput(StrictModel):

@@ -126,13 +126,17 @@ def after_failed_attempt(
     A pending wake-up (``wake_pending``: a healthy ``health_changed`` arrived after the
     last probe began) cuts the backoff to 0; it never skips an escalation.
     ADAPTIVE with a ``learned`` schedule waits until its next attempt time after
-    ``elapsed_ms`` (ms since the recovery started, :func:`adaptive_delay_ms`).
+    ``elapsed_ms`` (ms since the recovery started, :func:`adaptive_delay_ms`), but never
+    longer than ``max_delay_ms``.
     """
     if failures_in_round >= policy.max_retry_attempts:
         return AfterFailure(NextStep.ESCALATE)
     nominal = backoff_delay_ms(strategy, policy, failures_in_round, jitter_key=jitter_key)
     if strategy is RecoveryStrategy.ADAPTIVE and learned is not None:
-        nominal = adaptive_delay_ms(learned, elapsed_ms, fallback_ms=nominal)
+        # Capped like every strategy: one long outlier in the ledger (a 6 h outage) must
+        # not leave a short outage unprobed for hours; the plan resumes after the cap.
+        planned = adaptive_delay_ms(learned, elapsed_ms, fallback_ms=nominal)
+        nominal = min(planned, policy.max_delay_ms)
     if wake_pending and nominal > 0:
         return AfterFailure(NextStep.BACKOFF, 0, nominal, cut_short=True)
     return AfterFailure(NextStep.BACKOFF, nominal, nominal)

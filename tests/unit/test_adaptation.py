@@ -147,3 +147,73 @@ def test_in_force_and_live_advice() -> None:
         "breaker.failure_threshold": 3.4,
         "guard.timeout_s": 0.8,
     }
+
+
+def test_auto_min_step_exact_edge_and_none_for_old_results() -> None:
+    """A step exactly at ``auto_min_step`` is made; under it, not; None: any step."""
+    from antifragile.learning.adaptation import ApplyPlan, within_band
+    from antifragile.models.adaptation import AdaptationBand
+    from antifragile.models.learning import DependencySettings
+
+    def plan(new: float) -> ApplyPlan:
+        return ApplyPlan(
+            settings=DependencySettings(open_duration_s=new),
+            applied={"breaker.open_duration_s": (3.0, new)},
+            base=DependencySettings(open_duration_s=3.0),
+        )
+
+    band = AdaptationBand(auto=True, auto_min_step=0.1)
+    assert within_band(plan(3.3), band, 5).changes  # 10 % exactly (0.3 = 0.1 x 3.0)
+    under = within_band(plan(3.2999), band, 5)
+    assert not under.changes and "under the minimum" in under.not_applied["breaker.open_duration_s"]
+    assert under.settings.open_duration_s == 3.0
+    assert within_band(plan(3.01), AdaptationBand(auto=True), 5).changes
+
+
+def test_auto_never_steps_from_a_value_it_does_not_know() -> None:
+    """No version sets the open duration: the service runs with its own value (120 s,
+    say), not the library default the advice compares with; a "33 %" step from the
+    default could be a 67 % step of the live breaker. Auto leaves it to a person."""
+    from antifragile.learning.adaptation import ApplyPlan, within_band
+    from antifragile.policy import AdaptationPolicyConfig
+
+    plan = ApplyPlan(
+        settings=DependencySettings(open_duration_s=40.0),
+        applied={"breaker.open_duration_s": (30.0, 40.0)},
+        base=DependencySettings(),
+    )
+    band = AdaptationPolicyConfig(auto=True).band()
+    decided = within_band(plan, band, 5)
+    assert not decided.changes and decided.settings.open_duration_s is None
+    assert "not set by any version" in decided.not_applied["breaker.open_duration_s"]
+    known = ApplyPlan(
+        settings=DependencySettings(open_duration_s=40.0),
+        applied={"breaker.open_duration_s": (30.0, 40.0)},
+        base=DependencySettings(open_duration_s=30.0),
+    )
+    assert within_band(known, band, 5).changes
+
+
+def test_auto_pauses_while_a_persons_revert_is_in_force() -> None:
+    from datetime import UTC, datetime
+
+    from antifragile.learning.adaptation import auto_paused
+    from antifragile.models.adaptation import AdaptationBand
+    from antifragile.models.learning import ConfigVersion
+    from antifragile.policy import AdaptationPolicyConfig
+
+    def version(by: str, revert_of: int | None) -> ConfigVersion:
+        return ConfigVersion(
+            dependency="db",
+            version=3,
+            settings=DependencySettings(open_duration_s=4.0),
+            by=by,
+            at=datetime(2026, 1, 1, tzinfo=UTC),
+            revert_of=revert_of,
+        )
+
+    band = AdaptationPolicyConfig(auto=True).band()
+    assert auto_paused(band, version("alice", 2))
+    assert not auto_paused(band, version("alice", None))  # a person applied: resumed
+    assert not auto_paused(band, None)
+    assert not auto_paused(AdaptationBand(auto=True), version("alice", 2))  # old results

@@ -74,11 +74,11 @@ def snapshot(instance: str, calls: int, fault: bool = False) -> dict[str, Any]:
 
 def test_windows_to_send_leaves_out_a_window_any_instance_had_a_fault_in() -> None:
     now = T0 + 75
-    sent, faulted = windows_to_send([snapshot("a", 3), snapshot("b", 4)], now, 10)
+    sent, faulted, _ = windows_to_send([snapshot("a", 3), snapshot("b", 4)], now, 10)
     assert [o.calls for o in sent] == [7] and faulted == 0
-    sent, faulted = windows_to_send([snapshot("a", 3), snapshot("b", 4, fault=True)], now, 10)
+    sent, faulted, _ = windows_to_send([snapshot("a", 3), snapshot("b", 4, fault=True)], now, 10)
     assert sent == [] and faulted == 1
-    assert windows_to_send([snapshot("a", 3)], T0 + 65, 10) == ([], 0)  # grace not over
+    assert windows_to_send([snapshot("a", 3)], T0 + 65, 10) == ([], 0, 0)  # grace not over
 
 
 @pytest.mark.parametrize(("window_s", "grace_s"), [(0, 0), (60, 60), (60, -1)])
@@ -87,3 +87,26 @@ def test_bad_window_or_grace_names_the_field(window_s: float, grace_s: float) ->
 
     with pytest.raises(ValueError, match=r"window_s|grace_s"):
         TrafficHarvester(None, "redis://x", "q", window_s=window_s, grace_s=grace_s)  # type: ignore[arg-type]
+
+
+def _snap(instance: str, calls: int, window_s: float, start: datetime = START) -> dict[str, Any]:
+    doc = window(instance, calls, start=start).model_dump(mode="json")
+    doc["window_s"] = window_s
+    return {
+        "instance": instance,
+        "traffic": {"window_s": window_s, "dependencies": {"db": {"previous": doc}}},
+    }
+
+
+def test_instances_that_disagree_on_the_window_length_are_never_mixed() -> None:
+    """An instance with 50 s windows in a 60 s fleet: its window is left out and counted.
+
+    Before, both windows went out with one source id (the start): the ledger kept whichever
+    came first and the other's calls were lost silently; windows of other lengths also
+    overlapped the fleet's (calls counted in two baseline windows).
+    """
+    now = T0 + 75  # both complete: 60 s one in [70, 120), 50 s one in [60, 100)
+    harvest = windows_to_send([_snap("a", 3, 60.0), _snap("b", 4, 50.0)], now, 10, window_s=60.0)
+    assert [(o.calls, o.window_s) for o in harvest.windows] == [(3, 60.0)]
+    assert harvest.other_length == 1
+    assert len({o.source_id for o in harvest.windows}) == len(harvest.windows)
