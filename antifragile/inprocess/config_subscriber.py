@@ -18,8 +18,9 @@ the bounds the version carries and into :data:`HARD_LIMITS` (a version written b
 into Redis cannot disable a breaker) and logs one line per clamped version. Clamping
 keeps the rest of the version in force, where refusing would leave a half-known state.
 
-Note: a chaos TIMEOUT fault sets ``Guard.timeout_s`` too; a version applied while one is
-installed replaces the fault's timeout until the next change.
+A chaos TIMEOUT fault does not touch ``Guard.timeout_s``: it hangs inside the guard's
+timeout in force (a version's, if one applies), so a version and a fault never overwrite
+each other.
 """
 
 from __future__ import annotations
