@@ -173,13 +173,14 @@ class RecoveryWorkflow:
                         await self._await_approval_v2()
                     else:
                         await self._await_approval_v1()
-                if adaptive and not (self._learned and self._failures_in_round):
-                    self._learned = await commands.learned_schedule(request, self._attempts)
                 if await self._attempt():
                     raise _Finished(
                         RecoveryState.SUCCEEDED,
                         f"{request.service} is healthy after attempt {self._attempt_count}",
                     )
+                # Read after a round's first failure: a slow ledger never delays a probe.
+                if adaptive and (self._learned is None or self._failures_in_round <= 1):
+                    self._learned = await commands.learned_schedule(request, self._attempts)
                 step = after_failed_attempt(
                     request.strategy,
                     request.policy,

@@ -144,3 +144,21 @@ async def test_other_strategies_never_read_the_ledger(env: WorkflowEnvironment) 
     assert ACTIVITY_READ_LEARNED_RECOVERIES not in activities
     assert ledger.reads == 0
     assert [t.strip('"') for t in timers] == ["backoff 1000 ms before attempt 2"]
+
+
+async def test_a_first_probe_that_passes_never_reads_the_ledger(env: WorkflowEnvironment) -> None:
+    """The plan is read after a round's first failure: a recovery whose first probe
+    passes never waits for the ledger (a slow ledger can never delay the first probe)."""
+    ledger = Ledger([1, 2, 3])
+    service = ScriptedService(healthy_on_attempt=1)
+    result, activities, _ = await run(env, service, ledger, RecoveryStrategy.ADAPTIVE)
+    assert result.state is RecoveryState.SUCCEEDED
+    assert ledger.reads == 0 and ACTIVITY_READ_LEARNED_RECOVERIES not in activities
+
+
+async def test_the_ledger_is_read_after_the_first_probe(env: WorkflowEnvironment) -> None:
+    ledger = Ledger([1, 2, 30, 2, 1, 30])
+    service = ScriptedService(healthy_on_attempt=2)
+    _, activities, _ = await run(env, service, ledger, RecoveryStrategy.ADAPTIVE)
+    read = activities.index(ACTIVITY_READ_LEARNED_RECOVERIES)
+    assert activities.index("probe_service") < read
