@@ -123,6 +123,19 @@ class ChangeDesk:
                 return change
         return None
 
+    @property
+    def auto_pending(self) -> bool:
+        """An ``auto`` request waits in the inbox."""
+        return any(r.auto for r in self._inbox)
+
+    @property
+    def last_auto_failed(self) -> bool:
+        """The newest recorded ``auto`` change ended FAILED (Redis not written)."""
+        for change in reversed(self.changes):
+            if change.by == AUTO_BY:
+                return change.outcome is ChangeOutcome.FAILED
+        return False
+
     def _known(self, request_id: str) -> bool:
         return self.find(request_id) is not None or any(
             r.request_id == request_id for r in self._inbox
@@ -165,7 +178,11 @@ class ChangeDesk:
         )
 
     async def process_next(self) -> None:
-        """Decide the oldest request and record it (an auto one with nothing to do: not)."""
+        """Decide the oldest request and record it.
+
+        An auto request with nothing to do (policy off, nothing in band, paused) is not
+        recorded; one that could not read or write Redis is, FAILED.
+        """
         request = self._inbox.pop(0)
         change = ConfigChange(
             request_id=request.request_id,
@@ -193,8 +210,8 @@ class ChangeDesk:
                 summary=f"read config of {self.dependency}",
             )
         except ActivityError as exc:
-            if request.auto:
-                return
+            # Recorded for auto requests too: the record says the change was lost to an
+            # outage, and the next batch offers it again (``last_auto_failed``).
             failed = f"could not read the version in force: {_cause(exc)}"
             self._record(
                 change.model_copy(update={"outcome": ChangeOutcome.FAILED, "reason": failed})

@@ -348,11 +348,17 @@ class DependencyProfileWorkflow:
         """After a batch that changed the live-appliable advice: queue an ``auto`` request.
 
         Whether the policy allows it is learnt by the request's activity (the policy lives
-        with the worker); histories from before this existed never queue one.
+        with the worker); histories from before this existed never queue one. After an
+        auto change that ended FAILED, the next batch offers it again even if the advice
+        did not move.
         """
         _, advice = self._ledger.conclusions(workflow.now())
         live = live_advice(advice)
-        if not live or live == self._last_auto_advice:
+        # The same advice again is offered again only if the last auto change could not
+        # be written (Redis down): otherwise a change lost to an outage waits for the
+        # advice to move, which may be never.
+        retry = self._desk.last_auto_failed and not self._desk.auto_pending
+        if not live or (live == self._last_auto_advice and not retry):
             return
         self._last_auto_advice = live
         if workflow.patched(PATCH_PROFILE_AUTO_ADAPT):
