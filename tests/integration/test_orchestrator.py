@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -39,7 +40,6 @@ from antifragile.models.recovery import (
 from antifragile.orchestrator.client import orchestrator_queue, request_recovery
 from antifragile.orchestrator.explain import admission_order_violations
 from antifragile.policy import RecoveryPolicyConfig, WorkerPolicy
-from antifragile.stack.processes import free_port
 from tests.helpers import client_of_its_own, wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,13 +47,37 @@ pytestmark = pytest.mark.integration
 BACKOFF = RecoveryPolicy(initial_delay_ms=300, max_delay_ms=300, max_retry_attempts=20)
 
 
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+_HELD: list[socket.socket] = []
+"""Sockets holding the ports of probes that must keep failing (closed with the process)."""
+
+
+def refused_probe() -> str:
+    """A probe URL whose port refuses connections for the whole test run (held, bound,
+    never listening: no other process can start listening there meanwhile)."""
+    sock = _bound_socket()
+    _HELD.append(sock)
+    return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
 class Services:
-    """One TCP port per service; a listener opens after the service's first failed attempt."""
+    """One TCP port per service; a listener opens after the service's first failed attempt.
+
+    Each port is held by a bound socket that does not listen (a connection is refused)
+    until the service comes back: a port merely remembered as free could be taken by
+    another process meanwhile (seen once in a full run: a first probe found a listener).
+    """
 
     def __init__(self, client: Client, orchestrator_id: str, names: list[str]) -> None:
         self.client = client
         self.orchestrator_id = orchestrator_id
-        self.ports = {name: free_port() for name in names}
+        self.sockets = {name: _bound_socket() for name in names}
+        self.ports = {name: s.getsockname()[1] for name, s in self.sockets.items()}
         self.servers: dict[str, asyncio.Server] = {}
         self.peak_running = 0
 
@@ -64,7 +88,7 @@ class Services:
         async def _accept(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.close()
 
-        self.servers[name] = await asyncio.start_server(_accept, "127.0.0.1", self.ports[name])
+        self.servers[name] = await asyncio.start_server(_accept, sock=self.sockets[name])
 
     async def run(self) -> None:
         """Watch the running set; bring a service back after its first failed attempt."""
@@ -85,6 +109,8 @@ class Services:
         for server in self.servers.values():
             server.close()
             await server.wait_closed()
+        for sock in self.sockets.values():
+            sock.close()
 
 
 async def wait_view(
@@ -195,9 +221,7 @@ async def test_a_terminated_recovery_returns_its_slot_at_once(
         for short in ("a", "b"):
             await request_recovery(
                 temporal_client,
-                RecoveryRequest(
-                    service=f"{prefix}-{short}", probe=f"tcp://127.0.0.1:{free_port()}", policy=slow
-                ),
+                RecoveryRequest(service=f"{prefix}-{short}", probe=refused_probe(), policy=slow),
                 task_queue=task_queue,
                 orchestrator_id=orchestrator_id,
             )
@@ -237,7 +261,7 @@ async def test_the_queue_survives_a_worker_restart(
             RecoveryRequest(
                 service=f"{prefix}-{short}",
                 priority=priority,
-                probe=f"tcp://127.0.0.1:{free_port()}",
+                probe=refused_probe(),
                 policy=slow,
             ),
             task_queue=task_queue,
@@ -300,7 +324,7 @@ async def test_the_cli_queues_through_the_orchestrator_and_shows_the_queue(
                     "start",
                     f"{prefix}-{short}",
                     "--probe",
-                    f"tcp://127.0.0.1:{free_port()}",
+                    refused_probe(),
                     "--priority",
                     str(priority),
                     "--initial-delay",
@@ -416,7 +440,7 @@ async def test_the_cli_tells_the_truth_about_queued_services_and_joins(
 ) -> None:
     prefix = f"it{uuid.uuid4().hex[:6]}"
     policy = WorkerPolicy(recovery=RecoveryPolicyConfig(max_concurrent=1))
-    probe = f"tcp://127.0.0.1:{free_port()}"
+    probe = refused_probe()
     slow = ["--initial-delay", "10m", "--max-delay", "10m"]
     cli = [dev_server.port, task_queue, "recovery"]
     async with start_worker(temporal_client, task_queue, policy=policy):
