@@ -37,6 +37,11 @@ with workflow.unsafe.imports_passed_through():
 from workflows._failures import cause_message
 
 LEARNING_OBSERVATIONS = "learning-observations"
+
+MAX_DETECTION_LEAD = timedelta(hours=24)
+"""A request's ``detected_at`` earlier than this before the recovery's start is not
+believed (a bad clock or a stale request): the bridge sends it when the breaker opens,
+so only the signal, the intakes and the fleet queue lie between them."""
 """Patch: an ending experiment or recovery records an observation in its dependency's
 ledger (``profile-{dependency}``)."""
 RECORD_RETRY = RetryPolicy(
@@ -270,7 +275,9 @@ def outage_started_at(
       signal, the intake's batching and the time queued in the fleet-wide queue (0.5 s
       and more, seen in tests): counting from the start would shorten every time to
       recover by that much, and the advised open duration with it. A ``detected_at``
-      after the start (another host's clock running ahead) is not believed.
+      after the start (another host's clock running ahead), or more than
+      :data:`MAX_DETECTION_LEAD` (24 h) before it (a clock far behind, a stale
+      request), is not believed.
     - Else the recovery's start: ``run_started``, or the oldest attempt ``carried`` over a
       continue-as-new when older (the first run's start is not carried across runs).
 
@@ -284,6 +291,6 @@ def outage_started_at(
         started = min(started, carried[0].started_at)
     if detected_at is not None:
         noticed = detected_at if detected_at.tzinfo else detected_at.replace(tzinfo=UTC)
-        if noticed <= started:
+        if started - MAX_DETECTION_LEAD <= noticed <= started:
             return noticed
     return started

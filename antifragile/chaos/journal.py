@@ -59,18 +59,39 @@ def _quantile_ms(counts: list[int], num: int, den: int) -> float | None:
     return bounds[-1]  # pragma: no cover - the rank is at most n
 
 
+MAX_TRACKED_COUNTERS = 64
+"""Counter sets (instance, since) a journal remembers between health checks (most recent
+first): an instance missing from one check, or two processes sharing an instance id
+(their snapshots alternate in one key), resume from their own last values."""
+
+
+def _tracked(journal: ChaosJournal) -> dict[tuple[str, float], InstanceCalls]:
+    tracked: dict[tuple[str, float], InstanceCalls] = {}
+    for c in journal.last_calls:  # most recent first
+        tracked.setdefault((c.instance, c.since), c)
+    return tracked
+
+
 def add_call_sample(
     journal: ChaosJournal, calls: list[InstanceCalls], target: str, now: datetime
 ) -> CallSample | None:
     """Add a call sample of ``target`` from the counters a health check returned.
 
-    Per instance, the increase since the previous check is ``current - previous`` when
-    the counter did not go down and its ``since`` is the same; otherwise the counters
-    restarted and the increase is ``current`` (Prometheus ``rate()``'s reset rule). An
-    instance seen for the first time is the base only: it adds nothing. The sample's
-    counts are the previous sample's plus the increases; the latency quantiles are those
-    of the interval's calls. Beyond :data:`MAX_CALL_SAMPLES`, every second sample of the
-    older half is dropped (counts are cumulative: nothing is lost but resolution).
+    A process's counters are identified by ``(instance, since)``: ``since`` changes when
+    the process restarts, and two processes sharing an instance id (whose snapshots
+    overwrite each other in one key) differ in it. Per counter set, the increase since
+    its last values (remembered for :data:`MAX_TRACKED_COUNTERS` sets, so a set missing
+    from a check resumes where it was) is ``current - last``; a counter that went down
+    with the same ``since`` is not a restart (the value is not trusted: it adds
+    nothing and becomes the new base). A set not seen before counts from 0 when it
+    started counting after the previous sample (a restart or a new process: all its
+    calls are in the interval; this compares the runtime's clock with workflow time),
+    otherwise it is the base only (it was running before: its earlier calls are not
+    the experiment's). The same set twice in one check counts once (the larger values).
+    The sample's counts are the previous sample's plus the increases; the latency
+    quantiles are those of the interval's calls. Beyond :data:`MAX_CALL_SAMPLES`, every
+    second sample of the older half is dropped (counts are cumulative: nothing is lost
+    but resolution).
 
     The interval's latency buckets are also added to ``journal.fault_latency`` when the
     interval lay wholly under the fault (see :func:`_under_fault`).
@@ -78,37 +99,40 @@ def add_call_sample(
     Returns:
         The sample added; None when no instance published counters for ``target``.
     """
-    mine = [c for c in calls if c.dependency == target]
-    if not mine:
+    seen: dict[tuple[str, float], InstanceCalls] = {}
+    for c in calls:
+        if c.dependency != target:
+            continue
+        key = (c.instance, c.since)
+        other = seen.get(key)
+        if other is None or (c.calls, c.failures, c.refused) > (
+            other.calls,
+            other.failures,
+            other.refused,
+        ):
+            seen[key] = c
+    if not seen:
         return None
-    before = {c.instance: c for c in journal.last_calls}
+    before = _tracked(journal)
     ok = failed = refused = 0
     interval: list[int] = []
     last = journal.calls[-1] if journal.calls else None
-    for c in mine:
-        zero = InstanceCalls(
-            instance=c.instance, dependency=target, since=c.since, calls=0, failures=0
-        )
-        prev = before.get(c.instance)
+    for key, c in seen.items():
+        prev = before.get(key)
         if prev is None:
-            # First seen: the base only, unless it started counting after the last sample
-            # (a process started meanwhile: all its calls are in the interval).
             if last is None or c.since < last.at.timestamp():
-                continue
-            prev = zero
-        reset = (
-            prev.since != c.since
-            or c.calls < prev.calls
-            or c.failures < prev.failures
-            or c.refused < prev.refused
-        )
-        base = zero if reset else prev
-        d_calls, d_failed = c.calls - base.calls, c.failures - base.failures
+                continue  # running before the previous sample: the base only
+            prev = InstanceCalls(
+                instance=c.instance, dependency=target, since=c.since, calls=0, failures=0
+            )
+        if c.calls < prev.calls or c.failures < prev.failures or c.refused < prev.refused:
+            continue  # went down without a restart: not trusted, the new base
+        d_calls, d_failed = c.calls - prev.calls, c.failures - prev.failures
         failed += d_failed
         ok += max(0, d_calls - d_failed)
-        refused += c.refused - base.refused
-        width = max(len(c.latency), len(base.latency))
-        cur_l, base_l = _grow(list(c.latency), width), _grow(list(base.latency), width)
+        refused += c.refused - prev.refused
+        width = max(len(c.latency), len(prev.latency))
+        cur_l, base_l = _grow(list(c.latency), width), _grow(list(prev.latency), width)
         interval = _grow(interval, width)
         for k in range(width):
             interval[k] += max(0, cur_l[k] - base_l[k])
@@ -119,14 +143,16 @@ def add_call_sample(
         refused=(last.refused if last else 0) + refused,
         p50_ms=_quantile_ms(interval, 1, 2),
         p99_ms=_quantile_ms(interval, 99, 100),
-        instances=len(mine),
+        instances=len({instance for instance, _ in seen}),
     )
     if last is not None and _under_fault(journal, last.at, now):
         total = _grow(list(journal.fault_latency), len(interval))
         for k, count in enumerate(interval):
             total[k] += count
         journal.fault_latency = total
-    journal.last_calls = mine
+    kept = list(seen.values())
+    kept += [c for key, c in before.items() if key not in seen]
+    journal.last_calls = kept[:MAX_TRACKED_COUNTERS]
     journal.calls.append(sample)
     if len(journal.calls) > MAX_CALL_SAMPLES:
         half = len(journal.calls) // 2

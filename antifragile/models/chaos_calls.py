@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from antifragile.models.common import StrictModel
+from antifragile.models.learning import LATENCY_BUCKETS
+
+MAX_COUNT = 2**53
+"""Largest counter accepted (exact in every JSON reader; a runtime never gets there)."""
 
 
 class InstanceCalls(StrictModel):
@@ -27,16 +31,30 @@ class InstanceCalls(StrictModel):
         calls: Calls that reached the dependency (successes and failures).
         failures: Of those, calls that raised.
         refused: Calls the guard refused (breaker open, concurrency limit).
-        latency: Cumulative latency bucket counts (``latency_bounds_ms()`` buckets).
+        latency: Cumulative latency bucket counts (``latency_bounds_ms()`` buckets: at
+            most ``LATENCY_BUCKETS + 1``).
+
+    A snapshot is written by another process: ``since`` must be finite (a NaN would not
+    survive the JSON of an activity result), counts are integers in ``[0, 2**53]``
+    with ``failures <= calls``, so garbage is refused here (and the snapshot's
+    counters left out) rather than in the workflow.
     """
 
-    instance: str
-    dependency: str
-    since: float
-    calls: int = Field(ge=0)
-    failures: int = Field(ge=0)
-    refused: int = Field(default=0, ge=0)
-    latency: list[int] = Field(default_factory=list)
+    instance: str = Field(max_length=256)
+    dependency: str = Field(max_length=256)
+    since: float = Field(allow_inf_nan=False)
+    calls: int = Field(ge=0, le=MAX_COUNT)
+    failures: int = Field(ge=0, le=MAX_COUNT)
+    refused: int = Field(default=0, ge=0, le=MAX_COUNT)
+    latency: list[int] = Field(default_factory=list, max_length=LATENCY_BUCKETS + 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InstanceCalls:
+        if self.failures > self.calls:
+            raise ValueError(f"failures ({self.failures}) must be <= calls ({self.calls})")
+        if any(not 0 <= n <= MAX_COUNT for n in self.latency):
+            raise ValueError("latency counts must be in [0, 2**53]")
+        return self
 
 
 class CallSample(StrictModel):

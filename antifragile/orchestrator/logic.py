@@ -18,7 +18,7 @@ import json
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError, TimeoutError
 
@@ -142,6 +142,7 @@ class OrchestratorCore(SlotLedger):
             self.queue.remove(service)
             existing.merges += 1
             existing.priority = min(existing.priority, request.priority)
+            _keep_earliest_detection(existing, request)
             self.queue.push(existing)
             return self._result(
                 service,
@@ -428,3 +429,20 @@ def outcome_of_failure(cause: BaseException | None) -> tuple[RecoveryOutcome, st
     if isinstance(cause, ApplicationError):
         return RecoveryOutcome.FAILED, cause.message
     return RecoveryOutcome.FAILED, str(cause or "failed")
+
+
+def _keep_earliest_detection(kept: WaitingRecovery, new: RecoveryRequest) -> None:
+    """A merged request's ``detected_at`` replaces the kept one's when earlier (or unset).
+
+    The outage began when the first instance's breaker opened, whichever request arrived
+    first; a naive time is UTC (as the ledger reads it).
+    """
+    if new.detected_at is None:
+        return
+    noticed = new.detected_at
+    noticed = noticed if noticed.tzinfo else noticed.replace(tzinfo=UTC)
+    current = kept.request.detected_at
+    if current is not None and current.tzinfo is None:
+        current = current.replace(tzinfo=UTC)
+    if current is None or noticed < current:
+        kept.request = kept.request.model_copy(update={"detected_at": noticed})

@@ -63,10 +63,12 @@ def test_first_sample_is_the_base_then_deltas_are_summed_over_instances() -> Non
 def test_a_restart_counts_the_new_counters_from_zero() -> None:
     j = journal()
     add_call_sample(j, [ic("a", 100, 0)], "db", T0)
-    s = add_call_sample(j, [ic("a", 7, 1, since=50.0)], "db", T0 + timedelta(seconds=1))
+    restarted = T0.timestamp() + 0.5  # counting since after the previous sample
+    s = add_call_sample(j, [ic("a", 7, 1, since=restarted)], "db", T0 + timedelta(seconds=1))
     assert s is not None and (s.ok, s.failed) == (6, 1)
-    s = add_call_sample(j, [ic("a", 3, 0, since=50.0)], "db", T0 + timedelta(seconds=2))
-    assert s is not None and (s.ok, s.failed) == (9, 1)  # went down: restarted again
+    again = T0.timestamp() + 1.5
+    s = add_call_sample(j, [ic("a", 3, 0, since=again)], "db", T0 + timedelta(seconds=2))
+    assert s is not None and (s.ok, s.failed) == (9, 1)  # restarted again
 
 
 def test_other_dependencies_are_ignored_and_nobody_publishing_adds_nothing() -> None:
