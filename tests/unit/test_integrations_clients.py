@@ -140,13 +140,16 @@ async def test_each_fault_acts_on_exactly_the_guarded_target(
     try:
         await a.ok()
         await b.ok()
-        runtime.faults.install(a.target, build_fault(spec(fault, a.target, **FAULTS[fault])))
+        installed = build_fault(spec(fault, a.target, **FAULTS[fault]))
+        runtime.faults.install(a.target, installed)
         hits_before = await a.hits()
         took, outcome = await timed(a.ok)
-        other_took, other = await timed(b.ok)
+        _, other = await timed(b.ok)
         assert not isinstance(other, BaseException), other
         assert await b.hits() == 2  # the other target's call reached its server
-        assert other_took < 0.12, other_took
+        # Only the guarded target's call was affected (counted by the fault itself, not
+        # by a wall-clock bound that a loaded machine can break).
+        assert installed.stats.affected == 1, installed.stats
         if fault == "LATENCY":
             assert not isinstance(outcome, BaseException), outcome
             assert took >= 0.19, took
