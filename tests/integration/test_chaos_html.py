@@ -4,6 +4,7 @@ Redis, a worker and a guarded demo service, each its own process), then its HTML
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -16,7 +17,10 @@ from tests.integration.chaos_support import Stack, chaos_stack, cli, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-DB = "demo-db"
+# A target of its own: a ledger (profile-{target}) runs on the task queue of the first
+# fleet that recorded to it, and other modules on this dev server also experiment on
+# "demo-db" with workers that are gone by now (their ledger would never answer here).
+DB = f"html-db-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")

@@ -53,5 +53,8 @@ async def test_silent_ledger_is_a_note_within_the_timeout(temporal_client: Clien
     learning = await experiment_learning(temporal_client, report(target), timeout_s=1.0)
     assert time.monotonic() - began < 5
     assert learning.observation is None
-    assert learning.note.startswith(f"ledger {profile_workflow_id(target)} ")
+    assert learning.note == (
+        f"ledger {profile_workflow_id(target)} did not answer within 1 s "
+        "(no worker on its task queue?)"
+    )
     await temporal_client.get_workflow_handle(profile_workflow_id(target)).terminate()

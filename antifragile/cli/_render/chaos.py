@@ -57,7 +57,7 @@ async def experiment_learning(
     from datetime import timedelta
 
     from temporalio.client import WorkflowQueryFailedError
-    from temporalio.service import RPCError
+    from temporalio.service import RPCError, RPCStatusCode
 
     from antifragile.constants import profile_workflow_id
     from antifragile.learning.client import get_profile
@@ -71,7 +71,16 @@ async def experiment_learning(
             timeout_s + 1,
         )
     except (TimeoutError, RPCError, WorkflowQueryFailedError) as exc:
-        why = "did not answer" if isinstance(exc, TimeoutError) else f"failed: {exc}"
+        # The SDK reports its own rpc_timeout as CANCELLED "Timeout expired".
+        silent = isinstance(exc, TimeoutError) or (
+            isinstance(exc, RPCError)
+            and exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
+        )
+        why = (
+            f"did not answer within {timeout_s:g} s (no worker on its task queue?)"
+            if silent
+            else f"failed: {exc}"
+        )
         return ExperimentLearning(dependency=target, note=f"ledger {ledger} {why}"[:300])
     if view is None:
         return ExperimentLearning(dependency=target, note=f"no ledger {ledger} yet")
