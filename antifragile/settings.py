@@ -18,6 +18,9 @@ DEFAULT_CONSTITUTIONAL_HASH = "cdd01ef066bc6cf2"
 
 DEFAULT_TRAFFIC_WINDOW_S = 60.0
 """Length of the runtimes' traffic windows, seconds (``Settings.traffic_window_s``)."""
+MIN_TRAFFIC_WINDOW_S = 0.5
+"""Shortest traffic window, seconds: windows rotate in a background loop, and a tiny one
+(1e-300 was accepted) would spin it; shorter than a snapshot period is useless anyway."""
 DEFAULT_HARVEST_GRACE_S = 10.0
 """Seconds a worker's harvester waits after a window ends (``Settings.harvest_grace_s``;
 more than a runtime's default 3 s snapshot publish interval)."""
@@ -68,9 +71,10 @@ class Settings(BaseSettings):
             ``antifragile``.
         traffic_window_s: Length of the traffic windows a runtime publishes with its
             health snapshot and a worker's harvester coalesces into the ledgers, seconds
-            (> 0). Every runtime and worker of a fleet must use the same value: windows
-            are aligned to multiples of it, and the harvester sends only windows of its
-            own length. Default 60 (:data:`DEFAULT_TRAFFIC_WINDOW_S`).
+            (at least :data:`MIN_TRAFFIC_WINDOW_S`, 0.5). Every runtime and worker of a
+            fleet must use the same value: windows are aligned to multiples of it, and
+            the harvester sends only windows of its own length. Default 60
+            (:data:`DEFAULT_TRAFFIC_WINDOW_S`).
         harvest_grace_s: Seconds a worker's harvester waits after a window ends before
             sending it, so every runtime has rotated and published it (0 < grace <
             ``traffic_window_s``). It must exceed the runtimes' snapshot publish
@@ -157,8 +161,10 @@ class Settings(BaseSettings):
     @field_validator("traffic_window_s")
     @classmethod
     def _window_positive(cls, value: float) -> float:
-        if not value > 0 or value == float("inf"):
-            raise ValueError(f"traffic_window_s must be > 0 seconds, got {value!r}")
+        if not MIN_TRAFFIC_WINDOW_S <= value < float("inf"):
+            raise ValueError(
+                f"traffic_window_s must be at least {MIN_TRAFFIC_WINDOW_S:g} seconds, got {value!r}"
+            )
         return value
 
     @field_validator("harvest_grace_s")

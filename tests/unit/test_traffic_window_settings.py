@@ -45,10 +45,12 @@ def test_defaults_are_60_and_10_and_the_environment_sets_both(
     [
         (
             {"traffic_window_s": 0},
-            "traffic_window_s: traffic_window_s must be > 0 seconds, got 0.0",
+            "traffic_window_s: traffic_window_s must be at least 0.5 seconds, got 0.0",
         ),
-        ({"traffic_window_s": -5}, "traffic_window_s must be > 0 seconds, got -5.0"),
-        ({"traffic_window_s": "nan"}, "traffic_window_s must be > 0 seconds, got nan"),
+        ({"traffic_window_s": -5}, "traffic_window_s must be at least 0.5 seconds, got -5.0"),
+        ({"traffic_window_s": 1e-300}, "must be at least 0.5 seconds, got 1e-300"),
+        ({"traffic_window_s": "inf"}, "must be at least 0.5 seconds, got inf"),
+        ({"traffic_window_s": "nan"}, "traffic_window_s must be at least 0.5 seconds, got nan"),
         ({"harvest_grace_s": 0}, "harvest_grace_s must be > 0 seconds, got 0.0"),
         ({"harvest_grace_s": 60}, "harvest_grace_s must be < traffic_window_s (60.0 s), got 60.0"),
         (
