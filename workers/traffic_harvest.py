@@ -52,6 +52,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from antifragile.fleet_health import fault_windows, finished_traffic, read_snapshots
+from antifragile.inprocess._aio import cancel_and_wait
 from antifragile.learning.client import record_observations
 from antifragile.learning.histogram import merge
 from antifragile.models.learning import TrafficObservation
@@ -352,9 +353,9 @@ class TrafficHarvester:
     async def stop(self) -> None:
         """Stop harvesting (a harvest in progress is cancelled)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Repeated cancels: a Redis or Temporal client that swallows one must not
+            # hang the worker's shutdown.
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _loop(self) -> None:

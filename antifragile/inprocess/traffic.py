@@ -16,12 +16,12 @@ The document it publishes (key ``traffic`` of the health snapshot) is described 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from antifragile.inprocess._aio import cancel_and_wait
 from antifragile.inprocess.latency import SLOTS, WindowCounts, fold, window_start_of
 
 
@@ -169,9 +169,7 @@ class TrafficWindows:
     async def stop(self) -> None:
         """Stop rotating."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _loop(self) -> None:

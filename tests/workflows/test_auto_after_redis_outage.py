@@ -8,43 +8,19 @@ for a stable dependency is never. Now the next batch offers it again.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
 from antifragile.constants import profile_workflow_id
 from antifragile.learning import config_versions
-from antifragile.learning.client import get_change, record_observations
-from antifragile.models.adaptation import ChangeOutcome, ConfigChange
-from antifragile.models.learning import DependencySettings, OutageObservation
-from antifragile.policy import AdaptationPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
+from antifragile.learning.client import record_observations
+from antifragile.models.adaptation import ChangeOutcome
+from antifragile.models.learning import DependencySettings
 from antifragile.settings import Settings
 from antifragile.stack.processes import start_redis
 from tests.conftest import WorkerFactory
-
-BASE = datetime.now(UTC) - timedelta(minutes=30)
-
-
-def outage(dependency: str, i: int, length: float) -> OutageObservation:
-    return OutageObservation(
-        dependency=dependency,
-        source_id=f"rec-{i}/run",
-        started_at=BASE + timedelta(minutes=i),
-        recovered_at=BASE + timedelta(minutes=i, seconds=length),
-        attempts=1,
-        probes=2,
-        outcome="SUCCEEDED",
-    )
-
-
-async def decided(env: WorkflowEnvironment, dependency: str, request_id: str) -> ConfigChange:
-    for _ in range(600):
-        change = await get_change(env.client, dependency, request_id)
-        if change is not None:
-            return change
-        await env.sleep(0.5)
-    raise AssertionError(f"{request_id} not decided")
+from tests.workflows.auto_support import AUTO_POLICY, decided, outage
 
 
 async def test_an_auto_change_lost_to_a_redis_outage_is_offered_again(
@@ -60,10 +36,7 @@ async def test_an_auto_change_lost_to_a_redis_outage_is_offered_again(
     await config_versions.publish(
         redis, dependency, DependencySettings(open_duration_s=4.0), by="ops", why="start"
     )
-    auto = WorkerPolicy(
-        recovery=RecoveryPolicyConfig(approvers=["alice"]),
-        adaptation=AdaptationPolicyConfig(auto=True),
-    )
+    auto = AUTO_POLICY
     batch = [outage(dependency, 0, 3.0), outage(dependency, 1, 3.2), outage(dependency, 2, 3.4)]
     try:
         async with start_worker(client, task_queue, policy=auto, settings=Settings(redis_url=url)):

@@ -7,7 +7,6 @@ advice must not publish it again. Auto resumes once a person applies a version a
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
@@ -16,25 +15,12 @@ from antifragile.constants import profile_workflow_id
 from antifragile.learning import config_versions
 from antifragile.learning.client import apply_advice, record_observations, revert_config
 from antifragile.models.adaptation import ChangeOutcome
-from antifragile.models.learning import DependencySettings, OutageObservation
+from antifragile.models.learning import DependencySettings
 from antifragile.policy import AdaptationPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.conftest import WorkerFactory
+from tests.workflows.auto_support import outage
 from tests.workflows.test_auto_flapping import until_auto
-
-BASE = datetime.now(UTC) - timedelta(minutes=30)
-
-
-def outage(dependency: str, i: int, length: float) -> OutageObservation:
-    return OutageObservation(
-        dependency=dependency,
-        source_id=f"rec-{i}/run",
-        started_at=BASE + timedelta(minutes=i),
-        recovered_at=BASE + timedelta(minutes=i, seconds=length),
-        attempts=1,
-        probes=2,
-        outcome="recovered",
-    )
 
 
 async def test_auto_does_not_redo_a_change_a_person_reverted(

@@ -9,43 +9,24 @@ service): a change smaller than the policy's ``auto_min_step`` is left as it is.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
 from antifragile.constants import profile_workflow_id
 from antifragile.learning import config_versions
-from antifragile.learning.client import apply_advice, get_change, record_observations
+from antifragile.learning.client import apply_advice, record_observations
 from antifragile.models.adaptation import ChangeOutcome
-from antifragile.models.learning import DependencySettings, OutageObservation
+from antifragile.models.learning import DependencySettings
 from antifragile.policy import AdaptationPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.conftest import WorkerFactory
-
-BASE = datetime.now(UTC) - timedelta(minutes=30)
-
-
-def outage(dependency: str, i: int, length: float) -> OutageObservation:
-    return OutageObservation(
-        dependency=dependency,
-        source_id=f"rec-{i}/run",
-        started_at=BASE + timedelta(minutes=i),
-        recovered_at=BASE + timedelta(minutes=i, seconds=length),
-        attempts=1,
-        probes=2,
-        outcome="recovered",
-    )
+from tests.workflows.auto_support import decided, outage
 
 
 async def until_auto(env: WorkflowEnvironment, dependency: str, request_id: str) -> None:
-    for _ in range(300):
-        change = await get_change(env.client, dependency, request_id)
-        if change is not None:
-            assert change.outcome is ChangeOutcome.APPLIED, change
-            return
-        await env.sleep(0.1)
-    raise AssertionError(f"{request_id} not decided")
+    change = await decided(env, dependency, request_id)
+    assert change.outcome is ChangeOutcome.APPLIED, change
 
 
 async def test_wobbling_advice_does_not_publish_a_version_per_batch(
