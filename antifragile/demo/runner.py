@@ -296,12 +296,14 @@ class Demo:
         ttr = chaos_report.time_to_recover_s
         # Time to recover is only measured when health dropped; never print a made-up 0.0s.
         recovered = f"recovered in {ttr:.1f}s" if ttr is not None else "health never dropped"
+        low = chaos_report.health_lowest
+        lowest = "-" if low is None else f"{low:.2f}"
         page = await asyncio.to_thread(self._html_report, chaos_report)
         if chaos_report.outcome is ChaosOutcome.COMPLETED and c.attempted and c.method != "expired":
             t.mark(
                 "chaos_completed",
                 f"{chaos_report.outcome.value}; {affected:,} calls affected; cleanup "
-                f"{c.method}; health lowest {chaos_report.health_lowest}; {recovered}; {page}",
+                f"{c.method}; health lowest {lowest}; {recovered}; {page}",
             )
         else:
             t.fail(
