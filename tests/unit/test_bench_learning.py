@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.learning import DEFAULT_T, FULL_T, outage_times, reduction, within
+from bench.learning import DEFAULT_T, QUICK_T, outage_times, reduction, within
 
 
 def test_outage_times_are_seeded_and_within_the_spread() -> None:
-    for mean, spread in (DEFAULT_T, FULL_T):
+    for mean, spread in (DEFAULT_T, QUICK_T):
         times = outage_times(6, mean, spread)
         assert times == outage_times(6, mean, spread)
         assert all(mean - spread <= t <= mean + spread for t in times)
