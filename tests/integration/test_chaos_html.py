@@ -47,8 +47,10 @@ async def test_a_real_experiment_s_report_is_one_offline_html_page(
     code, out, err = await cli(
         stack.env,
         "chaos", "start", "--type", "error", "--error-rate", "1", "--target", DB,
-        "--name", "html-report", "--duration", "2s", "--abort-below", "0", "--wait", "--json",
+        "--name", "html-report", "--duration", "6s", "--abort-below", "0", "--wait", "--json",
     )  # fmt: skip
+    # 6 s: health checks 1.5 s apart while it runs, so at least three call samples even
+    # when Temporal fires the checks' timers late (a 2 s run gave two, once, under load).
     assert code == 0, err
     report = ChaosReport.model_validate_json(out)
     assert report.outcome is ChaosOutcome.COMPLETED
