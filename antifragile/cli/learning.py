@@ -40,6 +40,7 @@ from antifragile.cli._common import (
     err_console,
     fail,
     is_redis_connection_error,
+    load_settings,
     print_json,
     run_command,
 )
@@ -189,7 +190,7 @@ async def read_views(client: Client, dependency: str | None, task_queue: str) ->
             view = await get_profile(client, name, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as exc:
             if dependency is not None:
-                raise
+                fail(await silent_ledger(client, name, exc), code=1)
             err_console.print(f"note: ledger of {name} did not answer ({exc}); skipped")
             continue
         if view is None:
@@ -198,6 +199,27 @@ async def read_views(client: Client, dependency: str | None, task_queue: str) ->
             continue  # listed but gone since: skipped
         views.append(view)
     return views
+
+
+async def silent_ledger(client: Client, dependency: str, exc: Exception) -> str:
+    """Why a named ledger did not answer, in one line, with what to do about it.
+
+    A ledger answers only while a worker polls its task queue: the one of the fleet that
+    first recorded to it (the demo's ledgers run on the demo's queue, for instance).
+    """
+    from temporalio.service import RPCError
+
+    ledger = f"{PROFILE_WORKFLOW_ID_PREFIX}{dependency}"
+    try:
+        described = await client.get_workflow_handle(ledger).describe(rpc_timeout=QUERY_TIMEOUT)
+    except RPCError:
+        return f"ledger {ledger} did not answer ({exc})"
+    queue = described.task_queue
+    return (
+        f"ledger {ledger} did not answer: it runs on task queue {queue!r}, and no worker "
+        f"there answered within {QUERY_TIMEOUT.total_seconds():g} s (start one: "
+        f"ANTIFRAGILE_TASK_QUEUE={queue} antifragile worker)"
+    )
 
 
 async def versions_in_force(
@@ -273,7 +295,7 @@ def advise_command(dependency: DependencyArg = None, json_out: JsonFlag = False)
     if json_out:
         print_json(reports[0] if dependency is not None else reports)
     else:
-        render_advice(reports)
+        render_advice(reports, load_settings().task_queue)
 
 
 def score_command(dependency: DependencyArg = None, json_out: JsonFlag = False) -> None:
@@ -297,7 +319,7 @@ def score_command(dependency: DependencyArg = None, json_out: JsonFlag = False) 
         else:
             print_json(scores)
     else:
-        render_scores(scores)
+        render_scores(scores, load_settings().task_queue)
 
 
 # --- advise apply / revert / history (issue 14, apply part) -----------------------------

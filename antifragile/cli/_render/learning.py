@@ -65,10 +65,14 @@ def advice_table(report: AdviceReport) -> Table:
     return table
 
 
-def render_advice(reports: list[AdviceReport]) -> None:
-    """Print a table per dependency (a line when there is none)."""
+def _none_line(task_queue: str) -> str:
+    return f"no dependency has a ledger on task queue {task_queue} yet: nothing observed"
+
+
+def render_advice(reports: list[AdviceReport], task_queue: str) -> None:
+    """Print a table per dependency (a line naming ``task_queue`` when there is none)."""
     if not reports:
-        console.print("no dependency has a ledger yet: nothing observed")
+        console.print(_none_line(task_queue), markup=False)
         return
     for report in reports:
         if report.advice:
@@ -93,9 +97,9 @@ def score_table(scores: list[ResilienceScore]) -> Table:
     return table
 
 
-def render_scores(scores: list[ResilienceScore]) -> None:
-    """Print the score table (a line when there is no dependency)."""
+def render_scores(scores: list[ResilienceScore], task_queue: str) -> None:
+    """Print the score table (a line naming ``task_queue`` when there is no dependency)."""
     if not scores:
-        console.print("no dependency has a ledger yet: nothing observed")
+        console.print(_none_line(task_queue), markup=False)
         return
     console.print(score_table(scores))
