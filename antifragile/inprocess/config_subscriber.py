@@ -39,6 +39,7 @@ from redis.exceptions import RedisError, ResponseError
 from antifragile.errors import AntifragileError
 from antifragile.inprocess._aio import cancel_and_wait
 from antifragile.inprocess.breaker_config import CircuitBreakerConfig
+from antifragile.inprocess.channel_follower import follow_channel, resync_every
 from antifragile.inprocess.guard import Guard
 from antifragile.learning.config_versions import CONFIG_CHANNEL, current
 from antifragile.models.learning import ConfigVersion, DependencySettings
@@ -217,46 +218,26 @@ class ConfigSubscriber:
         )
 
     async def _listen(self) -> None:
-        backoff = 0.2
-        while True:
-            client = pubsub = None
-            try:
-                client = aioredis.from_url(self._url, socket_connect_timeout=1.0)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(CONFIG_CHANNEL)
-                await self.resync()  # subscribed: repair whatever was missed
-                backoff = 0.2
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    try:
-                        dependency = str(json.loads(message["data"])["dependency"])
-                    except (ValueError, KeyError, TypeError):
-                        log.warning("ignoring malformed config message %r", message["data"])
-                        continue
-                    if dependency in self._guards():
-                        await self.refresh(dependency)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                self.connected = False
-                log.debug("config versions unreachable (%s); settings in force stay", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
-                if client is not None:
-                    with contextlib.suppress(Exception):
-                        await client.aclose()
+        await follow_channel(
+            self._url,
+            CONFIG_CHANNEL,
+            on_subscribed=self.resync,  # subscribed: repair whatever was missed
+            on_message=self._on_message,
+            on_down=self._down,
+        )
+
+    async def _on_message(self, data: bytes) -> None:
+        try:
+            dependency = str(json.loads(data)["dependency"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed config message %r", data)
+            return
+        if dependency in self._guards():
+            await self.refresh(dependency)
+
+    def _down(self, exc: BaseException) -> None:
+        self.connected = False
+        log.debug("config versions unreachable (%s); settings in force stay", exc)
 
     async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.resync_interval_s)
-            try:
-                await self.resync()
-            except (RedisError, OSError) as exc:
-                self.connected = False
-                log.debug("config resync failed: %s", exc)
+        await resync_every(self.resync_interval_s, self.resync, self._down)

@@ -31,6 +31,7 @@ from antifragile.constants import (
     REDIS_FAULT_CHANNEL,
 )
 from antifragile.inprocess._aio import cancel_and_wait
+from antifragile.inprocess.channel_follower import REDIS_DOWN, follow_channel, resync_every
 from antifragile.inprocess.fault_table import FaultTable
 from antifragile.inprocess.faults import ChaosFault, ImpactStats, build_fault
 from antifragile.models.chaos import FaultSpec
@@ -274,44 +275,25 @@ class FaultSubscriber:
     # --- background tasks -------------------------------------------------------------
 
     async def _listen(self) -> None:
-        backoff = 0.2
-        while True:
-            pubsub = None
-            try:
-                client = aioredis.from_url(
-                    self._url, socket_connect_timeout=1.0, socket_timeout=None
-                )
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(REDIS_FAULT_CHANNEL)
-                # Subscribed: anything published from here on is seen; repair the gap.
-                await self.resync()
-                backoff = 0.2
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self.handle_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError, AssertionError) as exc:
-                self.connected = False
-                log.debug("fault plane unreachable (%s); local expiry stays in force", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
-                    with contextlib.suppress(Exception):
-                        await client.aclose()
+        # AssertionError: redis-py raises it on a reply it cannot parse (a proxy cut mid-reply).
+        await follow_channel(
+            self._url,
+            REDIS_FAULT_CHANNEL,
+            on_subscribed=self.resync,  # subscribed: anything published is seen; repair the gap
+            on_message=self._on_message,
+            on_down=self._down,
+            errors=(*REDIS_DOWN, AssertionError),
+        )
+
+    async def _on_message(self, data: bytes) -> None:
+        self.handle_message(data)
+
+    def _down(self, exc: BaseException) -> None:
+        self.connected = False
+        log.debug("fault plane unreachable (%s); local expiry stays in force", exc)
 
     async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.resync_interval_s)
-            try:
-                await self.resync()
-            except (RedisError, OSError) as exc:
-                self.connected = False
-                log.debug("fault plane resync failed: %s", exc)
+        await resync_every(self.resync_interval_s, self.resync, self._down)
 
     async def _flush_loop(self) -> None:
         while True:
