@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
@@ -11,8 +11,16 @@ from antifragile.models.adaptation import ConfigChange
 from antifragile.models.learning import OutageObservation
 from antifragile.policy import AdaptationPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 
-BASE = datetime.now(UTC) - timedelta(minutes=30)
-"""Outages are placed after this (recent: well inside a ledger's age limit)."""
+
+async def recent(env: WorkflowEnvironment) -> datetime:
+    """Half an hour before the server's now: where a test's outages start.
+
+    The server's time, not the wall clock: the time-skipping server shared by a test
+    process may be days or months ahead after other tests skipped time, and a ledger ages
+    out observations by its workflow time (older than 90 days: dropped, and no advice).
+    """
+    return (await env.get_current_time()) - timedelta(minutes=30)
+
 
 AUTO_POLICY = WorkerPolicy(
     recovery=RecoveryPolicyConfig(approvers=["alice"]),
@@ -21,13 +29,13 @@ AUTO_POLICY = WorkerPolicy(
 """``adaptation.auto`` on; ``alice`` may apply and revert."""
 
 
-def outage(dependency: str, i: int, length: float) -> OutageObservation:
-    """Outage ``i`` (a minute apart) that took ``length`` seconds to recover."""
+def outage(base: datetime, dependency: str, i: int, length: float) -> OutageObservation:
+    """Outage ``i`` (a minute apart after ``base``) that took ``length`` s to recover."""
     return OutageObservation(
         dependency=dependency,
         source_id=f"rec-{i}/run",
-        started_at=BASE + timedelta(minutes=i),
-        recovered_at=BASE + timedelta(minutes=i, seconds=length),
+        started_at=base + timedelta(minutes=i),
+        recovered_at=base + timedelta(minutes=i, seconds=length),
         attempts=1,
         probes=2,
         outcome="SUCCEEDED",

@@ -20,7 +20,7 @@ from antifragile.models.learning import DependencySettings
 from antifragile.settings import Settings
 from antifragile.stack.processes import start_redis
 from tests.conftest import WorkerFactory
-from tests.workflows.auto_support import AUTO_POLICY, decided, outage
+from tests.workflows.auto_support import AUTO_POLICY, decided, outage, recent
 
 
 async def test_an_auto_change_lost_to_a_redis_outage_is_offered_again(
@@ -29,6 +29,7 @@ async def test_an_auto_change_lost_to_a_redis_outage_is_offered_again(
     task_queue: str,
 ) -> None:
     dependency = f"dep-{uuid.uuid4().hex[:8]}"
+    base = await recent(time_skipping_env)
     client = time_skipping_env.client
     redis_server = start_redis()
     url = f"redis://127.0.0.1:{redis_server.port}/0"
@@ -37,7 +38,11 @@ async def test_an_auto_change_lost_to_a_redis_outage_is_offered_again(
         redis, dependency, DependencySettings(open_duration_s=4.0), by="ops", why="start"
     )
     auto = AUTO_POLICY
-    batch = [outage(dependency, 0, 3.0), outage(dependency, 1, 3.2), outage(dependency, 2, 3.4)]
+    batch = [
+        outage(base, dependency, 0, 3.0),
+        outage(base, dependency, 1, 3.2),
+        outage(base, dependency, 2, 3.4),
+    ]
     try:
         async with start_worker(client, task_queue, policy=auto, settings=Settings(redis_url=url)):
             redis_server.stop()  # Redis down when the advice first allows a change

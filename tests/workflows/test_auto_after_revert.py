@@ -19,7 +19,7 @@ from antifragile.models.learning import DependencySettings
 from antifragile.policy import AdaptationPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.conftest import WorkerFactory
-from tests.workflows.auto_support import outage
+from tests.workflows.auto_support import outage, recent
 from tests.workflows.test_auto_flapping import until_auto
 
 
@@ -30,6 +30,7 @@ async def test_auto_does_not_redo_a_change_a_person_reverted(
     redis_url: str,
 ) -> None:
     dependency = f"dep-{uuid.uuid4().hex[:8]}"
+    base = await recent(time_skipping_env)
     client = time_skipping_env.client
     redis = aioredis.from_url(redis_url)
     await config_versions.publish(
@@ -39,7 +40,11 @@ async def test_auto_does_not_redo_a_change_a_person_reverted(
         recovery=RecoveryPolicyConfig(approvers=["alice"]),
         adaptation=AdaptationPolicyConfig(auto=True),
     )
-    first = [outage(dependency, 0, 2.0), outage(dependency, 1, 2.5), outage(dependency, 2, 3.0)]
+    first = [
+        outage(base, dependency, 0, 2.0),
+        outage(base, dependency, 1, 2.5),
+        outage(base, dependency, 2, 3.0),
+    ]
     async with start_worker(
         client, task_queue, policy=auto, settings=Settings(redis_url=redis_url)
     ):
@@ -49,7 +54,7 @@ async def test_auto_does_not_redo_a_change_a_person_reverted(
         assert reverted.version == 3
         # New outages move the advice (4.0 -> 3.2 s, in the band): auto must leave the
         # person's revert be.
-        more = [outage(dependency, 5, 3.2), outage(dependency, 6, 3.4)]
+        more = [outage(base, dependency, 5, 3.2), outage(base, dependency, 6, 3.4)]
         await record_observations(client, dependency, more, task_queue=task_queue)
         barrier = await apply_advice(client, dependency, by="alice", settings=["guard.timeout_s"])
         assert barrier.outcome is ChangeOutcome.UNCHANGED

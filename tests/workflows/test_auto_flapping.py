@@ -21,7 +21,7 @@ from antifragile.models.learning import DependencySettings
 from antifragile.policy import AdaptationPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.conftest import WorkerFactory
-from tests.workflows.auto_support import decided, outage
+from tests.workflows.auto_support import decided, outage, recent
 
 
 async def until_auto(env: WorkflowEnvironment, dependency: str, request_id: str) -> None:
@@ -36,6 +36,7 @@ async def test_wobbling_advice_does_not_publish_a_version_per_batch(
     redis_url: str,
 ) -> None:
     dependency = f"dep-{uuid.uuid4().hex[:8]}"
+    base = await recent(time_skipping_env)
     client = time_skipping_env.client
     redis = aioredis.from_url(redis_url)
     await config_versions.publish(
@@ -46,10 +47,14 @@ async def test_wobbling_advice_does_not_publish_a_version_per_batch(
         adaptation=AdaptationPolicyConfig(auto=True),
     )
     batches = [
-        [outage(dependency, 0, 2.0), outage(dependency, 1, 2.5), outage(dependency, 2, 3.0)],
-        [outage(dependency, 3, 2.6)],  # advice 2.7 s: 4 % from 2.8
-        [outage(dependency, 4, 2.9)],  # advice 2.9 s: 4 % from 2.8
-        [outage(dependency, 5, 4.0), outage(dependency, 6, 4.0)],  # advice 3.5 s: 25 %
+        [
+            outage(base, dependency, 0, 2.0),
+            outage(base, dependency, 1, 2.5),
+            outage(base, dependency, 2, 3.0),
+        ],
+        [outage(base, dependency, 3, 2.6)],  # advice 2.7 s: 4 % from 2.8
+        [outage(base, dependency, 4, 2.9)],  # advice 2.9 s: 4 % from 2.8
+        [outage(base, dependency, 5, 4.0), outage(base, dependency, 6, 4.0)],  # advice 3.5 s: 25 %
     ]
     async with start_worker(
         client, task_queue, policy=auto, settings=Settings(redis_url=redis_url)
