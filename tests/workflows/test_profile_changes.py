@@ -8,7 +8,7 @@ retries), revert to the exact previous settings, and ``adaptation.auto``.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,12 +29,15 @@ from antifragile.models.learning import DependencySettings, OutageObservation, S
 from antifragile.policy import AdaptationPolicyConfig, RecoveryPolicyConfig, WorkerPolicy
 from antifragile.settings import Settings
 from tests.conftest import WorkerFactory
+from tests.workflows.auto_support import recent
 
 OUTAGES_S = (2.0, 2.5, 3.0)
 
 
-def outages(dependency: str, lengths: tuple[float, ...] = OUTAGES_S) -> list[OutageObservation]:
-    base = datetime.now(UTC) - timedelta(minutes=30)
+def outages(
+    dependency: str, base: datetime, lengths: tuple[float, ...] = OUTAGES_S
+) -> list[OutageObservation]:
+    """Outages a minute apart after ``base`` (the server's time: :func:`recent`)."""
     return [
         OutageObservation(
             dependency=dependency,
@@ -72,7 +75,12 @@ async def test_apply_refuse_duplicate_and_revert(
     settings = Settings(redis_url=redis_url)
     redis = aioredis.from_url(redis_url)
     async with start_worker(client, task_queue, policy=policy(), settings=settings):
-        await record_observations(client, dependency, outages(dependency), task_queue=task_queue)
+        await record_observations(
+            client,
+            dependency,
+            outages(dependency, await recent(time_skipping_env)),
+            task_queue=task_queue,
+        )
 
         with pytest.raises(ChangeRefused, match="not an approver") as refused:
             await apply_advice(client, dependency, by="mallory")
@@ -126,7 +134,12 @@ async def test_bounds_refusal_and_redis_down(
     async with start_worker(
         client, task_queue, policy=tight, settings=Settings(redis_url=redis_url)
     ):
-        await record_observations(client, dependency, outages(dependency), task_queue=task_queue)
+        await record_observations(
+            client,
+            dependency,
+            outages(dependency, await recent(time_skipping_env)),
+            task_queue=task_queue,
+        )
         with pytest.raises(ChangeRefused, match="outside") as refused:
             await apply_advice(client, dependency, by="alice")
         assert refused.value.change.outcome is ChangeOutcome.REFUSED
@@ -135,7 +148,9 @@ async def test_bounds_refusal_and_redis_down(
     down = Settings(redis_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
     other = f"{dependency}-down"
     async with start_worker(client, task_queue, policy=policy(), settings=down):
-        await record_observations(client, other, outages(other), task_queue=task_queue)
+        await record_observations(
+            client, other, outages(other, await recent(time_skipping_env)), task_queue=task_queue
+        )
         with pytest.raises(ChangeRefused, match="failed") as failed:
             await apply_advice(client, other, by="alice", timeout=timedelta(seconds=50))
         assert failed.value.change.outcome is ChangeOutcome.FAILED
@@ -159,7 +174,12 @@ async def test_auto_applies_in_band_advice(
     async with start_worker(
         client, task_queue, policy=auto, settings=Settings(redis_url=redis_url)
     ):
-        await record_observations(client, dependency, outages(dependency), task_queue=task_queue)
+        await record_observations(
+            client,
+            dependency,
+            outages(dependency, await recent(time_skipping_env)),
+            task_queue=task_queue,
+        )
         change = None
         for _ in range(200):
             change = await get_change(client, dependency, "auto-1")
